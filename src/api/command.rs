@@ -1,0 +1,391 @@
+//! `/command`: run, interrupt, status and logs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderValue, Response, StatusCode};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::wire::{json_str, now_ms, put_u64, rfc3339};
+use crate::fs::path;
+use crate::process::{Command, CommandSpec, Finished, Program, Stream};
+use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
+
+/// `POST /command` body. Unknown fields are ignored; known ones must have the right type.
+#[derive(Debug, Default, Deserialize)]
+pub struct RunCommandRequest {
+    pub command: Option<String>,
+    pub argv: Option<Vec<String>>,
+    pub cwd: Option<String>,
+    pub background: Option<bool>,
+    /// Milliseconds; absent or 0 means none.
+    pub timeout: Option<i64>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub envs: Option<HashMap<String, String>>,
+    /// Extension: keep stdin open as a pipe.
+    pub stdin: Option<bool>,
+}
+
+fn invalid(msg: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid_body(format!("invalid request, validation error: {msg}"))
+}
+
+/// Checks a request and turns it into what the engine runs.
+pub fn validate(req: RunCommandRequest) -> Result<CommandSpec, ApiError> {
+    let program = match (req.command, req.argv) {
+        (Some(_), Some(_)) => return Err(invalid("'command' and 'argv' are mutually exclusive")),
+        (None, None) => return Err(invalid("one of 'command' or 'argv' is required")),
+        (Some(c), None) => {
+            if c.trim().is_empty() {
+                return Err(invalid("'command' must not be empty"));
+            }
+            if c.contains('\0') {
+                return Err(invalid("'command' must not contain NUL bytes"));
+            }
+            Program::Shell(c)
+        }
+        (None, Some(argv)) => {
+            if argv.first().is_none_or(|a| a.is_empty()) {
+                return Err(invalid("'argv' must have a non-empty first element"));
+            }
+            if argv.iter().any(|a| a.contains('\0')) {
+                return Err(invalid("'argv' elements must not contain NUL bytes"));
+            }
+            Program::Argv(argv)
+        }
+    };
+    let timeout = match req.timeout {
+        None | Some(0) => None,
+        Some(t) if t < 0 => {
+            return Err(invalid(format!(
+                "'timeout' must be >= 0 milliseconds, got {t}"
+            )))
+        }
+        Some(t) => Some(Duration::from_millis(t as u64)),
+    };
+    if req.gid.is_some() && req.uid.is_none() {
+        return Err(invalid("uid is required when gid is provided"));
+    }
+    let envs: Vec<(String, String)> = req.envs.unwrap_or_default().into_iter().collect();
+    for (k, v) in &envs {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(invalid(format!(
+                "invalid environment variable {k:?}: names must be non-empty without '=' or NUL, values without NUL"
+            )));
+        }
+    }
+    let cwd = match req.cwd.filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(working_dir(&c)?),
+    };
+    Ok(CommandSpec {
+        program,
+        cwd,
+        envs,
+        timeout,
+        uid: req.uid,
+        gid: req.gid,
+        background: req.background.unwrap_or(false),
+        stdin: req.stdin.unwrap_or(false),
+    })
+}
+
+/// Expands and checks a working directory.
+fn working_dir(raw: &str) -> Result<PathBuf, ApiError> {
+    let p = path::expand_daemon(raw).map_err(|e| invalid(format!("cwd: {e}")))?;
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_dir() => Ok(p),
+        Ok(_) => Err(invalid(format!(
+            "working directory path is not a directory: {}",
+            p.display()
+        ))),
+        Err(e) => Err(invalid(format!(
+            "working directory does not exist: {}: {e}",
+            p.display()
+        ))),
+    }
+}
+
+/// `POST /command`: starts the command and streams its events.
+pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let app = ctx.app.clone();
+    let spec = validate(ctx.json::<RunCommandRequest>().await?)?;
+    let background = spec.background;
+    let cmd = app.engine.start_command(spec);
+    let (tx, body) = sse::channel(4);
+    let ping = app.config.ping_interval;
+    app.engine.tasks().spawn(write_stream(
+        cmd,
+        tx,
+        ping,
+        StreamMode::from_background(background),
+    ));
+    Ok(sse::response(body))
+}
+
+/// What a stream shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamMode {
+    /// `init`, then every output event, then the terminal event.
+    Follow,
+    /// `init`, then `execution_complete` as soon as the process has started.
+    Background,
+}
+
+impl StreamMode {
+    fn from_background(bg: bool) -> Self {
+        if bg {
+            StreamMode::Background
+        } else {
+            StreamMode::Follow
+        }
+    }
+}
+
+const BATCH: usize = 64 * 1024;
+
+/// Writes a command's event stream into `tx` until the terminal event, or
+/// until the client goes away (which leaves the command running).
+pub async fn write_stream(
+    cmd: Arc<Command>,
+    tx: mpsc::Sender<Bytes>,
+    ping: Duration,
+    mode: StreamMode,
+) {
+    let mut buf = BytesMut::with_capacity(4096);
+    event_head(&mut buf, "init", 0, now_ms());
+    buf.put_slice(b",\"text\":");
+    json_str(&mut buf, cmd.id.as_bytes());
+    buf.put_slice(b"}\n\n");
+    if mode == StreamMode::Background {
+        match cmd.finished().filter(|f| f.spawn_failed) {
+            Some(f) => terminal(&mut buf, &cmd, &f, 1),
+            None => {
+                event_head(&mut buf, "execution_complete", 0, now_ms());
+                buf.put_slice(b"}\n\n");
+            }
+        }
+        let _ = tx.send(buf.split().freeze()).await;
+        return;
+    }
+    if tx.send(buf.split().freeze()).await.is_err() {
+        return;
+    }
+    let mut head_rx = cmd.log.watch();
+    let mut next = 1u64;
+    let mut last_eid = 0u64;
+    loop {
+        let head = *head_rx.borrow_and_update();
+        match cmd.log.read_events(next, BATCH).await {
+            Ok(evs) if !evs.is_empty() => {
+                for ev in &evs {
+                    let kind = if ev.stream == Stream::Stdout {
+                        "stdout"
+                    } else {
+                        "stderr"
+                    };
+                    event_head(&mut buf, kind, ev.eid, ev.ts_ms);
+                    buf.put_slice(b",\"text\":");
+                    json_str(&mut buf, &ev.data);
+                    buf.put_slice(b"}\n\n");
+                }
+                next = evs.last().map_or(next, |e| e.eid + 1);
+                last_eid = next - 1;
+                if tx.send(buf.split().freeze()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(gap) => {
+                // This reader fell behind what is retained: say so, then go on.
+                event_head(&mut buf, "gap", gap.oldest_eid.saturating_sub(1), now_ms());
+                buf.put_slice(b",\"from_eid\":");
+                put_u64(&mut buf, next);
+                buf.put_slice(b",\"to_eid\":");
+                put_u64(&mut buf, gap.oldest_eid);
+                buf.put_slice(b"}\n\n");
+                next = gap.oldest_eid;
+                if tx.send(buf.split().freeze()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        if head.finished && next >= head.next_eid {
+            if let Some(f) = cmd.finished() {
+                terminal(&mut buf, &cmd, &f, head.next_eid);
+                let _ = tx.send(buf.split().freeze()).await;
+            }
+            return;
+        }
+        tokio::select! {
+            _ = head_rx.changed() => {}
+            _ = tokio::time::sleep(ping) => {
+                event_head(&mut buf, "ping", last_eid, now_ms());
+                buf.put_slice(b",\"text\":\"pong\"}\n\n");
+                if tx.send(buf.split().freeze()).await.is_err() {
+                    return;
+                }
+            }
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// `{"type":T,"eid":N,"timestamp":MS` (the caller closes the object).
+fn event_head(buf: &mut BytesMut, kind: &str, eid: u64, ts: u64) {
+    buf.put_slice(b"{\"type\":\"");
+    buf.put_slice(kind.as_bytes());
+    buf.put_slice(b"\",\"eid\":");
+    put_u64(buf, eid);
+    buf.put_slice(b",\"timestamp\":");
+    put_u64(buf, ts);
+}
+
+/// The terminal event: `execution_complete` for exit 0, else `error` with the
+/// exit code as `evalue` (`-1` for a signal), plus execd's extension fields.
+fn terminal(buf: &mut BytesMut, cmd: &Command, f: &Finished, eid: u64) {
+    let ms = f.duration.as_millis() as u64;
+    if f.exit_code == 0 && f.signal.is_none() && !f.spawn_failed {
+        event_head(buf, "execution_complete", eid, now_ms());
+    } else {
+        event_head(buf, "error", eid, now_ms());
+        let evalue = f.exit_code.to_string();
+        let trace = f
+            .error
+            .clone()
+            .unwrap_or_else(|| format!("exit status {}", f.exit_code));
+        let err = serde_json::json!({
+            "ename": "CommandExecError",
+            "evalue": evalue,
+            "traceback": [trace],
+        });
+        buf.put_slice(b",\"error\":");
+        buf.put_slice(err.to_string().as_bytes());
+    }
+    let ext = serde_json::json!({
+        "execution_time": ms,
+        "exit_code": f.exit_code,
+        "signal": f.signal,
+        "timed_out": f.timed_out,
+        "interrupted": f.interrupted,
+        "dropped_bytes": f.dropped_bytes,
+        "resources": {
+            "user_cpu_ms": f.resources.user_ms,
+            "system_cpu_ms": f.resources.system_ms,
+            "max_rss_kib": f.resources.max_rss_kib,
+        },
+    });
+    // Splice the extension object's members into the event.
+    let ext = ext.to_string();
+    buf.put_u8(b',');
+    buf.put_slice(&ext.as_bytes()[1..]);
+    buf.put_slice(b"\n\n");
+    let _ = cmd;
+}
+
+/// `DELETE /command?id=`: SIGTERM to the group, SIGKILL after the grace period.
+pub async fn interrupt(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let q = ctx.query();
+    let id = q
+        .get("id")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::missing_query("id"))?;
+    ctx.app.engine.interrupt(id)?;
+    Ok(ok_empty())
+}
+
+/// `GET /command/status/{id}`.
+pub async fn status(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let cmd = ctx.app.engine.get(ctx.param("id"))?;
+    let mut v = serde_json::json!({
+        "id": cmd.id,
+        "running": cmd.is_running(),
+        "started_at": rfc3339(cmd.started_at),
+    });
+    if !cmd.content.is_empty() {
+        v["content"] = cmd.content.clone().into();
+    }
+    if let Some(f) = cmd.finished() {
+        v["running"] = false.into();
+        v["exit_code"] = f.exit_code.into();
+        v["finished_at"] = rfc3339(f.finished_at).into();
+        if let Some(e) = f.error {
+            v["error"] = e.into();
+        }
+        v["timed_out"] = f.timed_out.into();
+    }
+    v["output_bytes"] = cmd.log.head().total_bytes.into();
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+const LOG_PIECE: usize = 256 * 1024;
+
+/// `GET /command/{id}/logs?cursor=N`: raw combined output from byte offset N.
+pub async fn logs(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let cmd = ctx.app.engine.get(ctx.param("id"))?;
+    let cursor = match ctx.query().get("cursor") {
+        None | Some("") => 0,
+        Some(c) => match c.parse::<i64>() {
+            Ok(n) if n < 0 => {
+                return Err(ApiError::invalid_body(format!(
+                    "cursor must be >= 0, got {n}"
+                )))
+            }
+            Ok(n) => n as u64,
+            // Upstream treats a non-integer cursor as 0.
+            Err(_) => 0,
+        },
+    };
+    let end = cmd.log.head().total_bytes;
+    let first = cmd.log.read_bytes(cursor, end, LOG_PIECE).await;
+    let start = first.start;
+    let tail = if cursor > end { cursor } else { end };
+    let body = if first.next >= end {
+        let mut all = BytesMut::new();
+        for c in &first.chunks {
+            all.put_slice(c);
+        }
+        crate::server::full(all.freeze())
+    } else {
+        let (tx, body) = sse::channel(2);
+        let cmd = cmd.clone();
+        ctx.app.engine.tasks().spawn(async move {
+            let mut r = first;
+            loop {
+                for c in r.chunks.drain(..) {
+                    if tx.send(c).await.is_err() {
+                        return;
+                    }
+                }
+                if r.next >= end {
+                    return;
+                }
+                let from = r.next;
+                r = cmd.log.read_bytes(from, end, LOG_PIECE).await;
+                if r.chunks.is_empty() {
+                    return;
+                }
+            }
+        });
+        body
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert("execd-commands-tail-cursor", HeaderValue::from(tail));
+    h.insert(
+        "execd-commands-log-start",
+        HeaderValue::from(start.min(tail)),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,185 @@
+//! Wire encoding of the event stream, written by hand because it is the hot
+//! path and because its escaping differs from serde_json's on purpose:
+//! - invalid UTF-8 becomes U+FFFD;
+//! - U+2028, U+2029 and U+0085 are escaped, since SDK line splitters
+//!   (Python's `str.splitlines`) break on them;
+//! - the other line-breaking controls are escaped like every control below 0x20.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, BytesMut};
+
+/// Appends `data` as a JSON string literal (with quotes).
+pub fn json_str(out: &mut BytesMut, data: &[u8]) {
+    out.reserve(data.len() + 2);
+    out.put_u8(b'"');
+    for chunk in data.utf8_chunks() {
+        escape_valid(out, chunk.valid());
+        if !chunk.invalid().is_empty() {
+            out.put_slice("\u{FFFD}".as_bytes());
+        }
+    }
+    out.put_u8(b'"');
+}
+
+fn escape_valid(out: &mut BytesMut, s: &str) {
+    let b = s.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let esc: Option<&[u8]> = match c {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            0x00..=0x1f | 0x7f => None,
+            0xC2 if b.get(i + 1) == Some(&0x85) => Some(b"\\u0085"),
+            0xE2 if b.get(i + 1) == Some(&0x80)
+                && matches!(b.get(i + 2), Some(0xA8) | Some(0xA9)) =>
+            {
+                Some(if b[i + 2] == 0xA8 {
+                    b"\\u2028"
+                } else {
+                    b"\\u2029"
+                })
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.put_slice(&b[start..i]);
+        match esc {
+            Some(e) => {
+                out.put_slice(e);
+                i += if c == 0xC2 {
+                    2
+                } else if c == 0xE2 {
+                    3
+                } else {
+                    1
+                };
+            }
+            None => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.put_slice(b"\\u00");
+                out.put_u8(HEX[(c >> 4) as usize]);
+                out.put_u8(HEX[(c & 15) as usize]);
+                i += 1;
+            }
+        }
+        start = i;
+    }
+    out.put_slice(&b[start..]);
+}
+
+/// Appends an unsigned integer in decimal.
+pub fn put_u64(out: &mut BytesMut, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&buf[i..]);
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// RFC 3339 in UTC with nanoseconds, trailing zeros trimmed (Go's `RFC3339Nano`).
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let (y, m, day) = civil_from_days(days);
+    let mut s = format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
+    let nanos = d.subsec_nanos();
+    if nanos > 0 {
+        let frac = format!("{nanos:09}");
+        s.push('.');
+        s.push_str(frac.trim_end_matches('0'));
+    }
+    s.push('Z');
+    s
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn enc(b: &[u8]) -> String {
+        let mut out = BytesMut::new();
+        json_str(&mut out, b);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn escapes_and_round_trips_through_serde() {
+        let s = "a\"b\\c\nd\re\tf\u{1}g\u{7f}h\u{85}i\u{2028}j\u{2029}k é 😀";
+        let e = enc(s.as_bytes());
+        assert!(!e.contains('\u{2028}') && !e.contains('\u{2029}') && !e.contains('\u{85}'));
+        assert!(e.contains("\\u2028") && e.contains("\\u0085") && e.contains("\\u007f"));
+        let back: String = serde_json::from_str(&e).unwrap();
+        assert_eq!(back, s);
+        // The encoded form splits into exactly one line under Python's rules.
+        assert!(!e
+            .chars()
+            .any(|c| matches!(c, '\n' | '\r' | '\u{b}' | '\u{c}' | '\u{1c}'..='\u{1e}')));
+    }
+
+    #[test]
+    fn invalid_utf8_becomes_replacement() {
+        let e = enc(b"ok\xff\xfeend\xe2\x82");
+        let back: String = serde_json::from_str(&e).unwrap();
+        assert_eq!(back, "ok\u{FFFD}\u{FFFD}end\u{FFFD}");
+    }
+
+    #[test]
+    fn numbers() {
+        let mut out = BytesMut::new();
+        put_u64(&mut out, 0);
+        out.put_u8(b',');
+        put_u64(&mut out, u64::MAX);
+        assert_eq!(&out[..], b"0,18446744073709551615");
+    }
+
+    #[test]
+    fn rfc3339_format() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::new(1_766_394_485, 123_456_789);
+        assert_eq!(rfc3339(t), "2025-12-22T09:08:05.123456789Z");
+        let t = UNIX_EPOCH + Duration::new(951_782_400, 500_000_000); // leap day 2000
+        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.5Z");
+    }
+}

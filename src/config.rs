@@ -1,0 +1,335 @@
+//! Configuration from flags and environment variables. OpenSandbox's names
+//! come first; flags win over environment variables. Go-style single-dash
+//! long flags (`-port=44772`) are accepted too, as upstream's parser does.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_PORT: u16 = 44772;
+
+/// Everything execd can be told at start-up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub bind: IpAddr,
+    pub port: u16,
+    pub access_token: Option<String>,
+    /// 0–7 as upstream: ≤3 error, 4 warn, 5–6 info, 7 debug.
+    pub log_level: u8,
+    pub log_file: Option<PathBuf>,
+    pub graceful_shutdown_timeout: Duration,
+    pub env_file: Option<PathBuf>,
+    pub retention: Duration,
+    pub output_window: usize,
+    pub output_memory: usize,
+    pub spill_cap: u64,
+    pub data_dir: PathBuf,
+    pub drain_timeout: Duration,
+    pub max_body: usize,
+    pub ping_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let tmp = std::env::var_os("TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        Config {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: DEFAULT_PORT,
+            access_token: None,
+            log_level: 6,
+            log_file: None,
+            graceful_shutdown_timeout: Duration::from_secs(5),
+            env_file: None,
+            retention: Duration::from_secs(24 * 3600),
+            output_window: 1 << 20,
+            output_memory: 64 << 20,
+            spill_cap: 1 << 30,
+            data_dir: tmp.join(format!("execd-{}", std::process::id())),
+            drain_timeout: Duration::from_millis(250),
+            max_body: 1 << 20,
+            ping_interval: Duration::from_secs(3),
+        }
+    }
+}
+
+pub const HELP: &str = "\
+execd: in-sandbox execution daemon (OpenSandbox execd compatible)
+
+Usage: execd [OPTIONS]
+
+Options (environment variable in brackets; a flag wins over its variable):
+  --port N                        listen port (44772)
+  --bind ADDR                     listen address (0.0.0.0)
+  --access-token T                require header X-EXECD-ACCESS-TOKEN: T [EXECD_ACCESS_TOKEN]
+  --log-level N                   0-7: <=3 error, 4 warn, 5-6 info, 7 debug (6)
+  --log-file PATH                 log here instead of stderr [EXECD_LOG_FILE]
+  --graceful-shutdown-timeout D   on SIGTERM/SIGINT, time allowed to end commands (5s)
+                                  [EXECD_API_GRACE_SHUTDOWN]
+  --envs-file PATH                KEY=VALUE file applied to every command [EXECD_ENVS]
+  --retention D                   keep finished commands' status and output (24h) [EXECD_RETENTION]
+  --output-window SIZE            output kept in memory per command (1MiB)
+  --output-memory SIZE            output kept in memory by all commands (64MiB)
+  --spill-cap SIZE                output kept on disk per command (1GiB); 0 keeps none
+  --data-dir PATH                 private directory for spilled output ($TMPDIR/execd-PID)
+                                  [EXECD_DATA_DIR]
+  --drain-timeout D               how long pipes may stay open after a command exits (250ms)
+  --max-body SIZE                 largest JSON request body (1MiB)
+  --ping-interval D               keep-alive event during silent streams (3s)
+  -h, --help                      print this help
+  -V, --version                   print the version
+
+Durations: 500ms, 3s, 2m, 1h, 1h30m, or bare seconds. Sizes: 4096, 64KiB, 1MiB, 1GiB (or K, M, G).
+";
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Box<Config>),
+    Help,
+    Version,
+}
+
+/// Parses flags (after the program name) and environment variables.
+pub fn parse(
+    args: impl IntoIterator<Item = OsString>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Parsed, String> {
+    let mut c = Config::default();
+    if let Some(v) = env("EXECD_ACCESS_TOKEN").filter(|v| !v.is_empty()) {
+        c.access_token = Some(v);
+    }
+    if let Some(v) = env("EXECD_LOG_FILE").filter(|v| !v.is_empty()) {
+        c.log_file = Some(v.into());
+    }
+    if let Some(v) = env("EXECD_API_GRACE_SHUTDOWN").filter(|v| !v.is_empty()) {
+        c.graceful_shutdown_timeout =
+            duration(&v).map_err(|e| format!("EXECD_API_GRACE_SHUTDOWN: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_ENVS").filter(|v| !v.is_empty()) {
+        c.env_file = Some(v.into());
+    }
+    if let Some(v) = env("EXECD_RETENTION").filter(|v| !v.is_empty()) {
+        c.retention = duration(&v).map_err(|e| format!("EXECD_RETENTION: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_DATA_DIR").filter(|v| !v.is_empty()) {
+        c.data_dir = v.into();
+    }
+
+    use lexopt::prelude::*;
+    let args: Vec<OsString> = args.into_iter().map(go_style).collect();
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Parsed::Help),
+            Short('V') | Long("version") => return Ok(Parsed::Version),
+            Long("port") => {
+                c.port = value(&mut p, "port")?
+                    .parse()
+                    .map_err(|_| "--port: expected 0-65535".to_string())?
+            }
+            Long("bind") => {
+                c.bind = value(&mut p, "bind")?
+                    .parse()
+                    .map_err(|_| "--bind: expected an IP address".to_string())?
+            }
+            Long("access-token") => {
+                c.access_token = Some(value(&mut p, "access-token")?).filter(|t| !t.is_empty())
+            }
+            Long("log-level") => {
+                c.log_level = value(&mut p, "log-level")?
+                    .parse()
+                    .ok()
+                    .filter(|l| *l <= 7)
+                    .ok_or("--log-level: expected 0-7")?
+            }
+            Long("log-file") => c.log_file = Some(value(&mut p, "log-file")?.into()),
+            Long("graceful-shutdown-timeout") => {
+                c.graceful_shutdown_timeout =
+                    duration(&value(&mut p, "graceful-shutdown-timeout")?)?
+            }
+            Long("envs-file") => c.env_file = Some(value(&mut p, "envs-file")?.into()),
+            Long("retention") => c.retention = duration(&value(&mut p, "retention")?)?,
+            Long("output-window") => {
+                c.output_window = size(&value(&mut p, "output-window")?)?.max(4096) as usize
+            }
+            Long("output-memory") => {
+                c.output_memory = size(&value(&mut p, "output-memory")?)? as usize
+            }
+            Long("spill-cap") => c.spill_cap = size(&value(&mut p, "spill-cap")?)?,
+            Long("data-dir") => c.data_dir = value(&mut p, "data-dir")?.into(),
+            Long("drain-timeout") => c.drain_timeout = duration(&value(&mut p, "drain-timeout")?)?,
+            Long("max-body") => c.max_body = size(&value(&mut p, "max-body")?)?.max(1024) as usize,
+            Long("ping-interval") => {
+                c.ping_interval =
+                    duration(&value(&mut p, "ping-interval")?)?.max(Duration::from_millis(10))
+            }
+            // Upstream flags that have no meaning here, accepted so existing launchers work.
+            Long("jupyter-host") | Long("jupyter-token") | Long("jupyter-idle-poll-interval") => {
+                let _ = value(&mut p, "ignored")?;
+            }
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    Ok(Parsed::Run(Box::new(c)))
+}
+
+fn value(p: &mut lexopt::Parser, name: &str) -> Result<String, String> {
+    p.value()
+        .map_err(|e| e.to_string())?
+        .into_string()
+        .map_err(|_| format!("--{name}: not valid UTF-8"))
+}
+
+/// `-port=1` (Go style) becomes `--port=1`; short flags and values are left alone.
+fn go_style(a: OsString) -> OsString {
+    match a.to_str() {
+        Some(s)
+            if s.len() > 2
+                && s.starts_with('-')
+                && !s.starts_with("--")
+                && s.as_bytes()[1].is_ascii_alphabetic() =>
+        {
+            format!("-{s}").into()
+        }
+        _ => a,
+    }
+}
+
+/// Parses `500ms`, `3s`, `2m`, `1h30m`, `1.5s` or bare seconds.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let bad = || format!("invalid duration '{s}' (try 500ms, 3s, 2m, 1h)");
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs >= 0.0 && secs.is_finite())
+            .then(|| Duration::from_secs_f64(secs))
+            .ok_or_else(bad);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let num: f64 = rest[..n].parse().map_err(|_| bad())?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mult = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += num * mult;
+        rest = &rest[u..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// Parses `4096`, `64KiB`, `64K`, `1MiB`, `1M`, `1GiB`, `1G`.
+pub fn size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split]
+        .parse()
+        .map_err(|_| format!("invalid size '{s}'"))?;
+    let mult: u64 = match s[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size '{s}' (try 64KiB, 1MiB, 1GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match parse(args.iter().map(OsString::from), |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })? {
+            Parsed::Run(c) => Ok(*c),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let c = run(&[], &[]).unwrap();
+        assert_eq!(c.port, 44772);
+        assert_eq!(c.bind.to_string(), "0.0.0.0");
+        let c = run(
+            &[
+                "--port",
+                "1",
+                "--bind=127.0.0.1",
+                "-log-level=7",
+                "--access-token",
+                "t",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.port, c.log_level, c.access_token.as_deref()),
+            (1, 7, Some("t"))
+        );
+        assert_eq!(c.bind.to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn env_and_precedence() {
+        let env = [
+            ("EXECD_ACCESS_TOKEN", "e"),
+            ("EXECD_ENVS", "/x.env"),
+            ("EXECD_API_GRACE_SHUTDOWN", "500ms"),
+        ];
+        let c = run(&[], &env).unwrap();
+        assert_eq!(c.access_token.as_deref(), Some("e"));
+        assert_eq!(c.env_file, Some(PathBuf::from("/x.env")));
+        assert_eq!(c.graceful_shutdown_timeout, Duration::from_millis(500));
+        let c = run(&["--access-token", "f"], &env).unwrap();
+        assert_eq!(c.access_token.as_deref(), Some("f"));
+    }
+
+    #[test]
+    fn errors_are_messages() {
+        assert!(run(&["--port", "x"], &[]).is_err());
+        assert!(run(&["--log-level", "9"], &[]).is_err());
+        assert!(run(&["--nope"], &[]).is_err());
+        assert!(matches!(
+            parse(["--help".into()], |_| None),
+            Ok(Parsed::Help)
+        ));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration("2").unwrap(), Duration::from_secs(2));
+        assert!(duration("soon").is_err());
+        assert!(duration("-1").is_err());
+        assert_eq!(size("64KiB").unwrap(), 65536);
+        assert_eq!(size("1G").unwrap(), 1 << 30);
+        assert_eq!(size("10").unwrap(), 10);
+        assert!(size("1T").is_err());
+    }
+}

@@ -1,0 +1,3 @@
+//! File-system operations. No HTTP types in here.
+
+pub mod path;

@@ -1,0 +1,19 @@
+//! execd: the in-sandbox execution daemon.
+//!
+//! - `config`: flags and environment variables.
+//! - `server`: HTTP plumbing (accept loop, THE route table, auth, errors, streaming bodies).
+//! - `api`: one module per resource; validates requests and shapes responses.
+//! - `process`: the process engine (spawn, the one reaper, output logs, records). No HTTP.
+//! - `fs`: file-system operations. No HTTP.
+//!
+//! Arrows point one way: `main -> server -> api -> {process, fs}`.
+//! A command's output flows pipe -> `process::run` (line splitting) ->
+//! `process::output::OutputLog` (memory window + capped spill) -> any number of
+//! readers (`api::command::write_stream`, the logs route), each at its own pace.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod fs;
+pub mod process;
+pub mod server;

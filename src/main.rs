@@ -1,0 +1,77 @@
+use std::process::ExitCode;
+
+use execd::config::{self, Parsed, HELP};
+
+fn main() -> ExitCode {
+    let cfg = match config::parse(std::env::args_os().skip(1), |k| std::env::var(k).ok()) {
+        Ok(Parsed::Run(c)) => *c,
+        Ok(Parsed::Help) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Version) => {
+            println!("execd {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("execd: {e}\nTry 'execd --help'.");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(&cfg) {
+        eprintln!("execd: cannot open log file: {e}");
+        return ExitCode::from(2);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(1, 4),
+        )
+        .max_blocking_threads(64)
+        .thread_stack_size(512 * 1024)
+        .enable_all()
+        .build();
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("execd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(execd::daemon::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("execd: {e}");
+            tracing::error!(error = %e, "execd failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cfg: &config::Config) -> std::io::Result<()> {
+    use tracing::Level;
+    let level = match cfg.log_level {
+        0..=3 => Level::ERROR,
+        4 => Level::WARN,
+        5 | 6 => Level::INFO,
+        _ => Level::DEBUG,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false);
+    match &cfg.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! The process engine: spawning, reaping, output logs and command records.
+//! Nothing in here knows about HTTP.
+
+pub mod envfile;
+pub mod lines;
+pub mod output;
+pub mod reaper;
+pub mod registry;
+pub mod run;
+pub mod spawn;
+pub mod users;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use output::{Gap, Head, OutputEvent, Stream};
+pub use reaper::Resources;
+pub use registry::{Command, Finished, State};
+pub use spawn::Program;
+
+use output::{LogLimits, MemBudget, OutputLog, SpillDir};
+use reaper::Reaper;
+use run::RunLimits;
+use spawn::SpawnSpec;
+
+/// Engine settings, from the daemon's configuration.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub shell: PathBuf,
+    pub limits: LogLimits,
+    /// Output held in memory across all commands before they spill early.
+    pub mem_total: usize,
+    pub spill_dir: PathBuf,
+    pub retention: Duration,
+    pub drain: Duration,
+    pub kill_grace: Duration,
+    /// `EXECD_ENVS`: a file of variables applied to every command.
+    pub env_file: Option<PathBuf>,
+    /// The environment commands inherit (the daemon's, minus its secrets).
+    pub base_env: Vec<(OsString, OsString)>,
+}
+
+/// A request to run a command, already validated by the caller.
+#[derive(Clone, Debug)]
+pub struct CommandSpec {
+    pub program: Program,
+    pub cwd: Option<PathBuf>,
+    pub envs: Vec<(String, String)>,
+    pub timeout: Option<Duration>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub background: bool,
+    pub stdin: bool,
+}
+
+/// Errors of the command API that are not about a single spawn.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("command not found: {0}")]
+    NotFound(String),
+    #[error("command {0} is not running")]
+    NotRunning(String),
+}
+
+#[derive(Default)]
+struct EnvFileCache {
+    key: Option<(PathBuf, SystemTime, u64)>,
+    vars: Vec<(String, String)>,
+}
+
+/// The process engine. One per daemon.
+pub struct Engine {
+    cfg: EngineConfig,
+    reaper: Arc<Reaper>,
+    registry: registry::Registry,
+    budget: Arc<MemBudget>,
+    spill: Arc<SpillDir>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    env_cache: Mutex<EnvFileCache>,
+}
+
+impl Engine {
+    /// Starts the reaper and the retention sweeper. Call within a tokio runtime.
+    pub fn start(cfg: EngineConfig) -> Arc<Engine> {
+        let engine = Arc::new(Engine {
+            reaper: Reaper::start(),
+            registry: registry::Registry::default(),
+            budget: MemBudget::new(cfg.mem_total),
+            spill: SpillDir::new(cfg.spill_dir.clone()),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            env_cache: Mutex::new(EnvFileCache::default()),
+            cfg,
+        });
+        let weak = Arc::downgrade(&engine);
+        let stop = engine.shutdown.clone();
+        let every =
+            (engine.cfg.retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        engine.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.cancelled() => return,
+                }
+                let Some(engine) = weak.upgrade() else { return };
+                let n = engine.registry.expire(engine.cfg.retention);
+                if n > 0 {
+                    tracing::debug!(expired = n, "expired finished commands");
+                }
+            }
+        });
+        engine
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Starts a command. Always returns a record: a command that could not be
+    /// started is recorded as finished with the cause (exit 127 or 126).
+    pub fn start_command(&self, spec: CommandSpec) -> Arc<Command> {
+        let id = new_id();
+        let content = match &spec.program {
+            Program::Shell(line) => line.clone(),
+            Program::Argv(argv) => argv.join(" "),
+        };
+        let log = OutputLog::new(
+            id.clone(),
+            self.cfg.limits.clone(),
+            self.budget.clone(),
+            self.spill.clone(),
+        );
+        let spawned = spawn::spawn(
+            &self.reaper,
+            SpawnSpec {
+                program: spec.program.clone(),
+                shell: self.cfg.shell.clone(),
+                cwd: spec.cwd.clone(),
+                env: self.command_env(&spec),
+                uid: spec.uid,
+                gid: spec.gid,
+                stdin_pipe: spec.stdin,
+            },
+        );
+        match spawned {
+            Ok(mut sp) => {
+                let cmd = Arc::new(Command::new(
+                    id,
+                    content,
+                    spec.background,
+                    Some(sp.pid),
+                    log,
+                ));
+                if let Some(fd) = sp.stdin.take() {
+                    match tokio::net::unix::pipe::Sender::from_owned_fd(fd) {
+                        Ok(tx) => {
+                            if let Ok(mut slot) = cmd.stdin.try_lock() {
+                                *slot = Some(tx);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot watch stdin pipe"),
+                    }
+                }
+                self.registry.insert(cmd.clone());
+                let limits = RunLimits {
+                    timeout: spec.timeout,
+                    drain: self.cfg.drain,
+                    kill_grace: self.cfg.kill_grace,
+                };
+                self.tasks.spawn(run::run(
+                    cmd.clone(),
+                    sp,
+                    limits,
+                    self.shutdown.child_token(),
+                ));
+                tracing::debug!(id = %cmd.id, pid = cmd.pid, background = spec.background, "command started");
+                cmd
+            }
+            Err(e) => {
+                tracing::info!(id = %id, error = %e, "command failed to start");
+                let cmd = Arc::new(Command::new(id, content, spec.background, None, log));
+                cmd.finish(Finished {
+                    exit_code: e.shell_code(),
+                    signal: None,
+                    timed_out: false,
+                    interrupted: false,
+                    error: Some(e.to_string()),
+                    spawn_failed: true,
+                    finished_at: SystemTime::now(),
+                    duration: Duration::ZERO,
+                    resources: Resources::default(),
+                    dropped_bytes: 0,
+                });
+                self.registry.insert(cmd.clone());
+                cmd
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Command>, ProcessError> {
+        self.registry
+            .get(id)
+            .ok_or_else(|| ProcessError::NotFound(id.to_string()))
+    }
+
+    /// SIGTERM to the command's process group, SIGKILL after the grace period.
+    pub fn interrupt(&self, id: &str) -> Result<(), ProcessError> {
+        let cmd = self.get(id)?;
+        if !cmd.is_running() {
+            return Err(ProcessError::NotRunning(id.to_string()));
+        }
+        cmd.request_interrupt();
+        Ok(())
+    }
+
+    /// Number of commands currently running.
+    pub fn running(&self) -> usize {
+        self.registry.running().len()
+    }
+
+    /// Bytes of output currently held in memory, all commands together.
+    pub fn output_memory(&self) -> usize {
+        self.budget.used()
+    }
+
+    /// The tracker that owns the engine's tasks; other layers may add theirs
+    /// (e.g. stream writers) so shutdown waits for them too.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// A token cancelled when the engine shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Ends every running command (SIGTERM, grace, SIGKILL) and waits for the
+    /// engine's tasks, at most `deadline`. Removes the spill directory.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            for cmd in self.registry.running() {
+                if let Some(pid) = cmd.pid {
+                    spawn::signal_group(pid, libc::SIGKILL);
+                }
+            }
+            tracing::warn!("shutdown deadline passed; remaining process groups killed");
+        }
+        self.spill.remove();
+    }
+
+    /// The environment of a command: the daemon's, then `EXECD_ENVS`, then the
+    /// user's identity when switching uid, then the request's `envs`.
+    fn command_env(&self, spec: &CommandSpec) -> Vec<(OsString, OsString)> {
+        let mut env: std::collections::BTreeMap<OsString, OsString> =
+            self.cfg.base_env.iter().cloned().collect();
+        for (k, v) in self.env_file_vars() {
+            env.insert(k.into(), v.into());
+        }
+        if let Some(uid) = spec.uid {
+            let user = spawn::lookup_user(uid);
+            if let Some(home) = user.home {
+                env.insert("HOME".into(), home.into());
+            }
+            if let Some(name) = user.name {
+                env.insert("USER".into(), name.clone().into());
+                env.insert("LOGNAME".into(), name.into());
+            }
+        }
+        for (k, v) in &spec.envs {
+            env.insert(k.into(), v.into());
+        }
+        env.into_iter().collect()
+    }
+
+    /// `EXECD_ENVS` variables, re-read when the file changes.
+    fn env_file_vars(&self) -> Vec<(String, String)> {
+        let Some(path) = &self.cfg.env_file else {
+            return Vec::new();
+        };
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Vec::new();
+        };
+        let key = (
+            path.clone(),
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
+        let mut cache = self.env_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.key.as_ref() != Some(&key) {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let base = &self.cfg.base_env;
+            let (vars, warnings) = envfile::parse(&text, |name| {
+                base.iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.to_string_lossy().into_owned())
+            });
+            for w in warnings {
+                tracing::warn!(file = %path.display(), "EXECD_ENVS {w}");
+            }
+            *cache = EnvFileCache {
+                key: Some(key),
+                vars,
+            };
+        }
+        cache.vars.clone()
+    }
+}
+
+/// A new 32-hex-digit id from the kernel's random source.
+pub fn new_id() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Fall back to time and a counter: ids must be unique, not secret.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let c = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        b[..8].copy_from_slice(&(t as u64).to_le_bytes());
+        b[8..].copy_from_slice(&c.to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

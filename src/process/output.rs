@@ -1,0 +1,789 @@
+//! `OutputLog`: the bounded, replayable record of one command's output.
+//!
+//! Output arrives as events (one line each, see `lines.rs`) numbered by a
+//! monotonic event id (`eid`) and placed at an absolute byte offset in the
+//! combined stdout+stderr stream. The newest events stay in memory, within a
+//! per-command window and a daemon-wide budget; older ones move to a capped
+//! spill file in a private directory, kept as two segments so the newest half
+//! of the cap always survives. Readers never hold a lock across I/O, so a slow
+//! reader only falls behind: it never blocks the process or other readers.
+//! Whatever is no longer retained is reported to the reader as a gap, never
+//! skipped silently.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+/// Which pipe an event came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout = 1,
+    Stderr = 2,
+}
+
+/// One stored output event.
+#[derive(Clone, Debug)]
+pub struct OutputEvent {
+    pub eid: u64,
+    pub stream: Stream,
+    /// Offset of the first byte in the combined stdout+stderr stream.
+    pub offset: u64,
+    pub ts_ms: u64,
+    pub data: Bytes,
+}
+
+/// What a reader needs to know to wait for more.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    /// The eid the next event will get. Output eids start at 1 (0 is `init`).
+    pub next_eid: u64,
+    pub total_bytes: u64,
+    pub finished: bool,
+}
+
+/// The requested position is no longer retained; the oldest retained one is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub oldest_eid: u64,
+    pub oldest_offset: u64,
+}
+
+/// Bytes of the combined stream, read from an offset.
+#[derive(Debug, Default)]
+pub struct ByteRange {
+    pub chunks: Vec<Bytes>,
+    /// Where the returned bytes start: the requested offset, or the oldest
+    /// retained one when the request fell into a gap.
+    pub start: u64,
+    pub next: u64,
+}
+
+/// Per-event bookkeeping cost counted against memory budgets.
+const EVENT_OVERHEAD: usize = 64;
+/// Spill record header: eid, offset, ts (u64 each), stream (u8), len (u32).
+const RECORD_HEADER: usize = 29;
+/// One sparse index entry per this many spilled bytes.
+const INDEX_EVERY: u64 = 256 * 1024;
+/// Read size when scanning a spill segment.
+const SCAN_BLOCK: usize = 256 * 1024;
+
+/// Daemon-wide accounting of output held in memory.
+#[derive(Debug)]
+pub struct MemBudget {
+    used: AtomicUsize,
+    total: usize,
+}
+
+impl MemBudget {
+    pub fn new(total: usize) -> Arc<Self> {
+        Arc::new(MemBudget {
+            used: AtomicUsize::new(0),
+            total,
+        })
+    }
+    fn add(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+    fn sub(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+    fn over(&self) -> bool {
+        self.used.load(Ordering::Relaxed) > self.total
+    }
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// The private directory spill files live in, created on first use (mode 0700).
+#[derive(Debug)]
+pub struct SpillDir {
+    path: PathBuf,
+    created: OnceLock<()>,
+}
+
+impl SpillDir {
+    pub fn new(path: PathBuf) -> Arc<Self> {
+        Arc::new(SpillDir {
+            path,
+            created: OnceLock::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn ensure(&self) -> io::Result<&Path> {
+        if self.created.get().is_none() {
+            use std::os::unix::fs::DirBuilderExt;
+            match std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.path)
+            {
+                Ok(()) => {
+                    let _ = self.created.set(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(&self.path)
+    }
+
+    /// Removes the directory and everything in it (daemon shutdown).
+    pub fn remove(&self) {
+        if self.created.get().is_some() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Limits for one log.
+#[derive(Clone, Debug)]
+pub struct LogLimits {
+    /// Bytes of output kept in memory per command.
+    pub window: usize,
+    /// Bytes kept on disk per command (0 disables spilling).
+    pub spill_cap: u64,
+}
+
+#[derive(Debug)]
+struct IndexEntry {
+    eid: u64,
+    offset: u64,
+    pos: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    file: Arc<File>,
+    first_eid: u64,
+    first_offset: u64,
+    end_eid: u64,
+    end_offset: u64,
+    len: u64,
+    index: Vec<IndexEntry>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    mem: VecDeque<OutputEvent>,
+    mem_bytes: usize,
+    next_eid: u64,
+    total: u64,
+    segments: VecDeque<Segment>,
+    seg_no: u32,
+    dropped_bytes: u64,
+}
+
+/// The output log of one command. See the module docs.
+#[derive(Debug)]
+pub struct OutputLog {
+    name: String,
+    inner: Mutex<Inner>,
+    head: watch::Sender<Head>,
+    limits: LogLimits,
+    budget: Arc<MemBudget>,
+    dir: Arc<SpillDir>,
+}
+
+/// Where a read has to go, decided under the lock and carried out without it.
+enum Plan {
+    Scan {
+        file: Arc<File>,
+        pos: u64,
+        end_pos: u64,
+    },
+}
+
+impl OutputLog {
+    pub fn new(
+        name: String,
+        limits: LogLimits,
+        budget: Arc<MemBudget>,
+        dir: Arc<SpillDir>,
+    ) -> Self {
+        let head = Head {
+            next_eid: 1,
+            ..Head::default()
+        };
+        OutputLog {
+            name,
+            inner: Mutex::new(Inner {
+                next_eid: 1,
+                ..Inner::default()
+            }),
+            head: watch::Sender::new(head),
+            limits,
+            budget,
+            dir,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock only means a panic elsewhere; the data is still consistent
+        // enough to serve (every mutation below completes before it can panic).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A receiver that changes whenever an event is appended or the log finishes.
+    pub fn watch(&self) -> watch::Receiver<Head> {
+        self.head.subscribe()
+    }
+
+    pub fn head(&self) -> Head {
+        *self.head.borrow()
+    }
+
+    /// Appends one event; returns its eid.
+    pub fn append(&self, stream: Stream, ts_ms: u64, data: Bytes) -> u64 {
+        let len = data.len();
+        let mut inner = self.lock();
+        let eid = inner.next_eid;
+        let ev = OutputEvent {
+            eid,
+            stream,
+            offset: inner.total,
+            ts_ms,
+            data,
+        };
+        inner.next_eid += 1;
+        inner.total += len as u64;
+        inner.mem.push_back(ev);
+        let cost = len + EVENT_OVERHEAD;
+        inner.mem_bytes += cost;
+        self.budget.add(cost);
+        if inner.mem_bytes > self.limits.window || (self.budget.over() && inner.mem.len() > 1) {
+            self.spill(&mut inner);
+        }
+        let (next_eid, total) = (inner.next_eid, inner.total);
+        drop(inner);
+        self.head.send_modify(|h| {
+            h.next_eid = next_eid;
+            h.total_bytes = total;
+        });
+        eid
+    }
+
+    /// Marks the log complete: no more events will come.
+    pub fn finish(&self) {
+        self.head.send_modify(|h| h.finished = true);
+    }
+
+    /// Bytes lost because spilling failed or was disabled.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.lock().dropped_bytes
+    }
+
+    /// Moves the oldest in-memory events to the spill file.
+    fn spill(&self, inner: &mut Inner) {
+        let target = if self.budget.over() {
+            0
+        } else {
+            self.limits.window / 2
+        };
+        let mut batch = Vec::with_capacity(inner.mem_bytes.saturating_sub(target));
+        let mut moved: Vec<(u64, u64, usize)> = Vec::new(); // (eid, offset, record pos in batch)
+        let mut freed = 0usize;
+        while inner.mem_bytes - freed > target && inner.mem.len() > 1 {
+            let Some(ev) = inner.mem.pop_front() else {
+                break;
+            };
+            freed += ev.data.len() + EVENT_OVERHEAD;
+            moved.push((ev.eid, ev.offset, batch.len()));
+            batch.extend_from_slice(&ev.eid.to_le_bytes());
+            batch.extend_from_slice(&ev.offset.to_le_bytes());
+            batch.extend_from_slice(&ev.ts_ms.to_le_bytes());
+            batch.push(ev.stream as u8);
+            batch.extend_from_slice(&(ev.data.len() as u32).to_le_bytes());
+            batch.extend_from_slice(&ev.data);
+        }
+        inner.mem_bytes -= freed;
+        self.budget.sub(freed);
+        let Some(&(first_eid, first_offset, _)) = moved.first() else {
+            return;
+        };
+        let end_eid = inner.mem.front().map_or(inner.next_eid, |e| e.eid);
+        let end_offset = inner.mem.front().map_or(inner.total, |e| e.offset);
+        if let Err(e) = self.write_spill(
+            inner,
+            &batch,
+            &moved,
+            first_eid,
+            first_offset,
+            end_eid,
+            end_offset,
+        ) {
+            inner.dropped_bytes += end_offset - first_offset;
+            tracing::warn!(log = %self.name, error = %e, "output spill failed; oldest output dropped");
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_spill(
+        &self,
+        inner: &mut Inner,
+        batch: &[u8],
+        moved: &[(u64, u64, usize)],
+        first_eid: u64,
+        first_offset: u64,
+        end_eid: u64,
+        end_offset: u64,
+    ) -> io::Result<()> {
+        if self.limits.spill_cap == 0 {
+            return Err(io::Error::other("spilling disabled (spill cap 0)"));
+        }
+        let seg_cap = (self.limits.spill_cap / 2).max(1);
+        let need_new = match inner.segments.back() {
+            None => true,
+            Some(s) => s.len > 0 && s.len + batch.len() as u64 > seg_cap,
+        };
+        if need_new {
+            let dir = self.dir.ensure()?;
+            let path = dir.join(format!("{}.{}", self.name, inner.seg_no));
+            inner.seg_no += 1;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)?;
+            inner.segments.push_back(Segment {
+                path,
+                file: Arc::new(file),
+                first_eid,
+                first_offset,
+                end_eid: first_eid,
+                end_offset: first_offset,
+                len: 0,
+                index: Vec::new(),
+            });
+            while inner.segments.len() > 2 {
+                if let Some(old) = inner.segments.pop_front() {
+                    let _ = std::fs::remove_file(&old.path);
+                }
+            }
+        }
+        let Some(seg) = inner.segments.back_mut() else {
+            return Err(io::Error::other("no spill segment"));
+        };
+        (&*seg.file).write_all(batch)?;
+        for &(eid, offset, at) in moved {
+            let pos = seg.len + at as u64;
+            let due = seg.index.last().is_none_or(|l| pos - l.pos >= INDEX_EVERY);
+            if due {
+                seg.index.push(IndexEntry { eid, offset, pos });
+            }
+        }
+        seg.len += batch.len() as u64;
+        seg.end_eid = end_eid;
+        seg.end_offset = end_offset;
+        Ok(())
+    }
+
+    /// Up to `max_bytes` of events starting at `from_eid` (at least one event if any).
+    pub async fn read_events(
+        &self,
+        from_eid: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<OutputEvent>, Gap> {
+        let plan = {
+            let inner = self.lock();
+            if from_eid >= inner.next_eid {
+                return Ok(Vec::new());
+            }
+            if let Some(front) = inner.mem.front() {
+                if from_eid >= front.eid {
+                    let start = (from_eid - front.eid) as usize;
+                    let mut out = Vec::new();
+                    let mut size = 0;
+                    for ev in inner.mem.range(start..) {
+                        if size >= max_bytes && !out.is_empty() {
+                            break;
+                        }
+                        size += ev.data.len();
+                        out.push(ev.clone());
+                    }
+                    return Ok(out);
+                }
+            }
+            match locate(&inner, |s| (s.first_eid, s.end_eid), from_eid, |e| e.eid) {
+                Ok(p) => p,
+                Err(()) => return Err(gap_at(&inner, from_eid, true)),
+            }
+        };
+        let Plan::Scan { file, pos, end_pos } = plan;
+        let scanned = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut size = 0usize;
+            let r = scan(&file, pos, end_pos, |ev| {
+                if ev.eid < from_eid {
+                    return true;
+                }
+                if size >= max_bytes && !out.is_empty() {
+                    return false;
+                }
+                size += ev.data.len();
+                out.push(ev);
+                true
+            });
+            r.map(|()| out)
+        })
+        .await;
+        match scanned {
+            Ok(Ok(evs)) if !evs.is_empty() => Ok(evs),
+            // The segment vanished or failed to read: report what is retained now.
+            _ => Err(gap_at(&self.lock(), from_eid, true)),
+        }
+    }
+
+    /// Raw bytes of the combined stream from `from` up to `until` (exclusive),
+    /// at most `max_bytes` per call. A `from` in a gap starts at the oldest retained byte.
+    pub async fn read_bytes(&self, from: u64, until: u64, max_bytes: usize) -> ByteRange {
+        let mut start = from;
+        let plan = {
+            let inner = self.lock();
+            let until = until.min(inner.total);
+            if start >= until {
+                return ByteRange {
+                    chunks: Vec::new(),
+                    start,
+                    next: start.max(from),
+                };
+            }
+            let in_mem = inner.mem.front().is_some_and(|f| start >= f.offset);
+            if in_mem {
+                let (chunks, next) = slice_mem(&inner.mem, start, until, max_bytes);
+                return ByteRange {
+                    chunks,
+                    start,
+                    next,
+                };
+            }
+            match locate(
+                &inner,
+                |s| (s.first_offset, s.end_offset),
+                start,
+                |e| e.offset,
+            ) {
+                Ok(p) => p,
+                Err(()) => {
+                    let g = gap_at(&inner, start, false);
+                    start = g.oldest_offset;
+                    if inner.mem.front().is_some_and(|f| start >= f.offset) {
+                        let (chunks, next) = slice_mem(&inner.mem, start, until, max_bytes);
+                        return ByteRange {
+                            chunks,
+                            start,
+                            next,
+                        };
+                    }
+                    match locate(
+                        &inner,
+                        |s| (s.first_offset, s.end_offset),
+                        start,
+                        |e| e.offset,
+                    ) {
+                        Ok(p) => p,
+                        Err(()) => {
+                            return ByteRange {
+                                chunks: Vec::new(),
+                                start,
+                                next: start,
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let Plan::Scan { file, pos, end_pos } = plan;
+        let from_off = start;
+        let scanned = tokio::task::spawn_blocking(move || {
+            let mut chunks = Vec::new();
+            let mut next = from_off;
+            let mut size = 0usize;
+            let _ = scan(&file, pos, end_pos, |ev| {
+                let end = ev.offset + ev.data.len() as u64;
+                if end <= next {
+                    return true;
+                }
+                if size >= max_bytes || ev.offset >= until {
+                    return false;
+                }
+                let lo = (next - ev.offset) as usize;
+                let hi = (until.min(end) - ev.offset) as usize;
+                let piece = ev.data.slice(lo..hi);
+                size += piece.len();
+                next += piece.len() as u64;
+                chunks.push(piece);
+                true
+            });
+            (chunks, next)
+        })
+        .await;
+        match scanned {
+            Ok((chunks, next)) => ByteRange {
+                chunks,
+                start,
+                next,
+            },
+            Err(_) => ByteRange {
+                chunks: Vec::new(),
+                start,
+                next: start,
+            },
+        }
+    }
+}
+
+impl Drop for OutputLog {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.budget.sub(inner.mem_bytes);
+        for seg in inner.segments.drain(..) {
+            let _ = std::fs::remove_file(&seg.path);
+        }
+    }
+}
+
+/// Finds the spill segment holding `key` (an eid or an offset) and the sparse
+/// index entry to start scanning from.
+fn locate(
+    inner: &Inner,
+    range: impl Fn(&Segment) -> (u64, u64),
+    key: u64,
+    entry_key: impl Fn(&IndexEntry) -> u64,
+) -> Result<Plan, ()> {
+    for seg in &inner.segments {
+        let (lo, hi) = range(seg);
+        if key >= lo && key < hi {
+            let at = seg.index.partition_point(|e| entry_key(e) <= key);
+            let pos = if at == 0 { 0 } else { seg.index[at - 1].pos };
+            return Ok(Plan::Scan {
+                file: seg.file.clone(),
+                pos,
+                end_pos: seg.len,
+            });
+        }
+    }
+    Err(())
+}
+
+/// The oldest retained position at or after `key` (an eid when `by_eid`, else an offset).
+fn gap_at(inner: &Inner, key: u64, by_eid: bool) -> Gap {
+    let candidates = inner
+        .segments
+        .iter()
+        .map(|s| (s.first_eid, s.first_offset))
+        .chain(inner.mem.front().map(|e| (e.eid, e.offset)))
+        .chain(std::iter::once((inner.next_eid, inner.total)));
+    for (eid, offset) in candidates {
+        let k = if by_eid { eid } else { offset };
+        if k >= key {
+            return Gap {
+                oldest_eid: eid,
+                oldest_offset: offset,
+            };
+        }
+    }
+    Gap {
+        oldest_eid: inner.next_eid,
+        oldest_offset: inner.total,
+    }
+}
+
+fn slice_mem(mem: &VecDeque<OutputEvent>, from: u64, until: u64, max: usize) -> (Vec<Bytes>, u64) {
+    let first = mem.partition_point(|e| e.offset + e.data.len() as u64 <= from);
+    let mut next = from;
+    let mut size = 0;
+    let mut chunks = Vec::new();
+    for ev in mem.range(first..) {
+        if size >= max || ev.offset >= until {
+            break;
+        }
+        let end = ev.offset + ev.data.len() as u64;
+        let lo = (next - ev.offset) as usize;
+        let hi = (until.min(end) - ev.offset) as usize;
+        if hi > lo {
+            let piece = ev.data.slice(lo..hi);
+            size += piece.len();
+            next += piece.len() as u64;
+            chunks.push(piece);
+        }
+    }
+    (chunks, next)
+}
+
+/// Reads spill records from `pos` to `end_pos`, calling `f` until it returns false.
+fn scan(
+    file: &File,
+    mut pos: u64,
+    end_pos: u64,
+    mut f: impl FnMut(OutputEvent) -> bool,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; SCAN_BLOCK];
+    while pos < end_pos {
+        let want = ((end_pos - pos) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..want], pos)?;
+        let mut at = 0usize;
+        let mut grew = false;
+        loop {
+            if want - at < RECORD_HEADER {
+                break;
+            }
+            let h = &buf[at..at + RECORD_HEADER];
+            let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or([0; 8]));
+            let len = u32::from_le_bytes(h[25..29].try_into().unwrap_or([0; 4])) as usize;
+            if want - at < RECORD_HEADER + len {
+                if at == 0 && RECORD_HEADER + len > buf.len() {
+                    // A record larger than the buffer: grow and read again.
+                    buf.resize(RECORD_HEADER + len, 0);
+                    grew = true;
+                }
+                break;
+            }
+            let stream = if h[24] == Stream::Stderr as u8 {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            let ev = OutputEvent {
+                eid: u64_at(0),
+                offset: u64_at(8),
+                ts_ms: u64_at(16),
+                stream,
+                data: Bytes::copy_from_slice(&buf[at + RECORD_HEADER..at + RECORD_HEADER + len]),
+            };
+            at += RECORD_HEADER + len;
+            if !f(ev) {
+                return Ok(());
+            }
+        }
+        if grew {
+            continue;
+        }
+        if at == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated spill record",
+            ));
+        }
+        pos += at as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(window: usize, cap: u64, dir: &Path) -> OutputLog {
+        OutputLog::new(
+            "t".into(),
+            LogLimits {
+                window,
+                spill_cap: cap,
+            },
+            MemBudget::new(usize::MAX / 2),
+            SpillDir::new(dir.to_path_buf()),
+        )
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("execd-output-test-{}-{name}", std::process::id()))
+    }
+
+    #[tokio::test]
+    async fn memory_only_roundtrip() {
+        let l = log(1 << 20, 0, &tmp("mem"));
+        for i in 0..10 {
+            l.append(Stream::Stdout, 0, Bytes::from(format!("line {i}\n")));
+        }
+        let evs = l.read_events(3, usize::MAX).await.unwrap();
+        assert_eq!(evs.len(), 8);
+        assert_eq!(evs[0].eid, 3);
+        assert_eq!(&evs[0].data[..], b"line 2\n");
+        let r = l.read_bytes(2, u64::MAX, usize::MAX).await;
+        let all: Vec<u8> = r.chunks.concat();
+        assert!(all.starts_with(b"ne 0\nline 1\n"));
+        assert_eq!(r.next, l.head().total_bytes);
+    }
+
+    #[tokio::test]
+    async fn spill_keeps_everything_readable() {
+        let dir = tmp("spill");
+        let l = log(4096, 1 << 30, &dir);
+        let mut expect = Vec::new();
+        for i in 0..5000u32 {
+            let s = if i % 3 == 0 {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            let line = format!("{i:06} {}\n", "x".repeat((i % 50) as usize));
+            expect.extend_from_slice(line.as_bytes());
+            l.append(s, i as u64, Bytes::from(line));
+        }
+        // Every event, by eid, in order, from spill and memory.
+        let mut next = 1;
+        let mut got = Vec::new();
+        while next < l.head().next_eid {
+            let evs = l.read_events(next, 10_000).await.unwrap();
+            assert_eq!(evs[0].eid, next);
+            for e in &evs {
+                assert_eq!(e.stream == Stream::Stderr, (e.eid - 1) % 3 == 0);
+                got.extend_from_slice(&e.data);
+            }
+            next = evs.last().unwrap().eid + 1;
+        }
+        assert_eq!(got, expect);
+        // And by byte offset from an arbitrary point.
+        let mut off = 12345;
+        let mut bytes = Vec::new();
+        loop {
+            let r = l.read_bytes(off, u64::MAX, 7000).await;
+            if r.chunks.is_empty() {
+                break;
+            }
+            for c in r.chunks {
+                bytes.extend_from_slice(&c);
+            }
+            off = r.next;
+        }
+        assert_eq!(bytes, &expect[12345..]);
+        drop(l);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "spill files removed on drop"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn capped_spill_reports_gap() {
+        let dir = tmp("cap");
+        let l = log(1024, 8192, &dir);
+        for i in 0..2000u32 {
+            l.append(Stream::Stdout, 0, Bytes::from(format!("{i:09}\n")));
+        }
+        let gap = l.read_events(1, 100).await.unwrap_err();
+        assert!(gap.oldest_eid > 1);
+        let evs = l.read_events(gap.oldest_eid, 100).await.unwrap();
+        assert_eq!(evs[0].eid, gap.oldest_eid);
+        let r = l.read_bytes(0, u64::MAX, 100).await;
+        assert_eq!(r.start, gap.oldest_offset);
+        drop(l);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

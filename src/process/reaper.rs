@@ -1,0 +1,178 @@
+//! The one wait path: every exit status in the daemon is collected here.
+//!
+//! A dedicated thread blocks in `waitid(P_ALL, WEXITED | WNOWAIT)`, which the
+//! kernel wakes on the same event that raises SIGCHLD, without signal-handler
+//! plumbing or lost-signal coalescing. It then reaps every zombie with
+//! `wait4(-1, WNOHANG)`, which also yields rusage, and hands each status to
+//! whoever registered that pid. Orphaned grandchildren re-parented to execd
+//! (it is a child subreaper, or PID 1 in init mode) are reaped and discarded.
+//!
+//! Spawning holds a read lock from fork until the pid is registered; reaping
+//! holds the write lock. So an exit is never collected before its owner is
+//! known, and the standard library's own wait on a failed `exec` never races
+//! the reaper.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+/// How a process ended, with what it cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code when it exited normally.
+    pub code: Option<i32>,
+    /// Signal number when it was killed by one.
+    pub signal: Option<i32>,
+    pub resources: Resources,
+}
+
+/// rusage of the process (and its waited-for descendants), from `wait4`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub user_ms: u64,
+    pub system_ms: u64,
+    pub max_rss_kib: u64,
+}
+
+#[derive(Default)]
+struct Waiters {
+    by_pid: HashMap<i32, oneshot::Sender<ExitStatus>>,
+    spawned: u64,
+}
+
+/// The process-wide reaper. Create one with [`Reaper::start`].
+pub struct Reaper {
+    reap_lock: RwLock<()>,
+    waiters: Mutex<Waiters>,
+    wake: Condvar,
+}
+
+/// Held while spawning; pass it to [`Reaper::register`].
+pub struct SpawnGuard<'a> {
+    reaper: &'a Reaper,
+    _read: RwLockReadGuard<'a, ()>,
+}
+
+impl SpawnGuard<'_> {
+    /// Registers `pid` so its exit is delivered to the returned receiver.
+    pub fn register(self, pid: i32) -> oneshot::Receiver<ExitStatus> {
+        let (tx, rx) = oneshot::channel();
+        let mut w = self.reaper.lock_waiters();
+        w.by_pid.insert(pid, tx);
+        w.spawned += 1;
+        drop(w);
+        self.reaper.wake.notify_one();
+        rx
+    }
+}
+
+impl Reaper {
+    /// Starts the reaper thread and makes execd a child subreaper.
+    pub fn start() -> Arc<Reaper> {
+        set_child_subreaper();
+        let reaper = Arc::new(Reaper {
+            reap_lock: RwLock::new(()),
+            waiters: Mutex::new(Waiters::default()),
+            wake: Condvar::new(),
+        });
+        let r = reaper.clone();
+        let spawned = std::thread::Builder::new()
+            .name("execd-reaper".into())
+            .stack_size(64 * 1024)
+            .spawn(move || r.run());
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the reaper thread");
+        }
+        reaper
+    }
+
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the spawn lock. Fork while holding it, then register the pid.
+    pub fn spawning(&self) -> SpawnGuard<'_> {
+        SpawnGuard {
+            reaper: self,
+            _read: self.reap_lock.read().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Number of pids waiting for their exit.
+    pub fn pending(&self) -> usize {
+        self.lock_waiters().by_pid.len()
+    }
+
+    fn run(&self) {
+        let mut seen_spawns = 0u64;
+        loop {
+            // SAFETY: siginfo_t is plain data; waitid only writes into it.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: a plain syscall with a valid pointer to `info`.
+            let r =
+                unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            if r == -1 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ECHILD) => {
+                        // No children at all: sleep until something is spawned.
+                        let mut w = self.lock_waiters();
+                        while w.spawned == seen_spawns {
+                            w = match self.wake.wait_timeout(w, Duration::from_secs(60)) {
+                                Ok((g, _)) => g,
+                                Err(p) => p.into_inner().0,
+                            };
+                        }
+                        seen_spawns = w.spawned;
+                        continue;
+                    }
+                    _ => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                }
+            }
+            let _excl = self.reap_lock.write().unwrap_or_else(|p| p.into_inner());
+            loop {
+                let mut status = 0;
+                // SAFETY: rusage is plain data that wait4 fills in.
+                let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+                // SAFETY: valid pointers to locals; WNOHANG never blocks.
+                let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut ru) };
+                if pid <= 0 {
+                    break;
+                }
+                let exit = ExitStatus {
+                    code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+                    signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+                    resources: Resources {
+                        user_ms: tv_ms(ru.ru_utime),
+                        system_ms: tv_ms(ru.ru_stime),
+                        max_rss_kib: ru.ru_maxrss.max(0) as u64,
+                    },
+                };
+                let tx = self.lock_waiters().by_pid.remove(&pid);
+                match tx {
+                    Some(tx) => {
+                        let _ = tx.send(exit);
+                    }
+                    None => tracing::debug!(pid, "reaped an orphaned descendant"),
+                }
+            }
+        }
+    }
+}
+
+fn tv_ms(tv: libc::timeval) -> u64 {
+    (tv.tv_sec.max(0) as u64) * 1000 + (tv.tv_usec.max(0) as u64) / 1000
+}
+
+fn set_child_subreaper() {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if r != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot become a child subreaper; orphans re-parent to PID 1");
+    }
+}

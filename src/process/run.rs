@@ -1,0 +1,231 @@
+//! The run loop of one command: reads its pipes as they become ready, splits
+//! lines into the output log, enforces the timeout and interrupt, and records
+//! the exit once the leader is reaped and the pipes are drained.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::lines::{LineSplitter, MAX_LINE};
+use super::output::Stream;
+use super::reaper::ExitStatus;
+use super::registry::{Command, Finished};
+use super::spawn::{signal_group, Spawned};
+
+/// Timing knobs of the run loop.
+#[derive(Clone, Copy, Debug)]
+pub struct RunLimits {
+    pub timeout: Option<Duration>,
+    /// How long pipes may stay open after the leader exits (escaped grandchildren).
+    pub drain: Duration,
+    /// SIGTERM-to-SIGKILL grace for interrupts and shutdown.
+    pub kill_grace: Duration,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One pipe and its line splitter.
+struct Pipe {
+    rx: Option<pipe::Receiver>,
+    buf: BytesMut,
+    lines: LineSplitter,
+    stream: Stream,
+}
+
+impl Pipe {
+    fn new(fd: OwnedFd, stream: Stream) -> Self {
+        let rx = match pipe::Receiver::from_owned_fd(fd) {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch a child pipe");
+                None
+            }
+        };
+        Pipe {
+            rx,
+            buf: BytesMut::new(),
+            lines: LineSplitter::new(MAX_LINE),
+            stream,
+        }
+    }
+
+    fn open(&self) -> bool {
+        self.rx.is_some()
+    }
+
+    async fn read(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        match &mut self.rx {
+            Some(rx) => rx.read_buf(&mut self.buf).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Handles a read result: new bytes go to the log, EOF or error closes the pipe.
+    fn took(&mut self, r: std::io::Result<usize>, cmd: &Command) {
+        match r {
+            Ok(n) if n > 0 => {
+                let chunk = self.buf.split();
+                let ts = now_ms();
+                let stream = self.stream;
+                self.lines.push(chunk, |line| {
+                    cmd.log.append(stream, ts, line);
+                });
+            }
+            _ => self.close(cmd),
+        }
+    }
+
+    /// Reads whatever is already in the pipe without waiting.
+    fn drain_ready(&mut self, cmd: &Command) {
+        while let Some(rx) = &self.rx {
+            self.buf.reserve(READ_CHUNK);
+            match rx.try_read_buf(&mut self.buf) {
+                Ok(n) => self.took(Ok(n), cmd),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn close(&mut self, cmd: &Command) {
+        self.rx = None;
+        let (ts, stream) = (now_ms(), self.stream);
+        self.lines.finish(|line| {
+            cmd.log.append(stream, ts, line);
+        });
+    }
+}
+
+/// Drives one command to completion. Owned by the engine's task tracker.
+pub(crate) async fn run(
+    cmd: Arc<Command>,
+    sp: Spawned,
+    limits: RunLimits,
+    shutdown: CancellationToken,
+) {
+    let pgid = sp.pid;
+    let mut out = Pipe::new(sp.stdout, Stream::Stdout);
+    let mut err = Pipe::new(sp.stderr, Stream::Stderr);
+    let mut exit_rx = sp.exit;
+    let mut exit: Option<ExitStatus> = None;
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    let timeout_at = limits.timeout.map(|t| Instant::now() + t);
+    let mut kill_at: Option<Instant> = None;
+    let mut drain_at: Option<Instant> = None;
+    let (mut timed_out, mut interrupted) = (false, false);
+
+    loop {
+        if exit.is_some() && !out.open() && !err.open() {
+            break;
+        }
+        tokio::select! {
+            r = out.read(), if out.open() => out.took(r, &cmd),
+            r = err.read(), if err.open() => err.took(r, &cmd),
+            r = &mut exit_rx, if exit.is_none() => {
+                exit = Some(r.unwrap_or_default());
+                drain_at = Some(Instant::now() + limits.drain);
+            }
+            _ = sleep_until(timeout_at.unwrap_or(far)), if exit.is_none() && timeout_at.is_some() && !timed_out => {
+                timed_out = true;
+                signal_group(pgid, libc::SIGKILL);
+            }
+            _ = cmd.interrupt.notified(), if exit.is_none() && kill_at.is_none() => {
+                interrupted = true;
+                signal_group(pgid, libc::SIGTERM);
+                kill_at = Some(Instant::now() + limits.kill_grace);
+            }
+            _ = shutdown.cancelled(), if exit.is_none() && kill_at.is_none() => {
+                interrupted = true;
+                signal_group(pgid, libc::SIGTERM);
+                kill_at = Some(Instant::now() + limits.kill_grace);
+            }
+            _ = sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
+                signal_group(pgid, libc::SIGKILL);
+                kill_at = None;
+            }
+            _ = sleep_until(drain_at.unwrap_or(far)), if drain_at.is_some() => {
+                // Something that escaped the leader still holds a pipe: take what
+                // is already written and stop waiting for the rest.
+                out.drain_ready(&cmd);
+                err.drain_ready(&cmd);
+                if out.open() || err.open() {
+                    tracing::debug!(id = %cmd.id, "pipes still open after the drain deadline");
+                }
+                out.close(&cmd);
+                err.close(&cmd);
+                break;
+            }
+        }
+    }
+
+    // An interrupted command's stragglers get the rest of the grace period, then SIGKILL.
+    if let Some(at) = kill_at {
+        if signal_group(pgid, 0) {
+            tokio::select! {
+                _ = sleep_until(at) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        signal_group(pgid, libc::SIGKILL);
+    } else if timed_out {
+        signal_group(pgid, libc::SIGKILL);
+    }
+
+    let status = exit.unwrap_or_default();
+    let (exit_code, error) = describe(&status);
+    cmd.finish(Finished {
+        exit_code,
+        signal: status.signal,
+        timed_out,
+        interrupted,
+        error,
+        spawn_failed: false,
+        finished_at: SystemTime::now(),
+        duration: cmd.start.elapsed(),
+        resources: status.resources,
+        dropped_bytes: cmd.log.dropped_bytes(),
+    });
+}
+
+/// Exit code and upstream-style error text (Go's `ProcessState` wording).
+fn describe(s: &ExitStatus) -> (i32, Option<String>) {
+    match (s.code, s.signal) {
+        (Some(0), _) => (0, None),
+        (Some(c), _) => (c, Some(format!("exit status {c}"))),
+        (None, Some(sig)) => (-1, Some(format!("signal: {}", signal_text(sig)))),
+        (None, None) => (-1, Some("exit status unknown".into())),
+    }
+}
+
+/// Go's wording for common signals, the number otherwise.
+pub fn signal_text(sig: i32) -> String {
+    match sig {
+        libc::SIGKILL => "killed".into(),
+        libc::SIGTERM => "terminated".into(),
+        libc::SIGINT => "interrupt".into(),
+        libc::SIGHUP => "hangup".into(),
+        libc::SIGQUIT => "quit".into(),
+        libc::SIGSEGV => "segmentation fault".into(),
+        libc::SIGABRT => "aborted".into(),
+        libc::SIGPIPE => "broken pipe".into(),
+        libc::SIGBUS => "bus error".into(),
+        libc::SIGFPE => "floating point exception".into(),
+        libc::SIGUSR1 => "user defined signal 1".into(),
+        libc::SIGUSR2 => "user defined signal 2".into(),
+        n => format!("signal {n}"),
+    }
+}

@@ -1,0 +1,208 @@
+//! Building and spawning a process: its own process group, credentials,
+//! environment, working directory and stdio. Exit statuses are not collected
+//! here but by the reaper, which the spawn registers with.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::sync::oneshot;
+
+use super::reaper::{ExitStatus, Reaper};
+use super::users;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub enum Program {
+    /// A shell command line, run as `<shell> -c <line>`.
+    Shell(String),
+    /// An argument vector, run directly without a shell.
+    Argv(Vec<String>),
+}
+
+/// Everything needed to start a process.
+#[derive(Debug)]
+pub struct SpawnSpec {
+    pub program: Program,
+    /// The shell for [`Program::Shell`].
+    pub shell: PathBuf,
+    pub cwd: Option<PathBuf>,
+    /// The complete environment of the child.
+    pub env: Vec<(OsString, OsString)>,
+    /// Run as this uid, with this gid (default: the user's primary group).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Keep stdin open as a pipe instead of `/dev/null`.
+    pub stdin_pipe: bool,
+}
+
+/// A started process.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub exit: oneshot::Receiver<ExitStatus>,
+}
+
+/// Why a process could not be started, classified so callers can act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("{program}: command not found")]
+    NotFound { program: String },
+    #[error("{program}: permission denied")]
+    PermissionDenied { program: String },
+    #[error("switching to uid {uid} is not permitted: execd runs as uid {current}")]
+    UidNotPermitted { uid: u32, current: u32 },
+    #[error("cannot start {program}: {source}")]
+    Io { program: String, source: io::Error },
+}
+
+impl SpawnError {
+    /// The exit code a shell would report for this failure (127 not found, 126 otherwise).
+    pub fn shell_code(&self) -> i32 {
+        match self {
+            SpawnError::NotFound { .. } => 127,
+            _ => 126,
+        }
+    }
+}
+
+/// Finds an executable named `name` on `PATH` (or the usual places).
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The shell commands run under: `bash` if present, else `sh`.
+pub fn default_shell() -> PathBuf {
+    find_in_path("bash")
+        .or_else(|| find_in_path("sh"))
+        .unwrap_or_else(|| PathBuf::from("/bin/sh"))
+}
+
+/// Credentials resolved before forking (the child may only make syscalls).
+struct Creds {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+/// The user's passwd entry, for HOME/USER of a command run as `uid`.
+pub fn lookup_user(uid: u32) -> users::UserInfo {
+    users::user_by_uid(&users::read_db("/etc/passwd"), uid)
+}
+
+fn resolve_creds(uid: u32, gid: Option<u32>) -> Creds {
+    let user = lookup_user(uid);
+    let gid = gid.unwrap_or(user.gid);
+    let groups = if gid == user.gid {
+        users::groups_of(&users::read_db("/etc/group"), user.name.as_deref(), gid)
+    } else {
+        vec![gid]
+    };
+    Creds { uid, gid, groups }
+}
+
+/// Spawns the process in its own process group and registers it with the reaper.
+pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
+    let (program, args): (OsString, Vec<String>) = match &spec.program {
+        Program::Shell(line) => (spec.shell.clone().into(), vec!["-c".into(), line.clone()]),
+        Program::Argv(argv) => (argv[0].clone().into(), argv[1..].to_vec()),
+    };
+    let program_name = program.to_string_lossy().into_owned();
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(&args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .process_group(0)
+        .stdin(if spec.stdin_pipe {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    if let Some(uid) = spec.uid {
+        // SAFETY: getuid has no preconditions.
+        let current = unsafe { libc::getuid() };
+        if uid != current && current != 0 {
+            return Err(SpawnError::UidNotPermitted { uid, current });
+        }
+        let creds = resolve_creds(uid, spec.gid);
+        // SAFETY: the closure runs between fork and exec and only makes
+        // async-signal-safe syscalls on data prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::getuid() == 0
+                    && libc::setgroups(creds.groups.len(), creds.groups.as_ptr()) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::setgid(creds.gid) != 0 || libc::setuid(creds.uid) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    let guard = reaper.spawning();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| classify(e, &program_name, spec.uid))?;
+    let pid = child.id() as i32;
+    let exit = guard.register(pid);
+
+    // Never `wait` on `child`: the reaper owns exit statuses. Dropping it is fine.
+    let stdin = child.stdin.take().map(OwnedFd::from);
+    let stdout = child.stdout.take().map(OwnedFd::from);
+    let stderr = child.stderr.take().map(OwnedFd::from);
+    match (stdout, stderr) {
+        (Some(stdout), Some(stderr)) => Ok(Spawned {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+            exit,
+        }),
+        _ => Err(SpawnError::Io {
+            program: program_name,
+            source: io::Error::other("child pipes missing"),
+        }),
+    }
+}
+
+fn classify(e: io::Error, program: &str, uid: Option<u32>) -> SpawnError {
+    let program = program.to_string();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => SpawnError::NotFound { program },
+        Some(libc::EACCES) => SpawnError::PermissionDenied { program },
+        Some(libc::EPERM) if uid.is_some() => SpawnError::UidNotPermitted {
+            uid: uid.unwrap_or_default(),
+            // SAFETY: getuid has no preconditions.
+            current: unsafe { libc::getuid() },
+        },
+        _ => SpawnError::Io { program, source: e },
+    }
+}
+
+/// Sends `signal` to every process in group `pgid`. Errors (the group is gone) are ignored.
+pub fn signal_group(pgid: i32, signal: i32) -> bool {
+    // SAFETY: kill(2) with a negative pid addresses the process group.
+    unsafe { libc::kill(-pgid, signal) == 0 }
+}

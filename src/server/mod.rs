@@ -1,0 +1,235 @@
+//! HTTP plumbing: the accept loop, the shared state handlers see, and the
+//! request context. Knows nothing of processes or files beyond handing the
+//! engine to handlers.
+
+pub mod auth;
+pub mod error;
+pub mod routes;
+pub mod sse;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::process::Engine;
+pub use error::ApiError;
+
+/// Every response body.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A 200 with no body, as upstream's success-without-payload.
+pub fn ok_empty() -> Response<Body> {
+    Response::new(empty())
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}
+
+/// State shared by all handlers.
+pub struct App {
+    pub config: Config,
+    pub engine: Arc<Engine>,
+    token: Option<Vec<u8>>,
+}
+
+impl App {
+    pub fn new(config: Config, engine: Arc<Engine>) -> Arc<App> {
+        let token = config.access_token.clone().map(String::into_bytes);
+        Arc::new(App {
+            config,
+            engine,
+            token,
+        })
+    }
+}
+
+/// One request on its way through a handler.
+pub struct Ctx {
+    pub app: Arc<App>,
+    pub req: Request<Incoming>,
+    pub params: Vec<(&'static str, String)>,
+}
+
+impl Ctx {
+    /// A path parameter by its name in the route table.
+    pub fn param(&self, name: &str) -> &str {
+        self.params
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    /// Query parameters, percent-decoded; repeated names keep every value.
+    pub fn query(&self) -> Query {
+        Query(
+            form_urlencoded::parse(self.req.uri().query().unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    /// The request body as JSON of type `T`, at most `max_body` bytes.
+    pub async fn json<T: DeserializeOwned>(self) -> Result<T, ApiError> {
+        let max = self.app.config.max_body;
+        let bytes = self.body_bytes(max).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::invalid_body(
+                "request body is empty; a JSON object is required",
+            ));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::invalid_body(format!("error parsing request, invalid JSON body: {e}"))
+        })
+    }
+
+    /// The request body as JSON when there is one, `T::default()` when it is empty.
+    pub async fn json_or_default<T: DeserializeOwned + Default>(self) -> Result<T, ApiError> {
+        let max = self.app.config.max_body;
+        let bytes = self.body_bytes(max).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::invalid_body(format!("error parsing request, invalid JSON body: {e}"))
+        })
+    }
+
+    async fn body_bytes(self, max: usize) -> Result<Bytes, ApiError> {
+        match Limited::new(self.req.into_body(), max).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "REQUEST_TOO_LARGE",
+                format!("request body exceeds {max} bytes"),
+            )),
+            Err(e) => Err(ApiError::invalid_body(format!(
+                "error reading request body: {e}"
+            ))),
+        }
+    }
+}
+
+/// Decoded query parameters.
+pub struct Query(pub Vec<(String, String)>);
+
+impl Query {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn map(&self) -> HashMap<&str, &str> {
+        self.0
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+}
+
+/// Accepts connections until `stop` is cancelled, then lets in-flight
+/// requests finish for at most `drain`.
+pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken, drain: Duration) {
+    let conns = tokio_util::task::TaskTracker::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(64 * 1024)
+        .keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |req| handle(app.clone(), req, peer));
+        let conn = http
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades();
+        let stop = stop.clone();
+        conns.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let r = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    // Finish the request in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    conns.close();
+    if tokio::time::timeout(drain, conns.wait()).await.is_err() {
+        tracing::debug!("connections still open at the end of shutdown");
+    }
+}
+
+async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = if !auth::authorized(app.token.as_deref(), req.headers()) {
+        ApiError::unauthorized().into_response()
+    } else {
+        routes::dispatch(app, req).await
+    };
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), %peer, "request");
+    Ok(resp)
+}

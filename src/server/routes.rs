@@ -1,0 +1,155 @@
+//! THE route table: every endpoint execd serves, readable as the API itself.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::{ApiError, App, Body, Ctx};
+use crate::api;
+
+type Reply = Pin<Box<dyn Future<Output = Result<Response<Body>, ApiError>> + Send>>;
+type Handler = fn(Ctx) -> Reply;
+
+/// One endpoint. `{name}` segments capture a path parameter.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub handler: Handler,
+}
+
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every route, in the order they are matched.
+        pub fn table() -> &'static [Route] {
+            static TABLE: std::sync::OnceLock<Vec<Route>> = std::sync::OnceLock::new();
+            TABLE.get_or_init(|| vec![
+                $(Route { method: Method::$method, path: $path, handler: |c| Box::pin($handler(c)) },)*
+            ])
+        }
+    };
+}
+
+routes! {
+    GET    "/ping"                      => api::health::ping,
+
+    POST   "/command"                   => api::command::run,
+    DELETE "/command"                   => api::command::interrupt,
+    GET    "/command/status/{id}"       => api::command::status,
+    GET    "/command/{id}/logs"         => api::command::logs,
+}
+
+/// Matches `path` against a route pattern, returning the captured parameters.
+fn matches(pattern: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
+    let mut params = Vec::new();
+    let mut pat = pattern.split('/');
+    let mut segs = path.split('/');
+    loop {
+        match (pat.next(), segs.next()) {
+            (None, None) => return Some(params),
+            (Some(p), Some(s)) => {
+                if let Some(name) = p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                    if s.is_empty() {
+                        return None;
+                    }
+                    let decoded = percent_decode(s)?;
+                    params.push((name, decoded));
+                } else if p != s {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let bytes: Vec<u8> = form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned().into_bytes())?;
+    String::from_utf8(bytes).ok()
+}
+
+/// Routes a request: 404 for an unknown path, 405 for a known path with the wrong method.
+pub async fn dispatch(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let mut allowed: Vec<&Method> = Vec::new();
+    for route in table() {
+        let Some(params) = matches(route.path, &path) else {
+            continue;
+        };
+        if route.method != req.method() {
+            allowed.push(&route.method);
+            continue;
+        }
+        let ctx = Ctx { app, req, params };
+        return match (route.handler)(ctx).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(),
+        };
+    }
+    if allowed.is_empty() {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no route for {path}"),
+        )
+        .into_response()
+    } else {
+        let list: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+        let mut resp = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            format!(
+                "{} is not allowed on {path}; allowed: {}",
+                req.method(),
+                list.join(", ")
+            ),
+        )
+        .into_response();
+        if let Ok(v) = list.join(", ").parse() {
+            resp.headers_mut().insert(http::header::ALLOW, v);
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_matching() {
+        assert_eq!(matches("/ping", "/ping"), Some(vec![]));
+        assert_eq!(matches("/ping", "/ping/"), None);
+        assert_eq!(
+            matches("/command/{id}/logs", "/command/abc/logs"),
+            Some(vec![("id", "abc".to_string())])
+        );
+        assert_eq!(matches("/command/{id}/logs", "/command//logs"), None);
+        assert_eq!(
+            matches("/command/status/{id}", "/command/status/a%20b+c"),
+            Some(vec![("id", "a b+c".to_string())])
+        );
+    }
+
+    #[test]
+    fn no_two_routes_shadow_each_other() {
+        let t = table();
+        for (i, a) in t.iter().enumerate() {
+            for b in &t[i + 1..] {
+                assert!(
+                    !(a.method == b.method && a.path == b.path),
+                    "duplicate {} {}",
+                    a.method,
+                    a.path
+                );
+            }
+        }
+    }
+}

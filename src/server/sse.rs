@@ -1,0 +1,49 @@
+//! Streaming response bodies: a bounded channel of frames, and the headers of
+//! an event stream. The bound is the back-pressure: a writer waits while the
+//! client is slow, and learns at once when the client has gone.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response};
+use http_body::Frame;
+use tokio::sync::mpsc;
+
+use super::Body;
+
+/// A response body fed from a channel.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A sender and the body it feeds; `depth` frames may be in flight.
+pub fn channel(depth: usize) -> (mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = mpsc::channel(depth);
+    (tx, Body::new(ChannelBody { rx }))
+}
+
+/// A 200 event-stream response around `body`.
+pub fn response(body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
