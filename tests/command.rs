@@ -1,0 +1,622 @@
+//! Black-box tests of `/ping` and `/command`: the real binary over real HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::Method;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn ping_answers_200_empty() {
+    let d = Daemon::start();
+    let r = d.get("/ping").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+}
+
+#[tokio::test]
+async fn exit_codes_and_terminal_events() {
+    let d = Daemon::start();
+    let ok = d.run(json!({"command": "true"})).await;
+    assert_eq!(ok[0]["type"], "init");
+    let t = terminal(&ok);
+    assert_eq!(t["type"], "execution_complete");
+    assert_eq!(t["exit_code"], 0);
+    assert!(t["execution_time"].is_u64());
+
+    let three = d.run(json!({"command": "exit 3"})).await;
+    let t = terminal(&three);
+    assert_eq!(t["type"], "error");
+    assert_eq!(t["error"]["evalue"], "3");
+    assert_eq!(t["error"]["ename"], "CommandExecError");
+    assert_eq!(t["exit_code"], 3);
+
+    let killed = d.run(json!({"command": "kill -9 $$"})).await;
+    let t = terminal(&killed);
+    assert_eq!(t["error"]["evalue"], "-1");
+    assert_eq!(t["signal"], 9);
+    assert_eq!(t["error"]["traceback"][0], "signal: killed");
+}
+
+#[tokio::test]
+async fn every_event_has_type_timestamp_and_increasing_eid() {
+    let d = Daemon::start();
+    let evs = d
+        .run(json!({"command": "echo a; echo b >&2; echo c"}))
+        .await;
+    let mut last = None;
+    for e in &evs {
+        assert!(e["type"].is_string() && e["timestamp"].is_u64(), "{e}");
+        let eid = e["eid"].as_u64().expect("eid");
+        if let Some(prev) = last {
+            assert!(eid > prev, "eid not increasing: {evs:?}");
+        }
+        last = Some(eid);
+    }
+    let r = terminal(&evs);
+    assert!(r["resources"]["max_rss_kib"].as_u64().unwrap() > 0, "{r}");
+}
+
+#[tokio::test]
+async fn stderr_is_kept_apart_from_stdout() {
+    let d = Daemon::start();
+    let evs = d
+        .run(json!({"command": "echo out; echo err >&2; echo out2"}))
+        .await;
+    assert_eq!(text_of(&evs, "stdout"), "out\nout2\n");
+    assert_eq!(text_of(&evs, "stderr"), "err\n");
+}
+
+#[tokio::test]
+async fn line_endings_blank_lines_cr_and_invalid_utf8() {
+    let d = Daemon::start();
+    let evs = d
+        .run(json!({"command": r"printf 'a\n\nb\r\nc\rd\377\n\n'; printf 'no newline'"}))
+        .await;
+    assert_eq!(
+        texts(&evs, "stdout"),
+        [
+            "a\n",
+            "\n",
+            "b\r\n",
+            "c\r",
+            "d\u{FFFD}\n",
+            "\n",
+            "no newline"
+        ]
+    );
+    // The logs route gives back the raw bytes, invalid byte included.
+    let id = evs[0]["text"].as_str().unwrap();
+    let logs = d.get(&format!("/command/{id}/logs")).await;
+    assert_eq!(&logs.body[..], b"a\n\nb\r\nc\rd\xff\n\nno newline");
+}
+
+#[tokio::test]
+async fn separators_that_break_sdk_line_splitters_are_escaped() {
+    let d = Daemon::start();
+    let mut s = d
+        .stream(
+            "/command",
+            &json!({"command": r"printf 'x\u2028y\u2029z\xc2\x85w\n'"}),
+        )
+        .await;
+    let evs = s.collect().await;
+    assert_eq!(text_of(&evs, "stdout"), "x\u{2028}y\u{2029}z\u{85}w\n");
+    for line in &s.raw {
+        assert!(
+            !line.contains(['\u{2028}', '\u{2029}', '\u{85}', '\n', '\r']),
+            "raw event line contains a line separator: {line:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn long_lines_are_split_without_breaking_characters() {
+    let d = Daemon::start();
+    // 100 000 two-byte characters and no newline: 200 000 bytes in one "line".
+    let evs = d
+        .run(json!({"command": "python3 -c \"import sys; sys.stdout.write('é'*100000)\""}))
+        .await;
+    let parts = texts(&evs, "stdout");
+    assert!(
+        parts.len() >= 4,
+        "expected the line in pieces, got {}",
+        parts.len()
+    );
+    assert!(parts
+        .iter()
+        .all(|p| p.len() <= 64 * 1024 && !p.contains('\u{FFFD}')));
+    assert_eq!(parts.concat(), "é".repeat(100000));
+}
+
+#[tokio::test]
+async fn env_and_cwd() {
+    let d = Daemon::start();
+    let evs = d
+        .run(json!({"command": "echo \"$FOO|$PWD\"", "envs": {"FOO": "bar baz"}, "cwd": "/tmp"}))
+        .await;
+    assert_eq!(text_of(&evs, "stdout"), "bar baz|/tmp\n");
+
+    let r = d
+        .post_json(
+            "/command",
+            &json!({"command": "pwd", "cwd": "/does/not/exist"}),
+        )
+        .await;
+    r.assert_error(400, "INVALID_REQUEST_BODY");
+    assert!(r.text().contains("does not exist"));
+    let r = d
+        .post_json(
+            "/command",
+            &json!({"command": "pwd", "cwd": "/etc/hostname"}),
+        )
+        .await;
+    r.assert_error(400, "INVALID_REQUEST_BODY");
+    assert!(r.text().contains("not a directory"));
+}
+
+#[tokio::test]
+async fn envs_file_applies_and_request_wins_and_token_is_not_leaked() {
+    let dir = std::env::temp_dir().join(format!("execd-envs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("env");
+    std::fs::write(
+        &file,
+        "# defaults\nA=from_file\nB='quoted $HOME'\nexport C=\"c1\"\n",
+    )
+    .unwrap();
+    let d = Daemon::start_with(
+        &["--access-token", "s3cret"],
+        &[("EXECD_ENVS", file.to_str().unwrap())],
+    );
+    let evs = d
+        .run(json!({"command": "echo \"$A|$B|$C|${EXECD_ACCESS_TOKEN:-none}\"", "envs": {"C": "req"}}))
+        .await;
+    assert_eq!(text_of(&evs, "stdout"), "from_file|quoted $HOME|req|none\n");
+    // The file is re-read when it changes.
+    std::fs::write(&file, "A=changed\n").unwrap();
+    let evs = d.run(json!({"command": "echo $A"})).await;
+    assert_eq!(text_of(&evs, "stdout"), "changed\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn argv_runs_without_a_shell() {
+    let d = Daemon::start();
+    let evs = d
+        .run(json!({"argv": ["printf", "%s|", "a b", "$HOME", ";echo no"]}))
+        .await;
+    assert_eq!(text_of(&evs, "stdout"), "a b|$HOME|;echo no|");
+    assert_eq!(terminal(&evs)["type"], "execution_complete");
+}
+
+#[tokio::test]
+async fn spawn_failures_name_the_cause() {
+    let d = Daemon::start();
+    let evs = d.run(json!({"argv": ["/no/such/binary"]})).await;
+    let t = terminal(&evs);
+    assert_eq!(t["error"]["evalue"], "127");
+    assert!(
+        t["error"]["traceback"][0]
+            .as_str()
+            .unwrap()
+            .contains("not found"),
+        "{t}"
+    );
+    let id = evs[0]["text"].as_str().unwrap();
+    let st = d.get(&format!("/command/status/{id}")).await.json();
+    assert_eq!(st["running"], false);
+    assert_eq!(st["exit_code"], 127);
+
+    let evs = d.run(json!({"argv": ["/etc/hostname"]})).await;
+    assert_eq!(terminal(&evs)["error"]["evalue"], "126");
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_tree() {
+    let d = Daemon::start();
+    // Two background children and a subshell grandchild; print their pids, then wait.
+    let evs = d
+        .run(json!({
+            "command": "sleep 300 & echo $!; (sleep 300 & echo $!; wait) & sleep 300 & echo $!; wait",
+            "timeout": 500
+        }))
+        .await;
+    let t = terminal(&evs);
+    assert_eq!(t["timed_out"], true, "{t}");
+    assert_eq!(t["error"]["evalue"], "-1");
+    let pids: Vec<u32> = text_of(&evs, "stdout")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "{evs:?}");
+    eventually(
+        Duration::from_secs(5),
+        "every process of the tree gone",
+        || pids.iter().all(|p| !alive(*p)),
+    )
+    .await;
+    let r = d
+        .post_json("/command", &json!({"command": "true", "timeout": -1}))
+        .await;
+    r.assert_error(400, "INVALID_REQUEST_BODY");
+}
+
+#[tokio::test]
+async fn interrupt_terminates_then_kills() {
+    let d = Daemon::start();
+    // A plain sleep dies of SIGTERM.
+    let evs = d
+        .run(json!({"command": "sleep 300", "background": true}))
+        .await;
+    assert_eq!(evs.len(), 2);
+    assert_eq!(evs[1]["type"], "execution_complete");
+    let id = evs[0]["text"].as_str().unwrap().to_string();
+    let r = d.delete(&format!("/command?id={id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let st = d.wait_finished(&id, Duration::from_secs(10)).await;
+    assert_eq!(st["exit_code"], -1);
+    assert_eq!(st["error"], "signal: terminated");
+    assert!(st["finished_at"].is_string());
+
+    // A command that ignores SIGTERM is killed after the grace period.
+    let evs = d
+        .run(json!({"command": "trap '' TERM; echo ready; sleep 300 & wait", "background": true}))
+        .await;
+    let id = evs[0]["text"].as_str().unwrap().to_string();
+    // Wait until the trap is installed (its output says so).
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while d.get(&format!("/command/{id}/logs")).await.text() != "ready\n" {
+        assert!(std::time::Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(d.delete(&format!("/command?id={id}")).await.status, 200);
+    let st = d.wait_finished(&id, Duration::from_secs(10)).await;
+    assert_eq!(st["error"], "signal: killed", "{st}");
+
+    // Unknown, finished and missing ids are 4xx envelopes.
+    d.delete("/command?id=nope")
+        .await
+        .assert_error(404, "COMMAND_NOT_FOUND");
+    d.delete(&format!("/command?id={id}"))
+        .await
+        .assert_error(409, "COMMAND_NOT_RUNNING");
+    d.delete("/command")
+        .await
+        .assert_error(400, "MISSING_QUERY");
+}
+
+#[tokio::test]
+async fn status_is_available_the_moment_init_is_sent() {
+    let d = Daemon::start();
+    let mut s = d
+        .stream(
+            "/command",
+            &json!({"command": "echo started; sleep 0.3; echo done"}),
+        )
+        .await;
+    let init = s.next().await.unwrap();
+    let id = init["text"].as_str().unwrap();
+    let st = d.get(&format!("/command/status/{id}")).await;
+    assert_eq!(st.status, 200);
+    let v = st.json();
+    assert_eq!(v["id"], id);
+    assert_eq!(v["content"], "echo started; sleep 0.3; echo done");
+    assert_eq!(v["running"], true);
+    assert!(
+        v.get("exit_code").is_none() && v.get("finished_at").is_none(),
+        "{v}"
+    );
+    assert!(v["started_at"].as_str().unwrap().ends_with('Z'));
+    let rest = s.collect().await;
+    assert_eq!(terminal(&rest)["type"], "execution_complete");
+    let v = d.get(&format!("/command/status/{id}")).await.json();
+    assert_eq!(
+        (v["running"].clone(), v["exit_code"].clone()),
+        (json!(false), json!(0))
+    );
+    assert!(v.get("error").is_none(), "{v}");
+    d.get("/command/status/unknown")
+        .await
+        .assert_error(404, "COMMAND_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn background_logs_with_cursors() {
+    let d = Daemon::start();
+    let evs = d
+        .run(json!({"command": "echo one; sleep 0.05; echo two >&2; sleep 0.05; echo three", "background": true}))
+        .await;
+    let id = evs[0]["text"].as_str().unwrap().to_string();
+    let st = d.wait_finished(&id, Duration::from_secs(10)).await;
+    assert_eq!(st["exit_code"], 0);
+    let all = d.get(&format!("/command/{id}/logs?cursor=0")).await;
+    assert_eq!(all.status, 200);
+    assert_eq!(all.text(), "one\ntwo\nthree\n");
+    assert_eq!(all.header("execd-commands-tail-cursor"), Some("14"));
+    let part = d.get(&format!("/command/{id}/logs?cursor=4")).await;
+    assert_eq!(part.text(), "two\nthree\n");
+    assert_eq!(part.header("execd-commands-tail-cursor"), Some("14"));
+    let past = d.get(&format!("/command/{id}/logs?cursor=100")).await;
+    assert_eq!(past.text(), "");
+    assert_eq!(past.header("execd-commands-tail-cursor"), Some("100"));
+    d.get(&format!("/command/{id}/logs?cursor=-1"))
+        .await
+        .assert_error(400, "INVALID_REQUEST_BODY");
+    d.get("/command/nope/logs")
+        .await
+        .assert_error(404, "COMMAND_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn logs_are_served_for_foreground_commands_too() {
+    let d = Daemon::start();
+    let evs = d.run(json!({"command": "echo fg"})).await;
+    let id = evs[0]["text"].as_str().unwrap();
+    assert_eq!(d.get(&format!("/command/{id}/logs")).await.text(), "fg\n");
+}
+
+#[tokio::test]
+async fn a_disconnected_client_does_not_kill_its_command() {
+    let d = Daemon::start();
+    let mut s = d
+        .stream(
+            "/command",
+            &json!({"command": "echo start; sleep 0.3; echo end"}),
+        )
+        .await;
+    let init = s.next().await.unwrap();
+    let id = init["text"].as_str().unwrap().to_string();
+    assert_eq!(s.next().await.unwrap()["text"], "start\n");
+    drop(s);
+    let st = d.wait_finished(&id, Duration::from_secs(10)).await;
+    assert_eq!(st["exit_code"], 0);
+    assert_eq!(
+        d.get(&format!("/command/{id}/logs")).await.text(),
+        "start\nend\n"
+    );
+    assert_eq!(d.get("/ping").await.status, 200);
+}
+
+#[tokio::test]
+async fn keepalive_pings_during_silence() {
+    let d = Daemon::start_with(&["--ping-interval", "50ms"], &[]);
+    let evs = d.run(json!({"command": "sleep 0.4; echo late"})).await;
+    let pings = evs.iter().filter(|e| e["type"] == "ping").count();
+    assert!(pings >= 1, "no ping during 400 ms of silence: {evs:?}");
+    let last_ping = evs.iter().rposition(|e| e["type"] == "ping").unwrap();
+    let stdout = evs.iter().position(|e| e["type"] == "stdout").unwrap();
+    assert!(
+        last_ping < stdout,
+        "pings only during silence, never after the end"
+    );
+}
+
+#[tokio::test]
+async fn orphans_are_reparented_to_execd_and_reaped() {
+    let d = Daemon::start();
+    // The subshell prints its background sleep's pid and exits at once, orphaning it.
+    let evs = d
+        .run(json!({"command": "(sleep 0.5 >/dev/null 2>&1 & echo $!)"}))
+        .await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete");
+    let orphan: u32 = text_of(&evs, "stdout").trim().parse().unwrap();
+    let stat =
+        std::fs::read_to_string(format!("/proc/{orphan}/stat")).expect("orphan still running");
+    let ppid: u32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        ppid,
+        d.pid(),
+        "the orphan is re-parented to execd (child subreaper)"
+    );
+    // When it ends, execd reaps it: it neither lingers as a zombie nor stays.
+    eventually(Duration::from_secs(5), "orphan reaped", || {
+        !std::path::Path::new(&format!("/proc/{orphan}")).exists()
+    })
+    .await;
+    assert!(zombies_of(d.pid()).is_empty());
+}
+
+#[tokio::test]
+async fn a_grandchild_holding_the_pipe_does_not_hang_the_stream() {
+    let d = Daemon::start_with(&["--drain-timeout", "100ms"], &[]);
+    // setsid escapes the process group; the sleep keeps stdout open.
+    let evs = d.run(json!({"command": "setsid sleep 5 & echo bye"})).await;
+    assert_eq!(text_of(&evs, "stdout"), "bye\n");
+    assert_eq!(terminal(&evs)["type"], "execution_complete");
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_commands() {
+    let d = std::sync::Arc::new(Daemon::start());
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        let d = d.clone();
+        set.spawn(async move {
+            let evs = d.run(json!({"command": format!("echo {i}")})).await;
+            assert_eq!(text_of(&evs, "stdout"), format!("{i}\n"));
+            assert_eq!(terminal(&evs)["type"], "execution_complete");
+        });
+    }
+    let mut n = 0;
+    while let Some(r) = set.join_next().await {
+        r.expect("command task");
+        n += 1;
+    }
+    assert_eq!(n, 500);
+    assert_eq!(d.get("/ping").await.status, 200);
+}
+
+#[tokio::test]
+async fn large_output_keeps_memory_bounded() {
+    let d = Daemon::start();
+    let idle = d.proc_kib("VmRSS");
+    // 100 MB in 1000-byte lines, with a reader.
+    let cmd = "head -c 100000000 /dev/zero | tr '\\0' 'x' | fold -w 999";
+    let mut s = d.stream("/command", &json!({ "command": cmd })).await;
+    let mut bytes = 0usize;
+    let mut peak = 0;
+    let mut n = 0u64;
+    while let Some(e) = s.next().await {
+        if e["type"] == "stdout" {
+            bytes += e["text"].as_str().unwrap().len();
+            n += 1;
+            if n % 5000 == 0 {
+                peak = peak.max(d.proc_kib("VmRSS"));
+            }
+        } else if e["type"] != "init" {
+            assert_eq!(e["type"], "execution_complete", "{e}");
+        }
+    }
+    assert_eq!(bytes, 100_000_000 + 100_000_000 / 999);
+    // And with no reader at all, in the background.
+    let evs = d.run(json!({"command": cmd, "background": true})).await;
+    let id = evs[0]["text"].as_str().unwrap();
+    let st = d.wait_finished(id, Duration::from_secs(120)).await;
+    assert_eq!(st["output_bytes"], 100_000_000 + 100_000_000 / 999);
+    let hwm = d.proc_kib("VmHWM");
+    eprintln!("execd RSS: idle {idle} KiB, sampled peak {peak} KiB, VmHWM {hwm} KiB");
+    // The output itself is 100 MB; execd must hold only a small window of it.
+    assert!(
+        hwm < idle + 40 * 1024,
+        "execd grew from {idle} KiB to {hwm} KiB"
+    );
+    // Everything is still retrievable from the spill, from any offset.
+    let tail = d.get(&format!("/command/{id}/logs?cursor=100000000")).await;
+    assert_eq!(tail.body.len(), 100_000_000 / 999);
+}
+
+#[tokio::test]
+async fn bad_input_gets_envelopes() {
+    let d = Daemon::start();
+    let post = |body: &'static str| {
+        let d = &d;
+        async move {
+            d.request(
+                Method::POST,
+                "/command",
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await
+        }
+    };
+    for body in [
+        "{",
+        "",
+        "[]",
+        "{}",
+        r#"{"command": 5}"#,
+        r#"{"command": ""}"#,
+        r#"{"command": "x", "argv": ["y"]}"#,
+        r#"{"argv": []}"#,
+        r#"{"argv": [""]}"#,
+        r#"{"command": "x", "timeout": "soon"}"#,
+        r#"{"command": "x", "gid": 5}"#,
+        r#"{"command": "x", "uid": -1}"#,
+        r#"{"command": "x", "envs": {"A=B": "c"}}"#,
+        r#"{"command": "x", "envs": ["A"]}"#,
+    ] {
+        post(body).await.assert_error(400, "INVALID_REQUEST_BODY");
+    }
+    // Unknown fields are ignored.
+    assert_eq!(
+        post(r#"{"command": "true", "whatever": [1, 2]}"#)
+            .await
+            .status,
+        200
+    );
+    let big = format!(r#"{{"command": "{}"}}"#, "x".repeat(2 << 20));
+    let r = d
+        .request(
+            Method::POST,
+            "/command",
+            &[("content-type", "application/json")],
+            big,
+        )
+        .await;
+    r.assert_error(413, "REQUEST_TOO_LARGE");
+    d.get("/no/such/route").await.assert_error(404, "NOT_FOUND");
+    let r = d.request(Method::PUT, "/ping", &[], "").await;
+    r.assert_error(405, "METHOD_NOT_ALLOWED");
+    assert_eq!(r.header("allow"), Some("GET"));
+    assert_eq!(d.get("/ping").await.status, 200);
+}
+
+#[tokio::test]
+async fn access_token_guards_every_route() {
+    let d = Daemon::start_with(&["--access-token", "s3cret"], &[]);
+    assert_eq!(d.get("/ping").await.status, 200);
+    // Configured through the environment this time; requests choose their token.
+    let anon = Daemon::start_with(&[], &[("EXECD_ACCESS_TOKEN", "s3cret")]);
+    for (method, path) in [
+        (Method::GET, "/ping"),
+        (Method::POST, "/command"),
+        (Method::GET, "/nope"),
+    ] {
+        let r = anon.send_raw(method, path, None).await;
+        assert_eq!(r.0, 401, "{path}");
+        let v: Value = serde_json::from_slice(&r.1).unwrap();
+        assert_eq!(
+            v["error"],
+            "Unauthorized: invalid or missing header X-EXECD-ACCESS-TOKEN"
+        );
+        assert_eq!(v["code"], "UNAUTHORIZED");
+        let wrong = anon.send_raw(Method::GET, "/ping", Some("s3cre")).await;
+        assert_eq!(wrong.0, 401);
+    }
+    assert_eq!(
+        anon.send_raw(Method::GET, "/ping", Some("s3cret")).await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn uid_switch_runs_as_that_user() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: switching uid needs root");
+        return;
+    }
+    let d = Daemon::start();
+    let evs = d
+        .run(json!({"command": "id -u; id -g", "uid": 65534, "gid": 65534}))
+        .await;
+    assert_eq!(text_of(&evs, "stdout"), "65534\n65534\n");
+}
+
+#[tokio::test]
+async fn sigterm_ends_commands_and_exits_zero() {
+    let mut d = Daemon::start_with(&["--graceful-shutdown-timeout", "5s"], &[]);
+    let evs = d
+        .run(json!({"command": "sleep 300 & echo $!; wait", "background": true}))
+        .await;
+    let id = evs[0]["text"].as_str().unwrap().to_string();
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let pid: u32 = loop {
+        let t = d.get(&format!("/command/{id}/logs")).await.text();
+        if let Ok(p) = t.trim().parse() {
+            break p;
+        }
+        assert!(std::time::Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(alive(pid));
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(10)).expect("execd exits");
+    assert!(status.success(), "{status:?}");
+    eventually(Duration::from_secs(5), "command process gone", || {
+        !alive(pid)
+    })
+    .await;
+}

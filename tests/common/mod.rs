@@ -1,0 +1,417 @@
+//! Black-box test harness: starts the real `execd` binary on an ephemeral
+//! port and talks HTTP/1.1 to it with a hyper client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+/// A running daemon, killed when dropped.
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_with(&[], &[])
+    }
+
+    /// Starts with extra flags and environment variables.
+    pub fn start_with(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_execd"));
+        cmd.args(["--port", "0", "--bind", "127.0.0.1", "--log-level", "4"])
+            .args(args)
+            .env_remove("EXECD_ACCESS_TOKEN")
+            .env_remove("EXECD_ENVS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn execd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listen line");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from execd: {line:?}"));
+        let token = args
+            .iter()
+            .position(|a| *a == "--access-token")
+            .map(|i| args[i + 1].to_string())
+            .or_else(|| {
+                envs.iter()
+                    .find(|(k, _)| *k == "EXECD_ACCESS_TOKEN")
+                    .map(|(_, v)| v.to_string())
+            });
+        Daemon { child, addr, token }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the daemon to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A `/proc/PID/status` field in KiB (VmRSS, VmHWM).
+    pub fn proc_kib(&self, field: &str) -> u64 {
+        proc_status_kib(self.child.id(), field)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        let r = self.send(method, path, headers, body).await;
+        let status = r.status().as_u16();
+        let hdrs = r.headers().clone();
+        let body = r.into_body().collect().await.expect("read body").to_bytes();
+        Resp {
+            status,
+            headers: hdrs,
+            body,
+        }
+    }
+
+    /// Sends a request and returns the response with its body unread.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> http::Response<Incoming> {
+        self.send_as(self.token.as_deref(), method, path, headers, body)
+            .await
+    }
+
+    /// A bodiless request with exactly the given token (or none): status and body.
+    pub async fn send_raw(&self, method: Method, path: &str, token: Option<&str>) -> (u16, Bytes) {
+        let r = self.send_as(token, method, path, &[], Bytes::new()).await;
+        let status = r.status().as_u16();
+        (
+            status,
+            r.into_body().collect().await.expect("body").to_bytes(),
+        )
+    }
+
+    async fn send_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> http::Response<Incoming> {
+        let stream = TcpStream::connect(self.addr).await.expect("connect");
+        stream.set_nodelay(true).ok();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string());
+        if let Some(t) = token {
+            req = req.header("x-execd-access-token", t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.into())).expect("request");
+        sender.send_request(req).await.expect("send request")
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.request(Method::DELETE, path, &[], Bytes::new()).await
+    }
+
+    pub async fn post_json(&self, path: &str, v: &Value) -> Resp {
+        self.request(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            v.to_string(),
+        )
+        .await
+    }
+
+    /// Starts an event stream (e.g. `POST /command`).
+    pub async fn stream(&self, path: &str, v: &Value) -> EventStream {
+        let r = self
+            .send(
+                Method::POST,
+                path,
+                &[("content-type", "application/json")],
+                v.to_string(),
+            )
+            .await;
+        EventStream::new(r)
+    }
+
+    /// Runs a foreground command and collects every event.
+    pub async fn run(&self, v: Value) -> Vec<Value> {
+        let mut s = self.stream("/command", &v).await;
+        assert_eq!(s.status, 200, "POST /command {v}");
+        s.collect().await
+    }
+
+    /// Polls `/command/status/{id}` until it is no longer running.
+    pub async fn wait_finished(&self, id: &str, limit: Duration) -> Value {
+        let end = Instant::now() + limit;
+        loop {
+            let r = self.get(&format!("/command/status/{id}")).await;
+            assert_eq!(r.status, 200, "status {id}: {}", r.text());
+            let v = r.json();
+            if v["running"] == false {
+                return v;
+            }
+            assert!(
+                Instant::now() < end,
+                "command {id} still running after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A buffered response.
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an error envelope with this status and code.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        let v = self.json();
+        assert_eq!(v["code"], code, "body: {v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "message missing: {v}"
+        );
+    }
+}
+
+/// An event stream read incrementally: bare JSON objects separated by blank lines.
+pub struct EventStream {
+    pub status: u16,
+    pub headers: HeaderMap,
+    body: Incoming,
+    buf: BytesMut,
+    done: bool,
+    /// Every raw event line received, for checks on the encoding itself.
+    pub raw: Vec<String>,
+}
+
+impl EventStream {
+    pub fn new(r: http::Response<Incoming>) -> Self {
+        EventStream {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            body: r.into_body(),
+            buf: BytesMut::new(),
+            done: false,
+            raw: Vec::new(),
+        }
+    }
+
+    /// The next event, or None at the end of the stream.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let chunk = self.buf.split_to(i + 2);
+                let line = std::str::from_utf8(&chunk[..i])
+                    .expect("event is UTF-8")
+                    .to_string();
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("bad event {line:?}: {e}"));
+                self.raw.push(line);
+                return Some(v);
+            }
+            if self.done {
+                assert!(
+                    self.buf.iter().all(u8::is_ascii_whitespace),
+                    "trailing bytes: {:?}",
+                    self.buf
+                );
+                return None;
+            }
+            match self.body.frame().await {
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        self.buf.extend_from_slice(&d);
+                    }
+                }
+                Some(Err(e)) => panic!("stream error: {e}"),
+                None => self.done = true,
+            }
+        }
+    }
+
+    /// Reads to the end of the stream.
+    pub async fn collect(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(v) = self.next().await {
+            out.push(v);
+        }
+        out
+    }
+}
+
+/// Concatenated text of the events of one type.
+pub fn text_of(events: &[Value], kind: &str) -> String {
+    events
+        .iter()
+        .filter(|e| e["type"] == kind)
+        .map(|e| e["text"].as_str().unwrap_or(""))
+        .collect()
+}
+
+/// The texts of the events of one type, in order.
+pub fn texts(events: &[Value], kind: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == kind)
+        .map(|e| e["text"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// The terminal event (last one), checked to be terminal.
+pub fn terminal(events: &[Value]) -> &Value {
+    let last = events.last().expect("no events");
+    assert!(
+        last["type"] == "execution_complete" || last["type"] == "error",
+        "last event is not terminal: {last}"
+    );
+    last
+}
+
+/// Polls `cond` until true, at most `limit`. For conditions with no event to wait on
+/// (a process disappearing from /proc).
+pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether a pid is alive (exists and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Zombie children of `parent`.
+pub fn zombies_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let rest: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            if rest.first() == Some(&"Z")
+                && rest.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent)
+            {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
