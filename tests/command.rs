@@ -471,7 +471,7 @@ async fn large_output_keeps_memory_bounded() {
         if e["type"] == "stdout" {
             bytes += e["text"].as_str().unwrap().len();
             n += 1;
-            if n % 5000 == 0 {
+            if n.is_multiple_of(5000) {
                 peak = peak.max(d.proc_kib("VmRSS"));
             }
         } else if e["type"] != "init" {
