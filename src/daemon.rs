@@ -35,10 +35,37 @@ fn engine_config(c: &Config) -> EngineConfig {
     }
 }
 
+/// Raises the soft open-file limit to the hard one: every running command
+/// holds two pipes, every client a socket, and 1024 is a common default.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
+/// Binds with a deep accept queue: a burst of clients (a thousand commands
+/// started at once) must queue, not be reset.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
+}
+
 /// Runs the daemon to completion on the current tokio runtime.
 pub async fn run(config: Config) -> std::io::Result<()> {
+    raise_nofile_limit();
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = TcpListener::bind(addr).await?;
+    let listener = listen(addr)?;
     let local = listener.local_addr()?;
     let engine = Engine::start(engine_config(&config));
     let grace = config.graceful_shutdown_timeout;

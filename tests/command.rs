@@ -620,3 +620,105 @@ async fn sigterm_ends_commands_and_exits_zero() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_thousand_commands_run_at_once() {
+    use std::os::fd::AsRawFd;
+    let d = std::sync::Arc::new(Daemon::start());
+    let dir = std::env::temp_dir().join(format!("execd-1000-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    // The test holds an exclusive lock; every command checks in, then blocks on a
+    // shared lock of the same file, so all 1000 are alive together until released.
+    let gate_path = dir.join("gate");
+    let gate = std::fs::File::create(&gate_path).unwrap();
+    // SAFETY: flock on a file descriptor we own.
+    assert_eq!(unsafe { libc::flock(gate.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let cmd = format!(
+        "touch {in_dir}/$$; flock -s {gate} echo out",
+        in_dir = dir.join("in").display(),
+        gate = gate_path.display()
+    );
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(200));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let (d, cmd, limit) = (d.clone(), cmd.clone(), limit.clone());
+        set.spawn(async move {
+            let _permit = limit.acquire().await.unwrap();
+            let evs = d.run(json!({"command": cmd, "background": true})).await;
+            evs[0]["text"].as_str().unwrap().to_string()
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = set.join_next().await {
+        ids.push(id.unwrap());
+    }
+    let checked_in = || {
+        std::fs::read_dir(dir.join("in"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    eventually(Duration::from_secs(120), "1000 commands checked in", || {
+        checked_in() >= 1000
+    })
+    .await;
+    for id in ids.iter().step_by(97) {
+        assert_eq!(
+            d.get(&format!("/command/status/{id}")).await.json()["running"],
+            true
+        );
+    }
+    drop(gate); // releases the lock
+    for id in &ids {
+        let st = d.wait_finished(id, Duration::from_secs(120)).await;
+        assert_eq!(st["exit_code"], 0, "{st}");
+        assert_eq!(d.get(&format!("/command/{id}/logs")).await.text(), "out\n");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn retention_expires_records_and_deletes_spill_files() {
+    let data = std::env::temp_dir().join(format!("execd-spill-{}", std::process::id()));
+    let d = Daemon::start_with(
+        &[
+            "--retention",
+            "1s",
+            "--output-window",
+            "64KiB",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    // The command lingers after its output, so the spill can be inspected while it runs.
+    let mut s = d
+        .stream("/command", &json!({"command": "seq 1 200000; sleep 1"}))
+        .await;
+    let id = s.next().await.unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    while let Some(e) = s.next().await {
+        if e["text"] == "200000\n" {
+            break;
+        }
+    }
+    let spilled: Vec<_> = std::fs::read_dir(&data).unwrap().flatten().collect();
+    assert!(
+        !spilled.is_empty(),
+        "output beyond the window spills to the data dir"
+    );
+    // The spill serves the whole history.
+    let logs = d.get(&format!("/command/{id}/logs")).await;
+    let expect: String = (1..=200000).map(|i| format!("{i}\n")).collect();
+    assert!(logs.text() == expect, "logs differ from seq output");
+    assert_eq!(terminal(&s.collect().await)["exit_code"], 0);
+    eventually(Duration::from_secs(10), "record expired", || {
+        std::fs::read_dir(&data).map(|r| r.count()).unwrap_or(0) == 0
+    })
+    .await;
+    d.get(&format!("/command/status/{id}"))
+        .await
+        .assert_error(404, "COMMAND_NOT_FOUND");
+    let _ = std::fs::remove_dir_all(&data);
+}
