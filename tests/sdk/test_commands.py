@@ -251,6 +251,15 @@ async def test_missing_working_directory_is_rejected(execd_addr, tmp_path):
 
 
 @async_test
+async def test_zero_timeout_means_no_timeout(execd_addr):
+    # RunCommandOpts(timeout=timedelta(0)) goes on the wire as "timeout": 0.
+    async with AsyncSdk(execd_addr) as sdk:
+        ex = await sdk.commands.run("echo fine", opts=RunCommandOpts(timeout=timedelta(0)))
+    assert ex.exit_code == 0
+    assert ex.text == "fine"
+
+
+@async_test
 async def test_timeout_kills_the_command_and_its_children(execd_addr, tmp_path):
     pidfile = tmp_path / "child.pid"
     command = f"sleep 600 & echo $! > {pidfile}; echo started; wait; echo survived"
@@ -328,6 +337,35 @@ async def test_many_lines_in_order(execd_addr):
         ex = await sdk.commands.run("seq 1 5000", opts=opts())
     assert ex.exit_code == 0
     assert ex.text == "\n".join(str(i) for i in range(1, 5001))
+
+
+@async_test
+async def test_large_output_is_complete(execd_addr):
+    """1.5 MB of numbered lines, more than the daemon keeps in memory per command."""
+    async with AsyncSdk(execd_addr) as sdk:
+        ex = await sdk.commands.run("seq -f '%099g' 1 15000", opts=opts())
+    assert ex.exit_code == 0
+    assert ex.text == "\n".join(f"{i:099d}" for i in range(1, 15001))
+
+
+@async_test
+async def test_stream_ends_although_a_grandchild_keeps_stdout_open(execd_addr, tmp_path):
+    """A daemonised grandchild holding the pipe must not keep the SDK waiting forever."""
+    pidfile = tmp_path / "orphan.pid"
+    async with AsyncSdk(execd_addr) as sdk:
+        try:
+            ex = await asyncio.wait_for(
+                sdk.commands.run(f"sleep 600 & echo $! > {pidfile}; echo done", opts=opts()),
+                timeout=120,
+            )
+        finally:
+            if pidfile.exists():
+                try:
+                    os.kill(int(pidfile.read_text()), 9)
+                except ProcessLookupError:
+                    pass
+    assert ex.exit_code == 0
+    assert ex.text == "done"
 
 
 @pytest.mark.xfail(
@@ -517,6 +555,38 @@ async def test_background_cursor_is_a_byte_offset(execd_addr):
         assert whole.cursor == len("é1\n日2\n".encode())
         rest = await sdk.commands.get_background_command_logs(ex.id, cursor=len("é1\n".encode()))
         assert rest.content == "日2\n"
+
+
+@async_test
+async def test_background_large_output_in_logs(execd_addr):
+    expected = "".join(f"{i:099d}\n" for i in range(1, 15001))  # 1.5 MB
+    async with AsyncSdk(execd_addr) as sdk:
+        ex = await sdk.commands.run("seq -f '%099g' 1 15000", opts=RunCommandOpts(background=True))
+
+        async def done():
+            st = await sdk.commands.get_command_status(ex.id)
+            return st if st.running is False else None
+
+        assert (await wait_until(done, what="background seq to finish")).exit_code == 0
+        # Read it back in pieces, following the cursor, as a tailing client would.
+        content, cursor = "", 0
+        for _ in range(1000):
+            logs = await sdk.commands.get_background_command_logs(ex.id, cursor=cursor)
+            assert logs.cursor is not None and logs.cursor >= cursor
+            content += logs.content
+            if logs.cursor == cursor:
+                break
+            cursor = logs.cursor
+    assert cursor == len(expected)
+    assert content == expected
+
+
+@async_test
+async def test_logs_of_unknown_command(execd_addr):
+    async with AsyncSdk(execd_addr) as sdk:
+        with pytest.raises(SandboxApiException) as info:
+            await sdk.commands.get_background_command_logs("0123456789abcdef0123456789abcdef", cursor=0)
+    assert info.value.status_code is not None and 400 <= info.value.status_code < 500
 
 
 @async_test
