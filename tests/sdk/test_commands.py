@@ -91,6 +91,21 @@ async def test_ping_reports_unhealthy_after_daemon_stopped(execd_daemon):
         assert await sdk.health.ping("local") is False
 
 
+@async_test
+async def test_sigterm_stops_daemon_and_its_commands(execd_daemon, tmp_path):
+    pidfile = tmp_path / "bg.pid"
+    async with AsyncSdk(execd_daemon.addr) as sdk:
+        ex = await sdk.commands.run(f"echo $$ > {pidfile}; exec sleep 600", opts=RunCommandOpts(background=True))
+        await wait_until(
+            lambda: asyncio.sleep(0, pidfile.exists() and pidfile.read_text().strip() != ""),
+            what="background command to record its pid",
+        )
+        assert (await sdk.commands.get_command_status(ex.id)).running is True
+    pid = int(pidfile.read_text())
+    assert execd_daemon.stop() == 0  # graceful exit within the fixture's deadline
+    wait_until_sync(lambda: pid_gone(pid), what=f"background command {pid} to be ended by the shutdown")
+
+
 # --------------------------------------------------------------------------
 # foreground runs
 
@@ -130,6 +145,15 @@ async def test_stdout_events_keep_their_line_endings(execd_addr):
         ex = await sdk.commands.run("printf 'x\\r\\ny\\r\\nlast'", opts=opts())
     assert joined(ex.logs.stdout) == "x\r\ny\r\nlast"
     assert ex.text == "x\ny\nlast"
+
+
+@async_test
+async def test_partial_line_completed_later_stays_one_line(execd_addr):
+    """A prompt without newline, finished after a pause, must not be cut into two SDK lines."""
+    async with AsyncSdk(execd_addr) as sdk:
+        ex = await sdk.commands.run("printf 'prompt> '; sleep 1; echo answer; printf 'end'", opts=opts())
+    assert ex.text == "prompt> answer\nend"
+    assert joined(ex.logs.stdout) == "prompt> answer\nend"
 
 
 @async_test
@@ -315,6 +339,20 @@ async def test_argv_missing_executable_fails(execd_addr):
             # ...and so is reporting a failed execution, but never success.
             assert ex.exit_code not in (None, 0)
             assert ex.error is not None
+
+
+@async_test
+async def test_background_argv_missing_executable_reports_failure(execd_addr):
+    async with AsyncSdk(execd_addr) as sdk:
+        ex = await sdk.commands.run(["/definitely/not/here/execd-test"], opts=RunCommandOpts(background=True))
+        assert ex.id
+
+        async def done():
+            st = await sdk.commands.get_command_status(ex.id)
+            return st if st.running is False else None
+
+        st = await wait_until(done, what="failed background command to be reported finished")
+    assert st.exit_code not in (None, 0)
 
 
 # --------------------------------------------------------------------------
