@@ -57,9 +57,12 @@ def execd_bin() -> Path:
 class ExecdDaemon:
     """One ``execd`` process listening on ``127.0.0.1:<ephemeral port>``."""
 
-    def __init__(self, *extra_args: str, binary: Path | None = None) -> None:
+    def __init__(
+        self, *extra_args: str, binary: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.binary = Path(binary or execd_bin())
         self.extra_args = list(extra_args)
+        self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.addr: str | None = None
         self._stderr = tempfile.TemporaryFile()
@@ -73,8 +76,9 @@ class ExecdDaemon:
             )
         # The daemon reads EXECD_* variables (token, envs file, data dir...).
         # Start it from a clean slate so the caller's environment cannot change
-        # what a test sees; tests pass what they need as flags.
+        # what a test sees; tests pass what they need as flags or ``env=``.
         env = {k: v for k, v in os.environ.items() if not k.startswith("EXECD_")}
+        env.update(self.extra_env)
         self.proc = subprocess.Popen(
             [str(self.binary), "--port", "0", "--bind", "127.0.0.1", *self.extra_args],
             stdin=subprocess.DEVNULL,
