@@ -66,6 +66,7 @@ class ExecdDaemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.addr: str | None = None
         self._stderr = tempfile.TemporaryFile()
+        self._stderr_final = ""
         self._stdout_rest: list[bytes] = []
         self._drain: threading.Thread | None = None
 
@@ -131,8 +132,13 @@ class ExecdDaemon:
             self._stdout_rest.append(chunk)
 
     def stderr_text(self) -> str:
+        """What the daemon wrote to stderr so far (its log)."""
+        if self._stderr.closed:
+            return self._stderr_final
         self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")
+        text = self._stderr.read().decode("utf-8", "replace")
+        self._stderr.seek(0, os.SEEK_END)
+        return text
 
     def stop(self) -> int | None:
         """SIGTERM, then wait. Returns the exit code; raises if it would not stop."""
@@ -153,6 +159,9 @@ class ExecdDaemon:
             self._drain.join(timeout=5)
         if proc.stdout is not None:
             proc.stdout.close()
+        if not self._stderr.closed:
+            self._stderr_final = self.stderr_text()
+            self._stderr.close()
         return proc.returncode
 
 
