@@ -58,11 +58,18 @@ class ExecdDaemon:
     """One ``execd`` process listening on ``127.0.0.1:<ephemeral port>``."""
 
     def __init__(
-        self, *extra_args: str, binary: Path | None = None, env: dict[str, str] | None = None
+        self,
+        *extra_args: str,
+        binary: Path | None = None,
+        env: dict[str, str] | None = None,
+        stdin_pipe: bool = False,
     ) -> None:
+        """``stdin_pipe=True`` gives the daemon a stdin pipe that stays open and silent
+        (instead of /dev/null), to tell whether commands inherit it."""
         self.binary = Path(binary or execd_bin())
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
+        self.stdin_pipe = stdin_pipe
         self.proc: subprocess.Popen[bytes] | None = None
         self.addr: str | None = None
         self._stderr = tempfile.TemporaryFile()
@@ -82,7 +89,7 @@ class ExecdDaemon:
         env.update(self.extra_env)
         self.proc = subprocess.Popen(
             [str(self.binary), "--port", "0", "--bind", "127.0.0.1", *self.extra_args],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if self.stdin_pipe else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             env=env,
@@ -157,8 +164,9 @@ class ExecdDaemon:
                 )
         if self._drain is not None:
             self._drain.join(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        for pipe in (proc.stdout, proc.stdin):
+            if pipe is not None:
+                pipe.close()
         if not self._stderr.closed:
             self._stderr_final = self.stderr_text()
             self._stderr.close()

@@ -169,11 +169,20 @@ async def test_no_output_command(execd_addr):
 
 
 @async_test
-async def test_stdin_is_empty(execd_addr):
-    async with AsyncSdk(execd_addr) as sdk:
-        ex = await sdk.commands.run("cat; echo \"rc=$?\"", opts=opts(timeout=timedelta(seconds=20)))
+async def test_stdin_is_empty(tmp_path):
+    # The daemon's own stdin is an open, silent pipe: a command that inherited it
+    # would block in `cat` until the timeout instead of reading end-of-file.
+    daemon = ExecdDaemon(stdin_pipe=True)
+    daemon.start()
+    try:
+        async with AsyncSdk(daemon.addr) as sdk:
+            ex = await sdk.commands.run(
+                "cat; echo \"rc=$?\"; readlink /proc/$$/fd/0", opts=opts(timeout=timedelta(seconds=20))
+            )
+    finally:
+        daemon.stop()
     assert ex.exit_code == 0
-    assert ex.text == "rc=0"
+    assert ex.text == "rc=0\n/dev/null"
 
 
 # --------------------------------------------------------------------------
