@@ -270,6 +270,21 @@ async def test_working_directory(execd_addr, tmp_path):
 
 
 @async_test
+async def test_working_directory_expands_home_and_variables(execd_addr):
+    home = os.path.realpath(os.path.expanduser("~"))
+    async with AsyncSdk(execd_addr) as sdk:
+        tilde = await sdk.commands.run("pwd -P", opts=opts(working_directory="~"))
+        var = await sdk.commands.run("pwd -P", opts=opts(working_directory="${HOME}"))
+        # As in the reference, the cwd is validated against the daemon's own
+        # environment: an unknown variable is a 400, not a silent fallback.
+        with pytest.raises(SandboxApiException) as info:
+            await sdk.commands.run("pwd", opts=opts(working_directory="$EXECD_TEST_SURELY_UNDEFINED/x"))
+    assert tilde.text == home
+    assert var.text == home
+    assert info.value.status_code == 400
+
+
+@async_test
 async def test_missing_working_directory_is_rejected(execd_addr, tmp_path):
     missing = tmp_path / "does-not-exist"
     async with AsyncSdk(execd_addr) as sdk:
