@@ -142,9 +142,9 @@ async def test_foreground_stdout_and_stderr_arrive_separately(execd_addr):
 async def test_stdout_events_keep_their_line_endings(execd_addr):
     """SDK 1.1.1 contract: each event's text keeps its ending, so the texts concatenate to the output."""
     async with AsyncSdk(execd_addr) as sdk:
-        ex = await sdk.commands.run("printf 'x\\r\\ny\\r\\nlast'", opts=opts())
-    assert joined(ex.logs.stdout) == "x\r\ny\r\nlast"
-    assert ex.text == "x\ny\nlast"
+        ex = await sdk.commands.run("printf 'x\\r\\ny\\r\\n10%%\\r50%%\\r100%%\\nlast'", opts=opts())
+    assert joined(ex.logs.stdout) == "x\r\ny\r\n10%\r50%\r100%\nlast"
+    assert ex.text == "x\ny\n10%\n50%\n100%\nlast"
 
 
 @async_test
