@@ -28,6 +28,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub max_body: usize,
     pub ping_interval: Duration,
+    pub max_line: usize,
 }
 
 impl Default for Config {
@@ -49,6 +50,7 @@ impl Default for Config {
             drain_timeout: Duration::from_millis(250),
             max_body: 1 << 20,
             ping_interval: Duration::from_secs(3),
+            max_line: 64 * 1024,
         }
     }
 }
@@ -76,6 +78,7 @@ Options (environment variable in brackets; a flag wins over its variable):
   --drain-timeout D               how long pipes may stay open after a command exits (250ms)
   --max-body SIZE                 largest JSON request body (1MiB)
   --ping-interval D               keep-alive event during silent streams (3s)
+  --max-line SIZE                 longest partial line held before it is sent in pieces (64KiB)
   -h, --help                      print this help
   -V, --version                   print the version
 
@@ -160,6 +163,9 @@ pub fn parse(
             Long("data-dir") => c.data_dir = value(&mut p, "data-dir")?.into(),
             Long("drain-timeout") => c.drain_timeout = duration(&value(&mut p, "drain-timeout")?)?,
             Long("max-body") => c.max_body = size(&value(&mut p, "max-body")?)?.max(1024) as usize,
+            Long("max-line") => {
+                c.max_line = size(&value(&mut p, "max-line")?)?.clamp(1024, 64 << 20) as usize
+            }
             Long("ping-interval") => {
                 c.ping_interval =
                     duration(&value(&mut p, "ping-interval")?)?.max(Duration::from_millis(10))

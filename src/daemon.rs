@@ -28,11 +28,23 @@ fn engine_config(c: &Config) -> EngineConfig {
         retention: c.retention,
         drain: c.drain_timeout,
         kill_grace: Duration::from_secs(3),
+        max_line: c.max_line,
         env_file: c.env_file.clone(),
-        base_env: std::env::vars_os()
-            .filter(|(k, _)| !SECRET_VARS.iter().any(|s| k == s))
-            .collect(),
+        base_env: base_env(c),
     }
+}
+
+/// The environment commands inherit: the daemon's, minus secrets, with
+/// `EXECD_ENVS` naming the env file however it was configured (SDK
+/// `set_env` appends to `$EXECD_ENVS`).
+fn base_env(c: &Config) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut env: Vec<_> = std::env::vars_os()
+        .filter(|(k, _)| !SECRET_VARS.iter().any(|s| k == s) && k != "EXECD_ENVS")
+        .collect();
+    if let Some(f) = &c.env_file {
+        env.push(("EXECD_ENVS".into(), f.clone().into_os_string()));
+    }
+    env
 }
 
 /// Raises the soft open-file limit to the hard one: every running command

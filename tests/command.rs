@@ -690,18 +690,16 @@ async fn retention_expires_records_and_deletes_spill_files() {
         ],
         &[],
     );
-    // The command lingers after its output, so the spill can be inspected while it runs.
-    let mut s = d
-        .stream("/command", &json!({"command": "seq 1 200000; sleep 1"}))
+    // The command stays alive, waiting on stdin, until the spill has been inspected.
+    let evs = d
+        .run(json!({"command": "seq 1 200000; read x || true", "stdin": true, "background": true}))
         .await;
-    let id = s.next().await.unwrap()["text"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    while let Some(e) = s.next().await {
-        if e["text"] == "200000\n" {
-            break;
-        }
+    let id = evs[0]["text"].as_str().unwrap().to_string();
+    let expect: String = (1..=200000).map(|i| format!("{i}\n")).collect();
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while d.get(&format!("/command/status/{id}")).await.json()["output_bytes"] != expect.len() {
+        assert!(std::time::Instant::now() < end, "output never complete");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let spilled: Vec<_> = std::fs::read_dir(&data).unwrap().flatten().collect();
     assert!(
@@ -710,9 +708,20 @@ async fn retention_expires_records_and_deletes_spill_files() {
     );
     // The spill serves the whole history.
     let logs = d.get(&format!("/command/{id}/logs")).await;
-    let expect: String = (1..=200000).map(|i| format!("{i}\n")).collect();
     assert!(logs.text() == expect, "logs differ from seq output");
-    assert_eq!(terminal(&s.collect().await)["exit_code"], 0);
+    let r = d
+        .request(
+            Method::POST,
+            &format!("/command/{id}/stdin?eof=true"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        d.wait_finished(&id, Duration::from_secs(10)).await["exit_code"],
+        0
+    );
     eventually(Duration::from_secs(10), "record expired", || {
         std::fs::read_dir(&data).map(|r| r.count()).unwrap_or(0) == 0
     })
@@ -721,4 +730,21 @@ async fn retention_expires_records_and_deletes_spill_files() {
         .await
         .assert_error(404, "COMMAND_NOT_FOUND");
     let _ = std::fs::remove_dir_all(&data);
+}
+
+#[tokio::test]
+async fn max_line_raises_the_split_point() {
+    let d = Daemon::start_with(&["--max-line", "1MiB"], &[]);
+    let evs = d
+        .run(json!({"command": "head -c 300000 /dev/zero | tr '\\0' x; echo; echo tail"}))
+        .await;
+    let parts = texts(&evs, "stdout");
+    assert_eq!(
+        parts.len(),
+        2,
+        "one event per line: {:?}",
+        parts.iter().map(|p| p.len()).collect::<Vec<_>>()
+    );
+    assert_eq!(parts[0].len(), 300001);
+    assert_eq!(parts[1], "tail\n");
 }

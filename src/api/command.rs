@@ -119,32 +119,22 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let cmd = app.engine.start_command(spec);
     let (tx, body) = sse::channel(4);
     let ping = app.config.ping_interval;
-    app.engine.tasks().spawn(write_stream(
-        cmd,
-        tx,
-        ping,
-        StreamMode::from_background(background),
-    ));
+    let mode = if background {
+        StreamMode::Background
+    } else {
+        StreamMode::Follow { from_eid: 0 }
+    };
+    app.engine.tasks().spawn(write_stream(cmd, tx, ping, mode));
     Ok(sse::response(body))
 }
 
 /// What a stream shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamMode {
-    /// `init`, then every output event, then the terminal event.
-    Follow,
+    /// Every event from `from_eid` on (`init` is eid 0), then the terminal event.
+    Follow { from_eid: u64 },
     /// `init`, then `execution_complete` as soon as the process has started.
     Background,
-}
-
-impl StreamMode {
-    fn from_background(bg: bool) -> Self {
-        if bg {
-            StreamMode::Background
-        } else {
-            StreamMode::Follow
-        }
-    }
 }
 
 const BATCH: usize = 64 * 1024;
@@ -158,10 +148,16 @@ pub async fn write_stream(
     mode: StreamMode,
 ) {
     let mut buf = BytesMut::with_capacity(4096);
-    event_head(&mut buf, "init", 0, now_ms());
-    buf.put_slice(b",\"text\":");
-    json_str(&mut buf, cmd.id.as_bytes());
-    buf.put_slice(b"}\n\n");
+    let from_eid = match mode {
+        StreamMode::Follow { from_eid } => from_eid,
+        StreamMode::Background => 0,
+    };
+    if from_eid == 0 {
+        event_head(&mut buf, "init", 0, now_ms());
+        buf.put_slice(b",\"text\":");
+        json_str(&mut buf, cmd.id.as_bytes());
+        buf.put_slice(b"}\n\n");
+    }
     if mode == StreamMode::Background {
         match cmd.finished().filter(|f| f.spawn_failed) {
             Some(f) => terminal(&mut buf, &cmd, &f, 1),
@@ -173,12 +169,12 @@ pub async fn write_stream(
         let _ = tx.send(buf.split().freeze()).await;
         return;
     }
-    if tx.send(buf.split().freeze()).await.is_err() {
+    if !buf.is_empty() && tx.send(buf.split().freeze()).await.is_err() {
         return;
     }
     let mut head_rx = cmd.log.watch();
-    let mut next = 1u64;
-    let mut last_eid = 0u64;
+    let mut next = from_eid.max(1);
+    let mut last_eid = next - 1;
     loop {
         let head = *head_rx.borrow_and_update();
         match cmd.log.read_events(next, BATCH).await {
@@ -218,7 +214,7 @@ pub async fn write_stream(
             }
         }
         if head.finished && next >= head.next_eid {
-            if let Some(f) = cmd.finished() {
+            if let Some(f) = cmd.finished().filter(|_| next <= head.next_eid) {
                 terminal(&mut buf, &cmd, &f, head.next_eid);
                 let _ = tx.send(buf.split().freeze()).await;
             }
@@ -388,4 +384,72 @@ pub async fn logs(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         HeaderValue::from(start.min(tail)),
     );
     Ok(resp)
+}
+
+/// `GET /command/{id}/resume?after_eid=N`: every event after N (all of them,
+/// `init` included, without N), then live events until the terminal one.
+/// 410 when events after N are no longer retained.
+pub async fn resume(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let cmd = ctx.app.engine.get(ctx.param("id"))?;
+    let from_eid = match ctx.query().get("after_eid") {
+        None | Some("") => 0,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n < 0 => 0,
+            Ok(n) => n as u64 + 1,
+            Err(_) => {
+                return Err(ApiError::invalid_body(format!(
+                    "after_eid must be an integer, got {v:?}"
+                )))
+            }
+        },
+    };
+    let oldest = cmd.log.oldest_eid();
+    if from_eid > 0 && from_eid < oldest {
+        let mut resp = ApiError::new(
+            StatusCode::GONE,
+            "EVENTS_EXPIRED",
+            format!(
+                "events after {} are no longer retained; the oldest is {oldest}",
+                from_eid - 1
+            ),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert("execd-oldest-eid", HeaderValue::from(oldest));
+        return Ok(resp);
+    }
+    let (tx, body) = sse::channel(4);
+    let ping = ctx.app.config.ping_interval;
+    ctx.app
+        .engine
+        .tasks()
+        .spawn(write_stream(cmd, tx, ping, StreamMode::Follow { from_eid }));
+    Ok(sse::response(body))
+}
+
+/// `POST /command/{id}/stdin[?eof=true]`: writes the raw body to the command's
+/// stdin as it arrives (the pipe's back-pressure paces the upload), then
+/// closes stdin when `eof=true`.
+pub async fn stdin(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    use http_body_util::BodyExt;
+    let cmd = ctx.app.engine.get(ctx.param("id"))?;
+    let eof = matches!(ctx.query().get("eof"), Some("true" | "1"));
+    let mut guard = cmd.stdin().await?;
+    let mut body = ctx.req.into_body();
+    let mut written = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::invalid_body(format!("error reading request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            guard.write(&data).await?;
+            written += data.len() as u64;
+        }
+    }
+    if eof {
+        guard.close();
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "written": written, "closed": eof }),
+    ))
 }

@@ -18,7 +18,7 @@ pub fn parse(
 ) -> (Vec<(String, String)>, Vec<String>) {
     let mut vars: Vec<(String, String)> = Vec::new();
     let mut warnings = Vec::new();
-    for (n, raw) in text.lines().enumerate() {
+    for (n, raw) in logical_lines(text) {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -56,6 +56,45 @@ pub fn parse(
         vars.push((key.to_string(), parsed));
     }
     (vars, warnings)
+}
+
+/// Lines joined where a quoted value continues past a newline (`K='a` / `b'`),
+/// each with the number of the line it starts on.
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((n, line)) = lines.next() {
+        let mut joined = line.to_string();
+        // An unterminated quote at the end of the file is taken as written.
+        while open_quote(&joined).is_some() {
+            let Some((_, more)) = lines.next() else { break };
+            joined.push('\n');
+            joined.push_str(more);
+        }
+        out.push((n, joined));
+    }
+    out
+}
+
+/// The quote a `KEY=VALUE` line leaves open at its end, if any.
+fn open_quote(line: &str) -> Option<char> {
+    let t = line.trim_start();
+    let t = t.strip_prefix("export ").unwrap_or(t);
+    let (_, value) = t.split_once('=')?;
+    let v = value.trim_start();
+    let q = v.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let body = &v[1..];
+    let closed = if q == '\'' {
+        body.contains('\'')
+    } else {
+        let mut escaped = false;
+        body.chars().any(|c| {
+            let end = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            end
+        })
+    };
+    (!closed).then_some(q)
 }
 
 fn valid_name(s: &str) -> bool {
@@ -150,6 +189,15 @@ mod tests {
         assert_eq!(get("D"), Some("x\"y /root"));
         assert_eq!(get("E"), Some("/root/bin:1"));
         assert_eq!(get("F"), Some("$HOME"));
+    }
+
+    #[test]
+    fn quoted_values_span_lines() {
+        let (vars, warn) = parse("A='first\nsecond'\nB=\"x\ny \\\" z\"\nC=after\n", env);
+        assert!(warn.is_empty(), "{warn:?}");
+        assert_eq!(vars[0], ("A".to_string(), "first\nsecond".to_string()));
+        assert_eq!(vars[1], ("B".to_string(), "x\ny \" z".to_string()));
+        assert_eq!(vars[2], ("C".to_string(), "after".to_string()));
     }
 
     #[test]

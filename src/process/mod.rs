@@ -39,6 +39,8 @@ pub struct EngineConfig {
     pub retention: Duration,
     pub drain: Duration,
     pub kill_grace: Duration,
+    /// Longest partial line held back before it is emitted in pieces.
+    pub max_line: usize,
     /// `EXECD_ENVS`: a file of variables applied to every command.
     pub env_file: Option<PathBuf>,
     /// The environment commands inherit (the daemon's, minus its secrets).
@@ -65,6 +67,12 @@ pub enum ProcessError {
     NotFound(String),
     #[error("command {0} is not running")]
     NotRunning(String),
+    #[error("command {0} was not started with \"stdin\": true")]
+    NoStdin(String),
+    #[error("stdin of command {0} is closed")]
+    StdinClosed(String),
+    #[error("writing to stdin of command {id}: {source}")]
+    StdinWrite { id: String, source: std::io::Error },
 }
 
 #[derive(Default)]
@@ -150,33 +158,31 @@ impl Engine {
         );
         match spawned {
             Ok(mut sp) => {
+                let stdin = sp.stdin.take().and_then(|fd| {
+                    tokio::net::unix::pipe::Sender::from_owned_fd(fd)
+                        .map_err(|e| tracing::warn!(error = %e, "cannot watch stdin pipe"))
+                        .ok()
+                });
                 let cmd = Arc::new(Command::new(
                     id,
                     content,
                     spec.background,
                     Some(sp.pid),
                     log,
+                    stdin,
                 ));
-                if let Some(fd) = sp.stdin.take() {
-                    match tokio::net::unix::pipe::Sender::from_owned_fd(fd) {
-                        Ok(tx) => {
-                            if let Ok(mut slot) = cmd.stdin.try_lock() {
-                                *slot = Some(tx);
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot watch stdin pipe"),
-                    }
-                }
                 self.registry.insert(cmd.clone());
                 let limits = RunLimits {
                     timeout: spec.timeout,
                     drain: self.cfg.drain,
                     kill_grace: self.cfg.kill_grace,
+                    max_line: self.cfg.max_line,
                 };
                 self.tasks.spawn(run::run(
                     cmd.clone(),
                     sp,
                     limits,
+                    self.reaper.clone(),
                     self.shutdown.child_token(),
                 ));
                 tracing::debug!(id = %cmd.id, pid = cmd.pid, background = spec.background, "command started");
@@ -184,7 +190,7 @@ impl Engine {
             }
             Err(e) => {
                 tracing::info!(id = %id, error = %e, "command failed to start");
-                let cmd = Arc::new(Command::new(id, content, spec.background, None, log));
+                let cmd = Arc::new(Command::new(id, content, spec.background, None, log, None));
                 cmd.finish(Finished {
                     exit_code: e.shell_code(),
                     signal: None,

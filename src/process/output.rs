@@ -279,6 +279,17 @@ impl OutputLog {
         self.head.send_modify(|h| h.finished = true);
     }
 
+    /// The oldest event id still retained (the next one when nothing is).
+    pub fn oldest_eid(&self) -> u64 {
+        let inner = self.lock();
+        inner
+            .segments
+            .front()
+            .map(|s| s.first_eid)
+            .or_else(|| inner.mem.front().map(|e| e.eid))
+            .unwrap_or(inner.next_eid)
+    }
+
     /// Bytes lost because spilling failed or was disabled.
     pub fn dropped_bytes(&self) -> u64 {
         self.lock().dropped_bytes

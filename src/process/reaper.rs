@@ -47,6 +47,8 @@ pub struct Reaper {
     reap_lock: RwLock<()>,
     waiters: Mutex<Waiters>,
     wake: Condvar,
+    /// Notified after every batch of reaped processes, orphans included.
+    reaped: tokio::sync::Notify,
 }
 
 /// Held while spawning; pass it to [`Reaper::register`].
@@ -76,6 +78,7 @@ impl Reaper {
             reap_lock: RwLock::new(()),
             waiters: Mutex::new(Waiters::default()),
             wake: Condvar::new(),
+            reaped: tokio::sync::Notify::new(),
         });
         let r = reaper.clone();
         let spawned = std::thread::Builder::new()
@@ -98,6 +101,12 @@ impl Reaper {
             reaper: self,
             _read: self.reap_lock.read().unwrap_or_else(|p| p.into_inner()),
         }
+    }
+
+    /// Completes after the next batch of reaped processes. Create it before
+    /// checking a condition, then await it, so no reap is missed.
+    pub fn reaped(&self) -> tokio::sync::futures::Notified<'_> {
+        self.reaped.notified()
     }
 
     /// Number of pids waiting for their exit.
@@ -161,6 +170,7 @@ impl Reaper {
                     None => tracing::debug!(pid, "reaped an orphaned descendant"),
                 }
             }
+            self.reaped.notify_waiters();
         }
     }
 }

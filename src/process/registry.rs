@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 
 use super::output::OutputLog;
 use super::reaper::Resources;
+use super::ProcessError;
 
 /// How a finished command ended.
 #[derive(Clone, Debug)]
@@ -52,7 +53,8 @@ pub struct Command {
     pub(crate) interrupt: Notify,
     interrupt_requested: AtomicBool,
     /// The write end of stdin, when the command was started with a stdin pipe.
-    pub(crate) stdin: tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>,
+    stdin: tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>,
+    has_stdin: bool,
 }
 
 impl Command {
@@ -62,6 +64,7 @@ impl Command {
         background: bool,
         pid: Option<i32>,
         log: OutputLog,
+        stdin: Option<tokio::net::unix::pipe::Sender>,
     ) -> Self {
         Command {
             id,
@@ -74,7 +77,8 @@ impl Command {
             state: Mutex::new(State::Running),
             interrupt: Notify::new(),
             interrupt_requested: AtomicBool::new(false),
-            stdin: tokio::sync::Mutex::new(None),
+            has_stdin: stdin.is_some(),
+            stdin: tokio::sync::Mutex::new(stdin),
         }
     }
 
@@ -93,6 +97,22 @@ impl Command {
         matches!(self.state(), State::Running)
     }
 
+    /// Takes the stdin pipe for writing. Writers queue behind each other, so
+    /// one request's bytes are never interleaved with another's.
+    pub async fn stdin(&self) -> Result<StdinGuard<'_>, ProcessError> {
+        if !self.has_stdin {
+            return Err(ProcessError::NoStdin(self.id.clone()));
+        }
+        let slot = self.stdin.lock().await;
+        if slot.is_none() {
+            return Err(ProcessError::StdinClosed(self.id.clone()));
+        }
+        if !self.is_running() {
+            return Err(ProcessError::NotRunning(self.id.clone()));
+        }
+        Ok(StdinGuard { id: &self.id, slot })
+    }
+
     /// Records the end. The log is marked finished after, so a reader that
     /// sees the log end always finds the exit status.
     pub(crate) fn finish(&self, f: Finished) {
@@ -108,6 +128,39 @@ impl Command {
             self.interrupt.notify_one();
         }
         first
+    }
+}
+
+/// Exclusive access to a command's stdin for one writer; see [`Command::stdin`].
+pub struct StdinGuard<'a> {
+    id: &'a str,
+    slot: tokio::sync::MutexGuard<'a, Option<tokio::net::unix::pipe::Sender>>,
+}
+
+impl StdinGuard<'_> {
+    /// Writes all of `data`, waiting while the pipe is full (the process is
+    /// not reading): back-pressure instead of buffering.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), ProcessError> {
+        use tokio::io::AsyncWriteExt;
+        let Some(tx) = self.slot.as_mut() else {
+            return Err(ProcessError::StdinClosed(self.id.to_string()));
+        };
+        match tx.write_all(data).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                *self.slot = None;
+                Err(ProcessError::StdinClosed(self.id.to_string()))
+            }
+            Err(source) => Err(ProcessError::StdinWrite {
+                id: self.id.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Closes stdin: the process reads end-of-file.
+    pub fn close(mut self) {
+        *self.slot = None;
     }
 }
 

@@ -12,9 +12,9 @@ use tokio::net::unix::pipe;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::lines::{LineSplitter, MAX_LINE};
+use super::lines::LineSplitter;
 use super::output::Stream;
-use super::reaper::ExitStatus;
+use super::reaper::{ExitStatus, Reaper};
 use super::registry::{Command, Finished};
 use super::spawn::{signal_group, Spawned};
 
@@ -26,6 +26,7 @@ pub struct RunLimits {
     pub drain: Duration,
     /// SIGTERM-to-SIGKILL grace for interrupts and shutdown.
     pub kill_grace: Duration,
+    pub max_line: usize,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -45,7 +46,7 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn new(fd: OwnedFd, stream: Stream) -> Self {
+    fn new(fd: OwnedFd, stream: Stream, max_line: usize) -> Self {
         let rx = match pipe::Receiver::from_owned_fd(fd) {
             Ok(rx) => Some(rx),
             Err(e) => {
@@ -56,7 +57,7 @@ impl Pipe {
         Pipe {
             rx,
             buf: BytesMut::new(),
-            lines: LineSplitter::new(MAX_LINE),
+            lines: LineSplitter::new(max_line),
             stream,
         }
     }
@@ -115,11 +116,12 @@ pub(crate) async fn run(
     cmd: Arc<Command>,
     sp: Spawned,
     limits: RunLimits,
+    reaper: Arc<Reaper>,
     shutdown: CancellationToken,
 ) {
     let pgid = sp.pid;
-    let mut out = Pipe::new(sp.stdout, Stream::Stdout);
-    let mut err = Pipe::new(sp.stderr, Stream::Stderr);
+    let mut out = Pipe::new(sp.stdout, Stream::Stdout, limits.max_line);
+    let mut err = Pipe::new(sp.stderr, Stream::Stderr, limits.max_line);
     let mut exit_rx = sp.exit;
     let mut exit: Option<ExitStatus> = None;
     let far = Instant::now() + Duration::from_secs(86400 * 365);
@@ -172,12 +174,21 @@ pub(crate) async fn run(
         }
     }
 
-    // An interrupted command's stragglers get the rest of the grace period, then SIGKILL.
+    // An interrupted command's stragglers get the rest of the grace period,
+    // then SIGKILL. The group is re-checked whenever the reaper collects
+    // something, since killed members count until they are reaped.
     if let Some(at) = kill_at {
-        if signal_group(pgid, 0) {
+        loop {
+            let reaped = reaper.reaped();
+            tokio::pin!(reaped);
+            reaped.as_mut().enable();
+            if !signal_group(pgid, 0) {
+                break;
+            }
             tokio::select! {
-                _ = sleep_until(at) => {}
-                _ = shutdown.cancelled() => {}
+                _ = reaped => {}
+                _ = sleep_until(at) => break,
+                _ = shutdown.cancelled() => break,
             }
         }
         signal_group(pgid, libc::SIGKILL);

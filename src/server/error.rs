@@ -66,14 +66,14 @@ impl ApiError {
 
 impl From<ProcessError> for ApiError {
     fn from(e: ProcessError) -> Self {
-        match e {
-            ProcessError::NotFound(_) => {
-                Self::new(StatusCode::NOT_FOUND, "COMMAND_NOT_FOUND", e.to_string())
-            }
-            ProcessError::NotRunning(_) => {
-                Self::new(StatusCode::CONFLICT, "COMMAND_NOT_RUNNING", e.to_string())
-            }
-        }
+        let (status, code) = match e {
+            ProcessError::NotFound(_) => (StatusCode::NOT_FOUND, "COMMAND_NOT_FOUND"),
+            ProcessError::NotRunning(_) => (StatusCode::CONFLICT, "COMMAND_NOT_RUNNING"),
+            ProcessError::NoStdin(_) => (StatusCode::CONFLICT, "STDIN_NOT_OPEN"),
+            ProcessError::StdinClosed(_) => (StatusCode::CONFLICT, "STDIN_CLOSED"),
+            ProcessError::StdinWrite { .. } => (StatusCode::CONFLICT, "STDIN_WRITE_FAILED"),
+        };
+        Self::new(status, code, e.to_string())
     }
 }
 

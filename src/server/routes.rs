@@ -39,6 +39,8 @@ routes! {
     DELETE "/command"                   => api::command::interrupt,
     GET    "/command/status/{id}"       => api::command::status,
     GET    "/command/{id}/logs"         => api::command::logs,
+    GET    "/command/{id}/resume"       => api::command::resume,
+    POST   "/command/{id}/stdin"        => api::command::stdin,
 }
 
 /// Matches `path` against a route pattern, returning the captured parameters.

@@ -777,11 +777,6 @@ async def test_set_env_persists_for_later_commands(envs_daemon):
         assert ex.text == "override"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="execd's env-file loader reads line by line, so the SDK's single-quoted form "
-    "KEY='a<newline>b' (used for values without a single quote) loses everything after the newline",
-)
 @async_test
 async def test_set_env_multiline_value(envs_daemon):
     async with AsyncSdk(envs_daemon.addr) as sdk:
@@ -790,11 +785,6 @@ async def test_set_env_multiline_value(envs_daemon):
     assert joined(ex.logs.stdout) == "first\nsecond"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with --envs-file (instead of the EXECD_ENVS variable) execd does not export "
-    "EXECD_ENVS to commands, so the SDK's set_env cannot find the file",
-)
 @async_test
 async def test_set_env_with_envs_file_flag(tmp_path):
     daemon = ExecdDaemon("--envs-file", str(tmp_path / "envs"))

@@ -1,0 +1,249 @@
+//! Black-box tests of the stream extensions: stdin for commands, and
+//! resumable event streams.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Method;
+use serde_json::{json, Value};
+
+async fn start_bg(d: &Daemon, body: Value) -> String {
+    let evs = d.run(body).await;
+    evs[0]["text"].as_str().unwrap().to_string()
+}
+
+async fn write_stdin(d: &Daemon, id: &str, eof: bool, data: impl Into<Bytes>) -> Resp {
+    let q = if eof { "?eof=true" } else { "" };
+    d.request(Method::POST, &format!("/command/{id}/stdin{q}"), &[], data)
+        .await
+}
+
+#[tokio::test]
+async fn stdin_reaches_the_process_and_eof_closes_it() {
+    let d = Daemon::start();
+    let id = start_bg(
+        &d,
+        json!({"command": "cat; echo '<eof>'", "stdin": true, "background": true}),
+    )
+    .await;
+    let r = write_stdin(&d, &id, false, "hello\n").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["written"], 6);
+    assert_eq!(write_stdin(&d, &id, true, "world").await.status, 200);
+    let st = d.wait_finished(&id, Duration::from_secs(10)).await;
+    assert_eq!(st["exit_code"], 0);
+    assert_eq!(
+        d.get(&format!("/command/{id}/logs")).await.text(),
+        "hello\nworld<eof>\n"
+    );
+    // Closed and finished: a clear 409.
+    write_stdin(&d, &id, false, "late")
+        .await
+        .assert_error(409, "STDIN_CLOSED");
+}
+
+#[tokio::test]
+async fn stdin_for_a_foreground_command_while_streaming() {
+    let d = Daemon::start();
+    let mut s = d
+        .stream(
+            "/command",
+            &json!({"command": "read line; echo \"got $line\"", "stdin": true}),
+        )
+        .await;
+    let id = s.next().await.unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(write_stdin(&d, &id, true, "ping\n").await.status, 200);
+    let evs = s.collect().await;
+    assert_eq!(text_of(&evs, "stdout"), "got ping\n");
+}
+
+#[tokio::test]
+async fn stdin_is_dev_null_unless_asked_for() {
+    let d = Daemon::start();
+    let evs = d.run(json!({"command": "cat; echo done"})).await;
+    assert_eq!(
+        text_of(&evs, "stdout"),
+        "done\n",
+        "cat reads EOF at once from /dev/null"
+    );
+    let id = start_bg(&d, json!({"command": "sleep 5", "background": true})).await;
+    write_stdin(&d, &id, false, "x")
+        .await
+        .assert_error(409, "STDIN_NOT_OPEN");
+    d.delete(&format!("/command?id={id}")).await;
+    write_stdin(&d, "nope", false, "x")
+        .await
+        .assert_error(404, "COMMAND_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn stdin_back_pressure_keeps_memory_flat() {
+    let d = std::sync::Arc::new(Daemon::start());
+    let idle = d.proc_kib("VmRSS");
+    // The command reads nothing for a while: the 32 MiB body must wait in the
+    // client and the socket, not in execd.
+    let id = start_bg(
+        &d,
+        json!({"command": "sleep 1; wc -c", "stdin": true, "background": true}),
+    )
+    .await;
+    let body = Bytes::from(vec![b'z'; 32 << 20]);
+    let writer = {
+        let (d, id) = (d.clone(), id.clone());
+        tokio::spawn(async move { write_stdin(&d, &id, true, body).await })
+    };
+    let mut peak = 0;
+    while !writer.is_finished() {
+        peak = peak.max(d.proc_kib("VmRSS"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = writer.await.unwrap();
+    assert_eq!(r.json()["written"], 32 << 20);
+    d.wait_finished(&id, Duration::from_secs(10)).await;
+    assert_eq!(
+        d.get(&format!("/command/{id}/logs")).await.text().trim(),
+        (32u64 << 20).to_string()
+    );
+    assert!(
+        peak < idle + 8 * 1024,
+        "execd RSS went from {idle} KiB to {peak} KiB while stdin was blocked"
+    );
+}
+
+fn eids(evs: &[Value]) -> Vec<u64> {
+    evs.iter()
+        .filter(|e| e["type"] != "ping")
+        .map(|e| e["eid"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn resume_after_a_disconnect_has_no_gaps_and_no_duplicates() {
+    let d = Daemon::start();
+    let cmd = "for i in $(seq 1 300); do echo line-$i; done; sleep 0.3; for i in $(seq 301 400); do echo line-$i >&2; done";
+    let mut s = d.stream("/command", &json!({ "command": cmd })).await;
+    let mut first = vec![s.next().await.unwrap()];
+    let id = first[0]["text"].as_str().unwrap().to_string();
+    while first.len() < 120 {
+        first.push(s.next().await.unwrap());
+    }
+    drop(s);
+    let last = first.last().unwrap()["eid"].as_u64().unwrap();
+    let mut r = EventStream::new(
+        d.send(
+            Method::GET,
+            &format!("/command/{id}/resume?after_eid={last}"),
+            &[],
+            Bytes::new(),
+        )
+        .await,
+    );
+    assert_eq!(r.status, 200);
+    let rest = r.collect().await;
+    assert_eq!(
+        rest[0]["eid"].as_u64().unwrap(),
+        last + 1,
+        "resumes right after"
+    );
+    let all: Vec<Value> = first.into_iter().chain(rest).collect();
+    let ids = eids(&all);
+    assert_eq!(
+        ids,
+        (0..ids.len() as u64).collect::<Vec<_>>(),
+        "contiguous eids, no duplicates"
+    );
+    let out: String = all
+        .iter()
+        .filter(|e| e["type"] == "stdout" || e["type"] == "stderr")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    let expect: String = (1..=400).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(out, expect);
+    assert_eq!(terminal(&all)["type"], "execution_complete");
+}
+
+#[tokio::test]
+async fn many_readers_follow_one_command() {
+    let d = std::sync::Arc::new(Daemon::start());
+    let id = start_bg(
+        &d,
+        json!({"command": "for i in $(seq 1 2000); do echo $i; done; sleep 0.2; echo end", "background": true}),
+    )
+    .await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (d, id) = (d.clone(), id.clone());
+        set.spawn(async move {
+            let mut r = EventStream::new(
+                d.send(
+                    Method::GET,
+                    &format!("/command/{id}/resume"),
+                    &[],
+                    Bytes::new(),
+                )
+                .await,
+            );
+            let evs = r.collect().await;
+            assert_eq!(evs[0]["type"], "init");
+            (text_of(&evs, "stdout"), terminal(&evs)["exit_code"].clone())
+        });
+    }
+    let expect: String = (1..=2000).map(|i| format!("{i}\n")).collect::<String>() + "end\n";
+    while let Some(r) = set.join_next().await {
+        let (out, code) = r.unwrap();
+        assert!(
+            out == expect,
+            "a reader got different output ({} bytes)",
+            out.len()
+        );
+        assert_eq!(code, 0);
+    }
+    // After the end, a resume replays everything and closes.
+    let mut r = EventStream::new(
+        d.send(
+            Method::GET,
+            &format!("/command/{id}/resume?after_eid=1999"),
+            &[],
+            Bytes::new(),
+        )
+        .await,
+    );
+    let evs = r.collect().await;
+    assert_eq!(texts(&evs, "stdout"), ["2000\n", "end\n"]);
+}
+
+#[tokio::test]
+async fn resume_of_expired_events_is_410_with_the_oldest_eid() {
+    let d = Daemon::start_with(&["--output-window", "4KiB", "--spill-cap", "16KiB"], &[]);
+    let evs = d.run(json!({"command": "seq 1 100000"})).await;
+    let id = evs[0]["text"].as_str().unwrap();
+    let r = d.get(&format!("/command/{id}/resume?after_eid=1")).await;
+    r.assert_error(410, "EVENTS_EXPIRED");
+    let oldest: u64 = r.header("execd-oldest-eid").unwrap().parse().unwrap();
+    assert!(oldest > 2);
+    // From the oldest retained event on, it works, and the tail is intact.
+    let mut s = EventStream::new(
+        d.send(
+            Method::GET,
+            &format!("/command/{id}/resume?after_eid={}", oldest - 1),
+            &[],
+            Bytes::new(),
+        )
+        .await,
+    );
+    let evs = s.collect().await;
+    assert_eq!(evs[0]["eid"].as_u64().unwrap(), oldest);
+    assert!(text_of(&evs, "stdout").ends_with("99999\n100000\n"));
+    d.get(&format!("/command/{id}/resume?after_eid=x"))
+        .await
+        .assert_error(400, "INVALID_REQUEST_BODY");
+    d.get("/command/nope/resume")
+        .await
+        .assert_error(404, "COMMAND_NOT_FOUND");
+}
