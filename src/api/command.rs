@@ -124,7 +124,9 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     } else {
         StreamMode::Follow { from_eid: 0 }
     };
-    app.engine.tasks().spawn(write_stream(cmd, tx, ping, mode));
+    app.engine
+        .tasks()
+        .spawn(write_stream(cmd, tx, ping, mode, None));
     Ok(sse::response(body))
 }
 
@@ -146,6 +148,7 @@ pub async fn write_stream(
     tx: mpsc::Sender<Bytes>,
     ping: Duration,
     mode: StreamMode,
+    label: Option<String>,
 ) {
     let mut buf = BytesMut::with_capacity(4096);
     let from_eid = match mode {
@@ -155,7 +158,11 @@ pub async fn write_stream(
     if from_eid == 0 {
         event_head(&mut buf, "init", 0, now_ms());
         buf.put_slice(b",\"text\":");
-        json_str(&mut buf, cmd.id.as_bytes());
+        json_str(&mut buf, label.as_deref().unwrap_or(&cmd.id).as_bytes());
+        if label.is_some() {
+            buf.put_slice(b",\"command_id\":");
+            json_str(&mut buf, cmd.id.as_bytes());
+        }
         buf.put_slice(b"}\n\n");
     }
     if mode == StreamMode::Background {
@@ -420,10 +427,13 @@ pub async fn resume(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     }
     let (tx, body) = sse::channel(4);
     let ping = ctx.app.config.ping_interval;
-    ctx.app
-        .engine
-        .tasks()
-        .spawn(write_stream(cmd, tx, ping, StreamMode::Follow { from_eid }));
+    ctx.app.engine.tasks().spawn(write_stream(
+        cmd,
+        tx,
+        ping,
+        StreamMode::Follow { from_eid },
+        None,
+    ));
     Ok(sse::response(body))
 }
 

@@ -7,6 +7,7 @@ pub mod output;
 pub mod reaper;
 pub mod registry;
 pub mod run;
+pub mod session;
 pub mod spawn;
 pub mod users;
 
@@ -21,6 +22,7 @@ use tokio_util::task::TaskTracker;
 pub use output::{Gap, Head, OutputEvent, Stream};
 pub use reaper::Resources;
 pub use registry::{Command, Finished, State};
+pub use session::SessionError;
 pub use spawn::Program;
 
 use output::{LogLimits, MemBudget, OutputLog, SpillDir};
@@ -91,6 +93,7 @@ pub struct Engine {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     env_cache: Mutex<EnvFileCache>,
+    sessions: session::Sessions,
 }
 
 impl Engine {
@@ -104,6 +107,7 @@ impl Engine {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             env_cache: Mutex::new(EnvFileCache::default()),
+            sessions: session::Sessions::default(),
             cfg,
         });
         let weak = Arc::downgrade(&engine);
@@ -133,11 +137,22 @@ impl Engine {
     /// Starts a command. Always returns a record: a command that could not be
     /// started is recorded as finished with the cause (exit 127 or 126).
     pub fn start_command(&self, spec: CommandSpec) -> Arc<Command> {
-        let id = new_id();
         let content = match &spec.program {
             Program::Shell(line) => line.clone(),
             Program::Argv(argv) => argv.join(" "),
         };
+        let env = self.command_env(&spec);
+        self.launch(spec, content, env)
+    }
+
+    /// Starts `spec` with exactly `env`, recording `content` as what was asked.
+    fn launch(
+        &self,
+        spec: CommandSpec,
+        content: String,
+        env: Vec<(OsString, OsString)>,
+    ) -> Arc<Command> {
+        let id = new_id();
         let log = OutputLog::new(
             id.clone(),
             self.cfg.limits.clone(),
@@ -150,7 +165,7 @@ impl Engine {
                 program: spec.program.clone(),
                 shell: self.cfg.shell.clone(),
                 cwd: spec.cwd.clone(),
-                env: self.command_env(&spec),
+                env,
                 uid: spec.uid,
                 gid: spec.gid,
                 stdin_pipe: spec.stdin,

@@ -121,7 +121,7 @@ impl SpillDir {
         &self.path
     }
 
-    fn ensure(&self) -> io::Result<&Path> {
+    pub(crate) fn ensure(&self) -> io::Result<&Path> {
         if self.created.get().is_none() {
             use std::os::unix::fs::DirBuilderExt;
             match std::fs::DirBuilder::new()

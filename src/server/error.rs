@@ -8,7 +8,7 @@ use http::{header, Response, StatusCode};
 
 use super::{full, Body};
 use crate::fs::path::PathError;
-use crate::process::ProcessError;
+use crate::process::{ProcessError, SessionError};
 
 /// An error on its way to becoming a response.
 #[derive(Debug, Clone)]
@@ -72,6 +72,19 @@ impl From<ProcessError> for ApiError {
             ProcessError::NoStdin(_) => (StatusCode::CONFLICT, "STDIN_NOT_OPEN"),
             ProcessError::StdinClosed(_) => (StatusCode::CONFLICT, "STDIN_CLOSED"),
             ProcessError::StdinWrite { .. } => (StatusCode::CONFLICT, "STDIN_WRITE_FAILED"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        let (status, code) = match e {
+            SessionError::NotFound(_) => (StatusCode::NOT_FOUND, "CONTEXT_NOT_FOUND"),
+            SessionError::Busy(_) => (StatusCode::CONFLICT, "SESSION_BUSY"),
+            SessionError::NoBash => (StatusCode::NOT_IMPLEMENTED, "NOT_SUPPORTED"),
+            SessionError::Cwd { .. } => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
+            SessionError::State(_) => (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR"),
         };
         Self::new(status, code, e.to_string())
     }

@@ -41,6 +41,10 @@ routes! {
     GET    "/command/{id}/logs"         => api::command::logs,
     GET    "/command/{id}/resume"       => api::command::resume,
     POST   "/command/{id}/stdin"        => api::command::stdin,
+
+    POST   "/session"                   => api::session::create,
+    POST   "/session/{id}/run"          => api::session::run,
+    DELETE "/session/{id}"              => api::session::delete,
 }
 
 /// Matches `path` against a route pattern, returning the captured parameters.

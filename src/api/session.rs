@@ -1,0 +1,97 @@
+//! `/session`: bash sessions that keep exported variables and the working
+//! directory across runs. Runs in one session are serialised (409 while busy).
+
+use std::time::Duration;
+
+use http::{Response, StatusCode};
+use serde::Deserialize;
+
+use super::command::{write_stream, StreamMode};
+use crate::fs::path;
+use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
+
+#[derive(Debug, Default, Deserialize)]
+struct CreateSessionRequest {
+    cwd: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RunInSessionRequest {
+    command: Option<String>,
+    cwd: Option<String>,
+    /// Milliseconds; absent or 0 means none.
+    timeout: Option<i64>,
+}
+
+/// `POST /session {cwd?}` → `{session_id}`. The directory is created if missing.
+pub async fn create(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let app = ctx.app.clone();
+    let req: CreateSessionRequest = ctx.json_or_default().await?;
+    let cwd = match req.cwd.filter(|c| !c.is_empty()) {
+        Some(c) => Some(path::expand_daemon(&c)?),
+        None => None,
+    };
+    let id = app.engine.create_session(cwd)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "session_id": id }),
+    ))
+}
+
+/// `POST /session/{id}/run {command, cwd?, timeout?}` → the event stream of the run.
+pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let app = ctx.app.clone();
+    let id = ctx.param("id").to_string();
+    let req: RunInSessionRequest = ctx.json().await?;
+    let command = req
+        .command
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| ApiError::invalid_body("invalid request: 'command' is required"))?;
+    if command.contains('\0') {
+        return Err(ApiError::invalid_body(
+            "invalid request: 'command' must not contain NUL bytes",
+        ));
+    }
+    let timeout = match req.timeout {
+        None | Some(0) => None,
+        Some(t) if t < 0 => {
+            return Err(ApiError::invalid_body(format!(
+                "invalid request: 'timeout' must be >= 0, got {t}"
+            )))
+        }
+        Some(t) => Some(Duration::from_millis(t as u64)),
+    };
+    let cwd = match req.cwd.filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => {
+            let p = path::expand_daemon(&c)?;
+            if !p.is_dir() {
+                return Err(ApiError::invalid_body(format!(
+                    "invalid request: working directory does not exist or is not a directory: {}",
+                    p.display()
+                )));
+            }
+            Some(p)
+        }
+    };
+    let cmd = app
+        .engine
+        .run_in_session(&id, command, cwd, timeout)
+        .await?;
+    let (tx, body) = sse::channel(4);
+    let ping = app.config.ping_interval;
+    app.engine.tasks().spawn(write_stream(
+        cmd,
+        tx,
+        ping,
+        StreamMode::Follow { from_eid: 0 },
+        Some(id),
+    ));
+    Ok(sse::response(body))
+}
+
+/// `DELETE /session/{id}`: kills a running run and forgets the session.
+pub async fn delete(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    ctx.app.engine.delete_session(ctx.param("id"))?;
+    Ok(ok_empty())
+}
