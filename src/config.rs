@@ -29,6 +29,9 @@ pub struct Config {
     pub max_body: usize,
     pub ping_interval: Duration,
     pub max_line: usize,
+    /// `execd init [flags] -- CMD ARGS…`: run CMD as the sandbox's main process
+    /// (empty: serve until signalled). None outside init mode.
+    pub init: Option<Vec<String>>,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             max_body: 1 << 20,
             ping_interval: Duration::from_secs(3),
             max_line: 64 * 1024,
+            init: None,
         }
     }
 }
@@ -59,6 +63,12 @@ pub const HELP: &str = "\
 execd: in-sandbox execution daemon (OpenSandbox execd compatible)
 
 Usage: execd [OPTIONS]
+       execd init [OPTIONS] [-- CMD [ARGS...]]
+
+init: run as the sandbox's init. Serves the API, runs CMD (or $BOOTSTRAP_CMD with
+the shell) in its own process group, reaps every zombie, forwards
+SIGTERM/SIGINT/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 to CMD, and exits with CMD's status
+(128+N after signal N) once the API and running commands are shut down.
 
 Options (environment variable in brackets; a flag wins over its variable):
   --port N                        listen port (44772)
@@ -174,7 +184,31 @@ pub fn parse(
             Long("jupyter-host") | Long("jupyter-token") | Long("jupyter-idle-poll-interval") => {
                 let _ = value(&mut p, "ignored")?;
             }
+            Value(v) if c.init.is_none() && v == "init" => c.init = Some(Vec::new()),
+            Value(v) if c.init.is_some() => {
+                // The main command: this word and everything after it, uninterpreted.
+                let mut argv = vec![v
+                    .into_string()
+                    .map_err(|_| "init: command is not valid UTF-8".to_string())?];
+                for a in p.raw_args().map_err(|e| e.to_string())? {
+                    argv.push(
+                        a.into_string()
+                            .map_err(|_| "init: argument is not valid UTF-8".to_string())?,
+                    );
+                }
+                c.init = Some(argv);
+            }
             other => return Err(other.unexpected().to_string()),
+        }
+    }
+    if let Some(argv) = &mut c.init {
+        if argv.is_empty() {
+            if let Some(cmd) = env("BOOTSTRAP_CMD").filter(|v| !v.trim().is_empty()) {
+                let shell = env("BOOTSTRAP_SHELL")
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "sh".into());
+                *argv = vec![shell, "-c".into(), cmd];
+            }
         }
     }
     Ok(Parsed::Run(Box::new(c)))
@@ -323,6 +357,29 @@ mod tests {
             parse(["--help".into()], |_| None),
             Ok(Parsed::Help)
         ));
+    }
+
+    #[test]
+    fn init_mode() {
+        let c = run(
+            &["init", "--port", "9", "--", "sh", "-c", "echo --port"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.port, 9);
+        assert_eq!(
+            c.init,
+            Some(vec!["sh".into(), "-c".into(), "echo --port".into()])
+        );
+        let c = run(&["init", "sleep", "-x"], &[]).unwrap();
+        assert_eq!(c.init, Some(vec!["sleep".into(), "-x".into()]));
+        let c = run(&["init"], &[("BOOTSTRAP_CMD", "run app")]).unwrap();
+        assert_eq!(
+            c.init,
+            Some(vec!["sh".into(), "-c".into(), "run app".into()])
+        );
+        assert_eq!(run(&[], &[]).unwrap().init, None);
+        assert!(run(&["stray"], &[]).is_err());
     }
 
     #[test]

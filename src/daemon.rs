@@ -73,34 +73,118 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(4096)
 }
 
-/// Runs the daemon to completion on the current tokio runtime.
-pub async fn run(config: Config) -> std::io::Result<()> {
+/// Signals execd listens for. In init mode they are forwarded to the main
+/// process's group; otherwise SIGTERM, SIGINT and SIGQUIT shut execd down.
+const SIGNALS: &[(i32, &str)] = &[
+    (libc::SIGTERM, "SIGTERM"),
+    (libc::SIGINT, "SIGINT"),
+    (libc::SIGHUP, "SIGHUP"),
+    (libc::SIGQUIT, "SIGQUIT"),
+    (libc::SIGUSR1, "SIGUSR1"),
+    (libc::SIGUSR2, "SIGUSR2"),
+];
+
+/// Merges the signals above into one channel, fed by a task per signal.
+fn signal_channel(stop: &CancellationToken) -> std::io::Result<tokio::sync::mpsc::Receiver<i32>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for &(num, _) in SIGNALS {
+        let mut s = signal(SignalKind::from_raw(num))?;
+        let (tx, stop) = (tx.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = s.recv() => match r {
+                        Some(()) => if tx.send(num).await.is_err() { return },
+                        None => return,
+                    },
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
+fn signal_name(num: i32) -> &'static str {
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == num)
+        .map_or("signal", |(_, s)| s)
+}
+
+/// Runs the daemon to completion on the current tokio runtime. Returns the
+/// process exit code: 0, or in init mode the main command's status.
+pub async fn run(config: Config) -> std::io::Result<i32> {
     raise_nofile_limit();
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = listen(addr)?;
     let local = listener.local_addr()?;
     let engine = Engine::start(engine_config(&config));
     let grace = config.graceful_shutdown_timeout;
+    let init = config.init.clone();
     let app = App::new(config, engine.clone());
     let stop = CancellationToken::new();
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut signals = signal_channel(&stop)?;
     let server = tokio::spawn(server::serve(listener, app, stop.clone(), grace));
     // Tests and launchers read this line to learn the port.
     println!("execd listening on {local}");
     tracing::info!(%local, "execd listening");
 
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    // Init mode: the sandbox's main process.
+    let (main_pgid, mut main_exit) = match init.filter(|argv| !argv.is_empty()) {
+        Some(argv) => match engine.spawn_main(argv.clone()) {
+            Ok((pgid, exit)) => {
+                tracing::info!(pid = pgid, command = ?argv, "main process started");
+                (Some(pgid), Some(exit))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the main process");
+                eprintln!("execd: cannot start the main process: {e}");
+                stop.cancel();
+                engine.shutdown(grace).await;
+                return Ok(e.shell_code());
+            }
+        },
+        None => (None, None),
     };
+
+    let code = loop {
+        tokio::select! {
+            Some(sig) = signals.recv() => match main_pgid {
+                Some(pgid) => {
+                    tracing::info!(signal = signal_name(sig), "forwarding to the main process");
+                    crate::process::spawn::signal_group(pgid, sig);
+                }
+                None if matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) => {
+                    tracing::info!(signal = signal_name(sig), "shutting down");
+                    break 0;
+                }
+                None => tracing::debug!(signal = signal_name(sig), "ignored"),
+            },
+            status = async {
+                match main_exit.as_mut() {
+                    Some(exit) => exit.await.unwrap_or_default(),
+                    None => std::future::pending().await,
+                }
+            } => {
+                let code = status.code.unwrap_or_else(|| 128 + status.signal.unwrap_or(0));
+                tracing::info!(code, "main process exited");
+                break code;
+            }
+        }
+    };
+
     let began = Instant::now();
-    tracing::info!(signal = which, ?grace, "shutting down");
+    tracing::info!(?grace, "graceful shutdown");
     stop.cancel();
     engine.shutdown(grace).await;
     let left = grace.saturating_sub(began.elapsed());
     let _ = tokio::time::timeout(left, server).await;
-    tracing::info!(took_ms = began.elapsed().as_millis() as u64, "stopped");
-    Ok(())
+    tracing::info!(
+        took_ms = began.elapsed().as_millis() as u64,
+        code,
+        "stopped"
+    );
+    Ok(code)
 }

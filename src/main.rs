@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(execd::daemon::run(cfg)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("execd: {e}");
             tracing::error!(error = %e, "execd failed");

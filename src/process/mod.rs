@@ -224,6 +224,37 @@ impl Engine {
         }
     }
 
+    /// Starts the sandbox's main process (init mode): execd's stdio, its own
+    /// process group, the command environment. Returns its pid (= pgid) and exit.
+    pub fn spawn_main(
+        &self,
+        argv: Vec<String>,
+    ) -> Result<(i32, tokio::sync::oneshot::Receiver<reaper::ExitStatus>), spawn::SpawnError> {
+        let spec = CommandSpec {
+            program: Program::Argv(argv),
+            cwd: None,
+            envs: Vec::new(),
+            timeout: None,
+            uid: None,
+            gid: None,
+            background: true,
+            stdin: false,
+        };
+        let env = self.command_env(&spec);
+        spawn::spawn_inherit(
+            &self.reaper,
+            SpawnSpec {
+                program: spec.program,
+                shell: self.cfg.shell.clone(),
+                cwd: None,
+                env,
+                uid: None,
+                gid: None,
+                stdin_pipe: false,
+            },
+        )
+    }
+
     pub fn get(&self, id: &str) -> Result<Arc<Command>, ProcessError> {
         self.registry
             .get(id)

@@ -117,6 +117,66 @@ fn resolve_creds(uid: u32, gid: Option<u32>) -> Creds {
 
 /// Spawns the process in its own process group and registers it with the reaper.
 pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
+    let (mut cmd, program_name) = build(&spec)?;
+    cmd.stdin(if spec.stdin_pipe {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let (mut child, pid, exit) = start(reaper, &mut cmd, &program_name, spec.uid)?;
+
+    // Never `wait` on `child`: the reaper owns exit statuses. Dropping it is fine.
+    let stdin = child.stdin.take().map(OwnedFd::from);
+    let stdout = child.stdout.take().map(OwnedFd::from);
+    let stderr = child.stderr.take().map(OwnedFd::from);
+    match (stdout, stderr) {
+        (Some(stdout), Some(stderr)) => Ok(Spawned {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+            exit,
+        }),
+        _ => Err(SpawnError::Io {
+            program: program_name,
+            source: io::Error::other("child pipes missing"),
+        }),
+    }
+}
+
+/// Spawns a process that shares execd's stdin, stdout and stderr (the
+/// sandbox's main process in init mode), in its own process group.
+pub fn spawn_inherit(
+    reaper: &Reaper,
+    spec: SpawnSpec,
+) -> Result<(i32, oneshot::Receiver<ExitStatus>), SpawnError> {
+    let (mut cmd, program_name) = build(&spec)?;
+    cmd.stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    let (_child, pid, exit) = start(reaper, &mut cmd, &program_name, spec.uid)?;
+    Ok((pid, exit))
+}
+
+/// Forks under the reaper's spawn lock and registers the pid before anyone can reap it.
+fn start(
+    reaper: &Reaper,
+    cmd: &mut std::process::Command,
+    program_name: &str,
+    uid: Option<u32>,
+) -> Result<(std::process::Child, i32, oneshot::Receiver<ExitStatus>), SpawnError> {
+    let guard = reaper.spawning();
+    let child = cmd.spawn().map_err(|e| classify(e, program_name, uid))?;
+    let pid = child.id() as i32;
+    let exit = guard.register(pid);
+    Ok((child, pid, exit))
+}
+
+/// A `Command` for `spec` with everything but stdio: program, args, env,
+/// cwd, its own process group, and credentials.
+fn build(spec: &SpawnSpec) -> Result<(std::process::Command, String), SpawnError> {
     let (program, args): (OsString, Vec<String>) = match &spec.program {
         Program::Shell(line) => (spec.shell.clone().into(), vec!["-c".into(), line.clone()]),
         Program::Argv(argv) => (argv[0].clone().into(), argv[1..].to_vec()),
@@ -126,14 +186,7 @@ pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
     cmd.args(&args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .process_group(0)
-        .stdin(if spec.stdin_pipe {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .process_group(0);
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
@@ -160,31 +213,7 @@ pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
             });
         }
     }
-
-    let guard = reaper.spawning();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| classify(e, &program_name, spec.uid))?;
-    let pid = child.id() as i32;
-    let exit = guard.register(pid);
-
-    // Never `wait` on `child`: the reaper owns exit statuses. Dropping it is fine.
-    let stdin = child.stdin.take().map(OwnedFd::from);
-    let stdout = child.stdout.take().map(OwnedFd::from);
-    let stderr = child.stderr.take().map(OwnedFd::from);
-    match (stdout, stderr) {
-        (Some(stdout), Some(stderr)) => Ok(Spawned {
-            pid,
-            stdin,
-            stdout,
-            stderr,
-            exit,
-        }),
-        _ => Err(SpawnError::Io {
-            program: program_name,
-            source: io::Error::other("child pipes missing"),
-        }),
-    }
+    Ok((cmd, program_name))
 }
 
 fn classify(e: io::Error, program: &str, uid: Option<u32>) -> SpawnError {

@@ -30,8 +30,14 @@ impl Daemon {
     pub fn start_with(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_execd"));
         cmd.args(["--port", "0", "--bind", "127.0.0.1", "--log-level", "4"])
-            .args(args)
-            .env_remove("EXECD_ACCESS_TOKEN")
+            .args(args);
+        Self::launch(cmd, args, envs)
+    }
+
+    /// Starts `cmd`, which must run execd (possibly through a wrapper such as
+    /// `unshare`), and reads its listen line.
+    pub fn launch(mut cmd: Command, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        cmd.env_remove("EXECD_ACCESS_TOKEN")
             .env_remove("EXECD_ENVS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
