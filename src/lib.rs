@@ -15,5 +15,6 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod fs;
+pub mod metrics;
 pub mod process;
 pub mod server;

@@ -60,6 +60,8 @@ pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Respo
 pub struct App {
     pub config: Config,
     pub engine: Arc<Engine>,
+    pub metrics: crate::metrics::Sampler,
+    pub started: std::time::Instant,
     token: Option<Vec<u8>>,
 }
 
@@ -69,6 +71,8 @@ impl App {
         Arc::new(App {
             config,
             engine,
+            metrics: crate::metrics::Sampler::new("/"),
+            started: std::time::Instant::now(),
             token,
         })
     }

@@ -34,6 +34,8 @@ macro_rules! routes {
 
 routes! {
     GET    "/ping"                      => api::health::ping,
+    GET    "/metrics"                   => api::metrics::get,
+    GET    "/metrics/watch"             => api::metrics::watch,
 
     POST   "/command"                   => api::command::run,
     DELETE "/command"                   => api::command::interrupt,

@@ -3,6 +3,7 @@
 //! client is slow, and learns at once when the client has gone.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,9 +13,22 @@ use tokio::sync::mpsc;
 
 use super::Body;
 
+/// Streaming bodies currently open (for `/metrics`).
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+pub fn open_streams() -> usize {
+    OPEN.load(Ordering::Relaxed)
+}
+
 /// A response body fed from a channel.
 pub struct ChannelBody {
     rx: mpsc::Receiver<Bytes>,
+}
+
+impl Drop for ChannelBody {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl http_body::Body for ChannelBody {
@@ -32,6 +46,7 @@ impl http_body::Body for ChannelBody {
 /// A sender and the body it feeds; `depth` frames may be in flight.
 pub fn channel(depth: usize) -> (mpsc::Sender<Bytes>, Body) {
     let (tx, rx) = mpsc::channel(depth);
+    OPEN.fetch_add(1, Ordering::Relaxed);
     (tx, Body::new(ChannelBody { rx }))
 }
 
