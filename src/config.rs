@@ -64,6 +64,10 @@ execd: in-sandbox execution daemon (OpenSandbox execd compatible)
 
 Usage: execd [OPTIONS]
        execd init [OPTIONS] [-- CMD [ARGS...]]
+       execd install DEST
+
+install: copy this binary to DEST (mode 0755, atomically), e.g. from an init
+container into a shared volume; the execd image has no shell or cp.
 
 init: run as the sandbox's init. Serves the API, runs CMD (or $BOOTSTRAP_CMD with
 the shell) in its own process group, reaps every zombie, forwards
@@ -99,6 +103,9 @@ Durations: 500ms, 3s, 2m, 1h, 1h30m, or bare seconds. Sizes: 4096, 64KiB, 1MiB, 
 #[derive(Debug)]
 pub enum Parsed {
     Run(Box<Config>),
+    /// `execd install DEST`: copy this binary to DEST (for init containers
+    /// whose image has no `cp`).
+    Install(PathBuf),
     Help,
     Version,
 }
@@ -183,6 +190,12 @@ pub fn parse(
             // Upstream flags that have no meaning here, accepted so existing launchers work.
             Long("jupyter-host") | Long("jupyter-token") | Long("jupyter-idle-poll-interval") => {
                 let _ = value(&mut p, "ignored")?;
+            }
+            Value(v) if c.init.is_none() && v == "install" => {
+                let dest = p
+                    .value()
+                    .map_err(|_| "install: DEST is required".to_string())?;
+                return Ok(Parsed::Install(dest.into()));
             }
             Value(v) if c.init.is_none() && v == "init" => c.init = Some(Vec::new()),
             Value(v) if c.init.is_some() => {
@@ -380,6 +393,10 @@ mod tests {
         );
         assert_eq!(run(&[], &[]).unwrap().init, None);
         assert!(run(&["stray"], &[]).is_err());
+        assert!(
+            matches!(parse(["install".into(), "/x".into()], |_| None), Ok(Parsed::Install(p)) if p == PathBuf::from("/x"))
+        );
+        assert!(parse(["install".into()], |_| None).is_err());
     }
 
     #[test]

@@ -9,6 +9,15 @@ fn main() -> ExitCode {
             print!("{HELP}");
             return ExitCode::SUCCESS;
         }
+        Ok(Parsed::Install(dest)) => {
+            return match install(&dest) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("execd: install to {}: {e}", dest.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Ok(Parsed::Version) => {
             println!("execd {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
@@ -74,4 +83,26 @@ fn init_logging(cfg: &config::Config) -> std::io::Result<()> {
         None => builder.with_writer(std::io::stderr).init(),
     }
     Ok(())
+}
+
+/// Copies this executable to `dest` through a temporary file and a rename, so a
+/// reader never sees a half-written binary.
+fn install(dest: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let me = std::env::current_exe()?;
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".execd-install-{}", std::process::id()));
+    let result = std::fs::copy(&me, &tmp).and_then(|_| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, dest)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }

@@ -200,3 +200,32 @@ async fn as_pid_1_in_a_new_pid_namespace() {
     );
     assert!(!alive(execd_pid));
 }
+
+#[test]
+fn install_copies_the_binary_atomically() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tmpdir("install");
+    let dest = dir.join("bin/execd");
+    let st = Command::new(env!("CARGO_BIN_EXE_execd"))
+        .args(["install", dest.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    let out = Command::new(&dest).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("execd "));
+    assert_eq!(
+        std::fs::read_dir(dest.parent().unwrap()).unwrap().count(),
+        1,
+        "no temporary left"
+    );
+    let st = Command::new(env!("CARGO_BIN_EXE_execd"))
+        .args(["install", "/proc/nope/x"])
+        .status()
+        .unwrap();
+    assert!(!st.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
