@@ -2,5 +2,7 @@
 //! shape the response.
 
 pub mod command;
+pub mod directories;
+pub mod files;
 pub mod health;
 pub mod wire;
