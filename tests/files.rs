@@ -42,13 +42,7 @@ async fn sdk_shaped_chunked_upload_then_download() {
     let t = TempDir::new("updown");
     let target = t.join("sub/dir/hello.txt");
     let form = Form::new();
-    let (tx, resp) = d
-        .stream_request(
-            Method::POST,
-            "/files/upload",
-            &[("content-type", &form.content_type())],
-        )
-        .await;
+    let (tx, resp) = d.stream_upload(&form).await;
     // Parts arrive in small pieces, as the SDK's chunked generator sends them.
     let head = form.part_head("metadata", "metadata", "application/json");
     for piece in [
@@ -212,14 +206,9 @@ async fn upload_bad_inputs_are_clear_4xx_and_change_nothing() {
         r_err(&d, form, status, code).await;
     }
     // A body that stops in the middle of a part.
-    let form = Form::new().meta(&meta(&keep));
-    let mut body = form
-        .part_head("file", "f", "application/octet-stream")
-        .into_bytes();
-    body.extend_from_slice(b"truncated");
-    let mut full = Form::new().meta(&meta(&keep)).finish().to_vec();
-    full.truncate(full.len() - form.tail().len());
-    full.extend_from_slice(&body);
+    let form = Form::new();
+    let mut full = Form::new().meta(&meta(&keep)).open_file();
+    full.extend_from_slice(b"truncated");
     let r = d
         .request(
             Method::POST,
@@ -247,11 +236,8 @@ async fn aborted_upload_leaves_old_file_and_no_temporary() {
     let t = TempDir::new("abort");
     let target = t.join("precious.txt");
     std::fs::write(&target, "old content").unwrap();
-    let form = Form::new().meta(&meta(&target));
-    let head = form.part_head("file", "f", "application/octet-stream");
-    let mut body = Form::new().meta(&meta(&target)).finish().to_vec();
-    body.truncate(body.len() - form.tail().len());
-    body.extend_from_slice(head.as_bytes());
+    let form = Form::new();
+    let mut body = Form::new().meta(&meta(&target)).open_file();
     body.extend_from_slice(&vec![b'n'; 256 * 1024]);
     let mut s = std::net::TcpStream::connect(d.addr).unwrap();
     write!(
@@ -1032,13 +1018,13 @@ async fn identity_scoped_access() {
         ))
         .await;
     assert_eq!(found.status, 200, "{}", found.text());
-    let names: Vec<&str> = found
+    let names: Vec<String> = found
         .json()
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["path"].as_str().unwrap().rsplit('/').next().unwrap())
-        .map(|s| Box::leak(s.to_string().into_boxed_str()) as &str)
+        .map(str::to_string)
         .collect();
     assert_eq!(names, ["open.txt", "own.txt"]);
     let listed = d
@@ -1140,19 +1126,8 @@ async fn one_gib_upload_and_download_in_bounded_memory() {
     let target = t.join("big.bin");
     let base = d.proc_kib("VmRSS:");
     let form = Form::new();
-    let (tx, resp) = d
-        .stream_request(
-            Method::POST,
-            "/files/upload",
-            &[("content-type", &form.content_type())],
-        )
-        .await;
-    let mut head = Form::new().meta(&meta(&target)).finish().to_vec();
-    head.truncate(head.len() - form.tail().len());
-    head.extend_from_slice(
-        form.part_head("file", "big.bin", "application/octet-stream")
-            .as_bytes(),
-    );
+    let (tx, resp) = d.stream_upload(&form).await;
+    let head = Form::new().meta(&meta(&target)).open_file();
     tx.send(Bytes::from(head)).await.unwrap();
     let mut sent = Sum::default();
     let mut peak_up = 0;

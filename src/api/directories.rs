@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use http::{Response, StatusCode};
 
 use super::files::{
-    apply_each, attr_map, identity, required_all, required_path, Permission, WireInfo,
+    apply_each, attr_map, identity, remove_each, required_path, Permission, WireInfo,
 };
 use crate::fs::identity::scoped;
-use crate::fs::{self, ops};
+use crate::fs::ops;
 use crate::server::{json_response, ok_empty, ApiError, Body, Ctx};
 
 /// `GET /directories/list?path=&depth=`: entries to `depth` levels (default
@@ -39,14 +39,5 @@ pub async fn make(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 /// `DELETE /directories?path=…` (repeatable): removes each tree. A missing
 /// path is not an error.
 pub async fn remove(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let id = identity(&ctx)?;
-    let paths = required_all(&ctx, "path")?
-        .iter()
-        .map(|p| fs::expand(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    scoped(id, move || {
-        paths.iter().try_for_each(|p| ops::remove_dir(p))
-    })
-    .await?;
-    Ok(ok_empty())
+    remove_each(ctx, ops::remove_dir).await
 }

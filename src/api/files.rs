@@ -154,15 +154,20 @@ pub async fn info(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 
 /// `DELETE /files?path=…` (repeatable). A missing file is not an error.
 pub async fn remove(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    remove_each(ctx, ops::remove_file).await
+}
+
+/// Applies `op` to every `path` query value, in order; 200 when all succeed.
+pub async fn remove_each(
+    ctx: Ctx,
+    op: fn(&std::path::Path) -> crate::fs::FsResult<()>,
+) -> Result<Response<Body>, ApiError> {
     let id = identity(&ctx)?;
     let paths = required_all(&ctx, "path")?
         .iter()
         .map(|p| fs::expand(p))
         .collect::<Result<Vec<_>, _>>()?;
-    scoped(id, move || {
-        paths.iter().try_for_each(|p| ops::remove_file(p))
-    })
-    .await?;
+    scoped(id, move || paths.iter().try_for_each(|p| op(p))).await?;
     Ok(ok_empty())
 }
 

@@ -132,23 +132,33 @@ impl Daemon {
         )
     }
 
-    async fn send_as(
-        &self,
-        token: Option<&str>,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
-    ) -> http::Response<Incoming> {
+    /// A new HTTP/1.1 connection to the daemon, driven in the background.
+    async fn connect<B>(&self) -> hyper::client::conn::http1::SendRequest<B>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = TcpStream::connect(self.addr).await.expect("connect");
         stream.set_nodelay(true).ok();
-        let (mut sender, conn) =
+        let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .expect("handshake");
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        sender
+    }
+
+    /// A request head with the token (if any) and the given headers.
+    fn builder(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> http::request::Builder {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -159,7 +169,22 @@ impl Daemon {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(body.into())).expect("request");
+        req
+    }
+
+    async fn send_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> http::Response<Incoming> {
+        let mut sender = self.connect().await;
+        let req = self
+            .builder(token, method, path, headers)
+            .body(Full::new(body.into()))
+            .expect("request");
         sender.send_request(req).await.expect("send request")
     }
 
@@ -476,6 +501,14 @@ impl Form {
         format!("--{}--\r\n", self.boundary)
     }
 
+    /// This form followed by the head of a `file` part: what a client has
+    /// sent when the file's content is about to start.
+    pub fn open_file(mut self) -> Vec<u8> {
+        let head = self.part_head("file", "file", "application/octet-stream");
+        self.body.extend_from_slice(head.as_bytes());
+        self.body.to_vec()
+    }
+
     /// The complete body.
     pub fn finish(mut self) -> Bytes {
         let tail = self.tail();
@@ -513,6 +546,20 @@ impl Daemon {
             .await
     }
 
+    /// Starts a streamed `POST /files/upload` of `form`'s boundary; the
+    /// caller sends the body.
+    pub async fn stream_upload(
+        &self,
+        form: &Form,
+    ) -> (
+        tokio::sync::mpsc::Sender<Bytes>,
+        tokio::task::JoinHandle<Resp>,
+    ) {
+        let ct = form.content_type();
+        self.stream_request(Method::POST, "/files/upload", &[("content-type", &ct)])
+            .await
+    }
+
     /// Starts a request whose body is streamed (chunked) from the returned
     /// sender; the task yields the buffered response once the body ends.
     pub async fn stream_request(
@@ -524,26 +571,12 @@ impl Daemon {
         tokio::sync::mpsc::Sender<Bytes>,
         tokio::task::JoinHandle<Resp>,
     ) {
-        let stream = TcpStream::connect(self.addr).await.expect("connect");
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .expect("handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = self.connect().await;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string());
-        if let Some(t) = &self.token {
-            req = req.header("x-execd-access-token", t.as_str());
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(ChanBody(rx)).expect("request");
+        let req = self
+            .builder(self.token.as_deref(), method, path, headers)
+            .body(ChanBody(rx))
+            .expect("request");
         let task = tokio::spawn(async move {
             let r = sender.send_request(req).await.expect("send request");
             let status = r.status().as_u16();
