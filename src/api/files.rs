@@ -30,7 +30,7 @@ use crate::fs::lines::LineWindow;
 use crate::fs::ops::{self, AttrRequest};
 use crate::fs::upload::{self, Chunk};
 use crate::fs::{self, replace, search, FsError};
-use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
+use crate::server::{json_response, ok_empty, ApiError, Body, Ctx};
 
 /// `FileInfo` as the wire shows it (upstream's field names).
 #[derive(Debug, Serialize)]
@@ -599,70 +599,85 @@ fn positive(ctx: &Ctx, name: &str) -> Result<Option<u64>, ApiError> {
 /// Size of each read while streaming a download.
 const READ_CHUNK: usize = 128 * 1024;
 
-/// Streams `len` bytes of `file` from `start` into a response body, from a
-/// blocking thread that ends when the body is dropped. A read error or a
-/// file that shrank ends the body early, which breaks the response (it is
-/// shorter than its Content-Length) rather than passing off a short file.
-fn stream_bytes(file: File, start: u64, len: u64) -> Body {
-    let (tx, body) = sse::channel(4);
-    tokio::task::spawn_blocking(move || {
-        let mut pos = start;
-        let end = start + len;
-        while pos < end {
-            let want = READ_CHUNK.min((end - pos) as usize);
-            let mut buf = vec![0u8; want];
-            let n = match file.read_at(&mut buf, pos) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "download read failed");
-                    return;
-                }
-            };
-            buf.truncate(n);
-            pos += n as u64;
-            if tx.blocking_send(Bytes::from(buf)).is_err() {
-                return;
-            }
-        }
-    });
-    body
+/// A download body fed by a reader thread. An error from the reader ends
+/// the body with an error, so hyper breaks the connection instead of
+/// finishing a response that looks complete but is not.
+struct FileBody(mpsc::Receiver<std::io::Result<Bytes>>);
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|r| r.map(http_body::Frame::data)))
+    }
 }
 
-/// Streams the line window of `file`.
-fn stream_lines(file: File, offset: u64, limit: Option<u64>) -> Body {
-    let (tx, body) = sse::channel(4);
+/// Reads `file` from `start` to `end` on a blocking thread and sends what
+/// `shape` makes of each chunk (and, with `None`, of the end of the range)
+/// into the response body, at most a few chunks ahead of the client. The
+/// thread stops when `shape` says so, at the end, or when the body is
+/// dropped.
+fn stream_file<S>(file: File, start: u64, end: u64, mut shape: S) -> Body
+where
+    S: FnMut(Option<&[u8]>) -> (Option<Bytes>, bool) + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
-        let mut window = LineWindow::new(offset, limit);
         let mut buf = vec![0u8; READ_CHUNK];
-        let mut out = Vec::with_capacity(READ_CHUNK);
-        let mut pos = 0u64;
-        while !window.done() {
-            let n = match file.read_at(&mut buf, pos) {
-                Ok(0) => break,
+        let mut pos = start;
+        loop {
+            let want = READ_CHUNK.min(end.saturating_sub(pos) as usize);
+            let n = match file.read_at(&mut buf[..want], pos) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "download read failed");
+                    let _ = tx.blocking_send(Err(e));
                     return;
                 }
             };
             pos += n as u64;
-            window.feed(&buf[..n], &mut out);
-            if out.len() >= READ_CHUNK
-                && tx
-                    .blocking_send(Bytes::from(std::mem::take(&mut out)))
-                    .is_err()
-            {
+            let (out, stop) = shape((n > 0).then_some(&buf[..n]));
+            if let Some(b) = out.filter(|b| !b.is_empty()) {
+                if tx.blocking_send(Ok(b)).is_err() {
+                    return;
+                }
+            }
+            if n == 0 || stop {
                 return;
             }
         }
-        if !out.is_empty() {
-            let _ = tx.blocking_send(Bytes::from(out));
-        }
     });
-    body
+    Body::new(FileBody(rx))
+}
+
+/// Streams `len` bytes of `file` from `start`. A file that shrinks meanwhile
+/// ends the body short of its Content-Length, which breaks the response
+/// rather than passing off a short file as whole.
+fn stream_bytes(file: File, start: u64, len: u64) -> Body {
+    stream_file(file, start, start + len, |chunk| {
+        (chunk.map(Bytes::copy_from_slice), false)
+    })
+}
+
+/// Streams the line window of `file`, in pieces of about a read each.
+fn stream_lines(file: File, offset: u64, limit: Option<u64>) -> Body {
+    let mut window = LineWindow::new(offset, limit);
+    let mut out = Vec::new();
+    stream_file(file, 0, u64::MAX, move |chunk| {
+        if let Some(c) = chunk {
+            window.feed(c, &mut out);
+        }
+        let flush = chunk.is_none() || window.done() || out.len() >= READ_CHUNK;
+        let piece = flush.then(|| Bytes::from(std::mem::take(&mut out)));
+        (piece, window.done())
+    })
 }
 
 fn header_value(s: &str) -> HeaderValue {
