@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
+use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -21,14 +22,13 @@ use http_body_util::BodyDataStream;
 use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use super::wire::rfc3339;
 use crate::fs::identity::{scoped, Identity};
 use crate::fs::info::{self, mode_from_wire, mode_to_wire, FileInfo, Names};
 use crate::fs::lines::LineWindow;
 use crate::fs::ops::{self, AttrRequest};
-use crate::fs::upload::{self, Chunk};
+use crate::fs::upload::Writer;
 use crate::fs::{self, replace, search, FsError};
 use crate::server::{json_response, ok_empty, ApiError, Body, Ctx};
 
@@ -458,44 +458,30 @@ async fn receive_form(
     Ok(())
 }
 
-/// Streams one `file` part to a writer thread through a small bounded
-/// channel, so memory holds a few chunks at most.
+/// Streams one `file` part into its target as it arrives; memory holds a
+/// write buffer or two at most.
 async fn receive_file(
     field: &mut multer::Field<'_>,
     path: PathBuf,
     attrs: AttrRequest,
     id: Option<Identity>,
 ) -> Result<u64, Failed> {
-    let (tx, rx) = mpsc::channel::<Chunk>(4);
-    let writer = scoped(id, move || {
-        let attrs = attrs.resolve()?;
-        upload::receive(&path, attrs, rx)
-    });
+    let mut out = Writer::create(id, path, attrs)
+        .await
+        .map_err(ApiError::from)?;
     loop {
         match field.chunk().await {
-            Ok(Some(data)) => {
-                if tx.send(Chunk::Data(data)).await.is_err() {
-                    // The writer stopped: its error says why.
-                    break;
-                }
-            }
-            Ok(None) => {
-                let _ = tx.send(Chunk::End).await;
-                break;
-            }
+            Ok(Some(data)) => out.write(&data).await.map_err(ApiError::from)?,
+            Ok(None) => return Ok(out.commit().await.map_err(ApiError::from)?),
+            // Cut short: dropping the writer discards its file.
             Err(e) => {
-                // Cut short: dropping the sender makes the writer discard its file.
-                drop(tx);
-                let _ = writer.await;
                 return Err(Failed {
                     err: multipart_error(e),
                     body_ok: false,
-                });
+                })
             }
         }
     }
-    drop(tx);
-    writer.await.map_err(|e| ApiError::from(e).into())
 }
 
 /// A `Range` header, resolved against a file size.
@@ -599,10 +585,63 @@ fn positive(ctx: &Ctx, name: &str) -> Result<Option<u64>, ApiError> {
 /// Size of each read while streaming a download.
 const READ_CHUNK: usize = 128 * 1024;
 
-/// A download body fed by a reader thread. An error from the reader ends
-/// the body with an error, so hyper breaks the connection instead of
-/// finishing a response that looks complete but is not.
-struct FileBody(mpsc::Receiver<std::io::Result<Bytes>>);
+/// What a download does with each chunk it reads (`None`: the end of the
+/// range): the bytes to send, if any, and whether to stop.
+type Shape = Box<dyn FnMut(Option<&[u8]>) -> (Option<Bytes>, bool) + Send>;
+
+/// The reading side of a download: a file, a position, and a shape.
+struct Reader {
+    file: File,
+    pos: u64,
+    end: u64,
+    shape: Shape,
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl Reader {
+    /// Reads until there is something to send, the end, or a bound on the
+    /// reads per step (so that skipping lines does not hold a thread long).
+    /// `Ok(None)`: finished.
+    fn step(&mut self) -> std::io::Result<Option<Bytes>> {
+        for _ in 0..64 {
+            if self.done {
+                return Ok(None);
+            }
+            let want = READ_CHUNK.min(self.end.saturating_sub(self.pos) as usize);
+            let n = match self.file.read_at(&mut self.buf[..want], self.pos) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.pos += n as u64;
+            let (out, stop) = (self.shape)((n > 0).then_some(&self.buf[..n]));
+            self.done = n == 0 || stop;
+            if let Some(b) = out.filter(|b| !b.is_empty()) {
+                return Ok(Some(b));
+            }
+        }
+        Ok(Some(Bytes::new()))
+    }
+}
+
+type Step = tokio::task::JoinHandle<(Reader, std::io::Result<Option<Bytes>>)>;
+
+/// A download body. Each read runs on a blocking thread only while it
+/// reads, and the next read starts as soon as a chunk is handed to hyper, so
+/// at most two chunks are held and no thread waits on a slow client. A read
+/// error ends the body with an error, so hyper breaks the connection instead
+/// of finishing a response that looks complete but is not.
+struct FileBody {
+    step: Option<Step>,
+}
+
+fn start_step(mut r: Reader) -> Step {
+    tokio::task::spawn_blocking(move || {
+        let out = r.step();
+        (r, out)
+    })
+}
 
 impl http_body::Body for FileBody {
     type Data = Bytes;
@@ -612,72 +651,80 @@ impl http_body::Body for FileBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|o| o.map(|r| r.map(http_body::Frame::data)))
+        loop {
+            let Some(step) = self.step.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let (reader, out) = match Pin::new(step).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(r)) => r,
+                Poll::Ready(Err(e)) => {
+                    self.step = None;
+                    return Poll::Ready(Some(Err(std::io::Error::other(e))));
+                }
+            };
+            self.step = None;
+            match out {
+                Ok(Some(b)) => {
+                    self.step = Some(start_step(reader));
+                    if !b.is_empty() {
+                        return Poll::Ready(Some(Ok(http_body::Frame::data(b))));
+                    }
+                }
+                Ok(None) => return Poll::Ready(None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "download read failed");
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
     }
 }
 
-/// Reads `file` from `start` to `end` on a blocking thread and sends what
-/// `shape` makes of each chunk (and, with `None`, of the end of the range)
-/// into the response body, at most a few chunks ahead of the client. The
-/// thread stops when `shape` says so, at the end, or when the body is
-/// dropped.
-fn stream_file<S>(file: File, start: u64, end: u64, mut shape: S) -> Body
-where
-    S: FnMut(Option<&[u8]>) -> (Option<Bytes>, bool) + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut pos = start;
-        loop {
-            let want = READ_CHUNK.min(end.saturating_sub(pos) as usize);
-            let n = match file.read_at(&mut buf[..want], pos) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "download read failed");
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            };
-            pos += n as u64;
-            let (out, stop) = shape((n > 0).then_some(&buf[..n]));
-            if let Some(b) = out.filter(|b| !b.is_empty()) {
-                if tx.blocking_send(Ok(b)).is_err() {
-                    return;
-                }
-            }
-            if n == 0 || stop {
-                return;
-            }
-        }
-    });
-    Body::new(FileBody(rx))
+/// Streams `file` from `start` to `end` through `shape`.
+fn stream_file(file: File, start: u64, end: u64, shape: Shape) -> Body {
+    let reader = Reader {
+        file,
+        pos: start,
+        end,
+        shape,
+        buf: vec![0u8; READ_CHUNK],
+        done: false,
+    };
+    Body::new(FileBody {
+        step: Some(start_step(reader)),
+    })
 }
 
 /// Streams `len` bytes of `file` from `start`. A file that shrinks meanwhile
 /// ends the body short of its Content-Length, which breaks the response
 /// rather than passing off a short file as whole.
 fn stream_bytes(file: File, start: u64, len: u64) -> Body {
-    stream_file(file, start, start + len, |chunk| {
-        (chunk.map(Bytes::copy_from_slice), false)
-    })
+    stream_file(
+        file,
+        start,
+        start + len,
+        Box::new(|chunk| (chunk.map(Bytes::copy_from_slice), false)),
+    )
 }
 
 /// Streams the line window of `file`, in pieces of about a read each.
 fn stream_lines(file: File, offset: u64, limit: Option<u64>) -> Body {
     let mut window = LineWindow::new(offset, limit);
     let mut out = Vec::new();
-    stream_file(file, 0, u64::MAX, move |chunk| {
-        if let Some(c) = chunk {
-            window.feed(c, &mut out);
-        }
-        let flush = chunk.is_none() || window.done() || out.len() >= READ_CHUNK;
-        let piece = flush.then(|| Bytes::from(std::mem::take(&mut out)));
-        (piece, window.done())
-    })
+    stream_file(
+        file,
+        0,
+        u64::MAX,
+        Box::new(move |chunk| {
+            if let Some(c) = chunk {
+                window.feed(c, &mut out);
+            }
+            let flush = chunk.is_none() || window.done() || out.len() >= READ_CHUNK;
+            let piece = flush.then(|| Bytes::from(std::mem::take(&mut out)));
+            (piece, window.done())
+        }),
+    )
 }
 
 fn header_value(s: &str) -> HeaderValue {

@@ -13,6 +13,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::identity::{scoped, Identity};
+use super::ops::AttrRequest;
 use super::{FsError, FsResult};
 
 /// Mode and owner asked for by the caller; `None` keeps the existing target's
@@ -208,34 +210,95 @@ pub fn sync_dir(dir: &Path) -> FsResult<()> {
         .map_err(|e| FsError::io("fsync directory", dir, e))
 }
 
-/// One message from the request side to the thread writing a part.
-pub enum Chunk {
-    Data(bytes::Bytes),
-    /// The part ended normally: commit.
-    End,
+/// An upload driven from async code without holding a thread for its
+/// whole length: the file is created and committed on a blocking thread as
+/// the caller's identity (permissions are checked there), and the content is
+/// written through the open descriptor in pieces of about
+/// [`WRITE_CHUNK`] bytes, one write in flight while the next piece arrives.
+/// Dropped before [`Writer::commit`], it discards the temporary file.
+pub struct Writer {
+    id: Option<Identity>,
+    attrs: Attrs,
+    /// The file, when no write is in flight.
+    file: Option<AtomicFile>,
+    /// The write in flight; it hands the file back.
+    pending: Option<tokio::task::JoinHandle<(AtomicFile, FsResult<()>)>>,
+    buf: bytes::BytesMut,
 }
 
-/// Writes a whole part fed through `rx` to `path`, atomically. If `rx`
-/// closes without [`Chunk::End`] the upload was cut short and nothing
-/// changes. Runs on a blocking thread.
-pub fn receive(
-    path: &Path,
-    attrs: Attrs,
-    mut rx: tokio::sync::mpsc::Receiver<Chunk>,
-) -> FsResult<u64> {
-    let mut out = AtomicFile::create(path, true)?;
-    loop {
-        match rx.blocking_recv() {
-            Some(Chunk::Data(b)) => out.write_all(&b)?,
-            Some(Chunk::End) => return out.commit(attrs),
-            None => {
-                return Err(FsError::BadContent(format!(
-                    "upload of {} ended early after {} bytes; the file was not changed",
-                    path.display(),
-                    out.written()
-                )))
-            }
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Not committed: remove the temporary file off the async threads.
+        if let (Some(file), Ok(rt)) = (self.file.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn_blocking(move || drop(file));
         }
+    }
+}
+
+/// How much content is gathered before a write.
+pub const WRITE_CHUNK: usize = 128 * 1024;
+
+impl Writer {
+    /// Starts writing `path` (parents created) as `id`, with the mode and
+    /// owner of `req` applied on commit.
+    pub async fn create(id: Option<Identity>, path: PathBuf, req: AttrRequest) -> FsResult<Writer> {
+        let (file, attrs) = scoped(id, move || {
+            let attrs = req.resolve()?;
+            Ok((AtomicFile::create(&path, true)?, attrs))
+        })
+        .await?;
+        Ok(Writer {
+            id,
+            attrs,
+            file: Some(file),
+            pending: None,
+            buf: bytes::BytesMut::new(),
+        })
+    }
+
+    /// Appends `data`.
+    pub async fn write(&mut self, data: &[u8]) -> FsResult<()> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the write in flight and takes the file back.
+    async fn settle(&mut self) -> FsResult<AtomicFile> {
+        if let Some(task) = self.pending.take() {
+            let (file, r) = task
+                .await
+                .map_err(|e| FsError::Internal(format!("write task failed: {e}")))?;
+            r?;
+            self.file = Some(file);
+        }
+        self.file
+            .take()
+            .ok_or_else(|| FsError::Internal("upload writer used after a failure".into()))
+    }
+
+    /// Starts writing what has been gathered.
+    async fn flush(&mut self) -> FsResult<()> {
+        let mut file = self.settle().await?;
+        let data = self.buf.split().freeze();
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            let r = file.write_all(&data);
+            (file, r)
+        }));
+        Ok(())
+    }
+
+    /// Writes the rest, then commits (see [`AtomicFile::commit`]) as the
+    /// caller's identity. Returns the verified byte count.
+    pub async fn commit(mut self) -> FsResult<u64> {
+        if !self.buf.is_empty() {
+            self.flush().await?;
+        }
+        let file = self.settle().await?;
+        let attrs = self.attrs;
+        scoped(self.id, move || file.commit(attrs)).await
     }
 }
 
