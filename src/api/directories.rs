@@ -16,7 +16,7 @@ use crate::server::{json_response, ok_empty, ApiError, Body, Ctx};
 /// 1), pre-order, by name; symlinks listed, never followed.
 pub async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let id = identity(&ctx)?;
-    let (_, root) = required_path(&ctx, "path")?;
+    let root = required_path(&ctx, "path")?;
     let depth = match ctx.query().get("depth") {
         None | Some("") => 1,
         Some(d) => d

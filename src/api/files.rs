@@ -101,11 +101,10 @@ pub fn required_all(ctx: &Ctx, name: &str) -> Result<Vec<String>, ApiError> {
 }
 
 /// A required query parameter, expanded as a path.
-pub fn required_path(ctx: &Ctx, name: &str) -> Result<(String, PathBuf), ApiError> {
+pub fn required_path(ctx: &Ctx, name: &str) -> Result<PathBuf, ApiError> {
     let q = ctx.query();
     let raw = q.get(name).ok_or_else(|| ApiError::missing_query(name))?;
-    let path = fs::expand(raw)?;
-    Ok((raw.to_string(), path))
+    Ok(fs::expand(raw)?)
 }
 
 /// Upstream's `Permission` / `FileMetadata` object; `null` owner/group and a
@@ -230,7 +229,7 @@ pub async fn mv(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 /// `GET /files/search?path=&pattern=`: files whose base name matches.
 pub async fn search(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let id = identity(&ctx)?;
-    let (_, root) = required_path(&ctx, "path")?;
+    let root = required_path(&ctx, "path")?;
     let pattern = ctx.query().get("pattern").unwrap_or("**").to_string();
     let out = scoped(id, move || {
         let pattern = search::Pattern::new(&pattern)?;
@@ -740,7 +739,7 @@ fn http_secs(t: SystemTime) -> u64 {
 /// 206; `offset`/`limit` give a window of lines as text.
 pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let id = identity(&ctx)?;
-    let (_, path) = required_path(&ctx, "path")?;
+    let path = required_path(&ctx, "path")?;
     let offset = positive(&ctx, "offset")?;
     let limit = positive(&ctx, "limit")?;
     let hdr = |name: header::HeaderName| {
