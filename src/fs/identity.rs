@@ -8,7 +8,7 @@
 //! `setgroups` system call is used because glibc's and musl's wrappers apply
 //! the change to every thread of the process.
 
-use super::{FsError, FsResult};
+use super::{FsError, FsResult, Kind};
 use crate::process::users::{groups_of, read_db, user_by_uid};
 
 /// The uid and gid an operation runs as.
@@ -35,6 +35,13 @@ where
     });
     async move {
         match task.await {
+            // A system call refused: say whose permissions were lacking.
+            Ok(Err(e @ FsError::Io { .. })) if e.kind() == Kind::Denied => Err(match id {
+                Some(id) => {
+                    FsError::Denied(format!("{e} (acting as uid {} gid {})", id.uid, id.gid))
+                }
+                None => e,
+            }),
             Ok(r) => r,
             Err(e) => Err(FsError::Internal(format!("file operation failed: {e}"))),
         }
