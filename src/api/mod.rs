@@ -2,6 +2,8 @@
 //! shape the response.
 
 pub mod command;
+pub mod directories;
+pub mod files;
 pub mod health;
 pub mod metrics;
 pub mod session;

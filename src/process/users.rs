@@ -65,6 +65,16 @@ pub fn name_by_id(text: &str, id: u32) -> Option<String> {
     })
 }
 
+/// Id of `name` in a passwd or group file's text (third field, matched on the first).
+pub fn id_by_name(text: &str, name: &str) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let mut f = line.split(':');
+        (f.next()? == name).then_some(())?;
+        let _pw = f.next()?;
+        f.next()?.parse().ok()
+    })
+}
+
 /// Reads a system file, treating absence or unreadability as empty.
 pub fn read_db(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
@@ -100,5 +110,8 @@ mod tests {
         assert_eq!(name_by_id(PASSWD, 0).as_deref(), Some("root"));
         assert_eq!(name_by_id(GROUP, 999).as_deref(), Some("docker"));
         assert_eq!(name_by_id(GROUP, 5), None);
+        assert_eq!(id_by_name(PASSWD, "alice"), Some(1000));
+        assert_eq!(id_by_name(GROUP, "docker"), Some(999));
+        assert_eq!(id_by_name(GROUP, "nobody"), None);
     }
 }

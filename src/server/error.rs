@@ -8,6 +8,7 @@ use http::{header, Response, StatusCode};
 
 use super::{full, Body};
 use crate::fs::path::PathError;
+use crate::fs::{FsError, Kind};
 use crate::process::{ProcessError, SessionError};
 
 /// An error on its way to becoming a response.
@@ -93,5 +94,21 @@ impl From<SessionError> for ApiError {
 impl From<PathError> for ApiError {
     fn from(e: PathError) -> Self {
         Self::invalid_body(e.to_string())
+    }
+}
+
+impl From<FsError> for ApiError {
+    fn from(e: FsError) -> Self {
+        let (status, code) = match e.kind() {
+            Kind::NotFound => (StatusCode::NOT_FOUND, "FILE_NOT_FOUND"),
+            Kind::Denied => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+            Kind::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "INSUFFICIENT_STORAGE"),
+            Kind::InvalidFile => (StatusCode::BAD_REQUEST, "INVALID_FILE"),
+            Kind::Exists => (StatusCode::CONFLICT, "FILE_EXISTS"),
+            Kind::BadRequest => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
+            Kind::BadContent => (StatusCode::BAD_REQUEST, "INVALID_FILE_CONTENT"),
+            Kind::Other => (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR"),
+        };
+        Self::new(status, code, e.to_string())
     }
 }

@@ -47,6 +47,31 @@ routes! {
     POST   "/session"                   => api::session::create,
     POST   "/session/{id}/run"          => api::session::run,
     DELETE "/session/{id}"              => api::session::delete,
+
+    GET    "/files/info"                => api::files::info,
+    DELETE "/files"                     => api::files::remove,
+    POST   "/files/permissions"         => api::files::permissions,
+    POST   "/files/mv"                  => api::files::mv,
+    GET    "/files/search"              => api::files::search,
+    POST   "/files/replace"             => api::files::replace,
+    POST   "/files/upload"              => api::files::upload,
+    GET    "/files/download"            => api::files::download,
+    GET    "/directories/list"          => api::directories::list,
+    POST   "/directories"               => api::directories::make,
+    DELETE "/directories"               => api::directories::remove,
+
+    // The same, acting with the file permissions of uid/gid (SDK `with_identity`).
+    GET    "/v1/filesystem/{uid}/{gid}/files/info"        => api::files::info,
+    DELETE "/v1/filesystem/{uid}/{gid}/files"             => api::files::remove,
+    POST   "/v1/filesystem/{uid}/{gid}/files/permissions" => api::files::permissions,
+    POST   "/v1/filesystem/{uid}/{gid}/files/mv"          => api::files::mv,
+    GET    "/v1/filesystem/{uid}/{gid}/files/search"      => api::files::search,
+    POST   "/v1/filesystem/{uid}/{gid}/files/replace"     => api::files::replace,
+    POST   "/v1/filesystem/{uid}/{gid}/files/upload"      => api::files::upload,
+    GET    "/v1/filesystem/{uid}/{gid}/files/download"    => api::files::download,
+    GET    "/v1/filesystem/{uid}/{gid}/directories/list"  => api::directories::list,
+    POST   "/v1/filesystem/{uid}/{gid}/directories"       => api::directories::make,
+    DELETE "/v1/filesystem/{uid}/{gid}/directories"       => api::directories::remove,
 }
 
 /// Matches `path` against a route pattern, returning the captured parameters.

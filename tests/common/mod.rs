@@ -138,23 +138,33 @@ impl Daemon {
         )
     }
 
-    async fn send_as(
-        &self,
-        token: Option<&str>,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
-    ) -> http::Response<Incoming> {
+    /// A new HTTP/1.1 connection to the daemon, driven in the background.
+    async fn connect<B>(&self) -> hyper::client::conn::http1::SendRequest<B>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = TcpStream::connect(self.addr).await.expect("connect");
         stream.set_nodelay(true).ok();
-        let (mut sender, conn) =
+        let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .expect("handshake");
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        sender
+    }
+
+    /// A request head with the token (if any) and the given headers.
+    fn builder(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> http::request::Builder {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -165,7 +175,22 @@ impl Daemon {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(body.into())).expect("request");
+        req
+    }
+
+    async fn send_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> http::Response<Incoming> {
+        let mut sender = self.connect().await;
+        let req = self
+            .builder(token, method, path, headers)
+            .body(Full::new(body.into()))
+            .expect("request");
         sender.send_request(req).await.expect("send request")
     }
 
@@ -420,4 +445,199 @@ pub fn zombies_of(parent: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// A `multipart/form-data` body built part by part.
+pub struct Form {
+    pub boundary: String,
+    body: BytesMut,
+}
+
+impl Default for Form {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Form {
+    pub fn new() -> Form {
+        Form {
+            boundary: "test_boundary_7d1f0c".to_string(),
+            body: BytesMut::new(),
+        }
+    }
+
+    /// The head of a part (everything before its content).
+    pub fn part_head(&self, name: &str, filename: &str, ctype: &str) -> String {
+        format!(
+            "--{}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: {ctype}\r\n\r\n",
+            self.boundary
+        )
+    }
+
+    pub fn part(mut self, name: &str, filename: &str, ctype: &str, data: &[u8]) -> Form {
+        let head = self.part_head(name, filename, ctype);
+        self.body.extend_from_slice(head.as_bytes());
+        self.body.extend_from_slice(data);
+        self.body.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// A `metadata` part as the SDK sends it.
+    pub fn meta(self, v: &Value) -> Form {
+        self.part(
+            "metadata",
+            "metadata",
+            "application/json",
+            v.to_string().as_bytes(),
+        )
+    }
+
+    /// A `file` part as the SDK sends it.
+    pub fn file(self, data: &[u8]) -> Form {
+        self.part("file", "file", "application/octet-stream", data)
+    }
+
+    pub fn content_type(&self) -> String {
+        format!("multipart/form-data; boundary={}", self.boundary)
+    }
+
+    /// The closing delimiter.
+    pub fn tail(&self) -> String {
+        format!("--{}--\r\n", self.boundary)
+    }
+
+    /// This form followed by the head of a `file` part: what a client has
+    /// sent when the file's content is about to start.
+    pub fn open_file(mut self) -> Vec<u8> {
+        let head = self.part_head("file", "file", "application/octet-stream");
+        self.body.extend_from_slice(head.as_bytes());
+        self.body.to_vec()
+    }
+
+    /// The complete body.
+    pub fn finish(mut self) -> Bytes {
+        let tail = self.tail();
+        self.body.extend_from_slice(tail.as_bytes());
+        self.body.freeze()
+    }
+}
+
+/// A request body fed chunk by chunk from a channel (sent chunked).
+pub struct ChanBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+impl Daemon {
+    /// Uploads a complete form in one request.
+    pub async fn upload(&self, form: Form) -> Resp {
+        self.upload_to("/files/upload", form).await
+    }
+
+    pub async fn upload_to(&self, path: &str, form: Form) -> Resp {
+        let ct = form.content_type();
+        self.request(Method::POST, path, &[("content-type", &ct)], form.finish())
+            .await
+    }
+
+    /// Starts a streamed `POST /files/upload` of `form`'s boundary; the
+    /// caller sends the body.
+    pub async fn stream_upload(
+        &self,
+        form: &Form,
+    ) -> (
+        tokio::sync::mpsc::Sender<Bytes>,
+        tokio::task::JoinHandle<Resp>,
+    ) {
+        let ct = form.content_type();
+        self.stream_request(Method::POST, "/files/upload", &[("content-type", &ct)])
+            .await
+    }
+
+    /// Starts a request whose body is streamed (chunked) from the returned
+    /// sender; the task yields the buffered response once the body ends.
+    pub async fn stream_request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (
+        tokio::sync::mpsc::Sender<Bytes>,
+        tokio::task::JoinHandle<Resp>,
+    ) {
+        let mut sender = self.connect().await;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let req = self
+            .builder(self.token.as_deref(), method, path, headers)
+            .body(ChanBody(rx))
+            .expect("request");
+        let task = tokio::spawn(async move {
+            let r = sender.send_request(req).await.expect("send request");
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            let body = r.into_body().collect().await.expect("body").to_bytes();
+            Resp {
+                status,
+                headers,
+                body,
+            }
+        });
+        (tx, task)
+    }
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "execd-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    /// A path inside, as a string.
+    pub fn join(&self, rel: &str) -> String {
+        self.0.join(rel).to_string_lossy().into_owned()
+    }
+
+    /// Names in the directory, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .expect("read temp dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn q(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

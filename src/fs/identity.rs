@@ -1,0 +1,186 @@
+//! Running file operations as another user, one thread at a time.
+//!
+//! Linux keeps the file-system uid/gid (`setfsuid`/`setfsgid`) and, at the
+//! system-call level, the supplementary groups per thread. So an
+//! identity-scoped operation runs on one blocking thread that takes on the
+//! identity, does the work and gives the identity back before the thread
+//! returns to the pool; the rest of the daemon keeps its own. The raw
+//! `setgroups` system call is used because glibc's and musl's wrappers apply
+//! the change to every thread of the process.
+
+use super::{FsError, FsResult, Kind};
+use crate::process::users::{groups_of, read_db, user_by_uid};
+
+/// The uid and gid an operation runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Runs `f` on a blocking thread, as `id` when given, and restores the
+/// thread's identity before the thread is reused, whatever `f` returns.
+/// The work starts at once, before the returned future is first polled.
+pub fn scoped<T, F>(id: Option<Identity>, f: F) -> impl std::future::Future<Output = FsResult<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> FsResult<T> + Send + 'static,
+{
+    let task = tokio::task::spawn_blocking(move || {
+        let _guard = match id {
+            Some(id) => Some(Guard::enter(id)?),
+            None => None,
+        };
+        f()
+    });
+    async move {
+        match task.await {
+            // A system call refused: say whose permissions were lacking.
+            Ok(Err(e @ FsError::Io { .. })) if e.kind() == Kind::Denied => Err(match id {
+                Some(id) => {
+                    FsError::Denied(format!("{e} (acting as uid {} gid {})", id.uid, id.gid))
+                }
+                None => e,
+            }),
+            Ok(r) => r,
+            Err(e) => Err(FsError::Internal(format!("file operation failed: {e}"))),
+        }
+    }
+}
+
+/// While alive, the current thread acts on files as another user.
+struct Guard {
+    uid: u32,
+    gid: u32,
+    groups: Option<Vec<libc::gid_t>>,
+}
+
+fn setfsuid(uid: u32) -> u32 {
+    // SAFETY: setfsuid only changes this thread's file-system uid.
+    unsafe { libc::setfsuid(uid) as u32 }
+}
+
+fn setfsgid(gid: u32) -> u32 {
+    // SAFETY: setfsgid only changes this thread's file-system gid.
+    unsafe { libc::setfsgid(gid) as u32 }
+}
+
+/// The raw system call: this thread's supplementary groups only.
+fn setgroups_thread(groups: &[libc::gid_t]) -> std::io::Result<()> {
+    // SAFETY: the pointer and length describe a live slice of gid_t.
+    let r = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn getgroups_thread() -> std::io::Result<Vec<libc::gid_t>> {
+    let mut buf = vec![0 as libc::gid_t; 1024];
+    // SAFETY: the buffer has room for the count passed.
+    let n = unsafe { libc::syscall(libc::SYS_getgroups, buf.len(), buf.as_mut_ptr()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+impl Guard {
+    fn enter(id: Identity) -> FsResult<Guard> {
+        // SAFETY: geteuid/getegid have no preconditions.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        if euid != 0 {
+            if id.uid == euid && id.gid == egid {
+                // Already this user: nothing to switch.
+                return Ok(Guard {
+                    uid: euid,
+                    gid: egid,
+                    groups: None,
+                });
+            }
+            return Err(FsError::Denied(format!(
+                "execd runs as uid {euid}, not root, so it cannot act as uid {} gid {}",
+                id.uid, id.gid
+            )));
+        }
+        let saved = getgroups_thread()
+            .map_err(|e| FsError::Internal(format!("cannot read the thread's groups: {e}")))?;
+        let user = user_by_uid(&read_db("/etc/passwd"), id.uid);
+        let groups = groups_of(&read_db("/etc/group"), user.name.as_deref(), id.gid);
+        let old_uid = setfsuid(u32::MAX);
+        let old_gid = setfsgid(u32::MAX);
+        let guard = Guard {
+            uid: old_uid,
+            gid: old_gid,
+            groups: Some(saved),
+        };
+        // From here on, dropping `guard` restores whatever was changed.
+        setgroups_thread(&groups)
+            .map_err(|e| FsError::Internal(format!("cannot set groups for uid {}: {e}", id.uid)))?;
+        setfsgid(id.gid);
+        setfsuid(id.uid);
+        // Each call returns the previous value; an invalid one changes nothing.
+        if setfsuid(u32::MAX) != id.uid || setfsgid(u32::MAX) != id.gid {
+            return Err(FsError::Internal(format!(
+                "cannot switch file-system identity to uid {} gid {}",
+                id.uid, id.gid
+            )));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let Some(groups) = &self.groups else {
+            return;
+        };
+        // The uid first: root's fsuid is what permits the other two.
+        setfsuid(self.uid);
+        setfsgid(self.gid);
+        if let Err(e) = setgroups_thread(groups) {
+            tracing::error!(error = %e, "cannot restore a thread's groups; aborting");
+            std::process::abort();
+        }
+        if setfsuid(u32::MAX) != self.uid || setfsgid(u32::MAX) != self.gid {
+            tracing::error!("cannot restore a thread's file-system identity; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// This thread's file-system uid and gid (for tests and diagnostics).
+pub fn current() -> Identity {
+    Identity {
+        uid: setfsuid(u32::MAX),
+        gid: setfsgid(u32::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn identity_is_restored_even_on_error() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let before = current();
+        let id = Identity {
+            uid: 65534,
+            gid: 65534,
+        };
+        let seen = scoped(Some(id), || Ok(current())).await.unwrap();
+        assert_eq!(seen, id);
+        let r: FsResult<()> = scoped(Some(id), || Err(FsError::Internal("boom".into()))).await;
+        assert!(r.is_err());
+        // Whatever pool thread runs next, it is ourselves again.
+        for _ in 0..8 {
+            assert_eq!(scoped(None, || Ok(current())).await.unwrap(), before);
+        }
+    }
+}
