@@ -8,6 +8,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub const DEFAULT_PORT: u16 = 44772;
+/// The python-runtime's default `/execute` limit.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `SANDBOX_EXEC_TIMEOUT_SECONDS` as the reference reads it: a positive,
+/// finite number of seconds, anything else the default.
+pub fn exec_timeout(v: &str) -> Duration {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s.min(1e9)),
+        _ => DEFAULT_EXEC_TIMEOUT,
+    }
+}
 
 /// Everything execd can be told at start-up.
 #[derive(Clone, Debug)]
@@ -32,6 +43,18 @@ pub struct Config {
     /// `execd init [flags] -- CMD ARGS…`: run CMD as the sandbox's main process
     /// (empty: serve until signalled). None outside init mode.
     pub init: Option<Vec<String>>,
+    /// agent-sandbox python-runtime API: the base directory of commands and
+    /// file operations (`SANDBOX_BASE_DIR`); None: the daemon's cwd.
+    pub agent_base_dir: Option<PathBuf>,
+    /// Default `/execute` time limit (`SANDBOX_EXEC_TIMEOUT_SECONDS`).
+    pub agent_exec_timeout: Duration,
+    /// sandboxd API: the root of file paths and process cwds; None: the
+    /// agent base directory.
+    pub sandboxd_root: Option<PathBuf>,
+    /// sandboxd `/v1/metadata`: environment variables with this prefix.
+    pub metadata_env_prefix: String,
+    /// sandboxd gRPC on a port of its own, besides the main port.
+    pub grpc_port: Option<u16>,
 }
 
 impl Default for Config {
@@ -55,6 +78,11 @@ impl Default for Config {
             ping_interval: Duration::from_secs(3),
             max_line: 64 * 1024,
             init: None,
+            agent_base_dir: None,
+            agent_exec_timeout: DEFAULT_EXEC_TIMEOUT,
+            sandboxd_root: None,
+            metadata_env_prefix: "SANDBOX_".into(),
+            grpc_port: None,
         }
     }
 }
@@ -93,6 +121,11 @@ Options (environment variable in brackets; a flag wins over its variable):
   --max-body SIZE                 largest JSON request body (1MiB)
   --ping-interval D               keep-alive event during silent streams (3s)
   --max-line SIZE                 longest partial line held before it is sent in pieces (64KiB)
+  --agent-sandbox-base-dir PATH   agent-sandbox python-runtime API base directory (cwd)
+                                  [SANDBOX_BASE_DIR]; /execute limit [SANDBOX_EXEC_TIMEOUT_SECONDS] (300)
+  --sandboxd-root PATH            agent-sandbox sandboxd API root (the base directory)
+  --metadata-env-prefix P         sandboxd /v1/metadata variables (SANDBOX_)
+  --grpc-port N                   also serve sandboxd gRPC on this port (it is always on --port)
   -h, --help                      print this help
   -V, --version                   print the version
 
@@ -134,6 +167,12 @@ pub fn parse(
     }
     if let Some(v) = env("EXECD_DATA_DIR").filter(|v| !v.is_empty()) {
         c.data_dir = v.into();
+    }
+    if let Some(v) = env("SANDBOX_BASE_DIR").filter(|v| !v.trim().is_empty()) {
+        c.agent_base_dir = Some(v.into());
+    }
+    if let Some(v) = env("SANDBOX_EXEC_TIMEOUT_SECONDS") {
+        c.agent_exec_timeout = exec_timeout(&v);
     }
 
     use lexopt::prelude::*;
@@ -186,6 +225,22 @@ pub fn parse(
             Long("ping-interval") => {
                 c.ping_interval =
                     duration(&value(&mut p, "ping-interval")?)?.max(Duration::from_millis(10))
+            }
+            Long("agent-sandbox-base-dir") => {
+                c.agent_base_dir = Some(value(&mut p, "agent-sandbox-base-dir")?.into())
+            }
+            Long("sandboxd-root") | Long("root-dir") => {
+                c.sandboxd_root = Some(value(&mut p, "sandboxd-root")?.into())
+            }
+            Long("metadata-env-prefix") => {
+                c.metadata_env_prefix = value(&mut p, "metadata-env-prefix")?
+            }
+            Long("grpc-port") => {
+                let v = value(&mut p, "grpc-port")?;
+                c.grpc_port = Some(
+                    v.parse()
+                        .map_err(|_| format!("invalid --grpc-port '{v}'"))?,
+                );
             }
             // Upstream flags that have no meaning here, accepted so existing launchers work.
             Long("jupyter-host") | Long("jupyter-token") | Long("jupyter-idle-poll-interval") => {
@@ -320,6 +375,30 @@ mod tests {
             Parsed::Run(c) => Ok(*c),
             other => Err(format!("{other:?}")),
         }
+    }
+
+    #[test]
+    fn agent_sandbox_settings() {
+        let c = run(&[], &[]).unwrap();
+        assert_eq!(c.agent_exec_timeout, Duration::from_secs(300));
+        assert_eq!(c.agent_base_dir, None);
+        let c = run(
+            &["--sandboxd-root", "/ws", "--grpc-port", "9090"],
+            &[
+                ("SANDBOX_BASE_DIR", "/app"),
+                ("SANDBOX_EXEC_TIMEOUT_SECONDS", "2.5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.agent_base_dir, Some(PathBuf::from("/app")));
+        assert_eq!(c.sandboxd_root, Some(PathBuf::from("/ws")));
+        assert_eq!(c.grpc_port, Some(9090));
+        assert_eq!(c.agent_exec_timeout, Duration::from_millis(2500));
+        for bad in ["x", "nan", "inf", "0", "-1", ""] {
+            assert_eq!(exec_timeout(bad), DEFAULT_EXEC_TIMEOUT, "{bad}");
+        }
+        let c = run(&[], &[("SANDBOX_BASE_DIR", "  ")]).unwrap();
+        assert_eq!(c.agent_base_dir, None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! whose [`FsError::kind`] classifies them (by errno where there is one) so
 //! that the server can map them to HTTP in one place.
 
+pub mod confined;
 pub mod identity;
 pub mod info;
 pub mod lines;

@@ -1,6 +1,7 @@
 //! The process engine: spawning, reaping, output logs and command records.
 //! Nothing in here knows about HTTP.
 
+pub mod capture;
 pub mod envfile;
 pub mod lines;
 pub mod output;
