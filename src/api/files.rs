@@ -698,7 +698,7 @@ fn stream_file(file: File, start: u64, end: u64, shape: Shape) -> Body {
 /// Streams `len` bytes of `file` from `start`. A file that shrinks meanwhile
 /// ends the body short of its Content-Length, which breaks the response
 /// rather than passing off a short file as whole.
-fn stream_bytes(file: File, start: u64, len: u64) -> Body {
+pub(crate) fn stream_bytes(file: File, start: u64, len: u64) -> Body {
     stream_file(
         file,
         start,

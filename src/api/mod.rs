@@ -1,10 +1,12 @@
 //! One file per resource: parse and validate the request, call the domain,
 //! shape the response.
 
+pub mod agent_sandbox;
 pub mod command;
 pub mod directories;
 pub mod files;
 pub mod health;
 pub mod metrics;
+pub mod sandboxd;
 pub mod session;
 pub mod wire;

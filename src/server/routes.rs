@@ -84,6 +84,22 @@ routes! {
     GET    "/v1/filesystem/{uid}/{gid}/directories/list"  => api::directories::list,
     POST   "/v1/filesystem/{uid}/{gid}/directories"       => api::directories::make,
     DELETE "/v1/filesystem/{uid}/{gid}/directories"       => api::directories::remove,
+
+    // kubernetes-sigs/agent-sandbox python-runtime API.
+    GET    "/"                          => api::agent_sandbox::root,
+    POST   "/execute"                   => api::agent_sandbox::execute,
+    POST   "/upload"                    => api::agent_sandbox::upload,
+    GET    "/download/{*path}"          => api::agent_sandbox::download,
+    GET    "/list/{*path}"              => api::agent_sandbox::list,
+    GET    "/exists/{*path}"            => api::agent_sandbox::exists,
+
+    // kubernetes-sigs/agent-sandbox sandboxd REST API.
+    GET    "/v1/files/{*path}"          => api::sandboxd::get,
+    HEAD   "/v1/files/{*path}"          => api::sandboxd::head,
+    PUT    "/v1/files/{*path}"          => api::sandboxd::put,
+    DELETE "/v1/files/{*path}"          => api::sandboxd::delete,
+    GET    "/v1/health"                 => api::sandboxd::health,
+    GET    "/v1/metadata"               => api::sandboxd::metadata,
 }
 
 /// Matches `path` against a route pattern, returning the captured parameters.

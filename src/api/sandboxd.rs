@@ -1,0 +1,419 @@
+//! The kubernetes-sigs/agent-sandbox sandboxd REST API (`/v1/files/…`,
+//! `/v1/health`, `/v1/metadata`), on the main port. Errors are sandboxd's
+//! `{code, message}` with its codes; paths follow sandboxd's rules (absolute
+//! paths re-rooted) and are opened beneath the root (see `fs::confined`).
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde::Serialize;
+
+use super::agent_sandbox::{base_dir, blocking, open_root, tail};
+use crate::fs::confined::{sandboxd_path, ConfineError, Entry, RelPath};
+use crate::fs::ops::AttrRequest;
+use crate::fs::upload::Writer;
+use crate::server::{json_response, ApiError, App, Body, Ctx};
+
+/// Names of variables never served by `/v1/metadata` (substrings, any case).
+const SECRET_MARKERS: &[&str] = &[
+    "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CRED", "KEY", "AUTH", "BEARER", "PRIVATE", "CERT",
+];
+
+/// The sandboxd root directory.
+pub fn root_dir(app: &App) -> PathBuf {
+    app.config
+        .sandboxd_root
+        .clone()
+        .unwrap_or_else(|| base_dir(app))
+}
+
+fn err(status: StatusCode, code: &'static str, msg: impl Into<String>) -> ApiError {
+    ApiError::new(status, code, msg)
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    err(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", msg)
+}
+
+/// sandboxd's mapping of a failed path operation.
+fn confine_error(e: ConfineError, path: &str) -> ApiError {
+    match e {
+        ConfineError::Escapes => err(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            format!("path {path:?} escapes the sandbox root"),
+        ),
+        e => match e.errno() {
+            Some(libc::ENOENT | libc::ENOTDIR) => err(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("{path:?} not found"),
+            ),
+            Some(libc::EACCES | libc::EPERM | libc::EROFS) => err(
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                format!("{path:?}: {e}"),
+            ),
+            Some(libc::ENOTEMPTY | libc::EEXIST) => err(
+                StatusCode::CONFLICT,
+                "CONFLICT",
+                format!("directory {path:?} is not empty; use recursive=true"),
+            ),
+            Some(libc::EISDIR) => invalid(format!("{path:?} is a directory")),
+            Some(libc::EINVAL | libc::ENAMETOOLONG | libc::ELOOP) => {
+                invalid(format!("{path:?}: {e}"))
+            }
+            _ => err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                format!("{path:?}: {e}"),
+            ),
+        },
+    }
+}
+
+/// sandboxd's codes for a failure of the atomic writer.
+fn fs_err(e: crate::fs::FsError) -> ApiError {
+    use crate::fs::Kind;
+    let (status, code) = match e.kind() {
+        Kind::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        Kind::Denied => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+        Kind::InvalidFile | Kind::BadRequest | Kind::BadContent => {
+            (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT")
+        }
+        Kind::Exists => (StatusCode::CONFLICT, "CONFLICT"),
+        Kind::NoSpace | Kind::Other => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+    };
+    err(status, code, e.to_string())
+}
+
+/// The decoded path and its place under the root.
+async fn resolve(ctx: &Ctx) -> Result<(String, RelPath, PathBuf), ApiError> {
+    let path = tail(ctx)?;
+    let root = root_dir(&ctx.app);
+    let rel = sandboxd_path(&path, &root).map_err(|e| confine_error(e, &path))?;
+    Ok((path, rel, root))
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds).
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[derive(Serialize)]
+struct FileEntry {
+    name: String,
+    size: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    modified_at: String,
+    mode: String,
+}
+
+impl From<Entry> for FileEntry {
+    fn from(e: Entry) -> Self {
+        FileEntry {
+            name: String::from_utf8_lossy(e.name.as_bytes()).into_owned(),
+            size: e.size,
+            kind: if e.is_dir { "directory" } else { "file" },
+            modified_at: rfc3339(e.modified),
+            mode: format!("{:04o}", e.mode & 0o7777),
+        }
+    }
+}
+
+/// `GET /v1/files/{path}`: a file's bytes (one `Range` honoured), or a
+/// directory listing.
+pub async fn get(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    read(ctx, false).await
+}
+
+/// `HEAD /v1/files/{path}`: 200 when it exists, 404 when not.
+pub async fn head(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    read(ctx, true).await
+}
+
+async fn read(ctx: Ctx, head_only: bool) -> Result<Response<Body>, ApiError> {
+    let (path, rel, root) = resolve(&ctx).await?;
+    let root = open_root(root).await.map_err(|e| confine_error(e, &path))?;
+    let r2 = root.clone();
+    let rel2 = rel.clone();
+    let entry = blocking(move || r2.stat(&rel2))
+        .await
+        .map_err(|e| confine_error(e, &path))?;
+    if entry.is_dir {
+        if head_only {
+            let mut resp = Response::new(crate::server::empty());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return Ok(resp);
+        }
+        let entries = blocking(move || root.list(&rel))
+            .await
+            .map_err(|e| confine_error(e, &path))?;
+        let listing = serde_json::json!({
+            "path": format!("/{}", path.trim_start_matches('/')),
+            "entries": entries.into_iter().map(FileEntry::from).collect::<Vec<_>>(),
+        });
+        return Ok(json_response(StatusCode::OK, &listing));
+    }
+    let range = ctx
+        .req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (file, entry) = blocking(move || root.open_file(&rel))
+        .await
+        .map_err(|e| confine_error(e, &path))?;
+    let size = entry.size;
+    let (status, start, len) = match range.as_deref().map(|r| super::files::parse_range(r, size)) {
+        None | Some(super::files::ByteRange::Invalid) => (StatusCode::OK, 0, size),
+        Some(super::files::ByteRange::Part(a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        Some(super::files::ByteRange::Unsatisfiable) => {
+            let mut resp = err(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "INVALID_ARGUMENT",
+                format!("range not satisfiable (file size {size})"),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(resp);
+        }
+    };
+    let body = if head_only {
+        crate::server::empty()
+    } else {
+        super::files::stream_bytes(file, start, len)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(entry.modified)) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1)) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// `mode=0NNN` (`^0[0-7]{3}$`), default 0644.
+pub fn parse_mode(v: Option<&str>) -> Result<u32, ApiError> {
+    let Some(v) = v else { return Ok(0o644) };
+    let ok =
+        v.len() == 4 && v.starts_with('0') && v.bytes().skip(1).all(|b| (b'0'..=b'7').contains(&b));
+    if !ok {
+        return Err(invalid(format!(
+            "invalid mode {v:?}: want four octal digits starting with 0, e.g. 0644"
+        )));
+    }
+    u32::from_str_radix(&v[1..], 8).map_err(|_| invalid(format!("invalid mode {v:?}")))
+}
+
+/// Go's `strconv.ParseBool`; absent or empty is false.
+pub fn parse_bool(v: Option<&str>) -> Result<bool, ApiError> {
+    match v.unwrap_or("") {
+        "" | "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        other => Err(invalid(format!("invalid recursive value {other:?}"))),
+    }
+}
+
+/// `PUT /v1/files/{path}?mode=0NNN`: the body (raw, or the multipart part
+/// `file`) written atomically; parents created; 204.
+pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let mode = parse_mode(ctx.query().get("mode"))?;
+    let (path, rel, root) = resolve(&ctx).await?;
+    if rel.is_root() {
+        return Err(invalid("cannot write over the sandbox root directory"));
+    }
+    let root = open_root(root).await.map_err(|e| confine_error(e, &path))?;
+    let ct = ctx
+        .req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let multipart = ct
+        .split(';')
+        .next()
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("multipart/form-data"));
+    let p2 = path.clone();
+    let (dir, target) = blocking(move || root.prepare_write(&rel))
+        .await
+        .map_err(|e| confine_error(e, &p2))?;
+    let attrs = AttrRequest {
+        mode: Some(mode),
+        ..Default::default()
+    };
+    let body = ctx.req.into_body();
+    if multipart {
+        let boundary = multer::parse_boundary(&ct)
+            .map_err(|_| invalid("multipart/form-data body without a boundary"))?;
+        let mut form = multer::Multipart::new(http_body_util::BodyDataStream::new(body), boundary);
+        loop {
+            let mut field = match form.next_field().await {
+                Ok(Some(f)) => f,
+                Ok(None) => return Err(invalid("multipart body has no part named \"file\"")),
+                Err(e) => return Err(invalid(format!("malformed multipart body: {e}"))),
+            };
+            if field.name() != Some("file") {
+                continue;
+            }
+            let mut w = Writer::create(None, target.clone(), attrs.clone())
+                .await
+                .map_err(fs_err)?;
+            loop {
+                match field.chunk().await {
+                    Ok(Some(c)) => w.write(&c).await.map_err(fs_err)?,
+                    Ok(None) => break,
+                    Err(e) => return Err(invalid(format!("reading the upload: {e}"))),
+                }
+            }
+            w.commit().await.map_err(fs_err)?;
+            break;
+        }
+    } else {
+        let mut body = body;
+        let mut w = Writer::create(None, target, attrs).await.map_err(fs_err)?;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| invalid(format!("reading the body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                w.write(&data).await.map_err(fs_err)?;
+            }
+        }
+        w.commit().await.map_err(fs_err)?;
+    }
+    drop(dir);
+    let mut resp = Response::new(crate::server::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
+
+/// `DELETE /v1/files/{path}?recursive=bool`: 204; 409 for a non-empty
+/// directory without `recursive`; the root is emptied, never removed.
+pub async fn delete(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let recursive = parse_bool(ctx.query().get("recursive"))?;
+    let (path, rel, root) = resolve(&ctx).await?;
+    let root = open_root(root).await.map_err(|e| confine_error(e, &path))?;
+    blocking(move || root.remove(&rel, recursive))
+        .await
+        .map_err(|e| confine_error(e, &path))?;
+    let mut resp = Response::new(crate::server::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
+
+/// `GET /v1/health`: 200 with uptime, 503 once shutting down.
+pub async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    if ctx.app.engine.shutdown_token().is_cancelled() {
+        return Err(err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "sandboxd is shutting down",
+        ));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"status": "ok", "uptime_seconds": ctx.app.started.elapsed().as_secs()}),
+    ))
+}
+
+/// Variables named `prefix…`, minus any whose name suggests a secret.
+pub fn metadata_env(
+    prefix: &str,
+    vars: impl Iterator<Item = (String, String)>,
+) -> serde_json::Map<String, serde_json::Value> {
+    vars.filter(|(k, _)| k.starts_with(prefix))
+        .filter(|(k, _)| {
+            let up = k.to_ascii_uppercase();
+            !SECRET_MARKERS.iter().any(|m| up.contains(m))
+        })
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect()
+}
+
+/// `GET /v1/metadata`: `{"env": {...}}`, computed once.
+pub async fn metadata(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    static ENV: OnceLock<serde_json::Value> = OnceLock::new();
+    let env = ENV.get_or_init(|| {
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        serde_json::json!({ "env": metadata_env(&ctx.app.config.metadata_env_prefix, vars) })
+    });
+    Ok(json_response(StatusCode::OK, env))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_and_bools() {
+        assert_eq!(parse_mode(None).unwrap(), 0o644);
+        assert_eq!(parse_mode(Some("0755")).unwrap(), 0o755);
+        for bad in ["0999", "777", "abcd", "01777", "", "0x12"] {
+            assert!(parse_mode(Some(bad)).is_err(), "{bad}");
+        }
+        assert!(parse_bool(Some("true")).unwrap());
+        assert!(!parse_bool(None).unwrap());
+        assert!(parse_bool(Some("banana")).is_err());
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_709_210_096);
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56Z");
+    }
+
+    #[test]
+    fn metadata_filters_secrets() {
+        let vars = [
+            ("SANDBOX_ID", "a"),
+            ("SANDBOX_API_TOKEN", "x"),
+            ("SANDBOX_db_password", "x"),
+            ("SANDBOX_SSH_KEY", "x"),
+            ("OTHER", "b"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let m = metadata_env("SANDBOX_", vars.into_iter());
+        assert_eq!(m.len(), 1);
+        assert_eq!(m["SANDBOX_ID"], "a");
+    }
+}
