@@ -122,8 +122,20 @@ pub async fn run(config: Config) -> std::io::Result<i32> {
     let engine = Engine::start(engine_config(&config));
     let grace = config.graceful_shutdown_timeout;
     let init = config.init.clone();
+    // sandboxd's default layout: gRPC on a port of its own (the main port
+    // serves it too). Same app, so any route works there.
+    let grpc_listener = match config.grpc_port {
+        Some(port) => Some(listen(SocketAddr::new(config.bind, port))?),
+        None => None,
+    };
     let app = App::new(config, engine.clone());
     let stop = CancellationToken::new();
+    let grpc_server = grpc_listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(local = %a, "sandboxd gRPC port listening");
+        }
+        tokio::spawn(server::serve(l, app.clone(), stop.clone(), grace))
+    });
 
     let mut signals = signal_channel(&stop)?;
     let server = tokio::spawn(server::serve(listener, app, stop.clone(), grace));
@@ -181,6 +193,9 @@ pub async fn run(config: Config) -> std::io::Result<i32> {
     engine.shutdown(grace).await;
     let left = grace.saturating_sub(began.elapsed());
     let _ = tokio::time::timeout(left, server).await;
+    if let Some(g) = grpc_server {
+        let _ = tokio::time::timeout(grace.saturating_sub(began.elapsed()), g).await;
+    }
     tracing::info!(
         took_ms = began.elapsed().as_millis() as u64,
         code,

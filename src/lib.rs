@@ -15,6 +15,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod fs;
+pub mod grpc;
 pub mod metrics;
 pub mod process;
 pub mod server;

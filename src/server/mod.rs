@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -62,13 +62,23 @@ pub struct App {
     pub engine: Arc<Engine>,
     pub metrics: crate::metrics::Sampler,
     pub started: std::time::Instant,
+    /// sandboxd's gRPC ProcessService, for requests with a gRPC content type.
+    pub grpc: crate::grpc::Server,
     token: Option<Vec<u8>>,
 }
 
 impl App {
     pub fn new(config: Config, engine: Arc<Engine>) -> Arc<App> {
         let token = config.access_token.clone().map(String::into_bytes);
+        let root = config
+            .sandboxd_root
+            .clone()
+            .or_else(|| config.agent_base_dir.clone())
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_else(|| "/".into());
+        let grpc = crate::grpc::server(engine.clone(), root, config.agent_exec_timeout);
         Arc::new(App {
+            grpc,
             config,
             engine,
             metrics: crate::metrics::Sampler::new("/"),
@@ -184,11 +194,6 @@ impl Query {
 /// requests finish for at most `drain`.
 pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken, drain: Duration) {
     let conns = tokio_util::task::TaskTracker::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(64 * 1024)
-        .keep_alive(true);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -205,11 +210,17 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let svc = hyper::service::service_fn(move |req| handle(app.clone(), req, peer));
-        let conn = http
-            .serve_connection(TokioIo::new(stream), svc)
-            .with_upgrades();
         let stop = stop.clone();
         conns.spawn(async move {
+            // HTTP/1.1 (with upgrades) or, on the HTTP/2 preface, h2c for gRPC.
+            let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            http.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .max_buf_size(64 * 1024)
+                .keep_alive(true);
+            http.http2().timer(TokioTimer::new());
+            let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             let mut conn = std::pin::pin!(conn);
             let r = tokio::select! {
                 r = conn.as_mut() => r,
@@ -231,6 +242,14 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
     }
 }
 
+/// A tonic response with our body type (trailers kept).
+fn grpc_body(resp: Response<tonic::body::Body>) -> Response<Body> {
+    resp.map(|b| {
+        b.map_err(|s| std::io::Error::other(s.to_string()))
+            .boxed_unsync()
+    })
+}
+
 async fn handle(
     app: Arc<App>,
     mut req: Request<Incoming>,
@@ -239,8 +258,23 @@ async fn handle(
     req.extensions_mut().insert(Peer(peer));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let grpc = crate::grpc::is_grpc(req.headers());
     let resp = if !auth::authorized(app.token.as_deref(), req.headers()) {
-        ApiError::unauthorized().into_response()
+        if grpc {
+            grpc_body(
+                tonic::Status::unauthenticated("invalid or missing X-EXECD-ACCESS-TOKEN")
+                    .into_http(),
+            )
+        } else {
+            ApiError::unauthorized().into_response()
+        }
+    } else if grpc {
+        use tonic::codegen::Service;
+        let mut svc = app.grpc.clone();
+        match svc.call(req).await {
+            Ok(resp) => grpc_body(resp),
+            Err(never) => match never {},
+        }
     } else {
         routes::dispatch(app, req).await
     };

@@ -1,0 +1,402 @@
+//! sandboxd's gRPC `process.v1.ProcessService`, on the main port (HTTP/2,
+//! `content-type: application/grpc…`) and optionally on `--grpc-port`.
+//!
+//! Every process goes through the same engine as `/command`: its own process
+//! group, the one reaper, the bounded output log. `Start` streams the log as
+//! `stdout`/`stderr` events and ends with `exit`; a stream the client drops
+//! ends the process group. `Execute` gathers at most [`OUTPUT_CAP`] bytes
+//! per stream (so the reply stays below gRPC's default 4 MiB limit) within a
+//! server-side time limit.
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod process_v1;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use crate::fs::confined::{sandboxd_path, ConfineError, Root};
+use crate::process::capture::{capture, with_marker};
+use crate::process::{Command, CommandSpec, Engine, Program, Stream};
+use process_v1::process_service_server::{ProcessService, ProcessServiceServer};
+use process_v1::{
+    start_response, write_stdin_request, ExecuteRequest, ExecuteResponse, ExitEvent, InitEvent,
+    ProcessConfig, ResizeTtyRequest, ResizeTtyResponse, SendSignalRequest, SendSignalResponse,
+    StartRequest, StartResponse, WriteStdinRequest, WriteStdinResponse,
+};
+
+/// Output kept per stream of one `Execute`.
+pub const OUTPUT_CAP: usize = 1 << 20;
+/// Largest `stdout`/`stderr` event of a `Start` stream.
+const CHUNK: usize = 64 * 1024;
+/// Events queued for a slow `Start` reader before the log is read again.
+const QUEUE: usize = 16;
+
+/// The tower service to mount: the generated server around [`Processes`].
+pub type Server = ProcessServiceServer<Processes>;
+
+/// Builds the service.
+pub fn server(engine: Arc<Engine>, root: PathBuf, exec_timeout: Duration) -> Server {
+    ProcessServiceServer::new(Processes {
+        engine,
+        root,
+        exec_timeout,
+        next_id: AtomicI32::new(1),
+        live: Arc::new(Mutex::new(HashMap::new())),
+    })
+}
+
+/// True for a gRPC request (by its content type).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+type Live = Arc<Mutex<HashMap<i32, Arc<Command>>>>;
+
+/// The service state: the engine, the root that confines `cwd`, and the
+/// processes of open `Start` streams by their virtual id.
+pub struct Processes {
+    engine: Arc<Engine>,
+    root: PathBuf,
+    exec_timeout: Duration,
+    next_id: AtomicI32,
+    live: Live,
+}
+
+fn lock(live: &Live) -> std::sync::MutexGuard<'_, HashMap<i32, Arc<Command>>> {
+    live.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Processes {
+    /// Validates a `ProcessConfig` into a spec: argv required, `cwd`
+    /// confined to the root (and must be a directory).
+    async fn spec(&self, cfg: Option<ProcessConfig>, stdin: bool) -> Result<CommandSpec, Status> {
+        let cfg = cfg.unwrap_or_default();
+        if cfg.command.is_empty() || cfg.command[0].is_empty() {
+            return Err(Status::invalid_argument("command is required"));
+        }
+        for k in cfg.env_vars.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(Status::invalid_argument(format!(
+                    "invalid environment variable name {k:?}"
+                )));
+            }
+        }
+        let root = self.root.clone();
+        let cwd_arg = cfg.cwd.clone().unwrap_or_default();
+        let cwd = tokio::task::spawn_blocking(move || -> Result<PathBuf, Status> {
+            let r = Root::open(&root)
+                .map_err(|e| Status::internal(format!("sandbox root {}: {e}", root.display())))?;
+            let rel = sandboxd_path(&cwd_arg, r.path()).map_err(|e| cwd_status(e, &cwd_arg))?;
+            let st = r.stat(&rel).map_err(|e| cwd_status(e, &cwd_arg))?;
+            if !st.is_dir {
+                return Err(Status::not_found(format!(
+                    "cwd: {cwd_arg:?} is not a directory"
+                )));
+            }
+            Ok(r.path().join(rel.to_path()))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(CommandSpec {
+            program: Program::Argv(cfg.command),
+            cwd: Some(cwd),
+            envs: cfg.env_vars.into_iter().collect(),
+            timeout: None,
+            uid: None,
+            gid: None,
+            background: false,
+            stdin,
+        })
+    }
+
+    fn find(&self, id: i32) -> Result<Arc<Command>, Status> {
+        lock(&self.live)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("process {id} not found")))
+    }
+}
+
+fn cwd_status(e: ConfineError, cwd: &str) -> Status {
+    match e {
+        ConfineError::Escapes => {
+            Status::permission_denied(format!("cwd: {cwd:?} escapes the sandbox root"))
+        }
+        e if e.is_not_found() => Status::not_found(format!("cwd: {cwd:?}: {e}")),
+        e if matches!(e.errno(), Some(libc::EACCES | libc::EPERM)) => {
+            Status::permission_denied(format!("cwd: {cwd:?}: {e}"))
+        }
+        e => Status::internal(format!("cwd: {cwd:?}: {e}")),
+    }
+}
+
+/// The status for a command that could not be started (recorded by the
+/// engine as exit 127 / 126).
+fn spawn_status(cmd: &Command) -> Option<Status> {
+    let f = cmd.finished().filter(|f| f.spawn_failed)?;
+    let why = f.error.unwrap_or_else(|| "cannot start the command".into());
+    Some(match f.exit_code {
+        127 => Status::not_found(why),
+        126 => Status::permission_denied(why),
+        _ => Status::internal(why),
+    })
+}
+
+/// Ends the command's process group unless disarmed: a dropped request or
+/// stream must not leave processes behind.
+struct KillGuard {
+    engine: Arc<Engine>,
+    cmd: Arc<Command>,
+}
+
+impl Drop for KillGuard {
+    fn drop(&mut self) {
+        if self.cmd.is_running() {
+            if let Some(pid) = self.cmd.pid {
+                crate::process::spawn::signal_group(pid, libc::SIGKILL);
+            }
+            let _ = self.engine.interrupt(&self.cmd.id);
+        }
+    }
+}
+
+/// A `Start` stream: events from the task that follows the log.
+pub struct StartStream {
+    rx: tokio::sync::mpsc::Receiver<Result<StartResponse, Status>>,
+}
+
+impl futures_core::Stream for StartStream {
+    type Item = Result<StartResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+fn event(e: start_response::Event) -> Result<StartResponse, Status> {
+    Ok(StartResponse { event: Some(e) })
+}
+
+/// Follows `cmd`'s log into `tx` until the command ends (then `exit`) or
+/// the receiver is gone (then the process group is killed).
+async fn follow(
+    guard: KillGuard,
+    id: i32,
+    live: Live,
+    tx: tokio::sync::mpsc::Sender<Result<StartResponse, Status>>,
+) {
+    let cmd = guard.cmd.clone();
+    let mut head_rx = cmd.log.watch();
+    let mut next = 1u64;
+    let ok = 'outer: loop {
+        let head = *head_rx.borrow_and_update();
+        match cmd.log.read_events(next, 256 * 1024).await {
+            Ok(evs) if !evs.is_empty() => {
+                for ev in &evs {
+                    for piece in ev.data.chunks(CHUNK) {
+                        let e = match ev.stream {
+                            Stream::Stdout => start_response::Event::Stdout(piece.to_vec()),
+                            Stream::Stderr => start_response::Event::Stderr(piece.to_vec()),
+                        };
+                        if tx.send(event(e)).await.is_err() {
+                            break 'outer false;
+                        }
+                    }
+                    next = ev.eid + 1;
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(gap) => {
+                next = gap.oldest_eid;
+                continue;
+            }
+        }
+        if head.finished && next >= head.next_eid {
+            break true;
+        }
+        tokio::select! {
+            r = head_rx.changed() => if r.is_err() { break true },
+            _ = tx.closed() => break false,
+        }
+    };
+    lock(&live).remove(&id);
+    if ok {
+        let exit_code = cmd.finished().map_or(-1, |f| f.exit_code);
+        let _ = tx
+            .send(event(start_response::Event::Exit(ExitEvent { exit_code })))
+            .await;
+    }
+    drop(guard);
+}
+
+/// The `grpc-timeout` header (`<digits><unit>`), if any.
+fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[tonic::async_trait]
+impl ProcessService for Processes {
+    type StartStream = StartStream;
+
+    async fn start(
+        &self,
+        request: Request<StartRequest>,
+    ) -> Result<Response<Self::StartStream>, Status> {
+        let req = request.into_inner();
+        if req.pty.is_some() {
+            return Err(Status::unimplemented(
+                "pty is not supported by this execd yet; use the /pty API",
+            ));
+        }
+        let spec = self.spec(req.config, true).await?;
+        let cmd = self.engine.start_command(spec);
+        if let Some(s) = spawn_status(&cmd) {
+            return Err(s);
+        }
+        let guard = KillGuard {
+            engine: self.engine.clone(),
+            cmd: cmd.clone(),
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.live).insert(id, cmd);
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        // Registered before the client learns the id, as sandboxd does.
+        let _ = tx
+            .send(event(start_response::Event::Init(InitEvent {
+                process_id: id,
+            })))
+            .await;
+        self.engine
+            .tasks()
+            .spawn(follow(guard, id, self.live.clone(), tx));
+        Ok(Response::new(StartStream { rx }))
+    }
+
+    async fn execute(
+        &self,
+        request: Request<ExecuteRequest>,
+    ) -> Result<Response<ExecuteResponse>, Status> {
+        let limit = grpc_timeout(request.metadata())
+            .map_or(self.exec_timeout, |t| t.min(self.exec_timeout));
+        let mut spec = self.spec(request.into_inner().config, false).await?;
+        spec.timeout = Some(limit);
+        let cmd = self.engine.start_command(spec);
+        if let Some(s) = spawn_status(&cmd) {
+            return Err(s);
+        }
+        let guard = KillGuard {
+            engine: self.engine.clone(),
+            cmd: cmd.clone(),
+        };
+        let (out, finished) = capture(&cmd, OUTPUT_CAP).await;
+        drop(guard);
+        let f = finished.ok_or_else(|| Status::internal("command record lost"))?;
+        if f.timed_out {
+            return Err(Status::deadline_exceeded(format!(
+                "command timed out after {}s; its process group was killed",
+                limit.as_secs_f64()
+            )));
+        }
+        Ok(Response::new(ExecuteResponse {
+            exit_code: f.exit_code,
+            stdout: with_marker(out.stdout, out.stdout_omitted),
+            stderr: with_marker(out.stderr, out.stderr_omitted),
+        }))
+    }
+
+    async fn write_stdin(
+        &self,
+        request: Request<WriteStdinRequest>,
+    ) -> Result<Response<WriteStdinResponse>, Status> {
+        let req = request.into_inner();
+        let cmd = self.find(req.process_id)?;
+        let mut stdin = cmd
+            .stdin()
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        match req.payload {
+            Some(write_stdin_request::Payload::Input(data)) => stdin
+                .write(&data)
+                .await
+                .map_err(|e| Status::failed_precondition(e.to_string()))?,
+            Some(write_stdin_request::Payload::Eof(())) => stdin.close(),
+            None => {}
+        }
+        Ok(Response::new(WriteStdinResponse {}))
+    }
+
+    async fn send_signal(
+        &self,
+        request: Request<SendSignalRequest>,
+    ) -> Result<Response<SendSignalResponse>, Status> {
+        let req = request.into_inner();
+        let sig = match req.signal {
+            2 => libc::SIGINT,
+            9 => libc::SIGKILL,
+            15 => libc::SIGTERM,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unsupported signal {other}: use SIGINT, SIGTERM or SIGKILL"
+                )))
+            }
+        };
+        let cmd = self.find(req.process_id)?;
+        if cmd.is_running() {
+            if let Some(pid) = cmd.pid {
+                crate::process::spawn::signal_group(pid, sig);
+            }
+        }
+        Ok(Response::new(SendSignalResponse {}))
+    }
+
+    async fn resize_tty(
+        &self,
+        request: Request<ResizeTtyRequest>,
+    ) -> Result<Response<ResizeTtyResponse>, Status> {
+        let req = request.into_inner();
+        let _cmd = self.find(req.process_id)?;
+        Err(Status::failed_precondition(format!(
+            "process {} has no terminal",
+            req.process_id
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert_eq!(grpc_timeout(&m), None);
+        m.insert("grpc-timeout", "1500m".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), Some(Duration::from_millis(1500)));
+        m.insert("grpc-timeout", "2S".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), Some(Duration::from_secs(2)));
+        m.insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), None);
+    }
+}

@@ -1,0 +1,310 @@
+//! sandboxd's gRPC ProcessService, with a tonic client, on execd's main
+//! port (h2c beside HTTP/1.1) and on `--grpc-port`.
+
+mod common;
+
+#[allow(clippy::all, clippy::pedantic, dead_code)]
+mod pb {
+    include!("grpc/process_v1_client.rs");
+}
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Daemon, TempDir};
+use pb::process_service_client::ProcessServiceClient;
+use pb::{start_response::Event, write_stdin_request::Payload};
+use tonic::transport::Channel;
+use tonic::Code;
+
+fn daemon(dir: &TempDir, extra: &[&str]) -> Daemon {
+    let mut args = vec!["--sandboxd-root", dir.0.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Daemon::start_with(&args, &[])
+}
+
+async fn client(addr: std::net::SocketAddr) -> ProcessServiceClient<Channel> {
+    ProcessServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+}
+
+fn config(argv: &[&str]) -> pb::ProcessConfig {
+    pb::ProcessConfig {
+        command: argv.iter().map(|s| s.to_string()).collect(),
+        env_vars: HashMap::new(),
+        cwd: None,
+    }
+}
+
+fn exec(argv: &[&str]) -> pb::ExecuteRequest {
+    pb::ExecuteRequest {
+        config: Some(config(argv)),
+    }
+}
+
+/// Reads a Start stream to its end: (pid, stdout, stderr, exit code).
+async fn drain(
+    stream: &mut tonic::Streaming<pb::StartResponse>,
+) -> (i32, Vec<u8>, Vec<u8>, Option<i32>) {
+    let (mut pid, mut out, mut err, mut exit) = (0, Vec::new(), Vec::new(), None);
+    while let Some(msg) = stream.message().await.expect("stream") {
+        match msg.event.expect("event") {
+            Event::Init(i) => pid = i.process_id,
+            Event::Stdout(b) => out.extend(b),
+            Event::Stderr(b) => err.extend(b),
+            Event::Exit(e) => exit = Some(e.exit_code),
+        }
+    }
+    (pid, out, err, exit)
+}
+
+#[tokio::test]
+async fn execute_on_the_main_port() {
+    let dir = TempDir::new("grpc-exec");
+    std::fs::create_dir(dir.0.join("sub")).unwrap();
+    let d = daemon(&dir, &[]);
+    let mut c = client(d.addr).await;
+
+    let r = c
+        .execute(exec(&["echo", "hello"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.stdout, b"hello\n");
+    assert!(r.stderr.is_empty());
+    assert_eq!(r.exit_code, 0);
+
+    let r = c
+        .execute(exec(&["sh", "-c", "exit 3"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.exit_code, 3);
+
+    // env and cwd (confined to the root).
+    let mut cfg = config(&["/bin/sh", "-c", "echo $FOO; pwd"]);
+    cfg.env_vars.insert("FOO".into(), "bar".into());
+    cfg.cwd = Some("sub".into());
+    let r = c
+        .execute(pb::ExecuteRequest { config: Some(cfg) })
+        .await
+        .unwrap()
+        .into_inner();
+    let root = std::fs::canonicalize(&dir.0).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        format!("bar\n{}/sub\n", root.display())
+    );
+
+    // Errors.
+    let e = c
+        .execute(pb::ExecuteRequest { config: None })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let mut cfg = config(&["pwd"]);
+    cfg.cwd = Some("../..".into());
+    let e = c
+        .execute(pb::ExecuteRequest { config: Some(cfg) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let mut cfg = config(&["pwd"]);
+    cfg.cwd = Some("missing".into());
+    let e = c
+        .execute(pb::ExecuteRequest { config: Some(cfg) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = c.execute(exec(&["no-such-program-x"])).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Output is bounded, with a marker.
+    let r = c
+        .execute(exec(&["sh", "-c", "head -c 3000000 /dev/zero"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.stdout.len() < 1_100_000);
+    assert!(String::from_utf8_lossy(&r.stdout).ends_with("bytes omitted]\n"));
+
+    // HTTP/1.1 keeps working on the same port.
+    assert_eq!(d.get("/ping").await.status, 200);
+}
+
+#[tokio::test]
+async fn execute_deadline_kills_the_group() {
+    let dir = TempDir::new("grpc-deadline");
+    let d = daemon(&dir, &[]);
+    let mut c = client(d.addr).await;
+    let pidfile = dir.join("pid");
+    let mut req = tonic::Request::new(exec(&[
+        "sh",
+        "-c",
+        &format!("sleep 30 & echo $! > {pidfile}; wait"),
+    ]));
+    req.set_timeout(Duration::from_millis(700));
+    let e = c.execute(req).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    common::eventually(Duration::from_secs(10), "grandchild killed", || {
+        !common::alive(pid)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn start_streams_stdin_signals() {
+    let dir = TempDir::new("grpc-start");
+    let d = daemon(&dir, &[]);
+    let mut c = client(d.addr).await;
+
+    let mut s = c
+        .start(pb::StartRequest {
+            config: Some(config(&["sh", "-c", "echo out; echo err >&2; exit 7"])),
+            pty: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (pid, out, err, exit) = drain(&mut s).await;
+    assert!(pid > 0);
+    assert_eq!(out, b"out\n");
+    assert_eq!(err, b"err\n");
+    assert_eq!(exit, Some(7));
+
+    // stdin to cat, then EOF.
+    let mut s = c
+        .start(pb::StartRequest {
+            config: Some(config(&["cat"])),
+            pty: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = s.message().await.unwrap().unwrap();
+    let Some(Event::Init(init)) = first.event else {
+        panic!("first event is not init: {first:?}")
+    };
+    let id = init.process_id;
+    c.write_stdin(pb::WriteStdinRequest {
+        process_id: id,
+        payload: Some(Payload::Input(b"typed\n".to_vec())),
+    })
+    .await
+    .unwrap();
+    c.write_stdin(pb::WriteStdinRequest {
+        process_id: id,
+        payload: Some(Payload::Eof(())),
+    })
+    .await
+    .unwrap();
+    let (_, out, _, exit) = drain(&mut s).await;
+    assert_eq!(out, b"typed\n");
+    assert_eq!(exit, Some(0));
+    // Gone once its stream ended.
+    let e = c
+        .write_stdin(pb::WriteStdinRequest {
+            process_id: id,
+            payload: Some(Payload::Eof(())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Signals: unknown id, unspecified signal, SIGTERM to the group.
+    let e = c
+        .send_signal(pb::SendSignalRequest {
+            process_id: 9999,
+            signal: pb::Signal::Sigterm as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let mut s = c
+        .start(pb::StartRequest {
+            config: Some(config(&["sleep", "30"])),
+            pty: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Event::Init(init)) = s.message().await.unwrap().unwrap().event else {
+        panic!("no init")
+    };
+    let e = c
+        .send_signal(pb::SendSignalRequest {
+            process_id: init.process_id,
+            signal: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c
+        .resize_tty(pb::ResizeTtyRequest {
+            process_id: init.process_id,
+            cols: 80,
+            rows: 24,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    c.send_signal(pb::SendSignalRequest {
+        process_id: init.process_id,
+        signal: pb::Signal::Sigterm as i32,
+    })
+    .await
+    .unwrap();
+    let (_, _, _, exit) = drain(&mut s).await;
+    assert_eq!(exit, Some(-1), "killed by a signal: -1, as sandboxd");
+}
+
+#[tokio::test]
+async fn cancelled_stream_kills_the_group_and_grpc_port_works() {
+    let dir = TempDir::new("grpc-cancel");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let d = daemon(&dir, &["--grpc-port", &port.to_string()]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = client(addr).await;
+    let pidfile = dir.join("pid");
+    let mut s = c
+        .start(pb::StartRequest {
+            config: Some(config(&[
+                "sh",
+                "-c",
+                &format!("sleep 30 & echo $! > {pidfile}; echo ready; wait"),
+            ])),
+            pty: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let m = s.message().await.unwrap().unwrap();
+        if matches!(m.event, Some(Event::Stdout(_))) {
+            break;
+        }
+    }
+    drop(s);
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    common::eventually(Duration::from_secs(10), "grandchild killed", || {
+        !common::alive(pid)
+    })
+    .await;
+    drop(d);
+}
