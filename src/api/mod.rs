@@ -3,5 +3,6 @@
 
 pub mod command;
 pub mod health;
+pub mod proxy;
 pub mod session;
 pub mod wire;
