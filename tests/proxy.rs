@@ -446,22 +446,40 @@ async fn event_stream_is_passed_on_promptly() {
     assert_eq!(rest, b"data: two\n\n");
 }
 
-#[tokio::test]
-async fn websocket_echo_through_the_proxy() {
-    let port = ws_echo().await;
-    let d = Daemon::start_with(&["--access-token", "wstoken"], &[]);
+/// Opens a WebSocket to `port` through the daemon's proxy, with `token` if given.
+async fn ws_connect(
+    d: &Daemon,
+    port: u16,
+    token: Option<&str>,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<TcpStream>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
     let mut req = format!("ws://{}/proxy/{port}/ws", d.addr)
         .into_client_request()
         .expect("ws request");
-    req.headers_mut()
-        .insert("x-execd-access-token", "wstoken".parse().expect("header"));
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("x-execd-access-token", t.parse().expect("header"));
+    }
     let stream = TcpStream::connect(d.addr).await.expect("connect");
-    let (mut ws, resp) = within(
+    within(
         "websocket handshake",
         tokio_tungstenite::client_async(req, stream),
     )
     .await
-    .expect("handshake");
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_proxy() {
+    let port = ws_echo().await;
+    let d = Daemon::start_with(&["--access-token", "wstoken"], &[]);
+    let (mut ws, resp) = ws_connect(&d, port, Some("wstoken"))
+        .await
+        .expect("handshake");
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     for msg in [
         Message::text("hello"),
@@ -478,11 +496,7 @@ async fn websocket_echo_through_the_proxy() {
     ws.close(None).await.expect("close");
 
     // Without the token the upgrade is refused before reaching the service.
-    let req = format!("ws://{}/proxy/{port}/ws", d.addr)
-        .into_client_request()
-        .expect("ws request");
-    let stream = TcpStream::connect(d.addr).await.expect("connect");
-    match tokio_tungstenite::client_async(req, stream).await {
+    match ws_connect(&d, port, None).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
         other => panic!("expected 401, got {:?}", other.map(|(_, r)| r.status())),
     }
@@ -596,16 +610,7 @@ async fn shutdown_ends_open_proxied_streams_and_websockets() {
     let ws_port = ws_echo().await;
     let mut d = Daemon::start_with(&["--graceful-shutdown-timeout", "60s"], &[]);
     let _sse = first_event(&d, up.port).await;
-    let req = format!("ws://{}/proxy/{ws_port}/ws", d.addr)
-        .into_client_request()
-        .expect("ws request");
-    let stream = TcpStream::connect(d.addr).await.expect("connect");
-    let (mut ws, _) = within(
-        "websocket handshake",
-        tokio_tungstenite::client_async(req, stream),
-    )
-    .await
-    .expect("handshake");
+    let (mut ws, _) = ws_connect(&d, ws_port, None).await.expect("handshake");
     ws.send(Message::text("ping")).await.expect("send");
     assert_eq!(
         within("echo", ws.next())
