@@ -632,3 +632,45 @@ async fn shutdown_ends_open_proxied_streams_and_websockets() {
     .await
     .expect("gone signal");
 }
+
+#[tokio::test]
+async fn client_going_away_before_an_answer_closes_the_upstream_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A service that reads the request head, never answers, and reports when
+    // its connection is closed by the other side.
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel::<()>();
+    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    head.extend_from_slice(&buf[..n]);
+                    if head.windows(4).any(|w| w == b"\r\n\r\n") && !got_tx.is_closed() {
+                        let _ = got_tx.send(());
+                    }
+                }
+            }
+        }
+        let _ = closed_tx.send(());
+    });
+    let d = Daemon::start();
+    let mut c = TcpStream::connect(d.addr).await.expect("connect");
+    c.write_all(format!("GET /proxy/{port}/hang HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    within("request at the service", got_rx.recv())
+        .await
+        .expect("request signal");
+    drop(c);
+    within("the service's connection closed", closed_rx.recv())
+        .await
+        .expect("closed signal");
+}

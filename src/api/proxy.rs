@@ -85,7 +85,8 @@ pub async fn forward(mut ctx: Ctx) -> Result<Response<Body>, ApiError> {
 
     // The connection task ends with the exchange (the body is read to its end
     // or dropped), when this handler is dropped before the answer's head
-    // arrives (the client went away), or when the daemon shuts down.
+    // arrives (the client went away; hyper would also notice the abandoned
+    // request, the guard does not rely on it), or when the daemon shuts down.
     let app = ctx.app.clone();
     let stop = app.engine.shutdown_token().child_token();
     let abandoned = stop.clone().drop_guard();
