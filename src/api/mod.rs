@@ -6,5 +6,6 @@ pub mod directories;
 pub mod files;
 pub mod health;
 pub mod metrics;
+pub mod proxy;
 pub mod session;
 pub mod wire;

@@ -94,6 +94,11 @@ impl Ctx {
             .map_or("", |(_, v)| v.as_str())
     }
 
+    /// The client's address, as the accept loop saw it.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.req.extensions().get::<Peer>().map(|p| p.0)
+    }
+
     /// Query parameters, percent-decoded; repeated names keep every value.
     pub fn query(&self) -> Query {
         Query(
@@ -143,6 +148,10 @@ impl Ctx {
         }
     }
 }
+
+/// The client's address, stored in the request's extensions by `handle`.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
 
 /// Decoded query parameters.
 pub struct Query(pub Vec<(String, String)>);
@@ -224,9 +233,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
 
 async fn handle(
     app: Arc<App>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Infallible> {
+    req.extensions_mut().insert(Peer(peer));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let resp = if !auth::authorized(app.token.as_deref(), req.headers()) {

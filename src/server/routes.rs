@@ -13,11 +13,23 @@ use crate::api;
 type Reply = Pin<Box<dyn Future<Output = Result<Response<Body>, ApiError>> + Send>>;
 type Handler = fn(Ctx) -> Reply;
 
-/// One endpoint. `{name}` segments capture a path parameter.
+/// One endpoint. `{name}` segments capture a path parameter; a final
+/// `{*name}` captures the rest of the path (zero or more segments) verbatim.
 pub struct Route {
-    pub method: Method,
+    /// `None` for `ANY`: the route takes every method.
+    pub method: Option<Method>,
     pub path: &'static str,
     pub handler: Handler,
+}
+
+/// `ANY` -> `None`, `GET` -> `Some(Method::GET)`, ...
+macro_rules! route_method {
+    (ANY) => {
+        None
+    };
+    ($method:ident) => {
+        Some(Method::$method)
+    };
 }
 
 macro_rules! routes {
@@ -26,7 +38,7 @@ macro_rules! routes {
         pub fn table() -> &'static [Route] {
             static TABLE: std::sync::OnceLock<Vec<Route>> = std::sync::OnceLock::new();
             TABLE.get_or_init(|| vec![
-                $(Route { method: Method::$method, path: $path, handler: |c| Box::pin($handler(c)) },)*
+                $(Route { method: route_method!($method), path: $path, handler: |c| Box::pin($handler(c)) },)*
             ])
         }
     };
@@ -72,15 +84,26 @@ routes! {
     GET    "/v1/filesystem/{uid}/{gid}/directories/list"  => api::directories::list,
     POST   "/v1/filesystem/{uid}/{gid}/directories"       => api::directories::make,
     DELETE "/v1/filesystem/{uid}/{gid}/directories"       => api::directories::remove,
+
+    ANY    "/proxy/{port}/{*path}"      => api::proxy::forward,
+    ANY    "/proxy/{*path}"             => api::proxy::missing_port,
 }
 
 /// Matches `path` against a route pattern, returning the captured parameters.
+/// `{name}` values are percent-decoded; a `{*name}` tail is kept as sent, so
+/// it can be passed on byte for byte.
 fn matches(pattern: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
     let mut params = Vec::new();
     let mut pat = pattern.split('/');
     let mut segs = path.split('/');
     loop {
-        match (pat.next(), segs.next()) {
+        let p = pat.next();
+        if let Some(name) = p.and_then(|p| p.strip_prefix("{*")?.strip_suffix('}')) {
+            let rest: Vec<&str> = segs.collect();
+            params.push((name, rest.join("/")));
+            return Some(params);
+        }
+        match (p, segs.next()) {
             (None, None) => return Some(params),
             (Some(p), Some(s)) => {
                 if let Some(name) = p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
@@ -116,8 +139,8 @@ pub async fn dispatch(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         let Some(params) = matches(route.path, &path) else {
             continue;
         };
-        if route.method != req.method() {
-            allowed.push(&route.method);
+        if let Some(m) = route.method.as_ref().filter(|m| *m != req.method()) {
+            allowed.push(m);
             continue;
         }
         let ctx = Ctx { app, req, params };
@@ -172,13 +195,56 @@ mod tests {
     }
 
     #[test]
+    fn catch_all_tail() {
+        let p = "/proxy/{port}/{*path}";
+        assert_eq!(
+            matches(p, "/proxy/80/a/b%20c/"),
+            Some(vec![
+                ("port", "80".to_string()),
+                ("path", "a/b%20c/".to_string())
+            ])
+        );
+        assert_eq!(
+            matches(p, "/proxy/80/"),
+            Some(vec![("port", "80".to_string()), ("path", String::new())])
+        );
+        assert_eq!(
+            matches(p, "/proxy/80"),
+            Some(vec![("port", "80".to_string()), ("path", String::new())])
+        );
+        assert_eq!(matches(p, "/proxy//x"), None);
+        assert_eq!(matches(p, "/proxy"), None);
+        assert_eq!(matches(p, "/other/80/x"), None);
+        assert_eq!(
+            matches("/proxy/{*path}", "/proxy"),
+            Some(vec![("path", String::new())])
+        );
+        assert_eq!(
+            matches("/proxy/{*path}", "/proxy//x"),
+            Some(vec![("path", "/x".to_string())])
+        );
+    }
+
+    #[test]
+    fn any_method_routes_take_every_method() {
+        let proxy = table()
+            .iter()
+            .find(|r| r.path == "/proxy/{port}/{*path}")
+            .expect("proxy route");
+        assert_eq!(proxy.method, None);
+        let ping = table().iter().find(|r| r.path == "/ping").expect("ping");
+        assert_eq!(ping.method, Some(Method::GET));
+    }
+
+    #[test]
     fn no_two_routes_shadow_each_other() {
         let t = table();
         for (i, a) in t.iter().enumerate() {
             for b in &t[i + 1..] {
                 assert!(
-                    !(a.method == b.method && a.path == b.path),
-                    "duplicate {} {}",
+                    !((a.method == b.method || a.method.is_none() || b.method.is_none())
+                        && a.path == b.path),
+                    "duplicate {:?} {}",
                     a.method,
                     a.path
                 );
