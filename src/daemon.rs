@@ -114,16 +114,17 @@ fn signal_name(num: i32) -> &'static str {
 
 /// Runs the daemon to completion on the current tokio runtime. Returns the
 /// process exit code: 0, or in init mode the main command's status.
-pub async fn run(config: Config) -> std::io::Result<i32> {
+pub async fn run(mut config: Config) -> std::io::Result<i32> {
     raise_nofile_limit();
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = listen(addr)?;
     let local = listener.local_addr()?;
+    config.port = local.port();
     let engine = Engine::start(engine_config(&config));
     let grace = config.graceful_shutdown_timeout;
     let init = config.init.clone();
     let app = App::new(config, engine.clone());
-    let stop = CancellationToken::new();
+    let stop = app.shutdown.clone();
 
     let mut signals = signal_channel(&stop)?;
     let server = tokio::spawn(server::serve(listener, app, stop.clone(), grace));

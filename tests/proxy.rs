@@ -674,3 +674,11 @@ async fn client_going_away_before_an_answer_closes_the_upstream_connection() {
         .await
         .expect("closed signal");
 }
+
+#[tokio::test]
+async fn proxying_to_execd_itself_is_refused() {
+    let d = Daemon::start();
+    let r = d.get(&format!("/proxy/{}/ping", d.addr.port())).await;
+    r.assert_error(400, "INVALID_PORT");
+    assert!(r.text().contains("loop"), "{}", r.text());
+}

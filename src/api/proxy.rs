@@ -36,6 +36,8 @@ pub enum ProxyError {
     InvalidPort(String),
     #[error("invalid path or query for the upstream request: {0}")]
     InvalidTarget(String),
+    #[error("port {0} is execd itself; proxying to it would loop")]
+    SelfLoop(u16),
     #[error("cannot connect to 127.0.0.1:{port}: {source}")]
     Connect { port: u16, source: std::io::Error },
     #[error("cannot connect to 127.0.0.1:{port}: timed out after {}s", CONNECT_TIMEOUT.as_secs())]
@@ -55,6 +57,9 @@ pub async fn missing_port(_ctx: Ctx) -> Result<Response<Body>, ApiError> {
 /// answer back.
 pub async fn forward(mut ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let port = parse_port(ctx.param("port"))?;
+    if port == ctx.app.config.port {
+        return Err(ProxyError::SelfLoop(port).into());
+    }
     let target = target_uri(ctx.param("path"), ctx.req.uri().query())?;
     let peer = ctx.peer();
     let upgrade = wants_upgrade(ctx.req.headers());
@@ -88,9 +93,9 @@ pub async fn forward(mut ctx: Ctx) -> Result<Response<Body>, ApiError> {
     // arrives (the client went away; hyper would also notice the abandoned
     // request, the guard does not rely on it), or when the daemon shuts down.
     let app = ctx.app.clone();
-    let stop = app.engine.shutdown_token().child_token();
+    let stop = app.shutdown.child_token();
     let abandoned = stop.clone().drop_guard();
-    app.engine.tasks().spawn({
+    app.tasks.spawn({
         let stop = stop.clone();
         async move {
             tokio::select! {
@@ -116,8 +121,7 @@ pub async fn forward(mut ctx: Ctx) -> Result<Response<Body>, ApiError> {
             return Err(ProxyError::UnaskedUpgrade { port }.into());
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        app.engine
-            .tasks()
+        app.tasks
             .spawn(splice(client_upgrade, upstream_upgrade, stop, port));
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, crate::server::empty()));

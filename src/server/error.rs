@@ -117,7 +117,7 @@ impl From<FsError> for ApiError {
 impl From<ProxyError> for ApiError {
     fn from(e: ProxyError) -> Self {
         let (status, code) = match e {
-            ProxyError::MissingPort | ProxyError::InvalidPort(_) => {
+            ProxyError::MissingPort | ProxyError::InvalidPort(_) | ProxyError::SelfLoop(_) => {
                 (StatusCode::BAD_REQUEST, "INVALID_PORT")
             }
             ProxyError::InvalidTarget(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
