@@ -309,9 +309,7 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let bad = || format!("invalid duration '{s}' (try 500ms, 3s, 2m, 1h)");
     if let Ok(secs) = s.parse::<f64>() {
-        return (secs >= 0.0 && secs.is_finite())
-            .then(|| Duration::from_secs_f64(secs))
-            .ok_or_else(bad);
+        return Duration::try_from_secs_f64(secs).map_err(|_| bad());
     }
     let mut total = 0f64;
     let mut rest = s;
@@ -339,7 +337,7 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         total += num * mult;
         rest = &rest[u..];
     }
-    Ok(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 /// Parses `4096`, `64KiB`, `64K`, `1MiB`, `1M`, `1GiB`, `1G`.
@@ -486,6 +484,12 @@ mod tests {
         assert_eq!(duration("2").unwrap(), Duration::from_secs(2));
         assert!(duration("soon").is_err());
         assert!(duration("-1").is_err());
+        assert!(
+            duration("1e300").is_err(),
+            "too long for a Duration: an error, not a panic"
+        );
+        assert!(duration("9999999999999999999h").is_err());
+        assert!(duration("NaN").is_err() && duration("inf").is_err());
         assert_eq!(size("64KiB").unwrap(), 65536);
         assert_eq!(size("1G").unwrap(), 1 << 30);
         assert_eq!(size("10").unwrap(), 10);

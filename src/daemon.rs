@@ -114,11 +114,12 @@ fn signal_name(num: i32) -> &'static str {
 
 /// Runs the daemon to completion on the current tokio runtime. Returns the
 /// process exit code: 0, or in init mode the main command's status.
-pub async fn run(config: Config) -> std::io::Result<i32> {
+pub async fn run(mut config: Config) -> std::io::Result<i32> {
     raise_nofile_limit();
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = listen(addr)?;
     let local = listener.local_addr()?;
+    config.port = local.port();
     let engine = Engine::start(engine_config(&config));
     let grace = config.graceful_shutdown_timeout;
     let init = config.init.clone();
@@ -129,7 +130,7 @@ pub async fn run(config: Config) -> std::io::Result<i32> {
         None => None,
     };
     let app = App::new(config, engine.clone());
-    let stop = CancellationToken::new();
+    let stop = app.shutdown.clone();
     let grpc_server = grpc_listener.map(|l| {
         if let Ok(a) = l.local_addr() {
             tracing::info!(local = %a, "sandboxd gRPC port listening");

@@ -267,11 +267,8 @@ async fn interrupt_terminates_then_kills() {
         .await;
     let id = evs[0]["text"].as_str().unwrap().to_string();
     // Wait until the trap is installed (its output says so).
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    while d.get(&format!("/command/{id}/logs")).await.text() != "ready\n" {
-        assert!(std::time::Instant::now() < end);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    d.wait_logs(&id, Duration::from_secs(5), |t| t == "ready\n")
+        .await;
     assert_eq!(d.delete(&format!("/command?id={id}")).await.status, 200);
     let st = d.wait_finished(&id, Duration::from_secs(10)).await;
     assert_eq!(st["error"], "signal: killed", "{st}");
@@ -598,19 +595,7 @@ async fn uid_switch_runs_as_that_user() {
 #[tokio::test]
 async fn sigterm_ends_commands_and_exits_zero() {
     let mut d = Daemon::start_with(&["--graceful-shutdown-timeout", "5s"], &[]);
-    let evs = d
-        .run(json!({"command": "sleep 300 & echo $!; wait", "background": true}))
-        .await;
-    let id = evs[0]["text"].as_str().unwrap().to_string();
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    let pid: u32 = loop {
-        let t = d.get(&format!("/command/{id}/logs")).await.text();
-        if let Ok(p) = t.trim().parse() {
-            break p;
-        }
-        assert!(std::time::Instant::now() < end);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let pid = d.start_sleeper().await;
     assert!(alive(pid));
     d.signal(libc::SIGTERM);
     let status = d.wait_exit(Duration::from_secs(10)).expect("execd exits");

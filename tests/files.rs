@@ -1194,3 +1194,70 @@ async fn one_gib_upload_and_download_in_bounded_memory() {
     f.read_exact(&mut first).unwrap();
     assert_eq!(&first[..8], &0u64.to_le_bytes());
 }
+
+/// Clients that stop reading downloads (more of them than the blocking
+/// pool has threads) hold no thread, so other file operations go on.
+#[tokio::test]
+async fn stalled_downloads_do_not_starve_other_file_work() {
+    let d = Daemon::start();
+    let t = TempDir::new("stall");
+    let big = t.join("big.bin");
+    std::fs::write(&big, vec![1u8; 16 << 20]).unwrap();
+    let url = format!("/files/download?path={}", q(&big));
+    let mut stalled = Vec::new();
+    for _ in 0..80 {
+        let r = d.send(Method::GET, &url, &[], Bytes::new()).await;
+        assert_eq!(r.status(), 200);
+        // The body is never read.
+        stalled.push(r);
+    }
+    let info = format!("/files/info?path={}", q(&big));
+    let r = tokio::time::timeout(Duration::from_secs(30), d.get(&info))
+        .await
+        .expect("info answered while 80 downloads are stalled");
+    assert_eq!(r.status, 200);
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        d.upload(Form::new().meta(&meta(&t.join("small"))).file(b"ok")),
+    )
+    .await
+    .expect("upload answered while 80 downloads are stalled");
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(stalled);
+}
+
+/// A daemon that is not root can act only as itself, and says so.
+#[tokio::test]
+async fn identity_routes_without_root_refuse_other_users() {
+    if !is_root() {
+        eprintln!("skipped: needs root to start the daemon as another user");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let t = TempDir::new("unpriv");
+    std::os::unix::fs::chown(&t.0, Some(NOBODY), Some(NOBODY)).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_execd"));
+    cmd.args(["--port", "0", "--bind", "127.0.0.1", "--log-level", "4"])
+        .args(["--data-dir", &t.join("data")])
+        .uid(NOBODY)
+        .gid(NOBODY);
+    let d = Daemon::launch(cmd, &[], &[("HOME", &t.join(""))]);
+    let r = d
+        .get(&format!(
+            "/v1/filesystem/0/0/files/info?path={}",
+            q(&t.join(""))
+        ))
+        .await;
+    r.assert_error(403, "PERMISSION_DENIED");
+    assert!(r.text().contains("not root"), "{}", r.text());
+    // As itself, it works.
+    let f = t.join("mine.txt");
+    let r = d
+        .upload_to(
+            &format!("/v1/filesystem/{NOBODY}/{NOBODY}/files/upload"),
+            Form::new().meta(&meta(&f)).file(b"hi"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(std::fs::metadata(&f).unwrap().uid(), NOBODY);
+}

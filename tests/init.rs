@@ -57,24 +57,7 @@ async fn signals_are_forwarded_and_commands_end_with_the_daemon() {
     })
     .await;
     // A command started through the API must not outlive the daemon either.
-    let evs = d
-        .run(json!({"command": "sleep 300 & echo $!; wait", "background": true}))
-        .await;
-    let id = evs[0]["text"].as_str().unwrap().to_string();
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    let pid: u32 = loop {
-        if let Ok(p) = d
-            .get(&format!("/command/{id}/logs"))
-            .await
-            .text()
-            .trim()
-            .parse()
-        {
-            break p;
-        }
-        assert!(std::time::Instant::now() < end);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let pid = d.start_sleeper().await;
     d.signal(libc::SIGTERM);
     let st = d.wait_exit(Duration::from_secs(15)).expect("execd exits");
     assert_eq!(st.code(), Some(3), "the main command's status");

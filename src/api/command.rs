@@ -124,9 +124,7 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     } else {
         StreamMode::Follow { from_eid: 0 }
     };
-    app.engine
-        .tasks()
-        .spawn(write_stream(cmd, tx, ping, mode, None));
+    app.tasks.spawn(write_stream(cmd, tx, ping, mode, None));
     Ok(sse::response(body))
 }
 
@@ -359,7 +357,7 @@ pub async fn logs(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     } else {
         let (tx, body) = sse::channel(2);
         let cmd = cmd.clone();
-        ctx.app.engine.tasks().spawn(async move {
+        ctx.app.tasks.spawn(async move {
             let mut r = first;
             loop {
                 for c in r.chunks.drain(..) {
@@ -427,7 +425,7 @@ pub async fn resume(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     }
     let (tx, body) = sse::channel(4);
     let ping = ctx.app.config.ping_interval;
-    ctx.app.engine.tasks().spawn(write_stream(
+    ctx.app.tasks.spawn(write_stream(
         cmd,
         tx,
         ping,

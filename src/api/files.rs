@@ -131,6 +131,22 @@ impl Permission {
     }
 }
 
+/// One upload `metadata` part: the JSON object, its (expanded) target path,
+/// and the attributes to give the file.
+pub fn upload_metadata(raw: &[u8]) -> Result<(PathBuf, AttrRequest), ApiError> {
+    let meta: Permission = serde_json::from_slice(raw).map_err(|e| {
+        bad_form(
+            "INVALID_FILE_METADATA",
+            format!("invalid metadata format. {e}"),
+        )
+    })?;
+    let path = match meta.path.as_deref() {
+        None | Some("") => return Err(bad_form("INVALID_FILE_METADATA", "metadata path is empty")),
+        Some(p) => fs::expand(p).map_err(ApiError::from)?,
+    };
+    Ok((path, meta.attrs()?))
+}
+
 /// `GET /files/info?path=…` (repeatable): `{requested path: FileInfo}`.
 pub async fn info(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let id = identity(&ctx)?;
@@ -412,21 +428,7 @@ async fn receive_form(
                         }
                     }
                 }
-                let meta: Permission = serde_json::from_slice(&raw).map_err(|e| {
-                    bad_form(
-                        "INVALID_FILE_METADATA",
-                        format!("invalid metadata format. {e}"),
-                    )
-                })?;
-                let path = match meta.path.as_deref() {
-                    None | Some("") => {
-                        return Err(
-                            bad_form("INVALID_FILE_METADATA", "metadata path is empty").into()
-                        )
-                    }
-                    Some(p) => fs::expand(p).map_err(ApiError::from)?,
-                };
-                let attrs = meta.attrs()?;
+                let (path, attrs) = upload_metadata(&raw)?;
                 pending.push_back((path, attrs));
             }
             Some("file") => {

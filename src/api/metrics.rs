@@ -37,8 +37,9 @@ pub async fn get(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 pub async fn watch(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let app = ctx.app.clone();
     let (tx, body) = sse::channel(2);
-    let stop = app.engine.shutdown_token();
-    app.engine.tasks().clone().spawn(async move {
+    let stop = app.shutdown.clone();
+    let tasks = app.tasks.clone();
+    tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {

@@ -7,6 +7,7 @@ pub mod directories;
 pub mod files;
 pub mod health;
 pub mod metrics;
+pub mod proxy;
 pub mod sandboxd;
 pub mod session;
 pub mod wire;

@@ -341,7 +341,7 @@ pub async fn delete(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 
 /// `GET /v1/health`: 200 with uptime, 503 once shutting down.
 pub async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    if ctx.app.engine.shutdown_token().is_cancelled() {
+    if ctx.app.shutdown.is_cancelled() || ctx.app.engine.shutdown_token().is_cancelled() {
         return Err(err(
             StatusCode::SERVICE_UNAVAILABLE,
             "UNAVAILABLE",

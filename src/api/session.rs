@@ -80,7 +80,7 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         .await?;
     let (tx, body) = sse::channel(4);
     let ping = app.config.ping_interval;
-    app.engine.tasks().spawn(write_stream(
+    app.tasks.spawn(write_stream(
         cmd,
         tx,
         ping,

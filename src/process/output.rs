@@ -465,6 +465,12 @@ impl OutputLog {
         let plan = {
             let inner = self.lock();
             let until = until.min(inner.total);
+            let offsets = |s: &Segment| (s.first_offset, s.end_offset);
+            let in_mem = |at: u64| inner.mem.front().is_some_and(|f| at >= f.offset);
+            // A start that is no longer retained moves to the oldest retained byte.
+            if !in_mem(start) && locate(&inner, offsets, start, |e| e.offset).is_err() {
+                start = gap_at(&inner, start, false).oldest_offset;
+            }
             if start >= until {
                 return ByteRange {
                     chunks: Vec::new(),
@@ -472,8 +478,7 @@ impl OutputLog {
                     next: start.max(from),
                 };
             }
-            let in_mem = inner.mem.front().is_some_and(|f| start >= f.offset);
-            if in_mem {
+            if in_mem(start) {
                 let (chunks, next) = slice_mem(&inner.mem, start, until, max_bytes);
                 return ByteRange {
                     chunks,
@@ -481,38 +486,13 @@ impl OutputLog {
                     next,
                 };
             }
-            match locate(
-                &inner,
-                |s| (s.first_offset, s.end_offset),
-                start,
-                |e| e.offset,
-            ) {
+            match locate(&inner, offsets, start, |e| e.offset) {
                 Ok(p) => p,
                 Err(()) => {
-                    let g = gap_at(&inner, start, false);
-                    start = g.oldest_offset;
-                    if inner.mem.front().is_some_and(|f| start >= f.offset) {
-                        let (chunks, next) = slice_mem(&inner.mem, start, until, max_bytes);
-                        return ByteRange {
-                            chunks,
-                            start,
-                            next,
-                        };
-                    }
-                    match locate(
-                        &inner,
-                        |s| (s.first_offset, s.end_offset),
+                    return ByteRange {
+                        chunks: Vec::new(),
                         start,
-                        |e| e.offset,
-                    ) {
-                        Ok(p) => p,
-                        Err(()) => {
-                            return ByteRange {
-                                chunks: Vec::new(),
-                                start,
-                                next: start,
-                            }
-                        }
+                        next: start,
                     }
                 }
             }

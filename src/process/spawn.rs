@@ -121,7 +121,7 @@ pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
     cmd.stdin(if spec.stdin_pipe {
         Stdio::piped()
     } else {
-        Stdio::null()
+        null_stdin()
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -158,6 +158,21 @@ pub fn spawn_inherit(
         .stderr(Stdio::inherit());
     let (_child, pid, exit) = start(reaper, &mut cmd, &program_name, spec.uid)?;
     Ok((pid, exit))
+}
+
+/// `/dev/null` for reading; where there is no `/dev` (an empty root
+/// filesystem), a pipe whose write end is already closed reads the same: EOF.
+fn null_stdin() -> Stdio {
+    if let Ok(f) = std::fs::File::open("/dev/null") {
+        return f.into();
+    }
+    match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok((read, write)) => {
+            drop(write);
+            read.into()
+        }
+        Err(_) => Stdio::null(),
+    }
 }
 
 /// Forks under the reaper's spawn lock and registers the pid before anyone can reap it.

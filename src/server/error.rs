@@ -7,6 +7,7 @@
 use http::{header, Response, StatusCode};
 
 use super::{full, Body};
+use crate::api::proxy::ProxyError;
 use crate::fs::path::PathError;
 use crate::fs::{FsError, Kind};
 use crate::process::{ProcessError, SessionError};
@@ -108,6 +109,22 @@ impl From<FsError> for ApiError {
             Kind::BadRequest => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
             Kind::BadContent => (StatusCode::BAD_REQUEST, "INVALID_FILE_CONTENT"),
             Kind::Other => (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> Self {
+        let (status, code) = match e {
+            ProxyError::MissingPort | ProxyError::InvalidPort(_) | ProxyError::SelfLoop(_) => {
+                (StatusCode::BAD_REQUEST, "INVALID_PORT")
+            }
+            ProxyError::InvalidTarget(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
+            ProxyError::Connect { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::UnaskedUpgrade { .. }
+            | ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "BAD_GATEWAY"),
         };
         Self::new(status, code, e.to_string())
     }

@@ -62,6 +62,11 @@ pub struct App {
     pub engine: Arc<Engine>,
     pub metrics: crate::metrics::Sampler,
     pub started: std::time::Instant,
+    /// HTTP-side tasks (stream writers, proxied exchanges), apart from the
+    /// engine's, so a slow client never holds up the shutdown of commands.
+    pub tasks: tokio_util::task::TaskTracker,
+    /// Cancelled when the daemon starts shutting down.
+    pub shutdown: CancellationToken,
     /// sandboxd's gRPC ProcessService, for requests with a gRPC content type.
     pub grpc: crate::grpc::Server,
     token: Option<Vec<u8>>,
@@ -83,6 +88,8 @@ impl App {
             engine,
             metrics: crate::metrics::Sampler::new("/"),
             started: std::time::Instant::now(),
+            tasks: tokio_util::task::TaskTracker::new(),
+            shutdown: CancellationToken::new(),
             token,
         })
     }

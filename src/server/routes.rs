@@ -100,6 +100,9 @@ routes! {
     DELETE "/v1/files/{*path}"          => api::sandboxd::delete,
     GET    "/v1/health"                 => api::sandboxd::health,
     GET    "/v1/metadata"               => api::sandboxd::metadata,
+
+    ANY    "/proxy/{port}/{*path}"      => api::proxy::forward,
+    ANY    "/proxy/{*path}"             => api::proxy::missing_port,
 }
 
 /// Matches `path` against a route pattern, returning the captured parameters.
@@ -236,6 +239,17 @@ mod tests {
             matches("/proxy/{*path}", "/proxy//x"),
             Some(vec![("path", "/x".to_string())])
         );
+    }
+
+    #[test]
+    fn any_method_routes_take_every_method() {
+        let proxy = table()
+            .iter()
+            .find(|r| r.path == "/proxy/{port}/{*path}")
+            .expect("proxy route");
+        assert_eq!(proxy.method, None);
+        let ping = table().iter().find(|r| r.path == "/ping").expect("ping");
+        assert_eq!(ping.method, Some(Method::GET));
     }
 
     #[test]

@@ -232,6 +232,42 @@ impl Daemon {
         s.collect().await
     }
 
+    /// Polls `/command/{id}/logs` until `ready` accepts the output; returns it.
+    /// For commands that announce something (a pid, "ready") and then wait.
+    pub async fn wait_logs(
+        &self,
+        id: &str,
+        limit: Duration,
+        ready: impl Fn(&str) -> bool,
+    ) -> String {
+        let end = Instant::now() + limit;
+        loop {
+            let text = self.get(&format!("/command/{id}/logs")).await.text();
+            if ready(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < end,
+                "command {id} output never became ready: {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Starts `sleep 300` in the background under a shell that prints its pid; returns the pid.
+    pub async fn start_sleeper(&self) -> u32 {
+        let evs = self
+            .run(serde_json::json!({"command": "sleep 300 & echo $!; wait", "background": true}))
+            .await;
+        let id = evs[0]["text"].as_str().expect("id").to_string();
+        let out = self
+            .wait_logs(&id, Duration::from_secs(5), |t| {
+                t.trim().parse::<u32>().is_ok()
+            })
+            .await;
+        out.trim().parse().expect("pid")
+    }
+
     /// Polls `/command/status/{id}` until it is no longer running.
     pub async fn wait_finished(&self, id: &str, limit: Duration) -> Value {
         let end = Instant::now() + limit;

@@ -1,0 +1,63 @@
+//! Secrets never reach the log: the token, env values, file contents and
+//! command output, even at the most verbose log level.
+
+mod common;
+
+use common::*;
+use http::Method;
+use serde_json::json;
+
+#[tokio::test]
+async fn planted_secrets_never_reach_the_log() {
+    let dir = std::env::temp_dir().join(format!("execd-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("execd.log");
+    const TOKEN: &str = "tok-5b0c1d9e7f";
+    const ENV_SECRET: &str = "env-9a8b7c6d5e";
+    const FILE_SECRET: &str = "file-1f2e3d4c5b";
+    const OUT_SECRET: &str = "out-6a5b4c3d2e";
+    let d = Daemon::start_with(
+        &["--log-level", "7", "--access-token", TOKEN],
+        &[("EXECD_LOG_FILE", log.to_str().unwrap())],
+    );
+    // A command with a secret env value that prints another secret, on stdout and stderr.
+    let evs = d
+        .run(json!({"command": format!("echo {OUT_SECRET}; echo $S >&2; exit 4"), "envs": {"S": ENV_SECRET}}))
+        .await;
+    assert_eq!(text_of(&evs, "stderr"), format!("{ENV_SECRET}\n"));
+    // A failing spawn, a bad request and an unauthorized one.
+    d.run(json!({"argv": ["/no/such", ENV_SECRET]})).await;
+    d.post_json(
+        "/command",
+        &json!({"command": 1, "envs": {"S": ENV_SECRET}}),
+    )
+    .await;
+    assert_eq!(
+        d.send_raw(Method::GET, "/ping", Some("wrong-token"))
+            .await
+            .0,
+        401
+    );
+    // A file with secret contents, uploaded, replaced and read back.
+    let path = dir.join("secret.txt");
+    let form = Form::new()
+        .meta(&json!({"path": path.to_str().unwrap()}))
+        .file(FILE_SECRET.as_bytes());
+    assert_eq!(d.upload(form).await.status, 200);
+    let q = format!("/files/download?path={}", path.display());
+    assert_eq!(d.get(&q).await.text(), FILE_SECRET);
+    drop(d);
+
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.lines().count() > 5,
+        "debug logging produced too little to be a meaningful check:\n{text}"
+    );
+    for secret in [TOKEN, ENV_SECRET, FILE_SECRET, OUT_SECRET] {
+        assert!(
+            !text.contains(secret),
+            "{secret} leaked into the log:\n{text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
