@@ -308,3 +308,61 @@ async fn cancelled_stream_kills_the_group_and_grpc_port_works() {
     .await;
     drop(d);
 }
+
+#[tokio::test]
+async fn start_on_a_terminal_with_resize() {
+    let dir = TempDir::new("grpc-pty");
+    let d = daemon(&dir, &[]);
+    let mut c = client(d.addr).await;
+    let mut s = c
+        .start(pb::StartRequest {
+            config: Some(config(&["stty", "size"])),
+            pty: Some(pb::Pty { cols: 80, rows: 24 }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, out, err, exit) = drain(&mut s).await;
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "24 80");
+    assert!(err.is_empty(), "a terminal has one output stream");
+    assert_eq!(exit, Some(0));
+
+    // An interactive shell: resize, then ask it.
+    let mut s = c
+        .start(pb::StartRequest {
+            config: Some(config(&["sh"])),
+            pty: Some(pb::Pty { cols: 80, rows: 24 }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Event::Init(init)) = s.message().await.unwrap().unwrap().event else {
+        panic!("no init")
+    };
+    let id = init.process_id;
+    c.resize_tty(pb::ResizeTtyRequest {
+        process_id: id,
+        cols: 100,
+        rows: 30,
+    })
+    .await
+    .unwrap();
+    c.write_stdin(pb::WriteStdinRequest {
+        process_id: id,
+        payload: Some(Payload::Input(b"stty size; exit 4\n".to_vec())),
+    })
+    .await
+    .unwrap();
+    let (_, out, _, exit) = drain(&mut s).await;
+    assert!(String::from_utf8_lossy(&out).contains("30 100"), "{out:?}");
+    assert_eq!(exit, Some(4));
+    let e = c
+        .resize_tty(pb::ResizeTtyRequest {
+            process_id: id,
+            cols: 1,
+            rows: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}

@@ -60,7 +60,34 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
-type Live = Arc<Mutex<HashMap<i32, Arc<Command>>>>;
+/// A process of an open `Start` stream.
+#[derive(Clone)]
+enum Proc {
+    /// Pipes, through the engine's output log.
+    Pipes(Arc<Command>),
+    /// A pseudo-terminal.
+    Tty(Arc<Tty>),
+}
+
+/// A `Start` process on a terminal.
+pub struct Tty {
+    term: crate::process::terminal::Terminal,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Tty {
+    fn running(&self) -> bool {
+        !self.done.load(Ordering::SeqCst)
+    }
+
+    fn kill(&self) {
+        if self.running() {
+            crate::process::spawn::signal_group(self.term.pid, libc::SIGKILL);
+        }
+    }
+}
+
+type Live = Arc<Mutex<HashMap<i32, Proc>>>;
 
 /// The service state: the engine, the root that confines `cwd`, and the
 /// processes of open `Start` streams by their virtual id.
@@ -72,7 +99,7 @@ pub struct Processes {
     live: Live,
 }
 
-fn lock(live: &Live) -> std::sync::MutexGuard<'_, HashMap<i32, Arc<Command>>> {
+fn lock(live: &Live) -> std::sync::MutexGuard<'_, HashMap<i32, Proc>> {
     live.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -119,7 +146,7 @@ impl Processes {
         })
     }
 
-    fn find(&self, id: i32) -> Result<Arc<Command>, Status> {
+    fn find(&self, id: i32) -> Result<Proc, Status> {
         lock(&self.live)
             .get(&id)
             .cloned()
@@ -240,6 +267,108 @@ async fn follow(
     drop(guard);
 }
 
+impl Processes {
+    /// `Start` with `pty`: the process on a new terminal; all its output
+    /// arrives as `stdout` events.
+    async fn start_tty(
+        &self,
+        cfg: Option<ProcessConfig>,
+        pty: process_v1::Pty,
+    ) -> Result<Response<StartStream>, Status> {
+        use crate::process::spawn::SpawnError;
+        let spec = self.spec(cfg, false).await?;
+        let clamp = |n: u32| n.min(u32::from(u16::MAX)) as u16;
+        let (term, exit) = self
+            .engine
+            .start_terminal(&spec, clamp(pty.cols), clamp(pty.rows))
+            .map_err(|e| match e {
+                SpawnError::NotFound { .. } => Status::not_found(e.to_string()),
+                SpawnError::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
+                _ => Status::internal(e.to_string()),
+            })?;
+        let tty = Arc::new(Tty {
+            term,
+            done: std::sync::atomic::AtomicBool::new(false),
+        });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.live).insert(id, Proc::Tty(tty.clone()));
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        let _ = tx
+            .send(event(start_response::Event::Init(InitEvent {
+                process_id: id,
+            })))
+            .await;
+        let drain = self.engine.config().drain;
+        self.engine
+            .tasks()
+            .spawn(follow_tty(tty, exit, drain, id, self.live.clone(), tx));
+        Ok(Response::new(StartStream { rx }))
+    }
+}
+
+/// Kills a terminal's process group unless it has ended.
+struct TtyGuard(Arc<Tty>);
+
+impl Drop for TtyGuard {
+    fn drop(&mut self) {
+        self.0.kill();
+    }
+}
+
+/// Streams a terminal's output until the process has exited and the
+/// terminal is drained (EOF, or `drain` after the exit), then `exit`.
+async fn follow_tty(
+    tty: Arc<Tty>,
+    exit: tokio::sync::oneshot::Receiver<crate::process::reaper::ExitStatus>,
+    drain: Duration,
+    id: i32,
+    live: Live,
+    tx: tokio::sync::mpsc::Sender<Result<StartResponse, Status>>,
+) {
+    let guard = TtyGuard(tty.clone());
+    let mut exit = std::pin::pin!(exit);
+    let mut status = None;
+    let mut buf = vec![0u8; CHUNK];
+    let deadline = tokio::time::sleep(Duration::MAX.min(Duration::from_secs(86400 * 365)));
+    let mut deadline = std::pin::pin!(deadline);
+    let ok = loop {
+        tokio::select! {
+            r = tty.term.read(&mut buf) => match r {
+                Ok(0) | Err(_) => {
+                    if status.is_none() {
+                        status = exit.as_mut().await.ok();
+                    }
+                    break true;
+                }
+                Ok(n) => {
+                    let e = start_response::Event::Stdout(buf[..n].to_vec());
+                    if tx.send(event(e)).await.is_err() {
+                        break false;
+                    }
+                }
+            },
+            s = exit.as_mut(), if status.is_none() => {
+                status = Some(s.unwrap_or_default());
+                tty.done.store(true, Ordering::SeqCst);
+                deadline.as_mut().reset(tokio::time::Instant::now() + drain);
+            },
+            _ = deadline.as_mut(), if status.is_some() => break true,
+            _ = tx.closed() => break false,
+        }
+    };
+    if ok {
+        tty.done.store(true, Ordering::SeqCst);
+    }
+    drop(guard);
+    lock(&live).remove(&id);
+    if ok {
+        let exit_code = status.and_then(|s| s.code).unwrap_or(-1);
+        let _ = tx
+            .send(event(start_response::Event::Exit(ExitEvent { exit_code })))
+            .await;
+    }
+}
+
 /// The `grpc-timeout` header (`<digits><unit>`), if any.
 fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let v = meta.get("grpc-timeout")?.to_str().ok()?;
@@ -265,10 +394,8 @@ impl ProcessService for Processes {
         request: Request<StartRequest>,
     ) -> Result<Response<Self::StartStream>, Status> {
         let req = request.into_inner();
-        if req.pty.is_some() {
-            return Err(Status::unimplemented(
-                "pty is not supported by this execd yet; use the /pty API",
-            ));
+        if let Some(pty) = req.pty {
+            return self.start_tty(req.config, pty).await;
         }
         let spec = self.spec(req.config, true).await?;
         let cmd = self.engine.start_command(spec);
@@ -280,7 +407,7 @@ impl ProcessService for Processes {
             cmd: cmd.clone(),
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.live).insert(id, cmd);
+        lock(&self.live).insert(id, Proc::Pipes(cmd));
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         // Registered before the client learns the id, as sandboxd does.
         let _ = tx
@@ -331,7 +458,20 @@ impl ProcessService for Processes {
         request: Request<WriteStdinRequest>,
     ) -> Result<Response<WriteStdinResponse>, Status> {
         let req = request.into_inner();
-        let cmd = self.find(req.process_id)?;
+        let cmd = match self.find(req.process_id)? {
+            Proc::Pipes(cmd) => cmd,
+            Proc::Tty(tty) => {
+                let r = match req.payload {
+                    Some(write_stdin_request::Payload::Input(data)) => tty.term.write(&data).await,
+                    // End of input on a terminal is the EOF character (^D),
+                    // which keeps the terminal open for the exit and output.
+                    Some(write_stdin_request::Payload::Eof(())) => tty.term.write(b"\x04").await,
+                    None => Ok(()),
+                };
+                r.map_err(|e| Status::failed_precondition(format!("terminal input: {e}")))?;
+                return Ok(Response::new(WriteStdinResponse {}));
+            }
+        };
         let mut stdin = cmd
             .stdin()
             .await
@@ -362,10 +502,16 @@ impl ProcessService for Processes {
                 )))
             }
         };
-        let cmd = self.find(req.process_id)?;
-        if cmd.is_running() {
-            if let Some(pid) = cmd.pid {
-                crate::process::spawn::signal_group(pid, sig);
+        match self.find(req.process_id)? {
+            Proc::Pipes(cmd) => {
+                if let (true, Some(pid)) = (cmd.is_running(), cmd.pid) {
+                    crate::process::spawn::signal_group(pid, sig);
+                }
+            }
+            Proc::Tty(tty) => {
+                if tty.running() {
+                    crate::process::spawn::signal_group(tty.term.pid, sig);
+                }
             }
         }
         Ok(Response::new(SendSignalResponse {}))
@@ -376,11 +522,23 @@ impl ProcessService for Processes {
         request: Request<ResizeTtyRequest>,
     ) -> Result<Response<ResizeTtyResponse>, Status> {
         let req = request.into_inner();
-        let _cmd = self.find(req.process_id)?;
-        Err(Status::failed_precondition(format!(
-            "process {} has no terminal",
-            req.process_id
-        )))
+        match self.find(req.process_id)? {
+            Proc::Tty(tty) if tty.running() => {
+                let clamp = |n: u32| n.min(u32::from(u16::MAX)) as u16;
+                tty.term
+                    .resize(clamp(req.cols), clamp(req.rows))
+                    .map_err(|e| Status::failed_precondition(format!("resize: {e}")))?;
+                Ok(Response::new(ResizeTtyResponse {}))
+            }
+            Proc::Tty(_) => Err(Status::failed_precondition(format!(
+                "process {} has exited",
+                req.process_id
+            ))),
+            Proc::Pipes(_) => Err(Status::failed_precondition(format!(
+                "process {} has no terminal",
+                req.process_id
+            ))),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod registry;
 pub mod run;
 pub mod session;
 pub mod spawn;
+pub mod terminal;
 pub mod users;
 
 use std::ffi::OsString;
@@ -254,6 +255,33 @@ impl Engine {
                 stdin_pipe: false,
             },
         )
+    }
+
+    /// Starts `spec`'s argv on a new pseudo-terminal of `cols`×`rows`, in
+    /// the command environment. Returns the terminal and the exit status.
+    pub fn start_terminal(
+        &self,
+        spec: &CommandSpec,
+        cols: u16,
+        rows: u16,
+    ) -> Result<
+        (
+            terminal::Terminal,
+            tokio::sync::oneshot::Receiver<reaper::ExitStatus>,
+        ),
+        spawn::SpawnError,
+    > {
+        let argv = match &spec.program {
+            Program::Argv(a) if !a.is_empty() => a.clone(),
+            Program::Argv(_) => vec![self.cfg.shell.to_string_lossy().into_owned()],
+            Program::Shell(line) => vec![
+                self.cfg.shell.to_string_lossy().into_owned(),
+                "-c".into(),
+                line.clone(),
+            ],
+        };
+        let env = self.command_env(spec);
+        terminal::spawn(&self.reaper, &argv, spec.cwd.clone(), env, cols, rows)
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Command>, ProcessError> {

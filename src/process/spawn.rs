@@ -176,7 +176,7 @@ fn null_stdin() -> Stdio {
 }
 
 /// Forks under the reaper's spawn lock and registers the pid before anyone can reap it.
-fn start(
+pub(crate) fn start(
     reaper: &Reaper,
     cmd: &mut std::process::Command,
     program_name: &str,

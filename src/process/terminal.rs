@@ -1,0 +1,157 @@
+//! Processes on a pseudo-terminal, for sandboxd's `Start` with `pty`: a new
+//! session whose controlling terminal is the PTY, stdin/stdout/stderr all on
+//! it (so all output is one stream), reaped by the engine's one reaper.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
+
+use super::reaper::{ExitStatus, Reaper};
+use super::spawn::{start, SpawnError};
+
+/// A process on a terminal. Dropping it closes the master side.
+pub struct Terminal {
+    pub pid: i32,
+    master: AsyncFd<OwnedFd>,
+}
+
+fn winsize(cols: u16, rows: u16) -> libc::winsize {
+    libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// Starts `argv` on a new PTY of `cols`×`rows` (0 keeps the default).
+pub(crate) fn spawn(
+    reaper: &Reaper,
+    argv: &[String],
+    cwd: Option<PathBuf>,
+    env: Vec<(OsString, OsString)>,
+    cols: u16,
+    rows: u16,
+) -> Result<(Terminal, oneshot::Receiver<ExitStatus>), SpawnError> {
+    let io_err = |source: io::Error| SpawnError::Io {
+        program: argv.first().cloned().unwrap_or_default(),
+        source,
+    };
+    let (mut master, mut slave) = (-1, -1);
+    let ws = winsize(cols, rows);
+    let wsp = if cols > 0 && rows > 0 {
+        &ws as *const libc::winsize
+    } else {
+        std::ptr::null()
+    };
+    // SAFETY: out-pointers are valid; a null name and termios are allowed.
+    if unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            wsp,
+        )
+    } != 0
+    {
+        return Err(io_err(io::Error::last_os_error()));
+    }
+    // SAFETY: openpty returned two new descriptors that nobody else owns.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for fd in [&master, &slave] {
+        // SAFETY: plain fcntl on an owned descriptor.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // SAFETY: as above; the master is used non-blocking through AsyncFd.
+    unsafe {
+        let fl = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(master.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(io_err);
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(env)
+        .stdin(dup(&slave)?)
+        .stdout(dup(&slave)?)
+        .stderr(dup(&slave)?);
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open and
+    // unchanged until it is dropped.
+    let master = unsafe { AsyncFd::register(master) }.map_err(|e| io_err(e.into()))?;
+    let (_child, pid, exit) = start(reaper, &mut cmd, &argv[0], None)?;
+    drop(slave);
+    Ok((Terminal { pid, master }, exit))
+}
+
+impl Terminal {
+    /// Reads output; 0 bytes at the end (EIO once the last slave closes).
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut guard = self.master.readable().await?;
+            let r = guard.try_io(|fd| {
+                // SAFETY: buf is valid for buf.len() bytes.
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match r {
+                Ok(Ok(n)) => return Ok(n),
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Writes all of `data` as typed input.
+    pub async fn write(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let mut guard = self.master.writable().await?;
+            match guard.try_io(|fd| {
+                // SAFETY: data is valid for data.len() bytes.
+                let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            }) {
+                Ok(Ok(n)) => data = &data[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the window size; the foreground job gets SIGWINCH.
+    pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
+        let ws = winsize(cols, rows);
+        // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
+        if unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
