@@ -5,6 +5,7 @@ mod common;
 
 #[allow(clippy::all, clippy::pedantic, dead_code)]
 mod pb {
+    pub use execd::grpc::process_v1::*;
     include!("grpc/process_v1_client.rs");
 }
 

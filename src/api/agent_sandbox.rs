@@ -73,6 +73,32 @@ pub fn tail(ctx: &Ctx) -> Result<String, ApiError> {
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PATH", "path is not UTF-8"))
 }
 
+/// The request's `Content-Type`, or "".
+pub fn content_type(ctx: &Ctx) -> String {
+    ctx.req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A file body of `len` bytes with its type, length and date headers.
+pub fn file_response(body: Body, len: u64, modified: std::time::SystemTime) -> Response<Body> {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    resp
+}
+
 fn message(status: StatusCode, code: &'static str, msg: impl Into<String>) -> ApiError {
     ApiError::new(status, code, msg)
 }
@@ -182,13 +208,7 @@ pub async fn execute(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 /// relative to the base directory; parents are created; atomic.
 pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let base = base_dir(&ctx.app);
-    let ct = ctx
-        .req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let ct = content_type(&ctx);
     let boundary = multer::parse_boundary(&ct).map_err(|_| {
         message(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -274,16 +294,12 @@ pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             _ => not_found(),
         })?;
     let size = entry.size;
-    let mut resp = Response::new(super::files::stream_bytes(file, 0, size));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
+    let mut resp = file_response(
+        super::files::stream_bytes(file, 0, size),
+        size,
+        entry.modified,
     );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(entry.modified)) {
-        h.insert(header::LAST_MODIFIED, v);
-    }
+    let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&super::files::content_disposition(path.as_bytes())) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }

@@ -12,7 +12,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::Serialize;
 
-use super::agent_sandbox::{base_dir, blocking, open_root, tail};
+use super::agent_sandbox::{base_dir, blocking, content_type, file_response, open_root, tail};
 use crate::fs::confined::{sandboxd_path, ConfineError, Entry, RelPath};
 use crate::fs::ops::AttrRequest;
 use crate::fs::upload::Writer;
@@ -211,18 +211,9 @@ async fn read(ctx: Ctx, head_only: bool) -> Result<Response<Body>, ApiError> {
     } else {
         super::files::stream_bytes(file, start, len)
     };
-    let mut resp = Response::new(body);
+    let mut resp = file_response(body, len, entry.modified);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(entry.modified)) {
-        h.insert(header::LAST_MODIFIED, v);
-    }
     if status == StatusCode::PARTIAL_CONTENT {
         if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1)) {
             h.insert(header::CONTENT_RANGE, v);
@@ -262,13 +253,7 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         return Err(invalid("cannot write over the sandbox root directory"));
     }
     let root = open_root(root).await.map_err(|e| confine_error(e, &path))?;
-    let ct = ctx
-        .req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let ct = content_type(&ctx);
     let multipart = ct
         .split(';')
         .next()

@@ -47,6 +47,13 @@ def daemon(base_dir):
         sys.stderr.write(f"--- execd exited with {code}; its stderr:\n{d.stderr_text()}")
 
 
+def _clients(conn):
+    return (
+        CommandExecutor(conn, tracer=None, trace_service_name="local"),
+        Filesystem(conn, tracer=None, trace_service_name="local"),
+    )
+
+
 def _port(daemon) -> int:
     return int(daemon.addr.rsplit(":", 1)[1])
 
@@ -63,10 +70,7 @@ def legacy(daemon):
         get_pod_ip=None,
     )
     try:
-        yield (
-            CommandExecutor(conn, tracer=None, trace_service_name="local"),
-            Filesystem(conn, tracer=None, trace_service_name="local"),
-        )
+        yield _clients(conn)
     finally:
         conn.close()
 
@@ -107,10 +111,7 @@ def sandboxd(request, base_dir):
         get_pod_ip=lambda: "127.0.0.1",
     )
     try:
-        yield (
-            CommandExecutor(conn, tracer=None, trace_service_name="local"),
-            Filesystem(conn, tracer=None, trace_service_name="local"),
-        )
+        yield _clients(conn)
     finally:
         conn.close()
         code = d.stop()
