@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sdkutil import ExecdDaemon  # noqa: E402
+from conftest import _run_daemon  # noqa: E402
 
 from k8s_agent_sandbox.commands.command_executor import CommandExecutor  # noqa: E402
 from k8s_agent_sandbox.connector import SandboxConnector  # noqa: E402
@@ -38,13 +38,7 @@ def base_dir():
 
 @pytest.fixture
 def daemon(base_dir):
-    d = ExecdDaemon("--agent-sandbox-base-dir", str(base_dir))
-    d.start()
-    try:
-        yield d
-    finally:
-        code = d.stop()
-        sys.stderr.write(f"--- execd exited with {code}; its stderr:\n{d.stderr_text()}")
+    yield from _run_daemon("--agent-sandbox-base-dir", str(base_dir))
 
 
 def _clients(conn):
@@ -92,8 +86,8 @@ def sandboxd(request, base_dir):
     if request.param == "grpc-port":
         grpc = _free_port()
         args += ["--grpc-port", str(grpc)]
-    d = ExecdDaemon(*args)
-    d.start()
+    daemons = _run_daemon(*args)
+    d = next(daemons)
     port = _port(d)
     if request.param == "grpc-port":
         cfg = SandboxdInClusterConnectionConfig(
@@ -114,8 +108,7 @@ def sandboxd(request, base_dir):
         yield _clients(conn)
     finally:
         conn.close()
-        code = d.stop()
-        sys.stderr.write(f"--- execd exited with {code}; its stderr:\n{d.stderr_text()}")
+        next(daemons, None)
 
 
 # --- python-runtime mode ---------------------------------------------------
