@@ -367,3 +367,17 @@ async fn start_on_a_terminal_with_resize() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn access_token_applies_to_grpc() {
+    let dir = TempDir::new("grpc-auth");
+    let d = daemon(&dir, &["--access-token", "s3cret"]);
+    let mut c = client(d.addr).await;
+    let e = c.execute(exec(&["true"])).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut req = tonic::Request::new(exec(&["echo", "ok"]));
+    req.metadata_mut()
+        .insert("x-execd-access-token", "s3cret".parse().unwrap());
+    let r = c.execute(req).await.unwrap().into_inner();
+    assert_eq!(r.stdout, b"ok\n");
+}
