@@ -120,6 +120,8 @@ async fn execute_on_the_main_port() {
     assert_eq!(e.code(), Code::NotFound);
     let e = c.execute(exec(&["no-such-program-x"])).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    let e = c.execute(exec(&["echo", "a\0b"])).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
 
     // Output is bounded, with a marker.
     let r = c

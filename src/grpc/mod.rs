@@ -111,6 +111,13 @@ impl Processes {
         if cfg.command.is_empty() || cfg.command[0].is_empty() {
             return Err(Status::invalid_argument("command is required"));
         }
+        if cfg.command.iter().any(|a| a.contains('\0'))
+            || cfg.env_vars.values().any(|v| v.contains('\0'))
+        {
+            return Err(Status::invalid_argument(
+                "command and environment values must not contain NUL bytes",
+            ));
+        }
         for k in cfg.env_vars.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(Status::invalid_argument(format!(
