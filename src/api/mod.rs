@@ -3,4 +3,5 @@
 
 pub mod command;
 pub mod health;
+pub mod pty;
 pub mod wire;

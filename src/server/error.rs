@@ -8,6 +8,7 @@ use http::{header, Response, StatusCode};
 
 use super::{full, Body};
 use crate::fs::path::PathError;
+use crate::process::pty::PtyError;
 use crate::process::ProcessError;
 
 /// An error on its way to becoming a response.
@@ -80,5 +81,18 @@ impl From<ProcessError> for ApiError {
 impl From<PathError> for ApiError {
     fn from(e: PathError) -> Self {
         Self::invalid_body(e.to_string())
+    }
+}
+
+impl From<PtyError> for ApiError {
+    fn from(e: PtyError) -> Self {
+        let (status, code) = match &e {
+            PtyError::NotFound(_) => (StatusCode::NOT_FOUND, "CONTEXT_NOT_FOUND"),
+            PtyError::AlreadyConnected(_) => (StatusCode::CONFLICT, "ALREADY_CONNECTED"),
+            PtyError::TooMany => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_SESSIONS"),
+            PtyError::BadSize { .. } => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR"),
+        };
+        Self::new(status, code, e.to_string())
     }
 }
