@@ -282,9 +282,12 @@ fn replay_frame(offset: u64, chunks: &[pty::Chunk]) -> Message {
 }
 
 impl Client {
-    async fn run(self, ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, opts: Attach) {
+    async fn run(mut self, ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, opts: Attach) {
         let (mut tx, mut rx) = ws.split();
         let end = self.serve(&mut tx, &mut rx, opts).await;
+        // Free the input slot before the close frame, so a client that
+        // reconnects as soon as it sees the close is not refused.
+        drop(self.claim.take());
         if let End::Close(code, reason) = end {
             let frame = CloseFrame {
                 code: CloseCode::from(code),
