@@ -28,6 +28,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub max_body: usize,
     pub ping_interval: Duration,
+    /// WebSocket pings (PTY); a peer silent for twice this is dropped.
+    pub ws_ping_interval: Duration,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             drain_timeout: Duration::from_millis(250),
             max_body: 1 << 20,
             ping_interval: Duration::from_secs(3),
+            ws_ping_interval: Duration::from_secs(30),
         }
     }
 }
@@ -76,6 +79,7 @@ Options (environment variable in brackets; a flag wins over its variable):
   --drain-timeout D               how long pipes may stay open after a command exits (250ms)
   --max-body SIZE                 largest JSON request body (1MiB)
   --ping-interval D               keep-alive event during silent streams (3s)
+  --ws-ping-interval D            WebSocket ping; a peer silent for twice this is dropped (30s)
   -h, --help                      print this help
   -V, --version                   print the version
 
@@ -163,6 +167,10 @@ pub fn parse(
             Long("ping-interval") => {
                 c.ping_interval =
                     duration(&value(&mut p, "ping-interval")?)?.max(Duration::from_millis(10))
+            }
+            Long("ws-ping-interval") => {
+                c.ws_ping_interval =
+                    duration(&value(&mut p, "ws-ping-interval")?)?.max(Duration::from_millis(10))
             }
             // Upstream flags that have no meaning here, accepted so existing launchers work.
             Long("jupyter-host") | Long("jupyter-token") | Long("jupyter-idle-poll-interval") => {

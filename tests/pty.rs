@@ -23,6 +23,7 @@ enum Frame {
     Replay(u64, Vec<u8>),
     Json(Value),
     Close(u16, String),
+    Ping,
 }
 
 /// A WebSocket client with everything it received so far.
@@ -34,6 +35,8 @@ struct Ws {
     frames: Vec<Frame>,
     /// Where the next search in `out` starts.
     mark: usize,
+    /// Protocol pings received.
+    pings: usize,
 }
 
 async fn create(d: &Daemon, body: Value) -> String {
@@ -62,6 +65,7 @@ async fn try_ws(d: &Daemon, path: &str, token: Option<&str>) -> Result<Ws, (u16,
             err: Vec::new(),
             frames: Vec::new(),
             mark: 0,
+            pings: 0,
         }),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err((
             resp.status().as_u16(),
@@ -116,6 +120,10 @@ impl Ws {
                         (u16::from(c.code), c.reason.into_owned())
                     });
                     Frame::Close(code, reason)
+                }
+                Some(Ok(Message::Ping(_))) => {
+                    self.pings += 1;
+                    Frame::Ping
                 }
                 Some(Ok(_)) => continue,
             };
@@ -643,4 +651,45 @@ async fn token_in_header_or_query_on_the_websocket_only() {
         .send_raw(Method::GET, &format!("/pty/{id}"), Some("s3cret"))
         .await;
     assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn pings_keep_live_peers_and_dead_peers_are_dropped() {
+    let d = Daemon::start_with(&["--ws-ping-interval", "1s"], &[]);
+    let id = create(&d, json!({})).await;
+    // A holder that stops reading: it answers no ping.
+    let mut dead = attach(&d, &id).await;
+    dead.run("echo hello-$((1+2))", "hello-3").await;
+    // A viewer that keeps reading (and so answering pings) in a task of its own.
+    let mut live = ws(&d, &format!("/pty/{id}/ws?mode=watch")).await;
+    live.json_of("connected").await;
+    let live = tokio::spawn(async move {
+        live.expect_out("again-5").await;
+
+        while live.pings < 3 {
+            assert!(live.next().await.is_some(), "live viewer dropped");
+        }
+        live
+    });
+
+    // The dead holder is dropped after two silent intervals, which frees the
+    // input slot for a client that does not ask for a takeover.
+    let end = Instant::now() + LIMIT;
+    let mut next = loop {
+        match try_ws(&d, &format!("/pty/{id}/ws"), None).await {
+            Ok(mut w) => {
+                w.json_of("connected").await;
+                break w;
+            }
+            Err((409, _)) => {
+                assert!(Instant::now() < end, "dead holder never dropped");
+                tokio::task::yield_now().await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    next.run("echo again-$((2+3))", "again-5").await;
+    let live = live.await.expect("live viewer task");
+    assert!(live.pings >= 3);
+    drop(dead);
 }

@@ -31,10 +31,6 @@ use crate::process::pty::{self, InputClaim, Mode, PtyError, PtySession, PtySpec,
 use crate::process::Engine;
 use crate::server::{empty, json_response, ok_empty, ApiError, Body, Ctx};
 
-/// RFC 6455 pings this often.
-const PING_EVERY: Duration = Duration::from_secs(30);
-/// A peer silent this long (no frame, no pong) is dead.
-const READ_DEADLINE: Duration = Duration::from_secs(60);
 /// A send that takes longer than this ends the connection.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Output sent per turn of the client loop, so input and pings interleave.
@@ -148,6 +144,9 @@ fn accept_key(h: &HeaderMap) -> Result<String, ApiError> {
 
 /// What a client asked for in the query.
 struct Attach {
+    /// RFC 6455 pings this often; a peer silent (no frame, no pong) for
+    /// twice as long is dead.
+    ping_every: Duration,
     mode: Mode,
     since: u64,
     watch: bool,
@@ -189,7 +188,12 @@ pub async fn attach(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let stop = engine.shutdown_token();
     let tasks = engine.tasks().clone();
-    let opts = Attach { mode, since, watch };
+    let opts = Attach {
+        ping_every: ctx.app.config.ws_ping_interval,
+        mode,
+        since,
+        watch,
+    };
     tasks.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -371,8 +375,9 @@ impl Client {
 
         let never = CancellationToken::new();
         let evicted = self.claim.as_ref().map_or(&never, InputClaim::evicted);
-        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
-        let mut deadline = Instant::now() + READ_DEADLINE;
+        let every = opts.ping_every;
+        let mut ping = tokio::time::interval_at(Instant::now() + every, every);
+        let mut deadline = Instant::now() + every * 2;
         loop {
             let st = *status.borrow_and_update();
             if mine.is_none() && st.running {
@@ -409,7 +414,7 @@ impl Client {
                     }
                 }
                 m = rx.next() => {
-                    deadline = Instant::now() + READ_DEADLINE;
+                    deadline = Instant::now() + every * 2;
                     match m {
                         Some(Ok(m)) => {
                             if let Err(end) = self.on_message(tx, m, evicted).await {
