@@ -202,6 +202,14 @@ impl Ws {
     }
 }
 
+/// A daemon with one new session and its input holder attached.
+async fn new_shell() -> (Daemon, String, Ws) {
+    let d = Daemon::start();
+    let id = create(&d, json!({})).await;
+    let w = attach(&d, &id).await;
+    (d, id, w)
+}
+
 /// pid of the process whose command line is exactly `argv`.
 fn find_process(argv: &[&str]) -> Option<u32> {
     let want: Vec<u8> = argv
@@ -312,9 +320,7 @@ async fn shell_runs_and_status_counts_output() {
 
 #[tokio::test]
 async fn initial_size_and_resize() {
-    let d = Daemon::start();
-    let id = create(&d, json!({})).await;
-    let mut w = attach(&d, &id).await;
+    let (d, _id, mut w) = new_shell().await;
     w.run("stty size", "24 80").await;
     w.json(json!({"type": "resize", "cols": 120, "rows": 40}))
         .await;
@@ -333,9 +339,7 @@ async fn initial_size_and_resize() {
 
 #[tokio::test]
 async fn sigint_stops_the_foreground_job_not_the_shell() {
-    let d = Daemon::start();
-    let id = create(&d, json!({})).await;
-    let mut w = attach(&d, &id).await;
+    let (d, id, mut w) = new_shell().await;
     w.run("echo shell=$$", "shell=").await;
     w.stdin("sleep 100.25\n").await;
     let mut sleep = None;
@@ -355,9 +359,7 @@ async fn sigint_stops_the_foreground_job_not_the_shell() {
 
 #[tokio::test]
 async fn exit_frame_then_a_new_shell_on_reattach() {
-    let d = Daemon::start();
-    let id = create(&d, json!({})).await;
-    let mut w = attach(&d, &id).await;
+    let (d, id, mut w) = new_shell().await;
     w.run("echo first=$$", "first=").await;
     w.stdin("exit 3\n").await;
     let e = w.json_of("exit").await;
@@ -395,9 +397,7 @@ async fn command_sessions_exit_with_their_code() {
 
 #[tokio::test]
 async fn replay_after_reconnect() {
-    let d = Daemon::start();
-    let id = create(&d, json!({})).await;
-    let mut w = attach(&d, &id).await;
+    let (d, id, mut w) = new_shell().await;
     w.run("echo one-$((0+1)); echo pid=$$:", "one-1").await;
     w.expect_out("pid=").await;
     let pid_text = {
@@ -453,9 +453,7 @@ async fn replay_after_reconnect() {
 
 #[tokio::test]
 async fn second_client_gets_409_and_takeover_evicts_with_4001() {
-    let d = Daemon::start();
-    let id = create(&d, json!({})).await;
-    let mut a = attach(&d, &id).await;
+    let (d, id, mut a) = new_shell().await;
     a.run("echo a-$((1+1))", "a-2").await;
 
     let (status, body) = try_ws(&d, &format!("/pty/{id}/ws"), None)
@@ -475,9 +473,7 @@ async fn second_client_gets_409_and_takeover_evicts_with_4001() {
 
 #[tokio::test]
 async fn watchers_see_output_but_cannot_type() {
-    let d = Daemon::start();
-    let id = create(&d, json!({})).await;
-    let mut a = attach(&d, &id).await;
+    let (d, id, mut a) = new_shell().await;
     let mut w1 = ws(&d, &format!("/pty/{id}/ws?mode=watch")).await;
     let mut w2 = ws(&d, &format!("/pty/{id}/ws?mode=watch")).await;
     assert_eq!(w1.json_of("connected").await["read_only"], true);
@@ -517,9 +513,7 @@ async fn watchers_see_output_but_cannot_type() {
 
 #[tokio::test]
 async fn a_slow_viewer_does_not_block_and_learns_what_it_missed() {
-    let d = Daemon::start();
-    let id = create(&d, json!({})).await;
-    let mut a = attach(&d, &id).await;
+    let (d, id, mut a) = new_shell().await;
     let mut slow = ws(&d, &format!("/pty/{id}/ws?mode=watch")).await;
     slow.json_of("connected").await;
     // 32 MiB of output while the viewer reads nothing: more than the ring
@@ -562,9 +556,7 @@ async fn pipe_mode_separates_stderr() {
 
 #[tokio::test]
 async fn ping_pong_and_bad_frames() {
-    let d = Daemon::start();
-    let id = create(&d, json!({})).await;
-    let mut w = attach(&d, &id).await;
+    let (_d, _id, mut w) = new_shell().await;
     w.json(json!({"type": "ping"})).await;
     w.json_of("pong").await;
     w.json(json!({"type": "bogus"})).await;
@@ -582,9 +574,7 @@ async fn ping_pong_and_bad_frames() {
 
 #[tokio::test]
 async fn delete_kills_every_process_and_closes_clients() {
-    let d = Daemon::start();
-    let id = create(&d, json!({})).await;
-    let mut w = attach(&d, &id).await;
+    let (d, id, mut w) = new_shell().await;
     // A background job has a process group of its own.
     w.run("sleep 100.5 & echo started-$((1+1))", "started-2")
         .await;

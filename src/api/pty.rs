@@ -72,19 +72,26 @@ pub async fn create(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         }
     };
     let spec = PtySpec { cwd, command, size };
-    let session = tokio::task::spawn_blocking(move || engine.pty().create(spec))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "RUNTIME_ERROR",
-                e.to_string(),
-            )
-        })??;
+    // Creating the working directory is file-system work: off the reactor.
+    let session = blocking(move || engine.pty().create(spec)).await?;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({ "session_id": session.id }),
     ))
+}
+
+/// Runs a domain call that blocks (file system, /proc) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PtyError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "RUNTIME_ERROR",
+            e.to_string(),
+        )),
+    }
 }
 
 /// `GET /pty/{id}`.
@@ -103,7 +110,10 @@ pub async fn status(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 
 /// `DELETE /pty/{id}`: kills the session's processes and forgets it.
 pub async fn delete(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    ctx.app.engine.pty().delete(ctx.param("id"))?;
+    let engine = ctx.app.engine.clone();
+    let id = ctx.param("id").to_string();
+    // Killing walks /proc for the session's processes: off the reactor.
+    blocking(move || engine.pty().delete(&id)).await?;
     Ok(ok_empty())
 }
 

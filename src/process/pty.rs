@@ -642,23 +642,11 @@ fn publish(session: &PtySession, source: Source, data: &[u8]) {
 async fn read_fd(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let mut guard = fd.readable().await?;
-        match guard.try_io(|inner| {
-            // SAFETY: read into a valid buffer of the given length.
-            let n = unsafe {
-                libc::read(
-                    inner.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        }) {
-            Ok(r) => return r,
-            Err(_would_block) => continue,
+        let r = guard.try_io(|inner| {
+            nix::unistd::read(inner.get_ref().as_raw_fd(), buf).map_err(io::Error::from)
+        });
+        if let Ok(r) = r {
+            return r;
         }
     }
 }
@@ -666,24 +654,10 @@ async fn read_fd(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
 async fn write_all_fd(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         let mut guard = fd.writable().await?;
-        match guard.try_io(|inner| {
-            // SAFETY: write from a valid buffer of the given length.
-            let n = unsafe {
-                libc::write(
-                    inner.get_ref().as_raw_fd(),
-                    data.as_ptr().cast(),
-                    data.len(),
-                )
-            };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        }) {
-            Ok(Ok(n)) => data = &data[n..],
-            Ok(Err(e)) => return Err(e),
-            Err(_would_block) => continue,
+        if let Ok(r) =
+            guard.try_io(|inner| nix::unistd::write(inner.get_ref(), data).map_err(io::Error::from))
+        {
+            data = &data[r?..];
         }
     }
     Ok(())
@@ -796,12 +770,19 @@ fn start_pty(
     // The reaper owns the exit status; dropping `child` closes our slave copies.
     drop(cmd);
     drop(child);
-    set_nonblocking(master.as_raw_fd()).map_err(PtyError::Open)?;
-    // SAFETY: the OwnedFd is moved into the AsyncFd and stays open, as the
-    // same fd, until the AsyncFd is dropped.
-    let master = unsafe { AsyncFd::register(master) }
-        .map_err(|e| PtyError::Open(io::Error::other(e.to_string())))?;
-    let master = Arc::new(master);
+    let registered = set_nonblocking(master.as_raw_fd()).and_then(|()| {
+        // SAFETY: the OwnedFd is moved into the AsyncFd and stays open, as
+        // the same fd, until the AsyncFd is dropped.
+        unsafe { AsyncFd::register(master) }.map_err(|e| io::Error::other(e.to_string()))
+    });
+    let master = match registered {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            // Nobody could talk to this shell: end it (the reaper collects it).
+            kill_session(pid);
+            return Err(PtyError::Open(e));
+        }
+    };
     Ok(Started {
         pid,
         master: Some(master.clone()),
