@@ -241,6 +241,19 @@ fn in_foreground(pid: u32) -> bool {
     f.len() > 4 && f[1] == pid as i64 && f[4] == f[1]
 }
 
+/// Runs `sleep SECS` in the shell and returns its pid once it is the
+/// terminal's foreground job.
+async fn foreground_sleep(w: &mut Ws, secs: &str) -> u32 {
+    w.stdin(&format!("sleep {secs}\n")).await;
+    let mut pid = None;
+    eventually(LIMIT, "sleep in the foreground", || {
+        pid = find_process(&["sleep", secs]);
+        pid.is_some_and(in_foreground)
+    })
+    .await;
+    pid.expect("sleep pid")
+}
+
 #[tokio::test]
 async fn create_status_delete() {
     let d = Daemon::start();
@@ -341,14 +354,7 @@ async fn initial_size_and_resize() {
 async fn sigint_stops_the_foreground_job_not_the_shell() {
     let (d, id, mut w) = new_shell().await;
     w.run("echo shell=$$", "shell=").await;
-    w.stdin("sleep 100.25\n").await;
-    let mut sleep = None;
-    eventually(LIMIT, "sleep in the foreground", || {
-        sleep = find_process(&["sleep", "100.25"]);
-        sleep.is_some_and(in_foreground)
-    })
-    .await;
-    let sleep = sleep.expect("sleep pid");
+    let sleep = foreground_sleep(&mut w, "100.25").await;
     let began = Instant::now();
     w.json(json!({"type": "signal", "signal": "SIGINT"})).await;
     eventually(LIMIT, "sleep gone", || !alive(sleep)).await;
@@ -584,17 +590,11 @@ async fn delete_kills_every_process_and_closes_clients() {
         bg.is_some()
     })
     .await;
-    w.stdin("sleep 100.75\n").await;
-    let mut fg = None;
-    eventually(LIMIT, "foreground sleep", || {
-        fg = find_process(&["sleep", "100.75"]);
-        fg.is_some_and(in_foreground)
-    })
-    .await;
+    let fg = foreground_sleep(&mut w, "100.75").await;
     assert_eq!(d.delete(&format!("/pty/{id}")).await.status, 200);
     assert_eq!(w.json_of("exit").await["exit_code"], -1);
     assert_eq!(w.closed().await.0, 1000);
-    let (bg, fg) = (bg.unwrap(), fg.unwrap());
+    let bg = bg.unwrap();
     eventually(LIMIT, "all processes gone", || !alive(bg) && !alive(fg)).await;
 }
 
