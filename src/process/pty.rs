@@ -511,12 +511,12 @@ impl PtyManager {
             write_lock: tokio::sync::Mutex::new(()),
         });
         *slot = Some(run);
-        drop(slot);
         session.status.send_modify(|s| {
             s.generation = generation;
             s.running = true;
             s.mode = Some(mode);
         });
+        drop(slot);
         tracing::debug!(session = %session.id, pid = started.pid, mode = mode.as_str(), "pty process started");
         self.tasks.spawn(supervise(
             session.clone(),
@@ -589,15 +589,15 @@ async fn supervise(
         tracing::debug!(session = %session.id, "pty output still open after the drain deadline");
     }
     reading.shutdown().await;
-    {
-        let mut slot = lock(&session.running);
-        if slot.as_ref().is_some_and(|r| r.generation == generation) {
-            *slot = None;
-        }
+    // Under the slot's lock, so a new process cannot start in between and
+    // then be reported as not running.
+    let mut slot = lock(&session.running);
+    if slot.as_ref().is_some_and(|r| r.generation == generation) {
+        *slot = None;
     }
     let end = lock(&session.ring).end;
     session.status.send_modify(|s| {
-        s.end = end;
+        s.end = s.end.max(end);
         s.running = false;
         s.last_exit = Some(Exit {
             generation,
@@ -605,6 +605,7 @@ async fn supervise(
             end,
         });
     });
+    drop(slot);
     tracing::debug!(session = %session.id, pid, code, "pty process exited");
 }
 
@@ -636,7 +637,8 @@ fn publish(session: &PtySession, source: Source, data: &[u8]) {
         ring.push(source, Bytes::copy_from_slice(data));
         ring.end
     };
-    session.status.send_modify(|s| s.end = end);
+    // Two readers (stdout, stderr) may publish out of order: never go back.
+    session.status.send_modify(|s| s.end = s.end.max(end));
 }
 
 async fn read_fd(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
