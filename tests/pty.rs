@@ -538,6 +538,20 @@ async fn a_slow_viewer_does_not_block_and_learns_what_it_missed() {
         .any(|f| matches!(f, Frame::Replay(off, _) if *off > 0));
     assert!(gap, "expected a replay frame showing the gap");
     assert!(slow.out.len() < 32 * 1024 * 1024);
+
+    // A new viewer replaying from 0 gets what the ring holds: at least the
+    // newest MiB, at its absolute offset.
+    let mut late = ws(&d, &format!("/pty/{id}/ws?mode=watch")).await;
+    match late.next().await {
+        Some(Frame::Replay(off, data)) => {
+            assert!(*off > 0);
+            assert!(data.len() >= 1 << 20, "{}", data.len());
+            assert!(data.len() <= (1 << 20) + 64 * 1024, "{}", data.len());
+            assert!(*off + data.len() as u64 >= 32 << 20);
+        }
+        other => panic!("expected a replay frame, got {other:?}"),
+    }
+    late.expect_out("done-16").await;
 }
 
 #[tokio::test]
