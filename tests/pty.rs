@@ -697,3 +697,26 @@ async fn pings_keep_live_peers_and_dead_peers_are_dropped() {
     assert!(live.pings >= 3);
     drop(dead);
 }
+
+#[tokio::test]
+async fn sigterm_closes_clients_and_ends_shells() {
+    let (mut d, _id, mut w) = new_shell().await;
+    w.run("echo x$((1+1))y $$ z$((2+2))", "z4").await;
+    let text = String::from_utf8_lossy(&w.out).into_owned();
+    let i = text.rfind("x2y ").unwrap() + 4;
+    let shell: u32 = text[i..].split(' ').next().unwrap().parse().unwrap();
+    assert!(alive(shell));
+    d.signal(libc::SIGTERM);
+    let (code, _) = loop {
+        match w.next().await {
+            Some(Frame::Close(c, r)) => break (*c, r.clone()),
+            Some(_) => {}
+            None => panic!("no close frame"),
+        }
+    };
+    // Going away (1001), or the shell's end (1000) if its exit won the race.
+    assert!(code == 1001 || code == 1000, "{code}");
+    let status = d.wait_exit(LIMIT).expect("daemon exits");
+    assert!(status.success(), "{status:?}");
+    eventually(LIMIT, "shell gone", || !alive(shell)).await;
+}
