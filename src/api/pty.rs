@@ -260,6 +260,8 @@ enum End {
     Close(u16, &'static str),
     /// The peer is gone or too slow: just drop the connection.
     Drop,
+    /// The peer sent a close frame: send the reply the protocol layer queued.
+    PeerClosed,
 }
 
 struct Client {
@@ -302,6 +304,9 @@ impl Client {
         // Free the input slot before the close frame, so a client that
         // reconnects as soon as it sees the close is not refused.
         drop(self.claim.take());
+        if let End::PeerClosed = end {
+            let _ = timeout(WRITE_DEADLINE, tx.flush()).await;
+        }
         if let End::Close(code, reason) = end {
             let frame = CloseFrame {
                 code: CloseCode::from(code),
@@ -545,7 +550,7 @@ impl Client {
                     }
                 }
             }
-            Message::Close(_) => Err(End::Drop),
+            Message::Close(_) => Err(End::PeerClosed),
             // Pings are answered by the protocol layer; any frame resets the deadline.
             _ => Ok(()),
         }
