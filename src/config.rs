@@ -32,6 +32,8 @@ pub struct Config {
     /// `execd init [flags] -- CMD ARGS…`: run CMD as the sandbox's main process
     /// (empty: serve until signalled). None outside init mode.
     pub init: Option<Vec<String>>,
+    /// WebSocket pings (PTY); a peer silent for twice this is dropped.
+    pub ws_ping_interval: Duration,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(3),
             max_line: 64 * 1024,
             init: None,
+            ws_ping_interval: Duration::from_secs(30),
         }
     }
 }
@@ -93,6 +96,7 @@ Options (environment variable in brackets; a flag wins over its variable):
   --max-body SIZE                 largest JSON request body (1MiB)
   --ping-interval D               keep-alive event during silent streams (3s)
   --max-line SIZE                 longest partial line held before it is sent in pieces (64KiB)
+  --ws-ping-interval D            WebSocket ping; a peer silent for twice this is dropped (30s)
   -h, --help                      print this help
   -V, --version                   print the version
 
@@ -186,6 +190,10 @@ pub fn parse(
             Long("ping-interval") => {
                 c.ping_interval =
                     duration(&value(&mut p, "ping-interval")?)?.max(Duration::from_millis(10))
+            }
+            Long("ws-ping-interval") => {
+                c.ws_ping_interval =
+                    duration(&value(&mut p, "ws-ping-interval")?)?.max(Duration::from_millis(10))
             }
             // Upstream flags that have no meaning here, accepted so existing launchers work.
             Long("jupyter-host") | Long("jupyter-token") | Long("jupyter-idle-poll-interval") => {

@@ -7,5 +7,6 @@ pub mod files;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod pty;
 pub mod session;
 pub mod wire;

@@ -246,7 +246,10 @@ async fn handle(
     req.extensions_mut().insert(Peer(peer));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = if !auth::authorized(app.token.as_deref(), req.headers()) {
+    let token = app.token.as_deref();
+    let allowed = auth::authorized(token, req.headers())
+        || (routes::allows_query_token(&path) && auth::query_authorized(token, req.uri().query()));
+    let resp = if !allowed {
         ApiError::unauthorized().into_response()
     } else {
         routes::dispatch(app, req).await
