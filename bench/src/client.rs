@@ -253,6 +253,8 @@ pub async fn run_command(
             "gap" => run.gaps += 1,
             "execution_complete" => {
                 run.total = t0.elapsed();
+                // Read the body to its end, or the connection cannot be reused.
+                while events.next().await?.is_some() {}
                 return Ok(run);
             }
             "error" => {
@@ -327,6 +329,48 @@ where
         elapsed: start.elapsed(),
         latencies,
     })
+}
+
+/// `clients` [`RawGet`] loops of `GET path`, spread over `threads` threads
+/// that each run their own single-threaded runtime, as wrk spreads its
+/// connections over its threads: no work stealing, no cross-thread wake-ups.
+pub fn raw_load(
+    addr: SocketAddr,
+    path: &'static str,
+    clients: usize,
+    threads: usize,
+    dur: Duration,
+) -> Result<LoopStats> {
+    let start = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|i| {
+            let n = clients / threads + usize::from(i < clients % threads);
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?
+                    .block_on(closed_loop(
+                        n,
+                        dur,
+                        || RawGet::open(addr, path),
+                        RawGet::get,
+                    ))
+            })
+        })
+        .collect();
+    let mut all = LoopStats {
+        ops: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for w in workers {
+        let s = w.join().map_err(|_| "load thread panicked".to_string())??;
+        all.ops += s.ops;
+        all.latencies.extend(s.latencies);
+    }
+    all.elapsed = start.elapsed();
+    Ok(all)
 }
 
 /// A purpose-built keep-alive HTTP/1.1 GET client for the request-rate

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use figures::{Plan, Run};
-use report::{Figure, Status};
+use report::Status;
 use serde_json::json;
 
 const HELP: &str = "\
@@ -30,6 +30,8 @@ usage: execd-bench [--smoke] [--execd PATH] [--svg PATH]
   --smoke        small sizes and short loads; only checks every figure is produced
   --execd PATH   the daemon binary (default: cargo build --release -p execd)
   --svg PATH     also plot the history of key ratios into an SVG file
+  --only GROUPS  only these figure groups, comma-separated (for profiling):
+                 ping, command, stream, files, startup; not saved to history
   --bare-server  (internal) run the bare hyper baseline server
 ";
 
@@ -37,6 +39,15 @@ struct Args {
     smoke: bool,
     execd: Option<PathBuf>,
     svg: Option<PathBuf>,
+    only: Option<String>,
+}
+
+impl Args {
+    fn wants(&self, group: &str) -> bool {
+        self.only
+            .as_deref()
+            .is_none_or(|o| o.split(',').any(|g| g == group))
+    }
 }
 
 enum Mode {
@@ -50,6 +61,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Mode, String> {
         smoke: false,
         execd: None,
         svg: None,
+        only: None,
     };
     while let Some(a) = it.next() {
         let mut path = |flag: &str| {
@@ -61,6 +73,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Mode, String> {
             "--smoke" => args.smoke = true,
             "--execd" => args.execd = Some(path("--execd")?),
             "--svg" => args.svg = Some(path("--svg")?),
+            "--only" => args.only = Some(it.next().ok_or("--only needs a list")?),
             "--bare-server" => return Ok(Mode::BareServer),
             "-h" | "--help" => return Ok(Mode::Help),
             other => return Err(format!("unknown argument {other:?}")),
@@ -133,12 +146,19 @@ async fn bench(args: &Args) -> Result<bool, String> {
         execd,
         scratch,
     };
-    figs.extend(group("ping", figures::ping::figures(&run)).await);
-    figs.extend(group("command", figures::command::figures(&run)).await);
-    figs.extend(group("stream", figures::stream::figures(&run)).await);
-    figs.extend(group("files", figures::files::figures(&run)).await);
-    figs.push(figures::process::peak_rss(&run));
-    figs.push(figures::process::startup(&run).await);
+    let mut peak = figures::process::PeakRss::default();
+    peak.after("start", &run.execd);
+    for (name, measure) in figures::GROUPS {
+        if args.wants(name) {
+            eprintln!("  measuring {name} ...");
+            figs.extend(measure(&run).await);
+            peak.after(name, &run.execd);
+        }
+    }
+    figs.push(peak.figure());
+    if args.wants("startup") {
+        figs.push(figures::process::startup(&run).await);
+    }
     drop(run);
 
     print!("{}", report::table(&figs));
@@ -154,19 +174,15 @@ async fn bench(args: &Args) -> Result<bool, String> {
         "machine": report::machine(),
         "figures": figs,
     });
-    report::save(&out, &record).map_err(|e| format!("{out:?}: {e}"))?;
-    println!("\nreport: {}", out.join("report.json").display());
+    if args.only.is_none() {
+        report::save(&out, &record).map_err(|e| format!("{out:?}: {e}"))?;
+        println!("\nreport: {}", out.join("report.json").display());
+    }
     if let Some(path) = &args.svg {
         svg::write(&out.join("history.jsonl"), path).map_err(|e| format!("{path:?}: {e}"))?;
         println!("history plot: {}", path.display());
     }
     Ok(!figs.iter().any(|f| matches!(f.status, Status::Error(_))))
-}
-
-/// Runs one figure group, saying so on stderr.
-async fn group(name: &str, f: impl std::future::Future<Output = Vec<Figure>>) -> Vec<Figure> {
-    eprintln!("  measuring {name} ...");
-    f.await
 }
 
 fn git_head() -> Option<String> {

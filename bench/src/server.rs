@@ -87,6 +87,15 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Resets VmHWM to the current RSS (`clear_refs` 5), so that the next
+    /// reading is the peak since now.
+    pub fn reset_peak(&self) -> Result<()> {
+        let path = format!("/proc/{}/clear_refs", self.pid());
+        std::fs::write(&path, "5").map_err(|e| format!("{path}: {e}"))
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own child's pid, which is not yet reaped.

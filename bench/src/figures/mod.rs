@@ -7,10 +7,24 @@ pub mod ping;
 pub mod process;
 pub mod stream;
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::Duration;
 
+use crate::report::Figure;
 use crate::server::Server;
+
+type Group = for<'a> fn(&'a Run) -> Pin<Box<dyn Future<Output = Vec<Figure>> + 'a>>;
+
+/// The figure groups that load the one long-lived execd, in the order they
+/// run. Peak RSS is read after each; start-up runs its own daemons.
+pub const GROUPS: [(&str, Group); 4] = [
+    ("ping", |r| Box::pin(ping::figures(r))),
+    ("command", |r| Box::pin(command::figures(r))),
+    ("stream", |r| Box::pin(stream::figures(r))),
+    ("files", |r| Box::pin(files::figures(r))),
+];
 
 /// How much work each figure does: the full run, or a quick `--smoke` check.
 #[derive(Clone, Copy, Debug)]
@@ -30,7 +44,7 @@ impl Plan {
     }
     /// Repeats of a cheap figure (each repeat measures baseline and execd).
     pub fn trials(self) -> usize {
-        self.pick(1, 5)
+        self.pick(1, 7)
     }
     /// Repeats of a figure that moves hundreds of MiB.
     pub fn heavy_trials(self) -> usize {
@@ -38,7 +52,7 @@ impl Plan {
     }
     /// How long one closed-loop load lasts.
     pub fn load_time(self) -> Duration {
-        self.pick(Duration::from_millis(400), Duration::from_secs(2))
+        self.pick(Duration::from_millis(400), Duration::from_millis(1500))
     }
     pub fn round_trips(self) -> usize {
         self.pick(20, 300)

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use super::blocking;
 use super::Run;
-use crate::client::{self, RawGet, Result};
+use crate::client::{self, Result};
 use crate::report::{Budget, Figure, Measured};
 use crate::server::Server;
 use crate::stats::{self, fmt_num};
@@ -46,18 +47,22 @@ pub async fn figures(run: &Run) -> Vec<Figure> {
     vec![ours, wrk]
 }
 
-/// The harness's own generator, [`RawGet`], on both servers.
+/// The harness's own generator, [`client::raw_load`], on both servers.
 async fn generator(run: &Run, bare: SocketAddr) -> Result<Measured> {
     let (mut execd, mut base) = (Vec::new(), Vec::new());
     let (mut lat_execd, mut lat_base) = (Vec::new(), Vec::new());
-    for _ in 0..run.plan.trials() {
-        for (addr, rps, lat) in [
+    for trial in 0..run.plan.trials() {
+        let mut pair = [
             (bare, &mut base, &mut lat_base),
             (run.execd.addr, &mut execd, &mut lat_execd),
-        ] {
-            let open = || RawGet::open(addr, "/ping");
-            let s =
-                client::closed_loop(CONNECTIONS, run.plan.load_time(), open, RawGet::get).await?;
+        ];
+        // Alternate who goes first, so drift in the machine's load is shared.
+        if trial % 2 == 1 {
+            pair.reverse();
+        }
+        for (addr, rps, lat) in pair {
+            let dur = run.plan.load_time();
+            let s = blocking(move || client::raw_load(addr, "/ping", CONNECTIONS, 2, dur)).await?;
             rps.push(s.per_sec());
             lat.extend(stats::millis(&s.latencies));
         }

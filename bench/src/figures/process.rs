@@ -26,23 +26,51 @@ pub async fn idle_rss(execd: &Server) -> Figure {
     fig.with(measure.await)
 }
 
-/// execd's VmHWM: the peak over everything the run did to it.
-pub fn peak_rss(run: &Run) -> Figure {
-    Figure::new(
-        "rss_peak_mib",
-        "RSS peak (whole run)",
-        "MiB",
-        Budget::Max(32.0),
-    )
-    .with(run.execd.status_kib("VmHWM").map(|kib| Measured {
-        value: kib as f64 / KIB_PER_MIB,
-        note: format!(
-            "VmHWM after streaming {} MiB and moving {} MiB of files",
-            run.plan.stream_bytes() >> 20,
-            run.plan.file_bytes() >> 20
-        ),
-        ..Measured::default()
-    }))
+/// execd's VmHWM, group by group: each reading is the peak since the last
+/// reset, so the run's peak is their maximum and the note says which group
+/// caused it.
+#[derive(Default)]
+pub struct PeakRss {
+    peaks: Vec<(&'static str, u64)>,
+    error: Option<String>,
+}
+
+impl PeakRss {
+    /// Records the peak since the last call under `group`, then resets it.
+    pub fn after(&mut self, group: &'static str, execd: &Server) {
+        let r = execd
+            .status_kib("VmHWM")
+            .and_then(|kib| execd.reset_peak().map(|()| kib));
+        match r {
+            Ok(kib) => self.peaks.push((group, kib)),
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    pub fn figure(&self) -> Figure {
+        let fig = Figure::new(
+            "rss_peak_mib",
+            "RSS peak (whole run)",
+            "MiB",
+            Budget::Max(32.0),
+        );
+        let peak = self.peaks.iter().map(|(_, k)| *k).max();
+        let r = match (&self.error, peak) {
+            (Some(e), _) => Err(e.clone()),
+            (None, None) => Err("no VmHWM reading".to_string()),
+            (None, Some(kib)) => Ok(Measured {
+                value: kib as f64 / KIB_PER_MIB,
+                note: self
+                    .peaks
+                    .iter()
+                    .map(|(g, k)| format!("{g} {:.1}", *k as f64 / KIB_PER_MIB))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                ..Measured::default()
+            }),
+        };
+        fig.with(r).note("VmHWM per figure group, MiB")
+    }
 }
 
 /// From `exec` to the first 200 on `/ping`, each time a fresh execd.
