@@ -228,7 +228,7 @@ pub fn table(figures: &[Figure]) -> String {
     let mut line = |cells: &[String]| {
         for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
             let sep = if i == 0 { "" } else { "  " };
-            if i >= 2 && i <= 5 {
+            if (2..=5).contains(&i) {
                 let _ = write!(out, "{sep}{c:>w$}");
             } else {
                 let _ = write!(out, "{sep}{c:<w$}");
