@@ -88,6 +88,26 @@ impl Server {
 }
 
 impl Server {
+    /// CPU time (user + system) the process has used, in seconds.
+    pub fn cpu_secs(&self) -> Result<f64> {
+        let path = format!("/proc/{}/stat", self.pid());
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+        let ticks: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        match ticks[..] {
+            [u, s] => Ok((u + s) as f64 / hz),
+            _ => Err(format!("{path}: no utime/stime")),
+        }
+    }
+
     /// Resets VmHWM to the current RSS (`clear_refs` 5), so that the next
     /// reading is the peak since now.
     pub fn reset_peak(&self) -> Result<()> {
@@ -141,4 +161,13 @@ pub fn build_execd() -> Result<PathBuf> {
         return Err(format!("cargo build --release -p execd failed: {status}"));
     }
     Ok(bin)
+}
+
+/// CPU time (user + system) this harness process has used, in seconds.
+pub fn own_cpu_secs() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
 }

@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, watch};
 use super::{bash, blocking, mbps, Run};
 use crate::client::{self, Result};
 use crate::report::{Budget, Figure, Measured};
+use crate::server::own_cpu_secs;
 use crate::stats;
 
 /// Extra readers beside the event stream in the fan-out figure.
@@ -74,11 +75,16 @@ async fn sse_read(addr: SocketAddr, script: &str) -> Result<(u64, f64, u64)> {
 async fn streaming(run: &Run) -> Result<Measured> {
     let script = producer(run.plan.stream_bytes());
     let (mut execd, mut base, mut notes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut wall, mut ours, mut theirs) = (0.0, 0.0, 0.0);
     for _ in 0..run.plan.heavy_trials() {
         let s = script.clone();
         let (want, secs) = blocking(move || pipe_read(s)).await?;
         base.push(mbps(want, secs));
+        let (cpu0, execd0) = (own_cpu_secs(), run.execd.cpu_secs()?);
         let (got, secs, gaps) = sse_read(run.execd.addr, &script).await?;
+        ours += own_cpu_secs() - cpu0;
+        theirs += run.execd.cpu_secs()? - execd0;
+        wall += secs;
         execd.push(mbps(got, secs));
         if got != want || gaps > 0 {
             notes.push(format!(
@@ -87,6 +93,11 @@ async fn streaming(run: &Run) -> Result<Measured> {
         }
     }
     notes.dedup();
+    notes.push(format!(
+        "CPU while streaming: execd {:.0} %, the harness's reader {:.0} % (of one core)",
+        theirs / wall * 100.0,
+        ours / wall * 100.0
+    ));
     Ok(Measured::medians(&execd, &base).note(notes.join("; ")))
 }
 
