@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{blocking, mbps, Run};
 use crate::client::{self, Result};
 use crate::report::{Budget, Figure, Measured, ROUTE_MISSING};
+use crate::stats;
 
 const CHUNK: usize = 1 << 20;
 const BOUNDARY: &str = "execd-bench-7d3f9a2c";
@@ -71,14 +72,18 @@ impl Files {
         }
     }
 
-    /// Writes `size` bytes to `name` with plain `write` calls: MB/s.
-    async fn disk_write(&self, name: &str) -> Result<f64> {
+    /// Writes `size` bytes to `name` with plain `write` calls, then fsyncs
+    /// it if `sync`: MB/s.
+    async fn disk_write(&self, name: &str, sync: bool) -> Result<f64> {
         let (path, chunk, size) = (self.path(name), self.chunk.clone(), self.size);
         blocking(move || {
             let t = Instant::now();
             let mut f = std::fs::File::create(&path).map_err(|e| format!("{path:?}: {e}"))?;
             for _ in 0..size / CHUNK as u64 {
                 f.write_all(&chunk).map_err(|e| e.to_string())?;
+            }
+            if sync {
+                f.sync_all().map_err(|e| format!("fsync {path:?}: {e}"))?;
             }
             drop(f);
             Ok(mbps(size, t.elapsed().as_secs_f64()))
@@ -121,9 +126,10 @@ impl Files {
         // A small probe first: a 404 arrives before a big body could be sent.
         let probe = Bytes::from_static(b"probe");
         self.upload_to(&self.path("probe.bin"), probe, 1).await?;
-        let (mut execd, mut base) = (Vec::new(), Vec::new());
+        let (mut execd, mut base, mut cached) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..self.trials {
-            base.push(self.disk_write("disk.bin").await?);
+            cached.push(self.disk_write("disk.bin", false).await?);
+            base.push(self.disk_write("disk.bin", true).await?);
             let secs = self
                 .upload_to(
                     &self.path("upload.bin"),
@@ -134,7 +140,11 @@ impl Files {
             execd.push(mbps(self.size, secs));
             let _ = std::fs::remove_file(self.path("upload.bin"));
         }
-        Ok(Measured::medians(&execd, &base).note("baseline: write(2) of the same bytes, no fsync"))
+        Ok(Measured::medians(&execd, &base).note(format!(
+            "baseline: write(2) of the same bytes and fsync, as execd's upload \
+             fsyncs before its rename; without fsync (page cache only) {} MB/s",
+            stats::median(&cached).map_or("-".into(), stats::fmt_num)
+        )))
     }
 
     /// Downloads `path` into a null sink: (bytes, seconds).
@@ -164,7 +174,7 @@ impl Files {
         let probe = self.path("probe.bin");
         std::fs::write(&probe, b"probe").map_err(|e| format!("{probe:?}: {e}"))?;
         self.download_from(&probe).await?;
-        self.disk_write("disk.bin").await?;
+        self.disk_write("disk.bin", false).await?;
         let (mut execd, mut base) = (Vec::new(), Vec::new());
         for _ in 0..self.trials {
             base.push(self.tcp_copy().await?);
