@@ -55,6 +55,8 @@ pub struct Config {
     pub metadata_env_prefix: String,
     /// sandboxd gRPC on a port of its own, besides the main port.
     pub grpc_port: Option<u16>,
+    /// WebSocket pings (PTY); a peer silent for twice this is dropped.
+    pub ws_ping_interval: Duration,
 }
 
 impl Default for Config {
@@ -83,6 +85,7 @@ impl Default for Config {
             sandboxd_root: None,
             metadata_env_prefix: "SANDBOX_".into(),
             grpc_port: None,
+            ws_ping_interval: Duration::from_secs(30),
         }
     }
 }
@@ -126,6 +129,7 @@ Options (environment variable in brackets; a flag wins over its variable):
   --sandboxd-root PATH            agent-sandbox sandboxd API root (the base directory)
   --metadata-env-prefix P         sandboxd /v1/metadata variables (SANDBOX_)
   --grpc-port N                   also serve sandboxd gRPC on this port (it is always on --port)
+  --ws-ping-interval D            WebSocket ping; a peer silent for twice this is dropped (30s)
   -h, --help                      print this help
   -V, --version                   print the version
 
@@ -241,6 +245,10 @@ pub fn parse(
                     v.parse()
                         .map_err(|_| format!("invalid --grpc-port '{v}'"))?,
                 );
+            }
+            Long("ws-ping-interval") => {
+                c.ws_ping_interval =
+                    duration(&value(&mut p, "ws-ping-interval")?)?.max(Duration::from_millis(10))
             }
             // Upstream flags that have no meaning here, accepted so existing launchers work.
             Long("jupyter-host") | Long("jupyter-token") | Long("jupyter-idle-poll-interval") => {

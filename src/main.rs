@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    limit_malloc_arenas();
     if let Err(e) = init_logging(&cfg) {
         eprintln!("execd: cannot open log file: {e}");
         return ExitCode::from(2);
@@ -105,4 +106,18 @@ fn install(dest: &std::path::Path) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// glibc gives every thread that allocates its own malloc arena, and memory
+/// freed into one arena is not reused by another. Output read from spill
+/// files on blocking threads and freed on the workers grew peak RSS from
+/// 16 to 40 MiB in the fan-out benchmark; one arena keeps it bounded. The
+/// daemon's allocations are small and few threads contend, so one is enough.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }

@@ -471,16 +471,21 @@ async fn receive_file(
         .await
         .map_err(ApiError::from)?;
     loop {
-        match field.chunk().await {
-            Ok(Some(data)) => out.write(&data).await.map_err(ApiError::from)?,
+        let step = match field.chunk().await {
+            Ok(Some(data)) => out
+                .write(&data)
+                .await
+                .map_err(|e| Failed::from(ApiError::from(e))),
             Ok(None) => return Ok(out.commit().await.map_err(ApiError::from)?),
-            // Cut short: dropping the writer discards its file.
-            Err(e) => {
-                return Err(Failed {
-                    err: multipart_error(e),
-                    body_ok: false,
-                })
-            }
+            Err(e) => Err(Failed {
+                err: multipart_error(e),
+                body_ok: false,
+            }),
+        };
+        if let Err(failed) = step {
+            // Cut short or failed: the temporary file is gone before we answer.
+            out.discard().await;
+            return Err(failed);
         }
     }
 }
@@ -584,7 +589,7 @@ fn positive(ctx: &Ctx, name: &str) -> Result<Option<u64>, ApiError> {
 }
 
 /// Size of each read while streaming a download.
-const READ_CHUNK: usize = 128 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
 
 /// What a download does with each chunk it reads (`None`: the end of the
 /// range): the bytes to send, if any, and whether to stop.

@@ -8,6 +8,7 @@ pub mod files;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod pty;
 pub mod sandboxd;
 pub mod session;
 pub mod wire;

@@ -13,21 +13,49 @@ use bytes::{BufMut, BytesMut};
 pub fn json_str(out: &mut BytesMut, data: &[u8]) {
     out.reserve(data.len() + 2);
     out.put_u8(b'"');
-    for chunk in data.utf8_chunks() {
-        escape_valid(out, chunk.valid());
-        if !chunk.invalid().is_empty() {
-            out.put_slice("\u{FFFD}".as_bytes());
+    // Valid UTF-8 is the common case, and `from_utf8` checks it a word at a
+    // time; `utf8_chunks` is much slower per byte.
+    match std::str::from_utf8(data) {
+        Ok(s) => escape_valid(out, s),
+        Err(_) => {
+            for chunk in data.utf8_chunks() {
+                escape_valid(out, chunk.valid());
+                if !chunk.invalid().is_empty() {
+                    out.put_slice("\u{FFFD}".as_bytes());
+                }
+            }
         }
     }
     out.put_u8(b'"');
 }
+
+/// Bytes copied as they are: everything but `"`, `\`, controls, DEL, and the
+/// lead bytes of U+0085 (0xC2) and U+2028/U+2029 (0xE2), which need a look.
+const PLAIN: [bool; 256] = {
+    let mut t = [true; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = false;
+        i += 1;
+    }
+    t[b'"' as usize] = false;
+    t[b'\\' as usize] = false;
+    t[0x7f] = false;
+    t[0xC2] = false;
+    t[0xE2] = false;
+    t
+};
 
 fn escape_valid(out: &mut BytesMut, s: &str) {
     let b = s.as_bytes();
     let mut start = 0;
     let mut i = 0;
     while i < b.len() {
-        let c = b[i];
+        // Skip the run of plain bytes in one tight loop.
+        while i < b.len() && PLAIN[b[i] as usize] {
+            i += 1;
+        }
+        let Some(&c) = b.get(i) else { break };
         let esc: Option<&[u8]> = match c {
             b'"' => Some(b"\\\""),
             b'\\' => Some(b"\\\\"),
@@ -156,6 +184,13 @@ mod tests {
         assert!(!e
             .chars()
             .any(|c| matches!(c, '\n' | '\r' | '\u{b}' | '\u{c}' | '\u{1c}'..='\u{1e}')));
+    }
+
+    #[test]
+    fn lead_bytes_of_escaped_characters_pass_otherwise() {
+        let s = "\u{a9} \u{20ac} \u{2030} x";
+        let e = enc(s.as_bytes());
+        assert_eq!(e, format!("\"{s}\""));
     }
 
     #[test]

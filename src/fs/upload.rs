@@ -236,7 +236,7 @@ impl Drop for Writer {
 }
 
 /// How much content is gathered before a write.
-pub const WRITE_CHUNK: usize = 128 * 1024;
+pub const WRITE_CHUNK: usize = 1024 * 1024;
 
 impl Writer {
     /// Starts writing `path` (parents created) as `id`, with the mode and
@@ -288,6 +288,19 @@ impl Writer {
             (file, r)
         }));
         Ok(())
+    }
+
+    /// Gives the upload up: waits for a write in flight, then removes the
+    /// temporary file before returning, so an error answer never races it.
+    pub async fn discard(mut self) {
+        if let Some(task) = self.pending.take() {
+            if let Ok((file, _)) = task.await {
+                self.file = Some(file);
+            }
+        }
+        if let Some(file) = self.file.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(file)).await;
+        }
     }
 
     /// Writes the rest, then commits (see [`AtomicFile::commit`]) as the

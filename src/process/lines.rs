@@ -61,7 +61,8 @@ impl LineSplitter {
 /// as one terminator; a `\r` at the very end is a terminator on its own (a
 /// progress-bar update must not wait for the next write).
 fn line_end(buf: &[u8]) -> Option<usize> {
-    let i = buf.iter().position(|&b| b == b'\n' || b == b'\r')?;
+    // memchr2 scans a word (or vector) at a time; this runs on every output byte.
+    let i = memchr::memchr2(b'\n', b'\r', buf)?;
     if buf[i] == b'\r' && buf.get(i + 1) == Some(&b'\n') {
         Some(i + 2)
     } else {

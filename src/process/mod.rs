@@ -5,6 +5,7 @@ pub mod capture;
 pub mod envfile;
 pub mod lines;
 pub mod output;
+pub mod pty;
 pub mod reaper;
 pub mod registry;
 pub mod run;
@@ -96,20 +97,32 @@ pub struct Engine {
     shutdown: CancellationToken,
     env_cache: Mutex<EnvFileCache>,
     sessions: session::Sessions,
+    pty: pty::PtyManager,
 }
 
 impl Engine {
     /// Starts the reaper and the retention sweeper. Call within a tokio runtime.
     pub fn start(cfg: EngineConfig) -> Arc<Engine> {
+        let reaper = Reaper::start();
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let pty = pty::PtyManager::new(
+            reaper.clone(),
+            cfg.shell.clone(),
+            cfg.drain,
+            tasks.clone(),
+            shutdown.clone(),
+        );
         let engine = Arc::new(Engine {
-            reaper: Reaper::start(),
+            reaper,
             registry: registry::Registry::default(),
             budget: MemBudget::new(cfg.mem_total),
             spill: SpillDir::new(cfg.spill_dir.clone()),
-            tasks: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
+            tasks,
+            shutdown,
             env_cache: Mutex::new(EnvFileCache::default()),
             sessions: session::Sessions::default(),
+            pty,
             cfg,
         });
         let weak = Arc::downgrade(&engine);
@@ -134,6 +147,25 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    /// PTY sessions.
+    pub fn pty(&self) -> &pty::PtyManager {
+        &self.pty
+    }
+
+    /// The environment of a PTY shell: as for a command with no request `envs`.
+    pub fn pty_env(&self) -> Vec<(OsString, OsString)> {
+        self.command_env(&CommandSpec {
+            program: Program::Shell(String::new()),
+            cwd: None,
+            envs: Vec::new(),
+            timeout: None,
+            uid: None,
+            gid: None,
+            background: false,
+            stdin: false,
+        })
     }
 
     /// Starts a command. Always returns a record: a command that could not be
@@ -335,6 +367,7 @@ impl Engine {
                     spawn::signal_group(pid, libc::SIGKILL);
                 }
             }
+            self.pty.kill_all();
             tracing::warn!("shutdown deadline passed; remaining process groups killed");
         }
         self.spill.remove();

@@ -80,7 +80,17 @@ impl Pipe {
     fn took(&mut self, r: std::io::Result<usize>, cmd: &Command) {
         match r {
             Ok(n) if n > 0 => {
-                let chunk = self.buf.split();
+                // Lines are slices of the chunk and the log keeps them for the
+                // retention window. A small read split off the buffer would pin
+                // all READ_CHUNK bytes of it for that long (a finished `echo`
+                // held 64 KiB), so small reads are copied out instead.
+                let chunk = if n < READ_CHUNK / 4 {
+                    let small = BytesMut::from(&self.buf[..]);
+                    self.buf.clear();
+                    small
+                } else {
+                    self.buf.split()
+                };
                 let ts = now_ms();
                 let stream = self.stream;
                 self.lines.push(chunk, |line| {

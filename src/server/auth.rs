@@ -17,6 +17,22 @@ pub fn authorized(token: Option<&[u8]>, headers: &HeaderMap) -> bool {
     constant_time_eq(expected, given)
 }
 
+/// The query parameter that may carry the token on routes that allow it.
+pub const TOKEN_QUERY: &str = "access_token";
+
+/// True when the query string carries `token` as `access_token`. Without a
+/// configured token every request passes.
+pub fn query_authorized(token: Option<&[u8]>, query: Option<&str>) -> bool {
+    let Some(expected) = token else {
+        return true;
+    };
+    let given = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == TOKEN_QUERY)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    constant_time_eq(expected, given.as_bytes())
+}
+
 /// Compares two byte strings in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = (a.len() ^ b.len()) as u64;
@@ -49,5 +65,14 @@ mod tests {
         assert!(!authorized(Some(b"t"), &h));
         h.insert(TOKEN_HEADER, "t".parse().unwrap());
         assert!(authorized(Some(b"t"), &h));
+    }
+
+    #[test]
+    fn query_check() {
+        assert!(query_authorized(None, None));
+        assert!(!query_authorized(Some(b"t"), None));
+        assert!(!query_authorized(Some(b"t"), Some("access_token=u")));
+        assert!(query_authorized(Some(b"t"), Some("pty=1&access_token=t")));
+        assert!(query_authorized(Some(b"a b"), Some("access_token=a%20b")));
     }
 }

@@ -10,6 +10,7 @@ use super::{full, Body};
 use crate::api::proxy::ProxyError;
 use crate::fs::path::PathError;
 use crate::fs::{FsError, Kind};
+use crate::process::pty::PtyError;
 use crate::process::{ProcessError, SessionError};
 
 /// An error on its way to becoming a response.
@@ -125,6 +126,19 @@ impl From<ProxyError> for ApiError {
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::UnaskedUpgrade { .. }
             | ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "BAD_GATEWAY"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<PtyError> for ApiError {
+    fn from(e: PtyError) -> Self {
+        let (status, code) = match &e {
+            PtyError::NotFound(_) => (StatusCode::NOT_FOUND, "CONTEXT_NOT_FOUND"),
+            PtyError::AlreadyConnected(_) => (StatusCode::CONFLICT, "ALREADY_CONNECTED"),
+            PtyError::TooMany => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_SESSIONS"),
+            PtyError::BadSize { .. } => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR"),
         };
         Self::new(status, code, e.to_string())
     }

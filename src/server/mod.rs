@@ -265,8 +265,11 @@ async fn handle(
     req.extensions_mut().insert(Peer(peer));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let token = app.token.as_deref();
+    let allowed = auth::authorized(token, req.headers())
+        || (routes::allows_query_token(&path) && auth::query_authorized(token, req.uri().query()));
     let grpc = crate::grpc::is_grpc(req.headers());
-    let resp = if !auth::authorized(app.token.as_deref(), req.headers()) {
+    let resp = if !allowed {
         if grpc {
             grpc_body(
                 tonic::Status::unauthenticated("invalid or missing X-EXECD-ACCESS-TOKEN")

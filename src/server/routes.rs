@@ -103,6 +103,22 @@ routes! {
 
     ANY    "/proxy/{port}/{*path}"      => api::proxy::forward,
     ANY    "/proxy/{*path}"             => api::proxy::missing_port,
+
+    POST   "/pty"                       => api::pty::create,
+    GET    "/pty/{id}"                  => api::pty::status,
+    DELETE "/pty/{id}"                  => api::pty::delete,
+    GET    "/pty/{id}/ws"               => api::pty::attach,
+}
+
+/// Routes that also accept the access token as `?access_token=`: browsers
+/// cannot set headers on a WebSocket.
+const QUERY_TOKEN_ROUTES: &[&str] = &["/pty/{id}/ws"];
+
+/// Whether `path` may carry the access token in its query.
+pub fn allows_query_token(path: &str) -> bool {
+    QUERY_TOKEN_ROUTES
+        .iter()
+        .any(|p| matches(p, path).is_some())
 }
 
 /// Matches `path` against a route pattern, returning the captured parameters.
