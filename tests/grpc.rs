@@ -99,25 +99,19 @@ async fn execute_on_the_main_port() {
     );
 
     // Errors.
-    let e = c
-        .execute(pb::ExecuteRequest { config: None })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument);
-    let mut cfg = config(&["pwd"]);
-    cfg.cwd = Some("../..".into());
-    let e = c
-        .execute(pb::ExecuteRequest { config: Some(cfg) })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
-    let mut cfg = config(&["pwd"]);
-    cfg.cwd = Some("missing".into());
-    let e = c
-        .execute(pb::ExecuteRequest { config: Some(cfg) })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound);
+    let with_cwd = |cwd: &str| {
+        let mut cfg = config(&["pwd"]);
+        cfg.cwd = Some(cwd.into());
+        Some(cfg)
+    };
+    for (config, code) in [
+        (None, Code::InvalidArgument),
+        (with_cwd("../.."), Code::PermissionDenied),
+        (with_cwd("missing"), Code::NotFound),
+    ] {
+        let e = c.execute(pb::ExecuteRequest { config }).await.unwrap_err();
+        assert_eq!(e.code(), code);
+    }
     let e = c.execute(exec(&["no-such-program-x"])).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = c.execute(exec(&["echo", "a\0b"])).await.unwrap_err();
