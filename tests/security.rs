@@ -61,3 +61,35 @@ async fn planted_secrets_never_reach_the_log() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `$EXECD_ACCESS_TOKEN` in a request path is not expanded: an expanded path
+/// is echoed in error messages and becomes file and directory names, which
+/// sandboxed code can read.
+#[tokio::test]
+async fn the_token_variable_is_never_expanded_in_paths() {
+    const TOKEN: &str = "tok-3c4d5e6f7a";
+    let d = Daemon::start_with(&[], &[("EXECD_ACCESS_TOKEN", TOKEN)]);
+    assert_eq!(d.token.as_deref(), Some(TOKEN));
+    for path in [
+        "/files/info?path=/nonexistent/$EXECD_ACCESS_TOKEN",
+        "/files/info?path=/nonexistent/$%7BEXECD_ACCESS_TOKEN%7D",
+        "/directories/list?path=/nonexistent/$EXECD_ACCESS_TOKEN",
+        "/files/download?path=/nonexistent/$EXECD_ACCESS_TOKEN",
+    ] {
+        let r = d.get(path).await;
+        assert!(!r.text().contains(TOKEN), "{path}: {}", r.text());
+        r.assert_error(400, "INVALID_REQUEST_BODY");
+    }
+    let r = d
+        .post_json(
+            "/command",
+            &json!({"command": "true", "cwd": "/$EXECD_ACCESS_TOKEN"}),
+        )
+        .await;
+    assert!(!r.text().contains(TOKEN), "{}", r.text());
+    r.assert_error(400, "INVALID_REQUEST_BODY");
+    // Other variables still expand as upstream does.
+    d.get("/files/info?path=/nonexistent/$HOME")
+        .await
+        .assert_error(404, "FILE_NOT_FOUND");
+}
