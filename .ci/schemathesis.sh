@@ -157,18 +157,50 @@ common=(
   --exclude-path '/metrics/watch'
 )
 
+# The verdict comes from the JUnit report rather than the exit status, so that
+# one known tool fault does not read as a daemon fault: on Python 3.11,
+# hypothesis sometimes fails to describe its own strategies ("AST constructor
+# recursion depth mismatch") and schemathesis records that as an error of the
+# operation without a request having failed. It is shown, not counted; every
+# other error and every failure is.
+verdict() {
+  "$SDK_VENV/bin/python" - "$1" <<'PY'
+import sys, xml.etree.ElementTree as ET
+try:
+    tree = ET.parse(sys.argv[1])
+except Exception as e:
+    print(f"no usable report {sys.argv[1]}: {e}")
+    sys.exit(1)
+bad = 0
+for case in tree.iter("testcase"):
+    for child in case:
+        if child.tag in ("skipped", "system-out", "system-err", "properties"):
+            continue
+        text = (child.get("message") or "") + (child.text or "")
+        if child.tag == "error" and "AST constructor recursion depth mismatch" in text:
+            print(f"tool fault, not counted: {case.get('name')}: schemathesis/hypothesis internal error")
+            continue
+        bad += 1
+        print(f"{child.tag}: {case.get('name')}")
+print(f"{bad} failing operation(s) in {sys.argv[1]}")
+sys.exit(1 if bad else 0)
+PY
+}
+
 status=0
 say "schemathesis: openapi.yaml"
 st run "$repo/openapi.yaml" "${common[@]}" "${exclude_tags[@]}" \
   --exclude-path-regex '^/proxy/' --exclude-path '/pty/{id}/ws' \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-  --report junit --report-junit-path "$out/ours.xml" || status=1
+  --report junit --report-junit-path "$out/ours.xml" || true
+verdict "$out/ours.xml" || status=1
 
 say "schemathesis: upstream's opensandbox-execd-api.yaml (server errors only)"
 st run "$upstream_spec" "${common[@]}" \
   --exclude-path-regex '^/code' \
   --checks "$ST_UPSTREAM_CHECKS" \
-  --report junit --report-junit-path "$out/upstream.xml" || status=1
+  --report junit --report-junit-path "$out/upstream.xml" || true
+verdict "$out/upstream.xml" || status=1
 
 say "daemon health afterwards"
 if ! kill -0 "$daemon" 2>/dev/null; then
