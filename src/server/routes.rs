@@ -46,6 +46,7 @@ macro_rules! routes {
 
 routes! {
     GET    "/ping"                      => api::health::ping,
+    GET    "/openapi.yaml"              => api::health::openapi,
     GET    "/metrics"                   => api::metrics::get,
     GET    "/metrics/watch"             => api::metrics::watch,
 
