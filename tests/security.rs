@@ -61,3 +61,67 @@ async fn planted_secrets_never_reach_the_log() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `$EXECD_ACCESS_TOKEN` in a request path is not expanded: an expanded path
+/// is echoed in error messages and becomes file and directory names, which
+/// sandboxed code can read.
+#[tokio::test]
+async fn the_token_variable_is_never_expanded_in_paths() {
+    const TOKEN: &str = "tok-3c4d5e6f7a";
+    let d = Daemon::start_with(&[], &[("EXECD_ACCESS_TOKEN", TOKEN)]);
+    assert_eq!(d.token.as_deref(), Some(TOKEN));
+    for path in [
+        "/files/info?path=/nonexistent/$EXECD_ACCESS_TOKEN",
+        "/files/info?path=/nonexistent/$%7BEXECD_ACCESS_TOKEN%7D",
+        "/directories/list?path=/nonexistent/$EXECD_ACCESS_TOKEN",
+        "/files/download?path=/nonexistent/$EXECD_ACCESS_TOKEN",
+    ] {
+        let r = d.get(path).await;
+        assert!(!r.text().contains(TOKEN), "{path}: {}", r.text());
+        r.assert_error(400, "INVALID_REQUEST_BODY");
+    }
+    let r = d
+        .post_json(
+            "/command",
+            &json!({"command": "true", "cwd": "/$EXECD_ACCESS_TOKEN"}),
+        )
+        .await;
+    assert!(!r.text().contains(TOKEN), "{}", r.text());
+    r.assert_error(400, "INVALID_REQUEST_BODY");
+    // Other variables still expand as upstream does.
+    d.get("/files/info?path=/nonexistent/$HOME")
+        .await
+        .assert_error(404, "FILE_NOT_FOUND");
+}
+
+/// Every route of the table, whatever its method and parameters, answers 401
+/// without the token: the check runs before routing, so a route added later
+/// is covered without being listed here.
+#[tokio::test]
+async fn every_route_in_the_table_requires_the_token() {
+    let d = Daemon::start_with(&["--access-token", "tok-every-route"], &[]);
+    for route in execd::server::routes::table() {
+        let path: Vec<String> = route
+            .path
+            .split('/')
+            .map(|seg| match seg {
+                s if s.starts_with("{*") => "a/b".to_string(),
+                s if s.starts_with('{') => "1".to_string(),
+                s => s.to_string(),
+            })
+            .collect();
+        let path = path.join("/");
+        let methods = match &route.method {
+            Some(m) => vec![m.clone()],
+            None => vec![Method::GET, Method::POST, Method::DELETE],
+        };
+        for m in methods {
+            let (status, body) = d.send_raw(m.clone(), &path, None).await;
+            assert_eq!(status, 401, "{m} {path}");
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["code"], "UNAUTHORIZED", "{m} {path}");
+            let (status, _) = d.send_raw(m.clone(), &path, Some("tok-every-rout")).await;
+            assert_eq!(status, 401, "{m} {path} with a wrong token");
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! `GET /ping`.
+//! `GET /ping` and `GET /openapi.yaml`.
 
 use http::Response;
 
@@ -7,4 +7,17 @@ use crate::server::{ok_empty, ApiError, Body, Ctx};
 /// 200 with an empty body, as upstream.
 pub async fn ping(_ctx: Ctx) -> Result<Response<Body>, ApiError> {
     Ok(ok_empty())
+}
+
+/// The OpenAPI document, built into the binary.
+const OPENAPI: &str = include_str!("../../openapi.yaml");
+
+/// `GET /openapi.yaml`: the API description this binary was built with.
+pub async fn openapi(_ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let mut resp = Response::new(crate::server::full(OPENAPI));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/yaml"),
+    );
+    Ok(resp)
 }

@@ -98,10 +98,23 @@ pub fn clean(p: &Path) -> PathBuf {
     out
 }
 
-/// Expands against the daemon's own environment and working directory.
+/// Daemon variables a path never expands (they count as undefined): an
+/// expanded path is echoed in error messages and becomes file names, so
+/// `$EXECD_ACCESS_TOKEN` would hand the token to whoever reads them. The
+/// same secrets are kept from commands' environment (`daemon::SECRET_VARS`).
+const NEVER_EXPANDED: &[&str] = &["EXECD_ACCESS_TOKEN"];
+
+/// Expands against the daemon's own environment (less [`NEVER_EXPANDED`])
+/// and working directory.
 pub fn expand_daemon(input: &str) -> Result<PathBuf, PathError> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    expand(input, |k| std::env::var(k).ok(), &cwd)
+    let lookup = |k: &str| {
+        if NEVER_EXPANDED.contains(&k) {
+            return None;
+        }
+        std::env::var(k).ok()
+    };
+    expand(input, lookup, &cwd)
 }
 
 #[cfg(test)]

@@ -33,11 +33,14 @@ impl LineSplitter {
             self.partial.extend_from_slice(&chunk);
             chunk = std::mem::take(&mut self.partial);
         }
-        while let Some(end) = line_end(&chunk) {
-            emit(chunk.split_to(end).freeze());
-        }
-        while chunk.len() >= self.max_line {
-            let cut = utf8_floor(&chunk, self.max_line);
+        loop {
+            let cut = match line_end(&chunk) {
+                Some(end) if end <= self.max_line => end,
+                // A line longer than the limit, complete or not, goes out in
+                // pieces: no event exceeds the limit.
+                _ if chunk.len() >= self.max_line => utf8_floor(&chunk, self.max_line),
+                _ => break,
+            };
             emit(chunk.split_to(cut).freeze());
         }
         if !chunk.is_empty() {
@@ -147,6 +150,18 @@ mod tests {
         }
         assert_eq!(out.concat(), line);
         assert!(out.iter().all(|p| p.len() <= 5));
+    }
+
+    #[test]
+    fn a_long_line_completed_in_one_read_is_still_cut() {
+        // Found by the `lines` fuzz target: the 5-byte second line used to be emitted whole.
+        let out = split(&[b"\r\0\0$\x03\r"], 4);
+        assert!(out.iter().all(|p| p.len() <= 4), "{out:?}");
+        assert_eq!(out.concat(), b"\r\0\0$\x03\r");
+        // The same across two reads: a held partial line plus a read that ends it.
+        let out = split(&[b"abc", b"defg\n"], 4);
+        assert!(out.iter().all(|p| p.len() <= 4), "{out:?}");
+        assert_eq!(out.concat(), b"abcdefg\n");
     }
 
     #[test]

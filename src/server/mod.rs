@@ -263,11 +263,13 @@ async fn handle(
     peer: SocketAddr,
 ) -> Result<Response<Body>, Infallible> {
     req.extensions_mut().insert(Peer(peer));
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // The request line is kept for the log only when debug logging is on.
+    let logged = tracing::enabled!(tracing::Level::DEBUG)
+        .then(|| (req.method().clone(), req.uri().path().to_string()));
     let token = app.token.as_deref();
     let allowed = auth::authorized(token, req.headers())
-        || (routes::allows_query_token(&path) && auth::query_authorized(token, req.uri().query()));
+        || (routes::allows_query_token(req.uri().path())
+            && auth::query_authorized(token, req.uri().query()));
     let grpc = crate::grpc::is_grpc(req.headers());
     let resp = if !allowed {
         if grpc {
@@ -288,6 +290,8 @@ async fn handle(
     } else {
         routes::dispatch(app, req).await
     };
-    tracing::debug!(%method, %path, status = resp.status().as_u16(), %peer, "request");
+    if let Some((method, path)) = logged {
+        tracing::debug!(%method, %path, status = resp.status().as_u16(), %peer, "request");
+    }
     Ok(resp)
 }

@@ -46,6 +46,7 @@ macro_rules! routes {
 
 routes! {
     GET    "/ping"                      => api::health::ping,
+    GET    "/openapi.yaml"              => api::health::openapi,
     GET    "/metrics"                   => api::metrics::get,
     GET    "/metrics/watch"             => api::metrics::watch,
 
@@ -165,10 +166,9 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// Routes a request: 404 for an unknown path, 405 for a known path with the wrong method.
 pub async fn dispatch(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_string();
     let mut allowed: Vec<&Method> = Vec::new();
     for route in table() {
-        let Some(params) = matches(route.path, &path) else {
+        let Some(params) = matches(route.path, req.uri().path()) else {
             continue;
         };
         if let Some(m) = route.method.as_ref().filter(|m| *m != req.method()) {
@@ -181,6 +181,7 @@ pub async fn dispatch(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             Err(e) => e.into_response(),
         };
     }
+    let path = req.uri().path();
     if allowed.is_empty() {
         ApiError::new(
             StatusCode::NOT_FOUND,
