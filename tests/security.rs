@@ -118,8 +118,11 @@ async fn every_route_in_the_table_requires_the_token() {
         for m in methods {
             let (status, body) = d.send_raw(m.clone(), &path, None).await;
             assert_eq!(status, 401, "{m} {path}");
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            assert_eq!(v["code"], "UNAUTHORIZED", "{m} {path}");
+            // A HEAD answer has no body to look into.
+            if m != Method::HEAD {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["code"], "UNAUTHORIZED", "{m} {path}");
+            }
             let (status, _) = d.send_raw(m.clone(), &path, Some("tok-every-rout")).await;
             assert_eq!(status, 401, "{m} {path} with a wrong token");
         }
