@@ -2,7 +2,7 @@
 #
 #   buildah bud -t execd .                      # compiles in a Rust build stage
 #   buildah bud --target prebuilt -t execd .    # offline: packages a binary built on the host by
-#       RUSTFLAGS="-C target-feature=+crt-static" \
+#       RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
 #         cargo build --release --target x86_64-unknown-linux-gnu --bin execd
 #
 # docker build works the same way (--target prebuilt for the offline path).
@@ -16,7 +16,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY tests ./tests
 COPY bench ./bench
-RUN RUSTFLAGS="-C target-feature=+crt-static" \
+RUN RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
     cargo build --release --locked --target x86_64-unknown-linux-gnu --bin execd \
  && cp target/x86_64-unknown-linux-gnu/release/execd /execd
 
