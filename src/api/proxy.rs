@@ -286,9 +286,9 @@ mod tests {
 
     #[test]
     fn targets_keep_path_and_query_verbatim() {
-        assert_eq!(target_uri("", None).unwrap(), "/");
+        assert_eq!(target_uri("", None).expect("test input"), "/");
         assert_eq!(
-            target_uri("a/b%20c/", Some("x=1&y=%2F")).unwrap(),
+            target_uri("a/b%20c/", Some("x=1&y=%2F")).expect("test input"),
             "/a/b%20c/?x=1&y=%2F"
         );
     }
@@ -296,18 +296,21 @@ mod tests {
     #[test]
     fn request_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, x-private".parse().unwrap());
-        h.insert("x-private", "1".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert(header::TE, "trailers".parse().unwrap());
-        h.insert("proxy-foo", "1".parse().unwrap());
-        h.insert(header::UPGRADE, "h2c".parse().unwrap());
-        h.insert(TOKEN_HEADER, "secret".parse().unwrap());
-        h.insert("x-forwarded-host", "elsewhere".parse().unwrap());
-        h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        h.insert(header::HOST, "execd:44772".parse().unwrap());
-        h.insert("x-kept", "yes".parse().unwrap());
-        let peer: SocketAddr = "192.168.1.2:5555".parse().unwrap();
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, x-private".parse().expect("test input"),
+        );
+        h.insert("x-private", "1".parse().expect("test input"));
+        h.insert("keep-alive", "timeout=5".parse().expect("test input"));
+        h.insert(header::TE, "trailers".parse().expect("test input"));
+        h.insert("proxy-foo", "1".parse().expect("test input"));
+        h.insert(header::UPGRADE, "h2c".parse().expect("test input"));
+        h.insert(TOKEN_HEADER, "secret".parse().expect("test input"));
+        h.insert("x-forwarded-host", "elsewhere".parse().expect("test input"));
+        h.insert("x-forwarded-for", "10.0.0.1".parse().expect("test input"));
+        h.insert(header::HOST, "execd:44772".parse().expect("test input"));
+        h.insert("x-kept", "yes".parse().expect("test input"));
+        let peer: SocketAddr = "192.168.1.2:5555".parse().expect("test input");
         prepare_request_headers(&mut h, 3000, Some(peer), false);
         for gone in [
             "connection",
@@ -330,9 +333,12 @@ mod tests {
     #[test]
     fn upgrade_headers_survive_for_upgrades() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
-        h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        h.insert("sec-websocket-key", "k".parse().unwrap());
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, Upgrade".parse().expect("test input"),
+        );
+        h.insert(header::UPGRADE, "websocket".parse().expect("test input"));
+        h.insert("sec-websocket-key", "k".parse().expect("test input"));
         assert!(wants_upgrade(&h));
         prepare_request_headers(&mut h, 1, None, true);
         assert_eq!(h["connection"], "upgrade");
@@ -341,7 +347,7 @@ mod tests {
         assert!(!h.contains_key("x-forwarded-for"));
 
         let mut plain = HeaderMap::new();
-        plain.insert(header::UPGRADE, "websocket".parse().unwrap());
+        plain.insert(header::UPGRADE, "websocket".parse().expect("test input"));
         assert!(!wants_upgrade(&plain));
     }
 }

@@ -370,13 +370,13 @@ mod tests {
 
     #[test]
     fn modes_and_bools() {
-        assert_eq!(parse_mode(None).unwrap(), 0o644);
-        assert_eq!(parse_mode(Some("0755")).unwrap(), 0o755);
+        assert_eq!(parse_mode(None).expect("test input"), 0o644);
+        assert_eq!(parse_mode(Some("0755")).expect("test input"), 0o755);
         for bad in ["0999", "777", "abcd", "01777", "", "0x12"] {
             assert!(parse_mode(Some(bad)).is_err(), "{bad}");
         }
-        assert!(parse_bool(Some("true")).unwrap());
-        assert!(!parse_bool(None).unwrap());
+        assert!(parse_bool(Some("true")).expect("test input"));
+        assert!(!parse_bool(None).expect("test input"));
         assert!(parse_bool(Some("banana")).is_err());
     }
 

@@ -169,7 +169,7 @@ mod tests {
     fn enc(b: &[u8]) -> String {
         let mut out = BytesMut::new();
         json_str(&mut out, b);
-        String::from_utf8(out.to_vec()).unwrap()
+        String::from_utf8(out.to_vec()).expect("test input")
     }
 
     #[test]
@@ -178,7 +178,7 @@ mod tests {
         let e = enc(s.as_bytes());
         assert!(!e.contains('\u{2028}') && !e.contains('\u{2029}') && !e.contains('\u{85}'));
         assert!(e.contains("\\u2028") && e.contains("\\u0085") && e.contains("\\u007f"));
-        let back: String = serde_json::from_str(&e).unwrap();
+        let back: String = serde_json::from_str(&e).expect("test input");
         assert_eq!(back, s);
         // The encoded form splits into exactly one line under Python's rules.
         assert!(!e
@@ -196,7 +196,7 @@ mod tests {
     #[test]
     fn invalid_utf8_becomes_replacement() {
         let e = enc(b"ok\xff\xfeend\xe2\x82");
-        let back: String = serde_json::from_str(&e).unwrap();
+        let back: String = serde_json::from_str(&e).expect("test input");
         assert_eq!(back, "ok\u{FFFD}\u{FFFD}end\u{FFFD}");
     }
 

@@ -63,7 +63,7 @@ mod tests {
         let mut h = HeaderMap::new();
         assert!(authorized(None, &h));
         assert!(!authorized(Some(b"t"), &h));
-        h.insert(TOKEN_HEADER, "t".parse().unwrap());
+        h.insert(TOKEN_HEADER, "t".parse().expect("test input"));
         assert!(authorized(Some(b"t"), &h));
     }
 
