@@ -342,7 +342,7 @@ impl Client {
             match self
                 .engine
                 .pty()
-                .ensure_running(session, opts.mode, self.engine.pty_env())
+                .ensure_running(session, opts.mode, self.engine.default_env())
             {
                 Ok((generation, m)) => {
                     mine = Some(generation);

@@ -154,10 +154,12 @@ impl Engine {
         &self.pty
     }
 
-    /// The environment of a PTY shell: as for a command with no request `envs`.
-    pub fn pty_env(&self) -> Vec<(OsString, OsString)> {
+    /// The environment of a process started with no request `envs` and as
+    /// execd's own user (PTY shells, new sessions, the init-mode main process):
+    /// the daemon's environment, then `EXECD_ENVS`.
+    pub fn default_env(&self) -> Vec<(OsString, OsString)> {
         self.command_env(&CommandSpec {
-            program: Program::Shell(String::new()),
+            program: Program::Argv(Vec::new()),
             cwd: None,
             envs: Vec::new(),
             timeout: None,
@@ -264,21 +266,11 @@ impl Engine {
         &self,
         argv: Vec<String>,
     ) -> Result<(i32, tokio::sync::oneshot::Receiver<reaper::ExitStatus>), spawn::SpawnError> {
-        let spec = CommandSpec {
-            program: Program::Argv(argv),
-            cwd: None,
-            envs: Vec::new(),
-            timeout: None,
-            uid: None,
-            gid: None,
-            background: true,
-            stdin: false,
-        };
-        let env = self.command_env(&spec);
+        let env = self.default_env();
         spawn::spawn_inherit(
             &self.reaper,
             SpawnSpec {
-                program: spec.program,
+                program: Program::Argv(argv),
                 shell: self.cfg.shell.clone(),
                 cwd: None,
                 env,

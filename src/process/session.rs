@@ -121,17 +121,7 @@ impl Engine {
             }
             None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
         };
-        let spec = CommandSpec {
-            program: Program::Argv(vec![]),
-            cwd: None,
-            envs: Vec::new(),
-            timeout: None,
-            uid: None,
-            gid: None,
-            background: false,
-            stdin: false,
-        };
-        let env = self.command_env(&spec);
+        let env = self.default_env();
         let id = uuid_like(&super::new_id());
         let session = Arc::new(Session {
             id: id.clone(),
