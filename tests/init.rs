@@ -8,19 +8,21 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
+/// `execd init` on an ephemeral loopback port; the main command follows.
+const INIT_ARGS: [&str; 8] = [
+    "init",
+    "--port",
+    "0",
+    "--bind",
+    "127.0.0.1",
+    "--log-level",
+    "3",
+    "--",
+];
+
 fn init_cmd(main: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_execd"));
-    c.args([
-        "init",
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--log-level",
-        "3",
-        "--",
-    ])
-    .args(main);
+    c.args(INIT_ARGS).args(main);
     c
 }
 
@@ -118,18 +120,8 @@ async fn as_pid_1_in_a_new_pid_namespace() {
         "--mount-proc",
         env!("CARGO_BIN_EXE_execd"),
     ])
-    .args([
-        "init",
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--log-level",
-        "3",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    .args(INIT_ARGS)
+    .args(["sleep", "300"]);
     let mut d = Daemon::launch(cmd, &[], &[]);
     let evs = d.run(json!({"command": "cat /proc/1/comm; echo $$"})).await;
     let out = text_of(&evs, "stdout");

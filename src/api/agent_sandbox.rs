@@ -16,6 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::{header, HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use super::files::file_response;
 use crate::fs::confined::{runtime_path, ConfineError, RelPath, Root};
 use crate::fs::ops::AttrRequest;
 use crate::fs::upload::Writer;
@@ -81,22 +82,6 @@ pub fn content_type(ctx: &Ctx) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string()
-}
-
-/// A file body of `len` bytes with its type, length and date headers.
-pub fn file_response(body: Body, len: u64, modified: std::time::SystemTime) -> Response<Body> {
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
-        h.insert(header::LAST_MODIFIED, v);
-    }
-    resp
 }
 
 fn message(status: StatusCode, code: &'static str, msg: impl Into<String>) -> ApiError {

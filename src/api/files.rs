@@ -558,6 +558,22 @@ const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'|')
     .remove(b'~');
 
+/// A file body of `len` bytes with its type, length and date headers.
+pub fn file_response(body: Body, len: u64, modified: std::time::SystemTime) -> Response<Body> {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    resp
+}
+
 /// `Content-Disposition` for a download of a file named `name` (raw bytes).
 /// Printable ASCII names are quoted as they are; any other name is sent
 /// percent-encoded, also as RFC 5987 `filename*` so clients recover it.
@@ -813,16 +829,9 @@ pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             return Ok(resp);
         }
     };
-    let mut resp = Response::new(stream_bytes(file, start, len));
+    let mut resp = file_response(stream_bytes(file, start, len), len, mtime);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::LAST_MODIFIED, header_value(&last_modified));
     h.insert(
         header::CONTENT_DISPOSITION,
         header_value(&content_disposition(&name)),

@@ -12,7 +12,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::Serialize;
 
-use super::agent_sandbox::{base_dir, blocking, content_type, file_response, open_root, tail};
+use super::agent_sandbox::{base_dir, blocking, content_type, open_root, tail};
+use super::files::file_response;
 use crate::fs::confined::{sandboxd_path, ConfineError, Entry, RelPath};
 use crate::fs::ops::AttrRequest;
 use crate::fs::upload::Writer;
