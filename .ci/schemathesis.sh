@@ -147,7 +147,8 @@ if [[ "$(code_of "$base/v1/health")" == "NOT_FOUND" ]]; then
   exclude_tags+=(--exclude-tag python-runtime --exclude-tag sandboxd)
 fi
 
-st() { "$SDK_VENV/bin/schemathesis" "$@"; }
+# Through a wrapper that sidesteps a hypothesis fault on Python 3.11 (see it).
+st() { "$SDK_VENV/bin/python" "$repo/.ci/schemathesis_cli.py" "$@"; }
 common=(
   --url "$base"
   --seed "$seed"

@@ -593,8 +593,13 @@ async fn ping_pong_and_bad_frames() {
     assert!(e["error"].as_str().unwrap().contains("bogus"), "{e}");
     w.json(json!({"type": "signal", "signal": "SIGFOO"})).await;
     assert_eq!(w.json_of("error").await["code"], "INVALID_FRAME");
-    // Invalid JSON is ignored; the connection still works.
+    // Text that is not a JSON frame gets an error too; the connection stays.
     w.send(Message::Text("{not json".into())).await;
+    let e = w.json_of("error").await;
+    assert_eq!(e["code"], "INVALID_FRAME");
+    assert!(e["error"].as_str().unwrap().contains("JSON"), "{e}");
+    w.send(Message::Text("[1,2]".into())).await;
+    assert_eq!(w.json_of("error").await["code"], "INVALID_FRAME");
     // A protocol-level ping is answered too.
     w.send(Message::Ping(b"p".to_vec())).await;
     w.run("echo ok-$((9-1))", "ok-8").await;

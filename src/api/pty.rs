@@ -10,6 +10,7 @@
 //! One client holds input; with `takeover=1` a new one evicts it (close
 //! 4001). With `mode=watch` any number of read-only viewers attach as well.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -249,6 +250,55 @@ struct ClientFrame {
     cols: Option<i64>,
     rows: Option<i64>,
     signal: Option<String>,
+}
+
+/// What one client message asks for, decoded without touching the session.
+#[derive(Debug)]
+pub enum Request<'a> {
+    /// Bytes for the terminal's input (binary `0x00|bytes`, or a text `stdin` frame).
+    Stdin(Cow<'a, [u8]>),
+    /// A `resize` frame: the size, or why it is not one.
+    Resize(Result<Size, PtyError>),
+    /// A `signal` frame: the signal number, or why the name is not one.
+    Signal(Result<i32, PtyError>),
+    /// An application-level `ping`, answered with `pong`.
+    Ping,
+    /// Nothing to do: a binary frame with another prefix (ignored, as upstream does).
+    Nothing,
+    /// Not understood: the message of the `INVALID_FRAME` error sent back.
+    Invalid(String),
+}
+
+/// Decodes a binary client message: `0x00` then stdin bytes.
+pub fn decode_binary(b: &[u8]) -> Request<'_> {
+    match b.split_first() {
+        Some((0x00, data)) => Request::Stdin(Cow::Borrowed(data)),
+        _ => Request::Nothing,
+    }
+}
+
+/// Decodes a text client message, a JSON frame. Upstream ignores text that is
+/// not JSON; here it gets an `INVALID_FRAME` error too (the connection stays).
+pub fn decode_text(t: &str) -> Request<'static> {
+    let f = match serde_json::from_str::<ClientFrame>(t) {
+        Ok(f) => f,
+        Err(e) => return Request::Invalid(format!("frame is not a JSON object with a type: {e}")),
+    };
+    match f.kind.as_str() {
+        "ping" => Request::Ping,
+        "stdin" => Request::Stdin(Cow::Owned(f.data.unwrap_or_default().into_bytes())),
+        "resize" => Request::Resize(match (f.cols, f.rows) {
+            (Some(c), Some(r)) if c > 0 && r > 0 => {
+                Size::new(c.min(u32::MAX.into()) as u32, r.min(u32::MAX.into()) as u32)
+            }
+            (c, r) => Err(PtyError::BadSize {
+                cols: c.unwrap_or(0).clamp(0, u32::MAX.into()) as u32,
+                rows: r.unwrap_or(0).clamp(0, u32::MAX.into()) as u32,
+            }),
+        }),
+        "signal" => Request::Signal(pty::signal_by_name(&f.signal.unwrap_or_default())),
+        other => Request::Invalid(format!("unknown frame type {other:?}")),
+    }
 }
 
 type Sink =
@@ -493,66 +543,39 @@ impl Client {
         m: Message,
         evicted: &CancellationToken,
     ) -> Result<(), End> {
-        match m {
-            Message::Binary(b) => match b.split_first() {
-                Some((0x00, data)) => self.stdin(tx, data, evicted).await,
-                _ => Ok(()),
-            },
-            Message::Text(t) => {
-                let Ok(f) = serde_json::from_str::<ClientFrame>(&t) else {
-                    return Ok(());
-                };
-                match f.kind.as_str() {
-                    "ping" => send(tx, text(json!({"type": "pong"}))).await,
-                    "stdin" => {
-                        let data = f.data.unwrap_or_default();
-                        self.stdin(tx, data.as_bytes(), evicted).await
+        let request = match &m {
+            Message::Binary(b) => decode_binary(b),
+            Message::Text(t) => decode_text(t),
+            Message::Close(_) => return Err(End::PeerClosed),
+            // Pings are answered by the protocol layer; any frame resets the deadline.
+            _ => Request::Nothing,
+        };
+        match request {
+            Request::Nothing => Ok(()),
+            Request::Ping => send(tx, text(json!({"type": "pong"}))).await,
+            Request::Stdin(data) => self.stdin(tx, &data, evicted).await,
+            Request::Resize(size) => {
+                if let Err(e) = self.writable(evicted) {
+                    return send(tx, e).await;
+                }
+                match size {
+                    Ok(s) => {
+                        self.session.resize(s);
+                        Ok(())
                     }
-                    "resize" => {
-                        if let Err(e) = self.writable(evicted) {
-                            return send(tx, e).await;
-                        }
-                        let size = match (f.cols, f.rows) {
-                            (Some(c), Some(r)) if c > 0 && r > 0 => Size::new(
-                                c.min(u32::MAX.into()) as u32,
-                                r.min(u32::MAX.into()) as u32,
-                            ),
-                            (c, r) => Err(PtyError::BadSize {
-                                cols: c.unwrap_or(0).clamp(0, u32::MAX.into()) as u32,
-                                rows: r.unwrap_or(0).clamp(0, u32::MAX.into()) as u32,
-                            }),
-                        };
-                        match size {
-                            Ok(s) => {
-                                self.session.resize(s);
-                                Ok(())
-                            }
-                            Err(e) => send(tx, error_frame("INVALID_FRAME", e)).await,
-                        }
-                    }
-                    "signal" => {
-                        if let Err(e) = self.writable(evicted) {
-                            return send(tx, e).await;
-                        }
-                        let name = f.signal.unwrap_or_default();
-                        let r = pty::signal_by_name(&name).and_then(|s| self.session.signal(s));
-                        match r {
-                            Ok(()) | Err(PtyError::NotRunning(_)) => Ok(()),
-                            Err(e) => send(tx, error_frame("INVALID_FRAME", e)).await,
-                        }
-                    }
-                    other => {
-                        send(
-                            tx,
-                            error_frame("INVALID_FRAME", format!("unknown frame type {other:?}")),
-                        )
-                        .await
-                    }
+                    Err(e) => send(tx, error_frame("INVALID_FRAME", e)).await,
                 }
             }
-            Message::Close(_) => Err(End::PeerClosed),
-            // Pings are answered by the protocol layer; any frame resets the deadline.
-            _ => Ok(()),
+            Request::Signal(sig) => {
+                if let Err(e) = self.writable(evicted) {
+                    return send(tx, e).await;
+                }
+                match sig.and_then(|s| self.session.signal(s)) {
+                    Ok(()) | Err(PtyError::NotRunning(_)) => Ok(()),
+                    Err(e) => send(tx, error_frame("INVALID_FRAME", e)).await,
+                }
+            }
+            Request::Invalid(why) => send(tx, error_frame("INVALID_FRAME", why)).await,
         }
     }
 
@@ -599,5 +622,69 @@ impl Client {
                 Err(End::Close(1011, "stdin write failed"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_frames() {
+        assert!(matches!(decode_binary(b"\x00ls\n"), Request::Stdin(d) if *d == *b"ls\n"));
+        assert!(matches!(decode_binary(b"\x00"), Request::Stdin(d) if d.is_empty()));
+        assert!(matches!(decode_binary(b""), Request::Nothing));
+        assert!(matches!(decode_binary(b"\x01out"), Request::Nothing));
+    }
+
+    #[test]
+    fn text_frames() {
+        assert!(matches!(decode_text(r#"{"type":"ping"}"#), Request::Ping));
+        assert!(
+            matches!(decode_text(r#"{"type":"stdin","data":"é\n"}"#), Request::Stdin(d) if *d == *"é\n".as_bytes())
+        );
+        assert!(matches!(decode_text(r#"{"type":"stdin"}"#), Request::Stdin(d) if d.is_empty()));
+        assert!(matches!(
+            decode_text(r#"{"type":"resize","cols":120,"rows":40}"#),
+            Request::Resize(Ok(Size {
+                cols: 120,
+                rows: 40
+            }))
+        ));
+        assert!(matches!(
+            decode_text(r#"{"type":"signal","signal":"sigint"}"#),
+            Request::Signal(Ok(libc::SIGINT))
+        ));
+    }
+
+    #[test]
+    fn bad_text_frames_say_why() {
+        for (t, cols, rows) in [
+            (r#"{"type":"resize","cols":0,"rows":40}"#, 0, 40),
+            (r#"{"type":"resize","cols":-5}"#, 0, 0),
+            (r#"{"type":"resize","cols":70000,"rows":1}"#, 70000, 1),
+            (
+                r#"{"type":"resize","cols":1,"rows":9999999999999}"#,
+                1,
+                u32::MAX,
+            ),
+        ] {
+            match decode_text(t) {
+                Request::Resize(Err(PtyError::BadSize { cols: c, rows: r })) => {
+                    assert_eq!((c, r), (cols, rows), "{t}")
+                }
+                other => panic!("{t}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            decode_text(r#"{"type":"signal","signal":"SIGFOO"}"#),
+            Request::Signal(Err(PtyError::BadSignal(_)))
+        ));
+        for t in ["{not json", "[1]", "\"ping\"", "{}", r#"{"type":7}"#, ""] {
+            assert!(matches!(decode_text(t), Request::Invalid(_)), "{t}");
+        }
+        assert!(
+            matches!(decode_text(r#"{"type":"bogus"}"#), Request::Invalid(m) if m.contains("bogus"))
+        );
     }
 }
