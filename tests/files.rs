@@ -664,6 +664,73 @@ async fn search_files() {
         .assert_error(404, "FILE_NOT_FOUND");
 }
 
+/// A search or listing of a tree far larger than the daemon's memory bound
+/// streams: every entry arrives, in order, and execd's peak RSS grows by a
+/// fraction of the JSON it sent.
+#[tokio::test]
+async fn huge_searches_and_listings_stream_in_bounded_memory() {
+    const DIRS: usize = 60;
+    const PER_DIR: usize = 1000;
+    let d = Daemon::start();
+    let t = TempDir::new("huge-walk");
+    let long = "n".repeat(180);
+    for i in 0..DIRS {
+        let dir = t.0.join(format!("d{i:03}"));
+        std::fs::create_dir(&dir).unwrap();
+        for j in 0..PER_DIR {
+            std::fs::File::create(dir.join(format!("{long}-{j:04}.txt"))).unwrap();
+        }
+    }
+    // Warm up (names database, thread pool) on a small search first.
+    let small = format!("/files/search?path={}&pattern=*-0000.txt", q(&t.join("")));
+    assert_eq!(d.get(&small).await.json().as_array().unwrap().len(), DIRS);
+    let before = d.proc_kib("VmHWM:");
+
+    let r = d
+        .get(&format!(
+            "/files/search?path={}&pattern=*.txt",
+            q(&t.join(""))
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    let hits = r.json();
+    let hits = hits.as_array().unwrap();
+    assert_eq!(hits.len(), DIRS * PER_DIR);
+    let expect = |n: usize| {
+        t.join(&format!(
+            "d{:03}/{long}-{:04}.txt",
+            n / PER_DIR,
+            n % PER_DIR
+        ))
+    };
+    for n in [0, 1, PER_DIR - 1, PER_DIR, DIRS * PER_DIR - 1] {
+        assert_eq!(hits[n]["path"], expect(n).as_str());
+        assert_eq!(hits[n]["type"], "file");
+    }
+
+    let r = d
+        .get(&format!(
+            "/directories/list?path={}&depth=2",
+            q(&t.join(""))
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    let listed = r.json().as_array().unwrap().len();
+    assert_eq!(listed, DIRS * (PER_DIR + 1));
+    let sent_kib = r.body.len() as u64 / 1024;
+
+    let grew = d.proc_kib("VmHWM:").saturating_sub(before);
+    assert!(sent_kib > 20 * 1024, "the listing is only {sent_kib} KiB");
+    assert!(
+        grew < 8 * 1024,
+        "peak RSS grew by {grew} KiB for listings of {sent_kib} KiB"
+    );
+}
+
 #[tokio::test]
 async fn replace_contents() {
     let d = Daemon::start();

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use http::{Response, StatusCode};
+use http::Response;
 
 use super::files::{
-    apply_each, attr_map, identity, remove_each, required_path, Permission, WireInfo,
+    apply_each, attr_map, identity, remove_each, required_path, walk_response, Permission,
 };
 use crate::fs::identity::scoped;
 use crate::fs::ops;
-use crate::server::{json_response, ok_empty, ApiError, Body, Ctx};
+use crate::server::{ok_empty, ApiError, Body, Ctx};
 
 /// `GET /directories/list?path=&depth=`: entries to `depth` levels (default
 /// 1), pre-order, by name; symlinks listed, never followed.
@@ -23,8 +23,7 @@ pub async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             .parse::<u32>()
             .map_err(|_| ApiError::invalid_body(format!("invalid query parameter 'depth': {d}")))?,
     };
-    let out = scoped(id, move || Ok(WireInfo::all(&ops::list(&root, depth)?))).await?;
-    Ok(json_response(StatusCode::OK, &out))
+    walk_response(id, root, depth, |_, _| true).await
 }
 
 /// `POST /directories` `{path: {mode, owner, group}}`: creates each with its

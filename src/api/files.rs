@@ -30,7 +30,7 @@ use crate::fs::lines::LineWindow;
 use crate::fs::ops::{self, AttrRequest};
 use crate::fs::upload::Writer;
 use crate::fs::{self, replace, search, FsError};
-use crate::server::{json_response, ok_empty, ApiError, Body, Ctx};
+use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
 
 /// `FileInfo` as the wire shows it (upstream's field names).
 #[derive(Debug, Serialize)]
@@ -59,12 +59,6 @@ impl WireInfo {
             // Permission bits only, as upstream (`Mode().Perm()`).
             mode: mode_to_wire(i.mode & 0o777),
         }
-    }
-
-    /// Describes a list, resolving names once.
-    pub fn all(list: &[FileInfo]) -> Vec<WireInfo> {
-        let names = Names::load();
-        list.iter().map(|i| WireInfo::new(i, &names)).collect()
     }
 }
 
@@ -246,13 +240,72 @@ pub async fn mv(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 pub async fn search(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let id = identity(&ctx)?;
     let root = required_path(&ctx, "path")?;
-    let pattern = ctx.query().get("pattern").unwrap_or("**").to_string();
-    let out = scoped(id, move || {
-        let pattern = search::Pattern::new(&pattern)?;
-        Ok(WireInfo::all(&search::search(&root, &pattern)?))
-    })
-    .await?;
-    Ok(json_response(StatusCode::OK, &out))
+    let pattern = search::Pattern::new(ctx.query().get("pattern").unwrap_or("**"))?;
+    walk_response(id, root, u32::MAX, move |p, m| search::hit(&pattern, p, m)).await
+}
+
+/// Bytes of JSON a walk writes before handing them to the client.
+const WALK_BATCH: usize = 64 * 1024;
+/// Batches in flight between a walk and its client.
+const WALK_IN_FLIGHT: usize = 4;
+
+/// A 200 JSON array of the entries under `root` (to `depth` levels) that
+/// `keep` accepts, streamed as the walk finds them: however large the tree,
+/// memory holds a few batches and the names of one directory per level.
+/// The walk waits while the client is slow and stops when it goes away. A
+/// root that cannot be walked is an error response, before the first byte.
+pub async fn walk_response(
+    id: Option<Identity>,
+    root: PathBuf,
+    depth: u32,
+    keep: impl Fn(&std::path::Path, &std::fs::Metadata) -> bool + Send + 'static,
+) -> Result<Response<Body>, ApiError> {
+    let (tx, body) = sse::channel(WALK_IN_FLIGHT);
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    // Runs until the walk ends or the client leaves (the body, and with it
+    // the channel's receiver, is dropped).
+    let walk = scoped(id, move || {
+        let entries = ops::walk(&root, depth)?;
+        if started_tx.send(()).is_err() {
+            return Ok(());
+        }
+        let names = Names::load();
+        let mut batch = Vec::with_capacity(WALK_BATCH);
+        batch.push(b'[');
+        let mut first = true;
+        for (p, m) in entries.filter(|(p, m)| keep(p, m)) {
+            if !std::mem::take(&mut first) {
+                batch.push(b',');
+            }
+            let item = WireInfo::new(&info::describe(&p, &m), &names);
+            serde_json::to_writer(&mut batch, &item)
+                .map_err(|e| FsError::Internal(format!("encoding a file entry: {e}")))?;
+            if batch.len() >= WALK_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(WALK_BATCH));
+                if tx.blocking_send(Bytes::from(full)).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        batch.push(b']');
+        let _ = tx.blocking_send(Bytes::from(batch));
+        Ok(())
+    });
+    if started.await.is_err() {
+        // The walk ended before it started: it says why.
+        walk.await?;
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "RUNTIME_ERROR",
+            "the directory walk ended without a result",
+        ));
+    }
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    Ok(resp)
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::info::{describe, lstat_error, FileInfo};
+use super::info::lstat_error;
 use super::upload::{sync_dir, Attrs};
 use super::{FsError, FsResult};
 use crate::process::users::{id_by_name, read_db};
@@ -212,13 +212,13 @@ pub fn remove_dir(path: &Path) -> FsResult<()> {
     }
 }
 
-/// Entries of `dir` sorted by name (bytes), or the error reading it.
-pub fn sorted_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
+/// Names in `dir` sorted (by bytes), or the error reading it.
+fn sorted_names(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
     let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.file_name()))
         .collect();
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    Ok(names.into_iter().map(|n| dir.join(n)).collect())
+    Ok(names)
 }
 
 /// Checks that `root` is a directory to walk, not a symlink or a file.
@@ -239,49 +239,53 @@ pub fn walk_root(root: &Path) -> FsResult<()> {
     Ok(())
 }
 
-/// Walks the tree under `root` in pre-order, each directory's entries by
-/// name, without following symlinks, going at most `depth` levels deep
-/// (1: the root's entries only). `visit` sees every entry with its `lstat`
-/// and says whether to descend into it (only directories are offered).
-/// An unreadable subdirectory is skipped; an unreadable root is an error.
-/// Iterative, so that a deep tree cannot exhaust a thread's stack.
-pub fn walk(
-    root: &Path,
+/// A walk of the tree under a root in pre-order, each directory's entries
+/// by name, without following symlinks, at most `depth` levels deep (1: the
+/// root's entries only). It yields every entry with its `lstat`. An
+/// unreadable subdirectory is skipped. Iterative, so that a deep tree cannot
+/// exhaust a thread's stack; it holds the names of one directory per level.
+pub struct Walk {
+    stack: Vec<(PathBuf, std::vec::IntoIter<std::ffi::OsString>)>,
     depth: u32,
-    mut visit: impl FnMut(&Path, &std::fs::Metadata),
-) -> FsResult<()> {
-    walk_root(root)?;
-    if depth == 0 {
-        return Ok(());
-    }
-    let top = sorted_entries(root).map_err(|e| FsError::io("read directory", root, e))?;
-    let mut stack = vec![top.into_iter()];
-    while let Some(level) = stack.last_mut() {
-        let Some(p) = level.next() else {
-            stack.pop();
-            continue;
-        };
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        visit(&p, &meta);
-        if meta.is_dir() && (stack.len() as u32) < depth {
-            match sorted_entries(&p) {
-                Ok(children) => stack.push(children.into_iter()),
-                Err(e) => {
-                    tracing::debug!(path = %p.display(), error = %e, "skipping unreadable directory")
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
-/// Lists `root` to `depth` levels (see [`walk`]).
-pub fn list(root: &Path, depth: u32) -> FsResult<Vec<FileInfo>> {
-    let mut out = Vec::new();
-    walk(root, depth, |p, m| out.push(describe(p, m)))?;
-    Ok(out)
+/// Starts a [`Walk`]; an unreadable root, or one that is not a directory, is
+/// an error here, never later.
+pub fn walk(root: &Path, depth: u32) -> FsResult<Walk> {
+    walk_root(root)?;
+    let mut stack = Vec::new();
+    if depth > 0 {
+        let top = sorted_names(root).map_err(|e| FsError::io("read directory", root, e))?;
+        stack.push((root.to_path_buf(), top.into_iter()));
+    }
+    Ok(Walk { stack, depth })
+}
+
+impl Iterator for Walk {
+    type Item = (PathBuf, std::fs::Metadata);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (dir, names) = self.stack.last_mut()?;
+            let Some(name) = names.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let p = dir.join(name);
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if meta.is_dir() && (self.stack.len() as u32) < self.depth {
+                match sorted_names(&p) {
+                    Ok(children) => self.stack.push((p.clone(), children.into_iter())),
+                    Err(e) => {
+                        tracing::debug!(path = %p.display(), error = %e, "skipping unreadable directory")
+                    }
+                }
+            }
+            return Some((p, meta));
+        }
+    }
 }
 
 /// Opens a regular file for reading. A directory, a FIFO or a device is

@@ -6,8 +6,6 @@ use std::path::Path;
 
 use globset::{GlobBuilder, GlobMatcher};
 
-use super::info::{describe, FileInfo};
-use super::ops::walk;
 use super::{FsError, FsResult};
 
 /// A compiled base-name pattern.
@@ -44,16 +42,10 @@ impl Pattern {
     }
 }
 
-/// Every non-directory under `root` (symlinks included, never followed)
-/// whose base name matches, in walk order. Unreadable directories are skipped.
-pub fn search(root: &Path, pattern: &Pattern) -> FsResult<Vec<FileInfo>> {
-    let mut out = Vec::new();
-    walk(root, u32::MAX, |p, m| {
-        if !m.is_dir() && p.file_name().is_some_and(|n| pattern.matches(n)) {
-            out.push(describe(p, m));
-        }
-    })?;
-    Ok(out)
+/// Whether a walked entry is a search hit: not a directory (symlinks
+/// included, never followed), with a matching base name.
+pub fn hit(pattern: &Pattern, p: &Path, m: &std::fs::Metadata) -> bool {
+    !m.is_dir() && p.file_name().is_some_and(|n| pattern.matches(n))
 }
 
 #[cfg(test)]
