@@ -77,6 +77,8 @@ if [[ "${1:-}" != "--inner" ]]; then
   fi
   rm -rf "$out"
   mkdir -p "$out"
+  # Resolved here: a symlink on the way (say under /tmp) may not survive the mounts.
+  upstream_spec="$(realpath -m "$upstream_spec")"
   export UPSTREAM_SPEC="$upstream_spec" EXECD_BIN="$bin" SDK_VENV="$venv" ST_EXAMPLES="$examples" ST_SEED="$seed" ST_UPSTREAM_CHECKS="$upstream_checks"
   exec unshare --mount --pid --net --fork --mount-proc --propagation private \
     bash "$repo/.ci/schemathesis.sh" --inner
@@ -84,17 +86,38 @@ fi
 
 # ---- inside the namespaces (root here, but not the daemon) -------------------
 ip link set lo up 2>/dev/null || { command -v ip >/dev/null || echo "no 'ip': loopback may be down"; }
+# The report directory stays writable (for root) through its own bind mount,
+# when everything else is made read-only below.
+mount --bind "$out" "$out"
+# A checkout (or the upstream spec) under /tmp, /var/tmp or /dev/shm would
+# vanish under the fresh tmpfs: hold it open, and mount it back at the same
+# path afterwards (with the report bind mount inside it).
+keep=()
+keep_fd=()
+spec_dir="$(dirname "$UPSTREAM_SPEC")"
+for d in /tmp /var/tmp /dev/shm; do
+  for p in "$repo" "$spec_dir"; do
+    if [[ "$p" == "$d"/* && -d "$p" ]]; then
+      exec {fd}<"$p"
+      keep+=("$p")
+      keep_fd+=("$fd")
+    fi
+  done
+done
 for d in /tmp /var/tmp /dev/shm; do
   [[ -d "$d" ]] && mount -t tmpfs -o size=256m,mode=1777,nosuid,nodev tmpfs "$d"
+done
+for i in "${!keep[@]}"; do
+  mkdir -p "${keep[$i]}"
+  mount --no-canonicalize --rbind "/proc/$$/fd/${keep_fd[$i]}" "${keep[$i]}"
+  echo "kept ${keep[$i]} visible over the tmpfs"
 done
 work=/tmp/execd-fuzz
 mkdir -p "$work/home" "$work/data"
 cp "$bin" "$work/execd"
 chown -R 65534:65534 "$work/home" "$work/data"
 chmod 0755 "$work" "$work/execd"
-# Everything outside the tmpfs read-only, where the kernel lets us; the
-# report directory stays writable (for root) through its own bind mount.
-mount --bind "$out" "$out"
+# Everything outside the tmpfs read-only, where the kernel lets us.
 if mount -o remount,bind,ro / 2>/dev/null; then
   echo "/ is read-only in this namespace"
 else
