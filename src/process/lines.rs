@@ -37,8 +37,10 @@ impl LineSplitter {
             let cut = match line_end(&chunk) {
                 Some(end) if end <= self.max_line => end,
                 // A line longer than the limit, complete or not, goes out in
-                // pieces: no event exceeds the limit.
-                _ if chunk.len() >= self.max_line => utf8_floor(&chunk, self.max_line),
+                // pieces: no event exceeds the limit. Only once a byte past
+                // the limit is here: that byte tells whether the cut would
+                // fall inside a character.
+                _ if chunk.len() > self.max_line => utf8_floor(&chunk, self.max_line),
                 _ => break,
             };
             emit(chunk.split_to(cut).freeze());
@@ -162,6 +164,19 @@ mod tests {
         let out = split(&[b"abc", b"defg\n"], 4);
         assert!(out.iter().all(|p| p.len() <= 4), "{out:?}");
         assert_eq!(out.concat(), b"abcdefg\n");
+    }
+
+    #[test]
+    fn a_character_cut_by_the_read_at_the_limit_is_not_split() {
+        // Found by the `lines` fuzz target: the first read ends exactly at
+        // the limit, inside a two-byte character.
+        let input = "zp\\\u{2b3}\0\n\n\n\n".as_bytes();
+        let out = split(&[&input[..4], &input[4..8], &input[8..]], 4);
+        assert_eq!(out.concat(), input);
+        for piece in &out {
+            assert!(piece.len() <= 4, "{piece:?}");
+            assert!(std::str::from_utf8(piece).is_ok(), "{piece:?}");
+        }
     }
 
     #[test]
