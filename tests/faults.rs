@@ -427,3 +427,96 @@ async fn a_command_that_closes_its_output_keeps_its_stream_until_it_exits() {
     assert!(zombies_of(d.pid()).is_empty());
     d.fds_back_to(&base, WAIT).await;
 }
+
+/// Sends `GET /ping` on `conn` and reads the answer's head (it has no body).
+async fn ping_on(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send ping");
+    let mut buf = Vec::new();
+    while !buf.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 512];
+        let n = conn.read(&mut b).await.expect("read ping answer");
+        assert!(
+            n > 0,
+            "connection closed: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&b[..n]);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_keepalive_connections() {
+    const N: usize = 10_000;
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    // This process holds the client ends; execd raises its own limit.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if hard < (N + 1024) as u64 {
+        eprintln!("skipped: the open-file limit ({hard}) is too low for {N} connections");
+        return;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let d = std::sync::Arc::new(Daemon::start());
+    let base = d.fds();
+    let idle_rss = d.proc_kib("VmRSS");
+
+    // Each connection is used for one request, then left idle, kept alive.
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..N {
+        let (addr, limit) = (d.addr, limit.clone());
+        set.spawn(async move {
+            let _permit = limit.acquire().await.unwrap();
+            let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let head = ping_on(&mut c).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            c
+        });
+    }
+    let mut conns = Vec::with_capacity(N);
+    while let Some(c) = set.join_next().await {
+        conns.push(c.unwrap());
+    }
+    assert_eq!(
+        d.fds().len(),
+        base.len() + N,
+        "one descriptor per connection"
+    );
+    let open_rss = d.proc_kib("VmRSS");
+
+    // With all of them open, execd still answers and runs commands...
+    assert_eq!(d.get("/ping").await.status, 200);
+    let evs = d.run(json!({"command": "echo still here"})).await;
+    assert_eq!(text_of(&evs, "stdout"), "still here\n");
+    // ...and the idle connections are still usable.
+    for i in [0, N / 2, N - 1] {
+        assert!(ping_on(&mut conns[i]).await.starts_with("HTTP/1.1 200"));
+    }
+    assert_eq!(d.fds().len(), base.len() + N, "no connection was dropped");
+    // hyper holds a read and a write buffer of 8 KiB for each connection.
+    let per_conn = (open_rss.saturating_sub(idle_rss) * 1024) / N as u64;
+    assert!(
+        per_conn < 24 * 1024,
+        "{per_conn} bytes of RSS per idle connection"
+    );
+
+    drop(conns);
+    d.fds_back_to(&base, Duration::from_secs(60)).await;
+    // Freed memory is handed back to the system (every few seconds).
+    let mut after_rss = 0;
+    eventually(Duration::from_secs(30), "RSS back near idle", || {
+        after_rss = d.proc_kib("VmRSS");
+        after_rss <= idle_rss + 4 * 1024
+    })
+    .await;
+    eprintln!(
+        "{N} idle connections: execd RSS {idle_rss} KiB idle, {open_rss} KiB with them open \
+         ({per_conn} bytes each), {after_rss} KiB after they closed; fds {} -> {} -> {}",
+        base.len(),
+        base.len() + N,
+        d.fds().len()
+    );
+}
