@@ -6,7 +6,7 @@
 //!
 //! Related faults are covered beside the features they exercise:
 //! `tests/command.rs` (`a_grandchild_holding_the_pipe_does_not_hang_the_stream`,
-//! `sigterm_with_streams_in_flight_ends_them_and_exits_zero`) and
+//! `sigterm_ends_commands_and_exits_zero`) and
 //! `tests/files.rs` (`full_disk_is_507_and_keeps_the_old_file`,
 //! `aborted_upload_leaves_old_file_and_no_temporary`).
 
