@@ -19,6 +19,9 @@ pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
     pub token: Option<String>,
+    /// A data directory chosen for the daemon, removed when dropped: a
+    /// killed daemon cannot remove its own.
+    data_dir: Option<std::path::PathBuf>,
 }
 
 impl Daemon {
@@ -28,10 +31,24 @@ impl Daemon {
 
     /// Starts with extra flags and environment variables.
     pub fn start_with(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_execd"));
         cmd.args(["--port", "0", "--bind", "127.0.0.1", "--log-level", "4"])
             .args(args);
-        Self::launch(cmd, args, envs)
+        let data_dir = (!args.contains(&"--data-dir")).then(|| {
+            std::env::temp_dir().join(format!(
+                "execd-test-data-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ))
+        });
+        if let Some(dir) = &data_dir {
+            cmd.arg("--data-dir").arg(dir);
+        }
+        let mut d = Self::launch(cmd, args, envs);
+        d.data_dir = data_dir;
+        d
     }
 
     /// Starts `cmd`, which must run execd (possibly through a wrapper such as
@@ -66,7 +83,12 @@ impl Daemon {
                     .find(|(k, _)| *k == "EXECD_ACCESS_TOKEN")
                     .map(|(_, v)| v.to_string())
             });
-        Daemon { child, addr, token }
+        Daemon {
+            child,
+            addr,
+            token,
+            data_dir: None,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -291,6 +313,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
