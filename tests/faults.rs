@@ -225,10 +225,10 @@ fn unused_uid() -> Option<u32> {
     })
 }
 
-/// Kills every process of `uid`, from a process of that uid (`kill -1`
-/// signals exactly the processes its caller may signal, itself excepted), until none is left. Only
-/// for cleaning up after a failed assertion: the test itself checks that the
-/// daemon left none.
+/// Kills every process of `uid` from a process of that uid (`kill -1`
+/// signals exactly the processes its caller may signal, itself excepted),
+/// until none is left. Only for cleaning up after a failed assertion: the
+/// test itself checks that the daemon left none.
 struct KillAllOf(u32);
 
 impl Drop for KillAllOf {
