@@ -60,6 +60,36 @@ fn raise_nofile_limit() {
     }
 }
 
+/// How often free memory is handed back to the system.
+const TRIM_EVERY: Duration = Duration::from_secs(5);
+
+/// glibc returns freed memory to the system only from the top of its heap;
+/// what is freed below a live allocation stays resident. Ten thousand
+/// connections, once closed, left 160 MiB of RSS behind for good. Handing
+/// free pages back every few seconds brings RSS back near idle after any
+/// burst; with nothing to give back it costs microseconds.
+fn spawn_memory_trim(stop: &CancellationToken) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TRIM_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                // A large heap takes a while to walk: not on a worker thread.
+                // SAFETY: malloc_trim only releases the allocator's free pages.
+                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+            }
+        });
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = stop;
+}
+
 /// Binds with a deep accept queue: a burst of clients (a thousand commands
 /// started at once) must queue, not be reset.
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -139,6 +169,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     });
 
     let mut signals = signal_channel(&stop)?;
+    spawn_memory_trim(&stop);
     let server = tokio::spawn(server::serve(listener, app, stop.clone(), grace));
     // Tests and launchers read this line to learn the port.
     println!("execd listening on {local}");

@@ -424,13 +424,53 @@ async fn orphans_are_reparented_to_execd_and_reaped() {
     assert!(zombies_of(d.pid()).is_empty());
 }
 
+/// Kills a process when dropped, even if an assertion fails first. It must
+/// still be running: a pid that has been reaped may belong to anyone.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a pid this test started (through execd).
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
 #[tokio::test]
 async fn a_grandchild_holding_the_pipe_does_not_hang_the_stream() {
     let d = Daemon::start_with(&["--drain-timeout", "100ms"], &[]);
+    let base = d.fds();
     // setsid escapes the process group; the sleep keeps stdout open.
     let evs = d.run(json!({"command": "setsid sleep 5 & echo bye"})).await;
     assert_eq!(text_of(&evs, "stdout"), "bye\n");
     assert_eq!(terminal(&evs)["type"], "execution_complete");
+
+    // A double fork: the subshell exits at once, orphaning the sleep, which
+    // has a session of its own and still holds stdout and stderr.
+    let evs = d
+        .run(json!({"command": "(setsid sleep 300 & echo $!); echo bye"}))
+        .await;
+    let out = text_of(&evs, "stdout");
+    let pid: u32 = out.lines().next().unwrap().parse().unwrap();
+    let sleeper = KillOnDrop(pid);
+    assert_eq!(out, format!("{pid}\nbye\n"));
+    assert_eq!(terminal(&evs)["exit_code"], 0);
+    // It lives on, re-parented to execd, with the pipe; execd has closed its
+    // ends of both pipes all the same.
+    assert!(alive(pid));
+    assert_eq!(ppid(pid), Some(d.pid()));
+    assert!(std::fs::read_link(format!("/proc/{pid}/fd/1"))
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("pipe:"));
+    d.fds_back_to(&base, Duration::from_secs(10)).await;
+    // When it dies, execd reaps it.
+    drop(sleeper);
+    eventually(Duration::from_secs(10), "the orphan reaped", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
+    assert!(zombies_of(d.pid()).is_empty());
+    assert_eq!(d.get("/ping").await.status, 200);
 }
 
 #[tokio::test]
@@ -594,16 +634,72 @@ async fn uid_switch_runs_as_that_user() {
 
 #[tokio::test]
 async fn sigterm_ends_commands_and_exits_zero() {
-    let mut d = Daemon::start_with(&["--graceful-shutdown-timeout", "5s"], &[]);
-    let pid = d.start_sleeper().await;
-    assert!(alive(pid));
-    d.signal(libc::SIGTERM);
-    let status = d.wait_exit(Duration::from_secs(10)).expect("execd exits");
-    assert!(status.success(), "{status:?}");
-    eventually(Duration::from_secs(5), "command process gone", || {
-        !alive(pid)
+    let grace = Duration::from_secs(5);
+    let data = std::env::temp_dir().join(format!("execd-sigterm-{}", std::process::id()));
+    let mut d = Daemon::start_with(
+        &[
+            "--graceful-shutdown-timeout",
+            "5s",
+            "--output-window",
+            "16KiB",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let mut pids = vec![d.start_sleeper().await];
+    // Streams in flight: a busy one (whose output has spilled to the data
+    // directory), a silent one, and one that ignores SIGTERM, so execd has
+    // to SIGKILL it after its grace period.
+    let mut streams = Vec::new();
+    for cmd in [
+        "echo $$; seq 1 20000; while :; do echo tick; sleep 0.01; done",
+        "echo $$; exec sleep 300",
+        "trap '' TERM; echo $$; sleep 300 & wait",
+    ] {
+        let mut s = d.stream("/command", &json!({ "command": cmd })).await;
+        assert_eq!(s.next().await.unwrap()["type"], "init");
+        let first = s.next().await.unwrap();
+        pids.push(first["text"].as_str().unwrap().trim().parse().unwrap());
+        streams.push(s);
+    }
+    assert!(pids.iter().all(|p| alive(*p)));
+    eventually(Duration::from_secs(10), "output spilled", || {
+        std::fs::read_dir(&data).is_ok_and(|mut r| r.next().is_some())
     })
     .await;
+
+    let began = std::time::Instant::now();
+    d.signal(libc::SIGTERM);
+    // Every client gets its terminal event, then a clean end of the stream.
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| tokio::spawn(async move { s.collect().await }))
+        .collect();
+    let mut signals = Vec::new();
+    for r in readers {
+        let evs = r.await.expect("the stream ends cleanly");
+        let t = terminal(&evs);
+        assert_eq!(t["interrupted"], true, "{t}");
+        signals.push(t["signal"].as_i64().unwrap());
+    }
+    assert_eq!(
+        signals,
+        [libc::SIGTERM, libc::SIGTERM, libc::SIGKILL].map(i64::from)
+    );
+    let status = d
+        .wait_exit((grace + Duration::from_secs(1)).saturating_sub(began.elapsed()))
+        .expect("execd exits within its graceful shutdown timeout");
+    assert!(status.success(), "{status:?}");
+    // Every process is gone (the streamed commands' whole process groups
+    // too), and so is the data directory.
+    // SAFETY: kill(2) with signal 0 only checks that the group exists.
+    let group_gone = |pgid: u32| unsafe { libc::kill(-(pgid as i32), 0) } == -1;
+    eventually(Duration::from_secs(5), "command processes gone", || {
+        pids.iter().all(|p| !alive(*p)) && pids[1..].iter().all(|p| group_gone(*p))
+    })
+    .await;
+    assert!(!data.exists(), "{} left behind", data.display());
 }
 
 #[tokio::test]

@@ -275,24 +275,45 @@ async fn full_disk_is_507_and_keeps_the_old_file() {
     let t = TempDir::new("full");
     let mnt = t.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs", &mnt])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: cannot mount a tmpfs here");
+    // execd runs in a mount namespace of its own, where a 512 KiB tmpfs is
+    // mounted on `mnt`; nothing is mounted anywhere else.
+    let mount = "mount -t tmpfs -o size=512k tmpfs \"$0\" && exec \"$@\"";
+    let unshare = |cmd: &mut std::process::Command| {
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .args([mount, &mnt]);
+    };
+    let mut probe = std::process::Command::new("unshare");
+    unshare(&mut probe);
+    if !probe.arg("true").status().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs in a private mount namespace here");
         return;
     }
-    struct Unmount(String);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Unmount(mnt.clone());
-    let d = Daemon::start();
+    let mut cmd = std::process::Command::new("unshare");
+    unshare(&mut cmd);
+    cmd.arg(env!("CARGO_BIN_EXE_execd")).args([
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--log-level",
+        "4",
+    ]);
+    let d = Daemon::launch(cmd, &[], &[]);
+    // The test sees that tmpfs through the daemon's root.
+    let seen = format!("/proc/{}/root{mnt}", d.pid());
+    let left = || {
+        let mut v: Vec<String> = std::fs::read_dir(&seen)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
     let target = format!("{mnt}/f.bin");
-    std::fs::write(&target, "old").unwrap();
+    std::fs::write(format!("{seen}/f.bin"), "old").unwrap();
+    let base = d.fds();
+
+    // A file larger than the disk.
     let r = d
         .upload(Form::new().meta(&meta(&target)).file(&vec![7u8; 2 << 20]))
         .await;
@@ -302,12 +323,41 @@ async fn full_disk_is_507_and_keeps_the_old_file() {
         "{}",
         r.text()
     );
-    assert_eq!(std::fs::read_to_string(&target).unwrap(), "old");
-    let left: Vec<_> = std::fs::read_dir(&mnt)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(left, ["f.bin"]);
+    assert_eq!(
+        std::fs::read_to_string(format!("{seen}/f.bin")).unwrap(),
+        "old"
+    );
+    assert_eq!(left(), ["f.bin"]);
+
+    // A disk that is already full: a small file does not fit either.
+    let mut filler = std::fs::File::create(format!("{seen}/filler")).unwrap();
+    let full = loop {
+        if let Err(e) = filler.write_all(&[1u8; 4096]) {
+            break e;
+        }
+    };
+    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    drop(filler);
+    let small = format!("{mnt}/small.bin");
+    let r = d
+        .upload(Form::new().meta(&meta(&small)).file(&[5u8; 64 * 1024]))
+        .await;
+    r.assert_error(507, "INSUFFICIENT_STORAGE");
+    assert_eq!(left(), ["f.bin", "filler"]);
+
+    // Once space is freed, uploads work again, and nothing was left behind.
+    let r = d
+        .delete(&format!("/files?path={}", q(&format!("{mnt}/filler"))))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let r = d.upload(Form::new().meta(&meta(&target)).file(&data)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = d.get(&format!("/files/download?path={}", q(&target))).await;
+    assert!(r.body == data, "the new content");
+    assert_eq!(left(), ["f.bin"]);
+    d.fds_back_to(&base, Duration::from_secs(10)).await;
+    assert_eq!(d.get("/ping").await.status, 200);
 }
 
 #[tokio::test]

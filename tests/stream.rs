@@ -247,3 +247,21 @@ async fn resume_of_expired_events_is_410_with_the_oldest_eid() {
         .await
         .assert_error(404, "COMMAND_NOT_FOUND");
 }
+
+/// A finished command's stdin pipe is closed when it ends, not kept open
+/// (one file descriptor each) for the retention period.
+#[tokio::test]
+async fn a_finished_commands_stdin_pipe_is_closed() {
+    let d = Daemon::start();
+    let base = d.fds();
+    let id = start_bg(
+        &d,
+        json!({"command": "exit 0", "stdin": true, "background": true}),
+    )
+    .await;
+    d.wait_finished(&id, Duration::from_secs(10)).await;
+    d.fds_back_to(&base, Duration::from_secs(10)).await;
+    write_stdin(&d, &id, false, "late")
+        .await
+        .assert_error(409, "STDIN_CLOSED");
+}

@@ -103,20 +103,37 @@ impl Command {
         if !self.has_stdin {
             return Err(ProcessError::NoStdin(self.id.clone()));
         }
-        let slot = self.stdin.lock().await;
+        let mut slot = self.stdin.lock().await;
         if slot.is_none() {
             return Err(ProcessError::StdinClosed(self.id.clone()));
         }
         if !self.is_running() {
+            *slot = None;
             return Err(ProcessError::NotRunning(self.id.clone()));
         }
-        Ok(StdinGuard { id: &self.id, slot })
+        Ok(StdinGuard {
+            cmd: self,
+            slot: Some(slot),
+        })
+    }
+
+    /// Closes the write end of stdin if the command has finished: nothing may
+    /// write to it any more, and it must not stay open for the retention
+    /// period. Called by `finish` and by every writer after it lets go of
+    /// the pipe, so whoever releases it last closes it.
+    fn close_stdin_if_finished(&self) {
+        if self.has_stdin && !self.is_running() {
+            if let Ok(mut slot) = self.stdin.try_lock() {
+                *slot = None;
+            }
+        }
     }
 
     /// Records the end. The log is marked finished after, so a reader that
     /// sees the log end always finds the exit status.
     pub(crate) fn finish(&self, f: Finished) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = State::Finished(f);
+        self.close_stdin_if_finished();
         self.log.finish();
     }
 
@@ -133,26 +150,34 @@ impl Command {
 
 /// Exclusive access to a command's stdin for one writer; see [`Command::stdin`].
 pub struct StdinGuard<'a> {
-    id: &'a str,
-    slot: tokio::sync::MutexGuard<'a, Option<tokio::net::unix::pipe::Sender>>,
+    cmd: &'a Command,
+    /// Always `Some` until the guard is dropped.
+    slot: Option<tokio::sync::MutexGuard<'a, Option<tokio::net::unix::pipe::Sender>>>,
 }
 
 impl StdinGuard<'_> {
+    /// Drops the write end: the process reads end-of-file.
+    fn shut(&mut self) {
+        if let Some(slot) = self.slot.as_deref_mut() {
+            *slot = None;
+        }
+    }
+
     /// Writes all of `data`, waiting while the pipe is full (the process is
     /// not reading): back-pressure instead of buffering.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), ProcessError> {
         use tokio::io::AsyncWriteExt;
-        let Some(tx) = self.slot.as_mut() else {
-            return Err(ProcessError::StdinClosed(self.id.to_string()));
+        let Some(Some(tx)) = self.slot.as_deref_mut() else {
+            return Err(ProcessError::StdinClosed(self.cmd.id.clone()));
         };
         match tx.write_all(data).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                *self.slot = None;
-                Err(ProcessError::StdinClosed(self.id.to_string()))
+                self.shut();
+                Err(ProcessError::StdinClosed(self.cmd.id.clone()))
             }
             Err(source) => Err(ProcessError::StdinWrite {
-                id: self.id.to_string(),
+                id: self.cmd.id.clone(),
                 source,
             }),
         }
@@ -160,7 +185,16 @@ impl StdinGuard<'_> {
 
     /// Closes stdin: the process reads end-of-file.
     pub fn close(mut self) {
-        *self.slot = None;
+        self.shut();
+    }
+}
+
+impl Drop for StdinGuard<'_> {
+    fn drop(&mut self) {
+        // Let go first, then check: if the command finished meanwhile, its
+        // own attempt to close the pipe found it held, and this one must.
+        drop(self.slot.take());
+        self.cmd.close_stdin_if_finished();
     }
 }
 

@@ -19,6 +19,9 @@ pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
     pub token: Option<String>,
+    /// A data directory chosen for the daemon, removed when dropped: a
+    /// killed daemon cannot remove its own.
+    data_dir: Option<std::path::PathBuf>,
 }
 
 impl Daemon {
@@ -28,10 +31,24 @@ impl Daemon {
 
     /// Starts with extra flags and environment variables.
     pub fn start_with(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_execd"));
         cmd.args(["--port", "0", "--bind", "127.0.0.1", "--log-level", "4"])
             .args(args);
-        Self::launch(cmd, args, envs)
+        let data_dir = (!args.contains(&"--data-dir")).then(|| {
+            std::env::temp_dir().join(format!(
+                "execd-test-data-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ))
+        });
+        if let Some(dir) = &data_dir {
+            cmd.arg("--data-dir").arg(dir);
+        }
+        let mut d = Self::launch(cmd, args, envs);
+        d.data_dir = data_dir;
+        d
     }
 
     /// Starts `cmd`, which must run execd (possibly through a wrapper such as
@@ -66,7 +83,12 @@ impl Daemon {
                     .find(|(k, _)| *k == "EXECD_ACCESS_TOKEN")
                     .map(|(_, v)| v.to_string())
             });
-        Daemon { child, addr, token }
+        Daemon {
+            child,
+            addr,
+            token,
+            data_dir: None,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -291,6 +313,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -481,6 +506,114 @@ pub fn zombies_of(parent: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// State and parent of `pid` from `/proc/PID/stat` (the fields after the name).
+fn stat_of(pid: u32) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat.rsplit(')').next()?.split_whitespace();
+    let state = rest.next()?.to_string();
+    let ppid = rest.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Parent pid of `pid`, while it exists.
+pub fn ppid(pid: u32) -> Option<u32> {
+    stat_of(pid).map(|(_, p)| p)
+}
+
+/// Every process in /proc.
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every descendant of `pid` (children, their children...), zombies included.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = all_pids()
+        .into_iter()
+        .filter_map(|p| ppid(p).map(|pp| (p, pp)))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(p, pp) in &parents {
+            if pp == parent && !out.contains(&p) {
+                out.push(p);
+                frontier.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Processes whose real uid is `uid`.
+pub fn procs_of_uid(uid: u32) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("Uid:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|u| u.parse::<u32>().ok())
+                })
+                == Some(uid)
+        })
+        .collect()
+}
+
+/// Number of open file descriptors of `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| rd.count())
+        .unwrap_or(0)
+}
+
+/// What each open file descriptor of `pid` refers to, for failure messages.
+pub fn fd_targets(pid: u32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let t = std::fs::read_link(e.path()).unwrap_or_default();
+                    format!("{} -> {}", e.file_name().to_string_lossy(), t.display())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+impl Daemon {
+    /// The daemon's open file descriptors, as `fd -> target` lines.
+    pub fn fds(&self) -> Vec<String> {
+        fd_targets(self.pid())
+    }
+
+    /// Waits until the daemon holds as many file descriptors as in `base`
+    /// (clients' sockets are closed by the daemon when it notices, not at once).
+    pub async fn fds_back_to(&self, base: &[String], limit: Duration) {
+        let end = Instant::now() + limit;
+        while fd_count(self.pid()) != base.len() {
+            assert!(
+                Instant::now() < end,
+                "execd holds {} file descriptors, {} before.\nbefore: {base:#?}\nnow: {:#?}",
+                fd_count(self.pid()),
+                base.len(),
+                self.fds()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// A `multipart/form-data` body built part by part.

@@ -1,0 +1,522 @@
+//! Fault injection, black-box: clients killed in the middle of a transfer, a
+//! fork bomb, a command that closes its output but keeps running, and ten
+//! thousand idle connections. Each test checks the end state: the daemon
+//! answers, nothing was lost or left behind, and its file descriptors are
+//! back where they started.
+//!
+//! Related faults are covered beside the features they exercise:
+//! `tests/command.rs` (`a_grandchild_holding_the_pipe_does_not_hang_the_stream`,
+//! `sigterm_ends_commands_and_exits_zero`) and
+//! `tests/files.rs` (`full_disk_is_507_and_keeps_the_old_file`,
+//! `aborted_upload_leaves_old_file_and_no_temporary`).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// An HTTP client in a process of its own (bash with its `/dev/tcp`), so that
+/// it can be killed with SIGKILL like a real client: the kernel closes its
+/// socket, with a reset when response bytes are still unread.
+struct Client {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+/// What the client does after sending its request, before it says `ready`
+/// and waits to be killed.
+const CLIENT: &str = r#"
+exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+cat "$2" >&3
+case $3 in
+  download) head -c 200000 <&3 >/dev/null ;;
+  stream)
+    while IFS= read -r line <&3; do
+      case $line in *'"type":"init"'*) printf '%s\n' "$line"; break ;; esac
+    done
+    head -c 65536 <&3 >/dev/null ;;
+esac
+echo ready
+exec sleep 300
+"#;
+
+impl Client {
+    /// Starts a client that sends the raw bytes of `request` and acts as `mode` says.
+    fn start(d: &Daemon, dir: &TempDir, request: &[u8], mode: &str) -> Client {
+        let req = dir.join(&format!("request-{mode}"));
+        std::fs::write(&req, request).unwrap();
+        let mut child = Command::new("bash")
+            .args([
+                "-c",
+                CLIENT,
+                "client",
+                &d.addr.port().to_string(),
+                &req,
+                mode,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("bash");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Client { child, out }
+    }
+
+    /// The next line the client prints.
+    fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.out.read_line(&mut s).expect("client output");
+        s.trim().to_string()
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn upload_temps(dir: &TempDir) -> Vec<String> {
+    dir.names()
+        .into_iter()
+        .filter(|n| n.starts_with(".execd-upload"))
+        .collect()
+}
+
+/// `seq 1 n` output.
+fn seq(from: u32, to: u32) -> String {
+    (from..=to).map(|i| format!("{i}\n")).collect()
+}
+
+#[tokio::test]
+async fn clients_killed_mid_upload_download_and_stream_leave_nothing_behind() {
+    // A window that holds all the output: no spill file stays open for the
+    // retention period.
+    let d = Daemon::start_with(&["--output-window", "16MiB"], &[]);
+    let base = d.fds();
+    let t = TempDir::new("killed");
+
+    // Mid-upload: the temporary file exists when the client dies.
+    let target = t.join("precious.bin");
+    std::fs::write(&target, "old content").unwrap();
+    let form = Form::new();
+    let mut body = Form::new()
+        .meta(&json!({"path": target, "mode": 644}))
+        .open_file();
+    body.extend_from_slice(&vec![b'n'; 256 * 1024]);
+    let mut req = format!(
+        "POST /files/upload HTTP/1.1\r\nHost: x\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+        form.content_type(),
+        body.len() + 10 * 1024 * 1024
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let mut c = Client::start(&d, &t, &req, "upload");
+    assert_eq!(c.line(), "ready");
+    eventually(WAIT, "the upload's temporary file appears", || {
+        !upload_temps(&t).is_empty()
+    })
+    .await;
+    c.kill();
+    eventually(WAIT, "temporary file removed", || {
+        upload_temps(&t).is_empty()
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "old content");
+
+    // Mid-download: 200 kB of an 8 MiB file read, the rest unread.
+    let big = t.join("big.bin");
+    let content: Vec<u8> = (0..8u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&big, &content).unwrap();
+    let req = format!(
+        "GET /files/download?path={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        q(&big)
+    );
+    let mut c = Client::start(&d, &t, req.as_bytes(), "download");
+    assert_eq!(c.line(), "ready");
+    c.kill();
+    assert_eq!(std::fs::read(&big).unwrap(), content, "file unchanged");
+
+    // Mid-stream: the command is still running (it waits on a FIFO) when
+    // the client dies, and must run to completion with all of its output.
+    let fifo = t.join("gate");
+    nix::unistd::mkfifo(
+        fifo.as_str(),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let cmd = json!({"command": format!("seq 1 50000; read x < {fifo}; seq 50001 100000")});
+    let body = cmd.to_string();
+    let req = format!(
+        "POST /command HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut c = Client::start(&d, &t, req.as_bytes(), "stream");
+    let init: Value = serde_json::from_str(&c.line()).expect("init event");
+    let id = init["text"].as_str().unwrap().to_string();
+    assert_eq!(c.line(), "ready");
+    c.kill();
+    assert_eq!(
+        d.get(&format!("/command/status/{id}")).await.json()["running"],
+        true,
+        "the client died while the command was running"
+    );
+    // Opening the FIFO for writing waits for the command's `read`.
+    tokio::task::spawn_blocking(move || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .and_then(|mut f| f.write_all(b"go\n"))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let st = d.wait_finished(&id, WAIT).await;
+    assert_eq!(st["exit_code"], 0, "{st}");
+    assert!(
+        d.get(&format!("/command/{id}/logs")).await.text() == seq(1, 100000),
+        "logs intact"
+    );
+
+    // The daemon is healthy and has let go of every connection, pipe and file.
+    assert_eq!(d.get("/ping").await.status, 200);
+    let again = d.get(&format!("/files/download?path={}", q(&big))).await;
+    assert!(again.body == content, "a full download still matches");
+    d.fds_back_to(&base, WAIT).await;
+    assert_eq!(
+        t.names(),
+        [
+            "big.bin",
+            "gate",
+            "precious.bin",
+            "request-download",
+            "request-stream",
+            "request-upload"
+        ]
+    );
+    assert!(zombies_of(d.pid()).is_empty());
+}
+
+/// A uid no process runs as, with no passwd entry, for the fork bomb.
+fn unused_uid() -> Option<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    (61_000..61_100).find(|uid| {
+        procs_of_uid(*uid).is_empty()
+            && !passwd
+                .lines()
+                .any(|l| l.split(':').nth(2) == Some(&uid.to_string()))
+    })
+}
+
+/// Kills every process of `uid` from a process of that uid (`kill -1`
+/// signals exactly the processes its caller may signal, itself excepted),
+/// until none is left. Only for cleaning up after a failed assertion: the
+/// test itself checks that the daemon left none.
+struct KillAllOf(u32);
+
+impl Drop for KillAllOf {
+    fn drop(&mut self) {
+        use std::os::unix::process::CommandExt;
+        for _ in 0..100 {
+            if procs_of_uid(self.0).is_empty() {
+                return;
+            }
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", "-1"])
+                .uid(self.0)
+                .gid(self.0)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Processes the fork bomb's uid may have: RLIMIT_NPROC of the daemon, which
+/// its commands inherit. Root (the daemon) is exempt; the bomb's uid is not.
+const NPROC: u64 = 128;
+
+#[tokio::test]
+async fn a_fork_bomb_under_a_timeout_dies_and_the_daemon_survives() {
+    if !is_root() {
+        eprintln!(
+            "skipped: the fork bomb must run as an unprivileged uid, which needs a root daemon"
+        );
+        return;
+    }
+    let Some(uid) = unused_uid() else {
+        eprintln!("skipped: no unused uid in 61000..61100 to run the fork bomb as");
+        return;
+    };
+    let _cleanup = KillAllOf(uid);
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_execd"));
+    cmd.args(["--port", "0", "--bind", "127.0.0.1", "--log-level", "4"]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: NPROC,
+                rlim_max: NPROC,
+            };
+            if libc::setrlimit(libc::RLIMIT_NPROC, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let d = Daemon::launch(cmd, &[], &[]);
+    let base = d.fds();
+
+    // Every call forks two more and waits for them; failed forks are retried.
+    // The leader waits too, so the timeout finds it running.
+    let bomb = "f() { f & f & wait; }; f";
+    let mut s = d
+        .stream(
+            "/command",
+            &json!({"command": bomb, "uid": uid, "cwd": "/", "timeout": 3000}),
+        )
+        .await;
+    assert_eq!(s.next().await.unwrap()["type"], "init");
+    // It is a bomb: it reaches the limit, and goes no further.
+    let mut most = 0;
+    eventually(WAIT, "the bomb has spread", || {
+        let n = procs_of_uid(uid).len();
+        most = most.max(n);
+        n as u64 >= NPROC / 2
+    })
+    .await;
+    let evs = s.collect().await;
+    let t = terminal(&evs);
+    assert_eq!(t["timed_out"], true, "{t}");
+    assert_eq!(t["signal"], libc::SIGKILL, "{t}");
+    // The whole tree is gone, and nothing was left as a zombie.
+    eventually(WAIT, "every process of the bomb gone", || {
+        let n = procs_of_uid(uid).len();
+        most = most.max(n);
+        n == 0
+    })
+    .await;
+    eprintln!("fork bomb: at most {most} processes of uid {uid} seen (RLIMIT_NPROC {NPROC})");
+    assert!(most as u64 <= NPROC, "{most} processes, limit {NPROC}");
+    assert!(zombies_of(d.pid()).is_empty());
+    assert!(
+        descendants(d.pid()).is_empty(),
+        "{:?}",
+        descendants(d.pid())
+    );
+
+    // The daemon is unharmed: it answers, runs commands (as that uid too), and
+    // holds no more than it did before.
+    assert_eq!(d.get("/ping").await.status, 200);
+    let evs = d
+        .run(json!({"command": "id -u", "uid": uid, "cwd": "/"}))
+        .await;
+    assert_eq!(text_of(&evs, "stdout"), format!("{uid}\n"));
+    let evs = d.run(json!({"command": "echo fine"})).await;
+    assert_eq!(text_of(&evs, "stdout"), "fine\n");
+    d.fds_back_to(&base, WAIT).await;
+}
+
+/// Reads events up to the first stdout event; returns its text.
+async fn first_stdout(s: &mut EventStream) -> String {
+    loop {
+        let e = s.next().await.expect("stream ended before any output");
+        if e["type"] == "stdout" {
+            return e["text"].as_str().unwrap().to_string();
+        }
+    }
+}
+
+/// Whether process `pid` has file descriptor `fd` open.
+fn has_fd(pid: u32, fd: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}/fd/{fd}")).exists()
+}
+
+/// Reads pings until `n` have come, checking nothing else arrives.
+async fn pings(s: &mut EventStream, n: usize) {
+    for _ in 0..n {
+        let e = s.next().await.expect("the stream stays open");
+        assert_eq!(e["type"], "ping", "{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_command_that_closes_its_output_keeps_its_stream_until_it_exits() {
+    let d = Daemon::start_with(&["--ping-interval", "50ms"], &[]);
+    let base = d.fds();
+
+    // It exits by itself once told to (on stdin): the exit code arrives.
+    let cmd = "echo $$; exec >&- 2>&-; read x; exit 7";
+    let mut s = d
+        .stream("/command", &json!({"command": cmd, "stdin": true}))
+        .await;
+    let id = s.next().await.unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid: u32 = first_stdout(&mut s).await.trim().parse().unwrap();
+    eventually(WAIT, "stdout and stderr closed", || {
+        !has_fd(pid, 1) && !has_fd(pid, 2)
+    })
+    .await;
+    // Both pipes are at end-of-file, yet the stream stays open (pings), and
+    // the command is still running.
+    pings(&mut s, 3).await;
+    assert_eq!(
+        d.get(&format!("/command/status/{id}")).await.json()["running"],
+        true
+    );
+    let r = d
+        .request(
+            http::Method::POST,
+            &format!("/command/{id}/stdin"),
+            &[],
+            "go\n",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rest = s.collect().await;
+    let t = terminal(&rest);
+    assert_eq!(t["exit_code"], 7, "{t}");
+    assert_eq!(t["error"]["evalue"], "7");
+    assert!(
+        rest[..rest.len() - 1].iter().all(|e| e["type"] == "ping"),
+        "{rest:?}"
+    );
+
+    // It would run for ever: an interrupt ends it, and the stream with it.
+    let mut s = d
+        .stream(
+            "/command",
+            &json!({"command": "echo $$; exec >&- 2>&-; exec sleep 300"}),
+        )
+        .await;
+    let id = s.next().await.unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid: u32 = first_stdout(&mut s).await.trim().parse().unwrap();
+    eventually(WAIT, "stdout and stderr closed", || {
+        !has_fd(pid, 1) && !has_fd(pid, 2)
+    })
+    .await;
+    pings(&mut s, 3).await;
+    assert_eq!(d.delete(&format!("/command?id={id}")).await.status, 200);
+    let rest = s.collect().await;
+    let t = terminal(&rest);
+    assert_eq!(t["interrupted"], true, "{t}");
+    assert_eq!(t["signal"], libc::SIGTERM, "{t}");
+    assert!(!alive(pid));
+    assert!(zombies_of(d.pid()).is_empty());
+    d.fds_back_to(&base, WAIT).await;
+}
+
+/// Sends `GET /ping` on `conn` and reads the answer's head (it has no body).
+async fn ping_on(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send ping");
+    let mut buf = Vec::new();
+    while !buf.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 512];
+        let n = conn.read(&mut b).await.expect("read ping answer");
+        assert!(
+            n > 0,
+            "connection closed: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&b[..n]);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_keepalive_connections() {
+    const N: usize = 10_000;
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    // This process holds the client ends; execd raises its own limit.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if hard < (N + 1024) as u64 {
+        eprintln!("skipped: the open-file limit ({hard}) is too low for {N} connections");
+        return;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let d = std::sync::Arc::new(Daemon::start());
+    let base = d.fds();
+    let idle_rss = d.proc_kib("VmRSS");
+
+    // Each connection is used for one request, then left idle, kept alive.
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..N {
+        let (addr, limit) = (d.addr, limit.clone());
+        set.spawn(async move {
+            let _permit = limit.acquire().await.unwrap();
+            let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let head = ping_on(&mut c).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            c
+        });
+    }
+    let mut conns = Vec::with_capacity(N);
+    while let Some(c) = set.join_next().await {
+        conns.push(c.unwrap());
+    }
+    assert_eq!(
+        d.fds().len(),
+        base.len() + N,
+        "one descriptor per connection"
+    );
+    let open_rss = d.proc_kib("VmRSS");
+
+    // With all of them open, execd still answers and runs commands...
+    assert_eq!(d.get("/ping").await.status, 200);
+    let evs = d.run(json!({"command": "echo still here"})).await;
+    assert_eq!(text_of(&evs, "stdout"), "still here\n");
+    // ...and the idle connections are still usable.
+    for i in [0, N / 2, N - 1] {
+        assert!(ping_on(&mut conns[i]).await.starts_with("HTTP/1.1 200"));
+    }
+    assert_eq!(d.fds().len(), base.len() + N, "no connection was dropped");
+    // hyper holds a read and a write buffer of 8 KiB for each connection.
+    let per_conn = (open_rss.saturating_sub(idle_rss) * 1024) / N as u64;
+    assert!(
+        per_conn < 24 * 1024,
+        "{per_conn} bytes of RSS per idle connection"
+    );
+
+    drop(conns);
+    d.fds_back_to(&base, Duration::from_secs(60)).await;
+    // Freed memory is handed back to the system (every few seconds).
+    let mut after_rss = 0;
+    eventually(Duration::from_secs(30), "RSS back near idle", || {
+        after_rss = d.proc_kib("VmRSS");
+        after_rss <= idle_rss + 4 * 1024
+    })
+    .await;
+    eprintln!(
+        "{N} idle connections: execd RSS {idle_rss} KiB idle, {open_rss} KiB with them open \
+         ({per_conn} bytes each), {after_rss} KiB after they closed; fds {} -> {} -> {}",
+        base.len(),
+        base.len() + N,
+        d.fds().len()
+    );
+}
