@@ -248,7 +248,7 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             .map_err(|e| failed(&e))?;
         loop {
             match field.chunk().await {
-                Ok(Some(c)) => w.write(c).await.map_err(|e| failed(&e))?,
+                Ok(Some(c)) => w.write(&c).await.map_err(|e| failed(&e))?,
                 Ok(None) => break,
                 Err(e) => return Err(failed(&e)),
             }

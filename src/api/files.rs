@@ -473,7 +473,7 @@ async fn receive_file(
     loop {
         let step = match field.chunk().await {
             Ok(Some(data)) => out
-                .write(data)
+                .write(&data)
                 .await
                 .map_err(|e| Failed::from(ApiError::from(e))),
             Ok(None) => return Ok(out.commit().await.map_err(ApiError::from)?),

@@ -286,7 +286,7 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
                 .map_err(fs_err)?;
             loop {
                 match field.chunk().await {
-                    Ok(Some(c)) => w.write(c).await.map_err(fs_err)?,
+                    Ok(Some(c)) => w.write(&c).await.map_err(fs_err)?,
                     Ok(None) => break,
                     Err(e) => return Err(invalid(format!("reading the upload: {e}"))),
                 }
@@ -300,7 +300,7 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| invalid(format!("reading the body: {e}")))?;
             if let Ok(data) = frame.into_data() {
-                w.write(data).await.map_err(fs_err)?;
+                w.write(&data).await.map_err(fs_err)?;
             }
         }
         w.commit().await.map_err(fs_err)?;

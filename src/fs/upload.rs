@@ -8,7 +8,7 @@
 //! its temporary file.
 
 use std::fs::{File, OpenOptions};
-use std::io::{IoSlice, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,29 +131,6 @@ impl AtomicFile {
         Ok(())
     }
 
-    /// Appends `pieces` in order with gather writes, without joining them first.
-    pub fn write_pieces(&mut self, pieces: &[bytes::Bytes]) -> FsResult<()> {
-        let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
-        let total: usize = pieces.iter().map(|p| p.len()).sum();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            match self.file.write_vectored(rest) {
-                Ok(0) => {
-                    return Err(FsError::io(
-                        "write",
-                        &self.target,
-                        std::io::ErrorKind::WriteZero.into(),
-                    ))
-                }
-                Ok(n) => IoSlice::advance_slices(&mut rest, n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(FsError::io("write", &self.target, e)),
-            }
-        }
-        self.written += total as u64;
-        Ok(())
-    }
-
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.written
@@ -236,10 +213,8 @@ pub fn sync_dir(dir: &Path) -> FsResult<()> {
 /// An upload driven from async code without holding a thread for its
 /// whole length: the file is created and committed on a blocking thread as
 /// the caller's identity (permissions are checked there), and the content is
-/// written through the open descriptor in gather writes of about
-/// [`WRITE_CHUNK`] bytes, one write in flight while the next is gathered.
-/// The pieces handed in are written as they are (no copy into a buffer);
-/// only small ones are joined, so a write never needs many vectors.
+/// written through the open descriptor in pieces of about
+/// [`WRITE_CHUNK`] bytes, one write in flight while the next piece arrives.
 /// Dropped before [`Writer::commit`], it discards the temporary file.
 pub struct Writer {
     id: Option<Identity>,
@@ -248,11 +223,7 @@ pub struct Writer {
     file: Option<AtomicFile>,
     /// The write in flight; it hands the file back.
     pending: Option<tokio::task::JoinHandle<(AtomicFile, FsResult<()>)>>,
-    /// Pieces gathered for the next write, and their total length.
-    pieces: Vec<bytes::Bytes>,
-    gathered: usize,
-    /// Small pieces joined into one, so that they do not each take a vector.
-    small: bytes::BytesMut,
+    buf: bytes::BytesMut,
 }
 
 impl Drop for Writer {
@@ -266,12 +237,6 @@ impl Drop for Writer {
 
 /// How much content is gathered before a write.
 pub const WRITE_CHUNK: usize = 1024 * 1024;
-
-/// Pieces smaller than this are copied together instead of written as they are.
-const SMALL_PIECE: usize = 16 * 1024;
-
-/// At most this many vectors per write (far below `IOV_MAX`).
-const MAX_PIECES: usize = 64;
 
 impl Writer {
     /// Starts writing `path` (parents created) as `id`, with the mode and
@@ -287,35 +252,17 @@ impl Writer {
             attrs,
             file: Some(file),
             pending: None,
-            pieces: Vec::new(),
-            gathered: 0,
-            small: bytes::BytesMut::new(),
+            buf: bytes::BytesMut::new(),
         })
     }
 
     /// Appends `data`.
-    pub async fn write(&mut self, data: bytes::Bytes) -> FsResult<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        self.gathered += data.len();
-        if data.len() < SMALL_PIECE {
-            self.small.extend_from_slice(&data);
-        } else {
-            self.seal_small();
-            self.pieces.push(data);
-        }
-        if self.gathered >= WRITE_CHUNK || self.pieces.len() + 1 >= MAX_PIECES {
+    pub async fn write(&mut self, data: &[u8]) -> FsResult<()> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_CHUNK {
             self.flush().await?;
         }
         Ok(())
-    }
-
-    /// Ends the current run of small pieces, keeping the order of the content.
-    fn seal_small(&mut self) {
-        if !self.small.is_empty() {
-            self.pieces.push(self.small.split().freeze());
-        }
     }
 
     /// Waits for the write in flight and takes the file back.
@@ -335,11 +282,9 @@ impl Writer {
     /// Starts writing what has been gathered.
     async fn flush(&mut self) -> FsResult<()> {
         let mut file = self.settle().await?;
-        self.seal_small();
-        let pieces = std::mem::take(&mut self.pieces);
-        self.gathered = 0;
+        let data = self.buf.split().freeze();
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            let r = file.write_pieces(&pieces);
+            let r = file.write_all(&data);
             (file, r)
         }));
         Ok(())
@@ -361,7 +306,7 @@ impl Writer {
     /// Writes the rest, then commits (see [`AtomicFile::commit`]) as the
     /// caller's identity. Returns the verified byte count.
     pub async fn commit(mut self) -> FsResult<u64> {
-        if self.gathered > 0 {
+        if !self.buf.is_empty() {
             self.flush().await?;
         }
         let file = self.settle().await?;
@@ -426,42 +371,6 @@ mod tests {
         let d = tmpdir("dir");
         let e = AtomicFile::create(&d, false).err().unwrap();
         assert_eq!(e.kind(), super::super::Kind::InvalidFile);
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    /// Pieces of every size, small ones joined and large ones written as
-    /// they are, come out in order and complete.
-    #[tokio::test]
-    async fn writer_keeps_order_across_small_and_large_pieces() {
-        let d = tmpdir("pieces");
-        let p = d.join("f");
-        let mut want = Vec::new();
-        let mut pieces: Vec<bytes::Bytes> = Vec::new();
-        let mut n = 0u8;
-        let mut piece = |len: usize| {
-            let v: Vec<u8> = (0..len)
-                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(n))
-                .collect();
-            n = n.wrapping_add(1);
-            bytes::Bytes::from(v)
-        };
-        for len in [10, 100 * 1024, 1000, 1000, 1000, 2 * 1024 * 1024, 20 * 1024] {
-            pieces.push(piece(len));
-        }
-        for _ in 0..200 {
-            pieces.push(piece(3));
-        }
-        pieces.push(piece(64 * 1024));
-        let mut w = Writer::create(None, p.clone(), AttrRequest::default())
-            .await
-            .unwrap();
-        for b in pieces {
-            want.extend_from_slice(&b);
-            w.write(b).await.unwrap();
-        }
-        assert_eq!(w.commit().await.unwrap(), want.len() as u64);
-        assert_eq!(std::fs::read(&p).unwrap(), want);
-        assert_eq!(entries(&d), ["f"]);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
