@@ -31,7 +31,30 @@ fn engine_config(c: &Config) -> EngineConfig {
         max_line: c.max_line,
         env_file: c.env_file.clone(),
         base_env: base_env(c),
+        inherit_env: ENV_PREPARED.load(std::sync::atomic::Ordering::Relaxed),
     }
+}
+
+/// Set once [`prepare_environment`] has run: the daemon's own environment is
+/// then exactly what commands inherit.
+static ENV_PREPARED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the daemon's own environment the one commands inherit: the secrets
+/// are removed and `EXECD_ENVS` names the env file however it was
+/// configured. A command that adds nothing to it can then be spawned with the
+/// environment as it is, instead of a copy built for every spawn.
+///
+/// Call it first thing in `main`, while the process has a single thread:
+/// changing the environment is only sound when no other thread reads it.
+pub fn prepare_environment(c: &Config) {
+    for k in SECRET_VARS {
+        std::env::remove_var(k);
+    }
+    match &c.env_file {
+        Some(f) => std::env::set_var("EXECD_ENVS", f),
+        None => std::env::remove_var("EXECD_ENVS"),
+    }
+    ENV_PREPARED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The environment commands inherit: the daemon's, minus secrets, with

@@ -27,6 +27,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Still the only thread: the environment may change safely.
+    execd::daemon::prepare_environment(&cfg);
     limit_malloc_arenas();
     if let Err(e) = init_logging(&cfg) {
         eprintln!("execd: cannot open log file: {e}");

@@ -182,6 +182,43 @@ async fn envs_file_applies_and_request_wins_and_token_is_not_leaked() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A command with nothing to add to the environment inherits the daemon's
+/// as it is (no copy per spawn), which therefore must already be free of the
+/// token, and name the env file however it was configured.
+#[tokio::test]
+async fn plain_commands_inherit_the_daemon_environment_without_the_token() {
+    let dir = std::env::temp_dir().join(format!("execd-plain-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("empty.env");
+    std::fs::write(&file, "# nothing\n").unwrap();
+    let script = "echo \"${EXECD_ACCESS_TOKEN:-none}|${EXECD_ENVS:-unset}|$EXECD_TEST_INHERITED\"";
+    let d = Daemon::start_with(
+        &[],
+        &[
+            ("EXECD_ACCESS_TOKEN", "tok-9a8b7c"),
+            ("EXECD_TEST_INHERITED", "kept"),
+        ],
+    );
+    let evs = d.run(json!({ "command": script })).await;
+    assert_eq!(text_of(&evs, "stdout"), "none|unset|kept\n");
+    // The same through the flags, with an env file that sets nothing.
+    let d = Daemon::start_with(
+        &[
+            "--access-token",
+            "tok-9a8b7c",
+            "--envs-file",
+            file.to_str().unwrap(),
+        ],
+        &[("EXECD_TEST_INHERITED", "kept")],
+    );
+    let evs = d.run(json!({ "command": script })).await;
+    assert_eq!(
+        text_of(&evs, "stdout"),
+        format!("none|{}|kept\n", file.display())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn argv_runs_without_a_shell() {
     let d = Daemon::start();

@@ -28,7 +28,7 @@ execd-bench: execd's figures beside baselines measured in the same run
 usage: execd-bench [--smoke] [--execd PATH] [--svg PATH]
 
   --smoke        small sizes and short loads; only checks every figure is produced
-  --execd PATH   the daemon binary (default: cargo build --release -p execd)
+  --execd PATH   the daemon binary (default: the static release build, as shipped)
   --svg PATH     also plot the history of key ratios into an SVG file
   --only GROUPS  only these figure groups, comma-separated (for profiling):
                  ping, command, stream, files, startup; not saved to history

@@ -141,13 +141,18 @@ const BATCH: usize = 64 * 1024;
 
 /// Writes a command's event stream into `tx` until the terminal event, or
 /// until the client goes away (which leaves the command running).
-pub async fn write_stream(
+///
+/// The first frame (`init`, and for a background command the whole stream)
+/// is queued before this returns, not when the task first runs: the body then
+/// has data when hyper writes the response head, and both leave in one write
+/// (one segment, one wake-up of the client) instead of two.
+pub fn write_stream(
     cmd: Arc<Command>,
     tx: mpsc::Sender<Bytes>,
     ping: Duration,
     mode: StreamMode,
     label: Option<String>,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let mut buf = BytesMut::with_capacity(4096);
     let from_eid = match mode {
         StreamMode::Follow { from_eid } => from_eid,
@@ -165,18 +170,46 @@ pub async fn write_stream(
     }
     if mode == StreamMode::Background {
         match cmd.finished().filter(|f| f.spawn_failed) {
-            Some(f) => terminal(&mut buf, &cmd, &f, 1),
+            Some(f) => terminal(&mut buf, &f, 1),
             None => {
                 event_head(&mut buf, "execution_complete", 0, now_ms());
                 buf.put_slice(b"}\n\n");
             }
         }
-        let _ = tx.send(buf.split().freeze()).await;
-        return;
     }
-    if !buf.is_empty() && tx.send(buf.split().freeze()).await.is_err() {
-        return;
+    // A fresh channel has room, so this only fails if the body is gone.
+    let (first, gone) = match buf.is_empty() {
+        true => (None, false),
+        false => match tx.try_send(buf.split().freeze()) {
+            Ok(()) => (None, false),
+            Err(mpsc::error::TrySendError::Full(b)) => (Some(b), false),
+            Err(mpsc::error::TrySendError::Closed(_)) => (None, true),
+        },
+    };
+    async move {
+        if gone {
+            return;
+        }
+        if let Some(b) = first {
+            if tx.send(b).await.is_err() {
+                return;
+            }
+        }
+        if mode != StreamMode::Background {
+            follow(cmd, tx, ping, from_eid, buf).await;
+        }
     }
+}
+
+/// The rest of a followed stream: events as the log grows, keep-alive pings,
+/// then the terminal event.
+async fn follow(
+    cmd: Arc<Command>,
+    tx: mpsc::Sender<Bytes>,
+    ping: Duration,
+    from_eid: u64,
+    mut buf: BytesMut,
+) {
     let mut head_rx = cmd.log.watch();
     let mut next = from_eid.max(1);
     let mut last_eid = next - 1;
@@ -220,7 +253,7 @@ pub async fn write_stream(
         }
         if head.finished && next >= head.next_eid {
             if let Some(f) = cmd.finished().filter(|_| next <= head.next_eid) {
-                terminal(&mut buf, &cmd, &f, head.next_eid);
+                terminal(&mut buf, &f, head.next_eid);
                 let _ = tx.send(buf.split().freeze()).await;
             }
             return;
@@ -251,7 +284,7 @@ fn event_head(buf: &mut BytesMut, kind: &str, eid: u64, ts: u64) {
 
 /// The terminal event: `execution_complete` for exit 0, else `error` with the
 /// exit code as `evalue` (`-1` for a signal), plus execd's extension fields.
-fn terminal(buf: &mut BytesMut, cmd: &Command, f: &Finished, eid: u64) {
+fn terminal(buf: &mut BytesMut, f: &Finished, eid: u64) {
     let ms = f.duration.as_millis() as u64;
     if f.exit_code == 0 && f.signal.is_none() && !f.spawn_failed {
         event_head(buf, "execution_complete", eid, now_ms());
@@ -270,25 +303,40 @@ fn terminal(buf: &mut BytesMut, cmd: &Command, f: &Finished, eid: u64) {
         buf.put_slice(b",\"error\":");
         buf.put_slice(err.to_string().as_bytes());
     }
-    let ext = serde_json::json!({
-        "execution_time": ms,
-        "exit_code": f.exit_code,
-        "signal": f.signal,
-        "timed_out": f.timed_out,
-        "interrupted": f.interrupted,
-        "dropped_bytes": f.dropped_bytes,
-        "resources": {
-            "user_cpu_ms": f.resources.user_ms,
-            "system_cpu_ms": f.resources.system_ms,
-            "max_rss_kib": f.resources.max_rss_kib,
-        },
-    });
-    // Splice the extension object's members into the event.
-    let ext = ext.to_string();
-    buf.put_u8(b',');
-    buf.put_slice(&ext.as_bytes()[1..]);
-    buf.put_slice(b"\n\n");
-    let _ = cmd;
+    // execd's extension fields, in the order serde_json gave them (sorted).
+    buf.put_slice(b",\"dropped_bytes\":");
+    put_u64(buf, f.dropped_bytes);
+    buf.put_slice(b",\"execution_time\":");
+    put_u64(buf, ms);
+    buf.put_slice(b",\"exit_code\":");
+    put_i64(buf, i64::from(f.exit_code));
+    buf.put_slice(b",\"interrupted\":");
+    put_bool(buf, f.interrupted);
+    buf.put_slice(b",\"resources\":{\"max_rss_kib\":");
+    put_u64(buf, f.resources.max_rss_kib);
+    buf.put_slice(b",\"system_cpu_ms\":");
+    put_u64(buf, f.resources.system_ms);
+    buf.put_slice(b",\"user_cpu_ms\":");
+    put_u64(buf, f.resources.user_ms);
+    buf.put_slice(b"},\"signal\":");
+    match f.signal {
+        Some(sig) => put_i64(buf, i64::from(sig)),
+        None => buf.put_slice(b"null"),
+    }
+    buf.put_slice(b",\"timed_out\":");
+    put_bool(buf, f.timed_out);
+    buf.put_slice(b"}\n\n");
+}
+
+fn put_i64(buf: &mut BytesMut, n: i64) {
+    if n < 0 {
+        buf.put_u8(b'-');
+    }
+    put_u64(buf, n.unsigned_abs());
+}
+
+fn put_bool(buf: &mut BytesMut, b: bool) {
+    buf.put_slice(if b { b"true" } else { b"false" });
 }
 
 /// `DELETE /command?id=`: SIGTERM to the group, SIGKILL after the grace period.
@@ -460,4 +508,66 @@ pub async fn stdin(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         StatusCode::OK,
         &serde_json::json!({ "written": written, "closed": eof }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::Resources;
+    use std::time::SystemTime;
+
+    fn finished(exit_code: i32, signal: Option<i32>, error: Option<&str>) -> Finished {
+        Finished {
+            exit_code,
+            signal,
+            timed_out: signal.is_some(),
+            interrupted: false,
+            error: error.map(str::to_string),
+            spawn_failed: false,
+            finished_at: SystemTime::now(),
+            duration: Duration::from_millis(1234),
+            resources: Resources {
+                user_ms: 5,
+                system_ms: 0,
+                max_rss_kib: 4096,
+            },
+            dropped_bytes: 7,
+        }
+    }
+
+    /// The terminal event is one JSON object with every field, whatever the outcome.
+    #[test]
+    fn terminal_event_is_valid_json_with_every_field() {
+        for f in [
+            finished(0, None, None),
+            finished(2, None, Some("exit status 2")),
+            finished(-1, Some(9), Some("signal: killed")),
+        ] {
+            let mut buf = BytesMut::new();
+            terminal(&mut buf, &f, 3);
+            let text = std::str::from_utf8(&buf).expect("utf-8");
+            assert!(text.ends_with("}\n\n"), "{text}");
+            let v: serde_json::Value = serde_json::from_str(text.trim_end()).expect(text);
+            assert_eq!(v["eid"], 3);
+            assert_eq!(v["exit_code"], f.exit_code);
+            assert_eq!(v["execution_time"], 1234);
+            assert_eq!(v["dropped_bytes"], 7);
+            assert_eq!(v["timed_out"], f.timed_out);
+            assert_eq!(v["interrupted"], false);
+            assert_eq!(v["signal"], serde_json::json!(f.signal));
+            assert_eq!(
+                v["resources"],
+                serde_json::json!({"user_cpu_ms": 5, "system_cpu_ms": 0, "max_rss_kib": 4096})
+            );
+            let kind = if f.exit_code == 0 {
+                "execution_complete"
+            } else {
+                "error"
+            };
+            assert_eq!(v["type"], kind);
+            if f.exit_code != 0 {
+                assert_eq!(v["error"]["evalue"], f.exit_code.to_string());
+            }
+        }
+    }
 }

@@ -31,6 +31,11 @@ pub struct RunLimits {
 
 const READ_CHUNK: usize = 64 * 1024;
 
+/// A pipe's first buffer. Most commands write little or nothing, and two
+/// 64 KiB buffers per command made the heap grow and shrink (`brk`) around
+/// every spawn; a pipe that fills this gets [`READ_CHUNK`]s from then on.
+const FIRST_CHUNK: usize = 4 * 1024;
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -41,6 +46,8 @@ pub fn now_ms() -> u64 {
 struct Pipe {
     rx: Option<pipe::Receiver>,
     buf: BytesMut,
+    /// How much to reserve when the buffer runs low.
+    chunk: usize,
     lines: LineSplitter,
     stream: Stream,
 }
@@ -57,6 +64,7 @@ impl Pipe {
         Pipe {
             rx,
             buf: BytesMut::new(),
+            chunk: FIRST_CHUNK,
             lines: LineSplitter::new(max_line),
             stream,
         }
@@ -67,8 +75,8 @@ impl Pipe {
     }
 
     async fn read(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(READ_CHUNK);
+        if self.buf.capacity() - self.buf.len() < FIRST_CHUNK {
+            self.buf.reserve(self.chunk);
         }
         match &mut self.rx {
             Some(rx) => rx.read_buf(&mut self.buf).await,
@@ -80,6 +88,10 @@ impl Pipe {
     fn took(&mut self, r: std::io::Result<usize>, cmd: &Command) {
         match r {
             Ok(n) if n > 0 => {
+                if self.buf.len() == self.buf.capacity() {
+                    // The read filled the buffer: this pipe is busy.
+                    self.chunk = READ_CHUNK;
+                }
                 // Lines are slices of the chunk and the log keeps them for the
                 // retention window. A small read split off the buffer would pin
                 // all READ_CHUNK bytes of it for that long (a finished `echo`

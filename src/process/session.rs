@@ -190,7 +190,7 @@ impl Engine {
             background: false,
             stdin: false,
         };
-        let cmd = self.launch(spec, command, guard.env.clone());
+        let cmd = self.launch(spec, command, Some(guard.env.clone()));
         *session.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(cmd.clone());
         let (session2, cmd2) = (session.clone(), cmd.clone());
         self.tasks.spawn(async move {

@@ -30,8 +30,8 @@ pub struct SpawnSpec {
     /// The shell for [`Program::Shell`].
     pub shell: PathBuf,
     pub cwd: Option<PathBuf>,
-    /// The complete environment of the child.
-    pub env: Vec<(OsString, OsString)>,
+    /// The complete environment of the child; `None` passes on execd's own.
+    pub env: Option<Vec<(OsString, OsString)>>,
     /// Run as this uid, with this gid (default: the user's primary group).
     pub uid: Option<u32>,
     pub gid: Option<u32>,
@@ -198,10 +198,10 @@ fn build(spec: &SpawnSpec) -> Result<(std::process::Command, String), SpawnError
     };
     let program_name = program.to_string_lossy().into_owned();
     let mut cmd = std::process::Command::new(&program);
-    cmd.args(&args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .process_group(0);
+    cmd.args(&args).process_group(0);
+    if let Some(env) = &spec.env {
+        cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    }
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
