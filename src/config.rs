@@ -32,6 +32,8 @@ pub struct Config {
     pub graceful_shutdown_timeout: Duration,
     pub env_file: Option<PathBuf>,
     pub retention: Duration,
+    /// Finished command records kept at most; the oldest go first.
+    pub max_records: usize,
     pub output_window: usize,
     pub output_memory: usize,
     pub spill_cap: u64,
@@ -71,6 +73,7 @@ impl Default for Config {
             graceful_shutdown_timeout: Duration::from_secs(5),
             env_file: None,
             retention: Duration::from_secs(24 * 3600),
+            max_records: 4096,
             output_window: 1 << 20,
             output_memory: 64 << 20,
             spill_cap: 1 << 30,
@@ -115,6 +118,7 @@ Options (environment variable in brackets; a flag wins over its variable):
                                   [EXECD_API_GRACE_SHUTDOWN]
   --envs-file PATH                KEY=VALUE file applied to every command [EXECD_ENVS]
   --retention D                   keep finished commands' status and output (24h) [EXECD_RETENTION]
+  --max-records N                 keep at most N finished commands, oldest dropped first (4096) [EXECD_MAX_RECORDS]
   --output-window SIZE            output kept in memory per command (1MiB)
   --output-memory SIZE            output kept in memory by all commands (64MiB)
   --spill-cap SIZE                output kept on disk per command (1GiB); 0 keeps none
@@ -169,6 +173,9 @@ pub fn parse(
     if let Some(v) = env("EXECD_RETENTION").filter(|v| !v.is_empty()) {
         c.retention = duration(&v).map_err(|e| format!("EXECD_RETENTION: {e}"))?;
     }
+    if let Some(v) = env("EXECD_MAX_RECORDS").filter(|v| !v.is_empty()) {
+        c.max_records = records(&v).map_err(|e| format!("EXECD_MAX_RECORDS: {e}"))?;
+    }
     if let Some(v) = env("EXECD_DATA_DIR").filter(|v| !v.is_empty()) {
         c.data_dir = v.into();
     }
@@ -213,6 +220,7 @@ pub fn parse(
             }
             Long("envs-file") => c.env_file = Some(value(&mut p, "envs-file")?.into()),
             Long("retention") => c.retention = duration(&value(&mut p, "retention")?)?,
+            Long("max-records") => c.max_records = records(&value(&mut p, "max-records")?)?,
             Long("output-window") => {
                 c.output_window = size(&value(&mut p, "output-window")?)?.max(4096) as usize
             }
@@ -346,6 +354,14 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         rest = &rest[u..];
     }
     Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+/// A count of finished records to keep: at least 1.
+fn records(v: &str) -> Result<usize, String> {
+    v.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| format!("invalid count {v:?}: a whole number of at least 1 is required"))
 }
 
 /// Parses `4096`, `64KiB`, `64K`, `1MiB`, `1M`, `1GiB`, `1G`.
@@ -482,6 +498,15 @@ mod tests {
             matches!(parse(["install".into(), "/x".into()], |_| None), Ok(Parsed::Install(p)) if p == std::path::Path::new("/x"))
         );
         assert!(parse(["install".into()], |_| None).is_err());
+    }
+
+    #[test]
+    fn record_counts() {
+        assert_eq!(records("4096").unwrap(), 4096);
+        assert_eq!(records(" 1 ").unwrap(), 1);
+        for bad in ["0", "-3", "many", "", "1.5"] {
+            assert!(records(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

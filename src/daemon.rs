@@ -26,6 +26,7 @@ fn engine_config(c: &Config) -> EngineConfig {
         mem_total: c.output_memory,
         spill_dir: c.data_dir.clone(),
         retention: c.retention,
+        max_records: c.max_records,
         drain: c.drain_timeout,
         kill_grace: Duration::from_secs(3),
         max_line: c.max_line,

@@ -866,3 +866,33 @@ async fn max_line_raises_the_split_point() {
     assert_eq!(parts[0].len(), 300001);
     assert_eq!(parts[1], "tail\n");
 }
+
+#[tokio::test]
+async fn past_max_records_the_oldest_finished_records_make_room() {
+    let d = Daemon::start_with(&["--max-records", "3"], &[]);
+    // A running command is never dropped, however old.
+    let evs = d
+        .run(json!({"command": "sleep 300", "background": true}))
+        .await;
+    let running = evs[0]["text"].as_str().unwrap().to_string();
+    let mut done = Vec::new();
+    for i in 0..5 {
+        let evs = d.run(json!({ "command": format!("echo {i}") })).await;
+        assert_eq!(text_of(&evs, "stdout"), format!("{i}\n"));
+        done.push(evs[0]["text"].as_str().unwrap().to_string());
+    }
+    // Four records: the running one (stepped over) and the three newest.
+    let st = d.get(&format!("/command/status/{running}")).await;
+    assert_eq!(st.status, 200);
+    assert_eq!(st.json()["running"], true);
+    for id in &done[..2] {
+        d.get(&format!("/command/status/{id}"))
+            .await
+            .assert_error(404, "COMMAND_NOT_FOUND");
+    }
+    for (i, id) in done[2..].iter().enumerate() {
+        let logs = d.get(&format!("/command/{id}/logs")).await;
+        assert_eq!(logs.status, 200);
+        assert_eq!(logs.text(), format!("{}\n", i + 2));
+    }
+}

@@ -42,6 +42,8 @@ pub struct EngineConfig {
     pub mem_total: usize,
     pub spill_dir: PathBuf,
     pub retention: Duration,
+    /// Finished command records kept at most (the oldest are dropped first).
+    pub max_records: usize,
     pub drain: Duration,
     pub kill_grace: Duration,
     /// Longest partial line held back before it is emitted in pieces.
@@ -119,7 +121,7 @@ impl Engine {
         );
         let engine = Arc::new(Engine {
             reaper,
-            registry: registry::Registry::default(),
+            registry: registry::Registry::new(cfg.max_records),
             budget: MemBudget::new(cfg.mem_total),
             spill: SpillDir::new(cfg.spill_dir.clone()),
             tasks,

@@ -1,6 +1,6 @@
 //! Command records: id -> [`Command`], with their state machine and retention.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -198,27 +198,52 @@ impl Drop for StdinGuard<'_> {
     }
 }
 
-/// All known commands.
-#[derive(Debug, Default)]
+/// All known commands: every running one, and the finished ones until they
+/// expire or, past `max_records` records, the oldest of them make room.
+#[derive(Debug)]
 pub struct Registry {
-    commands: Mutex<HashMap<String, Arc<Command>>>,
+    inner: Mutex<Records>,
+    max_records: usize,
+}
+
+#[derive(Debug, Default)]
+struct Records {
+    by_id: HashMap<String, Arc<Command>>,
+    /// Ids in the order their commands started (ids of dropped records are
+    /// removed lazily).
+    order: VecDeque<String>,
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Command>>> {
-        self.commands.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn new(max_records: usize) -> Registry {
+        Registry {
+            inner: Mutex::new(Records::default()),
+            max_records: max_records.max(1),
+        }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a record; past `max_records` records, the oldest finished ones
+    /// are dropped (in start order) to make room.
     pub fn insert(&self, cmd: Arc<Command>) {
-        self.lock().insert(cmd.id.clone(), cmd);
+        let mut r = self.lock();
+        r.order.push_back(cmd.id.clone());
+        r.by_id.insert(cmd.id.clone(), cmd);
+        if r.by_id.len() > self.max_records {
+            r.trim(self.max_records);
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Command>> {
-        self.lock().get(id).cloned()
+        self.lock().by_id.get(id).cloned()
     }
 
     pub fn running(&self) -> Vec<Arc<Command>> {
         self.lock()
+            .by_id
             .values()
             .filter(|c| c.is_running())
             .cloned()
@@ -226,25 +251,54 @@ impl Registry {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().by_id.is_empty()
     }
 
     /// Drops records of commands that finished more than `retention` ago.
     /// Their spill files go with the last reference to their log.
     pub fn expire(&self, retention: Duration) -> usize {
         let now = SystemTime::now();
-        let mut map = self.lock();
-        let before = map.len();
-        map.retain(|_, c| match c.finished() {
+        let mut r = self.lock();
+        let before = r.by_id.len();
+        r.by_id.retain(|_, c| match c.finished() {
             Some(f) => now
                 .duration_since(f.finished_at)
                 .map_or(true, |age| age < retention),
             None => true,
         });
-        before - map.len()
+        let Records { by_id, order } = &mut *r;
+        order.retain(|id| by_id.contains_key(id));
+        before - by_id.len()
+    }
+}
+
+impl Records {
+    /// Drops the oldest finished records until there are at most `max`
+    /// records besides the running commands met on the way: running commands
+    /// are never dropped, they are stepped over.
+    fn trim(&mut self, max: usize) {
+        let mut i = 0;
+        let mut running = 0;
+        while self.by_id.len() > max + running && i < self.order.len() {
+            match self.by_id.get(&self.order[i]).map(|c| c.is_running()) {
+                Some(true) => {
+                    running += 1;
+                    i += 1;
+                }
+                Some(false) => {
+                    if let Some(id) = self.order.remove(i) {
+                        self.by_id.remove(&id);
+                    }
+                }
+                // Expired already: only the id was left.
+                None => {
+                    self.order.remove(i);
+                }
+            }
+        }
     }
 }
