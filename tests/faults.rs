@@ -357,16 +357,11 @@ async fn pings(s: &mut EventStream, n: usize) {
     }
 }
 
-#[tokio::test]
-async fn a_command_that_closes_its_output_keeps_its_stream_until_it_exits() {
-    let d = Daemon::start_with(&["--ping-interval", "50ms"], &[]);
-    let base = d.fds();
-
-    // It exits by itself once told to (on stdin): the exit code arrives.
-    let cmd = "echo $$; exec >&- 2>&-; read x; exit 7";
-    let mut s = d
-        .stream("/command", &json!({"command": cmd, "stdin": true}))
-        .await;
+/// Streams a command that prints its pid and then closes stdout and stderr;
+/// returns once both pipes are at end-of-file and the stream has still sent
+/// pings (it stays open while the command runs), with the command's id and pid.
+async fn closed_output(d: &Daemon, body: Value) -> (EventStream, String, u32) {
+    let mut s = d.stream("/command", &body).await;
     let id = s.next().await.unwrap()["text"]
         .as_str()
         .unwrap()
@@ -376,9 +371,18 @@ async fn a_command_that_closes_its_output_keeps_its_stream_until_it_exits() {
         !has_fd(pid, 1) && !has_fd(pid, 2)
     })
     .await;
-    // Both pipes are at end-of-file, yet the stream stays open (pings), and
-    // the command is still running.
     pings(&mut s, 3).await;
+    (s, id, pid)
+}
+
+#[tokio::test]
+async fn a_command_that_closes_its_output_keeps_its_stream_until_it_exits() {
+    let d = Daemon::start_with(&["--ping-interval", "50ms"], &[]);
+    let base = d.fds();
+
+    // It exits by itself once told to (on stdin): the exit code arrives.
+    let cmd = "echo $$; exec >&- 2>&-; read x; exit 7";
+    let (mut s, id, _) = closed_output(&d, json!({"command": cmd, "stdin": true})).await;
     assert_eq!(
         d.get(&format!("/command/status/{id}")).await.json()["running"],
         true
@@ -402,22 +406,8 @@ async fn a_command_that_closes_its_output_keeps_its_stream_until_it_exits() {
     );
 
     // It would run for ever: an interrupt ends it, and the stream with it.
-    let mut s = d
-        .stream(
-            "/command",
-            &json!({"command": "echo $$; exec >&- 2>&-; exec sleep 300"}),
-        )
-        .await;
-    let id = s.next().await.unwrap()["text"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let pid: u32 = first_stdout(&mut s).await.trim().parse().unwrap();
-    eventually(WAIT, "stdout and stderr closed", || {
-        !has_fd(pid, 1) && !has_fd(pid, 2)
-    })
-    .await;
-    pings(&mut s, 3).await;
+    let cmd = "echo $$; exec >&- 2>&-; exec sleep 300";
+    let (mut s, id, pid) = closed_output(&d, json!({ "command": cmd })).await;
     assert_eq!(d.delete(&format!("/command?id={id}")).await.status, 200);
     let rest = s.collect().await;
     let t = terminal(&rest);
