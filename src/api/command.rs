@@ -10,7 +10,7 @@ use http::{HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::wire::{json_str, now_ms, put_u64, rfc3339};
+use super::wire::{json_str, now_ms, put_bool, put_i64, put_u64, rfc3339};
 use crate::fs::path;
 use crate::process::{Command, CommandSpec, Finished, Program, Stream};
 use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
@@ -326,17 +326,6 @@ fn terminal(buf: &mut BytesMut, f: &Finished, eid: u64) {
     buf.put_slice(b",\"timed_out\":");
     put_bool(buf, f.timed_out);
     buf.put_slice(b"}\n\n");
-}
-
-fn put_i64(buf: &mut BytesMut, n: i64) {
-    if n < 0 {
-        buf.put_u8(b'-');
-    }
-    put_u64(buf, n.unsigned_abs());
-}
-
-fn put_bool(buf: &mut BytesMut, b: bool) {
-    buf.put_slice(if b { b"true" } else { b"false" });
 }
 
 /// `DELETE /command?id=`: SIGTERM to the group, SIGKILL after the grace period.

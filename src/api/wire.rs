@@ -118,6 +118,19 @@ pub fn put_u64(out: &mut BytesMut, mut n: u64) {
     out.put_slice(&buf[i..]);
 }
 
+/// Appends a signed integer in decimal.
+pub fn put_i64(out: &mut BytesMut, n: i64) {
+    if n < 0 {
+        out.put_u8(b'-');
+    }
+    put_u64(out, n.unsigned_abs());
+}
+
+/// Appends a JSON boolean.
+pub fn put_bool(out: &mut BytesMut, b: bool) {
+    out.put_slice(if b { b"true" } else { b"false" });
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()

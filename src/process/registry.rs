@@ -250,14 +250,6 @@ impl Registry {
             .collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.lock().by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lock().by_id.is_empty()
-    }
-
     /// Drops records of commands that finished more than `retention` ago.
     /// Their spill files go with the last reference to their log.
     pub fn expire(&self, retention: Duration) -> usize {
