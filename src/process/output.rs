@@ -244,34 +244,38 @@ impl OutputLog {
         *self.head.borrow()
     }
 
-    /// Appends one event; returns its eid.
-    pub fn append(&self, stream: Stream, ts_ms: u64, data: Bytes) -> u64 {
-        let len = data.len();
+    /// Appends events (lines of one read, in order) under one lock and with
+    /// one wake-up of the readers, however many there are.
+    pub fn append(&self, stream: Stream, ts_ms: u64, lines: impl IntoIterator<Item = Bytes>) {
         let mut inner = self.lock();
-        let eid = inner.next_eid;
-        let ev = OutputEvent {
-            eid,
-            stream,
-            offset: inner.total,
-            ts_ms,
-            data,
-        };
-        inner.next_eid += 1;
-        inner.total += len as u64;
-        inner.mem.push_back(ev);
-        let cost = len + EVENT_OVERHEAD;
-        inner.mem_bytes += cost;
-        self.budget.add(cost);
-        if inner.mem_bytes > self.limits.window || (self.budget.over() && inner.mem.len() > 1) {
-            self.spill(&mut inner);
+        let before = inner.next_eid;
+        for data in lines {
+            let len = data.len();
+            let ev = OutputEvent {
+                eid: inner.next_eid,
+                stream,
+                offset: inner.total,
+                ts_ms,
+                data,
+            };
+            inner.next_eid += 1;
+            inner.total += len as u64;
+            inner.mem.push_back(ev);
+            let cost = len + EVENT_OVERHEAD;
+            inner.mem_bytes += cost;
+            self.budget.add(cost);
+            if inner.mem_bytes > self.limits.window || (self.budget.over() && inner.mem.len() > 1) {
+                self.spill(&mut inner);
+            }
         }
         let (next_eid, total) = (inner.next_eid, inner.total);
         drop(inner);
-        self.head.send_modify(|h| {
-            h.next_eid = next_eid;
-            h.total_bytes = total;
-        });
-        eid
+        if next_eid != before {
+            self.head.send_modify(|h| {
+                h.next_eid = next_eid;
+                h.total_bytes = total;
+            });
+        }
     }
 
     /// Marks the log complete: no more events will come.
@@ -698,7 +702,7 @@ mod tests {
     async fn memory_only_roundtrip() {
         let l = log(1 << 20, 0, &tmp("mem"));
         for i in 0..10 {
-            l.append(Stream::Stdout, 0, Bytes::from(format!("line {i}\n")));
+            l.append(Stream::Stdout, 0, [Bytes::from(format!("line {i}\n"))]);
         }
         let evs = l.read_events(3, usize::MAX).await.unwrap();
         assert_eq!(evs.len(), 8);
@@ -723,7 +727,7 @@ mod tests {
             };
             let line = format!("{i:06} {}\n", "x".repeat((i % 50) as usize));
             expect.extend_from_slice(line.as_bytes());
-            l.append(s, i as u64, Bytes::from(line));
+            l.append(s, i as u64, [Bytes::from(line)]);
         }
         // Every event, by eid, in order, from spill and memory.
         let mut next = 1;
@@ -766,7 +770,7 @@ mod tests {
         let dir = tmp("cap");
         let l = log(1024, 8192, &dir);
         for i in 0..2000u32 {
-            l.append(Stream::Stdout, 0, Bytes::from(format!("{i:09}\n")));
+            l.append(Stream::Stdout, 0, [Bytes::from(format!("{i:09}\n"))]);
         }
         let gap = l.read_events(1, 100).await.unwrap_err();
         assert!(gap.oldest_eid > 1);

@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::time::{sleep_until, Instant};
@@ -49,6 +49,8 @@ struct Pipe {
     /// How much to reserve when the buffer runs low.
     chunk: usize,
     lines: LineSplitter,
+    /// The lines of one read, appended to the log together.
+    batch: Vec<Bytes>,
     stream: Stream,
 }
 
@@ -66,6 +68,7 @@ impl Pipe {
             buf: BytesMut::new(),
             chunk: FIRST_CHUNK,
             lines: LineSplitter::new(max_line),
+            batch: Vec::new(),
             stream,
         }
     }
@@ -95,19 +98,19 @@ impl Pipe {
                 // Lines are slices of the chunk and the log keeps them for the
                 // retention window. A small read split off the buffer would pin
                 // all READ_CHUNK bytes of it for that long (a finished `echo`
-                // held 64 KiB), so small reads are copied out instead.
-                let chunk = if n < READ_CHUNK / 4 {
+                // held 64 KiB), so a quiet pipe's reads are copied out. A busy
+                // pipe's reads are split off without a copy: they fill one
+                // allocation after another, so at most one is partly used.
+                let chunk = if self.chunk == FIRST_CHUNK && n < READ_CHUNK / 4 {
                     let small = BytesMut::from(&self.buf[..]);
                     self.buf.clear();
                     small
                 } else {
                     self.buf.split()
                 };
-                let ts = now_ms();
-                let stream = self.stream;
-                self.lines.push(chunk, |line| {
-                    cmd.log.append(stream, ts, line);
-                });
+                let batch = &mut self.batch;
+                self.lines.push(chunk, |line| batch.push(line));
+                cmd.log.append(self.stream, now_ms(), self.batch.drain(..));
             }
             _ => self.close(cmd),
         }
@@ -126,10 +129,9 @@ impl Pipe {
 
     fn close(&mut self, cmd: &Command) {
         self.rx = None;
-        let (ts, stream) = (now_ms(), self.stream);
-        self.lines.finish(|line| {
-            cmd.log.append(stream, ts, line);
-        });
+        let batch = &mut self.batch;
+        self.lines.finish(|line| batch.push(line));
+        cmd.log.append(self.stream, now_ms(), self.batch.drain(..));
     }
 }
 
