@@ -61,7 +61,7 @@ pub async fn forward(mut ctx: Ctx) -> Result<Response<Body>, ApiError> {
         return Err(ProxyError::SelfLoop(port).into());
     }
     let target = target_uri(ctx.param("path"), ctx.req.uri().query())?;
-    let peer = ctx.peer();
+    let peer = ctx.peer;
     let upgrade = wants_upgrade(ctx.req.headers());
     // Taken before the request is consumed; resolves once our 101 is written.
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut ctx.req));
@@ -70,7 +70,7 @@ pub async fn forward(mut ctx: Ctx) -> Result<Response<Body>, ApiError> {
     parts.uri = target;
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
-    prepare_request_headers(&mut parts.headers, port, peer, upgrade);
+    prepare_request_headers(&mut parts.headers, port, Some(peer), upgrade);
     let req = Request::from_parts(parts, body);
 
     let stream = match tokio::time::timeout(

@@ -100,6 +100,9 @@ pub struct Ctx {
     pub app: Arc<App>,
     pub req: Request<Incoming>,
     pub params: Vec<(&'static str, String)>,
+    /// The client's address, as the accept loop saw it. A field rather than
+    /// a request extension: an extension costs a map allocation per request.
+    pub peer: SocketAddr,
 }
 
 impl Ctx {
@@ -109,11 +112,6 @@ impl Ctx {
             .iter()
             .find(|(n, _)| *n == name)
             .map_or("", |(_, v)| v.as_str())
-    }
-
-    /// The client's address, as the accept loop saw it.
-    pub fn peer(&self) -> Option<SocketAddr> {
-        self.req.extensions().get::<Peer>().map(|p| p.0)
     }
 
     /// Query parameters, percent-decoded; repeated names keep every value.
@@ -166,10 +164,6 @@ impl Ctx {
     }
 }
 
-/// The client's address, stored in the request's extensions by `handle`.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
-
 /// Decoded query parameters.
 pub struct Query(pub Vec<(String, String)>);
 
@@ -217,7 +211,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let svc = hyper::service::service_fn(move |req| handle(app.clone(), req, peer));
-        let stop = stop.clone();
+        // Its own token: a connection's wait for shutdown then locks only its
+        // own waiter list each time it is polled, not one shared by all.
+        let stop = stop.child_token();
         conns.spawn(async move {
             // HTTP/1.1 (with upgrades) or, on the HTTP/2 preface, h2c for gRPC.
             let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -230,6 +226,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
             let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             let mut conn = std::pin::pin!(conn);
             let r = tokio::select! {
+                biased;
                 r = conn.as_mut() => r,
                 _ = stop.cancelled() => {
                     // Finish the request in flight, then close.
@@ -257,41 +254,47 @@ fn grpc_body(resp: Response<tonic::body::Body>) -> Response<Body> {
     })
 }
 
-async fn handle(
+/// A request's future, decided synchronously: the access check, gRPC or
+/// REST, the route. Only the chosen handler's boxed future is awaited, so
+/// what hyper keeps per request is small.
+fn handle(
     app: Arc<App>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     peer: SocketAddr,
-) -> Result<Response<Body>, Infallible> {
-    req.extensions_mut().insert(Peer(peer));
+) -> impl std::future::Future<Output = Result<Response<Body>, Infallible>> {
     // The request line is kept for the log only when debug logging is on.
     let logged = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| (req.method().clone(), req.uri().path().to_string()));
+    let reply = answer(app, req, peer);
+    async move {
+        let resp = reply.await.unwrap_or_else(ApiError::into_response);
+        if let Some((method, path)) = logged {
+            tracing::debug!(%method, %path, status = resp.status().as_u16(), %peer, "request");
+        }
+        Ok(resp)
+    }
+}
+
+fn answer(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Reply {
     let token = app.token.as_deref();
     let allowed = auth::authorized(token, req.headers())
         || (routes::allows_query_token(req.uri().path())
             && auth::query_authorized(token, req.uri().query()));
-    let grpc = crate::grpc::is_grpc(req.headers());
-    let resp = if !allowed {
-        if grpc {
-            grpc_body(
-                tonic::Status::unauthenticated("invalid or missing X-EXECD-ACCESS-TOKEN")
-                    .into_http(),
-            )
-        } else {
-            ApiError::unauthorized().into_response()
-        }
-    } else if grpc {
-        use tonic::codegen::Service;
-        let mut svc = app.grpc.clone();
-        match svc.call(req).await {
-            Ok(resp) => grpc_body(resp),
-            Err(never) => match never {},
-        }
-    } else {
-        routes::dispatch(app, req).await
-    };
-    if let Some((method, path)) = logged {
-        tracing::debug!(%method, %path, status = resp.status().as_u16(), %peer, "request");
+    // gRPC needs HTTP/2; an HTTP/1.1 request is never looked at for it.
+    let grpc = req.version() == http::Version::HTTP_2 && crate::grpc::is_grpc(req.headers());
+    match (allowed, grpc) {
+        (false, true) => Box::pin(std::future::ready(Ok(grpc_body(
+            tonic::Status::unauthenticated("invalid or missing X-EXECD-ACCESS-TOKEN").into_http(),
+        )))),
+        (false, false) => Box::pin(std::future::ready(Err(ApiError::unauthorized()))),
+        (true, true) => Box::pin(async move {
+            use tonic::codegen::Service;
+            let mut svc = app.grpc.clone();
+            match svc.call(req).await {
+                Ok(resp) => Ok(grpc_body(resp)),
+                Err(never) => match never {},
+            }
+        }),
+        (true, false) => routes::dispatch(app, req, peer),
     }
-    Ok(resp)
 }

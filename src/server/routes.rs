@@ -1,6 +1,7 @@
 //! THE route table: every endpoint execd serves, readable as the API itself.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -10,7 +11,8 @@ use hyper::body::Incoming;
 use super::{ApiError, App, Body, Ctx};
 use crate::api;
 
-type Reply = Pin<Box<dyn Future<Output = Result<Response<Body>, ApiError>> + Send>>;
+/// A handler's answer to come.
+pub type Reply = Pin<Box<dyn Future<Output = Result<Response<Body>, ApiError>> + Send>>;
 type Handler = fn(Ctx) -> Reply;
 
 /// One endpoint. `{name}` segments capture a path parameter; a final
@@ -20,6 +22,18 @@ pub struct Route {
     pub method: Option<Method>,
     pub path: &'static str,
     pub handler: Handler,
+    /// A path without parameters, matched by one comparison.
+    literal: bool,
+}
+
+impl Route {
+    fn matches(&self, path: &str) -> Option<Vec<(&'static str, String)>> {
+        if self.literal {
+            (self.path == path).then(Vec::new)
+        } else {
+            matches(self.path, path)
+        }
+    }
 }
 
 /// `ANY` -> `None`, `GET` -> `Some(Method::GET)`, ...
@@ -38,7 +52,12 @@ macro_rules! routes {
         pub fn table() -> &'static [Route] {
             static TABLE: std::sync::OnceLock<Vec<Route>> = std::sync::OnceLock::new();
             TABLE.get_or_init(|| vec![
-                $(Route { method: route_method!($method), path: $path, handler: |c| Box::pin($handler(c)) },)*
+                $(Route {
+                    method: route_method!($method),
+                    path: $path,
+                    handler: |c| Box::pin($handler(c)),
+                    literal: !$path.contains('{'),
+                },)*
             ])
         }
     };
@@ -164,25 +183,28 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// Routes a request: 404 for an unknown path, 405 for a known path with the wrong method.
-pub async fn dispatch(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+/// Routes a request to its handler's future: 404 for an unknown path, 405 for
+/// a known path with the wrong method. Synchronous, so the only thing a
+/// request's future holds is the handler's (boxed) future.
+pub fn dispatch(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
     let mut allowed: Vec<&Method> = Vec::new();
     for route in table() {
-        let Some(params) = matches(route.path, req.uri().path()) else {
+        let Some(params) = route.matches(req.uri().path()) else {
             continue;
         };
         if let Some(m) = route.method.as_ref().filter(|m| *m != req.method()) {
             allowed.push(m);
             continue;
         }
-        let ctx = Ctx { app, req, params };
-        return match (route.handler)(ctx).await {
-            Ok(resp) => resp,
-            Err(e) => e.into_response(),
-        };
+        return (route.handler)(Ctx {
+            app,
+            req,
+            params,
+            peer,
+        });
     }
     let path = req.uri().path();
-    if allowed.is_empty() {
+    let resp = if allowed.is_empty() {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
@@ -205,7 +227,8 @@ pub async fn dispatch(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             resp.headers_mut().insert(http::header::ALLOW, v);
         }
         resp
-    }
+    };
+    Box::pin(std::future::ready(Ok(resp)))
 }
 
 #[cfg(test)]
@@ -225,6 +248,31 @@ mod tests {
             matches("/command/status/{id}", "/command/status/a%20b+c"),
             Some(vec![("id", "a b+c".to_string())])
         );
+    }
+
+    #[test]
+    fn literal_routes_match_as_the_pattern_matcher_does() {
+        let paths = [
+            "/ping",
+            "/ping/",
+            "/files",
+            "/files/info",
+            "/command",
+            "/v1/health",
+            "/",
+            "",
+        ];
+        for route in table() {
+            assert_eq!(route.literal, !route.path.contains('{'), "{}", route.path);
+            for path in paths.iter().copied().chain([route.path]) {
+                assert_eq!(
+                    route.matches(path),
+                    matches(route.path, path),
+                    "{} against {path:?}",
+                    route.path
+                );
+            }
+        }
     }
 
     #[test]
