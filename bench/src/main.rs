@@ -148,11 +148,13 @@ async fn bench(args: &Args) -> Result<bool, String> {
     };
     let mut peak = figures::process::PeakRss::default();
     peak.after("start", &run.execd);
+    let mut steal = report::Steal::start();
     for (name, measure) in figures::GROUPS {
         if args.wants(name) {
             eprintln!("  measuring {name} ...");
             figs.extend(measure(&run).await);
             peak.after(name, &run.execd);
+            steal.after(name);
         }
     }
     figs.push(peak.figure());
@@ -162,6 +164,9 @@ async fn bench(args: &Args) -> Result<bool, String> {
     drop(run);
 
     print!("{}", report::table(&figs));
+    if let Some(s) = steal.summary() {
+        println!("CPU steal (time the hypervisor gave to other guests): {s}");
+    }
     let secs = started
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -172,6 +177,7 @@ async fn bench(args: &Args) -> Result<bool, String> {
         "execd": bin,
         "commit": git_head(),
         "machine": report::machine(),
+        "steal_percent": steal.json(),
         "figures": figs,
     });
     if args.only.is_none() {

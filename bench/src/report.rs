@@ -73,6 +73,17 @@ impl Measured {
             p95: None,
             note: if baseline.is_empty() {
                 stats::spread(value)
+            } else if value.len() == baseline.len() && value.len() > 1 {
+                // Trials are measured in pairs, back to back: the ratio of
+                // each pair shows how much of a verdict is the machine's noise.
+                let pairs: Vec<f64> = value.iter().zip(baseline).map(|(v, b)| v / b).collect();
+                format!(
+                    "execd {}, baseline {}; ratio per trial pair {} (median {:.3})",
+                    stats::spread(value),
+                    stats::spread(baseline),
+                    stats::range(&pairs, 3),
+                    stats::median(&pairs).unwrap_or(f64::NAN)
+                )
             } else {
                 format!(
                     "execd {}, baseline {}",
@@ -271,6 +282,86 @@ pub fn machine() -> Value {
     })
 }
 
+/// CPU time the hypervisor gave to other guests (`steal` in `/proc/stat`)
+/// while each figure group ran, as a share of all CPU time. On a shared VM
+/// this says which groups' figures are noisy: a few percent of steal can move
+/// a throughput ratio by more than that.
+#[derive(Default)]
+pub struct Steal {
+    last: Option<CpuTimes>,
+    groups: Vec<(&'static str, f64)>,
+}
+
+/// Aggregate CPU time from `/proc/stat`, in ticks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CpuTimes {
+    total: u64,
+    steal: u64,
+}
+
+impl Steal {
+    /// Starts the first interval.
+    pub fn start() -> Steal {
+        Steal {
+            last: read_cpu_times(),
+            groups: Vec::new(),
+        }
+    }
+
+    /// Ends the interval of `group` and starts the next.
+    pub fn after(&mut self, group: &'static str) {
+        let now = read_cpu_times();
+        if let (Some(a), Some(b)) = (self.last, now) {
+            let total = b.total.saturating_sub(a.total);
+            if total > 0 {
+                let steal = b.steal.saturating_sub(a.steal);
+                self.groups
+                    .push((group, 100.0 * steal as f64 / total as f64));
+            }
+        }
+        self.last = now;
+    }
+
+    /// `ping 0.4 %, command 2.1 %, ...`, or `None` when nothing was read.
+    pub fn summary(&self) -> Option<String> {
+        (!self.groups.is_empty()).then(|| {
+            self.groups
+                .iter()
+                .map(|(g, p)| format!("{g} {p:.1} %"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+
+    pub fn json(&self) -> Value {
+        self.groups
+            .iter()
+            .map(|(g, p)| (g.to_string(), json!((p * 10.0).round() / 10.0)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+fn read_cpu_times() -> Option<CpuTimes> {
+    parse_cpu_times(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The `cpu` line: user nice system idle iowait irq softirq steal [guest...];
+/// guest time is already counted in user time, so the total stops at steal.
+fn parse_cpu_times(stat: &str) -> Option<CpuTimes> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    (fields.len() == 8).then(|| CpuTimes {
+        total: fields.iter().sum(),
+        steal: fields[7],
+    })
+}
+
 /// Writes `report.json` and appends to `history.jsonl` in `dir`.
 pub fn save(dir: &Path, run: &Value) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -290,6 +381,19 @@ pub fn save(dir: &Path, run: &Value) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_times_from_proc_stat() {
+        let stat = "cpu  2473548 265982 550473 952156 32908 0 37734 156640 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        let t = parse_cpu_times(stat).expect("parsed");
+        assert_eq!(t.steal, 156640);
+        assert_eq!(
+            t.total,
+            2473548 + 265982 + 550473 + 952156 + 32908 + 37734 + 156640
+        );
+        assert_eq!(parse_cpu_times("cpu  1 2 3\n"), None);
+        assert_eq!(parse_cpu_times("intr 5\n"), None);
+    }
 
     #[test]
     fn budgets_judge_values() {

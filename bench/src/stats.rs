@@ -33,6 +33,13 @@ pub fn spread(xs: &[f64]) -> String {
     format!("{}..{} over {}", fmt_num(lo), fmt_num(hi), xs.len())
 }
 
+/// "min..max" with `decimals` decimals.
+pub fn range(xs: &[f64], decimals: usize) -> String {
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{lo:.decimals$}..{hi:.decimals$}")
+}
+
 /// A number with as many decimals as its size calls for.
 pub fn fmt_num(x: f64) -> String {
     let a = x.abs();
@@ -67,5 +74,6 @@ mod tests {
         assert_eq!(fmt_num(12.34), "12.3");
         assert_eq!(fmt_num(1.234), "1.23");
         assert_eq!(fmt_num(0.01234), "0.012");
+        assert_eq!(range(&[0.91, 0.8049, 1.2], 3), "0.805..1.200");
     }
 }
