@@ -9,6 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::wire::{json_str, now_ms, put_bool, put_i64, put_u64, rfc3339};
 use crate::fs::path;
@@ -213,6 +214,11 @@ async fn follow(
     let mut head_rx = cmd.log.watch();
     let mut next = from_eid.max(1);
     let mut last_eid = next - 1;
+    // One timer for the whole stream, pushed back whenever something is
+    // sent: a new timer per wait would be registered and removed again for
+    // every batch of output.
+    let silence = tokio::time::sleep(ping);
+    tokio::pin!(silence);
     loop {
         let head = *head_rx.borrow_and_update();
         match cmd.log.read_events(next, BATCH).await {
@@ -233,6 +239,7 @@ async fn follow(
                 if tx.send(buf.split().freeze()).await.is_err() {
                     return;
                 }
+                silence.as_mut().reset(Instant::now() + ping);
                 continue;
             }
             Ok(_) => {}
@@ -260,12 +267,13 @@ async fn follow(
         }
         tokio::select! {
             _ = head_rx.changed() => {}
-            _ = tokio::time::sleep(ping) => {
+            _ = &mut silence => {
                 event_head(&mut buf, "ping", last_eid, now_ms());
                 buf.put_slice(b",\"text\":\"pong\"}\n\n");
                 if tx.send(buf.split().freeze()).await.is_err() {
                     return;
                 }
+                silence.as_mut().reset(Instant::now() + ping);
             }
             _ = tx.closed() => return,
         }
