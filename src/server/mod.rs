@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod routes;
 pub mod sse;
+mod timer;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -218,7 +219,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
             // HTTP/1.1 (with upgrades) or, on the HTTP/2 preface, h2c for gRPC.
             let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             http.http1()
-                .timer(TokioTimer::new())
+                .timer(timer::ConnTimer::default())
                 .header_read_timeout(Duration::from_secs(30))
                 .max_buf_size(64 * 1024)
                 .keep_alive(true);
