@@ -510,3 +510,67 @@ async fn ten_thousand_idle_keepalive_connections() {
         d.fds().len()
     );
 }
+
+/// Reads from `conn` until `done` says the bytes so far are enough.
+async fn read_until(conn: &mut tokio::net::TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    while !done(&buf) {
+        let mut b = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, conn.read(&mut b))
+            .await
+            .expect("answer within the wait")
+            .expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&b[..n]);
+    }
+    buf
+}
+
+/// execd tells HTTP/1.1 from h2c by the first bytes a client sends. A client
+/// whose first write is a single byte (or a piece of the HTTP/2 preface) is
+/// served all the same, whichever way the bytes arrive.
+#[tokio::test]
+async fn requests_whose_first_bytes_arrive_alone_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let d = Daemon::start();
+
+    // HTTP/1.1: "P" alone is also the start of the HTTP/2 preface.
+    let mut c = tokio::net::TcpStream::connect(d.addr)
+        .await
+        .expect("connect");
+    c.set_nodelay(true).expect("nodelay");
+    c.write_all(b"P").await.expect("send");
+    let body = br#"{"command":"echo split"}"#;
+    let rest = format!(
+        "OST /command HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(rest.as_bytes()).await.expect("send");
+    c.write_all(body).await.expect("send");
+    let answer = read_until(&mut c, |b| {
+        b.windows(5).any(|w| w == b"split") && b.ends_with(b"0\r\n\r\n")
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("execution_complete"), "{answer}");
+
+    // h2c: the preface in two pieces, then an empty SETTINGS frame; the
+    // server's first frame is its SETTINGS (type 4, stream 0).
+    let mut c = tokio::net::TcpStream::connect(d.addr)
+        .await
+        .expect("connect");
+    c.set_nodelay(true).expect("nodelay");
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    c.write_all(&preface[..9]).await.expect("send");
+    c.write_all(&preface[9..]).await.expect("send");
+    c.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .expect("send");
+    let frames = read_until(&mut c, |b| b.len() >= 9).await;
+    assert_eq!(frames[3], 4, "first frame is SETTINGS: {frames:?}");
+    assert_eq!(&frames[5..9], &[0, 0, 0, 0], "on stream 0: {frames:?}");
+
+    assert_eq!(d.get("/ping").await.status, 200);
+}

@@ -11,6 +11,7 @@ mod timer;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,6 +193,18 @@ impl Query {
     }
 }
 
+/// The HTTP/1.1 settings, for hyper's builder and the auto builder's (the
+/// two have the same methods but no common trait).
+macro_rules! http1_options {
+    ($http:expr) => {
+        $http
+            .timer(timer::ConnTimer::default())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(64 * 1024)
+            .keep_alive(true)
+    };
+}
+
 /// Accepts connections until `stop` is cancelled, then lets in-flight
 /// requests finish for at most `drain`.
 pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken, drain: Duration) {
@@ -216,27 +229,41 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
         // own waiter list each time it is polled, not one shared by all.
         let stop = stop.child_token();
         conns.spawn(async move {
-            // HTTP/1.1 (with upgrades) or, on the HTTP/2 preface, h2c for gRPC.
-            let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            http.http1()
-                .timer(timer::ConnTimer::default())
-                .header_read_timeout(Duration::from_secs(30))
-                .max_buf_size(64 * 1024)
-                .keep_alive(true);
-            http.http2().timer(TokioTimer::new());
-            let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            let mut conn = std::pin::pin!(conn);
-            let r = tokio::select! {
-                biased;
-                r = conn.as_mut() => r,
-                _ = stop.cancelled() => {
-                    // Finish the request in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            // Slowloris protection starts at the first byte: a client gets
+            // HEADER_READ_TIMEOUT to show what it speaks, then hyper gives it
+            // as long again for each request head.
+            let first = tokio::select! {
+                r = tokio::time::timeout(HEADER_READ_TIMEOUT, sniff(&stream)) => r,
+                _ = stop.cancelled() => return,
             };
-            if let Err(e) = r {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            let io = TokioIo::new(stream);
+            match first {
+                Ok(Ok(Protocol::Http1)) => {
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http1_options!(http);
+                    let conn = http.serve_connection(io, svc).with_upgrades();
+                    drive(conn, &stop, |c| c.graceful_shutdown(), peer).await
+                }
+                Ok(Ok(Protocol::Http2)) => {
+                    let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    http.timer(TokioTimer::new());
+                    let conn = http.serve_connection(io, svc);
+                    drive(conn, &stop, |c| c.graceful_shutdown(), peer).await
+                }
+                Ok(Ok(Protocol::Unsure)) => {
+                    // Part of the HTTP/2 preface so far: hyper-util's auto
+                    // builder reads on until it knows.
+                    let mut http =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    http1_options!(http.http1());
+                    http.http2().timer(TokioTimer::new());
+                    let conn = http.serve_connection_with_upgrades(io, svc);
+                    drive(conn, &stop, |c| c.graceful_shutdown(), peer).await
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "connection failed before its first byte")
+                }
+                Err(_) => tracing::debug!(%peer, "no request within the header read timeout"),
             }
         });
     }
@@ -244,6 +271,64 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
     conns.close();
     if tokio::time::timeout(drain, conns.wait()).await.is_err() {
         tracing::debug!("connections still open at the end of shutdown");
+    }
+}
+
+/// How long a client has for each request head, and for its first byte.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP/2 client connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection's first bytes say it speaks.
+#[derive(Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    /// h2c, for sandboxd's gRPC.
+    Http2,
+    /// Nothing yet, or a strict prefix of the HTTP/2 preface.
+    Unsure,
+}
+
+fn protocol(first: &[u8]) -> Protocol {
+    let n = first.len().min(H2_PREFACE.len());
+    if first[..n] != H2_PREFACE[..n] {
+        Protocol::Http1
+    } else if n == H2_PREFACE.len() {
+        Protocol::Http2
+    } else {
+        Protocol::Unsure
+    }
+}
+
+/// Waits for the connection's first bytes and classifies them, without
+/// consuming them (`MSG_PEEK`). HTTP/1.1 connections are then served by
+/// hyper's HTTP/1 connection directly, without the auto builder's wrapper
+/// around every read.
+async fn sniff(stream: &tokio::net::TcpStream) -> std::io::Result<Protocol> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    let n = stream.peek(&mut first).await?;
+    Ok(protocol(&first[..n]))
+}
+
+/// Serves `conn` to its end; on shutdown, lets the request in flight finish
+/// (`shutdown` is the connection's graceful shutdown), then closes.
+async fn drive<C, E>(conn: C, stop: &CancellationToken, shutdown: fn(Pin<&mut C>), peer: SocketAddr)
+where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut conn = std::pin::pin!(conn);
+    let r = tokio::select! {
+        biased;
+        r = conn.as_mut() => r,
+        _ = stop.cancelled() => {
+            shutdown(conn.as_mut());
+            conn.await
+        }
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }
 
@@ -297,5 +382,27 @@ fn answer(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Re
             }
         }),
         (true, false) => routes::dispatch(app, req, peer),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_bytes_tell_http1_from_the_http2_preface() {
+        assert_eq!(protocol(b"GET /ping HTTP/1.1\r\n"), Protocol::Http1);
+        // POST and PUT share the preface's first letter only.
+        assert_eq!(protocol(b"PO"), Protocol::Http1);
+        assert_eq!(protocol(b"PUT /v1/files/x HTTP/1.1\r\n"), Protocol::Http1);
+        assert_eq!(protocol(H2_PREFACE), Protocol::Http2);
+        let mut more = H2_PREFACE.to_vec();
+        more.extend_from_slice(b"\x00\x00\x12\x04");
+        assert_eq!(protocol(&more), Protocol::Http2);
+        // Not enough to know yet: the auto builder reads on.
+        assert_eq!(protocol(b""), Protocol::Unsure);
+        assert_eq!(protocol(b"P"), Protocol::Unsure);
+        assert_eq!(protocol(&H2_PREFACE[..23]), Protocol::Unsure);
+        assert_eq!(protocol(b"PRI * HTTP/1.1"), Protocol::Http1);
     }
 }
