@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -306,49 +306,34 @@ impl OutputLog {
         } else {
             self.limits.window / 2
         };
-        let mut batch = Vec::with_capacity(inner.mem_bytes.saturating_sub(target));
-        let mut moved: Vec<(u64, u64, usize)> = Vec::new(); // (eid, offset, record pos in batch)
+        let mut moved: Vec<OutputEvent> = Vec::new();
         let mut freed = 0usize;
         while inner.mem_bytes - freed > target && inner.mem.len() > 1 {
             let Some(ev) = inner.mem.pop_front() else {
                 break;
             };
             freed += ev.data.len() + EVENT_OVERHEAD;
-            moved.push((ev.eid, ev.offset, batch.len()));
-            batch.extend_from_slice(&ev.eid.to_le_bytes());
-            batch.extend_from_slice(&ev.offset.to_le_bytes());
-            batch.extend_from_slice(&ev.ts_ms.to_le_bytes());
-            batch.push(ev.stream as u8);
-            batch.extend_from_slice(&(ev.data.len() as u32).to_le_bytes());
-            batch.extend_from_slice(&ev.data);
+            moved.push(ev);
         }
         inner.mem_bytes -= freed;
         self.budget.sub(freed);
-        let Some(&(first_eid, first_offset, _)) = moved.first() else {
+        let Some((first_eid, first_offset)) = moved.first().map(|e| (e.eid, e.offset)) else {
             return;
         };
         let end_eid = inner.mem.front().map_or(inner.next_eid, |e| e.eid);
         let end_offset = inner.mem.front().map_or(inner.total, |e| e.offset);
-        if let Err(e) = self.write_spill(
-            inner,
-            &batch,
-            &moved,
-            first_eid,
-            first_offset,
-            end_eid,
-            end_offset,
-        ) {
+        if let Err(e) =
+            self.write_spill(inner, &moved, first_eid, first_offset, end_eid, end_offset)
+        {
             inner.dropped_bytes += end_offset - first_offset;
             tracing::warn!(log = %self.name, error = %e, "output spill failed; oldest output dropped");
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn write_spill(
         &self,
         inner: &mut Inner,
-        batch: &[u8],
-        moved: &[(u64, u64, usize)],
+        moved: &[OutputEvent],
         first_eid: u64,
         first_offset: u64,
         end_eid: u64,
@@ -357,10 +342,21 @@ impl OutputLog {
         if self.limits.spill_cap == 0 {
             return Err(io::Error::other("spilling disabled (spill cap 0)"));
         }
+        // Record headers in one small buffer; the records' data is written
+        // from the events themselves, not copied into a batch first.
+        let mut heads = Vec::with_capacity(moved.len() * RECORD_HEADER);
+        for ev in moved {
+            heads.extend_from_slice(&ev.eid.to_le_bytes());
+            heads.extend_from_slice(&ev.offset.to_le_bytes());
+            heads.extend_from_slice(&ev.ts_ms.to_le_bytes());
+            heads.push(ev.stream as u8);
+            heads.extend_from_slice(&(ev.data.len() as u32).to_le_bytes());
+        }
+        let batch_len = heads.len() as u64 + moved.iter().map(|e| e.data.len() as u64).sum::<u64>();
         let seg_cap = (self.limits.spill_cap / 2).max(1);
         let need_new = match inner.segments.back() {
             None => true,
-            Some(s) => s.len > 0 && s.len + batch.len() as u64 > seg_cap,
+            Some(s) => s.len > 0 && s.len + batch_len > seg_cap,
         };
         if need_new {
             let dir = self.dir.ensure()?;
@@ -392,15 +388,25 @@ impl OutputLog {
         let Some(seg) = inner.segments.back_mut() else {
             return Err(io::Error::other("no spill segment"));
         };
-        (&*seg.file).write_all(batch)?;
-        for &(eid, offset, at) in moved {
-            let pos = seg.len + at as u64;
+        let mut slices: Vec<IoSlice<'_>> = heads
+            .chunks(RECORD_HEADER)
+            .zip(moved)
+            .flat_map(|(h, ev)| [IoSlice::new(h), IoSlice::new(&ev.data)])
+            .collect();
+        write_all_vectored(&seg.file, &mut slices)?;
+        let mut pos = seg.len;
+        for ev in moved {
             let due = seg.index.last().is_none_or(|l| pos - l.pos >= INDEX_EVERY);
             if due {
-                seg.index.push(IndexEntry { eid, offset, pos });
+                seg.index.push(IndexEntry {
+                    eid: ev.eid,
+                    offset: ev.offset,
+                    pos,
+                });
             }
+            pos += (RECORD_HEADER + ev.data.len()) as u64;
         }
-        seg.len += batch.len() as u64;
+        seg.len += batch_len;
         seg.end_eid = end_eid;
         seg.end_offset = end_offset;
         Ok(())
@@ -619,6 +625,23 @@ fn slice_mem(mem: &VecDeque<OutputEvent>, from: u64, until: u64, max: usize) -> 
     (chunks, next)
 }
 
+/// Writes every byte of `bufs`, at most `IOV_MAX` (1024) slices per call.
+fn write_all_vectored(mut file: &File, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    let mut bufs = bufs;
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = bufs.len().min(IOV_MAX);
+        match file.write_vectored(&bufs[..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => IoSlice::advance_slices(&mut bufs, k),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Reads spill records from `pos` to `end_pos`, calling `f` until it returns false.
 fn scan(
     file: &File,
@@ -762,6 +785,40 @@ mod tests {
             0,
             "spill files removed on drop"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_spill_of_more_events_than_one_writev_takes_reads_back_whole() {
+        // Short lines in a large window: one spill moves thousands of events,
+        // more than the 1024 slices a single writev accepts.
+        let dir = tmp("iov");
+        let l = log(512 * 1024, 1 << 30, &dir);
+        let mut expect = Vec::new();
+        for batch in 0..40u32 {
+            let lines: Vec<Bytes> = (0..1000u32)
+                .map(|i| Bytes::from(format!("{}\n", batch * 1000 + i)))
+                .collect();
+            for line in &lines {
+                expect.extend_from_slice(line);
+            }
+            l.append(Stream::Stdout, u64::from(batch), lines);
+        }
+        assert!(l.lock().segments.front().is_some(), "something was spilled");
+        let mut next = 1;
+        let mut got = Vec::new();
+        while next < l.head().next_eid {
+            let evs = l.read_events(next, 64 * 1024).await.unwrap();
+            assert_eq!(evs[0].eid, next);
+            for e in &evs {
+                got.extend_from_slice(&e.data);
+            }
+            next = evs.last().unwrap().eid + 1;
+        }
+        assert_eq!(got, expect);
+        let r = l.read_bytes(100_000, 100_010, usize::MAX).await;
+        assert_eq!(r.chunks.concat(), &expect[100_000..100_010]);
+        drop(l);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
