@@ -193,8 +193,7 @@ impl Query {
     }
 }
 
-/// The HTTP/1.1 settings, for hyper's builder and the auto builder's (the
-/// two have the same methods but no common trait).
+/// The HTTP/1.1 settings.
 macro_rules! http1_options {
     ($http:expr) => {
         $http
@@ -238,28 +237,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
             };
             let io = TokioIo::new(stream);
             match first {
-                Ok(Ok(Protocol::Http1)) => {
+                Ok(Ok(Some(Protocol::Http1))) => {
                     let mut http = hyper::server::conn::http1::Builder::new();
                     http1_options!(http);
                     let conn = http.serve_connection(io, svc).with_upgrades();
                     drive(conn, &stop, |c| c.graceful_shutdown(), peer).await
                 }
-                Ok(Ok(Protocol::Http2)) => {
+                Ok(Ok(Some(Protocol::Http2))) => {
                     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     http.timer(TokioTimer::new());
                     let conn = http.serve_connection(io, svc);
                     drive(conn, &stop, |c| c.graceful_shutdown(), peer).await
                 }
-                Ok(Ok(Protocol::Unsure)) => {
-                    // Part of the HTTP/2 preface so far: hyper-util's auto
-                    // builder reads on until it knows.
-                    let mut http =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    http1_options!(http.http1());
-                    http.http2().timer(TokioTimer::new());
-                    let conn = http.serve_connection_with_upgrades(io, svc);
-                    drive(conn, &stop, |c| c.graceful_shutdown(), peer).await
-                }
+                Ok(Ok(None)) => tracing::debug!(%peer, "connection closed before its first byte"),
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, %peer, "connection failed before its first byte")
                 }
@@ -280,35 +270,65 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The HTTP/2 client connection preface (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What a connection's first bytes say it speaks.
+/// What a connection speaks, by its first bytes.
 #[derive(Debug, PartialEq, Eq)]
 enum Protocol {
     Http1,
     /// h2c, for sandboxd's gRPC.
     Http2,
-    /// Nothing yet, or a strict prefix of the HTTP/2 preface.
-    Unsure,
 }
 
-fn protocol(first: &[u8]) -> Protocol {
+/// `None` while the bytes so far are a strict prefix of the HTTP/2 preface
+/// (a lone `P` could still be `POST` or `PRI`).
+fn protocol(first: &[u8]) -> Option<Protocol> {
     let n = first.len().min(H2_PREFACE.len());
     if first[..n] != H2_PREFACE[..n] {
-        Protocol::Http1
+        Some(Protocol::Http1)
     } else if n == H2_PREFACE.len() {
-        Protocol::Http2
+        Some(Protocol::Http2)
     } else {
-        Protocol::Unsure
+        None
     }
 }
 
-/// Waits for the connection's first bytes and classifies them, without
-/// consuming them (`MSG_PEEK`). HTTP/1.1 connections are then served by
-/// hyper's HTTP/1 connection directly, without the auto builder's wrapper
-/// around every read.
-async fn sniff(stream: &tokio::net::TcpStream) -> std::io::Result<Protocol> {
+/// Waits until the connection's first bytes tell its protocol, without
+/// consuming them (`MSG_PEEK`); `None` when the client closes first. The
+/// connection then goes to hyper's HTTP/1 or HTTP/2 connection directly,
+/// with no wrapper around its reads.
+async fn sniff(stream: &tokio::net::TcpStream) -> std::io::Result<Option<Protocol>> {
+    use std::os::fd::AsRawFd;
     let mut first = [0u8; H2_PREFACE.len()];
-    let n = stream.peek(&mut first).await?;
-    Ok(protocol(&first[..n]))
+    loop {
+        stream.readable().await?;
+        // Undecided counts as "would block": tokio then clears the
+        // readiness, and the next `readable` waits for more bytes.
+        let r = stream.try_io(tokio::io::Interest::READABLE, || {
+            // SAFETY: recv on the stream's own open socket, into a buffer of
+            // the given length; MSG_PEEK leaves the bytes for hyper.
+            let n = unsafe {
+                libc::recv(
+                    stream.as_raw_fd(),
+                    first.as_mut_ptr().cast(),
+                    first.len(),
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            match usize::try_from(n) {
+                Err(_) => Err(std::io::Error::last_os_error()),
+                Ok(0) => Ok(None),
+                Ok(n) => match protocol(&first[..n]) {
+                    Some(p) => Ok(Some(p)),
+                    None => Err(std::io::ErrorKind::WouldBlock.into()),
+                },
+            }
+        });
+        match r {
+            Ok(p) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Serves `conn` to its end; on shutdown, lets the request in flight finish
@@ -391,18 +411,21 @@ mod tests {
 
     #[test]
     fn first_bytes_tell_http1_from_the_http2_preface() {
-        assert_eq!(protocol(b"GET /ping HTTP/1.1\r\n"), Protocol::Http1);
+        assert_eq!(protocol(b"GET /ping HTTP/1.1\r\n"), Some(Protocol::Http1));
         // POST and PUT share the preface's first letter only.
-        assert_eq!(protocol(b"PO"), Protocol::Http1);
-        assert_eq!(protocol(b"PUT /v1/files/x HTTP/1.1\r\n"), Protocol::Http1);
-        assert_eq!(protocol(H2_PREFACE), Protocol::Http2);
+        assert_eq!(protocol(b"PO"), Some(Protocol::Http1));
+        assert_eq!(
+            protocol(b"PUT /v1/files/x HTTP/1.1\r\n"),
+            Some(Protocol::Http1)
+        );
+        assert_eq!(protocol(H2_PREFACE), Some(Protocol::Http2));
         let mut more = H2_PREFACE.to_vec();
         more.extend_from_slice(b"\x00\x00\x12\x04");
-        assert_eq!(protocol(&more), Protocol::Http2);
-        // Not enough to know yet: the auto builder reads on.
-        assert_eq!(protocol(b""), Protocol::Unsure);
-        assert_eq!(protocol(b"P"), Protocol::Unsure);
-        assert_eq!(protocol(&H2_PREFACE[..23]), Protocol::Unsure);
-        assert_eq!(protocol(b"PRI * HTTP/1.1"), Protocol::Http1);
+        assert_eq!(protocol(&more), Some(Protocol::Http2));
+        // Not enough to know yet: wait for more.
+        assert_eq!(protocol(b""), None);
+        assert_eq!(protocol(b"P"), None);
+        assert_eq!(protocol(&H2_PREFACE[..23]), None);
+        assert_eq!(protocol(b"PRI * HTTP/1.1"), Some(Protocol::Http1));
     }
 }
