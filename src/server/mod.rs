@@ -193,17 +193,6 @@ impl Query {
     }
 }
 
-/// The HTTP/1.1 settings.
-macro_rules! http1_options {
-    ($http:expr) => {
-        $http
-            .timer(timer::ConnTimer::default())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(64 * 1024)
-            .keep_alive(true)
-    };
-}
-
 /// Accepts connections until `stop` is cancelled, then lets in-flight
 /// requests finish for at most `drain`.
 pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken, drain: Duration) {
@@ -239,7 +228,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
             match first {
                 Ok(Ok(Some(Protocol::Http1))) => {
                     let mut http = hyper::server::conn::http1::Builder::new();
-                    http1_options!(http);
+                    http.timer(timer::ConnTimer::default())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        .max_buf_size(64 * 1024)
+                        .keep_alive(true);
                     let conn = http.serve_connection(io, svc).with_upgrades();
                     drive(conn, &stop, |c| c.graceful_shutdown(), peer).await
                 }
