@@ -64,6 +64,15 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// `seq 1 n` output.
+/// Where `got` first differs from `want` (the shorter length if one is a
+/// prefix of the other), for failure messages.
+fn first_difference(got: &[u8], want: &[u8]) -> usize {
+    got.iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()))
+}
+
 fn seq(n: u64) -> String {
     (1..=n).map(|i| format!("{i}\n")).collect()
 }
@@ -108,12 +117,7 @@ impl Client {
         self.tally.req(1);
         let logs = self.d.get(&format!("/command/{id}/logs")).await;
         if logs.body != expect.as_bytes() {
-            let at = logs
-                .body
-                .iter()
-                .zip(expect.as_bytes())
-                .position(|(a, b)| a != b)
-                .unwrap_or(logs.body.len().min(expect.len()));
+            let at = first_difference(&logs.body, expect.as_bytes());
             let st = self.d.get(&format!("/command/status/{id}")).await.text();
             panic!(
                 "logs of {id} differ at byte {at}: {} bytes, {} expected; got {:?}, expected {:?}; status {st}",
@@ -342,12 +346,7 @@ impl Client {
             ))
             .await;
         if r.body != tail.as_bytes() {
-            let at = r
-                .body
-                .iter()
-                .zip(tail.as_bytes())
-                .position(|(a, b)| a != b)
-                .unwrap_or(r.body.len().min(tail.len()));
+            let at = first_difference(&r.body, tail.as_bytes());
             panic!(
                 "the newest output of {id} differs at byte {at}: {} bytes, {} expected, headers {:?}, status {st}",
                 r.body.len(),

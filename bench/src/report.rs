@@ -286,7 +286,6 @@ pub fn machine() -> Value {
 /// while each figure group ran, as a share of all CPU time. On a shared VM
 /// this says which groups' figures are noisy: a few percent of steal can move
 /// a throughput ratio by more than that.
-#[derive(Default)]
 pub struct Steal {
     last: Option<CpuTimes>,
     groups: Vec<(&'static str, f64)>,

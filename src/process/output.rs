@@ -317,31 +317,32 @@ impl OutputLog {
         }
         inner.mem_bytes -= freed;
         self.budget.sub(freed);
-        let Some((first_eid, first_offset)) = moved.first().map(|e| (e.eid, e.offset)) else {
+        let Some(first_offset) = moved.first().map(|e| e.offset) else {
             return;
         };
         let end_eid = inner.mem.front().map_or(inner.next_eid, |e| e.eid);
         let end_offset = inner.mem.front().map_or(inner.total, |e| e.offset);
-        if let Err(e) =
-            self.write_spill(inner, &moved, first_eid, first_offset, end_eid, end_offset)
-        {
+        if let Err(e) = self.write_spill(inner, &moved, end_eid, end_offset) {
             inner.dropped_bytes += end_offset - first_offset;
             tracing::warn!(log = %self.name, error = %e, "output spill failed; oldest output dropped");
         }
     }
 
+    /// Appends `moved` (oldest first, not empty) to the newest segment, or to
+    /// a new one; `end_*` is where the spilled range ends.
     fn write_spill(
         &self,
         inner: &mut Inner,
         moved: &[OutputEvent],
-        first_eid: u64,
-        first_offset: u64,
         end_eid: u64,
         end_offset: u64,
     ) -> io::Result<()> {
         if self.limits.spill_cap == 0 {
             return Err(io::Error::other("spilling disabled (spill cap 0)"));
         }
+        let Some(first) = moved.first() else {
+            return Ok(());
+        };
         // Record headers in one small buffer; the records' data is written
         // from the events themselves, not copied into a batch first.
         let mut heads = Vec::with_capacity(moved.len() * RECORD_HEADER);
@@ -372,10 +373,10 @@ impl OutputLog {
             inner.segments.push_back(Segment {
                 path,
                 file: Arc::new(file),
-                first_eid,
-                first_offset,
-                end_eid: first_eid,
-                end_offset: first_offset,
+                first_eid: first.eid,
+                first_offset: first.offset,
+                end_eid: first.eid,
+                end_offset: first.offset,
                 len: 0,
                 index: Vec::new(),
             });

@@ -2,8 +2,9 @@
 //!
 //! hyper asks for a new sleep at the start of every request's head and drops
 //! it once the head is parsed. With `TokioTimer` that is an allocation, an
-//! insertion into tokio's timer wheel and a removal from it per request: on
-//! `/ping` that came to about an eighth of execd's user-space instructions.
+//! insertion into tokio's timer wheel and a removal from it per request
+//! (about 200 of execd's 8,300 user-space instructions per `/ping`, by
+//! callgrind).
 //! Here each connection keeps one tokio `Sleep`; the sleeps hyper gets share
 //! it and only move its deadline, which for a later deadline is an atomic
 //! store, not a trip to the wheel. The deadlines hyper sets are unchanged.
