@@ -53,6 +53,12 @@ async fn planted_secrets_never_reach_the_log() {
         text.lines().count() > 5,
         "debug logging produced too little to be a meaningful check:\n{text}"
     );
+    // At debug level each request is logged with its outcome.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("path=/ping") && l.contains("status=401")),
+        "no request line for the refused /ping:\n{text}"
+    );
     for secret in [TOKEN, ENV_SECRET, FILE_SECRET, OUT_SECRET] {
         assert!(
             !text.contains(secret),

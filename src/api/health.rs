@@ -5,7 +5,7 @@ use http::Response;
 use crate::server::{ok_empty, ApiError, Body, Ctx};
 
 /// 200 with an empty body, as upstream.
-pub async fn ping(_ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub fn ping(_ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     Ok(ok_empty())
 }
 
@@ -13,7 +13,7 @@ pub async fn ping(_ctx: Ctx) -> Result<Response<Body>, ApiError> {
 const OPENAPI: &str = include_str!("../../openapi.yaml");
 
 /// `GET /openapi.yaml`: the API description this binary was built with.
-pub async fn openapi(_ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub fn openapi(_ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let mut resp = Response::new(crate::server::full(OPENAPI));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

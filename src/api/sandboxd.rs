@@ -326,7 +326,7 @@ pub async fn delete(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 /// `GET /v1/health`: 200 with uptime, 503 once shutting down.
-pub async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     if ctx.app.shutdown.is_cancelled() || ctx.app.engine.shutdown_token().is_cancelled() {
         return Err(err(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -355,7 +355,7 @@ pub fn metadata_env(
 }
 
 /// `GET /v1/metadata`: `{"env": {...}}`, computed once.
-pub async fn metadata(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub fn metadata(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     static ENV: OnceLock<serde_json::Value> = OnceLock::new();
     let env = ENV.get_or_init(|| {
         let vars = std::env::vars_os()

@@ -9,7 +9,6 @@ pub mod sse;
 mod timer;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -353,27 +352,27 @@ fn grpc_body(resp: Response<tonic::body::Body>) -> Response<Body> {
 }
 
 /// A request's future, decided synchronously: the access check, gRPC or
-/// REST, the route. Only the chosen handler's boxed future is awaited, so
-/// what hyper keeps per request is small.
-fn handle(
-    app: Arc<App>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> impl std::future::Future<Output = Result<Response<Body>, Infallible>> {
-    // The request line is kept for the log only when debug logging is on.
-    let logged = tracing::enabled!(tracing::Level::DEBUG)
-        .then(|| (req.method().clone(), req.uri().path().to_string()));
-    let reply = answer(app, req, peer);
-    async move {
-        let resp = reply.await.unwrap_or_else(ApiError::into_response);
-        if let Some((method, path)) = logged {
-            tracing::debug!(%method, %path, status = resp.status().as_u16(), %peer, "request");
-        }
-        Ok(resp)
+/// REST, the route. What hyper keeps per request is small: the response, or
+/// the chosen handler's boxed future.
+fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Answer {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return answer(app, req, peer);
     }
+    // Debug logging: the request line is kept for the log.
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let inner = answer(app, req, peer);
+    routes::Answer::Later(Box::pin(async move {
+        let resp = match inner.await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        };
+        tracing::debug!(%method, %path, status = resp.status().as_u16(), %peer, "request");
+        Ok(resp)
+    }))
 }
 
-fn answer(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Reply {
+fn answer(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Answer {
+    use routes::Answer;
     let token = app.token.as_deref();
     let allowed = auth::authorized(token, req.headers())
         || (routes::allows_query_token(req.uri().path())
@@ -381,18 +380,18 @@ fn answer(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Re
     // gRPC needs HTTP/2; an HTTP/1.1 request is never looked at for it.
     let grpc = req.version() == http::Version::HTTP_2 && crate::grpc::is_grpc(req.headers());
     match (allowed, grpc) {
-        (false, true) => Box::pin(std::future::ready(Ok(grpc_body(
+        (false, true) => Answer::ready(Ok(grpc_body(
             tonic::Status::unauthenticated("invalid or missing X-EXECD-ACCESS-TOKEN").into_http(),
-        )))),
-        (false, false) => Box::pin(std::future::ready(Err(ApiError::unauthorized()))),
-        (true, true) => Box::pin(async move {
+        ))),
+        (false, false) => Answer::ready(Err(ApiError::unauthorized())),
+        (true, true) => Answer::Later(Box::pin(async move {
             use tonic::codegen::Service;
             let mut svc = app.grpc.clone();
             match svc.call(req).await {
                 Ok(resp) => Ok(grpc_body(resp)),
                 Err(never) => match never {},
             }
-        }),
+        })),
         (true, false) => routes::dispatch(app, req, peer),
     }
 }

@@ -1,9 +1,11 @@
 //! THE route table: every endpoint execd serves, readable as the API itself.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -13,7 +15,56 @@ use crate::api;
 
 /// A handler's answer to come.
 pub type Reply = Pin<Box<dyn Future<Output = Result<Response<Body>, ApiError>> + Send>>;
-type Handler = fn(Ctx) -> Reply;
+
+/// How a route answers.
+#[derive(Clone, Copy)]
+pub enum Handler {
+    /// At once, from the request head. The request is dropped before the
+    /// answer goes back to hyper, and nothing is boxed: hyper reads the next
+    /// request into the same buffer instead of allocating a new one, since no
+    /// header of the last request still points into it.
+    Now(fn(&Ctx) -> Result<Response<Body>, ApiError>),
+    /// Through a future, which owns the request.
+    Later(fn(Ctx) -> Reply),
+}
+
+/// A request's answer, as hyper gets it: ready, or a handler's future.
+/// Errors become their `{"code","message"}` response here.
+pub enum Answer {
+    /// Taken when polled.
+    Ready(Option<Response<Body>>),
+    Later(Reply),
+}
+
+impl Answer {
+    pub fn ready(r: Result<Response<Body>, ApiError>) -> Answer {
+        Answer::Ready(Some(r.unwrap_or_else(ApiError::into_response)))
+    }
+}
+
+impl Future for Answer {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let resp = match self.get_mut() {
+            Answer::Ready(r) => r.take().unwrap_or_else(|| {
+                // Polled again after completion: a caller's bug, answered
+                // as an error rather than a panic on a request path.
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "RUNTIME_ERROR",
+                    "answer polled after completion",
+                )
+                .into_response()
+            }),
+            Answer::Later(f) => match f.as_mut().poll(cx) {
+                Poll::Ready(r) => r.unwrap_or_else(ApiError::into_response),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        Poll::Ready(Ok(resp))
+    }
+}
 
 /// One endpoint. `{name}` segments capture a path parameter; a final
 /// `{*name}` captures the rest of the path (zero or more segments) verbatim.
@@ -46,8 +97,18 @@ macro_rules! route_method {
     };
 }
 
+/// `f [now]` -> `Handler::Now(f)`; `f` -> `Handler::Later` of `f`'s future, boxed.
+macro_rules! route_handler {
+    ($handler:path [now]) => {
+        Handler::Now($handler)
+    };
+    ($handler:path) => {
+        Handler::Later(|c| Box::pin($handler(c)))
+    };
+}
+
 macro_rules! routes {
-    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+    ($($method:ident $path:literal => $handler:path $([$now:ident])?),* $(,)?) => {
         /// Every route, in the order they are matched.
         pub fn table() -> &'static [Route] {
             static TABLE: std::sync::OnceLock<Vec<Route>> = std::sync::OnceLock::new();
@@ -55,7 +116,7 @@ macro_rules! routes {
                 $(Route {
                     method: route_method!($method),
                     path: $path,
-                    handler: |c| Box::pin($handler(c)),
+                    handler: route_handler!($handler $([$now])?),
                     literal: !$path.contains('{'),
                 },)*
             ])
@@ -64,8 +125,9 @@ macro_rules! routes {
 }
 
 routes! {
-    GET    "/ping"                      => api::health::ping,
-    GET    "/openapi.yaml"              => api::health::openapi,
+    // `[now]`: answered from the request head alone (see `Handler::Now`).
+    GET    "/ping"                      => api::health::ping [now],
+    GET    "/openapi.yaml"              => api::health::openapi [now],
     GET    "/metrics"                   => api::metrics::get,
     GET    "/metrics/watch"             => api::metrics::watch,
 
@@ -106,7 +168,7 @@ routes! {
     DELETE "/v1/filesystem/{uid}/{gid}/directories"       => api::directories::remove,
 
     // kubernetes-sigs/agent-sandbox python-runtime API.
-    GET    "/"                          => api::agent_sandbox::root,
+    GET    "/"                          => api::agent_sandbox::root [now],
     POST   "/execute"                   => api::agent_sandbox::execute,
     POST   "/upload"                    => api::agent_sandbox::upload,
     GET    "/download/{*path}"          => api::agent_sandbox::download,
@@ -118,8 +180,8 @@ routes! {
     HEAD   "/v1/files/{*path}"          => api::sandboxd::head,
     PUT    "/v1/files/{*path}"          => api::sandboxd::put,
     DELETE "/v1/files/{*path}"          => api::sandboxd::delete,
-    GET    "/v1/health"                 => api::sandboxd::health,
-    GET    "/v1/metadata"               => api::sandboxd::metadata,
+    GET    "/v1/health"                 => api::sandboxd::health [now],
+    GET    "/v1/metadata"               => api::sandboxd::metadata [now],
 
     ANY    "/proxy/{port}/{*path}"      => api::proxy::forward,
     ANY    "/proxy/{*path}"             => api::proxy::missing_port,
@@ -183,10 +245,10 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// Routes a request to its handler's future: 404 for an unknown path, 405 for
-/// a known path with the wrong method. Synchronous, so the only thing a
-/// request's future holds is the handler's (boxed) future.
-pub fn dispatch(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+/// Routes a request to its handler: 404 for an unknown path, 405 for a known
+/// path with the wrong method. Synchronous, so the only thing a request's
+/// future holds is the answer, or the handler's (boxed) future.
+pub fn dispatch(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
     let mut allowed: Vec<&Method> = Vec::new();
     for route in table() {
         let Some(params) = route.matches(req.uri().path()) else {
@@ -196,12 +258,16 @@ pub fn dispatch(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Repl
             allowed.push(m);
             continue;
         }
-        return (route.handler)(Ctx {
+        let ctx = Ctx {
             app,
             req,
             params,
             peer,
-        });
+        };
+        return match route.handler {
+            Handler::Now(f) => Answer::ready(f(&ctx)),
+            Handler::Later(f) => Answer::Later(f(ctx)),
+        };
     }
     let path = req.uri().path();
     let resp = if allowed.is_empty() {
@@ -228,7 +294,7 @@ pub fn dispatch(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Repl
         }
         resp
     };
-    Box::pin(std::future::ready(Ok(resp)))
+    Answer::ready(Ok(resp))
 }
 
 #[cfg(test)]
