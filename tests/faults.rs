@@ -578,3 +578,53 @@ async fn requests_whose_first_bytes_arrive_alone_are_served() {
 
     assert_eq!(d.get("/ping").await.status, 200);
 }
+
+/// On SIGTERM an idle keep-alive connection is closed at once and a response
+/// in flight is finished first: execd waits out neither its grace period nor
+/// the client.
+#[tokio::test]
+async fn shutdown_closes_idle_connections_and_finishes_responses_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut d = Daemon::start_with(&["--graceful-shutdown-timeout", "60s"], &[]);
+    let connect = || async {
+        let c = tokio::net::TcpStream::connect(d.addr)
+            .await
+            .expect("connect");
+        c.set_nodelay(true).expect("nodelay");
+        c
+    };
+    // One request, then left open (keep-alive is HTTP/1.1's default).
+    let mut idle = connect().await;
+    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let head = read_until(&mut idle, |b| b.ends_with(b"\r\n\r\n")).await;
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    // A streamed command whose response has begun.
+    let mut busy = connect().await;
+    let body = br#"{"command":"echo started; sleep 30"}"#;
+    let req = format!(
+        "POST /command HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    busy.write_all(req.as_bytes()).await.expect("send");
+    busy.write_all(body).await.expect("send");
+    read_until(&mut busy, |b| b.windows(7).any(|w| w == b"started")).await;
+
+    d.signal(libc::SIGTERM);
+    let mut b = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, idle.read(&mut b))
+        .await
+        .expect("the idle connection is closed within the wait")
+        .expect("read");
+    assert_eq!(n, 0, "EOF, not {:?}", String::from_utf8_lossy(&b[..n]));
+    // The command is interrupted and its stream still ends properly: a
+    // terminal event, then the chunked body's last chunk.
+    let rest = read_until(&mut busy, |b| b.ends_with(b"0\r\n\r\n")).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("\"interrupted\":true"), "{rest}");
+    let status = d
+        .wait_exit(WAIT)
+        .expect("execd exits without waiting out its grace period");
+    assert!(status.success(), "{status:?}");
+}

@@ -11,6 +11,7 @@ mod timer;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -212,9 +213,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let svc = hyper::service::service_fn(move |req| handle(app.clone(), req, peer));
-        // Its own token: a connection's wait for shutdown then locks only its
-        // own waiter list each time it is polled, not one shared by all.
-        let stop = stop.child_token();
+        let stop = stop.clone();
         conns.spawn(async move {
             // Slowloris protection starts at the first byte: a client gets
             // HEADER_READ_TIMEOUT to show what it speaks, then hyper gives it
@@ -324,22 +323,77 @@ async fn sniff(stream: &tokio::net::TcpStream) -> std::io::Result<Option<Protoco
 
 /// Serves `conn` to its end; on shutdown, lets the request in flight finish
 /// (`shutdown` is the connection's graceful shutdown), then closes.
+///
+/// A connection's task is polled several times per request, and polling a
+/// token's wait each time costs two mutexes (its state and its waiter list).
+/// So the wait is polled with a waker of its own, once to register and then
+/// only when that waker fires; on every other poll shutdown costs one atomic
+/// load.
 async fn drive<C, E>(conn: C, stop: &CancellationToken, shutdown: fn(Pin<&mut C>), peer: SocketAddr)
 where
     C: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
     let mut conn = std::pin::pin!(conn);
-    let r = tokio::select! {
-        biased;
-        r = conn.as_mut() => r,
-        _ = stop.cancelled() => {
-            shutdown(conn.as_mut());
-            conn.await
+    let mut wait = std::pin::pin!(stop.cancelled());
+    let signal = Arc::new(StopSignal {
+        // Set, so that the first poll registers the wait.
+        woke: AtomicBool::new(true),
+        task: std::sync::Mutex::new(None),
+    });
+    let signal_waker = Waker::from(signal.clone());
+    // The task's waker last given to `signal`.
+    let mut task: Option<Waker> = None;
+    let mut stopping = false;
+    let r = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(r);
         }
-    };
+        if stopping {
+            return Poll::Pending;
+        }
+        if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+            let w = cx.waker().clone();
+            *signal.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.clone());
+            task = Some(w);
+        }
+        if signal.woke.swap(false, Ordering::AcqRel)
+            && wait
+                .as_mut()
+                .poll(&mut Context::from_waker(&signal_waker))
+                .is_ready()
+        {
+            stopping = true;
+            shutdown(conn.as_mut());
+            return conn.as_mut().poll(cx);
+        }
+        Poll::Pending
+    })
+    .await;
     if let Err(e) = r {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
+}
+
+/// The waker a connection's shutdown wait is polled with: it notes that the
+/// wait woke and wakes the connection's task.
+struct StopSignal {
+    woke: AtomicBool,
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl std::task::Wake for StopSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woke.store(true, Ordering::Release);
+        if let Some(w) = self.task.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            w.wake_by_ref();
+        }
     }
 }
 
