@@ -101,7 +101,7 @@ fn rel(path: &str) -> Result<RelPath, ApiError> {
 }
 
 /// `GET /`
-pub fn root(_ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+pub fn root(_app: &App) -> Result<Response<Body>, ApiError> {
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({"status": "ok", "message": "Sandbox Runtime is active."}),

@@ -2,10 +2,10 @@
 
 use http::Response;
 
-use crate::server::{ok_empty, ApiError, Body, Ctx};
+use crate::server::{ok_empty, ApiError, App, Body};
 
 /// 200 with an empty body, as upstream.
-pub fn ping(_ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+pub fn ping(_app: &App) -> Result<Response<Body>, ApiError> {
     Ok(ok_empty())
 }
 
@@ -13,7 +13,7 @@ pub fn ping(_ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 const OPENAPI: &str = include_str!("../../openapi.yaml");
 
 /// `GET /openapi.yaml`: the API description this binary was built with.
-pub fn openapi(_ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+pub fn openapi(_app: &App) -> Result<Response<Body>, ApiError> {
     let mut resp = Response::new(crate::server::full(OPENAPI));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

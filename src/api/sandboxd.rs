@@ -326,8 +326,8 @@ pub async fn delete(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 /// `GET /v1/health`: 200 with uptime, 503 once shutting down.
-pub fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    if ctx.app.shutdown.is_cancelled() || ctx.app.engine.shutdown_token().is_cancelled() {
+pub fn health(app: &App) -> Result<Response<Body>, ApiError> {
+    if app.shutdown.is_cancelled() || app.engine.shutdown_token().is_cancelled() {
         return Err(err(
             StatusCode::SERVICE_UNAVAILABLE,
             "UNAVAILABLE",
@@ -336,7 +336,7 @@ pub fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     }
     Ok(json_response(
         StatusCode::OK,
-        &serde_json::json!({"status": "ok", "uptime_seconds": ctx.app.started.elapsed().as_secs()}),
+        &serde_json::json!({"status": "ok", "uptime_seconds": app.started.elapsed().as_secs()}),
     ))
 }
 
@@ -355,12 +355,12 @@ pub fn metadata_env(
 }
 
 /// `GET /v1/metadata`: `{"env": {...}}`, computed once.
-pub fn metadata(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+pub fn metadata(app: &App) -> Result<Response<Body>, ApiError> {
     static ENV: OnceLock<serde_json::Value> = OnceLock::new();
     let env = ENV.get_or_init(|| {
         let vars = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        serde_json::json!({ "env": metadata_env(&ctx.app.config.metadata_env_prefix, vars) })
+        serde_json::json!({ "env": metadata_env(&app.config.metadata_env_prefix, vars) })
     });
     Ok(json_response(StatusCode::OK, env))
 }

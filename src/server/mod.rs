@@ -212,7 +212,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let svc = hyper::service::service_fn(move |req| handle(app.clone(), req, peer));
+        let svc = hyper::service::service_fn(move |req| handle(&app, req, peer));
         let stop = stop.clone();
         conns.spawn(async move {
             // Slowloris protection starts at the first byte: a client gets
@@ -408,7 +408,7 @@ fn grpc_body(resp: Response<tonic::body::Body>) -> Response<Body> {
 /// A request's future, decided synchronously: the access check, gRPC or
 /// REST, the route. What hyper keeps per request is small: the response, or
 /// the chosen handler's boxed future.
-fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Answer {
+fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Answer {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return answer(app, req, peer);
     }
@@ -425,7 +425,7 @@ fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::An
     }))
 }
 
-fn answer(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Answer {
+fn answer(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Answer {
     use routes::Answer;
     let token = app.token.as_deref();
     let allowed = auth::authorized(token, req.headers())
@@ -438,14 +438,16 @@ fn answer(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::An
             tonic::Status::unauthenticated("invalid or missing X-EXECD-ACCESS-TOKEN").into_http(),
         ))),
         (false, false) => Answer::ready(Err(ApiError::unauthorized())),
-        (true, true) => Answer::Later(Box::pin(async move {
-            use tonic::codegen::Service;
+        (true, true) => {
             let mut svc = app.grpc.clone();
-            match svc.call(req).await {
-                Ok(resp) => Ok(grpc_body(resp)),
-                Err(never) => match never {},
-            }
-        })),
+            Answer::Later(Box::pin(async move {
+                use tonic::codegen::Service;
+                match svc.call(req).await {
+                    Ok(resp) => Ok(grpc_body(resp)),
+                    Err(never) => match never {},
+                }
+            }))
+        }
         (true, false) => routes::dispatch(app, req, peer),
     }
 }

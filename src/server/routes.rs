@@ -19,11 +19,12 @@ pub type Reply = Pin<Box<dyn Future<Output = Result<Response<Body>, ApiError>> +
 /// How a route answers.
 #[derive(Clone, Copy)]
 pub enum Handler {
-    /// At once, from the request head. The request is dropped before the
-    /// answer goes back to hyper, and nothing is boxed: hyper reads the next
-    /// request into the same buffer instead of allocating a new one, since no
-    /// header of the last request still points into it.
-    Now(fn(&Ctx) -> Result<Response<Body>, ApiError>),
+    /// At once, from the daemon's state alone. The request is dropped before
+    /// the answer goes back to hyper, and nothing is boxed or reference
+    /// counted: hyper reads the next request into the same buffer instead of
+    /// allocating a new one, since no header of the last request still
+    /// points into it.
+    Now(fn(&App) -> Result<Response<Body>, ApiError>),
     /// Through a future, which owns the request.
     Later(fn(Ctx) -> Reply),
 }
@@ -125,7 +126,7 @@ macro_rules! routes {
 }
 
 routes! {
-    // `[now]`: answered from the request head alone (see `Handler::Now`).
+    // `[now]`: answered at once, from the daemon's state (see `Handler::Now`).
     GET    "/ping"                      => api::health::ping [now],
     GET    "/openapi.yaml"              => api::health::openapi [now],
     GET    "/metrics"                   => api::metrics::get,
@@ -248,7 +249,7 @@ fn percent_decode(s: &str) -> Option<String> {
 /// Routes a request to its handler: 404 for an unknown path, 405 for a known
 /// path with the wrong method. Synchronous, so the only thing a request's
 /// future holds is the answer, or the handler's (boxed) future.
-pub fn dispatch(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+pub fn dispatch(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
     let mut allowed: Vec<&Method> = Vec::new();
     for route in table() {
         let Some(params) = route.matches(req.uri().path()) else {
@@ -258,15 +259,14 @@ pub fn dispatch(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Answ
             allowed.push(m);
             continue;
         }
-        let ctx = Ctx {
-            app,
-            req,
-            params,
-            peer,
-        };
         return match route.handler {
-            Handler::Now(f) => Answer::ready(f(&ctx)),
-            Handler::Later(f) => Answer::Later(f(ctx)),
+            Handler::Now(f) => Answer::ready(f(app)),
+            Handler::Later(f) => Answer::Later(f(Ctx {
+                app: app.clone(),
+                req,
+                params,
+                peer,
+            })),
         };
     }
     let path = req.uri().path();
