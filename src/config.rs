@@ -39,6 +39,9 @@ pub struct Config {
     pub spill_cap: u64,
     pub data_dir: PathBuf,
     pub drain_timeout: Duration,
+    /// A connection's first bytes, and each request head, must arrive
+    /// within this (up to half as long again); idle connections are closed.
+    pub header_timeout: Duration,
     pub max_body: usize,
     pub ping_interval: Duration,
     pub max_line: usize,
@@ -79,6 +82,7 @@ impl Default for Config {
             spill_cap: 1 << 30,
             data_dir: tmp.join(format!("execd-{}", std::process::id())),
             drain_timeout: Duration::from_millis(250),
+            header_timeout: Duration::from_secs(30),
             max_body: 1 << 20,
             ping_interval: Duration::from_secs(3),
             max_line: 64 * 1024,
@@ -125,6 +129,8 @@ Options (environment variable in brackets; a flag wins over its variable):
   --data-dir PATH                 private directory for spilled output ($TMPDIR/execd-PID)
                                   [EXECD_DATA_DIR]
   --drain-timeout D               how long pipes may stay open after a command exits (250ms)
+  --header-timeout D              time for a connection's first bytes and for each request
+                                  head; idle connections are closed after 1-1.5 times it (30s)
   --max-body SIZE                 largest JSON request body (1MiB)
   --ping-interval D               keep-alive event during silent streams (3s)
   --max-line SIZE                 longest partial line held before it is sent in pieces (64KiB)
@@ -230,6 +236,10 @@ pub fn parse(
             Long("spill-cap") => c.spill_cap = size(&value(&mut p, "spill-cap")?)?,
             Long("data-dir") => c.data_dir = value(&mut p, "data-dir")?.into(),
             Long("drain-timeout") => c.drain_timeout = duration(&value(&mut p, "drain-timeout")?)?,
+            Long("header-timeout") => {
+                c.header_timeout =
+                    duration(&value(&mut p, "header-timeout")?)?.max(Duration::from_millis(10))
+            }
             Long("max-body") => c.max_body = size(&value(&mut p, "max-body")?)?.max(1024) as usize,
             Long("max-line") => {
                 c.max_line = size(&value(&mut p, "max-line")?)?.clamp(1024, 64 << 20) as usize
@@ -445,6 +455,13 @@ mod tests {
             (1, 7, Some("t"))
         );
         assert_eq!(c.bind.to_string(), "127.0.0.1");
+        assert_eq!(
+            run(&[], &[]).unwrap().header_timeout,
+            Duration::from_secs(30)
+        );
+        let c = run(&["--header-timeout", "2s"], &[]).unwrap();
+        assert_eq!(c.header_timeout, Duration::from_secs(2));
+        assert!(run(&["--header-timeout", "soon"], &[]).is_err());
     }
 
     #[test]

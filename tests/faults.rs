@@ -628,3 +628,126 @@ async fn shutdown_closes_idle_connections_and_finishes_responses_in_flight() {
         .expect("execd exits without waiting out its grace period");
     assert!(status.success(), "{status:?}");
 }
+
+/// `--header-timeout`: a request head trickled in too slowly and an idle
+/// keep-alive connection are closed, but an exchange in progress is never
+/// cut, however long it stays silent: a slow handler, a slow request body, a
+/// client slow to read its response.
+#[tokio::test]
+async fn the_header_timeout_closes_slow_heads_and_idle_connections_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timeout = Duration::from_secs(1);
+    let d = Daemon::start_with(&["--header-timeout", "1s"], &[]);
+    let connect = || async {
+        let c = tokio::net::TcpStream::connect(d.addr)
+            .await
+            .expect("connect");
+        c.set_nodelay(true).expect("nodelay");
+        c
+    };
+    // Reads until the daemon closes the connection (EOF, or a reset when
+    // bytes it never read were pending); the bytes read.
+    async fn until_closed(c: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+        let mut all = Vec::new();
+        match tokio::time::timeout(WAIT, c.read_to_end(&mut all))
+            .await
+            .expect("closed within the wait")
+        {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+        all
+    }
+
+    // A connection that never sends a byte.
+    let began = std::time::Instant::now();
+    let mut silent = connect().await;
+    assert!(until_closed(&mut silent).await.is_empty());
+    assert!(
+        began.elapsed() >= timeout,
+        "closed after {:?}",
+        began.elapsed()
+    );
+
+    // A head trickled in a byte at a time, never finished.
+    let began = std::time::Instant::now();
+    let mut slow = connect().await;
+    slow.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("send");
+    let (mut rd, mut wr) = slow.split();
+    let trickle = async {
+        for b in b"X-Slow: 0123456789".iter().cycle() {
+            if wr.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        // Writes fail only once the daemon has closed the connection.
+        _ = trickle => {}
+        all = until_closed(&mut rd) => assert!(all.is_empty(), "{all:?}"),
+    }
+    assert!(
+        began.elapsed() >= timeout,
+        "closed after {:?}",
+        began.elapsed()
+    );
+
+    // A connection left idle after a request.
+    let mut idle = connect().await;
+    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let all = until_closed(&mut idle).await;
+    assert!(all.starts_with(b"HTTP/1.1 200"), "{all:?}");
+
+    // A handler silent for three timeouts: agent-sandbox's /execute answers
+    // only when its command ends.
+    let r = d
+        .post_json(
+            "/execute",
+            &serde_json::json!({"command": "sleep 3; echo done"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["stdout"], "done\n");
+
+    // A request body in two halves, three timeouts apart.
+    let mut body_conn = connect().await;
+    let body = br#"{"command":"echo body-ok"}"#;
+    let head = format!(
+        "POST /command HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    body_conn.write_all(head.as_bytes()).await.expect("send");
+    body_conn.write_all(&body[..10]).await.expect("send");
+    tokio::time::sleep(3 * timeout).await;
+    body_conn.write_all(&body[10..]).await.expect("send");
+    let answer = read_until(&mut body_conn, |b| b.ends_with(b"0\r\n\r\n")).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.contains("body-ok"), "{answer}");
+
+    // A response read only after three timeouts: 8 MiB, more than the
+    // socket buffers hold, so the daemon is stuck mid-body meanwhile.
+    let dir = std::env::temp_dir().join(format!("execd-hdr-timeout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("big");
+    let size = 8 << 20;
+    std::fs::write(&file, vec![b'z'; size]).expect("write");
+    let mut reader = connect().await;
+    let req = format!(
+        "GET /files/download?path={} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        file.display()
+    );
+    reader.write_all(req.as_bytes()).await.expect("send");
+    tokio::time::sleep(3 * timeout).await;
+    let all = until_closed(&mut reader).await;
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    assert_eq!(all.len() - split - 4, size, "the whole body");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,7 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod routes;
 pub mod sse;
-mod timer;
+mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -211,33 +211,36 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let svc = hyper::service::service_fn(move |req| handle(&app, req, peer));
+        let activity = Arc::new(watch::Activity::default());
+        let svc = {
+            let (app, activity) = (app.clone(), activity.clone());
+            hyper::service::service_fn(move |req| handle(&app, req, peer, &activity))
+        };
         let stop = stop.clone();
+        let timeout = app.config.header_timeout;
         conns.spawn(async move {
             // Slowloris protection starts at the first byte: a client gets
-            // HEADER_READ_TIMEOUT to show what it speaks, then hyper gives it
-            // as long again for each request head.
+            // the header timeout to show what it speaks, then the watch
+            // gives it as long again for each request head.
             let first = tokio::select! {
-                r = tokio::time::timeout(HEADER_READ_TIMEOUT, sniff(&stream)) => r,
+                r = tokio::time::timeout(timeout, sniff(&stream)) => r,
                 _ = stop.cancelled() => return,
             };
             let io = TokioIo::new(stream);
             match first {
                 Ok(Ok(Some(Protocol::Http1))) => {
                     let mut http = hyper::server::conn::http1::Builder::new();
-                    http.timer(timer::ConnTimer::default())
-                        .header_read_timeout(HEADER_READ_TIMEOUT)
-                        .max_buf_size(64 * 1024)
-                        .keep_alive(true);
+                    // No hyper timer: the watch does its header timeout.
+                    http.max_buf_size(64 * 1024).keep_alive(true);
                     let conn = http.serve_connection(io, svc).with_upgrades();
-                    drive(conn, &stop, |c| c.graceful_shutdown(), peer).await
+                    let watch = Some((watch::Watch::new(activity), timeout));
+                    drive(conn, &stop, |c| c.graceful_shutdown(), watch, peer).await
                 }
                 Ok(Ok(Some(Protocol::Http2))) => {
                     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     http.timer(TokioTimer::new());
                     let conn = http.serve_connection(io, svc);
-                    drive(conn, &stop, |c| c.graceful_shutdown(), peer).await
+                    drive(conn, &stop, |c| c.graceful_shutdown(), None, peer).await
                 }
                 Ok(Ok(None)) => tracing::debug!(%peer, "connection closed before its first byte"),
                 Ok(Err(e)) => {
@@ -253,9 +256,6 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
         tracing::debug!("connections still open at the end of shutdown");
     }
 }
-
-/// How long a client has for each request head, and for its first byte.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The HTTP/2 client connection preface (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -322,24 +322,36 @@ async fn sniff(stream: &tokio::net::TcpStream) -> std::io::Result<Option<Protoco
 }
 
 /// Serves `conn` to its end; on shutdown, lets the request in flight finish
-/// (`shutdown` is the connection's graceful shutdown), then closes.
+/// (`shutdown` is the connection's graceful shutdown), then closes. With a
+/// watch, closes the connection once the watch finds it idle, looking every
+/// half `timeout` (see `watch.rs`).
 ///
 /// A connection's task is polled several times per request, and polling a
-/// token's wait each time costs two mutexes (its state and its waiter list).
-/// So the wait is polled with a waker of its own, once to register and then
-/// only when that waker fires; on every other poll shutdown costs one atomic
-/// load.
-async fn drive<C, E>(conn: C, stop: &CancellationToken, shutdown: fn(Pin<&mut C>), peer: SocketAddr)
-where
+/// token's wait or a sleep each time costs mutexes and atomics. So both are
+/// polled with a waker of their own, once to register and then only when
+/// that waker fires; on every other poll they cost one atomic swap.
+async fn drive<C, E>(
+    conn: C,
+    stop: &CancellationToken,
+    shutdown: fn(Pin<&mut C>),
+    mut watch: Option<(watch::Watch, Duration)>,
+    peer: SocketAddr,
+) where
     C: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
+    let look = |timeout: Duration| tokio::time::Instant::now() + timeout / 2;
     let mut conn = std::pin::pin!(conn);
     let mut wait = std::pin::pin!(stop.cancelled());
-    let signal = Arc::new(StopSignal {
-        // Set, so that the first poll registers the wait.
+    let mut next_look = std::pin::pin!(tokio::time::sleep_until(
+        watch
+            .as_ref()
+            .map_or_else(tokio::time::Instant::now, |(_, t)| look(*t))
+    ));
+    let signal = Arc::new(Signal {
+        // Set, so that the first poll registers the wait and the sleep.
         woke: AtomicBool::new(true),
         task: std::sync::Mutex::new(None),
     });
@@ -347,9 +359,9 @@ where
     // The task's waker last given to `signal`.
     let mut task: Option<Waker> = None;
     let mut stopping = false;
-    let r = std::future::poll_fn(|cx| {
+    let end = std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = conn.as_mut().poll(cx) {
-            return Poll::Ready(r);
+            return Poll::Ready(Some(r));
         }
         if stopping {
             return Poll::Pending;
@@ -359,32 +371,41 @@ where
             *signal.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.clone());
             task = Some(w);
         }
-        if signal.woke.swap(false, Ordering::AcqRel)
-            && wait
-                .as_mut()
-                .poll(&mut Context::from_waker(&signal_waker))
-                .is_ready()
-        {
+        if !signal.woke.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let mut own = Context::from_waker(&signal_waker);
+        if wait.as_mut().poll(&mut own).is_ready() {
             stopping = true;
             shutdown(conn.as_mut());
-            return conn.as_mut().poll(cx);
+            return conn.as_mut().poll(cx).map(Some);
+        }
+        if let Some((w, timeout)) = watch.as_mut() {
+            while next_look.as_mut().poll(&mut own).is_ready() {
+                if w.idle() {
+                    return Poll::Ready(None);
+                }
+                next_look.as_mut().reset(look(*timeout));
+            }
         }
         Poll::Pending
     })
     .await;
-    if let Err(e) = r {
-        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    match end {
+        Some(Ok(())) => {}
+        Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
+        None => tracing::debug!(%peer, "connection idle past the header timeout; closed"),
     }
 }
 
-/// The waker a connection's shutdown wait is polled with: it notes that the
-/// wait woke and wakes the connection's task.
-struct StopSignal {
+/// The waker a connection's shutdown wait and watch sleep are polled with:
+/// it notes that one of them woke and wakes the connection's task.
+struct Signal {
     woke: AtomicBool,
     task: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
-impl std::task::Wake for StopSignal {
+impl std::task::Wake for Signal {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
@@ -407,22 +428,64 @@ fn grpc_body(resp: Response<tonic::body::Body>) -> Response<Body> {
 
 /// A request's future, decided synchronously: the access check, gRPC or
 /// REST, the route. What hyper keeps per request is small: the response, or
-/// the chosen handler's boxed future.
-fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Answer {
-    if !tracing::enabled!(tracing::Level::DEBUG) {
-        return answer(app, req, peer);
-    }
-    // Debug logging: the request line is kept for the log.
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let inner = answer(app, req, peer);
-    routes::Answer::Later(Box::pin(async move {
-        let resp = match inner.await {
-            Ok(resp) => resp,
-            Err(never) => match never {},
+/// the chosen handler's boxed future. `activity` learns of the request, and
+/// of the end of its response when that is not at once.
+fn handle(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    activity: &Arc<watch::Activity>,
+) -> Served {
+    let answer = if tracing::enabled!(tracing::Level::DEBUG) {
+        // Debug logging: the request line is kept for the log.
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let inner = answer(app, req, peer);
+        routes::Answer::Later(Box::pin(async move {
+            let resp = match inner.await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            };
+            tracing::debug!(%method, %path, status = resp.status().as_u16(), %peer, "request");
+            Ok(resp)
+        }))
+    } else {
+        answer(app, req, peer)
+    };
+    let exchange = match &answer {
+        routes::Answer::Ready(Some(resp)) if http_body::Body::is_end_stream(resp.body()) => {
+            activity.answered();
+            None
+        }
+        _ => Some(activity.begin()),
+    };
+    Served { answer, exchange }
+}
+
+/// What hyper gets per request: the answer, and the exchange it ends.
+struct Served {
+    answer: routes::Answer,
+    exchange: Option<watch::Exchange>,
+}
+
+impl std::future::Future for Served {
+    type Output = Result<Response<Body>, std::convert::Infallible>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        let Ok(resp) = std::task::ready!(Pin::new(&mut this.answer).poll(cx));
+        // A body still to send ends the exchange when it is dropped; without
+        // one the exchange ends here.
+        let resp = match this.exchange.take() {
+            Some(ex) if !http_body::Body::is_end_stream(resp.body()) => {
+                resp.map(|body| watch::Tracked::body(body, ex))
+            }
+            _ => resp,
         };
-        tracing::debug!(%method, %path, status = resp.status().as_u16(), %peer, "request");
-        Ok(resp)
-    }))
+        std::task::Poll::Ready(Ok(resp))
+    }
 }
 
 fn answer(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Answer {
