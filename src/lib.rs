@@ -9,7 +9,7 @@
 //! Arrows point one way: `main -> server -> api -> {process, fs}`.
 //! A command's output flows pipe -> `process::run` (line splitting) ->
 //! `process::output::OutputLog` (memory window + capped spill) -> any number of
-//! readers (`api::command::write_stream`, the logs route), each at its own pace.
+//! readers (`api::command::event_stream`, the logs route), each at its own pace.
 
 pub mod api;
 pub mod config;

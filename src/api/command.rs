@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::wire::{json_str, now_ms, put_bool, put_i64, put_u64, rfc3339};
@@ -118,15 +117,13 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let spec = validate(ctx.json::<RunCommandRequest>().await?)?;
     let background = spec.background;
     let cmd = app.engine.start_command(spec);
-    let (tx, body) = sse::channel(4);
     let ping = app.config.ping_interval;
     let mode = if background {
         StreamMode::Background
     } else {
         StreamMode::Follow { from_eid: 0 }
     };
-    app.tasks.spawn(write_stream(cmd, tx, ping, mode, None));
-    Ok(sse::response(body))
+    Ok(sse::response(event_stream(cmd, ping, mode, None)))
 }
 
 /// What a stream shows.
@@ -140,20 +137,21 @@ pub enum StreamMode {
 
 const BATCH: usize = 64 * 1024;
 
-/// Writes a command's event stream into `tx` until the terminal event, or
-/// until the client goes away (which leaves the command running).
+/// A command's event stream as a response body, until the terminal event.
+/// When the client goes away hyper drops the body, which leaves the command
+/// running.
 ///
-/// The first frame (`init`, and for a background command the whole stream)
-/// is queued before this returns, not when the task first runs: the body then
-/// has data when hyper writes the response head, and both leave in one write
-/// (one segment, one wake-up of the client) instead of two.
-pub fn write_stream(
+/// The body reads the command's log itself, in the connection's task, when
+/// hyper asks for more: no writer task and no channel between the log and
+/// the socket, so a pipe read wakes one task, not two. The first frame
+/// (`init`, and for a background command the whole stream) is ready at once:
+/// it leaves with the response head, in one write.
+pub fn event_stream(
     cmd: Arc<Command>,
-    tx: mpsc::Sender<Bytes>,
     ping: Duration,
     mode: StreamMode,
     label: Option<String>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
+) -> Body {
     let mut buf = BytesMut::with_capacity(4096);
     let from_eid = match mode {
         StreamMode::Follow { from_eid } => from_eid,
@@ -178,105 +176,95 @@ pub fn write_stream(
             }
         }
     }
-    // A fresh channel has room, so this only fails if the body is gone.
-    let (first, gone) = match buf.is_empty() {
-        true => (None, false),
-        false => match tx.try_send(buf.split().freeze()) {
-            Ok(()) => (None, false),
-            Err(mpsc::error::TrySendError::Full(b)) => (Some(b), false),
-            Err(mpsc::error::TrySendError::Closed(_)) => (None, true),
-        },
-    };
-    async move {
-        if gone {
-            return;
-        }
+    let first = (!buf.is_empty()).then(|| buf.split().freeze());
+    let follow = (mode != StreamMode::Background).then(|| Follow {
+        head_rx: cmd.log.watch(),
+        cmd,
+        ping,
+        next: from_eid.max(1),
+        // One timer for the whole stream, pushed back whenever something is
+        // sent: a new timer per wait would be registered and removed again
+        // for every batch of output.
+        silence: Box::pin(tokio::time::sleep(ping)),
+        buf,
+        done: false,
+    });
+    let frames = futures_util::stream::unfold((first, follow), |(first, mut follow)| async move {
         if let Some(b) = first {
-            if tx.send(b).await.is_err() {
-                return;
-            }
+            return Some((b, (None, follow)));
         }
-        if mode != StreamMode::Background {
-            follow(cmd, tx, ping, from_eid, buf).await;
-        }
-    }
+        let b = follow.as_mut()?.next().await?;
+        Some((b, (None, follow)))
+    });
+    sse::stream_body(frames)
 }
 
-/// The rest of a followed stream: events as the log grows, keep-alive pings,
-/// then the terminal event.
-async fn follow(
+/// A followed stream past its first frame: events as the log grows,
+/// keep-alive pings, then the terminal event.
+struct Follow {
     cmd: Arc<Command>,
-    tx: mpsc::Sender<Bytes>,
+    head_rx: tokio::sync::watch::Receiver<crate::process::Head>,
     ping: Duration,
-    from_eid: u64,
-    mut buf: BytesMut,
-) {
-    let mut head_rx = cmd.log.watch();
-    let mut next = from_eid.max(1);
-    let mut last_eid = next - 1;
-    // One timer for the whole stream, pushed back whenever something is
-    // sent: a new timer per wait would be registered and removed again for
-    // every batch of output.
-    let silence = tokio::time::sleep(ping);
-    tokio::pin!(silence);
-    loop {
-        let head = *head_rx.borrow_and_update();
-        match cmd.log.read_events(next, BATCH).await {
-            Ok(evs) if !evs.is_empty() => {
-                for ev in &evs {
-                    let kind = if ev.stream == Stream::Stdout {
-                        "stdout"
-                    } else {
-                        "stderr"
-                    };
-                    event_head(&mut buf, kind, ev.eid, ev.ts_ms);
-                    buf.put_slice(b",\"text\":");
-                    json_str(&mut buf, &ev.data);
+    /// The next event to send.
+    next: u64,
+    silence: std::pin::Pin<Box<tokio::time::Sleep>>,
+    buf: BytesMut,
+    done: bool,
+}
+
+impl Follow {
+    /// The next frame; `None` once the terminal event has been sent.
+    async fn next(&mut self) -> Option<Bytes> {
+        let buf = &mut self.buf;
+        while !self.done {
+            let head = *self.head_rx.borrow_and_update();
+            match self.cmd.log.read_events(self.next, BATCH).await {
+                Ok(evs) if !evs.is_empty() => {
+                    for ev in &evs {
+                        let kind = if ev.stream == Stream::Stdout {
+                            "stdout"
+                        } else {
+                            "stderr"
+                        };
+                        event_head(buf, kind, ev.eid, ev.ts_ms);
+                        buf.put_slice(b",\"text\":");
+                        json_str(buf, &ev.data);
+                        buf.put_slice(b"}\n\n");
+                    }
+                    self.next = evs.last().map_or(self.next, |e| e.eid + 1);
+                    self.silence.as_mut().reset(Instant::now() + self.ping);
+                    return Some(buf.split().freeze());
+                }
+                Ok(_) => {}
+                Err(gap) => {
+                    // This reader fell behind what is retained: say so, then go on.
+                    event_head(buf, "gap", gap.oldest_eid.saturating_sub(1), now_ms());
+                    buf.put_slice(b",\"from_eid\":");
+                    put_u64(buf, self.next);
+                    buf.put_slice(b",\"to_eid\":");
+                    put_u64(buf, gap.oldest_eid);
                     buf.put_slice(b"}\n\n");
+                    self.next = gap.oldest_eid;
+                    return Some(buf.split().freeze());
                 }
-                next = evs.last().map_or(next, |e| e.eid + 1);
-                last_eid = next - 1;
-                if tx.send(buf.split().freeze()).await.is_err() {
-                    return;
-                }
-                silence.as_mut().reset(Instant::now() + ping);
-                continue;
             }
-            Ok(_) => {}
-            Err(gap) => {
-                // This reader fell behind what is retained: say so, then go on.
-                event_head(&mut buf, "gap", gap.oldest_eid.saturating_sub(1), now_ms());
-                buf.put_slice(b",\"from_eid\":");
-                put_u64(&mut buf, next);
-                buf.put_slice(b",\"to_eid\":");
-                put_u64(&mut buf, gap.oldest_eid);
-                buf.put_slice(b"}\n\n");
-                next = gap.oldest_eid;
-                if tx.send(buf.split().freeze()).await.is_err() {
-                    return;
+            if head.finished && self.next >= head.next_eid {
+                self.done = true;
+                let f = self.cmd.finished().filter(|_| self.next <= head.next_eid)?;
+                terminal(buf, &f, head.next_eid);
+                return Some(buf.split().freeze());
+            }
+            tokio::select! {
+                _ = self.head_rx.changed() => {}
+                _ = self.silence.as_mut() => {
+                    event_head(buf, "ping", self.next - 1, now_ms());
+                    buf.put_slice(b",\"text\":\"pong\"}\n\n");
+                    self.silence.as_mut().reset(Instant::now() + self.ping);
+                    return Some(buf.split().freeze());
                 }
-                continue;
             }
         }
-        if head.finished && next >= head.next_eid {
-            if let Some(f) = cmd.finished().filter(|_| next <= head.next_eid) {
-                terminal(&mut buf, &f, head.next_eid);
-                let _ = tx.send(buf.split().freeze()).await;
-            }
-            return;
-        }
-        tokio::select! {
-            _ = head_rx.changed() => {}
-            _ = &mut silence => {
-                event_head(&mut buf, "ping", last_eid, now_ms());
-                buf.put_slice(b",\"text\":\"pong\"}\n\n");
-                if tx.send(buf.split().freeze()).await.is_err() {
-                    return;
-                }
-                silence.as_mut().reset(Instant::now() + ping);
-            }
-            _ = tx.closed() => return,
-        }
+        None
     }
 }
 
@@ -468,16 +456,13 @@ pub async fn resume(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             .insert("execd-oldest-eid", HeaderValue::from(oldest));
         return Ok(resp);
     }
-    let (tx, body) = sse::channel(4);
     let ping = ctx.app.config.ping_interval;
-    ctx.app.tasks.spawn(write_stream(
+    Ok(sse::response(event_stream(
         cmd,
-        tx,
         ping,
         StreamMode::Follow { from_eid },
         None,
-    ));
-    Ok(sse::response(body))
+    )))
 }
 
 /// `POST /command/{id}/stdin[?eof=true]`: writes the raw body to the command's

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::{Response, StatusCode};
 use serde::Deserialize;
 
-use super::command::{write_stream, StreamMode};
+use super::command::{event_stream, StreamMode};
 use crate::fs::path;
 use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
 
@@ -78,16 +78,13 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         .engine
         .run_in_session(&id, command, cwd, timeout)
         .await?;
-    let (tx, body) = sse::channel(4);
     let ping = app.config.ping_interval;
-    app.tasks.spawn(write_stream(
+    Ok(sse::response(event_stream(
         cmd,
-        tx,
         ping,
         StreamMode::Follow { from_eid: 0 },
         Some(id),
-    ));
-    Ok(sse::response(body))
+    )))
 }
 
 /// `DELETE /session/{id}`: kills a running run and forgets the session.

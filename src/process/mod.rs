@@ -332,7 +332,7 @@ impl Engine {
     }
 
     /// The tracker that owns the engine's tasks; other layers may add theirs
-    /// (e.g. stream writers) so shutdown waits for them too.
+    /// so shutdown waits for them too.
     pub fn tasks(&self) -> &TaskTracker {
         &self.tasks
     }

@@ -64,7 +64,7 @@ pub struct App {
     pub engine: Arc<Engine>,
     pub metrics: crate::metrics::Sampler,
     pub started: std::time::Instant,
-    /// HTTP-side tasks (stream writers, proxied exchanges), apart from the
+    /// HTTP-side tasks (log streamers, proxied exchanges), apart from the
     /// engine's, so a slow client never holds up the shutdown of commands.
     pub tasks: tokio_util::task::TaskTracker,
     /// Cancelled when the daemon starts shutting down.

@@ -1,6 +1,8 @@
-//! Streaming response bodies: a bounded channel of frames, and the headers of
-//! an event stream. The bound is the back-pressure: a writer waits while the
-//! client is slow, and learns at once when the client has gone.
+//! Streaming response bodies and the headers of an event stream. A body is
+//! either polled straight from a stream of frames (hyper asks for the next
+//! frame only when it has room to write it), or fed through a bounded
+//! channel by a task; either way a slow client holds back its producer, and
+//! a client gone drops the body at once.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +42,43 @@ impl http_body::Body for ChannelBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A response body that polls `frames` itself, in the connection's task.
+pub fn stream_body<S>(frames: S) -> Body
+where
+    S: futures_core::Stream<Item = Bytes> + Send + 'static,
+{
+    OPEN.fetch_add(1, Ordering::Relaxed);
+    Body::new(StreamBody {
+        frames: Box::pin(frames),
+    })
+}
+
+/// A response body fed by a stream of frames.
+struct StreamBody<S> {
+    frames: Pin<Box<S>>,
+}
+
+impl<S> Drop for StreamBody<S> {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S: futures_core::Stream<Item = Bytes>> http_body::Body for StreamBody<S> {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.frames
+            .as_mut()
+            .poll_next(cx)
+            .map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }
 
