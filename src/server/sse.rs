@@ -22,29 +22,6 @@ pub fn open_streams() -> usize {
     OPEN.load(Ordering::Relaxed)
 }
 
-/// A response body fed from a channel.
-pub struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl Drop for ChannelBody {
-    fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
-}
-
 /// A response body that polls `frames` itself, in the connection's task.
 pub fn stream_body<S>(frames: S) -> Body
 where
@@ -84,9 +61,9 @@ impl<S: futures_core::Stream<Item = Bytes>> http_body::Body for StreamBody<S> {
 
 /// A sender and the body it feeds; `depth` frames may be in flight.
 pub fn channel(depth: usize) -> (mpsc::Sender<Bytes>, Body) {
-    let (tx, rx) = mpsc::channel(depth);
-    OPEN.fetch_add(1, Ordering::Relaxed);
-    (tx, Body::new(ChannelBody { rx }))
+    let (tx, mut rx) = mpsc::channel(depth);
+    let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    (tx, stream_body(frames))
 }
 
 /// A 200 event-stream response around `body`.
