@@ -127,9 +127,11 @@ async fn as_pid_1_in_a_new_pid_namespace() {
     let out = text_of(&evs, "stdout");
     assert!(out.starts_with("execd\n"), "execd is PID 1: {out:?}");
 
-    // An orphan re-parents to PID 1 (execd) and is reaped when it ends.
+    // An orphan re-parents to PID 1 (execd) and is reaped when it ends. It
+    // lives 2 s, so that it is still there when the next command looks,
+    // however loaded the machine.
     let evs = d
-        .run(json!({"command": "(sleep 0.3 >/dev/null & echo $!)"}))
+        .run(json!({"command": "(sleep 2 >/dev/null & echo $!)"}))
         .await;
     let orphan = text_of(&evs, "stdout").trim().to_string();
     let evs = d
