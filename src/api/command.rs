@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
 use http::{HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -189,14 +190,11 @@ pub fn event_stream(
         buf,
         done: false,
     });
-    let frames = futures_util::stream::unfold((first, follow), |(first, mut follow)| async move {
-        if let Some(b) = first {
-            return Some((b, (None, follow)));
-        }
+    let rest = futures_util::stream::unfold(follow, |mut follow| async move {
         let b = follow.as_mut()?.next().await?;
-        Some((b, (None, follow)))
+        Some((b, follow))
     });
-    sse::stream_body(frames)
+    sse::stream_body(futures_util::stream::iter(first).chain(rest))
 }
 
 /// A followed stream past its first frame: events as the log grows,

@@ -129,19 +129,25 @@ impl http_body::Body for Tracked {
 mod tests {
     use super::*;
 
+    /// Looks `w` takes until it finds the connection idle (at most 10).
+    fn looks_to_idle(w: &mut Watch) -> Option<usize> {
+        (1..=10).find(|_| w.idle())
+    }
+
     #[test]
     fn a_connection_is_idle_after_two_quiet_looks() {
         let a = Arc::new(Activity::default());
         let mut w = Watch::new(a.clone());
-        assert!(!w.idle(), "one quiet look is not enough");
-        assert!(w.idle());
-        // Any head answered starts the count again...
+        assert_eq!(looks_to_idle(&mut w), Some(2));
+        // Any head answered starts the count again.
         let mut w = Watch::new(a.clone());
         assert!(!w.idle());
         a.answered();
-        assert!(!w.idle());
-        assert!(!w.idle());
-        assert!(w.idle());
+        assert_eq!(
+            looks_to_idle(&mut w),
+            Some(3),
+            "the look that sees it, then two quiet ones"
+        );
     }
 
     #[test]
@@ -149,14 +155,10 @@ mod tests {
         let a = Arc::new(Activity::default());
         let mut w = Watch::new(a.clone());
         let ex = a.begin();
-        for _ in 0..10 {
-            assert!(!w.idle(), "never idle while serving");
-        }
+        assert_eq!(looks_to_idle(&mut w), None, "never idle while serving");
         // Its end counts as activity: two more quiet looks are needed.
         drop(ex);
-        assert!(!w.idle());
-        assert!(!w.idle());
-        assert!(w.idle());
+        assert_eq!(looks_to_idle(&mut w), Some(3));
     }
 
     #[test]
