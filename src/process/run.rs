@@ -148,11 +148,20 @@ pub(crate) async fn run(
     let mut err = Pipe::new(sp.stderr, Stream::Stderr, limits.max_line);
     let mut exit_rx = sp.exit;
     let mut exit: Option<ExitStatus> = None;
+    let (mut timed_out, mut interrupted, mut killing, mut draining) = (false, false, false, false);
+    // The waits live across iterations: made afresh for every read, they
+    // were registered and removed again each time (a lock apiece).
     let far = Instant::now() + Duration::from_secs(86400 * 365);
-    let timeout_at = limits.timeout.map(|t| Instant::now() + t);
-    let mut kill_at: Option<Instant> = None;
-    let mut drain_at: Option<Instant> = None;
-    let (mut timed_out, mut interrupted) = (false, false);
+    let timeout = sleep_until(limits.timeout.map_or(far, |t| Instant::now() + t));
+    let kill = sleep_until(far);
+    let drain = sleep_until(far);
+    let stop = async {
+        tokio::select! {
+            _ = cmd.interrupt.notified() => {}
+            _ = shutdown.cancelled() => {}
+        }
+    };
+    tokio::pin!(timeout, kill, drain, stop);
 
     loop {
         if exit.is_some() && !out.open() && !err.open() {
@@ -163,27 +172,24 @@ pub(crate) async fn run(
             r = err.read(), if err.open() => err.took(r, &cmd),
             r = &mut exit_rx, if exit.is_none() => {
                 exit = Some(r.unwrap_or_default());
-                drain_at = Some(Instant::now() + limits.drain);
+                drain.as_mut().reset(Instant::now() + limits.drain);
+                draining = true;
             }
-            _ = sleep_until(timeout_at.unwrap_or(far)), if exit.is_none() && timeout_at.is_some() && !timed_out => {
+            _ = &mut timeout, if exit.is_none() && limits.timeout.is_some() && !timed_out => {
                 timed_out = true;
                 signal_group(pgid, libc::SIGKILL);
             }
-            _ = cmd.interrupt.notified(), if exit.is_none() && kill_at.is_none() => {
+            _ = &mut stop, if exit.is_none() && !interrupted => {
                 interrupted = true;
                 signal_group(pgid, libc::SIGTERM);
-                kill_at = Some(Instant::now() + limits.kill_grace);
+                kill.as_mut().reset(Instant::now() + limits.kill_grace);
+                killing = true;
             }
-            _ = shutdown.cancelled(), if exit.is_none() && kill_at.is_none() => {
-                interrupted = true;
-                signal_group(pgid, libc::SIGTERM);
-                kill_at = Some(Instant::now() + limits.kill_grace);
-            }
-            _ = sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
+            _ = &mut kill, if killing => {
                 signal_group(pgid, libc::SIGKILL);
-                kill_at = None;
+                killing = false;
             }
-            _ = sleep_until(drain_at.unwrap_or(far)), if drain_at.is_some() => {
+            _ = &mut drain, if draining => {
                 // Something that escaped the leader still holds a pipe: take what
                 // is already written and stop waiting for the rest.
                 out.drain_ready(&cmd);
@@ -197,6 +203,7 @@ pub(crate) async fn run(
             }
         }
     }
+    let kill_at = killing.then(|| kill.deadline());
 
     // An interrupted command's stragglers get the rest of the grace period,
     // then SIGKILL. The group is re-checked whenever the reaper collects
