@@ -21,10 +21,49 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// A client connection whose requests carry bodies of type `B`.
 pub type Conn<B = Full<Bytes>> = SendRequest<B>;
 
-/// Opens one keep-alive HTTP/1.1 connection with TCP_NODELAY.
+/// Opens one keep-alive HTTP/1.1 connection with TCP_NODELAY, its I/O
+/// driven by a task of its own.
 pub async fn connect<B>(addr: SocketAddr) -> Result<Conn<B>>
 where
     B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = open(addr).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// Opens one connection and runs `user` on it with the connection's I/O
+/// driven in the same task. A streaming reader then gets each frame without
+/// a hand-over between tasks (and threads), which would cost the reader more
+/// CPU than execd spends producing the frame.
+pub async fn with_conn<T, U, F>(addr: SocketAddr, user: U) -> Result<T>
+where
+    U: FnOnce(Conn) -> F,
+    F: std::future::Future<Output = Result<T>>,
+{
+    let (sender, conn) = open(addr).await?;
+    let user = user(sender);
+    tokio::pin!(conn, user);
+    tokio::select! {
+        r = &mut user => r,
+        r = &mut conn => match r {
+            // The sender is still held by `user`, so the connection ended early.
+            Ok(()) => Err("connection closed".into()),
+            Err(e) => Err(format!("connection: {e}")),
+        },
+    }
+}
+
+async fn open<B>(
+    addr: SocketAddr,
+) -> Result<(
+    Conn<B>,
+    hyper::client::conn::http1::Connection<TokioIo<TcpStream>, B>,
+)>
+where
+    B: Body + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -32,11 +71,9 @@ where
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(conn);
-    Ok(sender)
+        .map_err(|e| format!("handshake: {e}"))
 }
 
 /// Sends one request on `conn`, waiting for the connection to be ready first.

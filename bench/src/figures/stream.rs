@@ -67,8 +67,10 @@ fn pipe_read(script: String) -> Result<(u64, f64)> {
 
 /// One event-stream reader of `script`: (stdout bytes, seconds, gap events).
 async fn sse_read(addr: SocketAddr, script: &str) -> Result<(u64, f64, u64)> {
-    let mut conn = client::connect(addr).await?;
-    let r = client::run_command(&mut conn, script, |_| {}).await?;
+    let r = client::with_conn(addr, |mut conn| async move {
+        client::run_command(&mut conn, script, |_| {}).await
+    })
+    .await?;
     Ok((r.stdout_bytes, r.total.as_secs_f64(), r.gaps))
 }
 
@@ -126,8 +128,7 @@ async fn eight_readers(addr: SocketAddr, script: &str) -> Result<(u64, f64)> {
     let (id_tx, id_rx) = oneshot::channel();
     let (done_tx, done_rx) = watch::channel(None::<u64>);
     let script = script.to_string();
-    let stream = tokio::spawn(async move {
-        let mut conn = client::connect(addr).await?;
+    let stream = tokio::spawn(client::with_conn(addr, |mut conn| async move {
         let mut id_tx = Some(id_tx);
         let r = client::run_command(&mut conn, &script, |id| {
             if let Some(tx) = id_tx.take() {
@@ -136,11 +137,14 @@ async fn eight_readers(addr: SocketAddr, script: &str) -> Result<(u64, f64)> {
         })
         .await?;
         let _ = done_tx.send(Some(r.stdout_bytes));
-        Ok::<_, String>(r.stdout_bytes)
-    });
+        Ok(r.stdout_bytes)
+    }));
     let id: Arc<str> = id_rx.await.map_err(|_| "no init event")?.into();
     let pollers: Vec<_> = (0..POLLERS)
-        .map(|_| tokio::spawn(poll_logs(addr, id.clone(), done_rx.clone())))
+        .map(|_| {
+            let (id, done) = (id.clone(), done_rx.clone());
+            tokio::spawn(client::with_conn(addr, |conn| poll_logs(conn, id, done)))
+        })
         .collect();
     let mut total = stream.await.map_err(|e| e.to_string())??;
     for p in pollers {
@@ -152,11 +156,10 @@ async fn eight_readers(addr: SocketAddr, script: &str) -> Result<(u64, f64)> {
 /// Reads `GET /command/{id}/logs?cursor=N` until it has every byte the event
 /// stream saw; returns the bytes read.
 async fn poll_logs(
-    addr: SocketAddr,
+    mut conn: client::Conn,
     id: Arc<str>,
     done: watch::Receiver<Option<u64>>,
 ) -> Result<u64> {
-    let mut conn = client::connect(addr).await?;
     let (mut cursor, mut read) = (0u64, 0u64);
     loop {
         let path = format!("/command/{id}/logs?cursor={cursor}");
