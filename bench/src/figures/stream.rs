@@ -77,7 +77,7 @@ async fn sse_read(addr: SocketAddr, script: &str) -> Result<(u64, f64, u64)> {
 async fn streaming(run: &Run) -> Result<Measured> {
     let script = producer(run.plan.stream_bytes());
     let (mut execd, mut base, mut notes) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut wall, mut ours, mut theirs) = (0.0, 0.0, 0.0);
+    let (mut wall, mut ours, mut theirs, mut bytes) = (0.0, 0.0, 0.0, 0u64);
     for _ in 0..run.plan.heavy_trials() {
         let s = script.clone();
         let (want, secs) = blocking(move || pipe_read(s)).await?;
@@ -87,6 +87,7 @@ async fn streaming(run: &Run) -> Result<Measured> {
         ours += own_cpu_secs() - cpu0;
         theirs += run.execd.cpu_secs()? - execd0;
         wall += secs;
+        bytes += got;
         execd.push(mbps(got, secs));
         if got != want || gaps > 0 {
             notes.push(format!(
@@ -95,10 +96,16 @@ async fn streaming(run: &Run) -> Result<Measured> {
         }
     }
     notes.dedup();
+    // CPU per byte does not depend on how fast the producer ran, so it is the
+    // figure to compare across runs on a shared machine.
+    let per_mb = |cpu: f64| cpu * 1e3 / (bytes.max(1) as f64 / 1e6);
     notes.push(format!(
-        "CPU while streaming: execd {:.0} %, the harness's reader {:.0} % (of one core)",
+        "CPU while streaming: execd {:.0} % of a core ({:.2} ms per MB), \
+         the harness's reader {:.0} % ({:.2} ms per MB)",
         theirs / wall * 100.0,
-        ours / wall * 100.0
+        per_mb(theirs),
+        ours / wall * 100.0,
+        per_mb(ours)
     ));
     Ok(Measured::medians(&execd, &base).note(notes.join("; ")))
 }
