@@ -5,8 +5,13 @@
 //! combined stdout+stderr stream. The newest events stay in memory, within a
 //! per-command window and a daemon-wide budget; older ones move to a capped
 //! spill file in a private directory, kept as two segments so the newest half
-//! of the cap always survives. Readers never hold a lock across I/O, so a slow
-//! reader only falls behind: it never blocks the process or other readers.
+//! of the cap always survives. No one holds the log's lock across I/O: readers
+//! plan under it and read the spill without it, so a slow reader only falls
+//! behind and never blocks the process or other readers; the writer picks
+//! what to spill under it, writes without it (the events stay readable in
+//! memory meanwhile), and takes it again to hand them over to the spill. A
+//! disk slowed by write-back therefore holds back the command's own pipe,
+//! never a reader of its log.
 //! Whatever is no longer retained is reported to the reader as a gap, never
 //! skipped silently.
 
@@ -172,6 +177,8 @@ struct Segment {
     end_offset: u64,
     len: u64,
     index: Vec<IndexEntry>,
+    /// A write to it failed, perhaps halfway: nothing more is appended.
+    sealed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +201,27 @@ pub struct OutputLog {
     limits: LogLimits,
     budget: Arc<MemBudget>,
     dir: Arc<SpillDir>,
+    /// Held by whoever is spilling, across the write, so spills go one at a
+    /// time and in order. Readers never take it.
+    spilling: Mutex<()>,
+}
+
+/// A spill decided under the log's lock, to be written without it.
+struct SpillJob {
+    /// Copies of the oldest events in memory (they stay there until written).
+    events: Vec<OutputEvent>,
+    /// Their cost against the memory window and budget.
+    freed: usize,
+    /// The segment to append to, or `None` to start segment `new_no`.
+    tail: Option<Arc<File>>,
+    new_no: u32,
+}
+
+/// Where a spill's records went.
+struct Spilled {
+    /// The segment it started, if it started one.
+    new: Option<(PathBuf, Arc<File>)>,
+    len: u64,
 }
 
 /// Where a read has to go, decided under the lock and carried out without it.
@@ -226,6 +254,7 @@ impl OutputLog {
             limits,
             budget,
             dir,
+            spilling: Mutex::new(()),
         }
     }
 
@@ -265,7 +294,9 @@ impl OutputLog {
             inner.mem_bytes += cost;
             self.budget.add(cost);
             if inner.mem_bytes > self.limits.window || (self.budget.over() && inner.mem.len() > 1) {
-                self.spill(&mut inner);
+                drop(inner);
+                self.spill();
+                inner = self.lock();
             }
         }
         let (next_eid, total) = (inner.next_eid, inner.total);
@@ -299,104 +330,163 @@ impl OutputLog {
         self.lock().dropped_bytes
     }
 
-    /// Moves the oldest in-memory events to the spill file.
-    fn spill(&self, inner: &mut Inner) {
+    /// Moves the oldest in-memory events to the spill file: chosen under the
+    /// lock, written without it, handed over under it again.
+    fn spill(&self) {
+        let _one = self.spilling.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(job) = self.plan_spill() else {
+            return;
+        };
+        let written = if self.limits.spill_cap == 0 {
+            Err(io::Error::other("spilling disabled (spill cap 0)"))
+        } else {
+            self.write_spill(&job)
+        };
+        let removed = self.commit_spill(job, written);
+        for path in removed {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// The oldest events down to half the window (or all but the newest
+    /// one when the daemon's budget is over), and where they go.
+    fn plan_spill(&self) -> Option<SpillJob> {
+        let mut inner = self.lock();
         let target = if self.budget.over() {
             0
         } else {
             self.limits.window / 2
         };
-        let mut moved: Vec<OutputEvent> = Vec::new();
-        let mut freed = 0usize;
-        while inner.mem_bytes - freed > target && inner.mem.len() > 1 {
-            let Some(ev) = inner.mem.pop_front() else {
+        let (mut freed, mut count, mut bytes) = (0usize, 0usize, 0u64);
+        for ev in &inner.mem {
+            if inner.mem_bytes - freed <= target || inner.mem.len() - count <= 1 {
                 break;
-            };
+            }
             freed += ev.data.len() + EVENT_OVERHEAD;
-            moved.push(ev);
+            bytes += (RECORD_HEADER + ev.data.len()) as u64;
+            count += 1;
         }
-        inner.mem_bytes -= freed;
-        self.budget.sub(freed);
-        let Some(first_offset) = moved.first().map(|e| e.offset) else {
-            return;
-        };
-        let end_eid = inner.mem.front().map_or(inner.next_eid, |e| e.eid);
-        let end_offset = inner.mem.front().map_or(inner.total, |e| e.offset);
-        if let Err(e) = self.write_spill(inner, &moved, end_eid, end_offset) {
-            inner.dropped_bytes += end_offset - first_offset;
-            tracing::warn!(log = %self.name, error = %e, "output spill failed; oldest output dropped");
+        if count == 0 {
+            return None;
         }
+        let events: Vec<OutputEvent> = inner.mem.iter().take(count).cloned().collect();
+        let seg_cap = (self.limits.spill_cap / 2).max(1);
+        let tail = inner
+            .segments
+            .back()
+            .filter(|s| !s.sealed && (s.len == 0 || s.len + bytes <= seg_cap))
+            .map(|s| s.file.clone());
+        let new_no = inner.seg_no;
+        if tail.is_none() {
+            inner.seg_no += 1;
+        }
+        Some(SpillJob {
+            events,
+            freed,
+            tail,
+            new_no,
+        })
     }
 
-    /// Appends `moved` (oldest first, not empty) to the newest segment, or to
-    /// a new one; `end_*` is where the spilled range ends.
-    fn write_spill(
-        &self,
-        inner: &mut Inner,
-        moved: &[OutputEvent],
-        end_eid: u64,
-        end_offset: u64,
-    ) -> io::Result<()> {
-        if self.limits.spill_cap == 0 {
-            return Err(io::Error::other("spilling disabled (spill cap 0)"));
-        }
-        let Some(first) = moved.first() else {
-            return Ok(());
+    /// Writes the job's records, to a new segment file if it needs one.
+    fn write_spill(&self, job: &SpillJob) -> io::Result<Spilled> {
+        let (file, new) = match &job.tail {
+            Some(f) => (f.clone(), None),
+            None => {
+                let path = self
+                    .dir
+                    .ensure()?
+                    .join(format!("{}.{}", self.name, job.new_no));
+                let file = Arc::new(
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .append(true)
+                        .create(true)
+                        .truncate(false)
+                        .mode(0o600)
+                        .open(&path)?,
+                );
+                (file.clone(), Some((path, file)))
+            }
         };
         // Record headers in one small buffer; the records' data is written
         // from the events themselves, not copied into a batch first.
-        let mut heads = Vec::with_capacity(moved.len() * RECORD_HEADER);
-        for ev in moved {
+        let mut heads = Vec::with_capacity(job.events.len() * RECORD_HEADER);
+        for ev in &job.events {
             heads.extend_from_slice(&ev.eid.to_le_bytes());
             heads.extend_from_slice(&ev.offset.to_le_bytes());
             heads.extend_from_slice(&ev.ts_ms.to_le_bytes());
             heads.push(ev.stream as u8);
             heads.extend_from_slice(&(ev.data.len() as u32).to_le_bytes());
         }
-        let batch_len = heads.len() as u64 + moved.iter().map(|e| e.data.len() as u64).sum::<u64>();
-        let seg_cap = (self.limits.spill_cap / 2).max(1);
-        let need_new = match inner.segments.back() {
-            None => true,
-            Some(s) => s.len > 0 && s.len + batch_len > seg_cap,
+        let mut slices: Vec<IoSlice<'_>> = heads
+            .chunks(RECORD_HEADER)
+            .zip(&job.events)
+            .flat_map(|(h, ev)| [IoSlice::new(h), IoSlice::new(&ev.data)])
+            .collect();
+        let len = heads.len() as u64 + job.events.iter().map(|e| e.data.len() as u64).sum::<u64>();
+        match write_all_vectored(&file, &mut slices) {
+            Ok(()) => Ok(Spilled { new, len }),
+            Err(e) => {
+                if let Some((path, _)) = new {
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the job's events out of memory and records where they went (or
+    /// that they were lost). Returns the segment files to remove.
+    fn commit_spill(&self, job: SpillJob, written: io::Result<Spilled>) -> Vec<PathBuf> {
+        let mut inner = self.lock();
+        // Only a spill removes events from memory, and spills go one at a
+        // time, so the job's events are still the oldest ones there.
+        inner.mem.drain(..job.events.len());
+        inner.mem_bytes -= job.freed;
+        self.budget.sub(job.freed);
+        let (Some(first), Some(last)) = (job.events.first(), job.events.last()) else {
+            return Vec::new();
         };
-        if need_new {
-            let dir = self.dir.ensure()?;
-            let path = dir.join(format!("{}.{}", self.name, inner.seg_no));
-            inner.seg_no += 1;
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)?;
+        let (end_eid, end_offset) = (last.eid + 1, last.offset + last.data.len() as u64);
+        let spilled = match written {
+            Ok(w) => w,
+            Err(e) => {
+                inner.dropped_bytes += end_offset - first.offset;
+                // A failed write may have left part of a record behind.
+                if job.tail.is_some() {
+                    if let Some(seg) = inner.segments.back_mut() {
+                        seg.sealed = true;
+                    }
+                }
+                tracing::warn!(log = %self.name, error = %e, "output spill failed; oldest output dropped");
+                return Vec::new();
+            }
+        };
+        let mut removed = Vec::new();
+        if let Some((path, file)) = spilled.new {
             inner.segments.push_back(Segment {
                 path,
-                file: Arc::new(file),
+                file,
                 first_eid: first.eid,
                 first_offset: first.offset,
                 end_eid: first.eid,
                 end_offset: first.offset,
                 len: 0,
                 index: Vec::new(),
+                sealed: false,
             });
             while inner.segments.len() > 2 {
                 if let Some(old) = inner.segments.pop_front() {
-                    let _ = std::fs::remove_file(&old.path);
+                    removed.push(old.path);
                 }
             }
         }
         let Some(seg) = inner.segments.back_mut() else {
-            return Err(io::Error::other("no spill segment"));
+            return removed;
         };
-        let mut slices: Vec<IoSlice<'_>> = heads
-            .chunks(RECORD_HEADER)
-            .zip(moved)
-            .flat_map(|(h, ev)| [IoSlice::new(h), IoSlice::new(&ev.data)])
-            .collect();
-        write_all_vectored(&seg.file, &mut slices)?;
         let mut pos = seg.len;
-        for ev in moved {
+        for ev in &job.events {
             let due = seg.index.last().is_none_or(|l| pos - l.pos >= INDEX_EVERY);
             if due {
                 seg.index.push(IndexEntry {
@@ -407,10 +497,10 @@ impl OutputLog {
             }
             pos += (RECORD_HEADER + ev.data.len()) as u64;
         }
-        seg.len += batch_len;
+        seg.len += spilled.len;
         seg.end_eid = end_eid;
         seg.end_offset = end_offset;
-        Ok(())
+        removed
     }
 
     /// Up to `max_bytes` of events starting at `from_eid` (at least one event if any).
@@ -820,6 +910,130 @@ mod tests {
         let r = l.read_bytes(100_000, 100_010, usize::MAX).await;
         assert_eq!(r.chunks.concat(), &expect[100_000..100_010]);
         drop(l);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_following_a_spilling_writer_sees_every_event_once() {
+        let dir = tmp("follow");
+        // A small window, so that the writer spills every few lines while
+        // the reader reads, from memory or from the spill.
+        let l = Arc::new(log(8 * 1024, 1 << 30, &dir));
+        let line = |i: u64| Bytes::from(format!("{i:08} {}\n", "y".repeat((i % 300) as usize)));
+        const N: u64 = 20_000;
+        let writer = {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                for i in 1..=N {
+                    l.append(Stream::Stdout, 0, [line(i)]);
+                }
+                l.finish();
+            })
+        };
+        let mut head_rx = l.watch();
+        let mut next = 1u64;
+        loop {
+            let head = *head_rx.borrow_and_update();
+            let evs = l.read_events(next, 4096).await.expect("nothing is lost");
+            for ev in &evs {
+                assert_eq!(ev.eid, next);
+                assert_eq!(ev.data, line(next));
+                next += 1;
+            }
+            if evs.is_empty() {
+                if head.finished && next > N {
+                    break;
+                }
+                head_rx.changed().await.unwrap();
+            }
+        }
+        writer.join().unwrap();
+        assert!(l.lock().segments.front().is_some(), "something was spilled");
+        drop(l);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stuck_spill_write_blocks_no_reader() {
+        use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+        use nix::sys::stat::Mode;
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        use std::sync::mpsc;
+        use std::time::Duration;
+
+        let dir = tmp("stuck");
+        std::fs::create_dir_all(&dir).unwrap();
+        // The first spill segment is a FIFO that nobody drains yet: the
+        // spill's write fills its 64 KiB and blocks, like a disk stalled by
+        // write-back.
+        let fifo = dir.join("t.0");
+        nix::unistd::mkfifo(&fifo, Mode::S_IRWXU).unwrap();
+        let fd = open(&fifo, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
+        fcntl(fd, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+        // SAFETY: `fd` was just opened here and is owned by nothing else.
+        let mut drain = unsafe { File::from_raw_fd(fd) };
+        // A write end of our own until the log has opened its own, so that
+        // reading does not see end-of-file before the log writes.
+        let early = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+
+        // A 256 KiB window: its first spill writes about 128 KiB.
+        let l = Arc::new(log(256 * 1024, 1 << 30, &dir));
+        let writer = {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                for i in 0..300u32 {
+                    let line = vec![b'a' + (i % 26) as u8; 1024];
+                    l.append(Stream::Stdout, 0, [Bytes::from(line)]);
+                }
+            })
+        };
+        // One byte out means the writer is in its spill write, which cannot
+        // finish until the FIFO is drained further.
+        let mut one = [0u8; 1];
+        drain.read_exact(&mut one).unwrap();
+        drop(early);
+
+        // Readers still get through, and the events being spilled are still
+        // served from memory.
+        let (tx, rx) = mpsc::channel();
+        {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                let evs = rt.block_on(l.read_events(1, usize::MAX));
+                let _ = tx.send((l.oldest_eid(), evs));
+            });
+        }
+        let (oldest, evs) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a reader waited for the spill write");
+        assert_eq!(oldest, 1);
+        let evs = evs.unwrap();
+        assert_eq!(evs[0].eid, 1);
+        assert_eq!(&evs[0].data[..], &[b'a'; 1024][..]);
+
+        // Drain the FIFO to its end (the log closes it when dropped).
+        let reader = std::thread::spawn(move || {
+            let mut n = 1u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match drain.read(&mut buf) {
+                    Ok(0) => return n,
+                    Ok(k) => n += k as u64,
+                    Err(e) => panic!("fifo: {e}"),
+                }
+            }
+        });
+        writer.join().unwrap();
+        assert_eq!(l.head().next_eid, 301);
+        let kept = l.lock().mem.len() as u64;
+        assert!(kept < 300, "something was spilled");
+        drop(Arc::into_inner(l).expect("the writer is done"));
+        let spilled = reader.join().unwrap();
+        assert_eq!(spilled, (300 - kept) * (RECORD_HEADER as u64 + 1024));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
