@@ -751,3 +751,70 @@ async fn the_header_timeout_closes_slow_heads_and_idle_connections_only() {
     assert_eq!(all.len() - split - 4, size, "the whole body");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// HTTP/2 has the header timeout too (hyper has none of its own there). A
+/// connection that serves no stream, here one whose client sent its preface,
+/// its settings and the start of a HEADERS frame it never ends, gets a GOAWAY
+/// once the timeout has passed; a client that then never answers the
+/// GOAWAY's PING is closed a timeout later.
+#[tokio::test]
+async fn an_idle_http2_connection_gets_a_goaway_then_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETTINGS: u8 = 0x4;
+    const PING: u8 = 0x6;
+    const GOAWAY: u8 = 0x7;
+    let timeout = Duration::from_secs(1);
+    let d = Daemon::start_with(&["--header-timeout", "1s"], &[]);
+    let began = std::time::Instant::now();
+    let mut c = tokio::net::TcpStream::connect(d.addr)
+        .await
+        .expect("connect");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // An empty SETTINGS frame.
+    hello.extend_from_slice(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]);
+    // HEADERS on stream 1 with one byte of header block (`:method: GET`)
+    // and neither END_HEADERS nor a CONTINUATION to follow.
+    hello.extend_from_slice(&[0, 0, 1, 0x1, 0, 0, 0, 0, 1, 0x82]);
+    c.write_all(&hello).await.expect("send");
+
+    // The daemon's frames, each with the time it arrived, until it closes.
+    let mut frames = Vec::new();
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut head = [0u8; 9];
+            match c.read_exact(&mut head).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+                    break;
+                }
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            c.read_exact(&mut payload).await.expect("a whole frame");
+            frames.push((head[3], payload, began.elapsed()));
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "still open after {WAIT:?}: {frames:?}");
+    let closed_after = began.elapsed();
+
+    let (_, goaway, sent_after) = frames
+        .iter()
+        .find(|(kind, ..)| *kind == GOAWAY)
+        .unwrap_or_else(|| panic!("no GOAWAY in {frames:?}"));
+    assert!(*sent_after >= timeout, "GOAWAY after {sent_after:?}");
+    // A graceful one: no stream refused yet (last stream id 2^31-1), and
+    // NO_ERROR.
+    assert_eq!(goaway[..4], [0x7f, 0xff, 0xff, 0xff], "{goaway:?}");
+    assert_eq!(goaway[4..8], [0, 0, 0, 0], "{goaway:?}");
+    assert!(
+        frames.iter().any(|(kind, ..)| *kind == PING),
+        "the GOAWAY's PING: {frames:?}"
+    );
+    assert!(
+        closed_after >= *sent_after + timeout,
+        "GOAWAY after {sent_after:?}, closed after {closed_after:?}"
+    );
+}

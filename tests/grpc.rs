@@ -364,6 +364,68 @@ async fn start_on_a_terminal_with_resize() {
     assert_eq!(e.code(), Code::NotFound);
 }
 
+/// The daemon's open sockets (listeners and connections).
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+/// `--header-timeout` on HTTP/2: calls silent for longer than the timeout
+/// (a stream, a unary call) are never cut; a channel then left idle has its
+/// connection closed (GOAWAY, then the client closes it), and its next call
+/// works on a new connection.
+#[tokio::test]
+async fn the_header_timeout_spares_calls_and_closes_idle_connections() {
+    let timeout = Duration::from_secs(1);
+    let dir = TempDir::new("grpc-idle");
+    let d = daemon(&dir, &["--header-timeout", "1s"]);
+    let listening = sockets(d.pid());
+    let mut c = client(d.addr).await;
+
+    let mut s = c
+        .start(pb::StartRequest {
+            config: Some(config(&["sh", "-c", "sleep 3; echo streamed"])),
+            pty: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, out, _, exit) = drain(&mut s).await;
+    assert_eq!(out, b"streamed\n");
+    assert_eq!(exit, Some(0));
+    let r = c
+        .execute(exec(&["sh", "-c", "sleep 3; echo unary"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.stdout, b"unary\n");
+
+    let idle = std::time::Instant::now();
+    assert!(sockets(d.pid()) > listening, "the channel's connection");
+    common::eventually(
+        Duration::from_secs(10),
+        "the idle connection closed",
+        || sockets(d.pid()) == listening,
+    )
+    .await;
+    // Counted from the response's end in the daemon, a little before `idle`.
+    assert!(
+        idle.elapsed() >= timeout * 9 / 10,
+        "closed after {:?}",
+        idle.elapsed()
+    );
+
+    let r = c
+        .execute(exec(&["echo", "again"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.stdout, b"again\n");
+}
+
 #[tokio::test]
 async fn access_token_applies_to_grpc() {
     let dir = TempDir::new("grpc-auth");

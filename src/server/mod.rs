@@ -233,14 +233,26 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
                     // No hyper timer: the watch does its header timeout.
                     http.max_buf_size(64 * 1024).keep_alive(true);
                     let conn = http.serve_connection(io, svc).with_upgrades();
-                    let watch = Some((watch::Watch::new(activity), timeout));
+                    let watch = Watched {
+                        watch: watch::Watch::new(activity),
+                        timeout,
+                        on_idle: OnIdle::Close,
+                    };
                     drive(conn, &stop, |c| c.graceful_shutdown(), watch, peer).await
                 }
                 Ok(Ok(Some(Protocol::Http2))) => {
                     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     http.timer(TokioTimer::new());
                     let conn = http.serve_connection(io, svc);
-                    drive(conn, &stop, |c| c.graceful_shutdown(), None, peer).await
+                    // hyper has no header timeout for HTTP/2: the same watch
+                    // sees a connection with no stream served, whether the
+                    // client trickles a HEADERS frame or just keeps it open.
+                    let watch = Watched {
+                        watch: watch::Watch::new(activity),
+                        timeout,
+                        on_idle: OnIdle::GoAwayThenClose,
+                    };
+                    drive(conn, &stop, |c| c.graceful_shutdown(), watch, peer).await
                 }
                 Ok(Ok(None)) => tracing::debug!(%peer, "connection closed before its first byte"),
                 Ok(Err(e)) => {
@@ -321,10 +333,29 @@ async fn sniff(stream: &tokio::net::TcpStream) -> std::io::Result<Option<Protoco
     }
 }
 
+/// A connection's watch, and what to do when it finds the connection idle.
+struct Watched {
+    watch: watch::Watch,
+    /// `--header-timeout`; the watch looks every half of it.
+    timeout: Duration,
+    on_idle: OnIdle,
+}
+
+enum OnIdle {
+    /// Close at once: HTTP/1, where an idle connection has no request in
+    /// flight.
+    Close,
+    /// HTTP/2: a GOAWAY first, so a client about to open a stream learns
+    /// not to and opens a new connection (as after gRPC's idle timeout);
+    /// then, if the connection is still open and idle a timeout later (a
+    /// client that never answers the GOAWAY's PING), close it.
+    GoAwayThenClose,
+}
+
 /// Serves `conn` to its end; on shutdown, lets the request in flight finish
-/// (`shutdown` is the connection's graceful shutdown), then closes. With a
-/// watch, closes the connection once the watch finds it idle, looking every
-/// half `timeout` (see `watch.rs`).
+/// (`shutdown` is the connection's graceful shutdown), then closes. Closes
+/// the connection once its watch finds it idle, looking every half timeout
+/// (see `watch.rs`).
 ///
 /// A connection's task is polled several times per request, and polling a
 /// token's wait or a sleep each time costs mutexes and atomics. So both are
@@ -334,7 +365,7 @@ async fn drive<C, E>(
     conn: C,
     stop: &CancellationToken,
     shutdown: fn(Pin<&mut C>),
-    mut watch: Option<(watch::Watch, Duration)>,
+    mut watch: Watched,
     peer: SocketAddr,
 ) where
     C: std::future::Future<Output = Result<(), E>>,
@@ -345,11 +376,7 @@ async fn drive<C, E>(
     let look = |timeout: Duration| tokio::time::Instant::now() + timeout / 2;
     let mut conn = std::pin::pin!(conn);
     let mut wait = std::pin::pin!(stop.cancelled());
-    let mut next_look = std::pin::pin!(tokio::time::sleep_until(
-        watch
-            .as_ref()
-            .map_or_else(tokio::time::Instant::now, |(_, t)| look(*t))
-    ));
+    let mut next_look = std::pin::pin!(tokio::time::sleep_until(look(watch.timeout)));
     let signal = Arc::new(Signal {
         // Set, so that the first poll registers the wait and the sleep.
         woke: AtomicBool::new(true),
@@ -380,12 +407,23 @@ async fn drive<C, E>(
             shutdown(conn.as_mut());
             return conn.as_mut().poll(cx).map(Some);
         }
-        if let Some((w, timeout)) = watch.as_mut() {
-            while next_look.as_mut().poll(&mut own).is_ready() {
-                if w.idle() {
-                    return Poll::Ready(None);
+        while next_look.as_mut().poll(&mut own).is_ready() {
+            next_look.as_mut().reset(look(watch.timeout));
+            if !watch.watch.idle() {
+                continue;
+            }
+            match watch.on_idle {
+                OnIdle::Close => return Poll::Ready(None),
+                OnIdle::GoAwayThenClose => {
+                    tracing::debug!(%peer, "HTTP/2 connection idle past the header timeout; GOAWAY");
+                    shutdown(conn.as_mut());
+                    watch.watch.restart();
+                    watch.on_idle = OnIdle::Close;
+                    // The GOAWAY is written when the connection is polled.
+                    if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
                 }
-                next_look.as_mut().reset(look(*timeout));
             }
         }
         Poll::Pending

@@ -1,5 +1,5 @@
-//! Slowloris and idle-connection protection for HTTP/1 connections, with no
-//! timer per request.
+//! Slowloris and idle-connection protection for HTTP/1 and HTTP/2
+//! connections, with no timer per request.
 //!
 //! hyper's own header-read timeout reads the clock, boxes a sleep and turns
 //! the connection's loop once more for every request: about 900 of the
@@ -85,6 +85,12 @@ impl Watch {
         self.quiet = self.quiet.saturating_add(1);
         self.quiet >= 2
     }
+
+    /// Starts the count of quiet looks again, as if the connection had just
+    /// shown activity.
+    pub fn restart(&mut self) {
+        self.quiet = 0;
+    }
 }
 
 /// A response body that ends its exchange when hyper drops it: once sent,
@@ -159,6 +165,16 @@ mod tests {
         // Its end counts as activity: two more quiet looks are needed.
         drop(ex);
         assert_eq!(looks_to_idle(&mut w), Some(3));
+    }
+
+    #[test]
+    fn a_restarted_watch_needs_two_more_quiet_looks() {
+        let a = Arc::new(Activity::default());
+        let mut w = Watch::new(a);
+        assert_eq!(looks_to_idle(&mut w), Some(2));
+        assert!(w.idle(), "stays idle");
+        w.restart();
+        assert_eq!(looks_to_idle(&mut w), Some(2));
     }
 
     #[test]
