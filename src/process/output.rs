@@ -545,15 +545,15 @@ impl OutputLog {
         let scanned = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             let mut size = 0usize;
-            let r = scan(&file, pos, end_pos, |ev| {
-                if ev.eid < from_eid {
+            let r = scan(&file, pos, end_pos, |rec| {
+                if rec.eid < from_eid {
                     return true;
                 }
                 if size >= max_bytes && !out.is_empty() {
                     return false;
                 }
-                size += ev.data.len();
-                out.push(ev);
+                size += rec.data.len();
+                out.push(rec.to_event());
                 true
             });
             r.map(|()| out)
@@ -611,17 +611,17 @@ impl OutputLog {
             let mut chunks = Vec::new();
             let mut next = from_off;
             let mut size = 0usize;
-            let _ = scan(&file, pos, end_pos, |ev| {
-                let end = ev.offset + ev.data.len() as u64;
+            let _ = scan(&file, pos, end_pos, |rec| {
+                let end = rec.offset + rec.data.len() as u64;
                 if end <= next {
                     return true;
                 }
-                if size >= max_bytes || ev.offset >= until {
+                if size >= max_bytes || rec.offset >= until {
                     return false;
                 }
-                let lo = (next - ev.offset) as usize;
-                let hi = (until.min(end) - ev.offset) as usize;
-                let piece = ev.data.slice(lo..hi);
+                let lo = (next - rec.offset) as usize;
+                let hi = (until.min(end) - rec.offset) as usize;
+                let piece = Bytes::copy_from_slice(&rec.data[lo..hi]);
                 size += piece.len();
                 next += piece.len() as u64;
                 chunks.push(piece);
@@ -740,12 +740,36 @@ fn write_all_vectored(mut file: &File, bufs: &mut [IoSlice<'_>]) -> io::Result<(
     Ok(())
 }
 
-/// Reads spill records from `pos` to `end_pos`, calling `f` until it returns false.
+/// A spill record as `scan` sees it, its data still in the read buffer.
+struct Record<'a> {
+    eid: u64,
+    offset: u64,
+    ts_ms: u64,
+    stream: Stream,
+    data: &'a [u8],
+}
+
+impl Record<'_> {
+    fn to_event(&self) -> OutputEvent {
+        OutputEvent {
+            eid: self.eid,
+            offset: self.offset,
+            ts_ms: self.ts_ms,
+            stream: self.stream,
+            data: Bytes::copy_from_slice(self.data),
+        }
+    }
+}
+
+/// Reads spill records from `pos` to `end_pos`, calling `f` until it returns
+/// false. A record's data is copied out only by a caller that keeps it:
+/// scans start at an index entry up to `INDEX_EVERY` bytes before what they
+/// look for.
 fn scan(
     file: &File,
     mut pos: u64,
     end_pos: u64,
-    mut f: impl FnMut(OutputEvent) -> bool,
+    mut f: impl FnMut(Record<'_>) -> bool,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; SCAN_BLOCK];
     while pos < end_pos {
@@ -773,15 +797,15 @@ fn scan(
             } else {
                 Stream::Stdout
             };
-            let ev = OutputEvent {
+            let rec = Record {
                 eid: u64_at(0),
                 offset: u64_at(8),
                 ts_ms: u64_at(16),
                 stream,
-                data: Bytes::copy_from_slice(&buf[at + RECORD_HEADER..at + RECORD_HEADER + len]),
+                data: &buf[at + RECORD_HEADER..at + RECORD_HEADER + len],
             };
             at += RECORD_HEADER + len;
-            if !f(ev) {
+            if !f(rec) {
                 return Ok(());
             }
         }
