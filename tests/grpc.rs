@@ -44,6 +44,20 @@ fn exec(argv: &[&str]) -> pb::ExecuteRequest {
     }
 }
 
+/// Starts `argv` with no terminal; its event stream.
+async fn start(
+    c: &mut ProcessServiceClient<Channel>,
+    argv: &[&str],
+) -> tonic::Streaming<pb::StartResponse> {
+    c.start(pb::StartRequest {
+        config: Some(config(argv)),
+        pty: None,
+    })
+    .await
+    .expect("start")
+    .into_inner()
+}
+
 /// Reads a Start stream to its end: (pid, stdout, stderr, exit code).
 async fn drain(
     stream: &mut tonic::Streaming<pb::StartResponse>,
@@ -164,14 +178,7 @@ async fn start_streams_stdin_signals() {
     let d = daemon(&dir, &[]);
     let mut c = client(d.addr).await;
 
-    let mut s = c
-        .start(pb::StartRequest {
-            config: Some(config(&["sh", "-c", "echo out; echo err >&2; exit 7"])),
-            pty: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = start(&mut c, &["sh", "-c", "echo out; echo err >&2; exit 7"]).await;
     let (pid, out, err, exit) = drain(&mut s).await;
     assert!(pid > 0);
     assert_eq!(out, b"out\n");
@@ -179,14 +186,7 @@ async fn start_streams_stdin_signals() {
     assert_eq!(exit, Some(7));
 
     // stdin to cat, then EOF.
-    let mut s = c
-        .start(pb::StartRequest {
-            config: Some(config(&["cat"])),
-            pty: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = start(&mut c, &["cat"]).await;
     let first = s.message().await.unwrap().unwrap();
     let Some(Event::Init(init)) = first.event else {
         panic!("first event is not init: {first:?}")
@@ -226,14 +226,7 @@ async fn start_streams_stdin_signals() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let mut s = c
-        .start(pb::StartRequest {
-            config: Some(config(&["sleep", "30"])),
-            pty: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = start(&mut c, &["sleep", "30"]).await;
     let Some(Event::Init(init)) = s.message().await.unwrap().unwrap().event else {
         panic!("no init")
     };
@@ -275,18 +268,15 @@ async fn cancelled_stream_kills_the_group_and_grpc_port_works() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut c = client(addr).await;
     let pidfile = dir.join("pid");
-    let mut s = c
-        .start(pb::StartRequest {
-            config: Some(config(&[
-                "sh",
-                "-c",
-                &format!("sleep 30 & echo $! > {pidfile}; echo ready; wait"),
-            ])),
-            pty: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = start(
+        &mut c,
+        &[
+            "sh",
+            "-c",
+            &format!("sleep 30 & echo $! > {pidfile}; echo ready; wait"),
+        ],
+    )
+    .await;
     loop {
         let m = s.message().await.unwrap().unwrap();
         if matches!(m.event, Some(Event::Stdout(_))) {
@@ -385,14 +375,7 @@ async fn the_header_timeout_spares_calls_and_closes_idle_connections() {
     let listening = sockets(d.pid());
     let mut c = client(d.addr).await;
 
-    let mut s = c
-        .start(pb::StartRequest {
-            config: Some(config(&["sh", "-c", "sleep 3; echo streamed"])),
-            pty: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = start(&mut c, &["sh", "-c", "sleep 3; echo streamed"]).await;
     let (_, out, _, exit) = drain(&mut s).await;
     assert_eq!(out, b"streamed\n");
     assert_eq!(exit, Some(0));
