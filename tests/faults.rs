@@ -813,8 +813,10 @@ async fn an_idle_http2_connection_gets_a_goaway_then_is_closed() {
         frames.iter().any(|(kind, ..)| *kind == PING),
         "the GOAWAY's PING: {frames:?}"
     );
+    // A timeout apart in the daemon; here, less whatever late reading of the
+    // GOAWAY shortened it.
     assert!(
-        closed_after >= *sent_after + timeout,
+        closed_after >= *sent_after + timeout * 9 / 10,
         "GOAWAY after {sent_after:?}, closed after {closed_after:?}"
     );
 }

@@ -44,6 +44,11 @@ fn exec(argv: &[&str]) -> pb::ExecuteRequest {
     }
 }
 
+/// Runs `argv` to its end with Execute; its result.
+async fn execute(c: &mut ProcessServiceClient<Channel>, argv: &[&str]) -> pb::ExecuteResponse {
+    c.execute(exec(argv)).await.expect("execute").into_inner()
+}
+
 /// Starts `argv` with no terminal; its event stream.
 async fn start(
     c: &mut ProcessServiceClient<Channel>,
@@ -81,20 +86,12 @@ async fn execute_on_the_main_port() {
     let d = daemon(&dir, &[]);
     let mut c = client(d.addr).await;
 
-    let r = c
-        .execute(exec(&["echo", "hello"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = execute(&mut c, &["echo", "hello"]).await;
     assert_eq!(r.stdout, b"hello\n");
     assert!(r.stderr.is_empty());
     assert_eq!(r.exit_code, 0);
 
-    let r = c
-        .execute(exec(&["sh", "-c", "exit 3"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = execute(&mut c, &["sh", "-c", "exit 3"]).await;
     assert_eq!(r.exit_code, 3);
 
     // env and cwd (confined to the root).
@@ -132,11 +129,7 @@ async fn execute_on_the_main_port() {
     assert_eq!(e.code(), Code::InvalidArgument);
 
     // Output is bounded, with a marker.
-    let r = c
-        .execute(exec(&["sh", "-c", "head -c 3000000 /dev/zero"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = execute(&mut c, &["sh", "-c", "head -c 3000000 /dev/zero"]).await;
     assert!(r.stdout.len() < 1_100_000);
     assert!(String::from_utf8_lossy(&r.stdout).ends_with("bytes omitted]\n"));
 
@@ -379,11 +372,7 @@ async fn the_header_timeout_spares_calls_and_closes_idle_connections() {
     let (_, out, _, exit) = drain(&mut s).await;
     assert_eq!(out, b"streamed\n");
     assert_eq!(exit, Some(0));
-    let r = c
-        .execute(exec(&["sh", "-c", "sleep 3; echo unary"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = execute(&mut c, &["sh", "-c", "sleep 3; echo unary"]).await;
     assert_eq!(r.stdout, b"unary\n");
 
     let idle = std::time::Instant::now();
@@ -401,11 +390,7 @@ async fn the_header_timeout_spares_calls_and_closes_idle_connections() {
         idle.elapsed()
     );
 
-    let r = c
-        .execute(exec(&["echo", "again"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = execute(&mut c, &["echo", "again"]).await;
     assert_eq!(r.stdout, b"again\n");
 }
 
