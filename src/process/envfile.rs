@@ -3,7 +3,7 @@
 //! One `KEY=VALUE` per line; blank lines and `#` comments are skipped, an
 //! `export ` prefix is allowed. Values:
 //! - `'single quoted'` are literal;
-//! - `"double quoted"` understand `\"`, `\\`, `\$`, `\n`, `\t` and expand `$VAR`/`${VAR}`;
+//! - `"double quoted"` understand `\"`, `\\`, `\$`, `\n`, `\r`, `\t` and expand `$VAR`/`${VAR}`;
 //! - unquoted values are trimmed and expand `$VAR`/`${VAR}`.
 //!
 //! Expansion looks variables up in the daemon's environment and in the lines
@@ -114,6 +114,7 @@ fn unescape(s: &str) -> String {
         match it.next() {
             Some('n') => out.push('\n'),
             Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
             // Keep `\$` escaped from expansion by a marker expand() understands.
             Some('$') => out.push('\u{0}'),
             Some(other) => out.push(other),
@@ -198,6 +199,14 @@ mod tests {
         assert_eq!(vars[0], ("A".to_string(), "first\nsecond".to_string()));
         assert_eq!(vars[1], ("B".to_string(), "x\ny \" z".to_string()));
         assert_eq!(vars[2], ("C".to_string(), "after".to_string()));
+    }
+
+    #[test]
+    fn double_quoted_escapes_include_carriage_return() {
+        // The SDK's set_env writes a carriage return as `\r`.
+        let (vars, warn) = parse("A=\"one\\r\\ntwo\\tthree\"\n", env);
+        assert!(warn.is_empty(), "{warn:?}");
+        assert_eq!(vars[0].1, "one\r\ntwo\tthree");
     }
 
     #[test]
