@@ -113,6 +113,9 @@ fn create_temp(dir: RawFd, shown: &Path) -> FsResult<(File, Temp)> {
     let anonymous = !tests::NO_TMPFILE.with(|c| c.get());
     #[cfg(not(test))]
     let anonymous = true;
+    // Linking it at commit needs /proc when the thread lacks
+    // CAP_DAC_READ_SEARCH (see `link_temp`): without /proc, a named file.
+    let anonymous = anonymous && proc_fd_available();
     match nix::fcntl::openat(
         Some(dir),
         ".",
@@ -146,6 +149,12 @@ fn create_temp(dir: RawFd, shown: &Path) -> FsResult<(File, Temp)> {
         shown,
         last.into(),
     ))
+}
+
+/// Whether `/proc/self/fd` is there (checked once).
+fn proc_fd_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| Path::new("/proc/self/fd").is_dir())
 }
 
 impl AtomicFile {
