@@ -37,7 +37,9 @@ pub struct Config {
     pub output_window: usize,
     pub output_memory: usize,
     pub spill_cap: u64,
-    pub data_dir: PathBuf,
+    /// The private data directory; None: a new one with a random name
+    /// under `$TMPDIR`, made at start-up.
+    pub data_dir: Option<PathBuf>,
     pub drain_timeout: Duration,
     /// A connection's first bytes, and each request head, must arrive
     /// within this (up to half as long again); idle connections are closed.
@@ -66,7 +68,6 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        let tmp = std::env::var_os("TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
         Config {
             bind: IpAddr::from([0, 0, 0, 0]),
             port: DEFAULT_PORT,
@@ -80,7 +81,7 @@ impl Default for Config {
             output_window: 1 << 20,
             output_memory: 64 << 20,
             spill_cap: 1 << 30,
-            data_dir: tmp.join(format!("execd-{}", std::process::id())),
+            data_dir: None,
             drain_timeout: Duration::from_millis(250),
             header_timeout: Duration::from_secs(30),
             max_body: 1 << 20,
@@ -126,8 +127,9 @@ Options (environment variable in brackets; a flag wins over its variable):
   --output-window SIZE            output kept in memory per command (1MiB)
   --output-memory SIZE            output kept in memory by all commands (64MiB)
   --spill-cap SIZE                output kept on disk per command (1GiB); 0 keeps none
-  --data-dir PATH                 private directory for spilled output ($TMPDIR/execd-PID)
-                                  [EXECD_DATA_DIR]
+  --data-dir PATH                 private directory for spilled output and session state;
+                                  created 0700 if missing, refused unless owned by execd's
+                                  uid with mode 0700 (a new $TMPDIR/execd-XXXXXX) [EXECD_DATA_DIR]
   --drain-timeout D               how long pipes may stay open after a command exits (250ms)
   --header-timeout D              time for a connection's first bytes and for each request
                                   head; idle connections are closed after 1-1.5 times it (30s)
@@ -183,7 +185,7 @@ pub fn parse(
         c.max_records = records(&v).map_err(|e| format!("EXECD_MAX_RECORDS: {e}"))?;
     }
     if let Some(v) = env("EXECD_DATA_DIR").filter(|v| !v.is_empty()) {
-        c.data_dir = v.into();
+        c.data_dir = Some(v.into());
     }
     if let Some(v) = env("SANDBOX_BASE_DIR").filter(|v| !v.trim().is_empty()) {
         c.agent_base_dir = Some(v.into());
@@ -234,7 +236,7 @@ pub fn parse(
                 c.output_memory = size(&value(&mut p, "output-memory")?)? as usize
             }
             Long("spill-cap") => c.spill_cap = size(&value(&mut p, "spill-cap")?)?,
-            Long("data-dir") => c.data_dir = value(&mut p, "data-dir")?.into(),
+            Long("data-dir") => c.data_dir = Some(value(&mut p, "data-dir")?.into()),
             Long("drain-timeout") => c.drain_timeout = duration(&value(&mut p, "drain-timeout")?)?,
             Long("header-timeout") => {
                 c.header_timeout =

@@ -2,6 +2,7 @@
 //! SIGTERM/SIGINT, then shut down gracefully within the configured timeout.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -9,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::process::datadir::DataDir;
 use crate::process::output::LogLimits;
 use crate::process::{spawn, Engine, EngineConfig};
 use crate::server::{self, App};
@@ -16,7 +18,7 @@ use crate::server::{self, App};
 /// Variables never passed on to commands.
 const SECRET_VARS: &[&str] = &["EXECD_ACCESS_TOKEN"];
 
-fn engine_config(c: &Config) -> EngineConfig {
+fn engine_config(c: &Config, data_dir: Arc<DataDir>) -> EngineConfig {
     EngineConfig {
         shell: spawn::default_shell(),
         limits: LogLimits {
@@ -24,7 +26,7 @@ fn engine_config(c: &Config) -> EngineConfig {
             spill_cap: c.spill_cap,
         },
         mem_total: c.output_memory,
-        spill_dir: c.data_dir.clone(),
+        data_dir,
         retention: c.retention,
         max_records: c.max_records,
         drain: c.drain_timeout,
@@ -170,11 +172,14 @@ fn signal_name(num: i32) -> &'static str {
 /// process exit code: 0, or in init mode the main command's status.
 pub async fn run(mut config: Config) -> std::io::Result<i32> {
     raise_nofile_limit();
+    // Made (or checked) before anything else: a squatted directory stops
+    // execd here, with the reason.
+    let data_dir = Arc::new(DataDir::open(config.data_dir.as_deref())?);
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = listen(addr)?;
     let local = listener.local_addr()?;
     config.port = local.port();
-    let engine = Engine::start(engine_config(&config));
+    let engine = Engine::start(engine_config(&config, data_dir));
     let grace = config.graceful_shutdown_timeout;
     let init = config.init.clone();
     // sandboxd's default layout: gRPC on a port of its own (the main port

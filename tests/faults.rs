@@ -93,10 +93,14 @@ impl Drop for Client {
     }
 }
 
-fn upload_temps(dir: &TempDir) -> Vec<String> {
+/// Upload temporaries in `dir`: named ones, and the daemon's descriptors
+/// of anonymous (`O_TMPFILE`) ones there.
+fn upload_temps(d: &Daemon, dir: &TempDir) -> Vec<String> {
+    let in_dir = format!("-> {}/", dir.0.display());
     dir.names()
         .into_iter()
         .filter(|n| n.starts_with(".execd-upload"))
+        .chain(d.fds().into_iter().filter(|f| f.contains(&in_dir)))
         .collect()
 }
 
@@ -131,12 +135,12 @@ async fn clients_killed_mid_upload_download_and_stream_leave_nothing_behind() {
     let mut c = Client::start(&d, &t, &req, "upload");
     assert_eq!(c.line(), "ready");
     eventually(WAIT, "the upload's temporary file appears", || {
-        !upload_temps(&t).is_empty()
+        !upload_temps(&d, &t).is_empty()
     })
     .await;
     c.kill();
     eventually(WAIT, "temporary file removed", || {
-        upload_temps(&t).is_empty()
+        upload_temps(&d, &t).is_empty()
     })
     .await;
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "old content");

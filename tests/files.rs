@@ -249,15 +249,15 @@ async fn aborted_upload_leaves_old_file_and_no_temporary() {
     .unwrap();
     s.write_all(&body).unwrap();
     s.flush().unwrap();
-    // The server has started writing a temporary file...
-    eventually(Duration::from_secs(10), "temporary file appears", || {
-        !temps(&t).is_empty()
-    })
-    .await;
+    // The server has started writing a temporary file (an anonymous
+    // O_TMPFILE one: it shows only among the daemon's descriptors)...
+    let in_dir = format!("-> {}/", t.0.display());
+    let writing = || d.fds().iter().any(|f| f.contains(&in_dir)) || !temps(&t).is_empty();
+    eventually(Duration::from_secs(10), "temporary file appears", writing).await;
     // ...and the client goes away.
     drop(s);
     eventually(Duration::from_secs(10), "temporary file removed", || {
-        temps(&t).is_empty()
+        !writing()
     })
     .await;
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "old content");

@@ -236,14 +236,15 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         let filename = field.file_name().unwrap_or("").to_string();
         let rel = rel(&filename)?;
         let root = open_root(base.clone()).await.map_err(|e| failed(&e))?;
-        let (dir, target) =
+        let (dir, name) =
             blocking(move || root.prepare_write(&rel))
                 .await
                 .map_err(|e| match e {
                     ConfineError::Escapes => denied(),
                     other => failed(&other),
                 })?;
-        let mut w = Writer::create(None, target, AttrRequest::default())
+        // Written relative to the directory just checked, never by path.
+        let mut w = Writer::create_in(dir, name, filename.clone().into(), AttrRequest::default())
             .await
             .map_err(|e| failed(&e))?;
         loop {
@@ -254,7 +255,6 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             }
         }
         w.commit().await.map_err(|e| failed(&e))?;
-        drop(dir);
         return Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({

@@ -260,9 +260,11 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         .next()
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("multipart/form-data"));
     let p2 = path.clone();
-    let (dir, target) = blocking(move || root.prepare_write(&rel))
+    // The writer works relative to the directory checked here, never by path.
+    let (dir, name) = blocking(move || root.prepare_write(&rel))
         .await
         .map_err(|e| confine_error(e, &p2))?;
+    let shown = std::path::PathBuf::from(&path);
     let attrs = AttrRequest {
         mode: Some(mode),
         ..Default::default()
@@ -281,7 +283,7 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             if field.name() != Some("file") {
                 continue;
             }
-            let mut w = Writer::create(None, target.clone(), attrs.clone())
+            let mut w = Writer::create_in(dir, name, shown, attrs)
                 .await
                 .map_err(fs_err)?;
             loop {
@@ -296,7 +298,9 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         }
     } else {
         let mut body = body;
-        let mut w = Writer::create(None, target, attrs).await.map_err(fs_err)?;
+        let mut w = Writer::create_in(dir, name, shown, attrs)
+            .await
+            .map_err(fs_err)?;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| invalid(format!("reading the body: {e}")))?;
             if let Ok(data) = frame.into_data() {
@@ -305,7 +309,6 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         }
         w.commit().await.map_err(fs_err)?;
     }
-    drop(dir);
     let mut resp = Response::new(crate::server::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     Ok(resp)

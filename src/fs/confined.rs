@@ -511,34 +511,72 @@ impl Root {
     }
 
     /// Prepares writing the file `rel`: its parent directories are created
-    /// beneath the root and pinned by a descriptor. Returns that descriptor
-    /// (keep it open while writing) and a path to the target through it,
-    /// for the atomic writer. A final symlink must stay beneath the root;
-    /// a directory is `EISDIR`.
-    pub fn prepare_write(&self, rel: &RelPath) -> ConfineResult<(OwnedFd, PathBuf)> {
-        let Some((parent, name)) = rel.split_last() else {
-            return Err(ConfineError::io(
-                "write",
-                io::Error::from_raw_os_error(libc::EISDIR),
-            ));
-        };
-        let dir = self.make_dirs(&parent)?;
-        match self.open_beneath(rel, libc::O_PATH) {
-            Ok(fd) => {
-                let st = fstat(fd.as_raw_fd()).map_err(|e| ConfineError::io("stat", e))?;
-                if is_type(&st, libc::S_IFDIR) {
-                    return Err(ConfineError::io(
-                        "write",
-                        io::Error::from_raw_os_error(libc::EISDIR),
-                    ));
-                }
+    /// beneath the root, and a symlink at its name is followed while it
+    /// stays beneath the root (relative links only, as `open_beneath`).
+    /// Returns the directory the file is in, pinned by a descriptor, and the
+    /// file's name in it: the writer creates and renames relative to that
+    /// descriptor and resolves nothing again by path, so swapping a parent
+    /// or the name for a symlink afterwards cannot lead it outside. A
+    /// dangling link is replaced itself; a directory is `EISDIR`.
+    pub fn prepare_write(&self, rel: &RelPath) -> ConfineResult<(OwnedFd, OsString)> {
+        let eisdir = || ConfineError::io("write", io::Error::from_raw_os_error(libc::EISDIR));
+        let mut rel = rel.clone();
+        let mut first = true;
+        for _ in 0..=MAX_LINKS {
+            let Some((parent, name)) = rel.split_last() else {
+                return Err(eisdir());
+            };
+            if name == ".." {
+                return Err(eisdir());
             }
-            Err(e) if e.errno() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(e),
+            let name = name.to_os_string();
+            let dir = if first {
+                self.make_dirs(&parent)?
+            } else {
+                self.open_beneath(&parent, libc::O_PATH | libc::O_DIRECTORY)?
+            };
+            first = false;
+            let st = match openat(
+                dir.as_raw_fd(),
+                name.as_bytes(),
+                libc::O_PATH | libc::O_NOFOLLOW,
+            ) {
+                Ok(fd) => fstat(fd.as_raw_fd()).map_err(|e| ConfineError::io("stat", e))?,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok((dir, name)),
+                Err(e) => return Err(ConfineError::io("open", e)),
+            };
+            if is_type(&st, libc::S_IFDIR) {
+                return Err(eisdir());
+            }
+            if !is_type(&st, libc::S_IFLNK) {
+                return Ok((dir, name));
+            }
+            let target = readlinkat(dir.as_raw_fd(), name.as_bytes())
+                .map_err(|e| ConfineError::io("readlink", e))?;
+            if target.starts_with(b"/") {
+                return Err(ConfineError::Escapes);
+            }
+            // The link's target, relative to the link's directory; `..`
+            // stays a component, resolved beneath the root when opened.
+            let mut next = parent.0;
+            next.extend(
+                target
+                    .split(|b| *b == b'/')
+                    .filter(|c| !c.is_empty() && *c != b".")
+                    .map(|c| OsStr::from_bytes(c).to_os_string()),
+            );
+            let next = RelPath(next);
+            match self.open_beneath(&next, libc::O_PATH) {
+                // Dangling: the link itself is replaced.
+                Err(e) if e.errno() == Some(libc::ENOENT) => return Ok((dir, name)),
+                Err(e) => return Err(e),
+                Ok(_) => rel = next,
+            }
         }
-        let fallback = self.path.join(parent.to_path());
-        let p = fd_path(&dir, &fallback).join(name);
-        Ok((dir, p))
+        Err(ConfineError::io(
+            "open",
+            io::Error::from_raw_os_error(libc::ELOOP),
+        ))
     }
 }
 
@@ -691,8 +729,16 @@ mod tests {
             root.prepare_write(&rel(&["abs", "x"])),
             Err(ConfineError::Escapes)
         ));
-        let (_fd, p) = root.prepare_write(&rel(&["new", "dir", "f"])).unwrap();
-        std::fs::write(&p, b"x").unwrap();
+        let (dir, name) = root.prepare_write(&rel(&["new", "dir", "f"])).unwrap();
+        assert_eq!(name, "f");
+        std::fs::write(fd_path(&dir, Path::new("/nonexistent")).join(name), b"x").unwrap();
+        // A link beneath the root leads to its target's directory and name.
+        let (dir, name) = root.prepare_write(&rel(&["ok"])).unwrap();
+        assert_eq!(name, "f.txt");
+        assert_eq!(fstat(dir.as_raw_fd()).unwrap().st_ino, {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(base.join("sub")).unwrap().ino()
+        });
         assert_eq!(std::fs::read(base.join("new/dir/f")).unwrap(), b"x");
         assert_eq!(
             root.remove(&rel(&["new"]), false).unwrap_err().errno(),

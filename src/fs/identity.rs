@@ -7,6 +7,14 @@
 //! returns to the pool; the rest of the daemon keeps its own. The raw
 //! `setgroups` system call is used because glibc's and musl's wrappers apply
 //! the change to every thread of the process.
+//!
+//! Switching the file-system uid away from root clears only the file
+//! capabilities (`CAP_DAC_*`, `CAP_FOWNER`, ...) from the thread's effective
+//! set. The others would still apply on the user's behalf: `CAP_SYS_PTRACE`
+//! alone lets `/proc/<pid>/cwd/...` of a root process reach past a 0700
+//! directory. So while acting as a non-root uid the thread's effective
+//! capabilities are emptied (`capset` on this thread only; the permitted set
+//! is kept, so they can be restored), and restored with the identity.
 
 use super::{FsError, FsResult, Kind};
 use crate::process::users::{groups_of, read_db, user_by_uid};
@@ -53,6 +61,69 @@ struct Guard {
     uid: u32,
     gid: u32,
     groups: Option<Vec<libc::gid_t>>,
+    /// The thread's capabilities before, when its effective set was emptied.
+    caps: Option<Caps>,
+}
+
+/// `struct __user_cap_header_struct` (linux/capability.h).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`; version 3 takes two (64 capabilities).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+type Caps = [CapData; 2];
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// This thread's capabilities (nix has no wrapper for capget).
+fn capget_thread() -> std::io::Result<Caps> {
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = Caps::default();
+    // SAFETY: hdr and data are valid for the kernel to read and write; pid 0
+    // is the calling thread; version 3 takes an array of two CapData.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) };
+    if r == 0 {
+        Ok(data)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Sets this thread's capabilities (the raw system call acts on the calling
+/// thread only; nix has no wrapper for capset).
+fn capset_thread(data: &Caps) -> std::io::Result<()> {
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: hdr and data are valid for the kernel to read; pid 0 is the
+    // calling thread; version 3 takes an array of two CapData.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// This thread's effective capabilities (for tests and diagnostics).
+pub fn effective_caps() -> u64 {
+    capget_thread().map_or(0, |d| {
+        u64::from(d[0].effective) | u64::from(d[1].effective) << 32
+    })
 }
 
 fn setfsuid(uid: u32) -> u32 {
@@ -98,6 +169,7 @@ impl Guard {
                     uid: euid,
                     gid: egid,
                     groups: None,
+                    caps: None,
                 });
             }
             return Err(FsError::Denied(format!(
@@ -107,14 +179,18 @@ impl Guard {
         }
         let saved = getgroups_thread()
             .map_err(|e| FsError::Internal(format!("cannot read the thread's groups: {e}")))?;
+        let caps = capget_thread().map_err(|e| {
+            FsError::Internal(format!("cannot read the thread's capabilities: {e}"))
+        })?;
         let user = user_by_uid(&read_db("/etc/passwd"), id.uid);
         let groups = groups_of(&read_db("/etc/group"), user.name.as_deref(), id.gid);
         let old_uid = setfsuid(u32::MAX);
         let old_gid = setfsgid(u32::MAX);
-        let guard = Guard {
+        let mut guard = Guard {
             uid: old_uid,
             gid: old_gid,
             groups: Some(saved),
+            caps: None,
         };
         // From here on, dropping `guard` restores whatever was changed.
         setgroups_thread(&groups)
@@ -128,6 +204,17 @@ impl Guard {
                 id.uid, id.gid
             )));
         }
+        if id.uid != 0 {
+            // Acting as an ordinary user: no capability applies on its behalf.
+            guard.caps = Some(caps);
+            let mut none = caps;
+            for d in &mut none {
+                d.effective = 0;
+            }
+            capset_thread(&none).map_err(|e| {
+                FsError::Internal(format!("cannot drop capabilities for uid {}: {e}", id.uid))
+            })?;
+        }
         Ok(guard)
     }
 }
@@ -137,6 +224,13 @@ impl Drop for Guard {
         let Some(groups) = &self.groups else {
             return;
         };
+        // Capabilities first: restoring the groups needs CAP_SETGID.
+        if let Some(caps) = &self.caps {
+            if let Err(e) = capset_thread(caps) {
+                tracing::error!(error = %e, "cannot restore a thread's capabilities; aborting");
+                std::process::abort();
+            }
+        }
         // The uid first: root's fsuid is what permits the other two.
         setfsuid(self.uid);
         setfsgid(self.gid);
@@ -174,13 +268,22 @@ mod tests {
             uid: 65534,
             gid: 65534,
         };
-        let seen = scoped(Some(id), || Ok(current())).await.unwrap();
-        assert_eq!(seen, id);
+        let caps = effective_caps();
+        assert_ne!(caps, 0);
+        let seen = scoped(Some(id), || Ok((current(), effective_caps())))
+            .await
+            .unwrap();
+        assert_eq!(seen, (id, 0), "no capability while acting as uid 65534");
         let r: FsResult<()> = scoped(Some(id), || Err(FsError::Internal("boom".into()))).await;
         assert!(r.is_err());
         // Whatever pool thread runs next, it is ourselves again.
         for _ in 0..8 {
-            assert_eq!(scoped(None, || Ok(current())).await.unwrap(), before);
+            assert_eq!(
+                scoped(None, || Ok((current(), effective_caps())))
+                    .await
+                    .unwrap(),
+                (before, caps)
+            );
         }
     }
 }

@@ -1,17 +1,27 @@
 //! The atomic writer behind uploads and `replace`.
 //!
-//! Content goes to a fresh temporary file in the target's own directory. On
+//! The writer works in one directory, held as a descriptor, on one name in
+//! it: everything after the caller's checks is an `*at` call relative to that
+//! descriptor, so nothing is resolved again by path. Content goes to an
+//! anonymous file in that directory (`O_TMPFILE`) or, where the file system
+//! has none, to a new file with a random name (`O_EXCL|O_NOFOLLOW`). On
 //! commit the file gets its final mode and owner, is fsynced, has its size
-//! checked against the bytes handed in, and is renamed over the target; then
-//! the directory is fsynced. Until then the old file is untouched, and a
-//! writer dropped without commit (client gone, disk full, bad part) removes
-//! its temporary file.
+//! checked against the bytes handed in, is linked under a random name and
+//! renamed over the target (`renameat`, which replaces a symlink found there
+//! rather than following it); then the directory is fsynced. Until then the
+//! old file is untouched, and a writer dropped without commit (client gone,
+//! disk full, bad part) leaves nothing behind.
 
-use std::fs::{File, OpenOptions};
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
 
 use super::identity::{scoped, Identity};
 use super::ops::AttrRequest;
@@ -29,97 +39,205 @@ pub struct Attrs {
 /// Mode of a new file when the caller gives none.
 const DEFAULT_MODE: u32 = 0o644;
 
+/// Mode, owner and group of the file being replaced.
+#[derive(Debug, Clone, Copy)]
+struct Existing {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// Where the content is until commit.
+#[derive(Debug)]
+enum Temp {
+    /// An `O_TMPFILE`: no name until it is linked at commit.
+    Anonymous,
+    /// A file with a random name in the directory, removed unless committed.
+    Named(CString),
+}
+
 /// A file being written; becomes the target on [`AtomicFile::commit`].
 pub struct AtomicFile {
     file: File,
-    tmp: PathBuf,
+    temp: Temp,
+    /// The directory the target is in, pinned.
+    dir: OwnedFd,
+    /// The target's name in `dir`.
+    name: CString,
+    /// The target's path, for messages (and `replace`'s reading).
     target: PathBuf,
-    dir: PathBuf,
-    existing: Option<std::fs::Metadata>,
+    existing: Option<Existing>,
     written: u64,
     done: bool,
 }
 
-static SEQ: AtomicU64 = AtomicU64::new(0);
-
 /// Where writing to `path` really lands: a symlink to an existing file is
 /// written through (as `open` would), anything else is replaced in place.
-fn resolve(path: &Path) -> FsResult<(PathBuf, Option<std::fs::Metadata>)> {
+/// Only for the unconfined routes, where the caller may name any path.
+fn resolve(path: &Path) -> FsResult<PathBuf> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => match std::fs::canonicalize(path) {
-            Ok(real) => {
-                let meta = std::fs::metadata(&real).map_err(|e| FsError::io("stat", &real, e))?;
-                Ok((real, Some(meta)))
-            }
+            Ok(real) => Ok(real),
             // Dangling: the link itself is replaced.
-            Err(_) => Ok((path.to_path_buf(), None)),
+            Err(_) => Ok(path.to_path_buf()),
         },
-        Ok(m) => Ok((path.to_path_buf(), Some(m))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((path.to_path_buf(), None)),
+        Ok(_) => Ok(path.to_path_buf()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path.to_path_buf()),
         Err(e) => Err(FsError::io("lstat", path, e)),
     }
 }
 
+fn cstring(name: &OsStr, shown: &Path) -> FsResult<CString> {
+    CString::new(name.as_bytes())
+        .map_err(|_| FsError::InvalidFile(format!("cannot write to {}", shown.display())))
+}
+
+/// `fd` from a nix call that returned a new descriptor.
+fn owned(raw: RawFd) -> OwnedFd {
+    // SAFETY: `raw` was just returned by open/openat and is owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
+/// `.execd-upload-` and 16 random hex digits: not guessable, so nobody can
+/// take the name first.
+fn random_name() -> CString {
+    let id = crate::process::new_id();
+    CString::new(format!(".execd-upload-{}", &id[..16])).unwrap_or_default()
+}
+
+/// A new file for the content in `dir`: anonymous where the file system
+/// supports it, else under a fresh random name.
+fn create_temp(dir: RawFd, shown: &Path) -> FsResult<(File, Temp)> {
+    let mode = Mode::from_bits_truncate(0o600);
+    #[cfg(test)]
+    let anonymous = !tests::NO_TMPFILE.with(|c| c.get());
+    #[cfg(not(test))]
+    let anonymous = true;
+    // Linking it at commit needs /proc when the thread lacks
+    // CAP_DAC_READ_SEARCH (see `link_temp`): without /proc, a named file.
+    let anonymous = anonymous && proc_fd_available();
+    match nix::fcntl::openat(
+        Some(dir),
+        ".",
+        OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        mode,
+    ) {
+        Ok(fd) if anonymous => return Ok((File::from(owned(fd)), Temp::Anonymous)),
+        // No O_TMPFILE here (file system or kernel): a named file instead.
+        Err(
+            nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EISDIR | nix::errno::Errno::EINVAL,
+        ) => {}
+        Ok(fd) => drop(owned(fd)),
+        Err(e) => return Err(FsError::io("create a file in", shown, e.into())),
+    }
+    let mut last = nix::errno::Errno::EEXIST;
+    for _ in 0..8 {
+        let name = random_name();
+        match nix::fcntl::openat(
+            Some(dir),
+            name.as_c_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            mode,
+        ) {
+            Ok(fd) => return Ok((File::from(owned(fd)), Temp::Named(name))),
+            Err(nix::errno::Errno::EEXIST) => last = nix::errno::Errno::EEXIST,
+            Err(e) => return Err(FsError::io("create a file in", shown, e.into())),
+        }
+    }
+    Err(FsError::io(
+        "create a temporary file in",
+        shown,
+        last.into(),
+    ))
+}
+
+/// Whether `/proc/self/fd` is there (checked once).
+fn proc_fd_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+}
+
 impl AtomicFile {
     /// Starts writing `path`. With `make_parents`, missing parent directories
-    /// are created (0755); otherwise a missing parent is `NotFound`.
+    /// are created (0755); otherwise a missing parent is `NotFound`. A
+    /// symlink at `path` is written through (these routes are not confined).
     pub fn create(path: &Path, make_parents: bool) -> FsResult<AtomicFile> {
-        let (target, existing) = resolve(path)?;
-        if let Some(m) = &existing {
-            if m.is_dir() {
-                return Err(FsError::InvalidFile(format!(
-                    "path is a directory, cannot write a file over it: {}",
-                    path.display()
-                )));
-            }
-            if !m.is_file() {
-                return Err(FsError::InvalidFile(format!(
-                    "path is not a regular file: {}",
-                    path.display()
-                )));
-            }
-        }
+        let target = resolve(path)?;
+        let name = target
+            .file_name()
+            .ok_or_else(|| FsError::InvalidFile(format!("cannot write to {}", path.display())))?;
         let dir = target
             .parent()
-            .ok_or_else(|| FsError::InvalidFile(format!("cannot write to {}", path.display())))?
-            .to_path_buf();
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         if make_parents {
-            super::ops::make_parents(&dir)?;
+            super::ops::make_parents(dir)?;
         }
-        let mut last = None;
-        for _ in 0..16 {
-            let tmp = dir.join(format!(
-                ".execd-upload-{}-{}",
-                std::process::id(),
-                SEQ.fetch_add(1, Ordering::Relaxed)
-            ));
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&tmp)
-            {
-                Ok(file) => {
-                    return Ok(AtomicFile {
-                        file,
-                        tmp,
-                        target,
-                        dir,
-                        existing,
-                        written: 0,
-                        done: false,
+        let fd = nix::fcntl::open(
+            dir,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FsError::io("open", dir, e.into()))?;
+        let name = name.to_os_string();
+        AtomicFile::create_in(owned(fd), &name, target)
+    }
+
+    /// Starts writing the file `name` in the directory `dir` (a descriptor
+    /// the caller has checked, e.g. beneath a confined root). Nothing is
+    /// looked up by path from here on; `shown` is for messages only. A
+    /// symlink at `name` is replaced, never followed.
+    pub fn create_in(dir: OwnedFd, name: &OsString, shown: PathBuf) -> FsResult<AtomicFile> {
+        let cname = cstring(name, &shown)?;
+        if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {
+            return Err(FsError::InvalidFile(format!(
+                "cannot write to {}",
+                shown.display()
+            )));
+        }
+        let existing = match nix::sys::stat::fstatat(
+            Some(dir.as_raw_fd()),
+            cname.as_c_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => {
+                let kind = st.st_mode & libc::S_IFMT;
+                if kind == libc::S_IFDIR {
+                    return Err(FsError::InvalidFile(format!(
+                        "path is a directory, cannot write a file over it: {}",
+                        shown.display()
+                    )));
+                }
+                if kind == libc::S_IFLNK {
+                    // Replaced by the rename, never followed.
+                    None
+                } else if kind != libc::S_IFREG {
+                    return Err(FsError::InvalidFile(format!(
+                        "path is not a regular file: {}",
+                        shown.display()
+                    )));
+                } else {
+                    Some(Existing {
+                        mode: st.st_mode & 0o7777,
+                        uid: st.st_uid,
+                        gid: st.st_gid,
                     })
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-                Err(e) => return Err(FsError::io("create a file in", &dir, e)),
             }
-        }
-        Err(FsError::io(
-            "create a temporary file in",
-            &dir,
-            last.unwrap_or_else(|| std::io::Error::other("no free name")),
-        ))
+            Err(nix::errno::Errno::ENOENT) => None,
+            Err(e) => return Err(FsError::io("lstat", &shown, e.into())),
+        };
+        let (file, temp) = create_temp(dir.as_raw_fd(), &shown)?;
+        Ok(AtomicFile {
+            file,
+            temp,
+            dir,
+            name: cname,
+            target: shown,
+            existing,
+            written: 0,
+            done: false,
+        })
     }
 
     /// Appends `data`.
@@ -166,7 +284,7 @@ impl AtomicFile {
         self.written
     }
 
-    /// The final path (a symlinked target resolved).
+    /// The final path (a symlinked target resolved), for messages.
     pub fn target(&self) -> &Path {
         &self.target
     }
@@ -174,17 +292,14 @@ impl AtomicFile {
     /// Gives the file its mode and owner, makes it durable, and puts it in
     /// place of the target. Returns the byte count, verified on disk.
     pub fn commit(mut self, attrs: Attrs) -> FsResult<u64> {
-        let old = self.existing.as_ref();
-        let mode = attrs
-            .mode
-            .or(old.map(|m| m.mode() & 0o7777))
-            .unwrap_or(DEFAULT_MODE);
+        let old = self.existing;
+        let mode = attrs.mode.or(old.map(|m| m.mode)).unwrap_or(DEFAULT_MODE);
         let meta = self
             .file
             .metadata()
-            .map_err(|e| FsError::io("stat", &self.tmp, e))?;
-        let uid = attrs.uid.or(old.map(|m| m.uid()));
-        let gid = attrs.gid.or(old.map(|m| m.gid()));
+            .map_err(|e| FsError::io("stat", &self.target, e))?;
+        let uid = attrs.uid.or(old.map(|m| m.uid));
+        let gid = attrs.gid.or(old.map(|m| m.gid));
         if uid.is_some_and(|u| u != meta.uid()) || gid.is_some_and(|g| g != meta.gid()) {
             let r = std::os::unix::fs::fchown(&self.file, uid, gid);
             match r {
@@ -207,7 +322,7 @@ impl AtomicFile {
         let size = self
             .file
             .metadata()
-            .map_err(|e| FsError::io("stat", &self.tmp, e))?
+            .map_err(|e| FsError::io("stat", &self.target, e))?
             .len();
         if size != self.written {
             return Err(FsError::Internal(format!(
@@ -217,20 +332,87 @@ impl AtomicFile {
                 self.written
             )));
         }
-        std::fs::rename(&self.tmp, &self.target)
-            .map_err(|e| FsError::io("rename into place", &self.target, e))?;
+        if matches!(self.temp, Temp::Anonymous) {
+            self.temp = Temp::Named(self.link_temp()?);
+        }
+        let Temp::Named(tmp) = &self.temp else {
+            return Err(FsError::Internal("upload temporary has no name".into()));
+        };
+        let dir = self.dir.as_raw_fd();
+        nix::fcntl::renameat(Some(dir), tmp.as_c_str(), Some(dir), self.name.as_c_str())
+            .map_err(|e| FsError::io("rename into place", &self.target, e.into()))?;
         self.done = true;
-        sync_dir(&self.dir)?;
+        sync_dir_fd(&self.dir, &self.target)?;
         Ok(size)
+    }
+
+    /// Gives the anonymous file a random name in the directory, so that it
+    /// can be renamed over the target (a link never replaces a name).
+    fn link_temp(&self) -> FsResult<CString> {
+        let dir = self.dir.as_raw_fd();
+        let fd = self.file.as_raw_fd();
+        let proc_path = CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+        let mut last = nix::errno::Errno::EEXIST;
+        for _ in 0..8 {
+            let name = random_name();
+            // The descriptor itself; this needs CAP_DAC_READ_SEARCH, which a
+            // root daemon has but an operation acting as another user has
+            // not. Then its /proc magic link, which a process may always
+            // follow for its own descriptors.
+            let r = nix::unistd::linkat(
+                Some(fd),
+                c"",
+                Some(dir),
+                name.as_c_str(),
+                AtFlags::AT_EMPTY_PATH,
+            )
+            .or_else(|e| match e {
+                nix::errno::Errno::ENOENT | nix::errno::Errno::EPERM => nix::unistd::linkat(
+                    None,
+                    proc_path.as_c_str(),
+                    Some(dir),
+                    name.as_c_str(),
+                    AtFlags::AT_SYMLINK_FOLLOW,
+                ),
+                e => Err(e),
+            });
+            match r {
+                Ok(()) => return Ok(name),
+                Err(nix::errno::Errno::EEXIST) => last = nix::errno::Errno::EEXIST,
+                Err(e) => return Err(FsError::io("link a file in", &self.target, e.into())),
+            }
+        }
+        Err(FsError::io("link a file in", &self.target, last.into()))
     }
 }
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.tmp);
+        if let (false, Temp::Named(tmp)) = (self.done, &self.temp) {
+            let _ = nix::unistd::unlinkat(
+                Some(self.dir.as_raw_fd()),
+                tmp.as_c_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
         }
     }
+}
+
+/// fsyncs the directory `dir` (which may be an `O_PATH` descriptor), so
+/// that a rename or creation in it is durable.
+fn sync_dir_fd(dir: &OwnedFd, shown: &Path) -> FsResult<()> {
+    nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(|fd| File::from(owned(fd)))
+    .and_then(|d| {
+        d.sync_all()
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    })
+    .map_err(|e| FsError::io("fsync directory", shown, e.into()))
 }
 
 /// fsyncs a directory, so that a rename or creation in it is durable.
@@ -281,6 +463,28 @@ impl Writer {
         .await?;
         Ok(Writer {
             id,
+            attrs,
+            file: Some(file),
+            pending: None,
+            buf: bytes::BytesMut::new(),
+        })
+    }
+
+    /// Starts writing the file `name` in the directory `dir`, pinned by the
+    /// caller after its checks (a confined route); as execd itself.
+    pub async fn create_in(
+        dir: OwnedFd,
+        name: OsString,
+        shown: PathBuf,
+        req: AttrRequest,
+    ) -> FsResult<Writer> {
+        let (file, attrs) = scoped(None, move || {
+            let attrs = req.resolve()?;
+            Ok((AtomicFile::create_in(dir, &name, shown)?, attrs))
+        })
+        .await?;
+        Ok(Writer {
+            id: None,
             attrs,
             file: Some(file),
             pending: None,
@@ -355,6 +559,56 @@ impl Writer {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    thread_local! {
+        /// Makes this thread's writers use a named temporary, as on a file
+        /// system without `O_TMPFILE`.
+        pub(super) static NO_TMPFILE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn a_named_temporary_is_random_and_removed() {
+        let d = tmpdir("named");
+        let p = d.join("f");
+        NO_TMPFILE.with(|c| c.set(true));
+        let mut w = AtomicFile::create(&p, false).unwrap();
+        NO_TMPFILE.with(|c| c.set(false));
+        assert!(matches!(w.temp, Temp::Named(_)));
+        let names = entries(&d);
+        assert_eq!(names.len(), 1);
+        assert!(
+            names[0].starts_with(".execd-upload-") && names[0].len() == 30,
+            "{names:?}"
+        );
+        w.write_all(b"x").unwrap();
+        drop(w);
+        assert!(entries(&d).is_empty());
+        NO_TMPFILE.with(|c| c.set(true));
+        let mut w = AtomicFile::create(&p, false).unwrap();
+        NO_TMPFILE.with(|c| c.set(false));
+        w.write_all(b"named").unwrap();
+        w.commit(Attrs::default()).unwrap();
+        assert_eq!(entries(&d), ["f"]);
+        assert_eq!(std::fs::read(&p).unwrap(), b"named");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_at_the_name_is_replaced_in_a_pinned_directory() {
+        let d = tmpdir("pinned");
+        let outside = tmpdir("pinned-outside");
+        std::fs::write(outside.join("t"), "bait").unwrap();
+        std::os::unix::fs::symlink(outside.join("t"), d.join("t")).unwrap();
+        let fd = nix::fcntl::open(&d, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let mut w = AtomicFile::create_in(owned(fd), &OsString::from("t"), d.join("t")).unwrap();
+        w.write_all(b"new").unwrap();
+        w.commit(Attrs::default()).unwrap();
+        assert!(!d.join("t").is_symlink());
+        assert_eq!(std::fs::read(d.join("t")).unwrap(), b"new");
+        assert_eq!(std::fs::read(outside.join("t")).unwrap(), b"bait");
+        std::fs::remove_dir_all(&d).unwrap();
+        std::fs::remove_dir_all(&outside).unwrap();
+    }
 
     fn tmpdir(name: &str) -> PathBuf {
         let d =

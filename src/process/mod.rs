@@ -2,6 +2,7 @@
 //! Nothing in here knows about HTTP.
 
 pub mod capture;
+pub mod datadir;
 pub mod envfile;
 pub mod lines;
 pub mod output;
@@ -28,7 +29,8 @@ pub use registry::{Command, Finished, State};
 pub use session::SessionError;
 pub use spawn::Program;
 
-use output::{LogLimits, MemBudget, OutputLog, SpillDir};
+use datadir::DataDir;
+use output::{LogLimits, MemBudget, OutputLog};
 use reaper::Reaper;
 use run::RunLimits;
 use spawn::SpawnSpec;
@@ -40,7 +42,9 @@ pub struct EngineConfig {
     pub limits: LogLimits,
     /// Output held in memory across all commands before they spill early.
     pub mem_total: usize,
-    pub spill_dir: PathBuf,
+    /// The private data directory (spilled output, session state), made
+    /// and checked at start-up.
+    pub data_dir: Arc<DataDir>,
     pub retention: Duration,
     /// Finished command records kept at most (the oldest are dropped first).
     pub max_records: usize,
@@ -98,7 +102,7 @@ pub struct Engine {
     reaper: Arc<Reaper>,
     registry: registry::Registry,
     budget: Arc<MemBudget>,
-    spill: Arc<SpillDir>,
+    data: Arc<DataDir>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     env_cache: Mutex<EnvFileCache>,
@@ -123,7 +127,7 @@ impl Engine {
             reaper,
             registry: registry::Registry::new(cfg.max_records),
             budget: MemBudget::new(cfg.mem_total),
-            spill: SpillDir::new(cfg.spill_dir.clone()),
+            data: cfg.data_dir.clone(),
             tasks,
             shutdown,
             env_cache: Mutex::new(EnvFileCache::default()),
@@ -190,7 +194,7 @@ impl Engine {
             id.clone(),
             self.cfg.limits.clone(),
             self.budget.clone(),
-            self.spill.clone(),
+            self.data.clone(),
         );
         let spawned = spawn::spawn(
             &self.reaper,
@@ -343,7 +347,7 @@ impl Engine {
     }
 
     /// Ends every running command (SIGTERM, grace, SIGKILL) and waits for the
-    /// engine's tasks, at most `deadline`. Removes the spill directory.
+    /// engine's tasks, at most `deadline`. Removes the data directory.
     pub async fn shutdown(&self, deadline: Duration) {
         self.shutdown.cancel();
         self.tasks.close();
@@ -359,7 +363,7 @@ impl Engine {
             self.pty.kill_all();
             tracing::warn!("shutdown deadline passed; remaining process groups killed");
         }
-        self.spill.remove();
+        self.data.remove_all();
     }
 
     /// [`Engine::command_env`] as a complete list.

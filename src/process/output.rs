@@ -4,8 +4,8 @@
 //! monotonic event id (`eid`) and placed at an absolute byte offset in the
 //! combined stdout+stderr stream. The newest events stay in memory, within a
 //! per-command window and a daemon-wide budget; older ones move to a capped
-//! spill file in a private directory, kept as two segments so the newest half
-//! of the cap always survives. No one holds the log's lock across I/O: readers
+//! spill file in the private data directory (see `datadir.rs`), kept as two
+//! segments so the newest half of the cap always survives. No one holds the log's lock across I/O: readers
 //! plan under it and read the spill without it, so a slow reader only falls
 //! behind and never blocks the process or other readers; the writer picks
 //! what to spill under it, writes without it (the events stay readable in
@@ -18,13 +18,14 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::watch;
+
+use super::datadir::DataDir;
 
 /// Which pipe an event came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,50 +108,6 @@ impl MemBudget {
     }
 }
 
-/// The private directory spill files live in, created on first use (mode 0700).
-#[derive(Debug)]
-pub struct SpillDir {
-    path: PathBuf,
-    created: OnceLock<()>,
-}
-
-impl SpillDir {
-    pub fn new(path: PathBuf) -> Arc<Self> {
-        Arc::new(SpillDir {
-            path,
-            created: OnceLock::new(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub(crate) fn ensure(&self) -> io::Result<&Path> {
-        if self.created.get().is_none() {
-            use std::os::unix::fs::DirBuilderExt;
-            match std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&self.path)
-            {
-                Ok(()) => {
-                    let _ = self.created.set(());
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(&self.path)
-    }
-
-    /// Removes the directory and everything in it (daemon shutdown).
-    pub fn remove(&self) {
-        if self.created.get().is_some() {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 /// Limits for one log.
 #[derive(Clone, Debug)]
 pub struct LogLimits {
@@ -169,7 +126,8 @@ struct IndexEntry {
 
 #[derive(Debug)]
 struct Segment {
-    path: PathBuf,
+    /// Its file's name in the data directory.
+    name: String,
     file: Arc<File>,
     first_eid: u64,
     first_offset: u64,
@@ -200,7 +158,7 @@ pub struct OutputLog {
     head: watch::Sender<Head>,
     limits: LogLimits,
     budget: Arc<MemBudget>,
-    dir: Arc<SpillDir>,
+    dir: Arc<DataDir>,
     /// Held by whoever is spilling, across the write, so spills go one at a
     /// time and in order. Readers never take it.
     spilling: Mutex<()>,
@@ -220,7 +178,7 @@ struct SpillJob {
 /// Where a spill's records went.
 struct Spilled {
     /// The segment it started, if it started one.
-    new: Option<(PathBuf, Arc<File>)>,
+    new: Option<(String, Arc<File>)>,
     len: u64,
 }
 
@@ -234,12 +192,7 @@ enum Plan {
 }
 
 impl OutputLog {
-    pub fn new(
-        name: String,
-        limits: LogLimits,
-        budget: Arc<MemBudget>,
-        dir: Arc<SpillDir>,
-    ) -> Self {
+    pub fn new(name: String, limits: LogLimits, budget: Arc<MemBudget>, dir: Arc<DataDir>) -> Self {
         let head = Head {
             next_eid: 1,
             ..Head::default()
@@ -350,8 +303,8 @@ impl OutputLog {
             self.write_spill(&job)
         };
         let removed = self.commit_spill(job, written);
-        for path in removed {
-            let _ = std::fs::remove_file(path);
+        for name in removed {
+            self.dir.remove(&name);
         }
     }
 
@@ -400,20 +353,11 @@ impl OutputLog {
         let (file, new) = match &job.tail {
             Some(f) => (f.clone(), None),
             None => {
-                let path = self
-                    .dir
-                    .ensure()?
-                    .join(format!("{}.{}", self.name, job.new_no));
-                let file = Arc::new(
-                    std::fs::OpenOptions::new()
-                        .read(true)
-                        .append(true)
-                        .create(true)
-                        .truncate(false)
-                        .mode(0o600)
-                        .open(&path)?,
-                );
-                (file.clone(), Some((path, file)))
+                // A new name, created exclusively: never a file or a
+                // symlink someone put there.
+                let name = format!("{}.{}", self.name, job.new_no);
+                let file = Arc::new(self.dir.create(&name, true)?);
+                (file.clone(), Some((name, file)))
             }
         };
         // Record headers in one small buffer; the records' data is written
@@ -435,8 +379,8 @@ impl OutputLog {
         match write_all_vectored(&file, &mut slices) {
             Ok(()) => Ok(Spilled { new, len }),
             Err(e) => {
-                if let Some((path, _)) = new {
-                    let _ = std::fs::remove_file(path);
+                if let Some((name, _)) = new {
+                    self.dir.remove(&name);
                 }
                 Err(e)
             }
@@ -445,7 +389,7 @@ impl OutputLog {
 
     /// Takes the job's events out of memory and records where they went (or
     /// that they were lost). Returns the segment files to remove.
-    fn commit_spill(&self, job: SpillJob, written: io::Result<Spilled>) -> Vec<PathBuf> {
+    fn commit_spill(&self, job: SpillJob, written: io::Result<Spilled>) -> Vec<String> {
         let mut inner = self.lock();
         // Only a spill removes events from memory, and spills go one at a
         // time, so the job's events are still the oldest ones there.
@@ -471,9 +415,9 @@ impl OutputLog {
             }
         };
         let mut removed = Vec::new();
-        if let Some((path, file)) = spilled.new {
+        if let Some((name, file)) = spilled.new {
             inner.segments.push_back(Segment {
-                path,
+                name,
                 file,
                 first_eid: first.eid,
                 first_offset: first.offset,
@@ -485,7 +429,7 @@ impl OutputLog {
             });
             while inner.segments.len() > 2 {
                 if let Some(old) = inner.segments.pop_front() {
-                    removed.push(old.path);
+                    removed.push(old.name);
                 }
             }
         }
@@ -650,7 +594,7 @@ impl Drop for OutputLog {
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
         self.budget.sub(inner.mem_bytes);
         for seg in inner.segments.drain(..) {
-            let _ = std::fs::remove_file(&seg.path);
+            self.dir.remove(&seg.name);
         }
     }
 }
@@ -826,6 +770,7 @@ fn scan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
 
     fn log(window: usize, cap: u64, dir: &Path) -> OutputLog {
         OutputLog::new(
@@ -835,12 +780,15 @@ mod tests {
                 spill_cap: cap,
             },
             MemBudget::new(usize::MAX / 2),
-            SpillDir::new(dir.to_path_buf()),
+            Arc::new(DataDir::open(Some(dir)).unwrap()),
         )
     }
 
     fn tmp(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("execd-output-test-{}-{name}", std::process::id()))
+        let p =
+            std::env::temp_dir().join(format!("execd-output-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        p
     }
 
     #[tokio::test]
@@ -857,6 +805,8 @@ mod tests {
         let all: Vec<u8> = r.chunks.concat();
         assert!(all.starts_with(b"ne 0\nline 1\n"));
         assert_eq!(r.next, l.head().total_bytes);
+        drop(l);
+        let _ = std::fs::remove_dir_all(tmp("mem"));
     }
 
     #[tokio::test]
@@ -994,11 +944,13 @@ mod tests {
         use std::time::Duration;
 
         let dir = tmp("stuck");
-        std::fs::create_dir_all(&dir).unwrap();
+        // A 256 KiB window: its first spill writes about 128 KiB.
+        let l = Arc::new(log(256 * 1024, 1 << 30, &dir));
         // The first spill segment is a FIFO that nobody drains yet: the
         // spill's write fills its 64 KiB and blocks, like a disk stalled by
-        // write-back.
-        let fifo = dir.join("t.0");
+        // write-back. (The data directory never opens an existing name, so
+        // the FIFO is handed to it through its test hook.)
+        let fifo = dir.join("fifo");
         nix::unistd::mkfifo(&fifo, Mode::S_IRWXU).unwrap();
         let fd = open(&fifo, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
         fcntl(fd, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
@@ -1007,9 +959,9 @@ mod tests {
         // A write end of our own until the log has opened its own, so that
         // reading does not see end-of-file before the log writes.
         let early = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let segment = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        l.dir.plant("t.0", segment);
 
-        // A 256 KiB window: its first spill writes about 128 KiB.
-        let l = Arc::new(log(256 * 1024, 1 << 30, &dir));
         let writer = {
             let l = l.clone();
             std::thread::spawn(move || {

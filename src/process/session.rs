@@ -4,7 +4,9 @@
 //! on heredocs and on programs that read stdin). Each run is its own
 //! `bash -c` process, started from the session's state: its exported
 //! environment and its directory. The run's script installs an EXIT trap that
-//! writes the state back, NUL-separated, into a private file; a run that ends
+//! writes the state back, NUL-separated, into a file that execd created for
+//! it beforehand (0600, exclusively, in its private data directory) and reads
+//! back through its own descriptor; a run that ends
 //! without the trap (`exec`, a timeout kill) simply leaves the state as it was.
 //! Output is the process's real stdout and stderr, kept apart.
 //!
@@ -167,11 +169,15 @@ impl Engine {
             .sessions
             .runs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The state file is created here, by execd, exclusively and 0600 in
+        // its private directory: the run's shell only writes into it, and
+        // its contents are read back through this descriptor.
+        let state_name = format!("session-{id}-{n}.state");
         let state_file = self
-            .spill
-            .ensure()
-            .map_err(SessionError::State)?
-            .join(format!("session-{id}-{n}.state"));
+            .data
+            .create(&state_name, false)
+            .map_err(SessionError::State)?;
+        let state_path = self.data.path().join(&state_name);
         let spec = CommandSpec {
             program: Program::Argv(vec![
                 bash.display().to_string(),
@@ -180,7 +186,7 @@ impl Engine {
                 "-c".into(),
                 script(&command),
                 "execd-session".into(),
-                state_file.display().to_string(),
+                state_path.display().to_string(),
             ]),
             cwd: Some(cwd.unwrap_or_else(|| guard.cwd.clone())),
             envs: Vec::new(),
@@ -193,15 +199,19 @@ impl Engine {
         let cmd = self.launch(spec, command, Some(guard.env.clone()));
         *session.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(cmd.clone());
         let (session2, cmd2) = (session.clone(), cmd.clone());
+        let self_data = self.data.clone();
         self.tasks.spawn(async move {
             let mut guard = guard;
             let mut head = cmd2.log.watch();
             let _ = head.wait_for(|h| h.finished).await;
-            let path = state_file.clone();
+            let data = self_data.clone();
             let dump = tokio::task::spawn_blocking(move || {
-                let d = std::fs::read(&path).ok();
-                let _ = std::fs::remove_file(&path);
-                d
+                use std::io::Read;
+                let mut d = Vec::new();
+                // The shell truncated and rewrote the file: read it from the start.
+                let r = (&state_file).read_to_end(&mut d);
+                data.remove(&state_name);
+                r.ok().map(|_| d)
             })
             .await
             .ok()
