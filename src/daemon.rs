@@ -183,6 +183,11 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
         Some(port) => Some(listen(SocketAddr::new(config.bind, port))?),
         None => None,
     };
+    // The port actually bound (`--grpc-port 0` picks one): the proxy refuses
+    // every port execd listens on.
+    if let Some(l) = &grpc_listener {
+        config.grpc_port = Some(l.local_addr()?.port());
+    }
     let app = App::new(config, engine.clone());
     let stop = app.shutdown.clone();
     let grpc_server = grpc_listener.map(|l| {

@@ -121,6 +121,7 @@ impl From<ProxyError> for ApiError {
             ProxyError::MissingPort | ProxyError::InvalidPort(_) | ProxyError::SelfLoop(_) => {
                 (StatusCode::BAD_REQUEST, "INVALID_PORT")
             }
+            ProxyError::Looped => (StatusCode::LOOP_DETECTED, "LOOP_DETECTED"),
             ProxyError::InvalidTarget(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }

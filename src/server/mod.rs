@@ -71,6 +71,9 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// sandboxd's gRPC ProcessService, for requests with a gRPC content type.
     pub grpc: crate::grpc::Server,
+    /// Every port execd listens on, as bound (an ephemeral `0` resolved):
+    /// the proxy refuses them all. A new listener must add its port here.
+    pub listen_ports: Vec<u16>,
     token: Option<Vec<u8>>,
 }
 
@@ -84,8 +87,12 @@ impl App {
             .or_else(|| std::env::current_dir().ok())
             .unwrap_or_else(|| "/".into());
         let grpc = crate::grpc::server(engine.clone(), root, config.agent_exec_timeout);
+        let listen_ports = std::iter::once(config.port)
+            .chain(config.grpc_port)
+            .collect();
         Arc::new(App {
             grpc,
+            listen_ports,
             config,
             engine,
             metrics: crate::metrics::Sampler::new("/"),
