@@ -201,10 +201,11 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             "expected a multipart/form-data body with a part named 'file'",
         )
     })?;
-    let mut form = multer::Multipart::new(
+    let body = super::form::Bounded::new(
         http_body_util::BodyDataStream::new(ctx.req.into_body()),
-        boundary,
+        &boundary,
     );
+    let mut form = multer::Multipart::new(body, boundary);
     let failed = |e: &dyn std::fmt::Display| {
         message(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -226,7 +227,7 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
                 return Err(message(
                     StatusCode::BAD_REQUEST,
                     "INVALID_REQUEST_BODY",
-                    format!("malformed multipart body: {e}"),
+                    format!("malformed multipart body: {}", super::form::describe(&e)),
                 ))
             }
         };
@@ -250,6 +251,13 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             match field.chunk().await {
                 Ok(Some(c)) => w.write(&c).await.map_err(|e| failed(&e))?,
                 Ok(None) => break,
+                Err(e) if super::form::over_limit(&e) => {
+                    return Err(message(
+                        StatusCode::BAD_REQUEST,
+                        "INVALID_REQUEST_BODY",
+                        format!("malformed multipart body: {}", super::form::describe(&e)),
+                    ))
+                }
                 Err(e) => return Err(failed(&e)),
             }
         }
