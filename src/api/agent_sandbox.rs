@@ -147,16 +147,25 @@ pub async fn execute(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s.min(MAX_TIMEOUT)),
         _ => app.config.agent_exec_timeout,
     };
-    let cmd = app.engine.start_command(CommandSpec {
-        program: Program::Argv(vec!["/bin/sh".into(), "-c".into(), req.command]),
-        cwd: Some(base_dir(&app)),
-        envs: Vec::new(),
-        timeout: Some(limit),
-        uid: None,
-        gid: None,
-        background: false,
-        stdin: false,
-    });
+    let cmd = app
+        .engine
+        .start_command(CommandSpec {
+            program: Program::Argv(vec!["/bin/sh".into(), "-c".into(), req.command]),
+            cwd: Some(base_dir(&app)),
+            envs: Vec::new(),
+            timeout: Some(limit),
+            uid: None,
+            gid: None,
+            background: false,
+            stdin: false,
+        })
+        .map_err(|e| {
+            message(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_RUNNING",
+                e.to_string(),
+            )
+        })?;
     let _guard = KillOnDrop(&app.engine, &cmd.id);
     let (out, finished) = capture(&cmd, OUTPUT_CAP).await;
     let mut stderr = with_marker(out.stderr, out.stderr_omitted);

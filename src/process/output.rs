@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -107,19 +107,45 @@ impl MemBudget {
     }
 }
 
-/// The private directory spill files live in, created on first use (mode 0700).
+/// The private directory spill files live in, created on first use (mode
+/// 0700), and the daemon-wide budget of bytes spilled into it.
 #[derive(Debug)]
 pub struct SpillDir {
     path: PathBuf,
     created: OnceLock<()>,
+    /// `--spill-budget`: bytes of spill records on disk, all logs together.
+    budget: u64,
+    used: AtomicU64,
 }
 
 impl SpillDir {
-    pub fn new(path: PathBuf) -> Arc<Self> {
+    pub fn new(path: PathBuf, budget: u64) -> Arc<Self> {
         Arc::new(SpillDir {
             path,
             created: OnceLock::new(),
+            budget,
+            used: AtomicU64::new(0),
         })
+    }
+
+    /// Takes `n` bytes of the budget for a spill; false when they would
+    /// exceed it.
+    fn reserve(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.budget)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes: a failed spill, or a segment removed.
+    fn release(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes of the budget in use.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
     }
 
     pub fn path(&self) -> &Path {
@@ -344,14 +370,29 @@ impl OutputLog {
         let Some(job) = self.plan_spill() else {
             return;
         };
+        let bytes = job
+            .events
+            .iter()
+            .map(|e| (RECORD_HEADER + e.data.len()) as u64)
+            .sum();
         let written = if self.limits.spill_cap == 0 {
             Err(io::Error::other("spilling disabled (spill cap 0)"))
+        } else if !self.dir.reserve(bytes) {
+            Err(io::Error::other(format!(
+                "the daemon's spill budget ({} bytes, --spill-budget) is used up",
+                self.dir.budget
+            )))
         } else {
-            self.write_spill(&job)
+            let w = self.write_spill(&job);
+            if w.is_err() {
+                self.dir.release(bytes);
+            }
+            w
         };
         let removed = self.commit_spill(job, written);
-        for path in removed {
+        for (path, len) in removed {
             let _ = std::fs::remove_file(path);
+            self.dir.release(len);
         }
     }
 
@@ -444,8 +485,9 @@ impl OutputLog {
     }
 
     /// Takes the job's events out of memory and records where they went (or
-    /// that they were lost). Returns the segment files to remove.
-    fn commit_spill(&self, job: SpillJob, written: io::Result<Spilled>) -> Vec<PathBuf> {
+    /// that they were lost). Returns the segment files to remove, with the
+    /// bytes of the budget each held.
+    fn commit_spill(&self, job: SpillJob, written: io::Result<Spilled>) -> Vec<(PathBuf, u64)> {
         let mut inner = self.lock();
         // Only a spill removes events from memory, and spills go one at a
         // time, so the job's events are still the oldest ones there.
@@ -459,6 +501,8 @@ impl OutputLog {
         let spilled = match written {
             Ok(w) => w,
             Err(e) => {
+                // Warned once per log: a spent budget fails every spill.
+                let first_drop = inner.dropped_bytes == 0;
                 inner.dropped_bytes += end_offset - first.offset;
                 // A failed write may have left part of a record behind.
                 if job.tail.is_some() {
@@ -466,7 +510,11 @@ impl OutputLog {
                         seg.sealed = true;
                     }
                 }
-                tracing::warn!(log = %self.name, error = %e, "output spill failed; oldest output dropped");
+                if first_drop {
+                    tracing::warn!(log = %self.name, error = %e, "output spill failed; oldest output dropped (counted in dropped_bytes)");
+                } else {
+                    tracing::debug!(log = %self.name, error = %e, "output spill failed; oldest output dropped");
+                }
                 return Vec::new();
             }
         };
@@ -485,7 +533,7 @@ impl OutputLog {
             });
             while inner.segments.len() > 2 {
                 if let Some(old) = inner.segments.pop_front() {
-                    removed.push(old.path);
+                    removed.push((old.path, old.len));
                 }
             }
         }
@@ -651,6 +699,7 @@ impl Drop for OutputLog {
         self.budget.sub(inner.mem_bytes);
         for seg in inner.segments.drain(..) {
             let _ = std::fs::remove_file(&seg.path);
+            self.dir.release(seg.len);
         }
     }
 }
@@ -835,7 +884,7 @@ mod tests {
                 spill_cap: cap,
             },
             MemBudget::new(usize::MAX / 2),
-            SpillDir::new(dir.to_path_buf()),
+            SpillDir::new(dir.to_path_buf(), u64::MAX),
         )
     }
 
