@@ -149,8 +149,9 @@ Options (environment variable in brackets; a flag wins over its variable):
   --data-dir PATH                 private directory for spilled output ($TMPDIR/execd-PID)
                                   [EXECD_DATA_DIR]
   --drain-timeout D               how long pipes may stay open after a command exits (250ms)
-  --header-timeout D              time for a connection's first bytes and for each request
-                                  head; idle connections are closed after 1-1.5 times it (30s)
+  --header-timeout D              time for a connection's first bytes, for each request head
+                                  and for each pause within a request body; idle connections,
+                                  and stalled bodies, are closed after 1-1.5 times it (30s)
   --max-body SIZE                 largest JSON request body (1MiB)
   --ping-interval D               keep-alive event during silent streams (3s)
   --max-line SIZE                 longest partial line held before it is sent in pieces (64KiB)

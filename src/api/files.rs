@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::BodyDataStream;
-use hyper::body::Incoming;
+
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 
@@ -350,7 +350,7 @@ pub async fn replace(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 /// the pause, multer would pull everything the socket has ready into its own
 /// buffer before handing out a byte; with it, at most a chunk or so waits.
 struct Paced {
-    inner: BodyDataStream<Incoming>,
+    inner: BodyDataStream<crate::server::RequestBody>,
     rest: bool,
 }
 
