@@ -37,6 +37,15 @@ pub struct Config {
     pub output_window: usize,
     pub output_memory: usize,
     pub spill_cap: u64,
+    /// Spilled output on disk, all commands together; past it spills are
+    /// refused and the output they would have kept is dropped (and counted).
+    pub spill_budget: u64,
+    /// Commands running at once (background and session runs included).
+    pub max_running: usize,
+    /// Bash sessions kept at once.
+    pub max_sessions: usize,
+    /// A session with no run for this long is deleted.
+    pub session_idle_timeout: Duration,
     /// The private data directory; None: a new one with a random name
     /// under `$TMPDIR`, made at start-up.
     pub data_dir: Option<PathBuf>,
@@ -81,6 +90,10 @@ impl Default for Config {
             output_window: 1 << 20,
             output_memory: 64 << 20,
             spill_cap: 1 << 30,
+            spill_budget: 4 << 30,
+            max_running: 4096,
+            max_sessions: 1024,
+            session_idle_timeout: Duration::from_secs(24 * 3600),
             data_dir: None,
             drain_timeout: Duration::from_millis(250),
             header_timeout: Duration::from_secs(30),
@@ -127,12 +140,20 @@ Options (environment variable in brackets; a flag wins over its variable):
   --output-window SIZE            output kept in memory per command (1MiB)
   --output-memory SIZE            output kept in memory by all commands (64MiB)
   --spill-cap SIZE                output kept on disk per command (1GiB); 0 keeps none
+  --spill-budget SIZE             output kept on disk by all commands (4GiB); past it, output
+                                  beyond memory is dropped and counted [EXECD_SPILL_BUDGET]
+  --max-running N                 commands running at once, background and session runs
+                                  included; more get 429 (4096) [EXECD_MAX_RUNNING]
+  --max-sessions N                bash sessions at once; more get 429 (1024) [EXECD_MAX_SESSIONS]
+  --session-idle-timeout D        a session with no run for this long is deleted (24h)
+                                  [EXECD_SESSION_IDLE_TIMEOUT]
   --data-dir PATH                 private directory for spilled output and session state;
                                   created 0700 if missing, refused unless owned by execd's
                                   uid with mode 0700 (a new $TMPDIR/execd-XXXXXX) [EXECD_DATA_DIR]
   --drain-timeout D               how long pipes may stay open after a command exits (250ms)
-  --header-timeout D              time for a connection's first bytes and for each request
-                                  head; idle connections are closed after 1-1.5 times it (30s)
+  --header-timeout D              time for a connection's first bytes, for each request head
+                                  and for each pause within a request body; idle connections,
+                                  and stalled bodies, are closed after 1-1.5 times it (30s)
   --max-body SIZE                 largest JSON request body (1MiB)
   --ping-interval D               keep-alive event during silent streams (3s)
   --max-line SIZE                 longest partial line held before it is sent in pieces (64KiB)
@@ -183,6 +204,19 @@ pub fn parse(
     }
     if let Some(v) = env("EXECD_MAX_RECORDS").filter(|v| !v.is_empty()) {
         c.max_records = records(&v).map_err(|e| format!("EXECD_MAX_RECORDS: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_SPILL_BUDGET").filter(|v| !v.is_empty()) {
+        c.spill_budget = size(&v).map_err(|e| format!("EXECD_SPILL_BUDGET: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_MAX_RUNNING").filter(|v| !v.is_empty()) {
+        c.max_running = records(&v).map_err(|e| format!("EXECD_MAX_RUNNING: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_MAX_SESSIONS").filter(|v| !v.is_empty()) {
+        c.max_sessions = records(&v).map_err(|e| format!("EXECD_MAX_SESSIONS: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_SESSION_IDLE_TIMEOUT").filter(|v| !v.is_empty()) {
+        c.session_idle_timeout =
+            duration(&v).map_err(|e| format!("EXECD_SESSION_IDLE_TIMEOUT: {e}"))?;
     }
     if let Some(v) = env("EXECD_DATA_DIR").filter(|v| !v.is_empty()) {
         c.data_dir = Some(v.into());
@@ -236,6 +270,13 @@ pub fn parse(
                 c.output_memory = size(&value(&mut p, "output-memory")?)? as usize
             }
             Long("spill-cap") => c.spill_cap = size(&value(&mut p, "spill-cap")?)?,
+            Long("spill-budget") => c.spill_budget = size(&value(&mut p, "spill-budget")?)?,
+            Long("max-running") => c.max_running = records(&value(&mut p, "max-running")?)?,
+            Long("max-sessions") => c.max_sessions = records(&value(&mut p, "max-sessions")?)?,
+            Long("session-idle-timeout") => {
+                c.session_idle_timeout = duration(&value(&mut p, "session-idle-timeout")?)?
+                    .max(Duration::from_millis(10))
+            }
             Long("data-dir") => c.data_dir = Some(value(&mut p, "data-dir")?.into()),
             Long("drain-timeout") => c.drain_timeout = duration(&value(&mut p, "drain-timeout")?)?,
             Long("header-timeout") => {
@@ -409,6 +450,29 @@ mod tests {
             Parsed::Run(c) => Ok(*c),
             other => Err(format!("{other:?}")),
         }
+    }
+
+    #[test]
+    fn resource_limits() {
+        let c = run(&[], &[]).unwrap();
+        assert_eq!(c.spill_budget, 4 << 30);
+        assert_eq!(c.max_running, 4096);
+        assert_eq!(c.max_sessions, 1024);
+        assert_eq!(c.session_idle_timeout, Duration::from_secs(24 * 3600));
+        let c = run(
+            &["--spill-budget", "1MiB", "--max-running", "3"],
+            &[
+                ("EXECD_MAX_SESSIONS", "5"),
+                ("EXECD_SESSION_IDLE_TIMEOUT", "2m"),
+                ("EXECD_MAX_RUNNING", "9"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.spill_budget, 1 << 20);
+        assert_eq!(c.max_running, 3, "the flag wins");
+        assert_eq!(c.max_sessions, 5);
+        assert_eq!(c.session_idle_timeout, Duration::from_secs(120));
+        assert!(run(&["--max-running", "0"], &[]).is_err());
     }
 
     #[test]

@@ -27,6 +27,9 @@ fn engine_config(c: &Config, data_dir: Arc<DataDir>) -> EngineConfig {
         },
         mem_total: c.output_memory,
         data_dir,
+        max_running: c.max_running,
+        max_sessions: c.max_sessions,
+        session_idle: c.session_idle_timeout,
         retention: c.retention,
         max_records: c.max_records,
         drain: c.drain_timeout,
@@ -174,7 +177,8 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     raise_nofile_limit();
     // Made (or checked) before anything else: a squatted directory stops
     // execd here, with the reason.
-    let data_dir = Arc::new(DataDir::open(config.data_dir.as_deref())?);
+    let data_dir =
+        Arc::new(DataDir::open(config.data_dir.as_deref())?.with_spill_budget(config.spill_budget));
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = listen(addr)?;
     let local = listener.local_addr()?;
@@ -188,6 +192,11 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
         Some(port) => Some(listen(SocketAddr::new(config.bind, port))?),
         None => None,
     };
+    // The port actually bound (`--grpc-port 0` picks one): the proxy refuses
+    // every port execd listens on.
+    if let Some(l) = &grpc_listener {
+        config.grpc_port = Some(l.local_addr()?.port());
+    }
     let app = App::new(config, engine.clone());
     let stop = app.shutdown.clone();
     let grpc_server = grpc_listener.map(|l| {

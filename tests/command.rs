@@ -896,3 +896,107 @@ async fn past_max_records_the_oldest_finished_records_make_room() {
         assert_eq!(logs.text(), format!("{}\n", i + 2));
     }
 }
+
+/// Issue 15, item 12: `--max-running` caps the commands running at once,
+/// background ones and session runs included; one more gets 429
+/// `TOO_MANY_RUNNING`, and a slot comes back when a command ends.
+#[tokio::test]
+async fn max_running_caps_commands_running_at_once() {
+    let d = Daemon::start_with(&["--max-running", "2"], &[]);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let evs = d
+            .run(json!({"command": "sleep 300", "background": true}))
+            .await;
+        ids.push(evs[0]["text"].as_str().expect("id").to_string());
+    }
+    for body in [
+        json!({"command": "true"}),
+        json!({"command": "true", "background": true}),
+    ] {
+        d.post_json("/command", &body)
+            .await
+            .assert_error(429, "TOO_MANY_RUNNING");
+    }
+    // A session run counts too.
+    let r = d.request(Method::POST, "/session", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sid = r.json()["session_id"].as_str().expect("sid").to_string();
+    d.post_json(&format!("/session/{sid}/run"), &json!({"command": "true"}))
+        .await
+        .assert_error(429, "TOO_MANY_RUNNING");
+    // The sandbox's own API (/execute) gets it as well.
+    let r = d.post_json("/execute", &json!({"command": "true"})).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["code"], "TOO_MANY_RUNNING");
+
+    // One ends: its slot is free again.
+    let r = d
+        .request(Method::DELETE, &format!("/command?id={}", ids[0]), &[], "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    d.wait_finished(&ids[0], Duration::from_secs(20)).await;
+    let mut ok = false;
+    for _ in 0..500 {
+        let r = d
+            .post_json("/command", &json!({"command": "echo hi"}))
+            .await;
+        if r.status == 200 {
+            assert!(r.text().contains("hi"), "{}", r.text());
+            ok = true;
+            break;
+        }
+        r.assert_error(429, "TOO_MANY_RUNNING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "a slot never came back");
+}
+
+/// Issue 15, item 12: `--spill-budget` bounds the spilled output of all
+/// commands together. Past it, output beyond memory is dropped, and never
+/// silently: the status counts it in `dropped_bytes`.
+#[tokio::test]
+async fn spill_budget_bounds_the_disk_and_reports_what_it_drops() {
+    let data = std::env::temp_dir().join(format!("execd-budget-{}", std::process::id()));
+    let d = Daemon::start_with(
+        &[
+            "--spill-budget",
+            "1MiB",
+            "--output-window",
+            "64KiB",
+            "--output-memory",
+            "128KiB",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let mut dropped = 0;
+    for _ in 0..2 {
+        // 4 MiB each, in lines: far more than the budget.
+        let evs = d
+            .run(json!({"command": "yes 0123456789abcdef0123456789abcde | head -c 4194304", "background": true}))
+            .await;
+        let id = evs[0]["text"].as_str().expect("id").to_string();
+        let st = d.wait_finished(&id, Duration::from_secs(60)).await;
+        assert_eq!(st["exit_code"], 0, "{st}");
+        assert_eq!(st["output_bytes"], 4194304, "{st}");
+        dropped += st["dropped_bytes"].as_u64().expect("dropped_bytes");
+        let on_disk: u64 = std::fs::read_dir(&data)
+            .map(|r| {
+                r.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        assert!(on_disk <= 1 << 20, "{on_disk} bytes spilled, budget 1 MiB");
+    }
+    // 8 MiB written, at most 1 MiB on disk and 128 KiB in memory: the rest
+    // is counted as dropped.
+    assert!(
+        dropped >= (8 << 20) - (1 << 20) - (256 << 10),
+        "dropped {dropped}"
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -635,8 +635,9 @@ async fn shutdown_closes_idle_connections_and_finishes_responses_in_flight() {
 
 /// `--header-timeout`: a request head trickled in too slowly and an idle
 /// keep-alive connection are closed, but an exchange in progress is never
-/// cut, however long it stays silent: a slow handler, a slow request body, a
-/// client slow to read its response.
+/// cut for being slow: a handler silent for long, a request body sent slowly
+/// in pieces, a client slow to read its response. (A request body that
+/// stalls is: see `a_stalled_request_body_is_cut_and_a_slow_one_is_not`.)
 #[tokio::test]
 async fn the_header_timeout_closes_slow_heads_and_idle_connections_only() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -718,19 +719,8 @@ async fn the_header_timeout_closes_slow_heads_and_idle_connections_only() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["stdout"], "done\n");
 
-    // A request body in two halves, three timeouts apart.
-    let mut body_conn = connect().await;
-    let body = br#"{"command":"echo body-ok"}"#;
-    let head = format!(
-        "POST /command HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    body_conn.write_all(head.as_bytes()).await.expect("send");
-    body_conn.write_all(&body[..10]).await.expect("send");
-    tokio::time::sleep(3 * timeout).await;
-    body_conn.write_all(&body[10..]).await.expect("send");
-    let answer = read_until(&mut body_conn, |b| b.ends_with(b"0\r\n\r\n")).await;
-    let answer = String::from_utf8_lossy(&answer);
+    // A request body sent a byte at a time over three timeouts.
+    let answer = slow_body(&d, Duration::from_millis(3000 / 26)).await;
     assert!(answer.contains("body-ok"), "{answer}");
 
     // A response read only after three timeouts: 8 MiB, more than the
@@ -754,6 +744,87 @@ async fn the_header_timeout_closes_slow_heads_and_idle_connections_only() {
         .expect("a head");
     assert_eq!(all.len() - split - 4, size, "the whole body");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends `{"command":"echo body-ok"}` to `/command` a byte at a time,
+/// `pause` apart, and returns the answer.
+async fn slow_body(d: &Daemon, pause: Duration) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut conn = tokio::net::TcpStream::connect(d.addr)
+        .await
+        .expect("connect");
+    conn.set_nodelay(true).expect("nodelay");
+    let body = br#"{"command":"echo body-ok"}"#;
+    let head = format!(
+        "POST /command HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("send");
+    for b in body {
+        tokio::time::sleep(pause).await;
+        conn.write_all(&[*b]).await.expect("send");
+    }
+    let answer = read_until(&mut conn, |b| b.ends_with(b"0\r\n\r\n")).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Issue 15, item 10: a request body that stops arriving is not waited for
+/// for ever. With `--header-timeout 1s`, a body that stalls gets a 408
+/// envelope and its connection is closed (the daemon no longer holds it),
+/// while one sent slowly, in pieces with shorter pauses, completes.
+#[tokio::test]
+async fn a_stalled_request_body_is_cut_and_a_slow_one_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = Daemon::start_with(&["--header-timeout", "1s"], &[]);
+    let base = d.fds();
+    let t = TempDir::new("stall");
+
+    // A JSON body, an upload and a proxied body: each stops half-way.
+    let form = Form::new().meta(&serde_json::json!({"path": t.join("never")}));
+    let mut upload = form.open_file();
+    upload.extend_from_slice(b"some bytes");
+    let ct = Form::new().content_type();
+    let cases: Vec<(String, Vec<u8>)> = vec![
+        (
+            "POST /command HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n".into(),
+            br#"{"command":"#.to_vec(),
+        ),
+        (
+            format!("POST /files/upload HTTP/1.1\r\nHost: x\r\nContent-Type: {ct}\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            format!("{:x}\r\n", upload.len())
+                .into_bytes()
+                .into_iter()
+                .chain(upload)
+                .chain(b"\r\n".iter().copied())
+                .collect(),
+        ),
+    ];
+    for (head, part) in cases {
+        let mut conn = tokio::net::TcpStream::connect(d.addr)
+            .await
+            .expect("connect");
+        conn.write_all(head.as_bytes()).await.expect("send");
+        conn.write_all(&part).await.expect("send");
+        // Then silence: the daemon answers 408 and closes.
+        let mut all = Vec::new();
+        match tokio::time::timeout(WAIT, conn.read_to_end(&mut all))
+            .await
+            .expect("closed within the wait")
+        {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 408"), "{head}: {text}");
+        assert!(text.contains("REQUEST_TIMEOUT"), "{head}: {text}");
+    }
+    assert!(t.names().is_empty(), "{:?}", t.names());
+    // Nothing of those connections is held any more.
+    d.fds_back_to(&base, WAIT).await;
+
+    // Slow but steady: pauses of a tenth of the timeout.
+    let answer = slow_body(&d, Duration::from_millis(100)).await;
+    assert!(answer.contains("body-ok"), "{answer}");
 }
 
 /// HTTP/2 has the header timeout too (hyper has none of its own there). A

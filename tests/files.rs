@@ -1378,3 +1378,162 @@ async fn identity_routes_without_root_refuse_other_users() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(std::fs::metadata(&f).unwrap().uid(), NOBODY);
 }
+
+/// Sends `head` and then `filler` bytes up to `total` bytes of body, as a
+/// client would stream them (64 KiB at a time, never held whole), while
+/// reading the answer. Returns the answer's status (0 if the connection
+/// ended without one) and its text.
+async fn stream_body(
+    d: &Daemon,
+    path: &str,
+    method: &str,
+    ctype: &str,
+    head: &[u8],
+    filler: u8,
+    total: usize,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(d.addr)
+        .await
+        .expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {ctype}\r\nContent-Length: {total}\r\n\r\n",
+        d.addr
+    );
+    let head = head.to_vec();
+    let writer = tokio::spawn(async move {
+        wr.write_all(request.as_bytes()).await?;
+        wr.write_all(&head).await?;
+        let chunk = vec![filler; 64 * 1024];
+        let mut left = total - head.len();
+        while left > 0 {
+            let n = left.min(chunk.len());
+            wr.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                // One answer is all we want; its body is a small envelope.
+                let text = String::from_utf8_lossy(&answer);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Issue 15, item 6: a 200 MiB form with no delimiter, or whose part header
+/// never ends, is refused with a 400 envelope once past the bound, and the
+/// daemon's peak memory hardly moves (it grew by the whole body before).
+#[tokio::test]
+async fn multipart_preamble_and_part_headers_are_bounded() {
+    const TOTAL: usize = 200 << 20;
+    let d = Daemon::start();
+    let t = TempDir::new("formbound");
+    // Warm up: one ordinary upload, so what follows measures only the forms.
+    let r = d
+        .upload(Form::new().meta(&meta(&t.join("warm"))).file(b"x"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let form = Form::new();
+    let ct = form.content_type();
+    let before = d.proc_kib("VmHWM");
+
+    // No delimiter at all.
+    let (status, text) = stream_body(&d, "/files/upload", "POST", &ct, b"", b'a', TOTAL).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("INVALID_FILE"), "{text}");
+    assert!(text.contains("delimiter"), "{text}");
+
+    // A part header that never ends.
+    let head = format!(
+        "--{}\r\nContent-Disposition: form-data; name=\"file\"\r\nX-Pad: ",
+        form.boundary
+    );
+    let (status, text) = stream_body(
+        &d,
+        "/files/upload",
+        "POST",
+        &ct,
+        head.as_bytes(),
+        b'a',
+        TOTAL,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("headers exceed"), "{text}");
+
+    let grown = d.proc_kib("VmHWM").saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "execd's peak RSS grew by {grown} KiB for two refused forms"
+    );
+    assert!(temps(&t).is_empty());
+    // The daemon still serves.
+    let r = d.get("/ping").await;
+    assert_eq!(r.status, 200);
+}
+
+/// The same bound on the other multipart routes: agent-sandbox `/upload`
+/// and sandboxd `PUT /v1/files` (the `file` part is never reached).
+#[tokio::test]
+async fn multipart_bound_holds_on_every_upload_route() {
+    let t = TempDir::new("formbound2");
+    let base = t.0.to_string_lossy().into_owned();
+    let d = Daemon::start_with(&["--agent-sandbox-base-dir", &base], &[]);
+    let form = Form::new();
+    let ct = form.content_type();
+    for (method, path) in [("POST", "/upload"), ("PUT", "/v1/files/f.txt")] {
+        let (status, text) = stream_body(&d, path, method, &ct, b"", b'a', 8 << 20).await;
+        assert_eq!(status, 400, "{method} {path}: {text}");
+        assert!(text.contains("delimiter"), "{method} {path}: {text}");
+    }
+    assert!(t.names().is_empty(), "{:?}", t.names());
+}
+
+/// At most one `metadata` part waits for its file: a second one in a row is
+/// refused (a client could queue any number before).
+#[tokio::test]
+async fn a_metadata_part_must_be_followed_by_its_file() {
+    let d = Daemon::start();
+    let t = TempDir::new("metaq");
+    let (a, b) = (t.join("a"), t.join("b"));
+    let r = d
+        .upload(
+            Form::new()
+                .meta(&meta(&a))
+                .meta(&meta(&b))
+                .file(b"1")
+                .file(b"2"),
+        )
+        .await;
+    r.assert_error(400, "INVALID_FILE_METADATA");
+    assert!(t.names().is_empty(), "{:?}", t.names());
+}

@@ -194,6 +194,7 @@ async fn serve(state: UpState, req: Request<Incoming>) -> Response<UpBody> {
         "token": header("x-execd-access-token"),
         "connection": header("connection"),
         "custom": header("x-custom"),
+        "proxied": header("x-execd-proxied"),
     });
     let status = req
         .headers()
@@ -681,4 +682,72 @@ async fn proxying_to_execd_itself_is_refused() {
     let r = d.get(&format!("/proxy/{}/ping", d.addr.port())).await;
     r.assert_error(400, "INVALID_PORT");
     assert!(r.text().contains("loop"), "{}", r.text());
+}
+
+/// Issue 15, item 9: a chain through `--grpc-port` (any port execd listens
+/// on, ephemeral ones included) is refused like one through `--port`.
+#[tokio::test]
+async fn proxying_to_any_port_of_execd_is_refused() {
+    let d = Daemon::start_with(&["--grpc-port", "0"], &[]);
+    // The gRPC port is announced in the log only; find it from /proc: the
+    // daemon's listening sockets other than the main one.
+    let ports = listening_ports(d.pid());
+    let grpc = ports
+        .into_iter()
+        .find(|p| *p != d.addr.port())
+        .expect("the --grpc-port listener");
+    let r = within("grpc port", d.get(&format!("/proxy/{grpc}/ping"))).await;
+    r.assert_error(400, "INVALID_PORT");
+    assert!(r.text().contains("loop"), "{}", r.text());
+}
+
+/// The TCP ports `pid` listens on, from /proc/net/tcp by socket inode.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state 0A = LISTEN, inode.
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                if let Some(port) = f[1].rsplit(':').next() {
+                    out.push(u16::from_str_radix(port, 16).expect("hex port"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every proxied request carries `X-EXECD-Proxied: 1`, and a request that
+/// already has it is refused before any connect: a loop through a service
+/// (or a port execd cannot know of) ends at its second hop.
+#[tokio::test]
+async fn a_request_execd_already_proxied_is_refused() {
+    let up = Upstream::start().await;
+    let d = Daemon::start();
+    let path = format!("/proxy/{}/echo", up.port);
+    let r = within(
+        "marked",
+        d.request(Method::GET, &path, &[("x-execd-proxied", "1")], ""),
+    )
+    .await;
+    r.assert_error(508, "LOOP_DETECTED");
+    assert_eq!(up.hits.load(Ordering::SeqCst), 0, "service reached");
+
+    // Normal proxying still works, and the service sees the mark.
+    let r = within("plain", d.request(Method::GET, &path, &[], "")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["proxied"], "1");
+    assert_eq!(up.hits.load(Ordering::SeqCst), 1);
 }

@@ -168,3 +168,45 @@ async fn bad_session_requests() {
     assert_eq!(text_of(&evs, "stdout"), "fine\n");
     let _ = Duration::ZERO;
 }
+
+/// Issue 15, item 12: `--max-sessions` caps the sessions kept at once (429
+/// `TOO_MANY_SESSIONS`); deleting one makes room.
+#[tokio::test]
+async fn sessions_are_capped() {
+    let d = Daemon::start_with(&["--max-sessions", "2"], &[]);
+    let a = create(&d, None).await;
+    let _b = create(&d, None).await;
+    d.request(Method::POST, "/session", &[], "")
+        .await
+        .assert_error(429, "TOO_MANY_SESSIONS");
+    assert_eq!(d.delete(&format!("/session/{a}")).await.status, 200);
+    create(&d, None).await;
+}
+
+/// Issue 15, item 12: a session idle for `--session-idle-timeout` is deleted
+/// (sessions were kept for ever), and its room is free again.
+#[tokio::test]
+async fn idle_sessions_expire() {
+    let d = Daemon::start_with(
+        &["--max-sessions", "1", "--session-idle-timeout", "1s"],
+        &[],
+    );
+    let a = create(&d, None).await;
+    let evs = run(&d, &a, json!({"command": "export X=1"})).await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+    // Room comes back once the idle session is gone.
+    let mut b = None;
+    for _ in 0..1500 {
+        let r = d.request(Method::POST, "/session", &[], "").await;
+        if r.status == 200 {
+            b = Some(r.json()["session_id"].as_str().unwrap().to_string());
+            break;
+        }
+        r.assert_error(429, "TOO_MANY_SESSIONS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(b.is_some(), "the idle session was never expired");
+    d.post_json(&format!("/session/{a}/run"), &json!({"command": "true"}))
+        .await
+        .assert_error(404, "CONTEXT_NOT_FOUND");
+}

@@ -147,16 +147,25 @@ pub async fn execute(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s.min(MAX_TIMEOUT)),
         _ => app.config.agent_exec_timeout,
     };
-    let cmd = app.engine.start_command(CommandSpec {
-        program: Program::Argv(vec!["/bin/sh".into(), "-c".into(), req.command]),
-        cwd: Some(base_dir(&app)),
-        envs: Vec::new(),
-        timeout: Some(limit),
-        uid: None,
-        gid: None,
-        background: false,
-        stdin: false,
-    });
+    let cmd = app
+        .engine
+        .start_command(CommandSpec {
+            program: Program::Argv(vec!["/bin/sh".into(), "-c".into(), req.command]),
+            cwd: Some(base_dir(&app)),
+            envs: Vec::new(),
+            timeout: Some(limit),
+            uid: None,
+            gid: None,
+            background: false,
+            stdin: false,
+        })
+        .map_err(|e| {
+            message(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_RUNNING",
+                e.to_string(),
+            )
+        })?;
     let _guard = KillOnDrop(&app.engine, &cmd.id);
     let (out, finished) = capture(&cmd, OUTPUT_CAP).await;
     let mut stderr = with_marker(out.stderr, out.stderr_omitted);
@@ -201,10 +210,11 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             "expected a multipart/form-data body with a part named 'file'",
         )
     })?;
-    let mut form = multer::Multipart::new(
+    let body = super::form::Bounded::new(
         http_body_util::BodyDataStream::new(ctx.req.into_body()),
-        boundary,
+        &boundary,
     );
+    let mut form = multer::Multipart::new(body, boundary);
     let failed = |e: &dyn std::fmt::Display| {
         message(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -226,7 +236,7 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
                 return Err(message(
                     StatusCode::BAD_REQUEST,
                     "INVALID_REQUEST_BODY",
-                    format!("malformed multipart body: {e}"),
+                    format!("malformed multipart body: {}", super::form::describe(&e)),
                 ))
             }
         };
@@ -251,6 +261,13 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             match field.chunk().await {
                 Ok(Some(c)) => w.write(&c).await.map_err(|e| failed(&e))?,
                 Ok(None) => break,
+                Err(e) if super::form::over_limit(&e) => {
+                    return Err(message(
+                        StatusCode::BAD_REQUEST,
+                        "INVALID_REQUEST_BODY",
+                        format!("malformed multipart body: {}", super::form::describe(&e)),
+                    ))
+                }
                 Err(e) => return Err(failed(&e)),
             }
         }

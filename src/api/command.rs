@@ -117,7 +117,7 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let app = ctx.app.clone();
     let spec = validate(ctx.json::<RunCommandRequest>().await?)?;
     let background = spec.background;
-    let cmd = app.engine.start_command(spec);
+    let cmd = app.engine.start_command(spec)?;
     let ping = app.config.ping_interval;
     let mode = if background {
         StreamMode::Background
@@ -354,6 +354,9 @@ pub async fn status(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         v["timed_out"] = f.timed_out.into();
     }
     v["output_bytes"] = cmd.log.head().total_bytes.into();
+    // Output that could not be kept (spill cap 0, a failed spill, the
+    // daemon's spill budget used up): never lost silently.
+    v["dropped_bytes"] = cmd.log.dropped_bytes().into();
     Ok(json_response(StatusCode::OK, &v))
 }
 

@@ -6,7 +6,7 @@
 //! (`crate::fs`) on a blocking thread, as the caller's identity when the
 //! route names one.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::BodyDataStream;
-use hyper::body::Incoming;
+
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 
@@ -350,7 +350,7 @@ pub async fn replace(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 /// the pause, multer would pull everything the socket has ready into its own
 /// buffer before handing out a byte; with it, at most a chunk or so waits.
 struct Paced {
-    inner: BodyDataStream<Incoming>,
+    inner: BodyDataStream<crate::server::RequestBody>,
     rest: bool,
 }
 
@@ -376,7 +376,10 @@ fn bad_form(code: &'static str, msg: impl Into<String>) -> ApiError {
 }
 
 fn multipart_error(e: multer::Error) -> ApiError {
-    bad_form("INVALID_FILE", format!("malformed multipart body: {e}"))
+    bad_form(
+        "INVALID_FILE",
+        format!("malformed multipart body: {}", super::form::describe(&e)),
+    )
 }
 
 /// The largest `metadata` part accepted.
@@ -417,6 +420,7 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         inner: BodyDataStream::new(ctx.req.into_body()),
         rest: false,
     };
+    let body = super::form::Bounded::new(body, &boundary);
     let mut form = multer::Multipart::new(body, boundary);
     match receive_form(&mut form, id).await {
         Ok(()) => Ok(ok_empty()),
@@ -443,7 +447,7 @@ async fn receive_form(
     form: &mut multer::Multipart<'_>,
     id: Option<Identity>,
 ) -> Result<(), Failed> {
-    let mut pending: VecDeque<(PathBuf, AttrRequest)> = VecDeque::new();
+    let mut pending: Option<(PathBuf, AttrRequest)> = None;
     let (mut metas, mut files) = (0usize, 0usize);
     loop {
         let mut field = match form.next_field().await {
@@ -459,6 +463,15 @@ async fn receive_form(
         match field.name() {
             Some("metadata") => {
                 metas += 1;
+                // Each metadata part is followed by its file: at most one
+                // waits, however many a client sends.
+                if pending.is_some() {
+                    return Err(bad_form(
+                        "INVALID_FILE_METADATA",
+                        format!("metadata part {metas} follows another metadata part instead of its file part"),
+                    )
+                    .into());
+                }
                 let mut raw = Vec::new();
                 loop {
                     match field.chunk().await {
@@ -482,11 +495,11 @@ async fn receive_form(
                     }
                 }
                 let (path, attrs) = upload_metadata(&raw)?;
-                pending.push_back((path, attrs));
+                pending = Some((path, attrs));
             }
             Some("file") => {
                 files += 1;
-                let Some((path, attrs)) = pending.pop_front() else {
+                let Some((path, attrs)) = pending.take() else {
                     return Err(bad_form(
                         "INVALID_FILE_METADATA",
                         format!("file part {files} has no metadata part before it"),

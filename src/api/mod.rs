@@ -5,6 +5,7 @@ pub mod agent_sandbox;
 pub mod command;
 pub mod directories;
 pub mod files;
+pub mod form;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

@@ -24,6 +24,10 @@ use tokio_util::sync::CancellationToken;
 use crate::server::auth::TOKEN_HEADER;
 use crate::server::{ApiError, Body, Ctx};
 
+/// Set on every request execd proxies; a request that arrives with it is
+/// refused, so a chain back into execd stops at its second hop.
+pub const PROXIED_HEADER: &str = "x-execd-proxied";
+
 /// How long a connect to the user's service may take before it is a 502.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -38,6 +42,8 @@ pub enum ProxyError {
     InvalidTarget(String),
     #[error("port {0} is execd itself; proxying to it would loop")]
     SelfLoop(u16),
+    #[error("request already proxied by execd (it carries {PROXIED_HEADER}); proxying it again would loop")]
+    Looped,
     #[error("cannot connect to 127.0.0.1:{port}: {source}")]
     Connect { port: u16, source: std::io::Error },
     #[error("cannot connect to 127.0.0.1:{port}: timed out after {}s", CONNECT_TIMEOUT.as_secs())]
@@ -57,8 +63,13 @@ pub async fn missing_port(_ctx: Ctx) -> Result<Response<Body>, ApiError> {
 /// answer back.
 pub async fn forward(mut ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let port = parse_port(ctx.param("port"))?;
-    if port == ctx.app.config.port {
+    if ctx.app.listen_ports.contains(&port) {
         return Err(ProxyError::SelfLoop(port).into());
+    }
+    // A request execd already proxied once has come back: some service in
+    // between (or a port execd cannot know) sends it round again.
+    if ctx.req.headers().contains_key(PROXIED_HEADER) {
+        return Err(ProxyError::Looped.into());
     }
     let target = target_uri(ctx.param("path"), ctx.req.uri().query())?;
     let peer = ctx.peer;
@@ -264,6 +275,7 @@ fn prepare_request_headers(h: &mut HeaderMap, port: u16, peer: Option<SocketAddr
         }
     }
     h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    h.insert(PROXIED_HEADER, HeaderValue::from_static("1"));
 }
 
 #[cfg(test)]
@@ -328,6 +340,7 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.168.1.2");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-kept"], "yes");
+        assert_eq!(h[PROXIED_HEADER], "1");
     }
 
     #[test]

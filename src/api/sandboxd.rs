@@ -273,12 +273,18 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     if multipart {
         let boundary = multer::parse_boundary(&ct)
             .map_err(|_| invalid("multipart/form-data body without a boundary"))?;
-        let mut form = multer::Multipart::new(http_body_util::BodyDataStream::new(body), boundary);
+        let body = super::form::Bounded::new(http_body_util::BodyDataStream::new(body), &boundary);
+        let mut form = multer::Multipart::new(body, boundary);
         loop {
             let mut field = match form.next_field().await {
                 Ok(Some(f)) => f,
                 Ok(None) => return Err(invalid("multipart body has no part named \"file\"")),
-                Err(e) => return Err(invalid(format!("malformed multipart body: {e}"))),
+                Err(e) => {
+                    return Err(invalid(format!(
+                        "malformed multipart body: {}",
+                        super::form::describe(&e)
+                    )))
+                }
             };
             if field.name() != Some("file") {
                 continue;
@@ -290,7 +296,12 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
                 match field.chunk().await {
                     Ok(Some(c)) => w.write(&c).await.map_err(fs_err)?,
                     Ok(None) => break,
-                    Err(e) => return Err(invalid(format!("reading the upload: {e}"))),
+                    Err(e) => {
+                        return Err(invalid(format!(
+                            "reading the upload: {}",
+                            super::form::describe(&e)
+                        )))
+                    }
                 }
             }
             w.commit().await.map_err(fs_err)?;

@@ -405,7 +405,10 @@ impl ProcessService for Processes {
             return self.start_tty(req.config, pty).await;
         }
         let spec = self.spec(req.config, true).await?;
-        let cmd = self.engine.start_command(spec);
+        let cmd = self
+            .engine
+            .start_command(spec)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         if let Some(s) = spawn_status(&cmd) {
             return Err(s);
         }
@@ -436,7 +439,10 @@ impl ProcessService for Processes {
             .map_or(self.exec_timeout, |t| t.min(self.exec_timeout));
         let mut spec = self.spec(request.into_inner().config, false).await?;
         spec.timeout = Some(limit);
-        let cmd = self.engine.start_command(spec);
+        let cmd = self
+            .engine
+            .start_command(spec)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         if let Some(s) = spawn_status(&cmd) {
             return Err(s);
         }

@@ -19,6 +19,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -28,6 +29,10 @@ use nix::sys::stat::Mode;
 pub struct DataDir {
     fd: OwnedFd,
     path: PathBuf,
+    /// `--spill-budget`: bytes of spill records in the directory, all logs
+    /// together (unlimited until set).
+    pub(crate) budget: u64,
+    spilled: AtomicU64,
     /// Test hook: files handed out instead of creating these names.
     #[cfg(test)]
     planted: std::sync::Mutex<Vec<(String, File)>>,
@@ -106,9 +111,36 @@ impl DataDir {
         Ok(DataDir {
             fd: file.into(),
             path,
+            budget: u64::MAX,
+            spilled: AtomicU64::new(0),
             #[cfg(test)]
             planted: Default::default(),
         })
+    }
+
+    /// Sets the daemon-wide spill budget (`--spill-budget`).
+    pub fn with_spill_budget(mut self, budget: u64) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Takes `n` bytes of the spill budget; false when they would exceed it.
+    pub(crate) fn reserve(&self, n: u64) -> bool {
+        self.spilled
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.budget)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes: a failed spill, or a segment removed.
+    pub(crate) fn release(&self, n: u64) {
+        self.spilled.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes of the spill budget in use.
+    pub fn spilled(&self) -> u64 {
+        self.spilled.load(Ordering::Acquire)
     }
 
     /// Where it is (for messages, and for a shell that writes into a file

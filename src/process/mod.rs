@@ -43,8 +43,14 @@ pub struct EngineConfig {
     /// Output held in memory across all commands before they spill early.
     pub mem_total: usize,
     /// The private data directory (spilled output, session state), made
-    /// and checked at start-up.
+    /// and checked at start-up; it also holds the daemon-wide spill budget.
     pub data_dir: Arc<DataDir>,
+    /// Commands running at once (background and session runs included).
+    pub max_running: usize,
+    /// Bash sessions at once.
+    pub max_sessions: usize,
+    /// A session with nothing run for this long is deleted.
+    pub session_idle: Duration,
     pub retention: Duration,
     /// Finished command records kept at most (the oldest are dropped first).
     pub max_records: usize,
@@ -88,6 +94,18 @@ pub enum ProcessError {
     StdinClosed(String),
     #[error("writing to stdin of command {id}: {source}")]
     StdinWrite { id: String, source: std::io::Error },
+    #[error("too many commands running (at most {0}, --max-running); retry once some end")]
+    TooManyRunning(usize),
+}
+
+/// One of the `--max-running` slots, held by a command's run task until the
+/// command has ended.
+struct RunSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for RunSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 #[derive(Default)]
@@ -108,6 +126,8 @@ pub struct Engine {
     env_cache: Mutex<EnvFileCache>,
     sessions: session::Sessions,
     pty: pty::PtyManager,
+    /// Commands running now, against `cfg.max_running`.
+    slots: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Engine {
@@ -133,12 +153,13 @@ impl Engine {
             env_cache: Mutex::new(EnvFileCache::default()),
             sessions: session::Sessions::default(),
             pty,
+            slots: Arc::default(),
             cfg,
         });
         let weak = Arc::downgrade(&engine);
         let stop = engine.shutdown.clone();
-        let every =
-            (engine.cfg.retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let every = (engine.cfg.retention.min(engine.cfg.session_idle) / 10)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
         engine.tasks.spawn(async move {
             loop {
                 tokio::select! {
@@ -149,6 +170,10 @@ impl Engine {
                 let n = engine.registry.expire(engine.cfg.retention);
                 if n > 0 {
                     tracing::debug!(expired = n, "expired finished commands");
+                }
+                let n = engine.expire_sessions();
+                if n > 0 {
+                    tracing::debug!(expired = n, "expired idle sessions");
                 }
             }
         });
@@ -171,9 +196,10 @@ impl Engine {
         self.command_env_vec(&plain_spec())
     }
 
-    /// Starts a command. Always returns a record: a command that could not be
-    /// started is recorded as finished with the cause (exit 127 or 126).
-    pub fn start_command(&self, spec: CommandSpec) -> Arc<Command> {
+    /// Starts a command. Returns a record even for a command that could not
+    /// be started: it is recorded as finished with the cause (exit 127 or
+    /// 126). Refused, with no record, past `--max-running`.
+    pub fn start_command(&self, spec: CommandSpec) -> Result<Arc<Command>, ProcessError> {
         let content = match &spec.program {
             Program::Shell(line) => line.clone(),
             Program::Argv(argv) => argv.join(" "),
@@ -182,13 +208,26 @@ impl Engine {
         self.launch(spec, content, env)
     }
 
+    /// A `--max-running` slot, if one is free.
+    fn run_slot(&self) -> Result<RunSlot, ProcessError> {
+        use std::sync::atomic::Ordering;
+        let max = self.cfg.max_running;
+        self.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| ProcessError::TooManyRunning(max))?;
+        Ok(RunSlot(self.slots.clone()))
+    }
+
     /// Starts `spec` with exactly `env`, recording `content` as what was asked.
     fn launch(
         &self,
         spec: CommandSpec,
         content: String,
         env: Option<Vec<(OsString, OsString)>>,
-    ) -> Arc<Command> {
+    ) -> Result<Arc<Command>, ProcessError> {
+        let slot = self.run_slot()?;
         let id = new_id();
         let log = OutputLog::new(
             id.clone(),
@@ -230,15 +269,19 @@ impl Engine {
                     kill_grace: self.cfg.kill_grace,
                     max_line: self.cfg.max_line,
                 };
-                self.tasks.spawn(run::run(
+                let run = run::run(
                     cmd.clone(),
                     sp,
                     limits,
                     self.reaper.clone(),
                     self.shutdown.child_token(),
-                ));
+                );
+                self.tasks.spawn(async move {
+                    let _slot = slot;
+                    run.await
+                });
                 tracing::debug!(id = %cmd.id, pid = cmd.pid, background = spec.background, "command started");
-                cmd
+                Ok(cmd)
             }
             Err(e) => {
                 tracing::info!(id = %id, error = %e, "command failed to start");
@@ -256,7 +299,7 @@ impl Engine {
                     dropped_bytes: 0,
                 });
                 self.registry.insert(cmd.clone());
-                cmd
+                Ok(cmd)
             }
         }
     }

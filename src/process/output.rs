@@ -297,14 +297,29 @@ impl OutputLog {
         let Some(job) = self.plan_spill() else {
             return;
         };
+        let bytes = job
+            .events
+            .iter()
+            .map(|e| (RECORD_HEADER + e.data.len()) as u64)
+            .sum();
         let written = if self.limits.spill_cap == 0 {
             Err(io::Error::other("spilling disabled (spill cap 0)"))
+        } else if !self.dir.reserve(bytes) {
+            Err(io::Error::other(format!(
+                "the daemon's spill budget ({} bytes, --spill-budget) is used up",
+                self.dir.budget
+            )))
         } else {
-            self.write_spill(&job)
+            let w = self.write_spill(&job);
+            if w.is_err() {
+                self.dir.release(bytes);
+            }
+            w
         };
         let removed = self.commit_spill(job, written);
-        for name in removed {
+        for (name, len) in removed {
             self.dir.remove(&name);
+            self.dir.release(len);
         }
     }
 
@@ -388,8 +403,9 @@ impl OutputLog {
     }
 
     /// Takes the job's events out of memory and records where they went (or
-    /// that they were lost). Returns the segment files to remove.
-    fn commit_spill(&self, job: SpillJob, written: io::Result<Spilled>) -> Vec<String> {
+    /// that they were lost). Returns the segment files to remove, with the
+    /// bytes of the spill budget each held.
+    fn commit_spill(&self, job: SpillJob, written: io::Result<Spilled>) -> Vec<(String, u64)> {
         let mut inner = self.lock();
         // Only a spill removes events from memory, and spills go one at a
         // time, so the job's events are still the oldest ones there.
@@ -403,6 +419,8 @@ impl OutputLog {
         let spilled = match written {
             Ok(w) => w,
             Err(e) => {
+                // Warned once per log: a spent budget fails every spill.
+                let first_drop = inner.dropped_bytes == 0;
                 inner.dropped_bytes += end_offset - first.offset;
                 // A failed write may have left part of a record behind.
                 if job.tail.is_some() {
@@ -410,7 +428,11 @@ impl OutputLog {
                         seg.sealed = true;
                     }
                 }
-                tracing::warn!(log = %self.name, error = %e, "output spill failed; oldest output dropped");
+                if first_drop {
+                    tracing::warn!(log = %self.name, error = %e, "output spill failed; oldest output dropped (counted in dropped_bytes)");
+                } else {
+                    tracing::debug!(log = %self.name, error = %e, "output spill failed; oldest output dropped");
+                }
                 return Vec::new();
             }
         };
@@ -429,7 +451,7 @@ impl OutputLog {
             });
             while inner.segments.len() > 2 {
                 if let Some(old) = inner.segments.pop_front() {
-                    removed.push(old.name);
+                    removed.push((old.name, old.len));
                 }
             }
         }
@@ -595,6 +617,7 @@ impl Drop for OutputLog {
         self.budget.sub(inner.mem_bytes);
         for seg in inner.segments.drain(..) {
             self.dir.remove(&seg.name);
+            self.dir.release(seg.len);
         }
     }
 }

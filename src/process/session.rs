@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Command, CommandSpec, Engine, Program};
 
@@ -37,6 +37,10 @@ pub enum SessionError {
     },
     #[error("cannot prepare the session state file: {0}")]
     State(std::io::Error),
+    #[error("too many sessions (at most {0}, --max-sessions); delete some first")]
+    TooMany(usize),
+    #[error("too many commands running (at most {0}, --max-running); retry once some end")]
+    TooManyRunning(usize),
 }
 
 /// What a session carries from one run to the next.
@@ -51,6 +55,26 @@ pub struct Session {
     pub id: String,
     state: Arc<tokio::sync::Mutex<SessionState>>,
     running: Mutex<Option<Arc<Command>>>,
+    /// When the session was created, or a run of it started or ended.
+    used: Mutex<Instant>,
+}
+
+impl Session {
+    fn touch(&self) {
+        *self.used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Idle for at least `idle`, with no run in progress or saving its state.
+    fn expired(&self, idle: Duration, now: Instant) -> bool {
+        let used = *self.used.lock().unwrap_or_else(|p| p.into_inner());
+        now.saturating_duration_since(used) >= idle
+            && self
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none()
+            && self.state.try_lock().is_ok()
+    }
 }
 
 /// All sessions.
@@ -129,13 +153,23 @@ impl Engine {
             id: id.clone(),
             state: Arc::new(tokio::sync::Mutex::new(SessionState { env, cwd })),
             running: Mutex::new(None),
+            used: Mutex::new(Instant::now()),
         });
-        self.sessions
-            .map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), session);
+        let mut map = self.sessions.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= self.cfg.max_sessions {
+            return Err(SessionError::TooMany(self.cfg.max_sessions));
+        }
+        map.insert(id.clone(), session);
         Ok(id)
+    }
+
+    /// Deletes sessions idle for `--session-idle-timeout`; returns how many.
+    pub fn expire_sessions(&self) -> usize {
+        let (idle, now) = (self.cfg.session_idle, Instant::now());
+        let mut map = self.sessions.map.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|_, s| !s.expired(idle, now));
+        before - map.len()
     }
 
     /// Starts a run in a session. The state is updated when it ends.
@@ -196,7 +230,13 @@ impl Engine {
             background: false,
             stdin: false,
         };
-        let cmd = self.launch(spec, command, Some(guard.env.clone()));
+        let cmd = self
+            .launch(spec, command, Some(guard.env.clone()))
+            .map_err(|e| match e {
+                super::ProcessError::TooManyRunning(max) => SessionError::TooManyRunning(max),
+                other => SessionError::State(std::io::Error::other(other.to_string())),
+            })?;
+        session.touch();
         *session.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(cmd.clone());
         let (session2, cmd2) = (session.clone(), cmd.clone());
         let self_data = self.data.clone();
@@ -219,6 +259,7 @@ impl Engine {
             if let Some(state) = dump.as_deref().and_then(parse_state) {
                 *guard = state;
             }
+            session2.touch();
             *session2.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
         });
         Ok(cmd)

@@ -75,6 +75,7 @@ impl From<ProcessError> for ApiError {
             ProcessError::NoStdin(_) => (StatusCode::CONFLICT, "STDIN_NOT_OPEN"),
             ProcessError::StdinClosed(_) => (StatusCode::CONFLICT, "STDIN_CLOSED"),
             ProcessError::StdinWrite { .. } => (StatusCode::CONFLICT, "STDIN_WRITE_FAILED"),
+            ProcessError::TooManyRunning(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_RUNNING"),
         };
         Self::new(status, code, e.to_string())
     }
@@ -88,6 +89,8 @@ impl From<SessionError> for ApiError {
             SessionError::NoBash => (StatusCode::NOT_IMPLEMENTED, "NOT_SUPPORTED"),
             SessionError::Cwd { .. } => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
             SessionError::State(_) => (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR"),
+            SessionError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_SESSIONS"),
+            SessionError::TooManyRunning(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_RUNNING"),
         };
         Self::new(status, code, e.to_string())
     }
@@ -121,6 +124,7 @@ impl From<ProxyError> for ApiError {
             ProxyError::MissingPort | ProxyError::InvalidPort(_) | ProxyError::SelfLoop(_) => {
                 (StatusCode::BAD_REQUEST, "INVALID_PORT")
             }
+            ProxyError::Looped => (StatusCode::LOOP_DETECTED, "LOOP_DETECTED"),
             ProxyError::InvalidTarget(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }

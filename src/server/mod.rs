@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::process::Engine;
 pub use error::ApiError;
+pub use watch::RequestBody;
 
 /// Every response body.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
@@ -71,6 +72,9 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// sandboxd's gRPC ProcessService, for requests with a gRPC content type.
     pub grpc: crate::grpc::Server,
+    /// Every port execd listens on, as bound (an ephemeral `0` resolved):
+    /// the proxy refuses them all. A new listener must add its port here.
+    pub listen_ports: Vec<u16>,
     token: Option<Vec<u8>>,
 }
 
@@ -84,8 +88,12 @@ impl App {
             .or_else(|| std::env::current_dir().ok())
             .unwrap_or_else(|| "/".into());
         let grpc = crate::grpc::server(engine.clone(), root, config.agent_exec_timeout);
+        let listen_ports = std::iter::once(config.port)
+            .chain(config.grpc_port)
+            .collect();
         Arc::new(App {
             grpc,
+            listen_ports,
             config,
             engine,
             metrics: crate::metrics::Sampler::new("/"),
@@ -100,7 +108,7 @@ impl App {
 /// One request on its way through a handler.
 pub struct Ctx {
     pub app: Arc<App>,
-    pub req: Request<Incoming>,
+    pub req: Request<RequestBody>,
     pub params: Vec<(&'static str, String)>,
     /// The client's address, as the accept loop saw it. A field rather than
     /// a request extension: an extension costs a map allocation per request.
@@ -237,6 +245,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
                         watch: watch::Watch::new(activity),
                         timeout,
                         on_idle: OnIdle::Close,
+                        http1: true,
                     };
                     drive(conn, &stop, |c| c.graceful_shutdown(), watch, peer).await
                 }
@@ -251,6 +260,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
                         watch: watch::Watch::new(activity),
                         timeout,
                         on_idle: OnIdle::GoAwayThenClose,
+                        http1: false,
                     };
                     drive(conn, &stop, |c| c.graceful_shutdown(), watch, peer).await
                 }
@@ -339,6 +349,9 @@ struct Watched {
     /// `--header-timeout`; the watch looks every half of it.
     timeout: Duration,
     on_idle: OnIdle,
+    /// HTTP/1: a stalled request body is answered 408 by its exchange
+    /// before the connection is closed.
+    http1: bool,
 }
 
 enum OnIdle {
@@ -386,6 +399,9 @@ async fn drive<C, E>(
     // The task's waker last given to `signal`.
     let mut task: Option<Waker> = None;
     let mut stopping = false;
+    // A stalled body was handed to its exchange to answer (HTTP/1).
+    let mut stall_answered = false;
+    let mut stalled = false;
     let end = std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = conn.as_mut().poll(cx) {
             return Poll::Ready(Some(r));
@@ -409,8 +425,23 @@ async fn drive<C, E>(
         }
         while next_look.as_mut().poll(&mut own).is_ready() {
             next_look.as_mut().reset(look(watch.timeout));
-            if !watch.watch.idle() {
-                continue;
+            match watch.watch.look() {
+                watch::Look::Fine => continue,
+                watch::Look::Idle => {}
+                watch::Look::Stalled if watch.http1 && !stall_answered => {
+                    // The exchange answers 408 when hyper polls it next,
+                    // which this poll of the connection does.
+                    stall_answered = true;
+                    watch.watch.stall();
+                    if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                    continue;
+                }
+                watch::Look::Stalled => {
+                    stalled = true;
+                    return Poll::Ready(None);
+                }
             }
             match watch.on_idle {
                 OnIdle::Close => return Poll::Ready(None),
@@ -432,6 +463,9 @@ async fn drive<C, E>(
     match end {
         Some(Ok(())) => {}
         Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
+        None if stalled => {
+            tracing::debug!(%peer, "request body stalled past the header timeout; closed")
+        }
         None => tracing::debug!(%peer, "connection idle past the header timeout; closed"),
     }
 }
@@ -477,7 +511,7 @@ fn handle(
     let answer = if tracing::enabled!(tracing::Level::DEBUG) {
         // Debug logging: the request line is kept for the log.
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
-        let inner = answer(app, req, peer);
+        let inner = answer(app, req, peer, activity);
         routes::Answer::Later(Box::pin(async move {
             let resp = match inner.await {
                 Ok(resp) => resp,
@@ -487,7 +521,7 @@ fn handle(
             Ok(resp)
         }))
     } else {
-        answer(app, req, peer)
+        answer(app, req, peer, activity)
     };
     let exchange = match &answer {
         routes::Answer::Ready(Some(resp)) if http_body::Body::is_end_stream(resp.body()) => {
@@ -513,6 +547,19 @@ impl std::future::Future for Served {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let this = self.get_mut();
+        if this.exchange.as_ref().is_some_and(|ex| ex.take_stalled()) {
+            // The watch found the request body stalled: answer now; the
+            // handler (and the body) are dropped with this future.
+            let mut resp = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                "the request body stalled: nothing arrived within the header timeout",
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return std::task::Poll::Ready(Ok(resp));
+        }
         let Ok(resp) = std::task::ready!(Pin::new(&mut this.answer).poll(cx));
         // A body still to send ends the exchange when it is dropped; without
         // one the exchange ends here.
@@ -526,7 +573,12 @@ impl std::future::Future for Served {
     }
 }
 
-fn answer(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Answer {
+fn answer(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    activity: &Arc<watch::Activity>,
+) -> routes::Answer {
     use routes::Answer;
     let token = app.token.as_deref();
     let allowed = auth::authorized(token, req.headers())
@@ -549,7 +601,7 @@ fn answer(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::A
                 }
             }))
         }
-        (true, false) => routes::dispatch(app, req, peer),
+        (true, false) => routes::dispatch(app, req.map(|b| RequestBody::new(b, activity)), peer),
     }
 }
 

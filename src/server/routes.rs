@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
-use super::{ApiError, App, Body, Ctx};
+use super::{ApiError, App, Body, Ctx, RequestBody};
 use crate::api;
 
 /// A handler's answer to come.
@@ -249,7 +248,7 @@ fn percent_decode(s: &str) -> Option<String> {
 /// Routes a request to its handler: 404 for an unknown path, 405 for a known
 /// path with the wrong method. Synchronous, so the only thing a request's
 /// future holds is the answer, or the handler's (boxed) future.
-pub fn dispatch(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+pub fn dispatch(app: &Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Answer {
     let mut allowed: Vec<&Method> = Vec::new();
     for route in table() {
         let Some(params) = route.matches(req.uri().path()) else {
