@@ -33,6 +33,7 @@ fn engine_config(c: &Config) -> EngineConfig {
         env_file: c.env_file.clone(),
         base_env: base_env(c),
         inherit_env: ENV_PREPARED.load(std::sync::atomic::Ordering::Relaxed),
+        cgroups: c.cgroups,
     }
 }
 

@@ -5,6 +5,7 @@ pub mod capture;
 pub mod envfile;
 pub mod lines;
 pub mod output;
+pub mod pidfd;
 pub mod pty;
 pub mod reaper;
 pub mod registry;
@@ -12,6 +13,7 @@ pub mod run;
 pub mod session;
 pub mod spawn;
 pub mod terminal;
+pub mod tree;
 pub mod users;
 
 use std::ffi::OsString;
@@ -56,6 +58,8 @@ pub struct EngineConfig {
     /// its secrets from it at start-up), so a command that adds nothing to it
     /// may inherit it directly.
     pub inherit_env: bool,
+    /// Whether each command gets a cgroup of its own where possible.
+    pub cgroups: tree::CgroupMode,
 }
 
 /// A request to run a command, already validated by the caller.
@@ -96,6 +100,7 @@ struct EnvFileCache {
 pub struct Engine {
     cfg: EngineConfig,
     reaper: Arc<Reaper>,
+    trees: Arc<tree::Trees>,
     registry: registry::Registry,
     budget: Arc<MemBudget>,
     spill: Arc<SpillDir>,
@@ -110,10 +115,12 @@ impl Engine {
     /// Starts the reaper and the retention sweeper. Call within a tokio runtime.
     pub fn start(cfg: EngineConfig) -> Arc<Engine> {
         let reaper = Reaper::start();
+        let trees = tree::Trees::new(cfg.cgroups, reaper.clone());
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let pty = pty::PtyManager::new(
             reaper.clone(),
+            trees.clone(),
             cfg.shell.clone(),
             cfg.drain,
             tasks.clone(),
@@ -121,6 +128,7 @@ impl Engine {
         );
         let engine = Arc::new(Engine {
             reaper,
+            trees,
             registry: registry::Registry::new(cfg.max_records),
             budget: MemBudget::new(cfg.mem_total),
             spill: SpillDir::new(cfg.spill_dir.clone()),
@@ -131,6 +139,25 @@ impl Engine {
             pty,
             cfg,
         });
+        if engine.trees.cgroups() {
+            // The cgroups of ended commands whose background jobs lived on
+            // are removed once empty; the last member to exit is execd's
+            // child (it is their subreaper), so a reap is the moment to look.
+            let (reaper, trees) = (engine.reaper.clone(), engine.trees.clone());
+            let stop = engine.shutdown.clone();
+            engine.tasks.spawn(async move {
+                loop {
+                    let reaped = reaper.reaped();
+                    tokio::pin!(reaped);
+                    reaped.as_mut().enable();
+                    trees.sweep();
+                    tokio::select! {
+                        _ = reaped => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            });
+        }
         let weak = Arc::downgrade(&engine);
         let stop = engine.shutdown.clone();
         let every =
@@ -194,6 +221,7 @@ impl Engine {
         );
         let spawned = spawn::spawn(
             &self.reaper,
+            &self.trees,
             SpawnSpec {
                 program: spec.program.clone(),
                 shell: self.cfg.shell.clone(),
@@ -218,6 +246,7 @@ impl Engine {
                     Some(sp.pid),
                     log,
                     stdin,
+                    Some(sp.tree.clone()),
                 ));
                 self.registry.insert(cmd.clone());
                 let limits = RunLimits {
@@ -238,7 +267,15 @@ impl Engine {
             }
             Err(e) => {
                 tracing::info!(id = %id, error = %e, "command failed to start");
-                let cmd = Arc::new(Command::new(id, content, spec.background, None, log, None));
+                let cmd = Arc::new(Command::new(
+                    id,
+                    content,
+                    spec.background,
+                    None,
+                    log,
+                    None,
+                    None,
+                ));
                 cmd.finish(Finished {
                     exit_code: e.shell_code(),
                     signal: None,
@@ -302,7 +339,15 @@ impl Engine {
             ],
         };
         let env = self.command_env_vec(spec);
-        terminal::spawn(&self.reaper, &argv, spec.cwd.clone(), env, cols, rows)
+        terminal::spawn(
+            &self.reaper,
+            &self.trees,
+            &argv,
+            spec.cwd.clone(),
+            env,
+            cols,
+            rows,
+        )
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Command>, ProcessError> {
@@ -311,7 +356,8 @@ impl Engine {
             .ok_or_else(|| ProcessError::NotFound(id.to_string()))
     }
 
-    /// SIGTERM to the command's process group, SIGKILL after the grace period.
+    /// SIGTERM to every process of the command's tree, SIGKILL to all of
+    /// them after the grace period.
     pub fn interrupt(&self, id: &str) -> Result<(), ProcessError> {
         let cmd = self.get(id)?;
         if !cmd.is_running() {
@@ -352,13 +398,12 @@ impl Engine {
             .is_err()
         {
             for cmd in self.registry.running() {
-                if let Some(pid) = cmd.pid {
-                    spawn::signal_group(pid, libc::SIGKILL);
-                }
+                cmd.kill_tree();
             }
             self.pty.kill_all();
-            tracing::warn!("shutdown deadline passed; remaining process groups killed");
+            tracing::warn!("shutdown deadline passed; remaining process trees killed");
         }
+        self.trees.close();
         self.spill.remove();
     }
 

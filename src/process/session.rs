@@ -49,6 +49,9 @@ pub struct Session {
     pub id: String,
     state: Arc<tokio::sync::Mutex<SessionState>>,
     running: Mutex<Option<Arc<Command>>>,
+    /// The trees of this session's runs whose members may still live
+    /// (background jobs outlive their run): deleting the session ends them.
+    trees: Mutex<Vec<Arc<super::tree::Tree>>>,
 }
 
 /// All sessions.
@@ -70,7 +73,8 @@ impl Sessions {
 }
 
 /// Variables never carried over: bash maintains them itself.
-const NOT_PERSISTED: &[&str] = &["_", "SHLVL", "BASH_EXECUTION_STRING"];
+/// Nor is a run's tree marker (each run is a tree of its own).
+const NOT_PERSISTED: &[&str] = &["_", "SHLVL", "BASH_EXECUTION_STRING", super::tree::MARKER];
 
 /// The script around a user's command. `$1` is the state file.
 fn script(command: &str) -> String {
@@ -127,6 +131,7 @@ impl Engine {
             id: id.clone(),
             state: Arc::new(tokio::sync::Mutex::new(SessionState { env, cwd })),
             running: Mutex::new(None),
+            trees: Mutex::new(Vec::new()),
         });
         self.sessions
             .map
@@ -191,6 +196,11 @@ impl Engine {
             stdin: false,
         };
         let cmd = self.launch(spec, command, Some(guard.env.clone()));
+        if let Some(tree) = &cmd.tree {
+            let mut trees = session.trees.lock().unwrap_or_else(|p| p.into_inner());
+            trees.retain(|t| t.alive());
+            trees.push(tree.clone());
+        }
         *session.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(cmd.clone());
         let (session2, cmd2) = (session.clone(), cmd.clone());
         self.tasks.spawn(async move {
@@ -214,7 +224,8 @@ impl Engine {
         Ok(cmd)
     }
 
-    /// Deletes a session, killing its running run's process group.
+    /// Deletes a session, killing every process its runs started (the
+    /// running run's tree and what earlier runs left in the background).
     pub fn delete_session(&self, id: &str) -> Result<(), SessionError> {
         let session = self
             .sessions
@@ -228,8 +239,12 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(pid) = running.and_then(|c| c.pid) {
-            super::spawn::signal_group(pid, libc::SIGKILL);
+        if let Some(cmd) = running {
+            cmd.kill_tree();
+        }
+        let trees = std::mem::take(&mut *session.trees.lock().unwrap_or_else(|p| p.into_inner()));
+        for tree in trees {
+            tree.kill();
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use std::process::Stdio;
 use tokio::sync::oneshot;
 
 use super::reaper::{ExitStatus, Reaper};
+use super::tree::{Pending, Tree, Trees};
 use super::users;
 
 /// What to run.
@@ -43,6 +44,8 @@ pub struct SpawnSpec {
 #[derive(Debug)]
 pub struct Spawned {
     pub pid: i32,
+    /// Everything the process starts, to end it all at once.
+    pub tree: std::sync::Arc<Tree>,
     pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -116,8 +119,13 @@ fn resolve_creds(uid: u32, gid: Option<u32>) -> Creds {
 }
 
 /// Spawns the process in its own process group and registers it with the reaper.
-pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
-    let (mut cmd, program_name) = build(&spec)?;
+pub fn spawn(
+    reaper: &Reaper,
+    trees: &std::sync::Arc<Trees>,
+    spec: SpawnSpec,
+) -> Result<Spawned, SpawnError> {
+    let pending = prepare(trees, &spec)?;
+    let (mut cmd, program_name) = build(&spec, Some(&pending))?;
     cmd.stdin(if spec.stdin_pipe {
         Stdio::piped()
     } else {
@@ -125,7 +133,7 @@ pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let (mut child, pid, exit) = start(reaper, &mut cmd, &program_name, spec.uid)?;
+    let (mut child, pid, exit, tree) = start(reaper, &mut cmd, &program_name, spec.uid, pending)?;
 
     // Never `wait` on `child`: the reaper owns exit statuses. Dropping it is fine.
     let stdin = child.stdin.take().map(OwnedFd::from);
@@ -134,6 +142,7 @@ pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
     match (stdout, stderr) {
         (Some(stdout), Some(stderr)) => Ok(Spawned {
             pid,
+            tree,
             stdin,
             stdout,
             stderr,
@@ -152,11 +161,16 @@ pub fn spawn_inherit(
     reaper: &Reaper,
     spec: SpawnSpec,
 ) -> Result<(i32, oneshot::Receiver<ExitStatus>), SpawnError> {
-    let (mut cmd, program_name) = build(&spec)?;
+    let (mut cmd, program_name) = build(&spec, None)?;
     cmd.stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
-    let (_child, pid, exit) = start(reaper, &mut cmd, &program_name, spec.uid)?;
+    let guard = reaper.spawning();
+    let child = cmd
+        .spawn()
+        .map_err(|e| classify(e, &program_name, spec.uid))?;
+    let pid = child.id() as i32;
+    let exit = guard.register(pid);
     Ok((pid, exit))
 }
 
@@ -175,23 +189,49 @@ fn null_stdin() -> Stdio {
     }
 }
 
-/// Forks under the reaper's spawn lock and registers the pid before anyone can reap it.
+/// The tree of a spawn of `spec` (its cgroup made).
+fn prepare(trees: &std::sync::Arc<Trees>, spec: &SpawnSpec) -> Result<Pending, SpawnError> {
+    trees.prepare().map_err(|source| SpawnError::Io {
+        program: match &spec.program {
+            Program::Shell(_) => spec.shell.to_string_lossy().into_owned(),
+            Program::Argv(a) => a.first().cloned().unwrap_or_default(),
+        },
+        source,
+    })
+}
+
+/// A started child, its pid, its exit and its tree.
+pub(crate) type Started = (
+    std::process::Child,
+    i32,
+    oneshot::Receiver<ExitStatus>,
+    std::sync::Arc<Tree>,
+);
+
+/// Forks under the reaper's spawn lock and registers the pid (and opens the
+/// tree's pidfd of it) before anyone can reap it. `cmd` must have had
+/// `pending` applied.
 pub(crate) fn start(
     reaper: &Reaper,
     cmd: &mut std::process::Command,
     program_name: &str,
     uid: Option<u32>,
-) -> Result<(std::process::Child, i32, oneshot::Receiver<ExitStatus>), SpawnError> {
+    pending: Pending,
+) -> Result<Started, SpawnError> {
     let guard = reaper.spawning();
     let child = cmd.spawn().map_err(|e| classify(e, program_name, uid))?;
     let pid = child.id() as i32;
+    let tree = pending.started(pid);
     let exit = guard.register(pid);
-    Ok((child, pid, exit))
+    Ok((child, pid, exit, tree))
 }
 
 /// A `Command` for `spec` with everything but stdio: program, args, env,
 /// cwd, its own process group, and credentials.
-fn build(spec: &SpawnSpec) -> Result<(std::process::Command, String), SpawnError> {
+fn build(
+    spec: &SpawnSpec,
+    tree: Option<&Pending>,
+) -> Result<(std::process::Command, String), SpawnError> {
     let (program, args): (OsString, Vec<String>) = match &spec.program {
         Program::Shell(line) => (spec.shell.clone().into(), vec!["-c".into(), line.clone()]),
         Program::Argv(argv) => (argv[0].clone().into(), argv[1..].to_vec()),
@@ -204,6 +244,10 @@ fn build(spec: &SpawnSpec) -> Result<(std::process::Command, String), SpawnError
     }
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
+    }
+    // First: the child joins its cgroup while still root.
+    if let Some(tree) = tree {
+        tree.apply(&mut cmd);
     }
     if let Some(uid) = spec.uid {
         // SAFETY: getuid has no preconditions.
