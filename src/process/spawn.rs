@@ -125,6 +125,9 @@ pub fn spawn(
     spec: SpawnSpec,
 ) -> Result<Spawned, SpawnError> {
     let pending = prepare(trees, &spec)?;
+    if pending.forks() {
+        check_format(&spec)?;
+    }
     let (mut cmd, program_name) = build(&spec, Some(&pending))?;
     cmd.stdin(if spec.stdin_pipe {
         Stdio::piped()
@@ -187,6 +190,54 @@ fn null_stdin() -> Stdio {
         }
         Err(_) => Stdio::null(),
     }
+}
+
+/// A `pre_exec` hook makes the standard library fork and `execvp`, and
+/// glibc's `execvp` runs a file it cannot execute (ENOEXEC) with `/bin/sh`,
+/// where `posix_spawn` fails. An argv program must fail the same way both
+/// ways: a file that is neither ELF nor `#!` is refused here with ENOEXEC.
+fn check_format(spec: &SpawnSpec) -> Result<(), SpawnError> {
+    use std::io::Read;
+    let Program::Argv(argv) = &spec.program else {
+        return Ok(());
+    };
+    let Some(name) = argv.first() else {
+        return Ok(());
+    };
+    let path = if name.contains('/') {
+        let p = PathBuf::from(name);
+        match &spec.cwd {
+            Some(cwd) if p.is_relative() => cwd.join(p),
+            _ => p,
+        }
+    } else {
+        let path = spec
+            .env
+            .as_ref()
+            .and_then(|e| e.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()))
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        match std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| is_executable(p))
+        {
+            Some(p) => p,
+            None => return Ok(()),
+        }
+    };
+    let mut head = [0u8; 4];
+    let n = match std::fs::File::open(&path).and_then(|mut f| f.read(&mut head)) {
+        Ok(n) => n,
+        // Not readable (or not there): the exec reports it.
+        Err(_) => return Ok(()),
+    };
+    if !is_executable(&path) || head[..n].starts_with(b"\x7fELF") || head[..n].starts_with(b"#!") {
+        return Ok(());
+    }
+    Err(SpawnError::Io {
+        program: name.clone(),
+        source: io::Error::from_raw_os_error(libc::ENOEXEC),
+    })
 }
 
 /// The tree of a spawn of `spec` (its cgroup made).

@@ -28,7 +28,6 @@
 //! time, or same cgroup) after it was opened, so a reused pid is never hit.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -182,11 +181,10 @@ impl Pending {
         }
     }
 
-    /// The marker variable for an environment built by hand (tracking only).
-    pub fn marker(&self) -> Option<(OsString, OsString)> {
-        self.cgroup
-            .is_none()
-            .then(|| (MARKER.into(), self.id.clone().into()))
+    /// Whether [`Pending::apply`] adds a `pre_exec` hook (the spawn then
+    /// forks instead of using `posix_spawn`).
+    pub fn forks(&self) -> bool {
+        self.cgroup.is_some()
     }
 
     /// The tree of the spawned `leader`. Call before the reaper can collect
@@ -209,7 +207,7 @@ impl Pending {
         Arc::new(Tree {
             trees: self.trees.clone(),
             leader,
-            leader_fd,
+            leader_fd: Mutex::new(leader_fd),
             kind,
             released: std::sync::atomic::AtomicBool::new(false),
         })
@@ -240,7 +238,8 @@ enum Kind {
 pub struct Tree {
     trees: Arc<Trees>,
     pub leader: i32,
-    leader_fd: Option<OwnedFd>,
+    /// Dropped on release: a finished command's record must not pin an fd.
+    leader_fd: Mutex<Option<OwnedFd>>,
     kind: Kind,
     released: std::sync::atomic::AtomicBool,
 }
@@ -287,7 +286,11 @@ impl Tree {
 
     /// Whether the leader has exited (or cannot be watched).
     pub fn leader_exited(&self) -> bool {
-        self.leader_fd.as_ref().is_none_or(pidfd::exited)
+        self.leader_fd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(pidfd::exited)
     }
 
     /// The tree ended (its owner is done with it): its cgroup is removed now
@@ -299,6 +302,10 @@ impl Tree {
         {
             return;
         }
+        self.leader_fd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Kind::Cgroup { dir, .. } = &self.kind {
             if remove_cgroup(dir).is_err() {
                 self.trees
