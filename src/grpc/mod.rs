@@ -451,7 +451,7 @@ impl ProcessService for Processes {
         let f = finished.ok_or_else(|| Status::internal("command record lost"))?;
         if f.timed_out {
             return Err(Status::deadline_exceeded(format!(
-                "command timed out after {}s; its process group was killed",
+                "command timed out after {}s; its process tree was killed",
                 limit.as_secs_f64()
             )));
         }
