@@ -80,9 +80,9 @@ async fn on_terminal(c: &mut ProcessServiceClient<tonic::transport::Channel>) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_process_inherits_a_descriptor() {
-    const COMMANDS: usize = 300;
+    const COMMANDS: usize = 400;
     const AT_ONCE: usize = 12;
-    const TERMINAL_LOOPS: usize = 6;
+    const TERMINAL_LOOPS: usize = 8;
     let dir = TempDir::new("fds");
     let d = Arc::new(Daemon::start_with(
         &["--sandboxd-root", dir.0.to_str().unwrap()],

@@ -1000,7 +1000,12 @@ mod tests {
         // write-back.
         let fifo = dir.join("t.0");
         nix::unistd::mkfifo(&fifo, Mode::S_IRWXU).unwrap();
-        let fd = open(&fifo, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
+        let fd = open(
+            &fifo,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
         fcntl(fd, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
         // SAFETY: `fd` was just opened here and is owned by nothing else.
         let mut drain = unsafe { File::from_raw_fd(fd) };
