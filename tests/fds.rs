@@ -80,7 +80,7 @@ async fn on_terminal(c: &mut ProcessServiceClient<tonic::transport::Channel>) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_process_inherits_a_descriptor() {
-    const COMMANDS: usize = 400;
+    const COMMANDS: usize = 1000;
     const AT_ONCE: usize = 12;
     const TERMINAL_LOOPS: usize = 8;
     let dir = TempDir::new("fds");
@@ -142,7 +142,7 @@ async fn no_process_inherits_a_descriptor() {
     let leaks = leaks.lock().unwrap();
     assert!(
         leaks.is_empty(),
-        "{} of {COMMANDS} commands and {terminals} terminals inherited fds: {leaks:?}",
+        "{} inherited fds among {COMMANDS} commands and {terminals} terminals: {leaks:?}",
         leaks.len()
     );
 }
