@@ -286,3 +286,63 @@ async fn grpc_cancel(mode: &str) {
     }
 }
 both!(grpc_cancel);
+
+/// The cgroup2 mount point where it is mounted read-write, if any.
+fn cgroup2_rw() -> Option<std::path::PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut found = None;
+    for line in mi.lines() {
+        let (left, right) = line.split_once(" - ")?;
+        let f: Vec<&str> = left.split_whitespace().collect();
+        if right.starts_with("cgroup2 ")
+            && f.get(5).is_some_and(|o| o.split(',').any(|o| o == "rw"))
+        {
+            let p = std::path::PathBuf::from(f[4]);
+            if f[4] == "/sys/fs/cgroup" {
+                return Some(p);
+            }
+            found.get_or_insert(p);
+        }
+    }
+    found
+}
+
+/// Where the machine allows it, each command runs in a cgroup of its own
+/// below execd's, which goes once the command and what it left are gone;
+/// with `--cgroups off` commands stay in execd's cgroup.
+#[tokio::test]
+async fn a_cgroup_per_command_removed_when_empty() {
+    let root = cgroup2_rw();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    // SAFETY: geteuid has no preconditions.
+    let root_user = unsafe { libc::geteuid() } == 0;
+    let usable = root.is_some() && own.lines().any(|l| l.starts_with("0::")) && root_user;
+
+    let d = daemon("off");
+    let evs = d.run(json!({"command": "cat /proc/self/cgroup"})).await;
+    assert!(!text_of(&evs, "stdout").contains("/execd-"), "{evs:?}");
+    drop(d);
+
+    let d = daemon("auto");
+    let dir = TempDir::new("trees-cgroup");
+    let gate = dir.join("gate");
+    // A background job that outlives the command until the gate opens.
+    let cmd = format!("cat /proc/self/cgroup; (while [ ! -e {gate} ]; do sleep 0.05; done) &");
+    let evs = d.run(json!({"command": cmd})).await;
+    let out = text_of(&evs, "stdout");
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("");
+    if !usable {
+        eprintln!("no writable cgroup v2 here: only tracking is tested");
+        std::fs::write(&gate, "").unwrap();
+        return;
+    }
+    let want = format!("/execd-{}/cmd-", d.pid());
+    assert!(line.contains(&want), "not in a cgroup of its own: {out:?}");
+    let cg = root.unwrap().join(line.trim_start_matches('/'));
+    assert!(cg.is_dir(), "{} exists while the job runs", cg.display());
+    std::fs::write(&gate, "").unwrap();
+    eventually(LIMIT, "the command's cgroup removed", || !cg.exists()).await;
+}
