@@ -346,3 +346,42 @@ async fn a_cgroup_per_command_removed_when_empty() {
     std::fs::write(&gate, "").unwrap();
     eventually(LIMIT, "the command's cgroup removed", || !cg.exists()).await;
 }
+
+/// A hierarchy that takes no more cgroups (`cgroup.max.descendants`) does
+/// not stop commands: their trees are tracked instead, and still end whole.
+#[tokio::test]
+async fn a_full_hierarchy_falls_back_to_tracking() {
+    let Some(root) = cgroup2_rw() else { return };
+    let d = daemon("auto");
+    let evs = d.run(json!({"command": "cat /proc/self/cgroup"})).await;
+    let out = text_of(&evs, "stdout");
+    let Some(line) = out.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return;
+    };
+    let Some((base, _)) = line.split_once("/cmd-") else {
+        eprintln!("commands are not in cgroups here: nothing to fill");
+        return;
+    };
+    // The daemon's own directory, made by it for this test's daemon.
+    let base = root.join(base.trim_start_matches('/'));
+    assert!(
+        base.ends_with(format!("execd-{}", d.pid())),
+        "{}",
+        base.display()
+    );
+    std::fs::write(base.join("cgroup.max.descendants"), "0").unwrap();
+
+    let t = tag();
+    let _c = Cleanup(vec![t.clone()]);
+    let cmd = format!("cat /proc/self/cgroup; {}sleep 1000.{t}9", escapes(&t));
+    let evs = d
+        .run(json!({"command": cmd, "background": true, "timeout": 8000}))
+        .await;
+    let id = evs[0]["text"].as_str().unwrap().to_string();
+    wait_started(&t, FIVE).await;
+    let logs = d.get(&format!("/command/{id}/logs")).await.text();
+    assert!(!logs.contains("/cmd-"), "no cgroup could be made: {logs}");
+    let st = d.wait_finished(&id, LIMIT).await;
+    assert_eq!(st["timed_out"], true, "{st}");
+    wait_gone(&t).await;
+}

@@ -64,6 +64,22 @@ pub struct Trees {
     /// cgroups of trees that ended with members left (background jobs of a
     /// command that exited normally): removed once empty.
     lingering: Mutex<Vec<PathBuf>>,
+    warned: std::sync::atomic::AtomicBool,
+}
+
+/// Makes a command cgroup and opens its `cgroup.procs` for the child's write.
+fn make_cgroup(dir: &Path) -> io::Result<OwnedFd> {
+    std::fs::create_dir(dir)?;
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"));
+    match procs {
+        Ok(f) => Ok(OwnedFd::from(f)),
+        Err(e) => {
+            let _ = std::fs::remove_dir(dir);
+            Err(e)
+        }
+    }
 }
 
 impl Trees {
@@ -87,6 +103,7 @@ impl Trees {
             reaper,
             self_pid: std::process::id() as i32,
             lingering: Mutex::new(Vec::new()),
+            warned: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -95,28 +112,26 @@ impl Trees {
         self.base.is_some()
     }
 
-    /// Prepares a tree before the spawn: makes its cgroup. Apply the result
+    /// Prepares a tree before the spawn: makes its cgroup (where one cannot
+    /// be made, the tree is tracked instead). Apply the result
     /// to the `Command`, spawn, then call [`Pending::started`] while still
     /// holding the reaper's spawn guard.
     pub fn prepare(self: &Arc<Self>) -> io::Result<Pending> {
         let id = super::new_id();
-        let cgroup = match &self.base {
-            Some(b) => {
-                let dir = b.dir.join(format!("cmd-{id}"));
-                std::fs::create_dir(&dir)?;
-                let procs = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(dir.join("cgroup.procs"));
-                match procs {
-                    Ok(f) => Some((dir, OwnedFd::from(f))),
-                    Err(e) => {
-                        let _ = std::fs::remove_dir(&dir);
-                        return Err(e);
+        let cgroup = self.base.as_ref().and_then(|b| {
+            let dir = b.dir.join(format!("cmd-{id}"));
+            match make_cgroup(&dir) {
+                Ok(procs) => Some((dir, procs)),
+                Err(e) => {
+                    // A full hierarchy (cgroup.max.descendants) or a
+                    // vanished one: this tree is tracked instead.
+                    if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot make a command cgroup; tracking its processes instead (warned once)");
                     }
+                    None
                 }
             }
-            None => None,
-        };
+        });
         Ok(Pending {
             trees: self.clone(),
             id,
