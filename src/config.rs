@@ -56,6 +56,10 @@ pub struct Config {
     pub max_body: usize,
     pub ping_interval: Duration,
     pub max_line: usize,
+    /// Whether each command gets a cgroup of its own where cgroup v2 is
+    /// writable (`auto`), or its processes are always tracked by walking
+    /// /proc (`off`).
+    pub cgroups: crate::process::tree::CgroupMode,
     /// `execd init [flags] -- CMD ARGS…`: run CMD as the sandbox's main process
     /// (empty: serve until signalled). None outside init mode.
     pub init: Option<Vec<String>>,
@@ -100,6 +104,7 @@ impl Default for Config {
             max_body: 1 << 20,
             ping_interval: Duration::from_secs(3),
             max_line: 64 * 1024,
+            cgroups: crate::process::tree::CgroupMode::Auto,
             init: None,
             agent_base_dir: None,
             agent_exec_timeout: DEFAULT_EXEC_TIMEOUT,
@@ -157,6 +162,8 @@ Options (environment variable in brackets; a flag wins over its variable):
   --max-body SIZE                 largest JSON request body (1MiB)
   --ping-interval D               keep-alive event during silent streams (3s)
   --max-line SIZE                 longest partial line held before it is sent in pieces (64KiB)
+  --cgroups auto|off              a cgroup per command where cgroup v2 is writable (auto), or
+                                  track process trees through /proc (off) [EXECD_CGROUPS]
   --agent-sandbox-base-dir PATH   agent-sandbox python-runtime API base directory (cwd)
                                   [SANDBOX_BASE_DIR]; /execute limit [SANDBOX_EXEC_TIMEOUT_SECONDS] (300)
   --sandboxd-root PATH            agent-sandbox sandboxd API root (the base directory)
@@ -198,6 +205,9 @@ pub fn parse(
     }
     if let Some(v) = env("EXECD_ENVS").filter(|v| !v.is_empty()) {
         c.env_file = Some(v.into());
+    }
+    if let Some(v) = env("EXECD_CGROUPS").filter(|v| !v.is_empty()) {
+        c.cgroups = cgroup_mode(&v).map_err(|e| format!("EXECD_CGROUPS: {e}"))?;
     }
     if let Some(v) = env("EXECD_RETENTION").filter(|v| !v.is_empty()) {
         c.retention = duration(&v).map_err(|e| format!("EXECD_RETENTION: {e}"))?;
@@ -284,6 +294,7 @@ pub fn parse(
                     duration(&value(&mut p, "header-timeout")?)?.max(Duration::from_millis(10))
             }
             Long("max-body") => c.max_body = size(&value(&mut p, "max-body")?)?.max(1024) as usize,
+            Long("cgroups") => c.cgroups = cgroup_mode(&value(&mut p, "cgroups")?)?,
             Long("max-line") => {
                 c.max_line = size(&value(&mut p, "max-line")?)?.clamp(1024, 64 << 20) as usize
             }
@@ -433,6 +444,14 @@ pub fn size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size '{s}' too large"))
+}
+
+fn cgroup_mode(v: &str) -> Result<crate::process::tree::CgroupMode, String> {
+    match v {
+        "auto" => Ok(crate::process::tree::CgroupMode::Auto),
+        "off" => Ok(crate::process::tree::CgroupMode::Off),
+        _ => Err(format!("expected auto or off, got {v:?}")),
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ fn engine_config(c: &Config, data_dir: Arc<DataDir>) -> EngineConfig {
         env_file: c.env_file.clone(),
         base_env: base_env(c),
         inherit_env: ENV_PREPARED.load(std::sync::atomic::Ordering::Relaxed),
+        cgroups: c.cgroups,
     }
 }
 

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    cloexec_inherited();
     // Still the only thread: the environment may change safely.
     execd::daemon::prepare_environment(&cfg);
     limit_malloc_arenas();
@@ -108,6 +109,38 @@ fn install(dest: &std::path::Path) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Marks every descriptor execd inherited beyond stdin, stdout and stderr
+/// close-on-exec, so that no command inherits what execd's own parent left
+/// open (execd's own descriptors are all close-on-exec from birth).
+fn cloexec_inherited() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes nothing; it only
+    // sets a flag on descriptors 3 and up.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // Linux < 5.11: one by one.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .filter(|&fd| fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
 }
 
 /// glibc gives every thread that allocates its own malloc arena, and memory

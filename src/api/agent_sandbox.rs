@@ -178,7 +178,7 @@ pub async fn execute(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         Some(f) if f.timed_out => {
             stderr.extend_from_slice(
                 format!(
-                    "[execd: command timed out after {}s; its process group was killed]\n",
+                    "[execd: command timed out after {}s; its process tree was killed]\n",
                     limit.as_secs_f64()
                 )
                 .as_bytes(),

@@ -80,10 +80,10 @@ impl Tty {
         !self.done.load(Ordering::SeqCst)
     }
 
+    /// Kills every process the terminal's process started, also after it
+    /// has exited itself (what it left behind goes with the stream).
     fn kill(&self) {
-        if self.running() {
-            crate::process::spawn::signal_group(self.term.pid, libc::SIGKILL);
-        }
+        self.term.tree.kill();
     }
 }
 
@@ -186,7 +186,7 @@ fn spawn_status(cmd: &Command) -> Option<Status> {
     })
 }
 
-/// Ends the command's process group unless disarmed: a dropped request or
+/// Ends the command's whole tree unless it has finished: a dropped request or
 /// stream must not leave processes behind.
 struct KillGuard {
     engine: Arc<Engine>,
@@ -196,9 +196,7 @@ struct KillGuard {
 impl Drop for KillGuard {
     fn drop(&mut self) {
         if self.cmd.is_running() {
-            if let Some(pid) = self.cmd.pid {
-                crate::process::spawn::signal_group(pid, libc::SIGKILL);
-            }
+            self.cmd.kill_tree();
             let _ = self.engine.interrupt(&self.cmd.id);
         }
     }
@@ -313,12 +311,15 @@ impl Processes {
     }
 }
 
-/// Kills a terminal's process group unless it has ended.
-struct TtyGuard(Arc<Tty>);
+/// Kills a terminal's process tree unless the stream completed (a process
+/// that ended normally may leave background jobs, as a command may).
+struct TtyGuard(Arc<Tty>, bool);
 
 impl Drop for TtyGuard {
     fn drop(&mut self) {
-        self.0.kill();
+        if !self.1 {
+            self.0.kill();
+        }
     }
 }
 
@@ -332,7 +333,7 @@ async fn follow_tty(
     live: Live,
     tx: tokio::sync::mpsc::Sender<Result<StartResponse, Status>>,
 ) {
-    let guard = TtyGuard(tty.clone());
+    let mut guard = TtyGuard(tty.clone(), false);
     let mut exit = std::pin::pin!(exit);
     let mut status = None;
     let mut buf = vec![0u8; CHUNK];
@@ -366,6 +367,7 @@ async fn follow_tty(
     if ok {
         tty.done.store(true, Ordering::SeqCst);
     }
+    guard.1 = ok;
     drop(guard);
     lock(&live).remove(&id);
     if ok {
@@ -455,7 +457,7 @@ impl ProcessService for Processes {
         let f = finished.ok_or_else(|| Status::internal("command record lost"))?;
         if f.timed_out {
             return Err(Status::deadline_exceeded(format!(
-                "command timed out after {}s; its process group was killed",
+                "command timed out after {}s; its process tree was killed",
                 limit.as_secs_f64()
             )));
         }

@@ -6,6 +6,7 @@ pub mod datadir;
 pub mod envfile;
 pub mod lines;
 pub mod output;
+pub mod pidfd;
 pub mod pty;
 pub mod reaper;
 pub mod registry;
@@ -13,6 +14,7 @@ pub mod run;
 pub mod session;
 pub mod spawn;
 pub mod terminal;
+pub mod tree;
 pub mod users;
 
 use std::ffi::OsString;
@@ -66,6 +68,8 @@ pub struct EngineConfig {
     /// its secrets from it at start-up), so a command that adds nothing to it
     /// may inherit it directly.
     pub inherit_env: bool,
+    /// Whether each command gets a cgroup of its own where possible.
+    pub cgroups: tree::CgroupMode,
 }
 
 /// A request to run a command, already validated by the caller.
@@ -118,6 +122,7 @@ struct EnvFileCache {
 pub struct Engine {
     cfg: EngineConfig,
     reaper: Arc<Reaper>,
+    trees: Arc<tree::Trees>,
     registry: registry::Registry,
     budget: Arc<MemBudget>,
     data: Arc<DataDir>,
@@ -134,10 +139,12 @@ impl Engine {
     /// Starts the reaper and the retention sweeper. Call within a tokio runtime.
     pub fn start(cfg: EngineConfig) -> Arc<Engine> {
         let reaper = Reaper::start();
+        let trees = tree::Trees::new(cfg.cgroups, reaper.clone());
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let pty = pty::PtyManager::new(
             reaper.clone(),
+            trees.clone(),
             cfg.shell.clone(),
             cfg.drain,
             tasks.clone(),
@@ -145,6 +152,7 @@ impl Engine {
         );
         let engine = Arc::new(Engine {
             reaper,
+            trees,
             registry: registry::Registry::new(cfg.max_records),
             budget: MemBudget::new(cfg.mem_total),
             data: cfg.data_dir.clone(),
@@ -156,6 +164,25 @@ impl Engine {
             slots: Arc::default(),
             cfg,
         });
+        if engine.trees.cgroups() {
+            // The cgroups of ended commands whose background jobs lived on
+            // are removed once empty; the last member to exit is execd's
+            // child (it is their subreaper), so a reap is the moment to look.
+            let (reaper, trees) = (engine.reaper.clone(), engine.trees.clone());
+            let stop = engine.shutdown.clone();
+            engine.tasks.spawn(async move {
+                loop {
+                    let reaped = reaper.reaped();
+                    tokio::pin!(reaped);
+                    reaped.as_mut().enable();
+                    trees.sweep();
+                    tokio::select! {
+                        _ = reaped => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            });
+        }
         let weak = Arc::downgrade(&engine);
         let stop = engine.shutdown.clone();
         let every = (engine.cfg.retention.min(engine.cfg.session_idle) / 10)
@@ -237,6 +264,7 @@ impl Engine {
         );
         let spawned = spawn::spawn(
             &self.reaper,
+            &self.trees,
             SpawnSpec {
                 program: spec.program.clone(),
                 shell: self.cfg.shell.clone(),
@@ -261,6 +289,7 @@ impl Engine {
                     Some(sp.pid),
                     log,
                     stdin,
+                    Some(sp.tree.clone()),
                 ));
                 self.registry.insert(cmd.clone());
                 let limits = RunLimits {
@@ -285,7 +314,15 @@ impl Engine {
             }
             Err(e) => {
                 tracing::info!(id = %id, error = %e, "command failed to start");
-                let cmd = Arc::new(Command::new(id, content, spec.background, None, log, None));
+                let cmd = Arc::new(Command::new(
+                    id,
+                    content,
+                    spec.background,
+                    None,
+                    log,
+                    None,
+                    None,
+                ));
                 cmd.finish(Finished {
                     exit_code: e.shell_code(),
                     signal: None,
@@ -349,7 +386,15 @@ impl Engine {
             ],
         };
         let env = self.command_env_vec(spec);
-        terminal::spawn(&self.reaper, &argv, spec.cwd.clone(), env, cols, rows)
+        terminal::spawn(
+            &self.reaper,
+            &self.trees,
+            &argv,
+            spec.cwd.clone(),
+            env,
+            cols,
+            rows,
+        )
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Command>, ProcessError> {
@@ -358,7 +403,8 @@ impl Engine {
             .ok_or_else(|| ProcessError::NotFound(id.to_string()))
     }
 
-    /// SIGTERM to the command's process group, SIGKILL after the grace period.
+    /// SIGTERM to every process of the command's tree, SIGKILL to all of
+    /// them after the grace period.
     pub fn interrupt(&self, id: &str) -> Result<(), ProcessError> {
         let cmd = self.get(id)?;
         if !cmd.is_running() {
@@ -399,13 +445,12 @@ impl Engine {
             .is_err()
         {
             for cmd in self.registry.running() {
-                if let Some(pid) = cmd.pid {
-                    spawn::signal_group(pid, libc::SIGKILL);
-                }
+                cmd.kill_tree();
             }
             self.pty.kill_all();
-            tracing::warn!("shutdown deadline passed; remaining process groups killed");
+            tracing::warn!("shutdown deadline passed; remaining process trees killed");
         }
+        self.trees.close();
         self.data.remove_all();
     }
 

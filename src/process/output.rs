@@ -975,7 +975,12 @@ mod tests {
         // the FIFO is handed to it through its test hook.)
         let fifo = dir.join("fifo");
         nix::unistd::mkfifo(&fifo, Mode::S_IRWXU).unwrap();
-        let fd = open(&fifo, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
+        let fd = open(
+            &fifo,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
         fcntl(fd, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
         // SAFETY: `fd` was just opened here and is owned by nothing else.
         let mut drain = unsafe { File::from_raw_fd(fd) };

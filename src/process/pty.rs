@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use super::reaper::{ExitStatus, Reaper};
 use super::spawn::{self, SpawnError};
+use super::tree::{Pending, Tree, Trees};
 
 /// Bytes of output a session keeps for replay (at least; up to one chunk more).
 pub const REPLAY_BYTES: usize = 1 << 20;
@@ -239,6 +240,10 @@ pub struct PtySession {
     ring: Mutex<Ring>,
     status: watch::Sender<Status>,
     running: Mutex<Option<Arc<Running>>>,
+    /// The trees of every process the session started whose members may
+    /// still live (background jobs outlive their shell): deleting the
+    /// session ends them all.
+    trees: Mutex<Vec<Arc<Tree>>>,
     holder: Mutex<Option<Holder>>,
     closed: CancellationToken,
 }
@@ -374,11 +379,12 @@ impl PtySession {
         Ok(())
     }
 
-    /// Kills everything in the process's session: its group, the terminal's
-    /// foreground group, and any other group of the same session.
+    /// Kills every process the session started, by their trees: the shell,
+    /// its jobs, and whatever left its process group or session.
     fn kill_all(&self) {
-        if let Some(run) = self.current() {
-            kill_session(run.pid);
+        for tree in lock(&self.trees).drain(..) {
+            tree.kill();
+            tree.release();
         }
     }
 }
@@ -405,6 +411,7 @@ pub fn signal_by_name(name: &str) -> Result<i32, PtyError> {
 /// All PTY sessions of the daemon.
 pub struct PtyManager {
     reaper: Arc<Reaper>,
+    trees: Arc<Trees>,
     shell: PathBuf,
     drain: Duration,
     sessions: Mutex<HashMap<String, Arc<PtySession>>>,
@@ -415,6 +422,7 @@ pub struct PtyManager {
 impl PtyManager {
     pub fn new(
         reaper: Arc<Reaper>,
+        trees: Arc<Trees>,
         shell: PathBuf,
         drain: Duration,
         tasks: TaskTracker,
@@ -422,6 +430,7 @@ impl PtyManager {
     ) -> PtyManager {
         PtyManager {
             reaper,
+            trees,
             shell,
             drain,
             sessions: Mutex::new(HashMap::new()),
@@ -451,6 +460,7 @@ impl PtyManager {
             ring: Mutex::new(Ring::default()),
             status: watch::Sender::new(Status::default()),
             running: Mutex::new(None),
+            trees: Mutex::new(Vec::new()),
             holder: Mutex::new(None),
             closed: self.shutdown.child_token(),
         });
@@ -498,10 +508,16 @@ impl PtyManager {
         }
         let generation = session.status.borrow().generation + 1;
         let size = *lock(&session.size);
+        let pending = self.trees.prepare().map_err(PtyError::Open)?;
         let started = match mode {
-            Mode::Pty => start_pty(&self.reaper, &self.shell, &session.spec, size, env)?,
-            Mode::Pipe => start_pipes(&self.reaper, &self.shell, &session.spec, env)?,
+            Mode::Pty => start_pty(&self.reaper, pending, &self.shell, &session.spec, size, env)?,
+            Mode::Pipe => start_pipes(&self.reaper, pending, &self.shell, &session.spec, env)?,
         };
+        {
+            let mut trees = lock(&session.trees);
+            trees.retain(|t| t.alive());
+            trees.push(started.tree.clone());
+        }
         let run = Arc::new(Running {
             generation,
             pid: started.pid,
@@ -521,7 +537,7 @@ impl PtyManager {
         self.tasks.spawn(supervise(
             session.clone(),
             generation,
-            started.pid,
+            started.tree,
             started.readers,
             started.exit,
             self.drain,
@@ -541,6 +557,7 @@ impl PtyManager {
 /// What a start hands to the supervisor.
 struct Started {
     pid: i32,
+    tree: Arc<Tree>,
     master: Option<Arc<AsyncFd<OwnedFd>>>,
     stdin: Option<tokio::net::unix::pipe::Sender>,
     readers: Vec<Reader>,
@@ -557,12 +574,13 @@ enum Reader {
 async fn supervise(
     session: Arc<PtySession>,
     generation: u64,
-    pid: i32,
+    tree: Arc<Tree>,
     readers: Vec<Reader>,
     exit: tokio::sync::oneshot::Receiver<ExitStatus>,
     drain: Duration,
     closed: CancellationToken,
 ) {
+    let pid = tree.leader;
     let mut reading = tokio::task::JoinSet::new();
     for r in readers {
         reading.spawn(read_into(session.clone(), r));
@@ -571,7 +589,7 @@ async fn supervise(
     let status = tokio::select! {
         s = &mut exit => s.ok(),
         _ = closed.cancelled() => {
-            kill_session(pid);
+            tree.kill();
             exit.await.ok()
         }
     };
@@ -589,6 +607,9 @@ async fn supervise(
         tracing::debug!(session = %session.id, "pty output still open after the drain deadline");
     }
     reading.shutdown().await;
+    // Background jobs may outlive the shell (until the session is deleted);
+    // the cgroup goes once they are gone.
+    tree.release();
     // Under the slot's lock, so a new process cannot start in between and
     // then be reported as not running.
     let mut slot = lock(&session.running);
@@ -719,8 +740,9 @@ fn spawn_error(e: io::Error, shell: &Path) -> SpawnError {
     }
 }
 
-/// Opens a terminal pair, both ends close-on-exec, and sets its size.
-fn open_pty(size: Size) -> io::Result<(OwnedFd, OwnedFd)> {
+/// Opens a terminal pair, both ends close-on-exec from birth (no window in
+/// which a concurrent fork could inherit them), and sets its size.
+pub(crate) fn open_pty(size: Option<Size>) -> io::Result<(OwnedFd, OwnedFd)> {
     use nix::fcntl::OFlag;
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
     nix::pty::grantpt(&master)?;
@@ -735,18 +757,21 @@ fn open_pty(size: Size) -> io::Result<(OwnedFd, OwnedFd)> {
     let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     // SAFETY: into_raw_fd hands over sole ownership of the master fd.
     let master = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master)) };
-    set_size(master.as_raw_fd(), size);
+    if let Some(size) = size {
+        set_size(master.as_raw_fd(), size);
+    }
     Ok((master, slave))
 }
 
 fn start_pty(
     reaper: &Reaper,
+    pending: Pending,
     shell: &Path,
     spec: &PtySpec,
     size: Size,
     mut env: Vec<(OsString, OsString)>,
 ) -> Result<Started, PtyError> {
-    let (master, slave) = open_pty(size).map_err(PtyError::Open)?;
+    let (master, slave) = open_pty(Some(size)).map_err(PtyError::Open)?;
     if !env.iter().any(|(k, _)| k == "TERM") {
         env.push(("TERM".into(), "xterm-256color".into()));
     }
@@ -755,6 +780,7 @@ fn start_pty(
     cmd.stdin(Stdio::from(dup(&slave)?))
         .stdout(Stdio::from(dup(&slave)?))
         .stderr(Stdio::from(slave));
+    pending.apply(&mut cmd);
     // SAFETY: runs between fork and exec and only makes async-signal-safe
     // syscalls: a new session, then stdin (the terminal) as its controlling tty.
     unsafe {
@@ -768,6 +794,7 @@ fn start_pty(
     let guard = reaper.spawning();
     let child = cmd.spawn().map_err(|e| spawn_error(e, shell))?;
     let pid = child.id() as i32;
+    let tree = pending.started(pid);
     let exit = guard.register(pid);
     // The reaper owns the exit status; dropping `child` closes our slave copies.
     drop(cmd);
@@ -781,12 +808,13 @@ fn start_pty(
         Ok(m) => Arc::new(m),
         Err(e) => {
             // Nobody could talk to this shell: end it (the reaper collects it).
-            kill_session(pid);
+            tree.kill();
             return Err(PtyError::Open(e));
         }
     };
     Ok(Started {
         pid,
+        tree,
         master: Some(master.clone()),
         stdin: None,
         readers: vec![Reader::Master(master)],
@@ -796,6 +824,7 @@ fn start_pty(
 
 fn start_pipes(
     reaper: &Reaper,
+    pending: Pending,
     shell: &Path,
     spec: &PtySpec,
     env: Vec<(OsString, OsString)>,
@@ -805,9 +834,11 @@ fn start_pipes(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    pending.apply(&mut cmd);
     let guard = reaper.spawning();
     let mut child = cmd.spawn().map_err(|e| spawn_error(e, shell))?;
     let pid = child.id() as i32;
+    let tree = pending.started(pid);
     let exit = guard.register(pid);
     let io_err = |e: io::Error| {
         PtyError::Start(SpawnError::Io {
@@ -825,6 +856,7 @@ fn start_pipes(
     let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr).map_err(io_err)?;
     Ok(Started {
         pid,
+        tree,
         master: None,
         stdin: Some(stdin),
         readers: vec![
@@ -833,35 +865,6 @@ fn start_pipes(
         ],
         exit,
     })
-}
-
-/// SIGKILL to every process whose session or process group is `sid`:
-/// with job control, jobs run in groups of their own inside the session.
-fn kill_session(sid: i32) {
-    spawn::signal_group(sid, libc::SIGKILL);
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command name: state ppid pgrp session ...
-        let rest: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, r)| r)
-            .split_whitespace()
-            .collect();
-        let pgrp = rest.get(2).and_then(|s| s.parse::<i32>().ok());
-        let session = rest.get(3).and_then(|s| s.parse::<i32>().ok());
-        if session == Some(sid) || pgrp == Some(sid) {
-            // SAFETY: kill(2) with a positive pid and a valid signal.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
 }
 
 #[cfg(test)]

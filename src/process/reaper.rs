@@ -109,6 +109,11 @@ impl Reaper {
         self.reaped.notified()
     }
 
+    /// Whether `pid` is a spawned process whose exit is still awaited.
+    pub fn is_registered(&self, pid: i32) -> bool {
+        self.lock_waiters().by_pid.contains_key(&pid)
+    }
+
     /// Number of pids waiting for their exit.
     pub fn pending(&self) -> usize {
         self.lock_waiters().by_pid.len()

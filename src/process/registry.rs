@@ -55,6 +55,8 @@ pub struct Command {
     /// The write end of stdin, when the command was started with a stdin pipe.
     stdin: tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>,
     has_stdin: bool,
+    /// Every process the command started (None: it never started).
+    pub(crate) tree: Option<Arc<super::tree::Tree>>,
 }
 
 impl Command {
@@ -65,6 +67,7 @@ impl Command {
         pid: Option<i32>,
         log: OutputLog,
         stdin: Option<tokio::net::unix::pipe::Sender>,
+        tree: Option<Arc<super::tree::Tree>>,
     ) -> Self {
         Command {
             id,
@@ -78,6 +81,7 @@ impl Command {
             interrupt: Notify::new(),
             interrupt_requested: AtomicBool::new(false),
             has_stdin: stdin.is_some(),
+            tree,
             stdin: tokio::sync::Mutex::new(stdin),
         }
     }
@@ -131,6 +135,14 @@ impl Command {
 
     /// Records the end. The log is marked finished after, so a reader that
     /// sees the log end always finds the exit status.
+    /// SIGKILL to every process of the command's tree, also after its
+    /// leader has exited.
+    pub fn kill_tree(&self) {
+        if let Some(tree) = &self.tree {
+            tree.kill();
+        }
+    }
+
     pub(crate) fn finish(&self, f: Finished) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = State::Finished(f);
         self.close_stdin_if_finished();

@@ -16,7 +16,7 @@ use super::lines::LineSplitter;
 use super::output::Stream;
 use super::reaper::{ExitStatus, Reaper};
 use super::registry::{Command, Finished};
-use super::spawn::{signal_group, Spawned};
+use super::spawn::Spawned;
 
 /// Timing knobs of the run loop.
 #[derive(Clone, Copy, Debug)]
@@ -143,7 +143,7 @@ pub(crate) async fn run(
     reaper: Arc<Reaper>,
     shutdown: CancellationToken,
 ) {
-    let pgid = sp.pid;
+    let tree = sp.tree;
     let mut out = Pipe::new(sp.stdout, Stream::Stdout, limits.max_line);
     let mut err = Pipe::new(sp.stderr, Stream::Stderr, limits.max_line);
     let mut exit_rx = sp.exit;
@@ -177,16 +177,16 @@ pub(crate) async fn run(
             }
             _ = &mut timeout, if exit.is_none() && limits.timeout.is_some() && !timed_out => {
                 timed_out = true;
-                signal_group(pgid, libc::SIGKILL);
+                tree.kill();
             }
             _ = &mut stop, if exit.is_none() && !interrupted => {
                 interrupted = true;
-                signal_group(pgid, libc::SIGTERM);
+                tree.signal(libc::SIGTERM);
                 kill.as_mut().reset(Instant::now() + limits.kill_grace);
                 killing = true;
             }
             _ = &mut kill, if killing => {
-                signal_group(pgid, libc::SIGKILL);
+                tree.kill();
                 killing = false;
             }
             _ = &mut drain, if draining => {
@@ -206,14 +206,15 @@ pub(crate) async fn run(
     let kill_at = killing.then(|| kill.deadline());
 
     // An interrupted command's stragglers get the rest of the grace period,
-    // then SIGKILL. The group is re-checked whenever the reaper collects
-    // something, since killed members count until they are reaped.
+    // then SIGKILL. The tree is re-checked whenever the reaper collects
+    // something: its last member to go is execd's child (the leader, or an
+    // orphan re-parented to execd, the subreaper).
     if let Some(at) = kill_at {
         loop {
             let reaped = reaper.reaped();
             tokio::pin!(reaped);
             reaped.as_mut().enable();
-            if !signal_group(pgid, 0) {
+            if !tree.alive() {
                 break;
             }
             tokio::select! {
@@ -222,9 +223,9 @@ pub(crate) async fn run(
                 _ = shutdown.cancelled() => break,
             }
         }
-        signal_group(pgid, libc::SIGKILL);
+        tree.kill();
     } else if timed_out {
-        signal_group(pgid, libc::SIGKILL);
+        tree.kill();
     }
 
     let status = exit.unwrap_or_default();
@@ -241,6 +242,33 @@ pub(crate) async fn run(
         resources: status.resources,
         dropped_bytes: cmd.log.dropped_bytes(),
     });
+
+    // The leader is gone, but a timeout still holds for what it left
+    // running (background jobs live on by design, up to the timeout).
+    if let (Some(t), false, false) = (limits.timeout, timed_out, interrupted) {
+        let deadline = Instant::from_std(cmd.start) + t;
+        loop {
+            let reaped = reaper.reaped();
+            tokio::pin!(reaped);
+            reaped.as_mut().enable();
+            if !tree.alive() {
+                break;
+            }
+            tokio::select! {
+                _ = reaped => {}
+                _ = sleep_until(deadline) => {
+                    tracing::debug!(id = %cmd.id, "timeout: killing what the command left running");
+                    tree.kill();
+                    break;
+                }
+                _ = shutdown.cancelled() => {
+                    tree.kill();
+                    break;
+                }
+            }
+        }
+    }
+    tree.release();
 }
 
 /// Exit code and upstream-style error text (Go's `ProcessState` wording).

@@ -57,9 +57,20 @@ pub struct Session {
     running: Mutex<Option<Arc<Command>>>,
     /// When the session was created, or a run of it started or ended.
     used: Mutex<Instant>,
+    /// The trees of this session's runs whose members may still live
+    /// (background jobs outlive their run): deleting the session ends them.
+    trees: Mutex<Vec<Arc<super::tree::Tree>>>,
 }
 
 impl Session {
+    /// Kills what the session's runs left running.
+    fn end_trees(&self) {
+        let trees = std::mem::take(&mut *self.trees.lock().unwrap_or_else(|p| p.into_inner()));
+        for tree in trees {
+            tree.kill();
+        }
+    }
+
     fn touch(&self) {
         *self.used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
@@ -96,7 +107,8 @@ impl Sessions {
 }
 
 /// Variables never carried over: bash maintains them itself.
-const NOT_PERSISTED: &[&str] = &["_", "SHLVL", "BASH_EXECUTION_STRING"];
+/// Nor is a run's tree marker (each run is a tree of its own).
+const NOT_PERSISTED: &[&str] = &["_", "SHLVL", "BASH_EXECUTION_STRING", super::tree::MARKER];
 
 /// The script around a user's command. `$1` is the state file.
 fn script(command: &str) -> String {
@@ -154,6 +166,7 @@ impl Engine {
             state: Arc::new(tokio::sync::Mutex::new(SessionState { env, cwd })),
             running: Mutex::new(None),
             used: Mutex::new(Instant::now()),
+            trees: Mutex::new(Vec::new()),
         });
         let mut map = self.sessions.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= self.cfg.max_sessions {
@@ -166,10 +179,21 @@ impl Engine {
     /// Deletes sessions idle for `--session-idle-timeout`; returns how many.
     pub fn expire_sessions(&self) -> usize {
         let (idle, now) = (self.cfg.session_idle, Instant::now());
-        let mut map = self.sessions.map.lock().unwrap_or_else(|p| p.into_inner());
-        let before = map.len();
-        map.retain(|_, s| !s.expired(idle, now));
-        before - map.len()
+        let expired: Vec<Arc<Session>> = {
+            let mut map = self.sessions.map.lock().unwrap_or_else(|p| p.into_inner());
+            let ids: Vec<String> = map
+                .iter()
+                .filter(|(_, s)| s.expired(idle, now))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| map.remove(id)).collect()
+        };
+        // An expired session ends as a deleted one does: what its runs left
+        // running (background jobs) goes with it.
+        for session in &expired {
+            session.end_trees();
+        }
+        expired.len()
     }
 
     /// Starts a run in a session. The state is updated when it ends.
@@ -237,6 +261,11 @@ impl Engine {
                 other => SessionError::State(std::io::Error::other(other.to_string())),
             })?;
         session.touch();
+        if let Some(tree) = &cmd.tree {
+            let mut trees = session.trees.lock().unwrap_or_else(|p| p.into_inner());
+            trees.retain(|t| t.alive());
+            trees.push(tree.clone());
+        }
         *session.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(cmd.clone());
         let (session2, cmd2) = (session.clone(), cmd.clone());
         let self_data = self.data.clone();
@@ -265,7 +294,8 @@ impl Engine {
         Ok(cmd)
     }
 
-    /// Deletes a session, killing its running run's process group.
+    /// Deletes a session, killing every process its runs started (the
+    /// running run's tree and what earlier runs left in the background).
     pub fn delete_session(&self, id: &str) -> Result<(), SessionError> {
         let session = self
             .sessions
@@ -279,9 +309,10 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(pid) = running.and_then(|c| c.pid) {
-            super::spawn::signal_group(pid, libc::SIGKILL);
+        if let Some(cmd) = running {
+            cmd.kill_tree();
         }
+        session.end_trees();
         Ok(())
     }
 

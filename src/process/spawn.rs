@@ -12,6 +12,7 @@ use std::process::Stdio;
 use tokio::sync::oneshot;
 
 use super::reaper::{ExitStatus, Reaper};
+use super::tree::{Pending, Tree, Trees};
 use super::users;
 
 /// What to run.
@@ -43,6 +44,8 @@ pub struct SpawnSpec {
 #[derive(Debug)]
 pub struct Spawned {
     pub pid: i32,
+    /// Everything the process starts, to end it all at once.
+    pub tree: std::sync::Arc<Tree>,
     pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -116,8 +119,16 @@ fn resolve_creds(uid: u32, gid: Option<u32>) -> Creds {
 }
 
 /// Spawns the process in its own process group and registers it with the reaper.
-pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
-    let (mut cmd, program_name) = build(&spec)?;
+pub fn spawn(
+    reaper: &Reaper,
+    trees: &std::sync::Arc<Trees>,
+    spec: SpawnSpec,
+) -> Result<Spawned, SpawnError> {
+    let pending = prepare(trees, &spec)?;
+    if pending.forks() {
+        check_format(&spec)?;
+    }
+    let (mut cmd, program_name) = build(&spec, Some(&pending))?;
     cmd.stdin(if spec.stdin_pipe {
         Stdio::piped()
     } else {
@@ -125,7 +136,7 @@ pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let (mut child, pid, exit) = start(reaper, &mut cmd, &program_name, spec.uid)?;
+    let (mut child, pid, exit, tree) = start(reaper, &mut cmd, &program_name, spec.uid, pending)?;
 
     // Never `wait` on `child`: the reaper owns exit statuses. Dropping it is fine.
     let stdin = child.stdin.take().map(OwnedFd::from);
@@ -134,6 +145,7 @@ pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
     match (stdout, stderr) {
         (Some(stdout), Some(stderr)) => Ok(Spawned {
             pid,
+            tree,
             stdin,
             stdout,
             stderr,
@@ -152,11 +164,16 @@ pub fn spawn_inherit(
     reaper: &Reaper,
     spec: SpawnSpec,
 ) -> Result<(i32, oneshot::Receiver<ExitStatus>), SpawnError> {
-    let (mut cmd, program_name) = build(&spec)?;
+    let (mut cmd, program_name) = build(&spec, None)?;
     cmd.stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
-    let (_child, pid, exit) = start(reaper, &mut cmd, &program_name, spec.uid)?;
+    let guard = reaper.spawning();
+    let child = cmd
+        .spawn()
+        .map_err(|e| classify(e, &program_name, spec.uid))?;
+    let pid = child.id() as i32;
+    let exit = guard.register(pid);
     Ok((pid, exit))
 }
 
@@ -175,23 +192,97 @@ fn null_stdin() -> Stdio {
     }
 }
 
-/// Forks under the reaper's spawn lock and registers the pid before anyone can reap it.
+/// A `pre_exec` hook makes the standard library fork and `execvp`, and
+/// glibc's `execvp` runs a file it cannot execute (ENOEXEC) with `/bin/sh`,
+/// where `posix_spawn` fails. An argv program must fail the same way both
+/// ways: a file that is neither ELF nor `#!` is refused here with ENOEXEC.
+fn check_format(spec: &SpawnSpec) -> Result<(), SpawnError> {
+    use std::io::Read;
+    let Program::Argv(argv) = &spec.program else {
+        return Ok(());
+    };
+    let Some(name) = argv.first() else {
+        return Ok(());
+    };
+    let path = if name.contains('/') {
+        let p = PathBuf::from(name);
+        match &spec.cwd {
+            Some(cwd) if p.is_relative() => cwd.join(p),
+            _ => p,
+        }
+    } else {
+        let path = spec
+            .env
+            .as_ref()
+            .and_then(|e| e.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()))
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        match std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| is_executable(p))
+        {
+            Some(p) => p,
+            None => return Ok(()),
+        }
+    };
+    let mut head = [0u8; 4];
+    let n = match std::fs::File::open(&path).and_then(|mut f| f.read(&mut head)) {
+        Ok(n) => n,
+        // Not readable (or not there): the exec reports it.
+        Err(_) => return Ok(()),
+    };
+    if !is_executable(&path) || head[..n].starts_with(b"\x7fELF") || head[..n].starts_with(b"#!") {
+        return Ok(());
+    }
+    Err(SpawnError::Io {
+        program: name.clone(),
+        source: io::Error::from_raw_os_error(libc::ENOEXEC),
+    })
+}
+
+/// The tree of a spawn of `spec` (its cgroup made).
+fn prepare(trees: &std::sync::Arc<Trees>, spec: &SpawnSpec) -> Result<Pending, SpawnError> {
+    trees.prepare().map_err(|source| SpawnError::Io {
+        program: match &spec.program {
+            Program::Shell(_) => spec.shell.to_string_lossy().into_owned(),
+            Program::Argv(a) => a.first().cloned().unwrap_or_default(),
+        },
+        source,
+    })
+}
+
+/// A started child, its pid, its exit and its tree.
+pub(crate) type Started = (
+    std::process::Child,
+    i32,
+    oneshot::Receiver<ExitStatus>,
+    std::sync::Arc<Tree>,
+);
+
+/// Forks under the reaper's spawn lock and registers the pid (and opens the
+/// tree's pidfd of it) before anyone can reap it. `cmd` must have had
+/// `pending` applied.
 pub(crate) fn start(
     reaper: &Reaper,
     cmd: &mut std::process::Command,
     program_name: &str,
     uid: Option<u32>,
-) -> Result<(std::process::Child, i32, oneshot::Receiver<ExitStatus>), SpawnError> {
+    pending: Pending,
+) -> Result<Started, SpawnError> {
     let guard = reaper.spawning();
     let child = cmd.spawn().map_err(|e| classify(e, program_name, uid))?;
     let pid = child.id() as i32;
+    let tree = pending.started(pid);
     let exit = guard.register(pid);
-    Ok((child, pid, exit))
+    Ok((child, pid, exit, tree))
 }
 
 /// A `Command` for `spec` with everything but stdio: program, args, env,
 /// cwd, its own process group, and credentials.
-fn build(spec: &SpawnSpec) -> Result<(std::process::Command, String), SpawnError> {
+fn build(
+    spec: &SpawnSpec,
+    tree: Option<&Pending>,
+) -> Result<(std::process::Command, String), SpawnError> {
     let (program, args): (OsString, Vec<String>) = match &spec.program {
         Program::Shell(line) => (spec.shell.clone().into(), vec!["-c".into(), line.clone()]),
         Program::Argv(argv) => (argv[0].clone().into(), argv[1..].to_vec()),
@@ -204,6 +295,10 @@ fn build(spec: &SpawnSpec) -> Result<(std::process::Command, String), SpawnError
     }
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
+    }
+    // First: the child joins its cgroup while still root.
+    if let Some(tree) = tree {
+        tree.apply(&mut cmd);
     }
     if let Some(uid) = spec.uid {
         // SAFETY: getuid has no preconditions.

@@ -4,34 +4,32 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
+use std::sync::Arc;
+
+use super::pty::{open_pty, Size};
 use super::reaper::{ExitStatus, Reaper};
 use super::spawn::{start, SpawnError};
+use super::tree::{Tree, Trees};
 
 /// A process on a terminal. Dropping it closes the master side.
 pub struct Terminal {
     pub pid: i32,
+    /// Everything the process starts.
+    pub tree: Arc<Tree>,
     master: AsyncFd<OwnedFd>,
-}
-
-fn winsize(cols: u16, rows: u16) -> libc::winsize {
-    libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    }
 }
 
 /// Starts `argv` on a new PTY of `cols`×`rows` (0 keeps the default).
 pub(crate) fn spawn(
     reaper: &Reaper,
+    trees: &Arc<Trees>,
     argv: &[String],
     cwd: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
@@ -42,37 +40,17 @@ pub(crate) fn spawn(
         program: argv.first().cloned().unwrap_or_default(),
         source,
     };
-    let (mut master, mut slave) = (-1, -1);
-    let ws = winsize(cols, rows);
-    let wsp = if cols > 0 && rows > 0 {
-        &ws as *const libc::winsize
-    } else {
-        std::ptr::null()
-    };
-    // SAFETY: out-pointers are valid; a null name and termios are allowed.
-    if unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            wsp,
-        )
-    } != 0
-    {
-        return Err(io_err(io::Error::last_os_error()));
-    }
-    // SAFETY: openpty returned two new descriptors that nobody else owns.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    for fd in [&master, &slave] {
-        // SAFETY: plain fcntl on an owned descriptor.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
-    // SAFETY: as above; the master is used non-blocking through AsyncFd.
+    // Both ends are close-on-exec from birth: a concurrent spawn on another
+    // thread must never inherit them (openpty + F_SETFD left a window).
+    let size = (cols > 0 && rows > 0).then_some(Size { cols, rows });
+    let (master, slave) = open_pty(size).map_err(io_err)?;
+    // SAFETY: fcntl on an owned fd with integer arguments; the master is
+    // used non-blocking through AsyncFd.
     unsafe {
         let fl = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
         libc::fcntl(master.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
     }
+    let pending = trees.prepare().map_err(io_err)?;
     let dup = |fd: &OwnedFd| fd.try_clone().map_err(io_err);
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -84,6 +62,7 @@ pub(crate) fn spawn(
     if let Some(cwd) = cwd {
         cmd.current_dir(cwd);
     }
+    pending.apply(&mut cmd);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -96,9 +75,9 @@ pub(crate) fn spawn(
     // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open and
     // unchanged until it is dropped.
     let master = unsafe { AsyncFd::register(master) }.map_err(|e| io_err(e.into()))?;
-    let (_child, pid, exit) = start(reaper, &mut cmd, &argv[0], None)?;
+    let (_child, pid, exit, tree) = start(reaper, &mut cmd, &argv[0], None, pending)?;
     drop(slave);
-    Ok((Terminal { pid, master }, exit))
+    Ok((Terminal { pid, tree, master }, exit))
 }
 
 impl Terminal {
@@ -147,7 +126,12 @@ impl Terminal {
 
     /// Sets the window size; the foreground job gets SIGWINCH.
     pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
-        let ws = winsize(cols, rows);
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
         if unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
             return Err(io::Error::last_os_error());

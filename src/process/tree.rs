@@ -1,0 +1,612 @@
+//! Process trees: everything a command (session run, PTY shell, gRPC
+//! process) started, so that ending it ends all of it, whatever its
+//! processes did to leave their process group (`setsid`, `set -m` jobs,
+//! double forks, `nohup`).
+//!
+//! Two ways, chosen once at start-up:
+//!
+//! - **cgroup v2** (`--cgroups auto` where a writable cgroup2 hierarchy with
+//!   `cgroup.kill` exists): every process tree gets its own cgroup
+//!   `<base>/cmd-<id>`. The child moves itself into it between fork and exec
+//!   (it writes `0` to the cgroup's `cgroup.procs`, through a descriptor the
+//!   parent opened), so it is inside before it runs a single instruction of
+//!   the program and nothing it forks can be outside. Ending the tree is one
+//!   write of `1` to `cgroup.kill`: the kernel kills every member, also those
+//!   forked concurrently. The cgroup is removed once it is empty.
+//! - **tracking** (no usable cgroup, or `--cgroups off`): execd is a child
+//!   subreaper, so every process that leaves the tree by the death of its
+//!   parent is re-parented to execd. Each tree's processes carry
+//!   `EXECD_TREE=<id>` in their environment. The members are the leader
+//!   (while alive), execd's un-registered children carrying the marker, and
+//!   all their descendants (`/proc/<pid>/task/*/children`). Ending the tree
+//!   stops every member (SIGSTOP, so nothing forks meanwhile), re-walks until
+//!   no new member appears, then kills them all. Limit: a process that both
+//!   drops the marker (`env -i`, a fresh `execve` environment) *and* is
+//!   orphaned is not found; the cgroup way has no such gap.
+//!
+//! Every signal goes through a pidfd whose process is verified (same start
+//! time, or same cgroup) after it was opened, so a reused pid is never hit.
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::pidfd;
+use super::reaper::Reaper;
+
+/// The environment variable that marks a tracked tree's processes.
+pub const MARKER: &str = "EXECD_TREE";
+
+/// `--cgroups`: whether to use cgroups where they work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupMode {
+    Auto,
+    Off,
+}
+
+/// The daemon's cgroup set-up: where command cgroups are made.
+#[derive(Debug)]
+struct Base {
+    /// Directory of the command cgroups.
+    dir: PathBuf,
+    /// `dir` as `/proc/<pid>/cgroup` spells it (relative to the cgroup root).
+    rel: String,
+}
+
+/// All trees of the daemon.
+pub struct Trees {
+    base: Option<Base>,
+    reaper: Arc<Reaper>,
+    self_pid: i32,
+    /// cgroups of trees that ended with members left (background jobs of a
+    /// command that exited normally): removed once empty.
+    lingering: Mutex<Vec<PathBuf>>,
+    warned: std::sync::atomic::AtomicBool,
+}
+
+/// Makes a command cgroup and opens its `cgroup.procs` for the child's write.
+fn make_cgroup(dir: &Path) -> io::Result<OwnedFd> {
+    std::fs::create_dir(dir)?;
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"));
+    match procs {
+        Ok(f) => Ok(OwnedFd::from(f)),
+        Err(e) => {
+            let _ = std::fs::remove_dir(dir);
+            Err(e)
+        }
+    }
+}
+
+impl Trees {
+    /// Sets up cgroups per `mode`, falling back to tracking.
+    pub fn new(mode: CgroupMode, reaper: Arc<Reaper>) -> Arc<Trees> {
+        let base = match mode {
+            CgroupMode::Off => None,
+            CgroupMode::Auto => match setup_cgroups() {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::info!(error = %e, "no usable cgroup v2: process trees are tracked by walking /proc");
+                    None
+                }
+            },
+        };
+        if let Some(b) = &base {
+            tracing::info!(dir = %b.dir.display(), "each command runs in a cgroup of its own");
+        }
+        Arc::new(Trees {
+            base,
+            reaper,
+            self_pid: std::process::id() as i32,
+            lingering: Mutex::new(Vec::new()),
+            warned: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Whether trees are cgroups.
+    pub fn cgroups(&self) -> bool {
+        self.base.is_some()
+    }
+
+    /// Prepares a tree before the spawn: makes its cgroup (where one cannot
+    /// be made, the tree is tracked instead). Apply the result
+    /// to the `Command`, spawn, then call [`Pending::started`] while still
+    /// holding the reaper's spawn guard.
+    pub fn prepare(self: &Arc<Self>) -> io::Result<Pending> {
+        let id = super::new_id();
+        let cgroup = self.base.as_ref().and_then(|b| {
+            let dir = b.dir.join(format!("cmd-{id}"));
+            match make_cgroup(&dir) {
+                Ok(procs) => Some((dir, procs)),
+                Err(e) => {
+                    // A full hierarchy (cgroup.max.descendants) or a
+                    // vanished one: this tree is tracked instead.
+                    if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot make a command cgroup; tracking its processes instead (warned once)");
+                    }
+                    None
+                }
+            }
+        });
+        Ok(Pending {
+            trees: self.clone(),
+            id,
+            cgroup,
+        })
+    }
+
+    /// Retries removing the cgroups of ended trees; call after reaps.
+    pub fn sweep(&self) {
+        let mut l = self.lingering.lock().unwrap_or_else(|p| p.into_inner());
+        l.retain(|dir| remove_cgroup(dir).is_err());
+    }
+
+    /// Number of ended trees whose cgroup still has members.
+    pub fn lingering(&self) -> usize {
+        self.lingering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// At exit: removes what can be removed.
+    pub fn close(&self) {
+        self.sweep();
+        if let Some(b) = &self.base {
+            let _ = std::fs::remove_dir(&b.dir);
+        }
+    }
+}
+
+/// A tree being started.
+pub struct Pending {
+    trees: Arc<Trees>,
+    id: String,
+    /// The cgroup and its `cgroup.procs`, opened for the child's write.
+    cgroup: Option<(PathBuf, OwnedFd)>,
+}
+
+impl Pending {
+    /// Makes `cmd`'s child join the tree: with cgroups, it moves itself into
+    /// the cgroup before exec (this must be the first `pre_exec`, before any
+    /// credential change); otherwise it carries the marker.
+    pub fn apply(&self, cmd: &mut std::process::Command) {
+        match &self.cgroup {
+            Some((_, procs)) => {
+                let fd = procs.as_raw_fd();
+                // SAFETY: runs between fork and exec; write(2) is
+                // async-signal-safe and `fd` stays open in the parent (owned
+                // by `self`) until the spawn has returned.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
+            None => {
+                cmd.env(MARKER, &self.id);
+            }
+        }
+    }
+
+    /// Whether [`Pending::apply`] adds a `pre_exec` hook (the spawn then
+    /// forks instead of using `posix_spawn`).
+    pub fn forks(&self) -> bool {
+        self.cgroup.is_some()
+    }
+
+    /// The tree of the spawned `leader`. Call before the reaper can collect
+    /// it (under the spawn guard), so its pidfd is certainly its own.
+    pub fn started(mut self, leader: i32) -> Arc<Tree> {
+        let leader_fd = pidfd::open(leader)
+            .map_err(|e| tracing::warn!(pid = leader, error = %e, "pidfd_open failed"))
+            .ok();
+        let kind = match self.cgroup.take() {
+            Some((dir, _procs)) => {
+                let rel = self.trees.base.as_ref().map_or_else(String::new, |b| {
+                    format!("{}/{}", b.rel.trim_end_matches('/'), file_name(&dir))
+                });
+                Kind::Cgroup { dir, rel }
+            }
+            None => Kind::Tracked {
+                marker: format!("{MARKER}={}", self.id),
+            },
+        };
+        Arc::new(Tree {
+            trees: self.trees.clone(),
+            leader,
+            leader_fd: Mutex::new(leader_fd),
+            kind,
+            released: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Not started (the spawn failed): the cgroup is empty.
+        if let Some((dir, _)) = self.cgroup.take() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+enum Kind {
+    Cgroup { dir: PathBuf, rel: String },
+    Tracked { marker: String },
+}
+
+/// One process tree.
+pub struct Tree {
+    trees: Arc<Trees>,
+    pub leader: i32,
+    /// Dropped on release: a finished command's record must not pin an fd.
+    leader_fd: Mutex<Option<OwnedFd>>,
+    kind: Kind,
+    released: std::sync::atomic::AtomicBool,
+}
+
+/// A process seen in a walk: its pid and start time (which tells a reused pid apart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Member {
+    pid: i32,
+    start: u64,
+}
+
+impl Tree {
+    /// SIGKILL to every process of the tree, the leader's exit notwithstanding.
+    pub fn kill(&self) {
+        match &self.kind {
+            Kind::Cgroup { dir, .. } => {
+                if let Err(e) = write_file(&dir.join("cgroup.kill"), b"1") {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cgroup.kill failed");
+                    }
+                }
+            }
+            Kind::Tracked { marker } => self.kill_tracked(marker),
+        }
+    }
+
+    /// `signal` to every process of the tree (SIGKILL: see [`Tree::kill`]).
+    pub fn signal(&self, signal: i32) {
+        if signal == libc::SIGKILL {
+            return self.kill();
+        }
+        for m in self.members() {
+            self.send(m, signal);
+        }
+    }
+
+    /// Whether any process of the tree is still alive (zombies aside).
+    pub fn alive(&self) -> bool {
+        match &self.kind {
+            Kind::Cgroup { dir, .. } => populated(dir),
+            Kind::Tracked { .. } => !self.members().is_empty(),
+        }
+    }
+
+    /// Whether the leader has exited (or cannot be watched).
+    pub fn leader_exited(&self) -> bool {
+        self.leader_fd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(pidfd::exited)
+    }
+
+    /// The tree ended (its owner is done with it): its cgroup is removed now
+    /// or, while background jobs are left, as soon as it is empty.
+    pub fn release(&self) {
+        if self
+            .released
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        self.leader_fd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Kind::Cgroup { dir, .. } = &self.kind {
+            if remove_cgroup(dir).is_err() {
+                self.trees
+                    .lingering
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(dir.clone());
+            }
+        }
+    }
+
+    /// The live members.
+    fn members(&self) -> Vec<Member> {
+        match &self.kind {
+            Kind::Cgroup { dir, .. } => std::fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+                .filter_map(|pid| stat(pid).map(|(start, _)| Member { pid, start }))
+                .collect(),
+            Kind::Tracked { marker } => self.walk(marker),
+        }
+    }
+
+    /// Tracking: the leader (while alive), execd's orphans that carry the
+    /// marker, and all their descendants.
+    fn walk(&self, marker: &str) -> Vec<Member> {
+        let mut seeds = Vec::new();
+        if !self.leader_exited() {
+            seeds.push(self.leader);
+        }
+        for pid in children(self.trees.self_pid) {
+            if pid != self.leader
+                && !self.trees.reaper.is_registered(pid)
+                && has_marker(pid, marker)
+            {
+                seeds.push(pid);
+            }
+        }
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        while let Some(pid) = seeds.pop() {
+            if pid == self.trees.self_pid || pid <= 1 || !seen.insert(pid) {
+                continue;
+            }
+            if let Some((start, zombie)) = stat(pid) {
+                if !zombie {
+                    out.push(Member { pid, start });
+                }
+            }
+            seeds.extend(children(pid));
+        }
+        out
+    }
+
+    /// Stops every member (so none forks), walks again until nothing new
+    /// turns up, then kills them all.
+    fn kill_tracked(&self, marker: &str) {
+        let mut hit: HashSet<Member> = HashSet::new();
+        for _ in 0..1000 {
+            let fresh: Vec<Member> = self
+                .walk(marker)
+                .into_iter()
+                .filter(|m| !hit.contains(m))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            for m in fresh {
+                self.send(m, libc::SIGSTOP);
+                hit.insert(m);
+            }
+        }
+        for m in hit {
+            self.send(m, libc::SIGKILL);
+        }
+    }
+
+    /// Sends `signal` to `m` through a pidfd, if the pidfd's process is `m`.
+    fn send(&self, m: Member, signal: i32) {
+        let Ok(fd) = pidfd::open(m.pid) else { return };
+        let same = match &self.kind {
+            Kind::Cgroup { rel, .. } => in_cgroup(m.pid, rel),
+            Kind::Tracked { .. } => stat(m.pid).is_some_and(|(start, _)| start == m.start),
+        };
+        if same {
+            let _ = pidfd::send_signal(&fd, signal);
+        }
+    }
+}
+
+impl std::fmt::Debug for Tree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Cgroup { rel, .. } => format!("cgroup {rel}"),
+            Kind::Tracked { marker } => format!("tracked {marker}"),
+        };
+        f.debug_struct("Tree")
+            .field("leader", &self.leader)
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Start time (field 22) and whether `pid` is a zombie, from `/proc/<pid>/stat`.
+fn stat(pid: i32) -> Option<(u64, bool)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parentheses).
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let state = f.first()?;
+    let start = f.get(19)?.parse().ok()?;
+    Some((start, *state == "Z" || *state == "X"))
+}
+
+/// The children of every thread of `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    let mut buf = String::new();
+    for t in tasks.flatten() {
+        buf.clear();
+        if let Ok(mut f) = std::fs::File::open(t.path().join("children")) {
+            if f.read_to_string(&mut buf).is_ok() {
+                out.extend(buf.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+fn has_marker(pid: i32, marker: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == marker.as_bytes()))
+}
+
+fn in_cgroup(pid: i32, rel: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|s| s.lines().any(|l| l.strip_prefix("0::") == Some(rel)))
+}
+
+fn populated(dir: &Path) -> bool {
+    match std::fs::read_to_string(dir.join("cgroup.events")) {
+        Ok(s) => s.lines().any(|l| l.trim() == "populated 1"),
+        Err(_) => false,
+    }
+}
+
+fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write_all(data)
+}
+
+/// Removes an empty cgroup (EBUSY while it has members). Gone already is fine.
+fn remove_cgroup(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// Finds the cgroup2 hierarchy and execd's place in it, and makes the
+/// directory command cgroups go into.
+fn setup_cgroups() -> io::Result<Base> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let (root, mount) = cgroup2_mount(&mountinfo)
+        .ok_or_else(|| io::Error::other("no cgroup2 file system mounted"))?;
+    let own = std::fs::read_to_string("/proc/self/cgroup")?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .ok_or_else(|| io::Error::other("execd is in no cgroup2 cgroup"))?;
+    let own = own.trim().to_string();
+    let inside = own
+        .strip_prefix(root.trim_end_matches('/'))
+        .ok_or_else(|| io::Error::other("execd's cgroup is outside the mounted hierarchy"))?;
+    let own_dir = mount.join(inside.trim_start_matches('/'));
+    // A directory of our own below execd's cgroup. execd stays where it is:
+    // the "no internal processes" rule only binds a cgroup that hands
+    // controllers to its children, and none are enabled (a memory
+    // controller per command would cost every spawn; killing needs none).
+    let pid = std::process::id();
+    sweep_stale(&own_dir);
+    let dir = own_dir.join(format!("execd-{pid}"));
+    std::fs::create_dir(&dir)?;
+    if !dir.join("cgroup.kill").exists() {
+        let _ = std::fs::remove_dir(&dir);
+        return Err(io::Error::other(
+            "the kernel has no cgroup.kill (Linux < 5.14)",
+        ));
+    }
+    Ok(Base {
+        rel: format!("{}/execd-{pid}", own.trim_end_matches('/')),
+        dir,
+    })
+}
+
+/// The root and mount point of the cgroup2 file system, `/sys/fs/cgroup` first.
+fn cgroup2_mount(mountinfo: &str) -> Option<(String, PathBuf)> {
+    let mut found: Option<(String, PathBuf)> = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() != Some("cgroup2") {
+            continue;
+        }
+        let f: Vec<&str> = left.split_whitespace().collect();
+        let (Some(root), Some(point)) = (f.get(3), f.get(4)) else {
+            continue;
+        };
+        if !f.get(5).is_some_and(|o| o.split(',').any(|o| o == "rw")) {
+            continue;
+        }
+        let m = (root.to_string(), PathBuf::from(point));
+        if *point == "/sys/fs/cgroup" {
+            return Some(m);
+        }
+        found.get_or_insert(m);
+    }
+    found
+}
+
+/// Removes `execd-<pid>` directories of execd processes that are gone (a
+/// killed daemon cannot remove its own), when they are empty.
+fn sweep_stale(root: &Path) {
+    let Ok(dir) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("execd-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(cmds) = std::fs::read_dir(e.path()) {
+            for c in cmds.flatten() {
+                if c.file_name().to_string_lossy().starts_with("cmd-") {
+                    let _ = std::fs::remove_dir(c.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(e.path());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_mounts() {
+        let hybrid = "31 1 0:27 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount(hybrid),
+            Some(("/".into(), PathBuf::from("/sys/fs/cgroup/unified")))
+        );
+        let unified = "41 31 0:38 /ns /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            cgroup2_mount(unified),
+            Some(("/ns".into(), PathBuf::from("/sys/fs/cgroup")))
+        );
+        let readonly = "41 31 0:38 / /sys/fs/cgroup ro - cgroup2 cgroup2 ro\n";
+        assert_eq!(cgroup2_mount(readonly), None);
+    }
+
+    #[test]
+    fn stat_of_self() {
+        let (start, zombie) = stat(std::process::id() as i32).unwrap();
+        assert!(start > 0);
+        assert!(!zombie);
+    }
+}
