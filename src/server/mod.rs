@@ -71,12 +71,10 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// sandboxd's gRPC ProcessService, for requests with a gRPC content type.
     pub grpc: crate::grpc::Server,
-    token: Option<Vec<u8>>,
 }
 
 impl App {
     pub fn new(config: Config, engine: Arc<Engine>) -> Arc<App> {
-        let token = config.access_token.clone().map(String::into_bytes);
         let root = config
             .sandboxd_root
             .clone()
@@ -92,7 +90,6 @@ impl App {
             started: std::time::Instant::now(),
             tasks: tokio_util::task::TaskTracker::new(),
             shutdown: CancellationToken::new(),
-            token,
         })
     }
 }
@@ -528,7 +525,7 @@ impl std::future::Future for Served {
 
 fn answer(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> routes::Answer {
     use routes::Answer;
-    let token = app.token.as_deref();
+    let token = app.config.access_token.as_ref();
     let allowed = auth::authorized(token, req.headers())
         || (routes::allows_query_token(req.uri().path())
             && auth::query_authorized(token, req.uri().query()));
