@@ -68,7 +68,8 @@ pub struct Config {
     /// sandboxd `/v1/metadata`: environment variables with this prefix.
     pub metadata_env_prefix: String,
     /// sandboxd `/v1/metadata`: the variable names served (`NAME*` matches a
-    /// prefix); None: the prefix followed by one of [`METADATA_ENV_DEFAULT`].
+    /// prefix); None: the prefix followed by one of
+    /// [`crate::api::sandboxd::METADATA_ENV_DEFAULT`].
     pub metadata_env: Option<Vec<String>>,
     /// sandboxd gRPC on a port of its own, besides the main port.
     pub grpc_port: Option<u16>,

@@ -290,6 +290,13 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     let listener = listen(addr)?;
     let local = listener.local_addr()?;
     config.port = local.port();
+    if config.access_token.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            %local,
+            "listening beyond loopback without an access token: anyone who reaches this \
+             address can run commands as execd's user; set --access-token-file"
+        );
+    }
     let engine = Engine::start(engine_config(&config));
     let grace = config.graceful_shutdown_timeout;
     let init = config.init.clone();
