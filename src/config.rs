@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::server::auth::Token;
+
 pub const DEFAULT_PORT: u16 = 44772;
 /// The python-runtime's default `/execute` limit.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(300);
@@ -25,7 +27,14 @@ pub fn exec_timeout(v: &str) -> Duration {
 pub struct Config {
     pub bind: IpAddr,
     pub port: u16,
-    pub access_token: Option<String>,
+    /// From `--access-token`, `--access-token-file` or their variables; kept
+    /// as its digest only.
+    pub access_token: Option<Token>,
+    /// `Origin`s whose requests are served (`*`: any); every other request
+    /// carrying an `Origin` header is refused.
+    pub allowed_origins: Vec<String>,
+    /// When not empty, the `Host` names (port ignored) requests must carry.
+    pub allowed_hosts: Vec<String>,
     /// 0–7 as upstream: ≤3 error, 4 warn, 5–6 info, 7 debug.
     pub log_level: u8,
     pub log_file: Option<PathBuf>,
@@ -73,6 +82,10 @@ pub struct Config {
     pub sandboxd_root: Option<PathBuf>,
     /// sandboxd `/v1/metadata`: environment variables with this prefix.
     pub metadata_env_prefix: String,
+    /// sandboxd `/v1/metadata`: the variable names served (`NAME*` matches a
+    /// prefix); None: the prefix followed by one of
+    /// [`crate::api::sandboxd::METADATA_ENV_DEFAULT`].
+    pub metadata_env: Option<Vec<String>>,
     /// sandboxd gRPC on a port of its own, besides the main port.
     pub grpc_port: Option<u16>,
     /// WebSocket pings (PTY); a peer silent for twice this is dropped.
@@ -85,6 +98,8 @@ impl Default for Config {
             bind: IpAddr::from([0, 0, 0, 0]),
             port: DEFAULT_PORT,
             access_token: None,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             log_level: 6,
             log_file: None,
             graceful_shutdown_timeout: Duration::from_secs(5),
@@ -110,6 +125,7 @@ impl Default for Config {
             agent_exec_timeout: DEFAULT_EXEC_TIMEOUT,
             sandboxd_root: None,
             metadata_env_prefix: "SANDBOX_".into(),
+            metadata_env: None,
             grpc_port: None,
             ws_ping_interval: Duration::from_secs(30),
         }
@@ -134,7 +150,15 @@ SIGTERM/SIGINT/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 to CMD, and exits with CMD's statu
 Options (environment variable in brackets; a flag wins over its variable):
   --port N                        listen port (44772)
   --bind ADDR                     listen address (0.0.0.0)
-  --access-token T                require header X-EXECD-ACCESS-TOKEN: T [EXECD_ACCESS_TOKEN]
+  --access-token T                require header X-EXECD-ACCESS-TOKEN: T [EXECD_ACCESS_TOKEN];
+                                  T may be sha256:<64 hex> (the token's digest)
+  --access-token-file PATH        the same, read once from PATH (recommended; trailing
+                                  whitespace ignored) [EXECD_ACCESS_TOKEN_FILE]
+  --allowed-origins LIST          comma list of Origins (scheme://host[:port], null, or *)
+                                  allowed; any other request with an Origin header is
+                                  refused with 403 (none) [EXECD_ALLOWED_ORIGINS]
+  --allowed-hosts LIST            comma list of host names the Host header must name, port
+                                  ignored (any) [EXECD_ALLOWED_HOSTS]
   --log-level N                   0-7: <=3 error, 4 warn, 5-6 info, 7 debug (6)
   --log-file PATH                 log here instead of stderr [EXECD_LOG_FILE]
   --graceful-shutdown-timeout D   on SIGTERM/SIGINT, time allowed to end commands (5s)
@@ -168,6 +192,9 @@ Options (environment variable in brackets; a flag wins over its variable):
                                   [SANDBOX_BASE_DIR]; /execute limit [SANDBOX_EXEC_TIMEOUT_SECONDS] (300)
   --sandboxd-root PATH            agent-sandbox sandboxd API root (the base directory)
   --metadata-env-prefix P         sandboxd /v1/metadata variables (SANDBOX_)
+  --metadata-env LIST             comma list of variable names /v1/metadata may serve
+                                  (NAME* for a prefix) (P + ID, NAME, NAMESPACE, ...)
+                                  [EXECD_METADATA_ENV]
   --grpc-port N                   also serve sandboxd gRPC on this port (it is always on --port)
   --ws-ping-interval D            WebSocket ping; a peer silent for twice this is dropped (30s)
   -h, --help                      print this help
@@ -193,8 +220,21 @@ pub fn parse(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Parsed, String> {
     let mut c = Config::default();
-    if let Some(v) = env("EXECD_ACCESS_TOKEN").filter(|v| !v.is_empty()) {
-        c.access_token = Some(v);
+    let nonempty = |k: &str| env(k).filter(|v| !v.is_empty());
+    let env_token = TokenSource::pick(
+        nonempty("EXECD_ACCESS_TOKEN"),
+        nonempty("EXECD_ACCESS_TOKEN_FILE").map(PathBuf::from),
+        "EXECD_ACCESS_TOKEN and EXECD_ACCESS_TOKEN_FILE",
+    )?;
+    let (mut flag_token, mut flag_token_file) = (None, None);
+    if let Some(v) = nonempty("EXECD_ALLOWED_ORIGINS") {
+        c.allowed_origins = list(&v);
+    }
+    if let Some(v) = nonempty("EXECD_ALLOWED_HOSTS") {
+        c.allowed_hosts = list(&v);
+    }
+    if let Some(v) = nonempty("EXECD_METADATA_ENV") {
+        c.metadata_env = Some(list(&v));
     }
     if let Some(v) = env("EXECD_LOG_FILE").filter(|v| !v.is_empty()) {
         c.log_file = Some(v.into());
@@ -256,8 +296,14 @@ pub fn parse(
                     .map_err(|_| "--bind: expected an IP address".to_string())?
             }
             Long("access-token") => {
-                c.access_token = Some(value(&mut p, "access-token")?).filter(|t| !t.is_empty())
+                flag_token = Some(value(&mut p, "access-token")?).filter(|t| !t.is_empty())
             }
+            Long("access-token-file") => {
+                flag_token_file = Some(PathBuf::from(value(&mut p, "access-token-file")?))
+            }
+            Long("allowed-origins") => c.allowed_origins = list(&value(&mut p, "allowed-origins")?),
+            Long("allowed-hosts") => c.allowed_hosts = list(&value(&mut p, "allowed-hosts")?),
+            Long("metadata-env") => c.metadata_env = Some(list(&value(&mut p, "metadata-env")?)),
             Long("log-level") => {
                 c.log_level = value(&mut p, "log-level")?
                     .parse()
@@ -349,6 +395,19 @@ pub fn parse(
             other => return Err(other.unexpected().to_string()),
         }
     }
+    // A flag wins over the variables; a token and a token file at the same
+    // level are a mistake, not a precedence question.
+    let source = TokenSource::pick(
+        flag_token,
+        flag_token_file,
+        "--access-token and --access-token-file",
+    )?
+    .or(env_token);
+    c.access_token = match source {
+        None => None,
+        Some(TokenSource::Value(t)) => Some(Token::parse(&t)?),
+        Some(TokenSource::File(path)) => Some(Token::parse(&read_token_file(&path)?)?),
+    };
     if let Some(argv) = &mut c.init {
         if argv.is_empty() {
             if let Some(cmd) = env("BOOTSTRAP_CMD").filter(|v| !v.trim().is_empty()) {
@@ -360,6 +419,60 @@ pub fn parse(
         }
     }
     Ok(Parsed::Run(Box::new(c)))
+}
+
+/// Where the access token comes from.
+enum TokenSource {
+    Value(String),
+    File(PathBuf),
+}
+
+impl TokenSource {
+    fn pick(
+        value: Option<String>,
+        file: Option<PathBuf>,
+        both: &str,
+    ) -> Result<Option<TokenSource>, String> {
+        match (value, file) {
+            (Some(_), Some(_)) => Err(format!("{both} are both given; give one")),
+            (Some(v), None) => Ok(Some(TokenSource::Value(v))),
+            (None, Some(f)) => Ok(Some(TokenSource::File(f))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// The longest access token file read.
+const MAX_TOKEN_FILE: u64 = 4096;
+
+/// The token in `path`, surrounding whitespace (a final newline) removed.
+/// An empty file is an error: it must not silently turn the check off.
+fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let bad = |e: &dyn std::fmt::Display| format!("access token file {}: {e}", path.display());
+    let f = std::fs::File::open(path).map_err(|e| bad(&e))?;
+    let mut raw = Vec::new();
+    f.take(MAX_TOKEN_FILE + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| bad(&e))?;
+    if raw.len() as u64 > MAX_TOKEN_FILE {
+        return Err(bad(&format!("larger than {MAX_TOKEN_FILE} bytes")));
+    }
+    let s = String::from_utf8(raw).map_err(|_| bad(&"not valid UTF-8"))?;
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(bad(&"empty"));
+    }
+    Ok(t.to_string())
+}
+
+/// A comma-separated list, items trimmed, empty items dropped.
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 fn value(p: &mut lexopt::Parser, name: &str) -> Result<String, String> {
@@ -536,8 +649,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (c.port, c.log_level, c.access_token.as_deref()),
-            (1, 7, Some("t"))
+            (c.port, c.log_level, c.access_token),
+            (1, 7, Some(Token::parse("t").unwrap()))
         );
         assert_eq!(c.bind.to_string(), "127.0.0.1");
         assert_eq!(
@@ -557,11 +670,66 @@ mod tests {
             ("EXECD_API_GRACE_SHUTDOWN", "500ms"),
         ];
         let c = run(&[], &env).unwrap();
-        assert_eq!(c.access_token.as_deref(), Some("e"));
+        assert_eq!(c.access_token, Some(Token::parse("e").unwrap()));
         assert_eq!(c.env_file, Some(PathBuf::from("/x.env")));
         assert_eq!(c.graceful_shutdown_timeout, Duration::from_millis(500));
         let c = run(&["--access-token", "f"], &env).unwrap();
-        assert_eq!(c.access_token.as_deref(), Some("f"));
+        assert_eq!(c.access_token, Some(Token::parse("f").unwrap()));
+    }
+
+    #[test]
+    fn token_sources() {
+        let dir = std::env::temp_dir().join(format!("execd-cfg-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let f = file.to_str().unwrap();
+        let t = |s: &str| Some(Token::parse(s).unwrap());
+        assert_eq!(
+            run(&["--access-token-file", f], &[]).unwrap().access_token,
+            t("from-file")
+        );
+        let env_file = [("EXECD_ACCESS_TOKEN_FILE", f)];
+        assert_eq!(run(&[], &env_file).unwrap().access_token, t("from-file"));
+        // A flag wins over either variable; two sources at one level are an error.
+        assert_eq!(
+            run(&["--access-token", "x"], &env_file)
+                .unwrap()
+                .access_token,
+            t("x")
+        );
+        assert!(run(&["--access-token", "x", "--access-token-file", f], &[]).is_err());
+        assert!(run(
+            &[],
+            &[("EXECD_ACCESS_TOKEN", "x"), ("EXECD_ACCESS_TOKEN_FILE", f)]
+        )
+        .is_err());
+        let hex = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+        std::fs::write(&file, format!("sha256:{hex}")).unwrap();
+        assert_eq!(
+            run(&["--access-token-file", f], &[]).unwrap().access_token,
+            t("secret")
+        );
+        assert!(run(&["--access-token", "sha256:12"], &[]).is_err());
+        std::fs::write(&file, " \n").unwrap();
+        assert!(
+            run(&["--access-token-file", f], &[]).is_err(),
+            "an empty file"
+        );
+        assert!(run(&["--access-token-file", "/nonexistent/execd-token"], &[]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn origin_and_host_lists() {
+        let c = run(
+            &["--allowed-origins", "http://a:1, *,,"],
+            &[("EXECD_ALLOWED_HOSTS", "x,y")],
+        )
+        .unwrap();
+        assert_eq!(c.allowed_origins, ["http://a:1", "*"]);
+        assert_eq!(c.allowed_hosts, ["x", "y"]);
+        assert!(run(&[], &[]).unwrap().allowed_origins.is_empty());
     }
 
     #[test]

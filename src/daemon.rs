@@ -16,7 +16,123 @@ use crate::process::{spawn, Engine, EngineConfig};
 use crate::server::{self, App};
 
 /// Variables never passed on to commands.
-const SECRET_VARS: &[&str] = &["EXECD_ACCESS_TOKEN"];
+const SECRET_VARS: &[&str] = &["EXECD_ACCESS_TOKEN", "EXECD_ACCESS_TOKEN_FILE"];
+
+/// Variables whose values are overwritten in the process's initial
+/// environment block (what `/proc/<pid>/environ` shows).
+const SCRUBBED_VARS: &[&str] = &["EXECD_ACCESS_TOKEN"];
+
+/// Flags whose values are overwritten in the initial argument block (what
+/// `/proc/<pid>/cmdline` and `ps` show), as `--F V`, `--F=V`, `-F V`, `-F=V`.
+const SCRUBBED_FLAGS: &[&str] = &["access-token"];
+
+/// The most of either block looked at (the kernel bounds both far below).
+const MAX_BLOCK: u64 = 32 << 20;
+
+/// Overwrites the access token with NUL bytes where the kernel shows it to
+/// other processes: the initial argument and environment strings, which
+/// `/proc/<pid>/cmdline` and `/proc/<pid>/environ` read from the process's
+/// memory. `std::env::remove_var` cannot do this: it only drops libc's
+/// pointer to the string. The memory is reached through `/proc/self/mem`,
+/// at the addresses `/proc/self/stat` gives, so no pointer is dereferenced.
+///
+/// Call it first thing in `main`, before any thread reads the environment.
+pub fn scrub_secrets() -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let bad = || std::io::Error::other("unexpected /proc/self/stat format");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .ok_or_else(bad)?
+        .1
+        .split_whitespace()
+        .collect();
+    // Fields 48-51 (arg_start, arg_end, env_start, env_end); the list
+    // starts at field 3.
+    let field = |n: usize| -> std::io::Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(bad)
+    };
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/proc/self/mem")?;
+    for (start, end, find) in [
+        (field(48)?, field(49)?, secret_args as fn(&[u8]) -> Vec<_>),
+        (field(50)?, field(51)?, secret_env),
+    ] {
+        let len = end.saturating_sub(start).min(MAX_BLOCK);
+        let mut block = vec![0u8; len as usize];
+        mem.read_exact_at(&mut block, start)?;
+        for r in find(&block).into_iter().filter(|r| !r.is_empty()) {
+            let zeros = vec![0u8; r.len()];
+            mem.write_all_at(&zeros, start + r.start as u64)?;
+        }
+    }
+    Ok(())
+}
+
+/// The NUL-terminated strings of a block, with their offsets.
+fn strings(block: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    let mut off = 0;
+    block.split(|b| *b == 0).map(move |s| {
+        let at = off;
+        off += s.len() + 1;
+        (at, s)
+    })
+}
+
+/// Where the values of [`SCRUBBED_FLAGS`] are in an argument block. Stops
+/// at `--`: what follows is the init-mode command's own.
+fn secret_args(block: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut found = Vec::new();
+    let mut value_next = false;
+    for (at, arg) in strings(block).skip(1) {
+        if std::mem::take(&mut value_next) {
+            found.push(at..at + arg.len());
+            continue;
+        }
+        if arg == b"--" {
+            break;
+        }
+        let Some(name) = arg.strip_prefix(b"--").or_else(|| arg.strip_prefix(b"-")) else {
+            continue;
+        };
+        let name_at = at + (arg.len() - name.len());
+        for flag in SCRUBBED_FLAGS {
+            let flag = flag.as_bytes();
+            if name == flag {
+                value_next = true;
+            } else if name.starts_with(flag) && name.get(flag.len()) == Some(&b'=') {
+                found.push(name_at + flag.len() + 1..at + arg.len());
+            }
+        }
+    }
+    found
+}
+
+/// Where the values of [`SCRUBBED_VARS`] are in an environment block.
+fn secret_env(block: &[u8]) -> Vec<std::ops::Range<usize>> {
+    strings(block)
+        .filter_map(|(at, entry)| {
+            SCRUBBED_VARS.iter().find_map(|v| {
+                let v = v.as_bytes();
+                (entry.starts_with(v) && entry.get(v.len()) == Some(&b'='))
+                    .then(|| at + v.len() + 1..at + entry.len())
+            })
+        })
+        .collect()
+}
+
+/// Makes the process non-dumpable: its `/proc/<pid>/` files then belong to
+/// root, so processes of its own uid (when that is not root) can neither
+/// read its memory nor trace it, and it leaves no core dump. Commands are
+/// not affected: `execve` resets the flag.
+pub fn set_undumpable() -> nix::Result<()> {
+    nix::sys::prctl::set_dumpable(false)
+}
 
 fn engine_config(c: &Config, data_dir: Arc<DataDir>) -> EngineConfig {
     EngineConfig {
@@ -184,6 +300,13 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     let listener = listen(addr)?;
     let local = listener.local_addr()?;
     config.port = local.port();
+    if config.access_token.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            %local,
+            "listening beyond loopback without an access token: anyone who reaches this \
+             address can run commands as execd's user; set --access-token-file"
+        );
+    }
     let engine = Engine::start(engine_config(&config, data_dir));
     let grace = config.graceful_shutdown_timeout;
     let init = config.init.clone();
@@ -273,4 +396,30 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
         "stopped"
     );
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn picked(block: &[u8], find: fn(&[u8]) -> Vec<std::ops::Range<usize>>) -> Vec<&[u8]> {
+        find(block).into_iter().map(|r| &block[r]).collect()
+    }
+
+    #[test]
+    fn finds_the_token_in_arguments() {
+        let args = b"execd\0--port\09\0--access-token\0T1\0-access-token=T2\0--access-token=T3\0--access-token-file\0/f\0-access-token\0T4\0--\0--access-token\0keep\0";
+        assert_eq!(picked(args, secret_args), [&b"T1"[..], b"T2", b"T3", b"T4"]);
+        // The program name is never a flag; a flag at the end has no value.
+        assert!(secret_args(b"--access-token\0").is_empty());
+        assert!(picked(b"execd\0--access-token\0", secret_args)
+            .concat()
+            .is_empty());
+    }
+
+    #[test]
+    fn finds_the_token_in_the_environment() {
+        let env = b"A=1\0EXECD_ACCESS_TOKEN=tok\0EXECD_ACCESS_TOKEN_FILE=/f\0XEXECD_ACCESS_TOKEN=y\0EXECD_ACCESS_TOKEN=\0";
+        assert_eq!(picked(env, secret_env), [&b"tok"[..], b""]);
+    }
 }

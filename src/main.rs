@@ -29,11 +29,19 @@ fn main() -> ExitCode {
     };
     cloexec_inherited();
     // Still the only thread: the environment may change safely.
+    let scrubbed = execd::daemon::scrub_secrets();
     execd::daemon::prepare_environment(&cfg);
+    let undumpable = execd::daemon::set_undumpable();
     limit_malloc_arenas();
     if let Err(e) = init_logging(&cfg) {
         eprintln!("execd: cannot open log file: {e}");
         return ExitCode::from(2);
+    }
+    if let Err(e) = scrubbed {
+        tracing::warn!(error = %e, "cannot overwrite the access token in /proc/self/cmdline and environ");
+    }
+    if let Err(e) = undumpable {
+        tracing::warn!(error = %e, "cannot make the process non-dumpable");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(

@@ -13,6 +13,7 @@ fn daemon(dir: &TempDir) -> Daemon {
     Daemon::start_with(
         &["--agent-sandbox-base-dir", &dir.join("")],
         &[
+            ("SANDBOX_ID", "sb-1"),
             ("SANDBOX_TEST_VISIBLE", "yes"),
             ("SANDBOX_API_TOKEN", "hidden"),
         ],
@@ -488,6 +489,8 @@ async fn sandboxd_health_and_metadata() {
     assert_eq!(v["status"], "ok");
     assert!(v["uptime_seconds"].as_u64().is_some());
     let v = d.get("/v1/metadata").await.json();
-    assert_eq!(v["env"]["SANDBOX_TEST_VISIBLE"], "yes");
+    assert_eq!(v["env"]["SANDBOX_ID"], "sb-1");
+    // Only names on the allow-list are served (tests/hardening.rs has more).
+    assert!(v["env"].get("SANDBOX_TEST_VISIBLE").is_none(), "{v}");
     assert!(v["env"].get("SANDBOX_API_TOKEN").is_none(), "{v}");
 }

@@ -19,9 +19,51 @@ use crate::fs::ops::AttrRequest;
 use crate::fs::upload::Writer;
 use crate::server::{json_response, ApiError, App, Body, Ctx};
 
-/// Names of variables never served by `/v1/metadata` (substrings, any case).
+/// Names of variables never served by `/v1/metadata` (substrings, any case),
+/// even when the allow-list names them: a second net, not the defence.
 const SECRET_MARKERS: &[&str] = &[
-    "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CRED", "KEY", "AUTH", "BEARER", "PRIVATE", "CERT",
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "CRED",
+    "KEY",
+    "AUTH",
+    "BEARER",
+    "PRIVATE",
+    "CERT",
+    "SESSION",
+    "COOKIE",
+    "SIGNATURE",
+];
+
+/// The same, as whole `_`-separated words only (`PAT` but not `PATH`).
+const SECRET_WORDS: &[&str] = &["PASS", "PWD", "PAT", "DSN", "SALT", "PIN", "OTP"];
+
+/// Whether a variable's name suggests a secret.
+fn secret_name(name: &str) -> bool {
+    let up = name.to_ascii_uppercase();
+    SECRET_MARKERS.iter().any(|m| up.contains(m))
+        || up.split('_').any(|w| SECRET_WORDS.contains(&w))
+}
+
+/// `/v1/metadata`'s variables by default, after the prefix: names that
+/// describe the sandbox and carry nothing secret. `--metadata-env` replaces
+/// the list.
+pub const METADATA_ENV_DEFAULT: &[&str] = &[
+    "ID",
+    "NAME",
+    "NAMESPACE",
+    "TEMPLATE",
+    "IMAGE",
+    "PORT",
+    "POD_NAME",
+    "POD_IP",
+    "NODE_NAME",
+    "REGION",
+    "ZONE",
+    "BASE_DIR",
+    "EXEC_TIMEOUT_SECONDS",
 ];
 
 /// The sandboxd root directory.
@@ -354,16 +396,49 @@ pub fn health(app: &App) -> Result<Response<Body>, ApiError> {
     ))
 }
 
-/// Variables named `prefix…`, minus any whose name suggests a secret.
+/// Whether `name` is on `allowed`: equal to an entry, or starting with an
+/// entry's text before its final `*`.
+fn name_allowed(allowed: &[String], name: &str) -> bool {
+    allowed.iter().any(|a| match a.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => a == name,
+    })
+}
+
+/// Whether `value` is a URL carrying a password (`scheme://user:pass@host`).
+fn has_url_password(value: &str) -> bool {
+    value.match_indices("://").any(|(i, _)| {
+        let rest = &value[i + 3..];
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        authority
+            .rsplit_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    })
+}
+
+/// `/v1/metadata`'s variables: named `prefix…`, on the allow-list (by
+/// default the prefix followed by one of [`METADATA_ENV_DEFAULT`]), and
+/// even then never a name that suggests a secret nor a URL with a
+/// password. Safe by default: a variable is served only when its name was
+/// chosen to be, not whenever it escapes a list of suspicious words.
 pub fn metadata_env(
     prefix: &str,
+    allowed: Option<&[String]>,
     vars: impl Iterator<Item = (String, String)>,
 ) -> serde_json::Map<String, serde_json::Value> {
-    vars.filter(|(k, _)| k.starts_with(prefix))
-        .filter(|(k, _)| {
-            let up = k.to_ascii_uppercase();
-            !SECRET_MARKERS.iter().any(|m| up.contains(m))
-        })
+    let default: Vec<String>;
+    let allowed = match allowed {
+        Some(a) => a,
+        None => {
+            default = METADATA_ENV_DEFAULT
+                .iter()
+                .map(|n| format!("{prefix}{n}"))
+                .collect();
+            &default
+        }
+    };
+    vars.filter(|(k, _)| k.starts_with(prefix) && name_allowed(allowed, k))
+        .filter(|(k, v)| !secret_name(k) && !has_url_password(v))
         .map(|(k, v)| (k, serde_json::Value::String(v)))
         .collect()
 }
@@ -374,7 +449,8 @@ pub fn metadata(app: &App) -> Result<Response<Body>, ApiError> {
     let env = ENV.get_or_init(|| {
         let vars = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        serde_json::json!({ "env": metadata_env(&app.config.metadata_env_prefix, vars) })
+        let c = &app.config;
+        serde_json::json!({ "env": metadata_env(&c.metadata_env_prefix, c.metadata_env.as_deref(), vars) })
     });
     Ok(json_response(StatusCode::OK, env))
 }
@@ -403,17 +479,57 @@ mod tests {
     }
 
     #[test]
-    fn metadata_filters_secrets() {
+    fn metadata_serves_only_allowed_names() {
         let vars = [
             ("SANDBOX_ID", "a"),
+            ("SANDBOX_NAMESPACE", "ns"),
             ("SANDBOX_API_TOKEN", "x"),
             ("SANDBOX_db_password", "x"),
             ("SANDBOX_SSH_KEY", "x"),
+            ("SANDBOX_DB_PASS", "x"),
+            ("SANDBOX_GITHUB_PAT", "x"),
+            ("SANDBOX_DATABASE_URL", "postgres://app:hunter2@db:5432/app"),
+            ("SANDBOX_MODE", "fast"),
             ("OTHER", "b"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
-        let m = metadata_env("SANDBOX_", vars.into_iter());
-        assert_eq!(m.len(), 1);
-        assert_eq!(m["SANDBOX_ID"], "a");
+        let m = metadata_env("SANDBOX_", None, vars.clone().into_iter());
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(
+            (&m["SANDBOX_ID"], &m["SANDBOX_NAMESPACE"]),
+            (&"a".into(), &"ns".into())
+        );
+        // An explicit list, patterns included; the secret net still holds.
+        let allowed = ["SANDBOX_*".to_string()];
+        let m = metadata_env("SANDBOX_", Some(&allowed), vars.into_iter());
+        let mut names: Vec<&str> = m.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["SANDBOX_ID", "SANDBOX_MODE", "SANDBOX_NAMESPACE"]);
+    }
+
+    #[test]
+    fn secret_names() {
+        for n in [
+            "GITHUB_PAT",
+            "DB_PASS",
+            "db_pwd",
+            "API_TOKEN",
+            "SSH_KEY",
+            "SENTRY_DSN",
+        ] {
+            assert!(secret_name(n), "{n}");
+        }
+        for n in ["SANDBOX_PATH", "SANDBOX_PASSAGE", "SANDBOX_ID"] {
+            assert!(!secret_name(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn url_passwords() {
+        assert!(has_url_password("postgres://u:p@h/db"));
+        assert!(has_url_password("x https://u:p@h"));
+        assert!(!has_url_password("https://h/a:b@c"));
+        assert!(!has_url_password("https://user@h"));
+        assert!(!has_url_password("plain"));
     }
 }

@@ -142,6 +142,20 @@ impl From<PtyError> for ApiError {
             PtyError::AlreadyConnected(_) => (StatusCode::CONFLICT, "ALREADY_CONNECTED"),
             PtyError::TooMany => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_SESSIONS"),
             PtyError::BadSize { .. } => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
+            // A cwd that cannot be made is the request's fault, unless the
+            // disk is full or the system fails.
+            PtyError::Cwd { source, .. } => match source.raw_os_error() {
+                Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+                    (StatusCode::FORBIDDEN, "PERMISSION_DENIED")
+                }
+                Some(libc::ENOSPC | libc::EDQUOT) => {
+                    (StatusCode::INSUFFICIENT_STORAGE, "INSUFFICIENT_STORAGE")
+                }
+                Some(libc::EIO | libc::ENOMEM | libc::EMFILE | libc::ENFILE) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR")
+                }
+                _ => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
+            },
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR"),
         };
         Self::new(status, code, e.to_string())

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod origin;
 pub mod routes;
 pub mod sse;
 mod watch;
@@ -75,12 +76,10 @@ pub struct App {
     /// Every port execd listens on, as bound (an ephemeral `0` resolved):
     /// the proxy refuses them all. A new listener must add its port here.
     pub listen_ports: Vec<u16>,
-    token: Option<Vec<u8>>,
 }
 
 impl App {
     pub fn new(config: Config, engine: Arc<Engine>) -> Arc<App> {
-        let token = config.access_token.clone().map(String::into_bytes);
         let root = config
             .sandboxd_root
             .clone()
@@ -100,7 +99,6 @@ impl App {
             started: std::time::Instant::now(),
             tasks: tokio_util::task::TaskTracker::new(),
             shutdown: CancellationToken::new(),
-            token,
         })
     }
 }
@@ -205,13 +203,14 @@ impl Query {
 /// requests finish for at most `drain`.
 pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken, drain: Duration) {
     let conns = tokio_util::task::TaskTracker::new();
+    let mut failures = AcceptFailures::default();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
+                    failures.failed(&e);
                     // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
@@ -276,6 +275,38 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
     conns.close();
     if tokio::time::timeout(drain, conns.wait()).await.is_err() {
         tracing::debug!("connections still open at the end of shutdown");
+    }
+}
+
+/// Logs failed accepts by count, not one line per failure: at EMFILE the
+/// loop retries 50 times a second, and a client that keeps connecting keeps
+/// it there. The 1st, 2nd, 4th, ... 1024th failure since start-up is logged,
+/// then every 1024th, each line with the count so far. Never reset (an
+/// accept between failures would make every failure a first again), so the
+/// lines stay a logarithm of the failures, then one per 1024.
+#[derive(Default)]
+struct AcceptFailures {
+    total: u64,
+}
+
+/// Past this many failures, every this-many-th is logged.
+const ACCEPT_LOG_EVERY: u64 = 1024;
+
+impl AcceptFailures {
+    fn failed(&mut self, e: &std::io::Error) {
+        self.total += 1;
+        if accept_failure_logged(self.total) {
+            tracing::warn!(error = %e, failures = self.total, "accept failed");
+        }
+    }
+}
+
+/// Whether the `n`th failure is logged.
+fn accept_failure_logged(n: u64) -> bool {
+    if n <= ACCEPT_LOG_EVERY {
+        n.is_power_of_two()
+    } else {
+        n.is_multiple_of(ACCEPT_LOG_EVERY)
     }
 }
 
@@ -580,12 +611,48 @@ fn answer(
     activity: &Arc<watch::Activity>,
 ) -> routes::Answer {
     use routes::Answer;
-    let token = app.token.as_deref();
-    let allowed = auth::authorized(token, req.headers())
-        || (routes::allows_query_token(req.uri().path())
-            && auth::query_authorized(token, req.uri().query()));
     // gRPC needs HTTP/2; an HTTP/1.1 request is never looked at for it.
     let grpc = req.version() == http::Version::HTTP_2 && crate::grpc::is_grpc(req.headers());
+    match origin::check(&app.config, &req) {
+        origin::Verdict::Serve => authorized_answer(app, req, peer, grpc, activity),
+        origin::Verdict::Refuse(e) if grpc => Answer::ready(Ok(grpc_body(
+            tonic::Status::permission_denied(e.message).into_http(),
+        ))),
+        origin::Verdict::Refuse(e) => Answer::ready(Err(e)),
+        origin::Verdict::Preflight(resp) => Answer::ready(Ok(resp)),
+        origin::Verdict::ServeCors(origin) => {
+            match authorized_answer(app, req, peer, grpc, activity) {
+                Answer::Ready(Some(mut resp)) => {
+                    origin::add_cors(&mut resp, origin);
+                    Answer::Ready(Some(resp))
+                }
+                later => Answer::Later(Box::pin(async move {
+                    let Ok(mut resp) = later.await;
+                    origin::add_cors(&mut resp, origin);
+                    Ok(resp)
+                })),
+            }
+        }
+    }
+}
+
+/// The answer to a request that passed the origin check: the access check,
+/// then gRPC or REST.
+fn authorized_answer(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    grpc: bool,
+    activity: &Arc<watch::Activity>,
+) -> routes::Answer {
+    use routes::Answer;
+    let token = app.config.access_token.as_ref();
+    // The query token is for browsers' WebSockets, which cannot set
+    // headers: never for gRPC, whatever the path.
+    let allowed = auth::authorized(token, req.headers())
+        || (!grpc
+            && routes::allows_query_token(req.uri().path())
+            && auth::query_authorized(token, req.uri().query()));
     match (allowed, grpc) {
         (false, true) => Answer::ready(Ok(grpc_body(
             tonic::Status::unauthenticated("invalid or missing X-EXECD-ACCESS-TOKEN").into_http(),
@@ -608,6 +675,15 @@ fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_failures_are_logged_by_count() {
+        let logged: Vec<u64> = (1..=5000).filter(|n| accept_failure_logged(*n)).collect();
+        assert_eq!(
+            logged,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3072, 4096]
+        );
+    }
 
     #[test]
     fn first_bytes_tell_http1_from_the_http2_preface() {
