@@ -62,6 +62,8 @@ pub struct Config {
     pub grpc_port: Option<u16>,
     /// WebSocket pings (PTY); a peer silent for twice this is dropped.
     pub ws_ping_interval: Duration,
+    /// Live code contexts (Jupyter kernels) at most; 429 past it.
+    pub max_code_contexts: usize,
 }
 
 impl Default for Config {
@@ -93,6 +95,7 @@ impl Default for Config {
             metadata_env_prefix: "SANDBOX_".into(),
             grpc_port: None,
             ws_ping_interval: Duration::from_secs(30),
+            max_code_contexts: 32,
         }
     }
 }
@@ -140,6 +143,10 @@ Options (environment variable in brackets; a flag wins over its variable):
   --metadata-env-prefix P         sandboxd /v1/metadata variables (SANDBOX_)
   --grpc-port N                   also serve sandboxd gRPC on this port (it is always on --port)
   --ws-ping-interval D            WebSocket ping; a peer silent for twice this is dropped (30s)
+  --max-code-contexts N           live /code contexts (Jupyter kernels) at most (32)
+                                  [EXECD_MAX_CODE_CONTEXTS]
+  --jupyter-host URL, --jupyter-token T
+                                  accepted and ignored: /code drives kernels itself
   -h, --help                      print this help
   -V, --version                   print the version
 
@@ -184,6 +191,9 @@ pub fn parse(
     }
     if let Some(v) = env("EXECD_DATA_DIR").filter(|v| !v.is_empty()) {
         c.data_dir = v.into();
+    }
+    if let Some(v) = env("EXECD_MAX_CODE_CONTEXTS").filter(|v| !v.is_empty()) {
+        c.max_code_contexts = records(&v).map_err(|e| format!("EXECD_MAX_CODE_CONTEXTS: {e}"))?;
     }
     if let Some(v) = env("SANDBOX_BASE_DIR").filter(|v| !v.trim().is_empty()) {
         c.agent_base_dir = Some(v.into());
@@ -267,6 +277,9 @@ pub fn parse(
             Long("ws-ping-interval") => {
                 c.ws_ping_interval =
                     duration(&value(&mut p, "ws-ping-interval")?)?.max(Duration::from_millis(10))
+            }
+            Long("max-code-contexts") => {
+                c.max_code_contexts = records(&value(&mut p, "max-code-contexts")?)?
             }
             // Upstream flags that have no meaning here, accepted so existing launchers work.
             Long("jupyter-host") | Long("jupyter-token") | Long("jupyter-idle-poll-interval") => {

@@ -17,6 +17,14 @@ use crate::server::{self, App};
 const SECRET_VARS: &[&str] = &["EXECD_ACCESS_TOKEN"];
 
 fn engine_config(c: &Config) -> EngineConfig {
+    let mut base_env = base_env(c);
+    let mut inherit_env = ENV_PREPARED.load(std::sync::atomic::Ordering::Relaxed);
+    let port = c.port.to_string();
+    if std::env::var(JUPYTER_PORT).ok().as_deref() != Some(port.as_str()) {
+        base_env.retain(|(k, _)| k != JUPYTER_PORT);
+        base_env.push((JUPYTER_PORT.into(), port.into()));
+        inherit_env = false;
+    }
     EngineConfig {
         shell: spawn::default_shell(),
         limits: LogLimits {
@@ -31,10 +39,18 @@ fn engine_config(c: &Config) -> EngineConfig {
         kill_grace: Duration::from_secs(3),
         max_line: c.max_line,
         env_file: c.env_file.clone(),
-        base_env: base_env(c),
-        inherit_env: ENV_PREPARED.load(std::sync::atomic::Ordering::Relaxed),
+        base_env,
+        inherit_env,
     }
 }
+
+/// The code-interpreter SDK's readiness probe opens
+/// `/dev/tcp/127.0.0.1/${JUPYTER_PORT:-44771}` through `POST /command`: with
+/// no Jupyter server, `JUPYTER_PORT` names execd's own port, which does
+/// serve `/code`. Set in the daemon's environment at start-up when the port
+/// is fixed (so commands still inherit that environment as it is);
+/// otherwise (`--port 0`) added to what commands get, once the port is known.
+const JUPYTER_PORT: &str = "JUPYTER_PORT";
 
 /// Set once [`prepare_environment`] has run: the daemon's own environment is
 /// then exactly what commands inherit.
@@ -54,6 +70,9 @@ pub fn prepare_environment(c: &Config) {
     match &c.env_file {
         Some(f) => std::env::set_var("EXECD_ENVS", f),
         None => std::env::remove_var("EXECD_ENVS"),
+    }
+    if c.port != 0 {
+        std::env::set_var(JUPYTER_PORT, c.port.to_string());
     }
     ENV_PREPARED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
@@ -184,6 +203,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
         None => None,
     };
     let app = App::new(config, engine.clone());
+    let kernels = app.kernels.clone();
     let stop = app.shutdown.clone();
     let grpc_server = grpc_listener.map(|l| {
         if let Ok(a) = l.local_addr() {
@@ -247,6 +267,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     tracing::info!(?grace, "graceful shutdown");
     stop.cancel();
     engine.shutdown(grace).await;
+    kernels.cleanup();
     let left = grace.saturating_sub(began.elapsed());
     let _ = tokio::time::timeout(left, server).await;
     if let Some(g) = grpc_server {

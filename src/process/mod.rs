@@ -278,6 +278,29 @@ impl Engine {
         )
     }
 
+    /// Starts a long-lived helper process (a Jupyter kernel) with exactly
+    /// `env`: its own process group, stdin `/dev/null`, stdout and stderr
+    /// piped, its exit collected by the reaper.
+    pub fn spawn_helper(
+        &self,
+        argv: Vec<String>,
+        env: Vec<(OsString, OsString)>,
+        cwd: Option<PathBuf>,
+    ) -> Result<spawn::Spawned, spawn::SpawnError> {
+        spawn::spawn(
+            &self.reaper,
+            SpawnSpec {
+                program: Program::Argv(argv),
+                shell: self.cfg.shell.clone(),
+                cwd,
+                env: Some(env),
+                uid: None,
+                gid: None,
+                stdin_pipe: false,
+            },
+        )
+    }
+
     /// Starts `spec`'s argv on a new pseudo-terminal of `cols`×`rows`, in
     /// the command environment. Returns the terminal and the exit status.
     pub fn start_terminal(

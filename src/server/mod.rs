@@ -71,6 +71,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// sandboxd's gRPC ProcessService, for requests with a gRPC content type.
     pub grpc: crate::grpc::Server,
+    /// `/code` contexts (Jupyter kernels).
+    pub kernels: Arc<crate::kernel::Kernels>,
     token: Option<Vec<u8>>,
 }
 
@@ -84,8 +86,16 @@ impl App {
             .or_else(|| std::env::current_dir().ok())
             .unwrap_or_else(|| "/".into());
         let grpc = crate::grpc::server(engine.clone(), root, config.agent_exec_timeout);
+        let kernels = crate::kernel::Kernels::new(
+            engine.clone(),
+            crate::kernel::KernelConfig {
+                max_contexts: config.max_code_contexts,
+                dir: config.data_dir.join("kernels"),
+            },
+        );
         Arc::new(App {
             grpc,
+            kernels,
             config,
             engine,
             metrics: crate::metrics::Sampler::new("/"),

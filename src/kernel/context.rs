@@ -1,0 +1,839 @@
+//! One code context: a Jupyter kernel process and the task that drives it.
+//!
+//! The driver owns the kernel's sockets. A reader task per socket turns the
+//! byte stream into messages (reads are not cancel-safe, so they are not
+//! raced in `select!` themselves); the driver selects over those, requests
+//! from the API, the kernel's exit, the heartbeat and the run's timeout.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::msg::{Msg, Signer};
+use super::spec::{InterruptMode, KernelSpec};
+use super::zmtp::{self, Kind};
+use super::KernelError;
+use crate::process::reaper::ExitStatus;
+use crate::process::spawn::{signal_group, Spawned};
+
+/// How long a kernel may take from spawn to answering on every channel.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Heartbeat period; a kernel silent for [`HB_MISSES`] periods is dead.
+const HB_EVERY: Duration = Duration::from_secs(5);
+const HB_MISSES: u32 = 4;
+/// After a timeout's interrupt, how long the kernel has to wind the run
+/// down before it is killed.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+/// Events buffered between the driver and the HTTP stream.
+const SINK_DEPTH: usize = 256;
+/// Messages buffered per socket between its reader task and the driver.
+const SOCKET_DEPTH: usize = 64;
+
+/// What a run produces, in order; [`Event::Done`] is last.
+#[derive(Debug)]
+pub enum Event {
+    Stream {
+        stderr: bool,
+        text: String,
+    },
+    ExecutionCount(i64),
+    /// `execute_result`, `display_data` or `update_display_data`: the MIME bundle.
+    Result {
+        data: Map<String, Value>,
+        execution_count: Option<i64>,
+    },
+    /// The kernel's own `error` message.
+    Error {
+        ename: String,
+        evalue: String,
+        traceback: Vec<String>,
+    },
+    Done {
+        elapsed: Duration,
+        outcome: Outcome,
+    },
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Ok,
+    /// The kernel reported an error (already sent as [`Event::Error`]).
+    KernelError,
+    /// Ended by execd: timeout, kernel death, deletion, abort.
+    Failed {
+        ename: String,
+        evalue: String,
+        timed_out: bool,
+    },
+}
+
+enum Request {
+    Execute {
+        code: String,
+        sink: mpsc::Sender<Event>,
+        timeout: Option<Duration>,
+    },
+    Interrupt,
+}
+
+/// A live (or dead) code context.
+pub struct Context {
+    pub id: String,
+    pub language: String,
+    pub kernel_name: String,
+    pub cwd: Option<PathBuf>,
+    pub created: SystemTime,
+    /// The kernel's pid, which is also its process group.
+    pub pid: i32,
+    interrupt_mode: InterruptMode,
+    busy: AtomicBool,
+    dead: Mutex<Option<String>>,
+    tx: mpsc::Sender<Request>,
+    /// Cancelled to stop the kernel.
+    kill: CancellationToken,
+    /// Cancelled once the driver has ended: the kernel is reaped and its
+    /// connection file removed.
+    ended: CancellationToken,
+}
+
+/// The state a context reports.
+pub enum State {
+    Idle,
+    Busy,
+    Dead(String),
+}
+
+impl Context {
+    pub fn state(&self) -> State {
+        if let Some(why) = self.dead.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return State::Dead(why);
+        }
+        if self.busy.load(Ordering::Acquire) {
+            State::Busy
+        } else {
+            State::Idle
+        }
+    }
+
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state(), State::Dead(_))
+    }
+
+    /// Starts a run of `code`. The context is claimed synchronously, so a
+    /// second run on a busy context fails here, before any event is sent.
+    pub fn execute(
+        &self,
+        code: String,
+        timeout: Option<Duration>,
+    ) -> Result<mpsc::Receiver<Event>, KernelError> {
+        if let State::Dead(why) = self.state() {
+            return Err(KernelError::Dead(self.id.clone(), why));
+        }
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(KernelError::Busy(self.id.clone()));
+        }
+        let (sink, rx) = mpsc::channel(SINK_DEPTH);
+        let req = Request::Execute {
+            code,
+            sink,
+            timeout,
+        };
+        if self.tx.try_send(req).is_err() {
+            self.busy.store(false, Ordering::Release);
+            let why = self
+                .dead
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "the kernel is shutting down".into());
+            return Err(KernelError::Dead(self.id.clone(), why));
+        }
+        Ok(rx)
+    }
+
+    /// Interrupts the running code as the kernelspec asks: SIGINT to the
+    /// kernel's process group, or an `interrupt_request` on control.
+    pub fn interrupt(&self) -> Result<(), KernelError> {
+        if let State::Dead(why) = self.state() {
+            return Err(KernelError::Dead(self.id.clone(), why));
+        }
+        match self.interrupt_mode {
+            InterruptMode::Signal => {
+                signal_group(self.pid, libc::SIGINT);
+            }
+            InterruptMode::Message => {
+                let _ = self.tx.try_send(Request::Interrupt);
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills the kernel (and everything it started) and waits until it is
+    /// reaped and its connection file is gone.
+    pub async fn shutdown(&self) {
+        self.kill.cancel();
+        self.ended.cancelled().await;
+    }
+}
+
+/// What launching needs from the caller.
+pub struct Launch {
+    pub id: String,
+    pub language: String,
+    pub spec: KernelSpec,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// The private directory connection files are written to.
+    pub dir: PathBuf,
+    /// Cancelled at daemon shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// A connection file that removes itself when dropped.
+struct ConnFile(PathBuf);
+
+impl Drop for ConnFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Aborts the task when dropped, so reader tasks never outlive their driver.
+struct Owned(JoinHandle<()>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Five free loopback ports for the kernel to bind. (Picking them and the
+/// kernel binding them is racy by nature, as in every Jupyter client; a
+/// port taken meanwhile makes the kernel fail to start, and the create fails.)
+fn free_ports() -> std::io::Result<[u16; 5]> {
+    let mut held = Vec::with_capacity(5);
+    let mut ports = [0u16; 5];
+    for p in &mut ports {
+        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        *p = l.local_addr()?.port();
+        held.push(l);
+    }
+    Ok(ports)
+}
+
+fn write_conn_file(dir: &std::path::Path, id: &str, content: &Value) -> std::io::Result<ConnFile> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let path = dir.join(format!("kernel-{id}.json"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&path)?;
+    let file = ConnFile(path);
+    f.write_all(content.to_string().as_bytes())?;
+    Ok(file)
+}
+
+/// The last bytes a kernel wrote to stdout/stderr, for error messages.
+#[derive(Default)]
+struct Tail(Mutex<Vec<u8>>);
+
+const TAIL: usize = 2048;
+
+impl Tail {
+    fn push(&self, b: &[u8]) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        t.extend_from_slice(b);
+        if t.len() > TAIL {
+            let cut = t.len() - TAIL;
+            t.drain(..cut);
+        }
+    }
+
+    fn text(&self) -> String {
+        let t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&t).trim().to_string()
+    }
+}
+
+/// Reads a kernel's stdout or stderr to the end, keeping only the tail.
+fn drain(fd: std::os::fd::OwnedFd, tail: Arc<Tail>) -> Option<Owned> {
+    use tokio::io::AsyncReadExt;
+    let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
+    Some(Owned(tokio::spawn(async move {
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n) = rx.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            tail.push(&buf[..n]);
+        }
+    })))
+}
+
+/// A socket's reader task and the channel it feeds.
+fn reader(mut r: zmtp::Reader) -> (mpsc::Receiver<Vec<Vec<u8>>>, Owned) {
+    let (tx, rx) = mpsc::channel(SOCKET_DEPTH);
+    let task = tokio::spawn(async move {
+        while let Ok(m) = r.recv().await {
+            if tx.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    (rx, Owned(task))
+}
+
+/// Connects, retrying while the kernel has not bound the port yet. There is
+/// no notification for that: the kernel's start is polled, with a short,
+/// growing pause, until `deadline`.
+async fn connect(
+    port: u16,
+    kind: Kind,
+    deadline: Instant,
+) -> std::io::Result<(zmtp::Reader, zmtp::Writer)> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match zmtp::connect(addr, kind).await {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                if Instant::now() + pause > deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct Sockets {
+    shell: zmtp::Writer,
+    /// Never written after the subscription, but kept: dropping a write
+    /// half shuts the connection down for writing, and the kernel hangs up.
+    _iopub: zmtp::Writer,
+    control: zmtp::Writer,
+    hb: zmtp::Writer,
+    shell_rx: mpsc::Receiver<Vec<Vec<u8>>>,
+    control_rx: mpsc::Receiver<Vec<Vec<u8>>>,
+    iopub_rx: mpsc::Receiver<Vec<Vec<u8>>>,
+    hb_rx: mpsc::Receiver<Vec<Vec<u8>>>,
+    _tasks: Vec<Owned>,
+}
+
+/// Connects to every channel, then makes sure IOPub delivers: a
+/// subscription takes effect at the kernel some time after it is sent, so
+/// `kernel_info_request`s are sent until the kernel's status for one of
+/// them arrives on IOPub (as `jupyter_client` does).
+async fn attach(ports: &[u16; 5], signer: &Signer, deadline: Instant) -> std::io::Result<Sockets> {
+    let [shell_p, iopub_p, _stdin_p, control_p, hb_p] = *ports;
+    let (shell_r, mut shell) = connect(shell_p, Kind::Dealer, deadline).await?;
+    let (iopub_r, iopub_w) = connect(iopub_p, Kind::Sub, deadline).await?;
+    let (control_r, control) = connect(control_p, Kind::Dealer, deadline).await?;
+    let (hb_r, hb) = connect(hb_p, Kind::Req, deadline).await?;
+    let (mut shell_rx, t1) = reader(shell_r);
+    let (mut iopub_rx, t2) = reader(iopub_r);
+    let (control_rx, t3) = reader(control_r);
+    let (hb_rx, t4) = reader(hb_r);
+    let mut sent: Vec<String> = Vec::new();
+    let mut nudge = Duration::from_millis(100);
+    'outer: loop {
+        let (id, parts) = signer.encode("kernel_info_request", &json!({}));
+        sent.push(id);
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        shell.send(&refs).await?;
+        let until = (Instant::now() + nudge).min(deadline);
+        loop {
+            tokio::select! {
+                m = iopub_rx.recv() => match m {
+                    Some(m) => {
+                        if signer.decode(&m).is_ok_and(|m| sent.contains(&m.parent_id)) {
+                            break 'outer;
+                        }
+                    }
+                    None => return Err(std::io::Error::other("IOPub closed")),
+                },
+                m = shell_rx.recv() => if m.is_none() {
+                    return Err(std::io::Error::other("shell closed"));
+                },
+                _ = sleep_until(until) => break,
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no status from the kernel on IOPub",
+            ));
+        }
+        nudge = (nudge * 2).min(Duration::from_secs(1));
+    }
+    Ok(Sockets {
+        shell,
+        _iopub: iopub_w,
+        control,
+        hb,
+        shell_rx,
+        control_rx,
+        iopub_rx,
+        hb_rx,
+        _tasks: vec![t1, t2, t3, t4],
+    })
+}
+
+/// Starts the kernel and waits until it answers on every channel.
+pub async fn launch(
+    l: Launch,
+    spawn: impl FnOnce(
+        Vec<String>,
+        Vec<(std::ffi::OsString, std::ffi::OsString)>,
+        Option<PathBuf>,
+    ) -> Result<Spawned, crate::process::spawn::SpawnError>,
+    tasks: &tokio_util::task::TaskTracker,
+) -> Result<Arc<Context>, KernelError> {
+    let fail = |e: String| KernelError::Launch(l.language.clone(), e);
+    let ports = free_ports().map_err(|e| fail(format!("no free port: {e}")))?;
+    let key = crate::process::new_id();
+    let conn = json!({
+        "shell_port": ports[0], "iopub_port": ports[1], "stdin_port": ports[2],
+        "control_port": ports[3], "hb_port": ports[4], "ip": "127.0.0.1",
+        "key": key, "transport": "tcp", "signature_scheme": "hmac-sha256",
+        "kernel_name": l.spec.name,
+    });
+    let file = write_conn_file(&l.dir, &l.id, &conn)
+        .map_err(|e| fail(format!("cannot write the connection file: {e}")))?;
+    let argv = l.spec.command(&file.0);
+    let mut env = l.env;
+    for (k, v) in &l.spec.env {
+        env.retain(|(ek, _)| ek != k.as_str());
+        env.push((k.into(), v.into()));
+    }
+    let sp = spawn(argv.clone(), env, l.cwd.clone())
+        .map_err(|e| fail(format!("{}: {e}", argv.join(" "))))?;
+    let pid = sp.pid;
+    let tail = Arc::new(Tail::default());
+    let mut stdio: Vec<Owned> = Vec::new();
+    stdio.extend(drain(sp.stdout, tail.clone()));
+    stdio.extend(drain(sp.stderr, tail.clone()));
+    let mut exit = sp.exit;
+    let signer = Signer::new(&key, crate::process::new_id());
+    let deadline = Instant::now() + START_TIMEOUT;
+
+    let attached = tokio::select! {
+        r = attach(&ports, &signer, deadline) => r.map_err(|e| e.to_string()),
+        st = &mut exit => {
+            // Let the pipes deliver the kernel's last words (bounded).
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                for t in stdio.iter_mut() {
+                    let _ = (&mut t.0).await;
+                }
+            })
+            .await;
+            Err(format!("the kernel exited during start-up ({})", describe(st.ok())))
+        }
+        _ = l.shutdown.cancelled() => Err("execd is shutting down".into()),
+    };
+    let sockets = match attached {
+        Ok(s) => s,
+        Err(e) => {
+            kill_tree(pid);
+            let _ = exit.await;
+            let out = tail.text();
+            return Err(fail(if out.is_empty() {
+                e
+            } else {
+                format!("{e}; kernel output: {out}")
+            }));
+        }
+    };
+
+    let (tx, rx) = mpsc::channel(8);
+    let ctx = Arc::new(Context {
+        id: l.id,
+        language: l.language,
+        kernel_name: l.spec.name.clone(),
+        cwd: l.cwd,
+        created: SystemTime::now(),
+        pid,
+        interrupt_mode: l.spec.interrupt_mode,
+        busy: AtomicBool::new(false),
+        dead: Mutex::new(None),
+        tx,
+        kill: CancellationToken::new(),
+        ended: CancellationToken::new(),
+    });
+    let driver = Driver {
+        ctx: ctx.clone(),
+        signer,
+        s: sockets,
+        rx,
+        exit,
+        run: None,
+        shutdown: l.shutdown,
+        _file: file,
+        _stdio: stdio,
+    };
+    tasks.spawn(driver.run());
+    Ok(ctx)
+}
+
+fn describe(st: Option<ExitStatus>) -> String {
+    match st {
+        Some(ExitStatus { code: Some(c), .. }) => format!("exit status {c}"),
+        Some(ExitStatus {
+            signal: Some(s), ..
+        }) => format!("killed by signal {s}"),
+        _ => "exit status unknown".into(),
+    }
+}
+
+/// SIGKILL to the kernel's process group and to every descendant that left
+/// it (a terminal-based kernel such as bash_kernel runs its shell in a
+/// session of its own).
+pub fn kill_tree(pid: i32) {
+    let mut victims = vec![pid];
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        let mut parent: Vec<(i32, i32)> = Vec::new();
+        for e in rd.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces and parens.
+            let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            if let Some(ppid) = after.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
+                parent.push((p, ppid));
+            }
+        }
+        let mut i = 0;
+        while i < victims.len() {
+            let v = victims[i];
+            victims.extend(parent.iter().filter(|(_, pp)| *pp == v).map(|(p, _)| *p));
+            i += 1;
+        }
+    }
+    signal_group(pid, libc::SIGKILL);
+    for v in victims {
+        // SAFETY: kill(2) on a pid; a pid that is gone is an ignored ESRCH.
+        unsafe { libc::kill(v, libc::SIGKILL) };
+    }
+}
+
+struct Run {
+    msg_id: String,
+    sink: mpsc::Sender<Event>,
+    started: Instant,
+    replied: bool,
+    reply_status: String,
+    idle: bool,
+    error_sent: bool,
+    /// When to interrupt (timeout) and, after that, when to give up.
+    timeout_at: Option<Instant>,
+    timed_out: bool,
+}
+
+struct Driver {
+    ctx: Arc<Context>,
+    signer: Signer,
+    s: Sockets,
+    rx: mpsc::Receiver<Request>,
+    exit: oneshot::Receiver<ExitStatus>,
+    run: Option<Run>,
+    shutdown: CancellationToken,
+    _file: ConnFile,
+    _stdio: Vec<Owned>,
+}
+
+impl Driver {
+    async fn send(w: &mut zmtp::Writer, parts: &[Vec<u8>]) -> std::io::Result<()> {
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        w.send(&refs).await
+    }
+
+    async fn run(mut self) {
+        let mut hb_tick = tokio::time::interval(HB_EVERY);
+        hb_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hb_missed = 0u32;
+        let mut hb_waiting = false;
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        let why: String = loop {
+            let timer = self.run.as_ref().and_then(|r| r.timeout_at).unwrap_or(far);
+            tokio::select! {
+                req = self.rx.recv() => match req {
+                    Some(Request::Execute { code, sink, timeout }) => {
+                        if let Err(e) = self.start(code, sink, timeout).await {
+                            break format!("cannot send to the kernel: {e}");
+                        }
+                    }
+                    Some(Request::Interrupt) => {
+                        let (_, parts) = self.signer.encode("interrupt_request", &json!({}));
+                        if let Err(e) = Self::send(&mut self.s.control, &parts).await {
+                            break format!("cannot send to the kernel: {e}");
+                        }
+                    }
+                    None => break "context dropped".into(),
+                },
+                m = self.s.iopub_rx.recv() => match m {
+                    Some(m) => self.iopub(m).await,
+                    None => break "the kernel closed IOPub".into(),
+                },
+                m = self.s.shell_rx.recv() => match m {
+                    Some(m) => self.shell(m),
+                    None => break "the kernel closed its shell channel".into(),
+                },
+                m = self.s.control_rx.recv() => if m.is_none() {
+                    break "the kernel closed its control channel".into();
+                },
+                m = self.s.hb_rx.recv() => match m {
+                    Some(_) => { hb_waiting = false; hb_missed = 0; }
+                    None => break "the kernel closed its heartbeat channel".into(),
+                },
+                _ = hb_tick.tick() => {
+                    if hb_waiting {
+                        hb_missed += 1;
+                        if hb_missed >= HB_MISSES {
+                            break format!("no heartbeat from the kernel for {}s", (HB_EVERY * HB_MISSES).as_secs());
+                        }
+                    } else {
+                        if let Err(e) = self.s.hb.send(&[b"ping"]).await {
+                            break format!("heartbeat: {e}");
+                        }
+                        hb_waiting = true;
+                    }
+                },
+                st = &mut self.exit => {
+                    self.exit = oneshot::channel().1;
+                    break self.exit_reason(st.ok());
+                },
+                _ = sleep_until(timer) => {
+                    if self.on_timeout().await {
+                        break "the kernel did not stop after a timeout's interrupt; killed".into();
+                    }
+                },
+                _ = self.ctx.kill.cancelled() => break "the context was deleted".into(),
+                _ = self.shutdown.cancelled() => break "execd is shutting down".into(),
+            }
+            if self.run.as_ref().is_some_and(|r| r.replied && r.idle) {
+                self.finish().await;
+            }
+        };
+        self.end(why).await;
+    }
+
+    async fn start(
+        &mut self,
+        code: String,
+        sink: mpsc::Sender<Event>,
+        timeout: Option<Duration>,
+    ) -> std::io::Result<()> {
+        let content = json!({
+            "code": code, "silent": false, "store_history": true,
+            "user_expressions": {}, "allow_stdin": false, "stop_on_error": true,
+        });
+        let (msg_id, parts) = self.signer.encode("execute_request", &content);
+        let now = Instant::now();
+        self.run = Some(Run {
+            msg_id,
+            sink,
+            started: now,
+            replied: false,
+            reply_status: String::new(),
+            idle: false,
+            error_sent: false,
+            timeout_at: timeout.map(|t| now + t),
+            timed_out: false,
+        });
+        Self::send(&mut self.s.shell, &parts).await
+    }
+
+    /// The run's timeout: the first time, interrupt; the second (the grace
+    /// after the interrupt), give up. Returns true when the kernel must die.
+    async fn on_timeout(&mut self) -> bool {
+        let Some(run) = self.run.as_mut() else {
+            return false;
+        };
+        if run.timed_out {
+            return true;
+        }
+        run.timed_out = true;
+        run.timeout_at = Some(Instant::now() + INTERRUPT_GRACE);
+        match self.ctx.interrupt_mode {
+            InterruptMode::Signal => {
+                signal_group(self.ctx.pid, libc::SIGINT);
+            }
+            InterruptMode::Message => {
+                let (_, parts) = self.signer.encode("interrupt_request", &json!({}));
+                if Self::send(&mut self.s.control, &parts).await.is_err() {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn decode(&self, m: &[Vec<u8>]) -> Option<Msg> {
+        match self.signer.decode(m) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(context = %self.ctx.id, error = %e, "dropping a kernel message");
+                None
+            }
+        }
+    }
+
+    async fn iopub(&mut self, m: Vec<Vec<u8>>) {
+        let Some(m) = self.decode(&m) else { return };
+        let Some(run) = self.run.as_mut() else { return };
+        if m.parent_id != run.msg_id {
+            return;
+        }
+        let c = m.content;
+        let ev = match m.msg_type.as_str() {
+            "status" => {
+                if c["execution_state"] == "idle" {
+                    run.idle = true;
+                }
+                None
+            }
+            "stream" => Some(Event::Stream {
+                stderr: c["name"] == "stderr",
+                text: c["text"].as_str().unwrap_or_default().to_string(),
+            }),
+            "execute_input" => c["execution_count"].as_i64().map(Event::ExecutionCount),
+            "execute_result" | "display_data" | "update_display_data" => c
+                .get("data")
+                .and_then(Value::as_object)
+                .map(|data| Event::Result {
+                    data: data.clone(),
+                    execution_count: c["execution_count"].as_i64(),
+                }),
+            "error" => {
+                run.error_sent = true;
+                Some(Event::Error {
+                    ename: c["ename"].as_str().unwrap_or_default().to_string(),
+                    evalue: c["evalue"].as_str().unwrap_or_default().to_string(),
+                    traceback: c["traceback"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|t| t.as_str().unwrap_or_default().to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+            }
+            _ => None,
+        };
+        if let Some(ev) = ev {
+            // A client that went away just stops receiving; the run goes on.
+            let _ = run.sink.send(ev).await;
+        }
+    }
+
+    fn shell(&mut self, m: Vec<Vec<u8>>) {
+        let Some(m) = self.decode(&m) else { return };
+        let Some(run) = self.run.as_mut() else { return };
+        if m.msg_type == "execute_reply" && m.parent_id == run.msg_id {
+            run.replied = true;
+            run.reply_status = m.content["status"].as_str().unwrap_or_default().to_string();
+        }
+    }
+
+    async fn finish(&mut self) {
+        let Some(run) = self.run.take() else { return };
+        let outcome = if run.timed_out {
+            Outcome::Failed {
+                ename: "TimeoutError".into(),
+                evalue: "the run timed out and was interrupted".into(),
+                timed_out: true,
+            }
+        } else if run.error_sent {
+            Outcome::KernelError
+        } else if run.reply_status == "ok" {
+            Outcome::Ok
+        } else {
+            Outcome::Failed {
+                ename: "ExecutionAborted".into(),
+                evalue: format!("the kernel answered \"{}\"", run.reply_status),
+                timed_out: false,
+            }
+        };
+        self.ctx.busy.store(false, Ordering::Release);
+        let _ = run
+            .sink
+            .send(Event::Done {
+                elapsed: run.started.elapsed(),
+                outcome,
+            })
+            .await;
+    }
+
+    fn exit_reason(&self, st: Option<ExitStatus>) -> String {
+        format!("the kernel process ended ({})", describe(st))
+    }
+
+    /// The kernel is gone or must go: kill it and its descendants, reap it,
+    /// end any run with an error, and remove the connection file (on drop).
+    async fn end(mut self, mut why: String) {
+        if why.starts_with("the kernel closed") {
+            // A dying kernel's sockets close just before the reaper reports
+            // its exit: give that a moment, for a reason that says how it died.
+            if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(1), &mut self.exit).await {
+                self.exit = oneshot::channel().1;
+                why = self.exit_reason(Some(st));
+            }
+        }
+        kill_tree(self.ctx.pid);
+        let _ = (&mut self.exit).await;
+        tracing::info!(context = %self.ctx.id, reason = %why, "kernel ended");
+        *self.ctx.dead.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+        self.rx.close();
+        if let Some(run) = self.run.take() {
+            let (ename, timed_out) = if run.timed_out {
+                ("TimeoutError", true)
+            } else {
+                ("KernelDied", false)
+            };
+            // Never wait on a stalled client here: if the event does not
+            // fit, the stream ends without it and the API reports the end.
+            let _ = run.sink.try_send(Event::Done {
+                elapsed: run.started.elapsed(),
+                outcome: Outcome::Failed {
+                    ename: ename.into(),
+                    evalue: why,
+                    timed_out,
+                },
+            });
+        }
+        // Requests that raced the end: their streams end, reported by the API.
+        while self.rx.try_recv().is_ok() {}
+        self.ctx.busy.store(false, Ordering::Release);
+        let ended = self.ctx.ended.clone();
+        drop(self);
+        ended.cancel();
+    }
+}
