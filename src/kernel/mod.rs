@@ -113,7 +113,7 @@ impl Kernels {
             language: language.to_string(),
             spec,
             cwd,
-            env: self.engine.default_env(),
+            env: kernel_env(self.engine.default_env()),
             dir: self.cfg.dir.clone(),
             shutdown,
         };
@@ -219,6 +219,20 @@ impl Kernels {
     pub fn interrupt(&self, id: &str) -> Result<(), KernelError> {
         self.get(id)?.interrupt()
     }
+}
+
+/// The command environment, plus `JPY_PARENT_PID` as `jupyter_client` sets
+/// it: ipykernel-based kernels watch that parent and exit when it is gone,
+/// so a kernel does not outlive an execd that was killed outright.
+fn kernel_env(
+    mut env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    env.retain(|(k, _)| k != "JPY_PARENT_PID");
+    env.push((
+        "JPY_PARENT_PID".into(),
+        std::process::id().to_string().into(),
+    ));
+    env
 }
 
 /// A start-up slot, released whatever the outcome.

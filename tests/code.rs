@@ -1,0 +1,479 @@
+//! Black-box tests of `/code` with real Jupyter kernels (ipykernel and
+//! bash_kernel from a venv made by `tests/kernel-venv.sh`, by default
+//! `target/kernel-venv`; `EXECD_KERNEL_VENV` overrides). Without the venv
+//! the kernel tests are skipped with a loud message, except under CI
+//! (`CI` set), where they fail.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A 1x1 PNG, base64 as Jupyter carries it.
+const PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+
+fn venv() -> Option<PathBuf> {
+    let v = std::env::var_os("EXECD_KERNEL_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kernel-venv"));
+    let share = v.join("share/jupyter");
+    if share.join("kernels/python3/kernel.json").is_file()
+        && share.join("kernels/bash/kernel.json").is_file()
+    {
+        return Some(share);
+    }
+    let msg = format!(
+        "kernel venv not found at {} (run tests/kernel-venv.sh)",
+        v.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+    None
+}
+
+/// A daemon whose kernels come from the venv only; its data dir is `data`.
+fn daemon(share: &Path, data: &TempDir, extra: &[&str]) -> Daemon {
+    let dd = data.join("data");
+    let mut args = vec!["--data-dir", dd.as_str()];
+    args.extend_from_slice(extra);
+    Daemon::start_with(
+        &args,
+        &[
+            ("JUPYTER_PATH", share.to_str().expect("utf-8 path")),
+            ("JUPYTER_DATA_DIR", data.join("nojupyter").as_str()),
+        ],
+    )
+}
+
+async fn create(d: &Daemon, language: &str) -> Value {
+    let r = d
+        .post_json("/code/context", &json!({"language": language}))
+        .await;
+    assert_eq!(r.status, 200, "create {language}: {}", r.text());
+    let v = r.json();
+    assert_eq!(v["language"], language);
+    assert_eq!(v["id"].as_str().map(str::len), Some(32), "{v}");
+    v
+}
+
+async fn run(d: &Daemon, id: &str, code: &str) -> Vec<Value> {
+    let mut s = d
+        .stream("/code", &json!({"code": code, "context": {"id": id}}))
+        .await;
+    assert_eq!(s.status, 200, "run {code:?}");
+    let evs = s.collect().await;
+    assert_eq!(evs[0]["type"], "init", "{evs:?}");
+    assert_eq!(evs[0]["text"], id);
+    for e in &evs {
+        assert!(e["timestamp"].as_u64().is_some(), "no timestamp: {e}");
+    }
+    evs
+}
+
+fn results(evs: &[Value]) -> Vec<&Value> {
+    evs.iter()
+        .filter(|e| e["type"] == "result")
+        .map(|e| &e["results"])
+        .collect()
+}
+
+fn conn_files(data: &TempDir) -> Vec<String> {
+    std::fs::read_dir(data.0.join("data/kernels"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn python_state_streams_results_and_errors() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-py");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+
+    // The connection file is private.
+    let files = conn_files(&data);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let meta = std::fs::metadata(data.0.join("data/kernels").join(&files[0])).expect("stat");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let evs = run(&d, id, "x = 41").await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+
+    let evs = run(
+        &d,
+        id,
+        "import sys\nprint('out')\nprint('err', file=sys.stderr)\nx + 1",
+    )
+    .await;
+    assert_eq!(text_of(&evs, "stdout"), "out\n");
+    assert_eq!(text_of(&evs, "stderr"), "err\n");
+    let r = results(&evs);
+    assert_eq!(r.len(), 1, "{evs:?}");
+    assert_eq!(r[0]["text"], "42", "state kept across runs: {evs:?}");
+    assert!(evs
+        .iter()
+        .any(|e| e["type"] == "execution_count" && e["execution_count"] == 2));
+    let last = terminal(&evs);
+    assert_eq!(last["type"], "execution_complete");
+    assert!(last["execution_time"].as_u64().is_some(), "{last}");
+
+    let evs = run(&d, id, "def f():\n    return 1/0\nf()").await;
+    let last = terminal(&evs);
+    assert_eq!(last["type"], "error", "{evs:?}");
+    assert_eq!(last["error"]["ename"], "ZeroDivisionError");
+    assert_eq!(last["error"]["evalue"], "division by zero");
+    let tb = last["error"]["traceback"].as_array().expect("traceback");
+    assert!(tb.len() >= 2, "{last}");
+    assert!(!evs.iter().any(|e| e["type"] == "execution_complete"));
+
+    // Contexts: get, list, list by language.
+    let g = d.get(&format!("/code/contexts/{id}")).await;
+    assert_eq!(g.status, 200);
+    assert_eq!(g.json()["state"], "idle");
+    let l = d.get("/code/contexts").await.json();
+    assert_eq!(l.as_array().map(Vec::len), Some(1), "{l}");
+    let l = d.get("/code/contexts?language=bash").await.json();
+    assert_eq!(l, json!([]));
+}
+
+#[tokio::test]
+async fn display_data_and_updates_are_results_with_every_mime_type() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-png");
+    let d = daemon(&share, &data, &[]);
+    // The default context, made on first use.
+    let code = format!(
+        "import base64\nfrom IPython.display import display, Image\n\
+         display(Image(data=base64.b64decode('{PNG_B64}'), format='png'))\n\
+         h = display('first', display_id=True)\nh.update('second')"
+    );
+    let mut s = d
+        .stream(
+            "/code",
+            &json!({"code": code, "context": {"language": "python"}}),
+        )
+        .await;
+    assert_eq!(s.status, 200);
+    let evs = s.collect().await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+    let r = results(&evs);
+    assert_eq!(r.len(), 3, "{evs:?}");
+    assert_eq!(r[0]["image/png"], PNG_B64, "PNG stays base64: {}", r[0]);
+    assert!(
+        r[0]["text"].as_str().is_some_and(|t| t.contains("Image")),
+        "{}",
+        r[0]
+    );
+    assert_eq!(r[1]["text"], "'first'");
+    assert_eq!(r[2]["text"], "'second'", "update_display_data forwarded");
+
+    // The default context is reused.
+    let ctxs = d.get("/code/contexts?language=python").await.json();
+    assert_eq!(ctxs.as_array().map(Vec::len), Some(1), "{ctxs}");
+    let evs = d
+        .stream(
+            "/code",
+            &json!({"code": "h", "context": {"language": "python"}}),
+        )
+        .await
+        .collect()
+        .await;
+    assert_eq!(evs[0]["text"], ctxs[0]["id"]);
+}
+
+/// Starts `code` (which prints `started` first) and returns the stream once
+/// that line arrived.
+async fn started(d: &Daemon, body: Value) -> (EventStream, Vec<Value>) {
+    let mut s = d.stream("/code", &body).await;
+    assert_eq!(s.status, 200);
+    let mut seen = Vec::new();
+    while let Some(e) = s.next().await {
+        let go = e["type"] == "stdout" && e["text"].as_str().is_some_and(|t| t.contains("started"));
+        seen.push(e);
+        if go {
+            return (s, seen);
+        }
+    }
+    panic!("the run ended before printing 'started': {seen:?}");
+}
+
+#[tokio::test]
+async fn interrupt_busy_and_timeout() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-int");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+    run(&d, id, "import time\nkept = 'yes'").await;
+
+    let sleep = "print('started', flush=True)\ntime.sleep(60)";
+    let (mut s, _) = started(&d, json!({"code": sleep, "context": {"id": id}})).await;
+
+    // A second run on the busy context: 409 with an envelope, no stream.
+    let r = d
+        .post_json("/code", &json!({"code": "1", "context": {"id": id}}))
+        .await;
+    r.assert_error(409, "CONTEXT_BUSY");
+    assert_eq!(
+        d.get(&format!("/code/contexts/{id}")).await.json()["state"],
+        "busy"
+    );
+
+    let r = d.delete(&format!("/code?id={id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let evs = s.collect().await;
+    let last = terminal(&evs);
+    assert_eq!(last["type"], "error", "{evs:?}");
+    assert_eq!(last["error"]["ename"], "KeyboardInterrupt");
+
+    // The kernel survived the interrupt, with its state.
+    let evs = run(&d, id, "kept").await;
+    assert_eq!(results(&evs)[0]["text"], "'yes'");
+
+    // timeout (extension): interrupted, ended with timed_out.
+    let mut s = d
+        .stream(
+            "/code",
+            &json!({"code": "time.sleep(60)", "timeout": 300, "context": {"id": id}}),
+        )
+        .await;
+    assert_eq!(s.status, 200);
+    let evs = s.collect().await;
+    let last = terminal(&evs);
+    assert_eq!(last["type"], "error", "{evs:?}");
+    assert_eq!(last["timed_out"], true, "{last}");
+    let evs = run(&d, id, "kept").await;
+    assert_eq!(results(&evs)[0]["text"], "'yes'", "usable after a timeout");
+}
+
+#[tokio::test]
+async fn kernel_death_mid_run_ends_the_run_and_the_context_reports_it() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-die");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+    let pid = ctx["pid"].as_u64().expect("pid") as u32;
+
+    let evs = run(
+        &d,
+        id,
+        "import os\nprint('started', flush=True)\nos._exit(3)",
+    )
+    .await;
+    let last = terminal(&evs);
+    assert_eq!(last["type"], "error", "{evs:?}");
+    assert_eq!(last["error"]["ename"], "KernelDied");
+    assert!(
+        last["error"]["evalue"]
+            .as_str()
+            .is_some_and(|v| v.contains("exit status 3")),
+        "{last}"
+    );
+    assert!(!alive(pid), "the kernel is reaped");
+    let g = d.get(&format!("/code/contexts/{id}")).await.json();
+    assert_eq!(g["state"], "dead", "{g}");
+    assert!(conn_files(&data).is_empty(), "{:?}", conn_files(&data));
+    let r = d
+        .post_json("/code", &json!({"code": "1", "context": {"id": id}}))
+        .await;
+    r.assert_error(409, "CONTEXT_DEAD");
+
+    // A kernel killed from outside, mid-run (SIGKILL: no goodbye at all).
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+    let pid = ctx["pid"].as_u64().expect("pid") as i32;
+    let (mut s, _) = started(
+        &d,
+        json!({"code": "import time\nprint('started', flush=True)\ntime.sleep(60)", "context": {"id": id}}),
+    )
+    .await;
+    // SAFETY: kill(2) on the kernel's pid, which this test's daemon started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let evs = s.collect().await;
+    let last = terminal(&evs);
+    assert_eq!(last["error"]["ename"], "KernelDied", "{evs:?}");
+}
+
+#[tokio::test]
+async fn bash_context_keeps_state() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-bash");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "bash").await;
+    let id = ctx["id"].as_str().expect("id");
+    let evs = run(&d, id, "export GREETING=hello\ncd /").await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+    let evs = run(&d, id, "echo $GREETING from $(pwd)").await;
+    assert_eq!(text_of(&evs, "stdout").trim(), "hello from /", "{evs:?}");
+}
+
+#[tokio::test]
+async fn delete_and_shutdown_leave_no_process_and_no_file() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-del");
+    let mut d = daemon(&share, &data, &["--max-code-contexts", "2"]);
+    let py = create(&d, "python").await;
+    let bash = create(&d, "bash").await;
+    // The cap: a third context is refused.
+    d.post_json("/code/context", &json!({"language": "python"}))
+        .await
+        .assert_error(429, "TOO_MANY_CONTEXTS");
+
+    let py_pid = py["pid"].as_u64().expect("pid") as u32;
+    let bash_pid = bash["pid"].as_u64().expect("pid") as u32;
+    // bash_kernel runs bash on a terminal of its own: a descendant outside
+    // the kernel's process group.
+    run(&d, bash["id"].as_str().expect("id"), "echo warm").await;
+    let mut tree = vec![bash_pid];
+    tree.extend(descendants(bash_pid));
+    assert!(tree.len() >= 2, "bash_kernel has a child: {tree:?}");
+    assert_eq!(conn_files(&data).len(), 2);
+
+    let r = d
+        .delete(&format!(
+            "/code/contexts/{}",
+            py["id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        !alive(py_pid),
+        "deleted context's kernel is gone when DELETE answers"
+    );
+    assert_eq!(conn_files(&data).len(), 1);
+    d.get(&format!(
+        "/code/contexts/{}",
+        py["id"].as_str().expect("id")
+    ))
+    .await
+    .assert_error(404, "CONTEXT_NOT_FOUND");
+
+    d.signal(libc::SIGTERM);
+    assert!(
+        d.wait_exit(Duration::from_secs(20)).is_some(),
+        "execd exits"
+    );
+    for p in &tree {
+        assert!(
+            !alive(*p),
+            "process {p} of the bash kernel survived shutdown"
+        );
+    }
+    assert!(
+        !data.0.join("data/kernels").exists(),
+        "connection files removed at shutdown"
+    );
+}
+
+/// Routes and errors that need no kernel at all.
+#[tokio::test]
+async fn errors_without_kernels() {
+    let empty = TempDir::new("code-nokernel");
+    let d = Daemon::start_with(
+        &[],
+        &[
+            ("JUPYTER_PATH", empty.0.to_str().expect("utf-8")),
+            ("JUPYTER_DATA_DIR", empty.0.to_str().expect("utf-8")),
+        ],
+    );
+    d.post_json("/code", &json!({"context": {"language": "python"}}))
+        .await
+        .assert_error(400, "INVALID_REQUEST_BODY");
+    d.post_json(
+        "/code",
+        &json!({"code": "  ", "context": {"language": "python"}}),
+    )
+    .await
+    .assert_error(400, "INVALID_REQUEST_BODY");
+    let r = d
+        .post_json(
+            "/code",
+            &json!({"code": "select 1", "context": {"language": "sql"}}),
+        )
+        .await;
+    r.assert_error(400, "NOT_SUPPORTED");
+    assert!(r.text().contains("MySQL"), "{}", r.text());
+    let r = d
+        .post_json("/code/context", &json!({"language": "cobol"}))
+        .await;
+    r.assert_error(400, "NOT_SUPPORTED");
+    assert!(
+        r.text().contains("JUPYTER_PATH"),
+        "names what is missing: {}",
+        r.text()
+    );
+    d.post_json("/code/context", &json!({}))
+        .await
+        .assert_error(400, "INVALID_REQUEST_BODY");
+    d.post_json("/code", &json!({"code": "1", "context": {"id": "nope"}}))
+        .await
+        .assert_error(404, "CONTEXT_NOT_FOUND");
+    d.get("/code/contexts/nope")
+        .await
+        .assert_error(404, "CONTEXT_NOT_FOUND");
+    d.delete("/code/contexts/nope")
+        .await
+        .assert_error(404, "CONTEXT_NOT_FOUND");
+    d.delete("/code/contexts")
+        .await
+        .assert_error(400, "MISSING_QUERY");
+    d.delete("/code").await.assert_error(400, "MISSING_QUERY");
+    d.delete("/code?id=nope")
+        .await
+        .assert_error(404, "COMMAND_NOT_FOUND");
+    assert_eq!(d.get("/code/contexts").await.json(), json!([]));
+    let r = d.delete("/code/contexts?language=python").await;
+    assert_eq!(r.status, 200);
+
+    // language command / absent: the same as POST /command.
+    for lang in [json!("command"), Value::Null] {
+        let mut s = d
+            .stream(
+                "/code",
+                &json!({"code": "echo via-code", "context": {"language": lang}}),
+            )
+            .await;
+        assert_eq!(s.status, 200);
+        let evs = s.collect().await;
+        assert_eq!(text_of(&evs, "stdout"), "via-code\n");
+        assert_eq!(terminal(&evs)["type"], "execution_complete");
+    }
+}
+
+/// The code-interpreter SDK's readiness probe, as it sends it.
+#[tokio::test]
+async fn sdk_readiness_probe_reaches_execd() {
+    let d = Daemon::start();
+    let evs = d
+        .run(json!({"command": "bash -c 'exec 3<>/dev/tcp/127.0.0.1/${JUPYTER_PORT:-44771}' && echo $JUPYTER_PORT"}))
+        .await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+    assert_eq!(text_of(&evs, "stdout").trim(), d.addr.port().to_string());
+}
+
+/// execd killed outright (no shutdown): its kernels notice and exit.
+#[tokio::test]
+async fn kernels_exit_when_execd_is_killed() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-kill9");
+    let mut d = daemon(&share, &data, &[]);
+    let pid = create(&d, "python").await["pid"].as_u64().expect("pid") as u32;
+    d.signal(libc::SIGKILL);
+    assert!(d.wait_exit(Duration::from_secs(10)).is_some());
+    eventually(Duration::from_secs(30), "the orphaned kernel exits", || {
+        !alive(pid)
+    })
+    .await;
+}
