@@ -477,3 +477,33 @@ async fn kernels_exit_when_execd_is_killed() {
     })
     .await;
 }
+
+/// An output message over the 16 MiB limit is dropped with a notice on
+/// stderr; the kernel and its state survive, and smaller output still flows.
+#[tokio::test]
+async fn oversized_output_is_dropped_not_fatal() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-big");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+    run(&d, id, "kept = 1").await;
+    let evs = run(
+        &d,
+        id,
+        "import sys\nsys.stdout.write('y' * (20 << 20))\nsys.stdout.flush()",
+    )
+    .await;
+    assert_eq!(
+        terminal(&evs)["type"],
+        "execution_complete",
+        "{:?}",
+        evs.last()
+    );
+    let err = text_of(&evs, "stderr");
+    assert!(err.contains("over the 16 MiB limit"), "{err}");
+    assert!(text_of(&evs, "stdout").is_empty());
+    let evs = run(&d, id, "print('y' * 1000)\nkept").await;
+    assert_eq!(text_of(&evs, "stdout").len(), 1001);
+    assert_eq!(results(&evs)[0]["text"], "1");
+}

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use super::command::{event_stream, validate, RunCommandRequest, StreamMode};
 use super::wire::now_ms;
-use crate::kernel::{Context, Event, KernelError, Outcome, State};
+use crate::kernel::{Context, Event, KernelError, Out, Outcome, State};
 use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,14 +225,14 @@ fn encode(ev: Event) -> (Value, bool) {
 }
 
 struct Follow {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Out>,
     ping: Duration,
     done: bool,
 }
 
 /// The run's event stream: `init`, the kernel's events as they come, a
 /// `ping` after each `ping` of silence, and the terminal event.
-fn stream(id: String, rx: mpsc::Receiver<Event>, ping: Duration) -> Body {
+fn stream(id: String, rx: mpsc::Receiver<Out>, ping: Duration) -> Body {
     let init = frame(&json!({"type": "init", "text": id, "timestamp": now_ms()}));
     let follow = Follow {
         rx,
@@ -259,8 +259,9 @@ fn stream(id: String, rx: mpsc::Receiver<Event>, ping: Duration) -> Body {
                     });
                     return Some((frame(&v), f));
                 }
-                Ok(Some(ev)) => {
-                    let (v, last) = encode(ev);
+                Ok(Some(out)) => {
+                    // The event's share of the output budget goes back here.
+                    let (v, last) = encode(out.event);
                     f.done = last;
                     if v.is_null() {
                         continue;

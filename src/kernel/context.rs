@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,26 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 const SINK_DEPTH: usize = 256;
 /// Messages buffered per socket between its reader task and the driver.
 const SOCKET_DEPTH: usize = 64;
+/// Bytes of IOPub messages a context holds between its socket and the HTTP
+/// stream (on top of the one message being read, at most
+/// [`zmtp::MAX_MESSAGE`]): a message takes its share before it is passed
+/// on and gives it back once its event is encoded for the client.
+const OUTPUT_BUDGET: usize = 8 << 20;
+
+/// What a socket's reader task passes on.
+enum FromKernel {
+    Message(Vec<Vec<u8>>, Option<OwnedSemaphorePermit>),
+    /// A message over the size limit, read and dropped.
+    Dropped(u64),
+    /// The connection failed; nothing more comes.
+    Failed(String),
+}
+
+/// An event on its way to the client, with the output budget it holds.
+pub struct Out {
+    pub event: Event,
+    _held: Option<OwnedSemaphorePermit>,
+}
 
 /// What a run produces, in order; [`Event::Done`] is last.
 #[derive(Debug)]
@@ -79,7 +99,7 @@ pub enum Outcome {
 enum Request {
     Execute {
         code: String,
-        sink: mpsc::Sender<Event>,
+        sink: mpsc::Sender<Out>,
         timeout: Option<Duration>,
     },
     Interrupt,
@@ -134,7 +154,7 @@ impl Context {
         &self,
         code: String,
         timeout: Option<Duration>,
-    ) -> Result<mpsc::Receiver<Event>, KernelError> {
+    ) -> Result<mpsc::Receiver<Out>, KernelError> {
         if let State::Dead(why) = self.state() {
             return Err(KernelError::Dead(self.id.clone(), why));
         }
@@ -290,13 +310,38 @@ fn drain(fd: std::os::fd::OwnedFd, tail: Arc<Tail>) -> Option<Owned> {
     })))
 }
 
-/// A socket's reader task and the channel it feeds.
-fn reader(mut r: zmtp::Reader) -> (mpsc::Receiver<Vec<Vec<u8>>>, Owned) {
+/// A socket's reader task and the channel it feeds. With a `budget`, each
+/// message takes its share of it before it is passed on.
+fn reader(
+    mut r: zmtp::Reader,
+    budget: Option<Arc<Semaphore>>,
+) -> (mpsc::Receiver<FromKernel>, Owned) {
     let (tx, rx) = mpsc::channel(SOCKET_DEPTH);
     let task = tokio::spawn(async move {
-        while let Ok(m) = r.recv().await {
-            if tx.send(m).await.is_err() {
-                break;
+        loop {
+            let item = match r.recv().await {
+                Ok(zmtp::Incoming::Message(m)) => {
+                    let held = match &budget {
+                        Some(b) => {
+                            let n: usize = m.iter().map(Vec::len).sum();
+                            let n = n.clamp(1, OUTPUT_BUDGET) as u32;
+                            match b.clone().acquire_many_owned(n).await {
+                                Ok(p) => Some(p),
+                                Err(_) => return,
+                            }
+                        }
+                        None => None,
+                    };
+                    FromKernel::Message(m, held)
+                }
+                Ok(zmtp::Incoming::Dropped { bytes }) => FromKernel::Dropped(bytes),
+                Err(e) => {
+                    let _ = tx.send(FromKernel::Failed(e.to_string())).await;
+                    return;
+                }
+            };
+            if tx.send(item).await.is_err() {
+                return;
             }
         }
     });
@@ -335,10 +380,10 @@ struct Sockets {
     _iopub: zmtp::Writer,
     control: zmtp::Writer,
     hb: zmtp::Writer,
-    shell_rx: mpsc::Receiver<Vec<Vec<u8>>>,
-    control_rx: mpsc::Receiver<Vec<Vec<u8>>>,
-    iopub_rx: mpsc::Receiver<Vec<Vec<u8>>>,
-    hb_rx: mpsc::Receiver<Vec<Vec<u8>>>,
+    shell_rx: mpsc::Receiver<FromKernel>,
+    control_rx: mpsc::Receiver<FromKernel>,
+    iopub_rx: mpsc::Receiver<FromKernel>,
+    hb_rx: mpsc::Receiver<FromKernel>,
     _tasks: Vec<Owned>,
 }
 
@@ -352,10 +397,11 @@ async fn attach(ports: &[u16; 5], signer: &Signer, deadline: Instant) -> std::io
     let (iopub_r, iopub_w) = connect(iopub_p, Kind::Sub, deadline).await?;
     let (control_r, control) = connect(control_p, Kind::Dealer, deadline).await?;
     let (hb_r, hb) = connect(hb_p, Kind::Req, deadline).await?;
-    let (mut shell_rx, t1) = reader(shell_r);
-    let (mut iopub_rx, t2) = reader(iopub_r);
-    let (control_rx, t3) = reader(control_r);
-    let (hb_rx, t4) = reader(hb_r);
+    let (mut shell_rx, t1) = reader(shell_r, None);
+    let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET));
+    let (mut iopub_rx, t2) = reader(iopub_r, Some(budget));
+    let (control_rx, t3) = reader(control_r, None);
+    let (hb_rx, t4) = reader(hb_r, None);
     let mut sent: Vec<String> = Vec::new();
     let mut nudge = Duration::from_millis(100);
     'outer: loop {
@@ -367,15 +413,19 @@ async fn attach(ports: &[u16; 5], signer: &Signer, deadline: Instant) -> std::io
         loop {
             tokio::select! {
                 m = iopub_rx.recv() => match m {
-                    Some(m) => {
+                    Some(FromKernel::Message(m, _)) => {
                         if signer.decode(&m).is_ok_and(|m| sent.contains(&m.parent_id)) {
                             break 'outer;
                         }
                     }
+                    Some(FromKernel::Dropped(_)) => {}
+                    Some(FromKernel::Failed(e)) => return Err(std::io::Error::other(format!("IOPub: {e}"))),
                     None => return Err(std::io::Error::other("IOPub closed")),
                 },
-                m = shell_rx.recv() => if m.is_none() {
-                    return Err(std::io::Error::other("shell closed"));
+                m = shell_rx.recv() => match m {
+                    Some(FromKernel::Failed(e)) => return Err(std::io::Error::other(format!("shell: {e}"))),
+                    None => return Err(std::io::Error::other("shell closed")),
+                    _ => {}
                 },
                 _ = sleep_until(until) => break,
             }
@@ -545,7 +595,7 @@ pub fn kill_tree(pid: i32) {
 
 struct Run {
     msg_id: String,
-    sink: mpsc::Sender<Event>,
+    sink: mpsc::Sender<Out>,
     started: Instant,
     replied: bool,
     reply_status: String,
@@ -598,19 +648,23 @@ impl Driver {
                     None => break "context dropped".into(),
                 },
                 m = self.s.iopub_rx.recv() => match m {
-                    Some(m) => self.iopub(m).await,
+                    Some(FromKernel::Message(m, held)) => self.iopub(m, held).await,
+                    Some(FromKernel::Dropped(bytes)) => self.dropped(bytes).await,
+                    Some(FromKernel::Failed(e)) => break format!("the kernel closed IOPub: {e}"),
                     None => break "the kernel closed IOPub".into(),
                 },
                 m = self.s.shell_rx.recv() => match m {
-                    Some(m) => self.shell(m),
+                    Some(FromKernel::Message(m, _)) => self.shell(m),
+                    Some(FromKernel::Dropped(_)) => {}
+                    Some(FromKernel::Failed(e)) => break format!("the kernel closed its shell channel: {e}"),
                     None => break "the kernel closed its shell channel".into(),
                 },
-                m = self.s.control_rx.recv() => if m.is_none() {
+                m = self.s.control_rx.recv() => if let None | Some(FromKernel::Failed(_)) = m {
                     break "the kernel closed its control channel".into();
                 },
                 m = self.s.hb_rx.recv() => match m {
-                    Some(_) => { hb_waiting = false; hb_missed = 0; }
-                    None => break "the kernel closed its heartbeat channel".into(),
+                    Some(FromKernel::Message(..) | FromKernel::Dropped(_)) => { hb_waiting = false; hb_missed = 0; }
+                    Some(FromKernel::Failed(_)) | None => break "the kernel closed its heartbeat channel".into(),
                 },
                 _ = hb_tick.tick() => {
                     if hb_waiting {
@@ -647,7 +701,7 @@ impl Driver {
     async fn start(
         &mut self,
         code: String,
-        sink: mpsc::Sender<Event>,
+        sink: mpsc::Sender<Out>,
         timeout: Option<Duration>,
     ) -> std::io::Result<()> {
         let content = json!({
@@ -705,13 +759,32 @@ impl Driver {
         }
     }
 
-    async fn iopub(&mut self, m: Vec<Vec<u8>>) {
-        let Some(m) = self.decode(&m) else { return };
+    /// A message too big to keep: the run's client is told on stderr.
+    async fn dropped(&mut self, bytes: u64) {
+        let Some(run) = self.run.as_ref() else { return };
+        let text = format!(
+            "[execd: the kernel sent an output message of {bytes} bytes, over the {} MiB limit; it was dropped]\n",
+            zmtp::MAX_MESSAGE >> 20
+        );
+        let ev = Event::Stream { stderr: true, text };
+        let _ = run
+            .sink
+            .send(Out {
+                event: ev,
+                _held: None,
+            })
+            .await;
+    }
+
+    async fn iopub(&mut self, m: Vec<Vec<u8>>, held: Option<OwnedSemaphorePermit>) {
+        let decoded = self.decode(&m);
+        drop(m); // the raw parts: not kept while the event is forwarded
+        let Some(m) = decoded else { return };
         let Some(run) = self.run.as_mut() else { return };
         if m.parent_id != run.msg_id {
             return;
         }
-        let c = m.content;
+        let mut c = m.content;
         let ev = match m.msg_type.as_str() {
             "status" => {
                 if c["execution_state"] == "idle" {
@@ -721,16 +794,22 @@ impl Driver {
             }
             "stream" => Some(Event::Stream {
                 stderr: c["name"] == "stderr",
-                text: c["text"].as_str().unwrap_or_default().to_string(),
+                text: match c["text"].take() {
+                    Value::String(t) => t,
+                    _ => String::new(),
+                },
             }),
             "execute_input" => c["execution_count"].as_i64().map(Event::ExecutionCount),
-            "execute_result" | "display_data" | "update_display_data" => c
-                .get("data")
-                .and_then(Value::as_object)
-                .map(|data| Event::Result {
-                    data: data.clone(),
-                    execution_count: c["execution_count"].as_i64(),
-                }),
+            "execute_result" | "display_data" | "update_display_data" => {
+                let execution_count = c["execution_count"].as_i64();
+                match c["data"].take() {
+                    Value::Object(data) => Some(Event::Result {
+                        data,
+                        execution_count,
+                    }),
+                    _ => None,
+                }
+            }
             "error" => {
                 run.error_sent = true;
                 Some(Event::Error {
@@ -748,9 +827,9 @@ impl Driver {
             }
             _ => None,
         };
-        if let Some(ev) = ev {
+        if let Some(event) = ev {
             // A client that went away just stops receiving; the run goes on.
-            let _ = run.sink.send(ev).await;
+            let _ = run.sink.send(Out { event, _held: held }).await;
         }
     }
 
@@ -783,13 +862,11 @@ impl Driver {
             }
         };
         self.ctx.busy.store(false, Ordering::Release);
-        let _ = run
-            .sink
-            .send(Event::Done {
-                elapsed: run.started.elapsed(),
-                outcome,
-            })
-            .await;
+        let event = Event::Done {
+            elapsed: run.started.elapsed(),
+            outcome,
+        };
+        let _ = run.sink.send(Out { event, _held: None }).await;
     }
 
     fn exit_reason(&self, st: Option<ExitStatus>) -> String {
@@ -820,14 +897,15 @@ impl Driver {
             };
             // Never wait on a stalled client here: if the event does not
             // fit, the stream ends without it and the API reports the end.
-            let _ = run.sink.try_send(Event::Done {
+            let event = Event::Done {
                 elapsed: run.started.elapsed(),
                 outcome: Outcome::Failed {
                     ename: ename.into(),
                     evalue: why,
                     timed_out,
                 },
-            });
+            };
+            let _ = run.sink.try_send(Out { event, _held: None });
         }
         // Requests that raced the end: their streams end, reported by the API.
         while self.rx.try_recv().is_ok() {}

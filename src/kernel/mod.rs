@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::process::Engine;
-pub use context::{Context, Event, Outcome, State};
+pub use context::{Context, Event, Out, Outcome, State};
 
 /// Errors of code contexts.
 #[derive(Debug, thiserror::Error)]

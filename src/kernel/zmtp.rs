@@ -8,8 +8,8 @@
 //!   and checked to be one we can talk to;
 //! - frames: flags (`MORE`, `LONG`, `COMMAND`) and a 1- or 8-byte length.
 //!
-//! Every frame and message is bounded ([`MAX_MESSAGE`]); a peer that sends
-//! more is cut off, which the kernel driver treats as the kernel's death.
+//! Every message is bounded ([`MAX_MESSAGE`]): a bigger one is read to its
+//! end and dropped, and the caller is told how big it was.
 
 use std::io;
 
@@ -18,7 +18,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 /// Largest message (all parts together) accepted from a kernel.
-pub const MAX_MESSAGE: usize = 64 << 20;
+pub const MAX_MESSAGE: usize = 16 << 20;
 /// Most parts in one message.
 const MAX_PARTS: usize = 256;
 
@@ -153,40 +153,79 @@ fn property(mut props: &[u8], want: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// A message as received.
+#[derive(Debug)]
+pub enum Incoming {
+    /// Its parts, in order.
+    Message(Vec<Vec<u8>>),
+    /// It was over [`MAX_MESSAGE`] (or had too many parts): read to its end
+    /// and dropped, so memory stays bounded and the connection usable.
+    Dropped { bytes: u64 },
+}
+
 impl Reader {
-    async fn frame(&mut self) -> io::Result<(u8, Vec<u8>)> {
+    /// A frame's flags and length.
+    async fn head(&mut self) -> io::Result<(u8, u64)> {
         let flags = self.r.read_u8().await?;
         let len = if flags & LONG != 0 {
             self.r.read_u64().await?
         } else {
             u64::from(self.r.read_u8().await?)
         };
+        Ok((flags, len))
+    }
+
+    async fn body(&mut self, len: u64) -> io::Result<Vec<u8>> {
+        let mut body = vec![0u8; len as usize];
+        self.r.read_exact(&mut body).await?;
+        Ok(body)
+    }
+
+    /// Reads and forgets `len` bytes.
+    async fn skip(&mut self, len: u64) -> io::Result<()> {
+        let n = tokio::io::copy(&mut (&mut self.r).take(len), &mut tokio::io::sink()).await?;
+        if n < len {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    async fn frame(&mut self) -> io::Result<(u8, Vec<u8>)> {
+        let (flags, len) = self.head().await?;
         if len > MAX_MESSAGE as u64 {
             return Err(proto(format!("frame of {len} bytes is over the limit")));
         }
-        let mut body = vec![0u8; len as usize];
-        self.r.read_exact(&mut body).await?;
-        Ok((flags, body))
+        Ok((flags, self.body(len).await?))
     }
 
-    /// The next message, its parts in order. Commands (ZMTP 3.1 PING and
-    /// the like) are skipped. Not cancel-safe: run it in a task of its own.
-    pub async fn recv(&mut self) -> io::Result<Vec<Vec<u8>>> {
+    /// The next message. Commands (ZMTP 3.1 PING and the like) are skipped.
+    /// Not cancel-safe: run it in a task of its own.
+    pub async fn recv(&mut self) -> io::Result<Incoming> {
         let mut parts = Vec::new();
-        let mut total = 0usize;
+        let mut total = 0u64;
+        let mut dropping = false;
         loop {
-            let (flags, body) = self.frame().await?;
+            let (flags, len) = self.head().await?;
             if flags & COMMAND != 0 {
+                self.skip(len).await?;
                 continue;
             }
-            total += body.len();
-            if total > MAX_MESSAGE || parts.len() >= MAX_PARTS {
-                return Err(proto("message over the limit"));
+            total += len;
+            if !dropping && (total > MAX_MESSAGE as u64 || parts.len() >= MAX_PARTS) {
+                dropping = true;
+                parts = Vec::new();
             }
-            parts.push(body);
+            if dropping {
+                self.skip(len).await?;
+            } else {
+                parts.push(self.body(len).await?);
+            }
             if flags & MORE == 0 {
                 break;
             }
+        }
+        if dropping {
+            return Ok(Incoming::Dropped { bytes: total });
         }
         if self.kind == Kind::Req {
             // A REQ socket drops the empty delimiter its reply comes with.
@@ -194,7 +233,7 @@ impl Reader {
                 parts.remove(0);
             }
         }
-        Ok(parts)
+        Ok(Incoming::Message(parts))
     }
 }
 
