@@ -507,3 +507,37 @@ async fn oversized_output_is_dropped_not_fatal() {
     assert_eq!(text_of(&evs, "stdout").len(), 1001);
     assert_eq!(results(&evs)[0]["text"], "1");
 }
+
+/// `--code-idle-timeout`: an idle context is deleted and its kernel killed;
+/// a busy one is not.
+#[tokio::test]
+async fn idle_contexts_expire() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-idle");
+    let d = daemon(&share, &data, &["--code-idle-timeout", "3s"]);
+    let idle = create(&d, "python").await;
+    let busy = create(&d, "python").await;
+    let busy_id = busy["id"].as_str().expect("id").to_string();
+    let (mut s, _) = started(
+        &d,
+        json!({"code": "import time\nprint('started', flush=True)\ntime.sleep(8)", "context": {"id": busy_id}}),
+    )
+    .await;
+    let pid = idle["pid"].as_u64().expect("pid") as u32;
+    eventually(Duration::from_secs(30), "the idle kernel is gone", || {
+        !alive(pid)
+    })
+    .await;
+    d.get(&format!(
+        "/code/contexts/{}",
+        idle["id"].as_str().expect("id")
+    ))
+    .await
+    .assert_error(404, "CONTEXT_NOT_FOUND");
+    let evs = s.collect().await;
+    assert_eq!(
+        terminal(&evs)["type"],
+        "execution_complete",
+        "a busy context is not expired: {evs:?}"
+    );
+}

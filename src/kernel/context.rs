@@ -116,6 +116,8 @@ pub struct Context {
     pub pid: i32,
     interrupt_mode: InterruptMode,
     busy: AtomicBool,
+    /// When the last run ended (or the context was created).
+    last_used: Mutex<Instant>,
     dead: Mutex<Option<String>>,
     tx: mpsc::Sender<Request>,
     /// Cancelled to stop the kernel.
@@ -142,6 +144,23 @@ impl Context {
         } else {
             State::Idle
         }
+    }
+
+    /// How long the context has been idle; `None` while a run is going.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.busy.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            self.last_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        )
+    }
+
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
     pub fn is_dead(&self) -> bool {
@@ -527,6 +546,7 @@ pub async fn launch(
         pid,
         interrupt_mode: l.spec.interrupt_mode,
         busy: AtomicBool::new(false),
+        last_used: Mutex::new(Instant::now()),
         dead: Mutex::new(None),
         tx,
         kill: CancellationToken::new(),
@@ -861,6 +881,7 @@ impl Driver {
                 timed_out: false,
             }
         };
+        self.ctx.touch();
         self.ctx.busy.store(false, Ordering::Release);
         let event = Event::Done {
             elapsed: run.started.elapsed(),

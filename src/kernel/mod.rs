@@ -47,6 +47,8 @@ pub enum KernelError {
 #[derive(Clone, Debug)]
 pub struct KernelConfig {
     pub max_contexts: usize,
+    /// Contexts idle this long are deleted; `None`: never.
+    pub idle_timeout: Option<std::time::Duration>,
     /// Where connection files are written (created 0700).
     pub dir: PathBuf,
 }
@@ -65,15 +67,45 @@ pub struct Kernels {
 }
 
 impl Kernels {
+    /// The contexts; with an idle timeout, also the task that expires them.
     pub fn new(engine: Arc<Engine>, cfg: KernelConfig) -> Arc<Kernels> {
-        Arc::new(Kernels {
+        let k = Arc::new(Kernels {
             engine,
             cfg,
             contexts: Mutex::new(HashMap::new()),
             starting: Mutex::new(0),
             defaults: Mutex::new(HashMap::new()),
             default_lock: tokio::sync::Mutex::new(()),
-        })
+        });
+        if let Some(idle) = k.cfg.idle_timeout {
+            let weak = Arc::downgrade(&k);
+            let stop = k.engine.shutdown_token();
+            let every = (idle / 4).clamp(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(60),
+            );
+            k.engine.tasks().spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    let Some(k) = weak.upgrade() else { return };
+                    k.expire(idle).await;
+                }
+            });
+        }
+        k
+    }
+
+    /// Deletes contexts idle for `idle` or more (dead ones too).
+    async fn expire(&self, idle: std::time::Duration) {
+        for c in self.list(None) {
+            if c.is_dead() || c.idle_for().is_some_and(|d| d >= idle) {
+                tracing::info!(context = %c.id, "code context expired (idle)");
+                self.remove(&c.id).await;
+            }
+        }
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Context>>> {

@@ -90,6 +90,7 @@ impl App {
             engine.clone(),
             crate::kernel::KernelConfig {
                 max_contexts: config.max_code_contexts,
+                idle_timeout: config.code_idle_timeout,
                 dir: config.data_dir.join("kernels"),
             },
         );
