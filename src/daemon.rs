@@ -49,7 +49,9 @@ fn engine_config(c: &Config) -> EngineConfig {
 /// no Jupyter server, `JUPYTER_PORT` names execd's own port, which does
 /// serve `/code`. Set in the daemon's environment at start-up when the port
 /// is fixed (so commands still inherit that environment as it is);
-/// otherwise (`--port 0`) added to what commands get, once the port is known.
+/// with `--port 0` the port is bound first, before any thread exists, so the
+/// same holds; should that bind fail, the variable is added to what
+/// commands get once the port is known.
 const JUPYTER_PORT: &str = "JUPYTER_PORT";
 
 /// Set once [`prepare_environment`] has run: the daemon's own environment is
@@ -71,10 +73,44 @@ pub fn prepare_environment(c: &Config) {
         Some(f) => std::env::set_var("EXECD_ENVS", f),
         None => std::env::remove_var("EXECD_ENVS"),
     }
-    if c.port != 0 {
-        std::env::set_var(JUPYTER_PORT, c.port.to_string());
+    let port = match c.port {
+        0 => pre_bind(c),
+        p => p,
+    };
+    if port != 0 {
+        std::env::set_var(JUPYTER_PORT, port.to_string());
     }
     ENV_PREPARED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// With `--port 0`, the listening socket, bound by [`prepare_environment`]
+/// so that its port is known (and in `JUPYTER_PORT`) before any thread
+/// exists; [`run`] serves on it.
+static PRE_BOUND: std::sync::Mutex<Option<std::net::TcpListener>> = std::sync::Mutex::new(None);
+
+/// Binds `--bind`:0 now; the port, or 0 if that failed (then [`run`] binds
+/// again and reports the error).
+fn pre_bind(c: &Config) -> u16 {
+    match std::net::TcpListener::bind(SocketAddr::new(c.bind, 0)) {
+        Ok(l) => {
+            let port = l.local_addr().map_or(0, |a| a.port());
+            *PRE_BOUND.lock().unwrap_or_else(|p| p.into_inner()) = Some(l);
+            port
+        }
+        Err(_) => 0,
+    }
+}
+
+/// The socket [`pre_bind`] made, ready for tokio, with the deep accept queue.
+fn take_pre_bound() -> std::io::Result<Option<TcpListener>> {
+    let Some(l) = PRE_BOUND.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return Ok(None);
+    };
+    l.set_nonblocking(true)?;
+    let backlog =
+        nix::sys::socket::Backlog::new(4096).unwrap_or(nix::sys::socket::Backlog::MAXCONN);
+    nix::sys::socket::listen(&l, backlog)?;
+    Ok(Some(TcpListener::from_std(l)?))
 }
 
 /// The environment commands inherit: the daemon's, minus secrets, with
@@ -190,7 +226,10 @@ fn signal_name(num: i32) -> &'static str {
 pub async fn run(mut config: Config) -> std::io::Result<i32> {
     raise_nofile_limit();
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = listen(addr)?;
+    let listener = match take_pre_bound()? {
+        Some(l) if config.port == 0 => l,
+        _ => listen(addr)?,
+    };
     let local = listener.local_addr()?;
     config.port = local.port();
     let engine = Engine::start(engine_config(&config));
