@@ -34,6 +34,8 @@ const HB_MISSES: u32 = 4;
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 /// Events buffered between the driver and the HTTP stream.
 const SINK_DEPTH: usize = 256;
+/// Largest `stdout`/`stderr` event; a bigger stream message is sent in pieces.
+const STREAM_PIECE: usize = 1 << 20;
 /// Messages buffered per socket between its reader task and the driver.
 const SOCKET_DEPTH: usize = 64;
 /// Bytes of IOPub messages a context holds between its socket and the HTTP
@@ -847,9 +849,34 @@ impl Driver {
             }
             _ => None,
         };
-        if let Some(event) = ev {
-            // A client that went away just stops receiving; the run goes on.
-            let _ = run.sink.send(Out { event, _held: held }).await;
+        // A client that went away just stops receiving; the run goes on.
+        match ev {
+            Some(Event::Stream { stderr, text }) if text.len() > STREAM_PIECE => {
+                // A kernel batches what a cell prints between flushes into
+                // one message, tens of MiB for a busy loop: it goes out in
+                // pieces (cut on character boundaries), so no event and no
+                // encoded copy of it is bigger than a piece.
+                let mut at = 0;
+                while at < text.len() {
+                    let mut cut = (at + STREAM_PIECE).min(text.len());
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    let event = Event::Stream {
+                        stderr,
+                        text: text[at..cut].to_string(),
+                    };
+                    if run.sink.send(Out { event, _held: None }).await.is_err() {
+                        break;
+                    }
+                    at = cut;
+                }
+                drop(held);
+            }
+            Some(event) => {
+                let _ = run.sink.send(Out { event, _held: held }).await;
+            }
+            None => {}
         }
     }
 

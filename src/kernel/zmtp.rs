@@ -18,7 +18,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 /// Largest message (all parts together) accepted from a kernel.
-pub const MAX_MESSAGE: usize = 16 << 20;
+pub const MAX_MESSAGE: usize = 64 << 20;
 /// Most parts in one message.
 const MAX_PARTS: usize = 256;
 
