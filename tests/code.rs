@@ -559,3 +559,59 @@ async fn idle_contexts_expire() {
         "a busy context is not expired: {evs:?}"
     );
 }
+
+/// A kernel that cannot start: a clear 500 at once, no process and no
+/// connection file left behind.
+#[tokio::test]
+async fn kernel_start_failures_are_reported_and_cleaned_up() {
+    let dir = TempDir::new("code-badspec");
+    for (name, argv) in [
+        (
+            "exits",
+            json!([
+                "/bin/sh",
+                "-c",
+                "echo kernel-says-no >&2; exit 7",
+                "{connection_file}"
+            ]),
+        ),
+        (
+            "missing",
+            json!(["/nonexistent/kernel", "-f", "{connection_file}"]),
+        ),
+    ] {
+        let k = dir.0.join("share/kernels").join(name);
+        std::fs::create_dir_all(&k).expect("mkdir");
+        let spec = json!({"argv": argv, "language": name, "display_name": name});
+        std::fs::write(k.join("kernel.json"), spec.to_string()).expect("write");
+    }
+    let dd = dir.join("data");
+    let d = Daemon::start_with(
+        &["--data-dir", dd.as_str()],
+        &[
+            ("JUPYTER_PATH", dir.join("share").as_str()),
+            ("JUPYTER_DATA_DIR", dir.join("none").as_str()),
+        ],
+    );
+    let r = d
+        .post_json("/code/context", &json!({"language": "exits"}))
+        .await;
+    r.assert_error(500, "RUNTIME_ERROR");
+    assert!(
+        r.text().contains("exit status 7") && r.text().contains("kernel-says-no"),
+        "{}",
+        r.text()
+    );
+    let r = d
+        .post_json("/code/context", &json!({"language": "missing"}))
+        .await;
+    r.assert_error(500, "RUNTIME_ERROR");
+    assert!(r.text().contains("/nonexistent/kernel"), "{}", r.text());
+    assert!(conn_files(&dir).is_empty(), "{:?}", conn_files(&dir));
+    assert_eq!(d.get("/code/contexts").await.json(), json!([]));
+    assert!(
+        descendants(d.pid()).is_empty(),
+        "{:?}",
+        descendants(d.pid())
+    );
+}

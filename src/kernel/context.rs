@@ -510,9 +510,11 @@ pub async fn launch(
     let signer = Signer::new(&key, crate::process::new_id());
     let deadline = Instant::now() + START_TIMEOUT;
 
+    let mut exited = false;
     let attached = tokio::select! {
         r = attach(&ports, &signer, deadline) => r.map_err(|e| e.to_string()),
         st = &mut exit => {
+            exited = true;
             // Let the pipes deliver the kernel's last words (bounded).
             let _ = tokio::time::timeout(Duration::from_millis(500), async {
                 for t in stdio.iter_mut() {
@@ -528,7 +530,9 @@ pub async fn launch(
         Ok(s) => s,
         Err(e) => {
             kill_tree(pid);
-            let _ = exit.await;
+            if !exited {
+                let _ = exit.await;
+            }
             let out = tail.text();
             return Err(fail(if out.is_empty() {
                 e
@@ -560,6 +564,7 @@ pub async fn launch(
         s: sockets,
         rx,
         exit,
+        exited: false,
         run: None,
         shutdown: l.shutdown,
         _file: file,
@@ -634,6 +639,8 @@ struct Driver {
     s: Sockets,
     rx: mpsc::Receiver<Request>,
     exit: oneshot::Receiver<ExitStatus>,
+    /// `exit` has completed (a receiver must not be polled again after that).
+    exited: bool,
     run: Option<Run>,
     shutdown: CancellationToken,
     _file: ConnFile,
@@ -701,8 +708,8 @@ impl Driver {
                         hb_waiting = true;
                     }
                 },
-                st = &mut self.exit => {
-                    self.exit = oneshot::channel().1;
+                st = &mut self.exit, if !self.exited => {
+                    self.exited = true;
                     break self.exit_reason(st.ok());
                 },
                 _ = sleep_until(timer) => {
@@ -924,16 +931,20 @@ impl Driver {
     /// The kernel is gone or must go: kill it and its descendants, reap it,
     /// end any run with an error, and remove the connection file (on drop).
     async fn end(mut self, mut why: String) {
-        if why.starts_with("the kernel closed") {
+        if !self.exited && why.starts_with("the kernel closed") {
             // A dying kernel's sockets close just before the reaper reports
             // its exit: give that a moment, for a reason that says how it died.
-            if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(1), &mut self.exit).await {
-                self.exit = oneshot::channel().1;
-                why = self.exit_reason(Some(st));
+            if let Ok(st) = tokio::time::timeout(Duration::from_secs(1), &mut self.exit).await {
+                self.exited = true;
+                if let Ok(st) = st {
+                    why = self.exit_reason(Some(st));
+                }
             }
         }
         kill_tree(self.ctx.pid);
-        let _ = (&mut self.exit).await;
+        if !self.exited {
+            let _ = (&mut self.exit).await;
+        }
         tracing::info!(context = %self.ctx.id, reason = %why, "kernel ended");
         *self.ctx.dead.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
         self.rx.close();
