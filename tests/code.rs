@@ -615,3 +615,35 @@ async fn kernel_start_failures_are_reported_and_cleaned_up() {
         descendants(d.pid())
     );
 }
+
+/// Connection files hold the kernels' keys: a `kernels` directory that
+/// someone else could enter or write (made in advance, here mode 0777) is
+/// refused before any key is written or any kernel started.
+#[tokio::test]
+async fn connection_files_only_in_a_private_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("code-squat");
+    let k = dir.0.join("share/kernels/fake");
+    std::fs::create_dir_all(&k).expect("mkdir");
+    let spec =
+        json!({"argv": ["/bin/sh", "-c", "exit 7", "{connection_file}"], "language": "fake"});
+    std::fs::write(k.join("kernel.json"), spec.to_string()).expect("write");
+    let data = dir.0.join("data");
+    std::fs::create_dir_all(data.join("kernels")).expect("mkdir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::fs::set_permissions(data.join("kernels"), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod");
+    let d = Daemon::start_with(
+        &["--data-dir", data.to_str().expect("utf-8")],
+        &[
+            ("JUPYTER_PATH", dir.join("share").as_str()),
+            ("JUPYTER_DATA_DIR", dir.join("none").as_str()),
+        ],
+    );
+    let r = d
+        .post_json("/code/context", &json!({"language": "fake"}))
+        .await;
+    r.assert_error(500, "RUNTIME_ERROR");
+    assert!(r.text().contains("not a private directory"), "{}", r.text());
+    assert!(conn_files(&dir).is_empty(), "{:?}", conn_files(&dir));
+}

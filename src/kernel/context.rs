@@ -282,6 +282,13 @@ fn write_conn_file(dir: &std::path::Path, id: &str, content: &Value) -> std::io:
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
+    // The files hold the kernels' keys: the directory must be execd's own
+    // real directory that no one else may enter, even if someone made it
+    // first, in a data directory that no one else may write to.
+    checked_dir(dir, 0o077)?;
+    if let Some(parent) = dir.parent() {
+        checked_dir(parent, 0o022)?;
+    }
     let path = dir.join(format!("kernel-{id}.json"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -292,6 +299,44 @@ fn write_conn_file(dir: &std::path::Path, id: &str, content: &Value) -> std::io:
     let file = ConnFile(path);
     f.write_all(content.to_string().as_bytes())?;
     Ok(file)
+}
+
+/// Checks that `dir` is a directory (not a symlink) owned by execd's user
+/// (or root), with none of the `forbidden` mode bits.
+fn checked_dir(dir: &std::path::Path, forbidden: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !m.file_type().is_dir() || (m.uid() != me && m.uid() != 0) || m.mode() & forbidden != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a private directory of uid {me} (a real directory, mode without {forbidden:03o})",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A connection key: 32 bytes from the kernel's random source, as hex. No
+/// fallback: without randomness there is no key and no kernel.
+fn random_key() -> std::io::Result<String> {
+    let mut b = [0u8; 32];
+    let mut got = 0;
+    while got < b.len() {
+        // SAFETY: getrandom writes at most the remaining length into `b`.
+        let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        got += n as usize;
+    }
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// The last bytes a kernel wrote to stdout/stderr, for error messages.
@@ -484,7 +529,7 @@ pub async fn launch(
 ) -> Result<Arc<Context>, KernelError> {
     let fail = |e: String| KernelError::Launch(l.language.clone(), e);
     let ports = free_ports().map_err(|e| fail(format!("no free port: {e}")))?;
-    let key = crate::process::new_id();
+    let key = random_key().map_err(|e| fail(format!("no random key: {e}")))?;
     let conn = json!({
         "shell_port": ports[0], "iopub_port": ports[1], "stdin_port": ports[2],
         "control_port": ports[3], "hb_port": ports[4], "ip": "127.0.0.1",
