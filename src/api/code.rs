@@ -16,15 +16,18 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
 use http::{Response, StatusCode};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
-use tokio::sync::mpsc;
+use serde_json::{json, Value};
 
 use super::command::{event_stream, validate, RunCommandRequest, StreamMode};
-use super::wire::now_ms;
-use crate::kernel::{Context, Event, KernelError, Out, Outcome, State};
+use super::wire::{json_str, now_ms, put_u64};
+use crate::kernel::{CodeRun, Context, KernelError, State};
+use crate::process::Stream;
 use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,12 +141,8 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             }
         },
     };
-    let rx = context.execute(code, timeout)?;
-    Ok(sse::response(stream(
-        context.id.clone(),
-        rx,
-        app.config.ping_interval,
-    )))
+    let run = app.kernels.execute(&context, code, timeout)?;
+    Ok(sse::response(stream(run, app.config.ping_interval, 0)))
 }
 
 /// One event as a line: JSON, with U+2028, U+2029 and U+0085 escaped (line
@@ -162,117 +161,131 @@ fn frame(v: &Value) -> Bytes {
     Bytes::from(b)
 }
 
-/// Jupyter's MIME bundle as upstream sends it: `text/plain` named `text`.
-fn results(mut data: Map<String, Value>) -> Value {
-    if let Some(t) = data.remove("text/plain") {
-        data.insert("text".into(), t);
+const BATCH: usize = 64 * 1024;
+
+/// `..., "eid": N, "timestamp": T}` closing an event whose fields are in `open`.
+fn close_event(buf: &mut BytesMut, open: &[u8], eid: u64, ts: u64) {
+    buf.put_slice(open);
+    if open.len() > 1 {
+        buf.put_slice(b",");
     }
-    Value::Object(data)
+    buf.put_slice(b"\"eid\":");
+    put_u64(buf, eid);
+    buf.put_slice(b",\"timestamp\":");
+    put_u64(buf, ts);
+    buf.put_slice(b"}\n\n");
 }
 
-fn encode(ev: Event) -> (Value, bool) {
-    let ts = now_ms();
-    match ev {
-        Event::Stream { stderr, text } => (
-            json!({"type": if stderr {"stderr"} else {"stdout"}, "text": text, "timestamp": ts}),
-            false,
-        ),
-        Event::ExecutionCount(n) => (
-            json!({"type": "execution_count", "execution_count": n, "timestamp": ts}),
-            false,
-        ),
-        Event::Result {
-            data,
-            execution_count,
-        } => {
-            let mut v = json!({"type": "result", "results": results(data), "timestamp": ts});
-            if let Some(n) = execution_count {
-                v["execution_count"] = n.into();
-            }
-            (v, false)
-        }
-        Event::Error {
-            ename,
-            evalue,
-            traceback,
-        } => (
-            json!({"type": "error", "error": {"ename": ename, "evalue": evalue, "traceback": traceback}, "timestamp": ts}),
-            false,
-        ),
-        Event::Done { elapsed, outcome } => {
-            let ms = elapsed.as_millis() as u64;
-            let v = match outcome {
-                Outcome::Ok => {
-                    json!({"type": "execution_complete", "execution_time": ms, "timestamp": ts})
-                }
-                // The kernel's error event was the run's last word.
-                Outcome::KernelError => Value::Null,
-                Outcome::Failed {
-                    ename,
-                    evalue,
-                    timed_out,
-                } => json!({
-                    "type": "error",
-                    "error": {"ename": ename, "evalue": evalue, "traceback": []},
-                    "execution_time": ms,
-                    "timed_out": timed_out,
-                    "timestamp": ts,
-                }),
-            };
-            (v, true)
-        }
+/// A code run's event stream from `from_eid` (0: `init` first): the run's
+/// log as it grows (text as `stdout`/`stderr`, other events from the run),
+/// `ping`s in silences, then the terminal event. Any number of readers, at
+/// their own pace: the run never waits for one.
+pub fn stream(run: Arc<CodeRun>, ping: Duration, from_eid: u64) -> Body {
+    let mut buf = BytesMut::with_capacity(1024);
+    if from_eid == 0 {
+        let init = json!({"type": "init", "text": run.context_id, "command_id": run.cmd.id});
+        close_event(&mut buf, &frame_open(&init), 0, now_ms());
     }
-}
-
-struct Follow {
-    rx: mpsc::Receiver<Out>,
-    ping: Duration,
-    done: bool,
-}
-
-/// The run's event stream: `init`, the kernel's events as they come, a
-/// `ping` after each `ping` of silence, and the terminal event.
-fn stream(id: String, rx: mpsc::Receiver<Out>, ping: Duration) -> Body {
-    let init = frame(&json!({"type": "init", "text": id, "timestamp": now_ms()}));
+    let first = (!buf.is_empty()).then(|| buf.split().freeze());
     let follow = Follow {
-        rx,
+        head_rx: run.cmd.log.watch(),
+        run,
         ping,
+        next: from_eid.max(1),
+        buf,
         done: false,
     };
     let rest = futures_util::stream::unfold(follow, |mut f| async move {
-        loop {
-            if f.done {
-                return None;
-            }
-            match tokio::time::timeout(f.ping, f.rx.recv()).await {
-                Err(_) => {
-                    let p = frame(&json!({"type": "ping", "text": "pong", "timestamp": now_ms()}));
-                    return Some((p, f));
-                }
-                Ok(None) => {
-                    // The driver ended without a terminal event for this run.
-                    f.done = true;
-                    let v = json!({
-                        "type": "error",
-                        "error": {"ename": "KernelDied", "evalue": "the kernel ended before the run finished", "traceback": []},
-                        "timestamp": now_ms(),
-                    });
-                    return Some((frame(&v), f));
-                }
-                Ok(Some(out)) => {
-                    // The event's share of the output budget goes back here.
-                    let (v, last) = encode(out.event);
-                    f.done = last;
-                    if v.is_null() {
-                        continue;
+        let b = f.next().await?;
+        Some((b, f))
+    });
+    sse::stream_body(futures_util::stream::iter(first).chain(rest))
+}
+
+/// JSON of `v` without its closing brace, line separators escaped.
+fn frame_open(v: &Value) -> Vec<u8> {
+    let mut b = frame(v).to_vec();
+    b.truncate(b.len() - 3); // "}\n\n"
+    b
+}
+
+struct Follow {
+    run: Arc<CodeRun>,
+    head_rx: tokio::sync::watch::Receiver<crate::process::Head>,
+    ping: Duration,
+    next: u64,
+    buf: BytesMut,
+    done: bool,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Option<Bytes> {
+        while !self.done {
+            let head = *self.head_rx.borrow_and_update();
+            match self.run.cmd.log.read_events(self.next, BATCH).await {
+                Ok(evs) if !evs.is_empty() => {
+                    for ev in &evs {
+                        if ev.data.is_empty() {
+                            if let Some(open) = self.run.extra(ev.eid) {
+                                close_event(&mut self.buf, &open, ev.eid, ev.ts_ms);
+                            }
+                            continue;
+                        }
+                        let kind = if ev.stream == Stream::Stdout {
+                            "stdout"
+                        } else {
+                            "stderr"
+                        };
+                        self.buf.put_slice(b"{\"type\":\"");
+                        self.buf.put_slice(kind.as_bytes());
+                        self.buf.put_slice(b"\",\"text\":");
+                        json_str(&mut self.buf, &ev.data);
+                        self.buf.put_slice(b",");
+                        close_event(&mut self.buf, b"", ev.eid, ev.ts_ms);
                     }
-                    return Some((frame(&v), f));
+                    self.next = evs.last().map_or(self.next, |e| e.eid + 1);
+                    if !self.buf.is_empty() {
+                        return Some(self.buf.split().freeze());
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(gap) => {
+                    let v = json!({"type": "gap", "from_eid": self.next, "to_eid": gap.oldest_eid});
+                    close_event(
+                        &mut self.buf,
+                        &frame_open(&v),
+                        gap.oldest_eid.saturating_sub(1),
+                        now_ms(),
+                    );
+                    self.next = gap.oldest_eid;
+                    return Some(self.buf.split().freeze());
+                }
+            }
+            if head.finished && self.next >= head.next_eid {
+                self.done = true;
+                let open = self.run.terminal()?;
+                close_event(&mut self.buf, &open, head.next_eid, now_ms());
+                return Some(self.buf.split().freeze());
+            }
+            tokio::select! {
+                _ = self.head_rx.changed() => {}
+                _ = tokio::time::sleep(self.ping) => {
+                    let v = json!({"type": "ping", "text": "pong"});
+                    close_event(&mut self.buf, &frame_open(&v), self.next - 1, now_ms());
+                    return Some(self.buf.split().freeze());
                 }
             }
         }
-    });
-    use futures_util::StreamExt;
-    sse::stream_body(futures_util::stream::iter([init]).chain(rest))
+        None
+    }
+}
+
+/// `GET /command/{id}/resume` for a code run (the id of its `init`'s
+/// `command_id`): its events after `after_eid`.
+pub fn resume(app: &crate::server::App, id: &str, from_eid: u64) -> Option<Body> {
+    let run = app.kernels.run(id)?;
+    Some(stream(run, app.config.ping_interval, from_eid))
 }
 
 fn describe(c: &Context) -> Value {
@@ -386,17 +399,6 @@ pub async fn interrupt(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn text_plain_is_renamed_and_png_kept() {
-        let mut m = Map::new();
-        m.insert("text/plain".into(), "<Figure>".into());
-        m.insert("image/png".into(), "iVBORw0KGgo=".into());
-        let v = results(m);
-        assert_eq!(v["text"], "<Figure>");
-        assert_eq!(v["image/png"], "iVBORw0KGgo=");
-        assert!(v.get("text/plain").is_none());
-    }
 
     #[test]
     fn frames_escape_line_separators() {

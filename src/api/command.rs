@@ -454,6 +454,10 @@ pub async fn resume(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             .insert("execd-oldest-eid", HeaderValue::from(oldest));
         return Ok(resp);
     }
+    // A code run's record: its own events (results, errors) and terminal.
+    if let Some(body) = super::code::resume(&ctx.app, &cmd.id, from_eid) {
+        return Ok(sse::response(body));
+    }
     let ping = ctx.app.config.ping_interval;
     Ok(sse::response(event_stream(
         cmd,

@@ -18,6 +18,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::msg::{Msg, Signer};
+use super::run::CodeRun;
 use super::spec::{InterruptMode, KernelSpec};
 use super::zmtp::{self, Kind};
 use super::KernelError;
@@ -32,10 +33,6 @@ const HB_MISSES: u32 = 4;
 /// After a timeout's interrupt, how long the kernel has to wind the run
 /// down before it is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
-/// Events buffered between the driver and the HTTP stream.
-const SINK_DEPTH: usize = 256;
-/// Largest `stdout`/`stderr` event; a bigger stream message is sent in pieces.
-const STREAM_PIECE: usize = 1 << 20;
 /// Messages buffered per socket between its reader task and the driver.
 const SOCKET_DEPTH: usize = 64;
 /// Bytes of IOPub messages a context holds between its socket and the HTTP
@@ -51,12 +48,6 @@ enum FromKernel {
     Dropped(u64),
     /// The connection failed; nothing more comes.
     Failed(String),
-}
-
-/// An event on its way to the client, with the output budget it holds.
-pub struct Out {
-    pub event: Event,
-    _held: Option<OwnedSemaphorePermit>,
 }
 
 /// What a run produces, in order; [`Event::Done`] is last.
@@ -101,7 +92,7 @@ pub enum Outcome {
 enum Request {
     Execute {
         code: String,
-        sink: mpsc::Sender<Out>,
+        run: Arc<CodeRun>,
         timeout: Option<Duration>,
     },
     Interrupt,
@@ -169,13 +160,9 @@ impl Context {
         matches!(self.state(), State::Dead(_))
     }
 
-    /// Starts a run of `code`. The context is claimed synchronously, so a
-    /// second run on a busy context fails here, before any event is sent.
-    pub fn execute(
-        &self,
-        code: String,
-        timeout: Option<Duration>,
-    ) -> Result<mpsc::Receiver<Out>, KernelError> {
+    /// Claims the context for a run: one at a time, decided synchronously,
+    /// so a second run on a busy context fails before any event.
+    pub fn claim(&self) -> Result<(), KernelError> {
         if let State::Dead(why) = self.state() {
             return Err(KernelError::Dead(self.id.clone(), why));
         }
@@ -186,23 +173,41 @@ impl Context {
         {
             return Err(KernelError::Busy(self.id.clone()));
         }
-        let (sink, rx) = mpsc::channel(SINK_DEPTH);
+        Ok(())
+    }
+
+    /// Hands a claimed run to the driver. If the kernel is gone, the run is
+    /// finished with the reason and the claim released.
+    pub fn submit(
+        &self,
+        code: String,
+        run: Arc<CodeRun>,
+        timeout: Option<Duration>,
+    ) -> Result<(), KernelError> {
         let req = Request::Execute {
             code,
-            sink,
+            run: run.clone(),
             timeout,
         };
         if self.tx.try_send(req).is_err() {
-            self.busy.store(false, Ordering::Release);
             let why = self
                 .dead
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone()
                 .unwrap_or_else(|| "the kernel is shutting down".into());
+            run.finish(
+                Duration::ZERO,
+                Outcome::Failed {
+                    ename: "KernelDied".into(),
+                    evalue: why.clone(),
+                    timed_out: false,
+                },
+            );
+            self.busy.store(false, Ordering::Release);
             return Err(KernelError::Dead(self.id.clone(), why));
         }
-        Ok(rx)
+        Ok(())
     }
 
     /// Interrupts the running code as the kernelspec asks: SIGINT to the
@@ -667,7 +672,7 @@ pub fn kill_tree(pid: i32) {
 
 struct Run {
     msg_id: String,
-    sink: mpsc::Sender<Out>,
+    out: Arc<CodeRun>,
     started: Instant,
     replied: bool,
     reply_status: String,
@@ -708,8 +713,8 @@ impl Driver {
             let timer = self.run.as_ref().and_then(|r| r.timeout_at).unwrap_or(far);
             tokio::select! {
                 req = self.rx.recv() => match req {
-                    Some(Request::Execute { code, sink, timeout }) => {
-                        if let Err(e) = self.start(code, sink, timeout).await {
+                    Some(Request::Execute { code, run, timeout }) => {
+                        if let Err(e) = self.start(code, run, timeout).await {
                             break format!("cannot send to the kernel: {e}");
                         }
                     }
@@ -723,7 +728,7 @@ impl Driver {
                 },
                 m = self.s.iopub_rx.recv() => match m {
                     Some(FromKernel::Message(m, held)) => self.iopub(m, held).await,
-                    Some(FromKernel::Dropped(bytes)) => self.dropped(bytes).await,
+                    Some(FromKernel::Dropped(bytes)) => self.dropped(bytes),
                     Some(FromKernel::Failed(e)) => break format!("the kernel closed IOPub: {e}"),
                     None => break "the kernel closed IOPub".into(),
                 },
@@ -775,7 +780,7 @@ impl Driver {
     async fn start(
         &mut self,
         code: String,
-        sink: mpsc::Sender<Out>,
+        out: Arc<CodeRun>,
         timeout: Option<Duration>,
     ) -> std::io::Result<()> {
         let content = json!({
@@ -786,7 +791,7 @@ impl Driver {
         let now = Instant::now();
         self.run = Some(Run {
             msg_id,
-            sink,
+            out,
             started: now,
             replied: false,
             reply_status: String::new(),
@@ -834,20 +839,13 @@ impl Driver {
     }
 
     /// A message too big to keep: the run's client is told on stderr.
-    async fn dropped(&mut self, bytes: u64) {
+    fn dropped(&mut self, bytes: u64) {
         let Some(run) = self.run.as_ref() else { return };
         let text = format!(
             "[execd: the kernel sent an output message of {bytes} bytes, over the {} MiB limit; it was dropped]\n",
             zmtp::MAX_MESSAGE >> 20
         );
-        let ev = Event::Stream { stderr: true, text };
-        let _ = run
-            .sink
-            .send(Out {
-                event: ev,
-                _held: None,
-            })
-            .await;
+        run.out.emit(Event::Stream { stderr: true, text });
     }
 
     async fn iopub(&mut self, m: Vec<Vec<u8>>, held: Option<OwnedSemaphorePermit>) {
@@ -901,35 +899,11 @@ impl Driver {
             }
             _ => None,
         };
-        // A client that went away just stops receiving; the run goes on.
-        match ev {
-            Some(Event::Stream { stderr, text }) if text.len() > STREAM_PIECE => {
-                // A kernel batches what a cell prints between flushes into
-                // one message, tens of MiB for a busy loop: it goes out in
-                // pieces (cut on character boundaries), so no event and no
-                // encoded copy of it is bigger than a piece.
-                let mut at = 0;
-                while at < text.len() {
-                    let mut cut = (at + STREAM_PIECE).min(text.len());
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    let event = Event::Stream {
-                        stderr,
-                        text: text[at..cut].to_string(),
-                    };
-                    if run.sink.send(Out { event, _held: None }).await.is_err() {
-                        break;
-                    }
-                    at = cut;
-                }
-                drop(held);
-            }
-            Some(event) => {
-                let _ = run.sink.send(Out { event, _held: held }).await;
-            }
-            None => {}
+        // Into the run's log, which never waits for a reader.
+        if let Some(ev) = ev {
+            run.out.emit(ev);
         }
+        drop(held);
     }
 
     fn shell(&mut self, m: Vec<Vec<u8>>) {
@@ -962,11 +936,7 @@ impl Driver {
         };
         self.ctx.touch();
         self.ctx.busy.store(false, Ordering::Release);
-        let event = Event::Done {
-            elapsed: run.started.elapsed(),
-            outcome,
-        };
-        let _ = run.sink.send(Out { event, _held: None }).await;
+        run.out.finish(run.started.elapsed(), outcome);
     }
 
     fn exit_reason(&self, st: Option<ExitStatus>) -> String {
@@ -999,20 +969,28 @@ impl Driver {
             } else {
                 ("KernelDied", false)
             };
-            // Never wait on a stalled client here: if the event does not
-            // fit, the stream ends without it and the API reports the end.
-            let event = Event::Done {
-                elapsed: run.started.elapsed(),
-                outcome: Outcome::Failed {
+            run.out.finish(
+                run.started.elapsed(),
+                Outcome::Failed {
                     ename: ename.into(),
-                    evalue: why,
+                    evalue: why.clone(),
                     timed_out,
                 },
-            };
-            let _ = run.sink.try_send(Out { event, _held: None });
+            );
         }
-        // Requests that raced the end: their streams end, reported by the API.
-        while self.rx.try_recv().is_ok() {}
+        // Requests that raced the end.
+        while let Ok(req) = self.rx.try_recv() {
+            if let Request::Execute { run, .. } = req {
+                run.finish(
+                    Duration::ZERO,
+                    Outcome::Failed {
+                        ename: "KernelDied".into(),
+                        evalue: why.clone(),
+                        timed_out: false,
+                    },
+                );
+            }
+        }
         self.ctx.busy.store(false, Ordering::Release);
         let ended = self.ctx.ended.clone();
         drop(self);

@@ -14,6 +14,7 @@
 
 pub mod context;
 pub mod msg;
+pub mod run;
 pub mod spec;
 pub mod zmtp;
 
@@ -22,7 +23,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::process::Engine;
-pub use context::{Context, Event, Out, Outcome, State};
+pub use context::{Context, Event, Outcome, State};
+pub use run::CodeRun;
 
 /// Errors of code contexts.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +66,13 @@ pub struct Kernels {
     defaults: Mutex<HashMap<String, String>>,
     /// Serialises the creation of default contexts.
     default_lock: tokio::sync::Mutex<()>,
+    /// Recent runs, newest last, for lookups by run id.
+    runs: Mutex<std::collections::VecDeque<Arc<CodeRun>>>,
 }
+
+/// Runs remembered for lookups by their id (resume, interrupt); their
+/// records live in the engine's registry, with its retention.
+const RECENT_RUNS: usize = 256;
 
 impl Kernels {
     /// The contexts; with an idle timeout, also the task that expires them.
@@ -76,6 +84,7 @@ impl Kernels {
             starting: Mutex::new(0),
             defaults: Mutex::new(HashMap::new()),
             default_lock: tokio::sync::Mutex::new(()),
+            runs: Mutex::new(std::collections::VecDeque::new()),
         });
         if let Some(idle) = k.cfg.idle_timeout {
             let weak = Arc::downgrade(&k);
@@ -245,6 +254,39 @@ impl Kernels {
         if let Some(parent) = self.cfg.dir.parent() {
             let _ = std::fs::remove_dir(parent);
         }
+    }
+
+    /// Starts a run of `code` in `ctx`: claimed at once (409 before any
+    /// event if busy), recorded in the engine, handed to the kernel's driver.
+    pub fn execute(
+        &self,
+        ctx: &Context,
+        code: String,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Arc<CodeRun>, KernelError> {
+        ctx.claim()?;
+        let cmd = self.engine.register_record(code.clone());
+        let run = Arc::new(CodeRun::new(cmd, ctx.id.clone()));
+        {
+            let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+            if runs.len() >= RECENT_RUNS {
+                runs.pop_front();
+            }
+            runs.push_back(run.clone());
+        }
+        ctx.submit(code, run.clone(), timeout)?;
+        Ok(run)
+    }
+
+    /// A recent run by its id.
+    pub fn run(&self, id: &str) -> Option<Arc<CodeRun>> {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .find(|r| r.cmd.id == id)
+            .cloned()
     }
 
     /// Interrupts the code running in context `id`.

@@ -278,6 +278,23 @@ impl Engine {
         )
     }
 
+    /// A record for output made outside the engine's own processes (a code
+    /// run): a new id, an output log with the usual limits, registered so
+    /// that status, logs and resume find it. Its owner appends to the log
+    /// and finishes the record.
+    pub fn register_record(&self, content: String) -> Arc<Command> {
+        let id = new_id();
+        let log = OutputLog::new(
+            id.clone(),
+            self.cfg.limits.clone(),
+            self.budget.clone(),
+            self.spill.clone(),
+        );
+        let cmd = Arc::new(Command::new(id, content, false, None, log, None));
+        self.registry.insert(cmd.clone());
+        cmd
+    }
+
     /// Starts a long-lived helper process (a Jupyter kernel) with exactly
     /// `env`: its own process group, stdin `/dev/null`, stdout and stderr
     /// piped, its exit collected by the reaper.
