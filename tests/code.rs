@@ -740,3 +740,33 @@ async fn get_stream(d: &Daemon, path: &str) -> EventStream {
             .await,
     )
 }
+
+/// `DELETE /command?id=` with a code run's id interrupts its kernel.
+#[tokio::test]
+async fn interrupt_by_run_id() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-intrun");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+    let (mut s, seen) = started(
+        &d,
+        json!({"code": "import time\nprint('started', flush=True)\ntime.sleep(60)", "context": {"id": id}}),
+    )
+    .await;
+    let cid = seen[0]["command_id"]
+        .as_str()
+        .expect("command_id")
+        .to_string();
+    let r = d.delete(&format!("/command?id={cid}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let evs = s.collect().await;
+    assert_eq!(
+        terminal(&evs)["error"]["ename"],
+        "KeyboardInterrupt",
+        "{evs:?}"
+    );
+    let st = d.get(&format!("/command/status/{cid}")).await.json();
+    assert_eq!(st["running"], false);
+    assert_eq!(st["exit_code"], 1, "{st}");
+}

@@ -390,7 +390,10 @@ pub async fn interrupt(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::missing_query("id"))?;
     match ctx.app.kernels.interrupt(id) {
-        Err(KernelError::NotFound(_)) => ctx.app.engine.interrupt(id)?,
+        Err(KernelError::NotFound(_)) => match ctx.app.kernels.interrupt_run(id) {
+            Some(r) => r?,
+            None => ctx.app.engine.interrupt(id)?,
+        },
         r => r?,
     }
     Ok(ok_empty())

@@ -329,6 +329,11 @@ pub async fn interrupt(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         .get("id")
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::missing_query("id"))?;
+    // A code run's id: its kernel is interrupted.
+    if let Some(r) = ctx.app.kernels.interrupt_run(id) {
+        r?;
+        return Ok(ok_empty());
+    }
     ctx.app.engine.interrupt(id)?;
     Ok(ok_empty())
 }

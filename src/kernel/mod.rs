@@ -289,6 +289,13 @@ impl Kernels {
             .cloned()
     }
 
+    /// Interrupts a running code run by its id (its context's kernel);
+    /// `None` if `id` is not a running code run.
+    pub fn interrupt_run(&self, id: &str) -> Option<Result<(), KernelError>> {
+        let run = self.run(id).filter(|r| r.cmd.is_running())?;
+        Some(self.interrupt(&run.context_id))
+    }
+
     /// Interrupts the code running in context `id`.
     pub fn interrupt(&self, id: &str) -> Result<(), KernelError> {
         self.get(id)?.interrupt()
