@@ -35,10 +35,10 @@ const HB_MISSES: u32 = 4;
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 /// Messages buffered per socket between its reader task and the driver.
 const SOCKET_DEPTH: usize = 64;
-/// Bytes of IOPub messages a context holds between its socket and the HTTP
-/// stream (on top of the one message being read, at most
-/// [`zmtp::MAX_MESSAGE`]): a message takes its share before it is passed
-/// on and gives it back once its event is encoded for the client.
+/// Bytes of IOPub messages a context holds between its socket and the
+/// run's log (a message over it counts as this much): the reader takes all
+/// of it before reading a message and keeps the message's share until the
+/// driver has recorded it.
 const OUTPUT_BUDGET: usize = 8 << 20;
 
 /// What a socket's reader task passes on.
@@ -390,19 +390,22 @@ fn reader(
     let (tx, rx) = mpsc::channel(SOCKET_DEPTH);
     let task = tokio::spawn(async move {
         loop {
+            // With a budget, the whole of it before reading: a message is
+            // read only once every earlier one has been dealt with, so at
+            // most one big message is held at a time.
+            let mut all = match &budget {
+                Some(b) => match b.clone().acquire_many_owned(OUTPUT_BUDGET as u32).await {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+                None => None,
+            };
             let item = match r.recv().await {
                 Ok(zmtp::Incoming::Message(m)) => {
-                    let held = match &budget {
-                        Some(b) => {
-                            let n: usize = m.iter().map(Vec::len).sum();
-                            let n = n.clamp(1, OUTPUT_BUDGET) as u32;
-                            match b.clone().acquire_many_owned(n).await {
-                                Ok(p) => Some(p),
-                                Err(_) => return,
-                            }
-                        }
-                        None => None,
-                    };
+                    let n: usize = m.iter().map(Vec::len).sum();
+                    let held = all
+                        .as_mut()
+                        .and_then(|a| a.split(n.clamp(1, OUTPUT_BUDGET)));
                     FromKernel::Message(m, held)
                 }
                 Ok(zmtp::Incoming::Dropped { bytes }) => FromKernel::Dropped(bytes),

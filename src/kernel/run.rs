@@ -17,6 +17,8 @@ use crate::process::{Command, Finished, Resources, Stream};
 
 /// Text is stored in events of at most this size (as commands' long lines).
 const PIECE: usize = 64 * 1024;
+/// Pieces appended to the log together.
+const BATCH: usize = 16;
 /// JSON of non-text events kept per run, at most; past it, a result is
 /// replaced by a notice on stderr.
 const EXTRAS_CAP: usize = 32 << 20;
@@ -94,7 +96,8 @@ impl CodeRun {
         } else {
             Stream::Stdout
         };
-        let mut pieces = Vec::with_capacity(text.len() / PIECE + 1);
+        let ts = now_ms();
+        let mut pieces = Vec::with_capacity(BATCH);
         let mut at = 0;
         while at < text.len() {
             let mut cut = (at + PIECE).min(text.len());
@@ -103,8 +106,14 @@ impl CodeRun {
             }
             pieces.push(Bytes::copy_from_slice(&text.as_bytes()[at..cut]));
             at = cut;
+            // A few pieces at a time: a big message is not copied whole.
+            if pieces.len() == BATCH {
+                self.cmd.log.append(stream, ts, pieces.drain(..));
+            }
         }
-        self.cmd.log.append(stream, now_ms(), pieces);
+        if !pieces.is_empty() {
+            self.cmd.log.append(stream, ts, pieces);
+        }
     }
 
     fn other(&self, v: Value) {
