@@ -770,3 +770,28 @@ async fn interrupt_by_run_id() {
     assert_eq!(st["running"], false);
     assert_eq!(st["exit_code"], 1, "{st}");
 }
+
+/// Kernels get the command environment: execd's secrets are not in it.
+#[tokio::test]
+async fn kernels_do_not_see_the_access_token() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-secret");
+    let dd = data.join("data");
+    let d = Daemon::start_with(
+        &["--data-dir", dd.as_str()],
+        &[
+            ("EXECD_ACCESS_TOKEN", "s3cret-token"),
+            ("JUPYTER_PATH", share.to_str().expect("utf-8")),
+            ("JUPYTER_DATA_DIR", data.join("nojupyter").as_str()),
+        ],
+    );
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+    let evs = run(
+        &d,
+        id,
+        "import os\nprint(os.environ.get('EXECD_ACCESS_TOKEN'), 's3cret' in str(os.environ))",
+    )
+    .await;
+    assert_eq!(text_of(&evs, "stdout"), "None False\n", "{evs:?}");
+}
