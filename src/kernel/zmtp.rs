@@ -13,7 +13,7 @@
 
 use std::io;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -55,9 +55,9 @@ impl Kind {
     }
 }
 
-/// The reading half of a connected socket.
-pub struct Reader {
-    r: BufReader<OwnedReadHalf>,
+/// The reading half of a connected socket (after the handshake).
+pub struct Reader<R = OwnedReadHalf> {
+    r: BufReader<R>,
     kind: Kind,
 }
 
@@ -163,7 +163,16 @@ pub enum Incoming {
     Dropped { bytes: u64 },
 }
 
-impl Reader {
+impl<R: AsyncRead + Unpin> Reader<R> {
+    /// Reads messages of a `kind` socket from `r`, past the handshake (for
+    /// tests and fuzzing).
+    pub fn over(r: R, kind: Kind) -> Reader<R> {
+        Reader {
+            r: BufReader::new(r),
+            kind,
+        }
+    }
+
     /// A frame's flags and length.
     async fn head(&mut self) -> io::Result<(u8, u64)> {
         let flags = self.r.read_u8().await?;
@@ -273,6 +282,47 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame(flags: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![flags | if body.len() > 255 { LONG } else { 0 }];
+        if body.len() > 255 {
+            v.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        } else {
+            v.push(body.len() as u8);
+        }
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[tokio::test]
+    async fn messages_commands_and_oversized_ones() {
+        let mut wire = Vec::new();
+        wire.extend(frame(COMMAND, b"\x04PING"));
+        wire.extend(frame(MORE, b"a"));
+        wire.extend(frame(0, &[b'b'; 300]));
+        // Over the limit, announced in one long frame: skipped, not kept.
+        wire.push(LONG);
+        wire.extend_from_slice(&(MAX_MESSAGE as u64 + 1).to_be_bytes());
+        wire.extend(std::iter::repeat_n(b'x', MAX_MESSAGE + 1));
+        wire.extend(frame(MORE, b""));
+        wire.extend(frame(0, b"pong"));
+        let mut r = Reader::over(&wire[..], Kind::Dealer);
+        match r.recv().await.expect("first") {
+            Incoming::Message(p) => assert_eq!(p, vec![b"a".to_vec(), vec![b'b'; 300]]),
+            other => panic!("{other:?}"),
+        }
+        match r.recv().await.expect("second") {
+            Incoming::Dropped { bytes } => assert_eq!(bytes, MAX_MESSAGE as u64 + 1),
+            other => panic!("{other:?}"),
+        }
+        // A REQ socket drops the empty delimiter.
+        r.kind = Kind::Req;
+        match r.recv().await.expect("third") {
+            Incoming::Message(p) => assert_eq!(p, vec![b"pong".to_vec()]),
+            other => panic!("{other:?}"),
+        }
+        assert!(r.recv().await.is_err(), "EOF");
+    }
 
     #[test]
     fn properties_round_trip() {
