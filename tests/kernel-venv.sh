@@ -11,7 +11,17 @@ venv="${EXECD_KERNEL_VENV:-$repo/target/kernel-venv}"
 py="${PYTHON:-python3}"
 if [[ ! -x "$venv/bin/python" ]]; then
   mkdir -p "$(dirname "$venv")"
-  "$py" -m venv "$venv"
+  if ! "$py" -m venv "$venv"; then
+    # Debian's system python splits venv support into its own package.
+    if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+      rm -rf "$venv"
+      "$py" -m venv "$venv"
+    else
+      echo "kernel-venv.sh: cannot create a venv with $py" >&2
+      exit 2
+    fi
+  fi
 fi
 "$venv/bin/python" -m pip install --disable-pip-version-check -q ipykernel bash_kernel
 "$venv/bin/python" -m ipykernel install --sys-prefix >/dev/null
