@@ -90,6 +90,10 @@ pub struct Config {
     pub grpc_port: Option<u16>,
     /// WebSocket pings (PTY); a peer silent for twice this is dropped.
     pub ws_ping_interval: Duration,
+    /// Live code contexts (Jupyter kernels) at most; 429 past it.
+    pub max_code_contexts: usize,
+    /// Code contexts idle this long are deleted; None: never.
+    pub code_idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -128,6 +132,8 @@ impl Default for Config {
             metadata_env: None,
             grpc_port: None,
             ws_ping_interval: Duration::from_secs(30),
+            max_code_contexts: 32,
+            code_idle_timeout: None,
         }
     }
 }
@@ -197,6 +203,12 @@ Options (environment variable in brackets; a flag wins over its variable):
                                   [EXECD_METADATA_ENV]
   --grpc-port N                   also serve sandboxd gRPC on this port (it is always on --port)
   --ws-ping-interval D            WebSocket ping; a peer silent for twice this is dropped (30s)
+  --max-code-contexts N           live /code contexts (Jupyter kernels) at most (32)
+                                  [EXECD_MAX_CODE_CONTEXTS]
+  --code-idle-timeout D           delete /code contexts idle this long (0: never; 0)
+                                  [EXECD_CODE_IDLE_TIMEOUT]
+  --jupyter-host URL, --jupyter-token T
+                                  accepted and ignored: /code drives kernels itself
   -h, --help                      print this help
   -V, --version                   print the version
 
@@ -270,6 +282,13 @@ pub fn parse(
     }
     if let Some(v) = env("EXECD_DATA_DIR").filter(|v| !v.is_empty()) {
         c.data_dir = Some(v.into());
+    }
+    if let Some(v) = env("EXECD_MAX_CODE_CONTEXTS").filter(|v| !v.is_empty()) {
+        c.max_code_contexts = records(&v).map_err(|e| format!("EXECD_MAX_CODE_CONTEXTS: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_CODE_IDLE_TIMEOUT").filter(|v| !v.is_empty()) {
+        let d = duration(&v).map_err(|e| format!("EXECD_CODE_IDLE_TIMEOUT: {e}"))?;
+        c.code_idle_timeout = (!d.is_zero()).then_some(d);
     }
     if let Some(v) = env("SANDBOX_BASE_DIR").filter(|v| !v.trim().is_empty()) {
         c.agent_base_dir = Some(v.into());
@@ -367,6 +386,13 @@ pub fn parse(
             Long("ws-ping-interval") => {
                 c.ws_ping_interval =
                     duration(&value(&mut p, "ws-ping-interval")?)?.max(Duration::from_millis(10))
+            }
+            Long("code-idle-timeout") => {
+                let d = duration(&value(&mut p, "code-idle-timeout")?)?;
+                c.code_idle_timeout = (!d.is_zero()).then_some(d);
+            }
+            Long("max-code-contexts") => {
+                c.max_code_contexts = records(&value(&mut p, "max-code-contexts")?)?
             }
             // Upstream flags that have no meaning here, accepted so existing launchers work.
             Long("jupyter-host") | Long("jupyter-token") | Long("jupyter-idle-poll-interval") => {

@@ -135,6 +135,14 @@ pub fn set_undumpable() -> nix::Result<()> {
 }
 
 fn engine_config(c: &Config, data_dir: Arc<DataDir>) -> EngineConfig {
+    let mut base_env = base_env(c);
+    let mut inherit_env = ENV_PREPARED.load(std::sync::atomic::Ordering::Relaxed);
+    let port = c.port.to_string();
+    if std::env::var(JUPYTER_PORT).ok().as_deref() != Some(port.as_str()) {
+        base_env.retain(|(k, _)| k != JUPYTER_PORT);
+        base_env.push((JUPYTER_PORT.into(), port.into()));
+        inherit_env = false;
+    }
     EngineConfig {
         shell: spawn::default_shell(),
         limits: LogLimits {
@@ -152,11 +160,21 @@ fn engine_config(c: &Config, data_dir: Arc<DataDir>) -> EngineConfig {
         kill_grace: Duration::from_secs(3),
         max_line: c.max_line,
         env_file: c.env_file.clone(),
-        base_env: base_env(c),
-        inherit_env: ENV_PREPARED.load(std::sync::atomic::Ordering::Relaxed),
+        base_env,
+        inherit_env,
         cgroups: c.cgroups,
     }
 }
+
+/// The code-interpreter SDK's readiness probe opens
+/// `/dev/tcp/127.0.0.1/${JUPYTER_PORT:-44771}` through `POST /command`: with
+/// no Jupyter server, `JUPYTER_PORT` names execd's own port, which does
+/// serve `/code`. Set in the daemon's environment at start-up when the port
+/// is fixed (so commands still inherit that environment as it is);
+/// with `--port 0` the port is bound first, before any thread exists, so the
+/// same holds; should that bind fail, the variable is added to what
+/// commands get once the port is known.
+const JUPYTER_PORT: &str = "JUPYTER_PORT";
 
 /// Set once [`prepare_environment`] has run: the daemon's own environment is
 /// then exactly what commands inherit.
@@ -177,7 +195,44 @@ pub fn prepare_environment(c: &Config) {
         Some(f) => std::env::set_var("EXECD_ENVS", f),
         None => std::env::remove_var("EXECD_ENVS"),
     }
+    let port = match c.port {
+        0 => pre_bind(c),
+        p => p,
+    };
+    if port != 0 {
+        std::env::set_var(JUPYTER_PORT, port.to_string());
+    }
     ENV_PREPARED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// With `--port 0`, the listening socket, bound by [`prepare_environment`]
+/// so that its port is known (and in `JUPYTER_PORT`) before any thread
+/// exists; [`run`] serves on it.
+static PRE_BOUND: std::sync::Mutex<Option<std::net::TcpListener>> = std::sync::Mutex::new(None);
+
+/// Binds `--bind`:0 now; the port, or 0 if that failed (then [`run`] binds
+/// again and reports the error).
+fn pre_bind(c: &Config) -> u16 {
+    match std::net::TcpListener::bind(SocketAddr::new(c.bind, 0)) {
+        Ok(l) => {
+            let port = l.local_addr().map_or(0, |a| a.port());
+            *PRE_BOUND.lock().unwrap_or_else(|p| p.into_inner()) = Some(l);
+            port
+        }
+        Err(_) => 0,
+    }
+}
+
+/// The socket [`pre_bind`] made, ready for tokio, with the deep accept queue.
+fn take_pre_bound() -> std::io::Result<Option<TcpListener>> {
+    let Some(l) = PRE_BOUND.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return Ok(None);
+    };
+    l.set_nonblocking(true)?;
+    let backlog =
+        nix::sys::socket::Backlog::new(4096).unwrap_or(nix::sys::socket::Backlog::MAXCONN);
+    nix::sys::socket::listen(&l, backlog)?;
+    Ok(Some(TcpListener::from_std(l)?))
 }
 
 /// The environment commands inherit: the daemon's, minus secrets, with
@@ -297,7 +352,10 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     let data_dir =
         Arc::new(DataDir::open(config.data_dir.as_deref())?.with_spill_budget(config.spill_budget));
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = listen(addr)?;
+    let listener = match take_pre_bound()? {
+        Some(l) if config.port == 0 => l,
+        _ => listen(addr)?,
+    };
     let local = listener.local_addr()?;
     config.port = local.port();
     if config.access_token.is_none() && !local.ip().is_loopback() {
@@ -322,6 +380,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
         config.grpc_port = Some(l.local_addr()?.port());
     }
     let app = App::new(config, engine.clone());
+    let kernels = app.kernels.clone();
     let stop = app.shutdown.clone();
     let grpc_server = grpc_listener.map(|l| {
         if let Ok(a) = l.local_addr() {
@@ -385,6 +444,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     tracing::info!(?grace, "graceful shutdown");
     stop.cancel();
     engine.shutdown(grace).await;
+    kernels.cleanup();
     let left = grace.saturating_sub(began.elapsed());
     let _ = tokio::time::timeout(left, server).await;
     if let Some(g) = grpc_server {

@@ -5,6 +5,7 @@
 //! - `api`: one module per resource; validates requests and shapes responses.
 //! - `process`: the process engine (spawn, the one reaper, output logs, records). No HTTP.
 //! - `fs`: file-system operations. No HTTP.
+//! - `kernel`: code contexts, Jupyter kernels driven over ZeroMQ. No HTTP.
 //!
 //! Arrows point one way: `main -> server -> api -> {process, fs}`.
 //! A command's output flows pipe -> `process::run` (line splitting) ->
@@ -16,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod fs;
 pub mod grpc;
+pub mod kernel;
 pub mod metrics;
 pub mod process;
 pub mod server;

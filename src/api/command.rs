@@ -329,6 +329,11 @@ pub async fn interrupt(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         .get("id")
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::missing_query("id"))?;
+    // A code run's id: its kernel is interrupted.
+    if let Some(r) = ctx.app.kernels.interrupt_run(id) {
+        r?;
+        return Ok(ok_empty());
+    }
     ctx.app.engine.interrupt(id)?;
     Ok(ok_empty())
 }
@@ -456,6 +461,10 @@ pub async fn resume(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         resp.headers_mut()
             .insert("execd-oldest-eid", HeaderValue::from(oldest));
         return Ok(resp);
+    }
+    // A code run's record: its own events (results, errors) and terminal.
+    if let Some(body) = super::code::resume(&ctx.app, &cmd.id, from_eid) {
+        return Ok(sse::response(body));
     }
     let ping = ctx.app.config.ping_interval;
     Ok(sse::response(event_stream(

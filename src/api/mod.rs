@@ -2,6 +2,7 @@
 //! shape the response.
 
 pub mod agent_sandbox;
+pub mod code;
 pub mod command;
 pub mod directories;
 pub mod files;

@@ -362,6 +362,47 @@ impl Engine {
         )
     }
 
+    /// A record for output made outside the engine's own processes (a code
+    /// run): a new id, an output log with the usual limits, registered so
+    /// that status, logs and resume find it. Its owner appends to the log
+    /// and finishes the record.
+    pub fn register_record(&self, content: String) -> Arc<Command> {
+        let id = new_id();
+        let log = OutputLog::new(
+            id.clone(),
+            self.cfg.limits.clone(),
+            self.budget.clone(),
+            self.data.clone(),
+        );
+        let cmd = Arc::new(Command::new(id, content, false, None, log, None, None));
+        self.registry.insert(cmd.clone());
+        cmd
+    }
+
+    /// Starts a long-lived helper process (a Jupyter kernel) with exactly
+    /// `env`: its own process group, stdin `/dev/null`, stdout and stderr
+    /// piped, its exit collected by the reaper.
+    pub fn spawn_helper(
+        &self,
+        argv: Vec<String>,
+        env: Vec<(OsString, OsString)>,
+        cwd: Option<PathBuf>,
+    ) -> Result<spawn::Spawned, spawn::SpawnError> {
+        spawn::spawn(
+            &self.reaper,
+            &self.trees,
+            SpawnSpec {
+                program: Program::Argv(argv),
+                shell: self.cfg.shell.clone(),
+                cwd,
+                env: Some(env),
+                uid: None,
+                gid: None,
+                stdin_pipe: false,
+            },
+        )
+    }
+
     /// Starts `spec`'s argv on a new pseudo-terminal of `cols`×`rows`, in
     /// the command environment. Returns the terminal and the exit status.
     pub fn start_terminal(
@@ -452,6 +493,12 @@ impl Engine {
         }
         self.trees.close();
         self.data.remove_all();
+    }
+
+    /// The private data directory's path (kernels' connection files go in a
+    /// directory of their own inside it).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data.path()
     }
 
     /// [`Engine::command_env`] as a complete list.

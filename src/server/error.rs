@@ -10,6 +10,7 @@ use super::{full, Body};
 use crate::api::proxy::ProxyError;
 use crate::fs::path::PathError;
 use crate::fs::{FsError, Kind};
+use crate::kernel::KernelError;
 use crate::process::pty::PtyError;
 use crate::process::{ProcessError, SessionError};
 
@@ -157,6 +158,21 @@ impl From<PtyError> for ApiError {
                 _ => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
             },
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<KernelError> for ApiError {
+    fn from(e: KernelError) -> Self {
+        let (status, code) = match &e {
+            KernelError::NotFound(_) => (StatusCode::NOT_FOUND, "CONTEXT_NOT_FOUND"),
+            KernelError::Busy(_) => (StatusCode::CONFLICT, "CONTEXT_BUSY"),
+            KernelError::Dead(..) => (StatusCode::CONFLICT, "CONTEXT_DEAD"),
+            KernelError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_CONTEXTS"),
+            KernelError::NoKernel { .. } => (StatusCode::BAD_REQUEST, "NOT_SUPPORTED"),
+            KernelError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN"),
+            KernelError::Launch(..) => (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR"),
         };
         Self::new(status, code, e.to_string())
     }

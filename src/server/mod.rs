@@ -76,6 +76,8 @@ pub struct App {
     /// Every port execd listens on, as bound (an ephemeral `0` resolved):
     /// the proxy refuses them all. A new listener must add its port here.
     pub listen_ports: Vec<u16>,
+    /// `/code` contexts (Jupyter kernels).
+    pub kernels: Arc<crate::kernel::Kernels>,
 }
 
 impl App {
@@ -90,9 +92,18 @@ impl App {
         let listen_ports = std::iter::once(config.port)
             .chain(config.grpc_port)
             .collect();
+        let kernels = crate::kernel::Kernels::new(
+            engine.clone(),
+            crate::kernel::KernelConfig {
+                max_contexts: config.max_code_contexts,
+                idle_timeout: config.code_idle_timeout,
+                dir: engine.data_dir().join("kernels"),
+            },
+        );
         Arc::new(App {
             grpc,
             listen_ports,
+            kernels,
             config,
             engine,
             metrics: crate::metrics::Sampler::new("/"),

@@ -138,6 +138,13 @@ routes! {
     GET    "/command/{id}/resume"       => api::command::resume,
     POST   "/command/{id}/stdin"        => api::command::stdin,
 
+    POST   "/code"                      => api::code::run,
+    DELETE "/code"                      => api::code::interrupt,
+    POST   "/code/context"              => api::code::create_context,
+    GET    "/code/contexts"             => api::code::list_contexts,
+    DELETE "/code/contexts"             => api::code::delete_contexts,
+    GET    "/code/contexts/{id}"        => api::code::get_context,
+    DELETE "/code/contexts/{id}"        => api::code::delete_context,
     POST   "/session"                   => api::session::create,
     POST   "/session/{id}/run"          => api::session::run,
     DELETE "/session/{id}"              => api::session::delete,

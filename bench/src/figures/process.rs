@@ -111,7 +111,7 @@ async fn first_ping(bin: &Path) -> Result<Duration> {
 
 /// The size of the release binary, and whether it is static.
 pub fn binary_size(bin: &Path) -> Figure {
-    let fig = Figure::new("binary_mb", "binary size", "MB", Budget::Max(5.0));
+    let fig = Figure::new("binary_mb", "binary size", "MB", Budget::Max(5.5));
     let measure = || -> Result<Measured> {
         let bytes = std::fs::read(bin).map_err(|e| format!("{bin:?}: {e}"))?;
         let linkage = match has_interpreter(&bytes) {

@@ -1,0 +1,973 @@
+//! One code context: a Jupyter kernel process and the task that drives it.
+//!
+//! The driver owns the kernel's sockets. A reader task per socket turns the
+//! byte stream into messages (reads are not cancel-safe, so they are not
+//! raced in `select!` themselves); the driver selects over those, requests
+//! from the API, the kernel's exit, the heartbeat and the run's timeout.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::msg::{Msg, Signer};
+use super::run::CodeRun;
+use super::spec::{InterruptMode, KernelSpec};
+use super::zmtp::{self, Kind};
+use super::KernelError;
+use crate::process::reaper::ExitStatus;
+use crate::process::spawn::{signal_group, Spawned};
+
+/// How long a kernel may take from spawn to answering on every channel.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Heartbeat period; a kernel silent for [`HB_MISSES`] periods is dead.
+const HB_EVERY: Duration = Duration::from_secs(5);
+const HB_MISSES: u32 = 4;
+/// After a timeout's interrupt, how long the kernel has to wind the run
+/// down before it is killed.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+/// Messages buffered per socket between its reader task and the driver.
+const SOCKET_DEPTH: usize = 64;
+/// Bytes of IOPub messages a context holds between its socket and the
+/// run's log (a message over it counts as this much): the reader takes all
+/// of it before reading a message and keeps the message's share until the
+/// driver has recorded it.
+const OUTPUT_BUDGET: usize = 8 << 20;
+
+/// What a socket's reader task passes on.
+enum FromKernel {
+    Message(Vec<Vec<u8>>, Option<OwnedSemaphorePermit>),
+    /// A message over the size limit, read and dropped.
+    Dropped(u64),
+    /// The connection failed; nothing more comes.
+    Failed(String),
+}
+
+/// What a run produces, in order; [`Event::Done`] is last.
+#[derive(Debug)]
+pub enum Event {
+    Stream {
+        stderr: bool,
+        text: String,
+    },
+    ExecutionCount(i64),
+    /// `execute_result`, `display_data` or `update_display_data`: the MIME bundle.
+    Result {
+        data: Map<String, Value>,
+        execution_count: Option<i64>,
+    },
+    /// The kernel's own `error` message.
+    Error {
+        ename: String,
+        evalue: String,
+        traceback: Vec<String>,
+    },
+    Done {
+        elapsed: Duration,
+        outcome: Outcome,
+    },
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Ok,
+    /// The kernel reported an error (already sent as [`Event::Error`]).
+    KernelError,
+    /// Ended by execd: timeout, kernel death, deletion, abort.
+    Failed {
+        ename: String,
+        evalue: String,
+        timed_out: bool,
+    },
+}
+
+enum Request {
+    Execute {
+        code: String,
+        run: Arc<CodeRun>,
+        timeout: Option<Duration>,
+    },
+    Interrupt,
+}
+
+/// A live (or dead) code context.
+pub struct Context {
+    pub id: String,
+    pub language: String,
+    pub kernel_name: String,
+    pub cwd: Option<PathBuf>,
+    pub created: SystemTime,
+    /// The kernel's pid, which is also its process group.
+    pub pid: i32,
+    /// The kernel and everything it started (bash_kernel's shell runs in a
+    /// session of its own): killed as one.
+    pub tree: Arc<crate::process::tree::Tree>,
+    interrupt_mode: InterruptMode,
+    busy: AtomicBool,
+    /// When the last run ended (or the context was created).
+    last_used: Mutex<Instant>,
+    dead: Mutex<Option<String>>,
+    tx: mpsc::Sender<Request>,
+    /// Cancelled to stop the kernel.
+    kill: CancellationToken,
+    /// Cancelled once the driver has ended: the kernel is reaped and its
+    /// connection file removed.
+    ended: CancellationToken,
+}
+
+/// The state a context reports.
+pub enum State {
+    Idle,
+    Busy,
+    Dead(String),
+}
+
+impl Context {
+    pub fn state(&self) -> State {
+        if let Some(why) = self.dead.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return State::Dead(why);
+        }
+        if self.busy.load(Ordering::Acquire) {
+            State::Busy
+        } else {
+            State::Idle
+        }
+    }
+
+    /// How long the context has been idle; `None` while a run is going.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.busy.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            self.last_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        )
+    }
+
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state(), State::Dead(_))
+    }
+
+    /// Claims the context for a run: one at a time, decided synchronously,
+    /// so a second run on a busy context fails before any event.
+    pub fn claim(&self) -> Result<(), KernelError> {
+        if let State::Dead(why) = self.state() {
+            return Err(KernelError::Dead(self.id.clone(), why));
+        }
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(KernelError::Busy(self.id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Hands a claimed run to the driver. If the kernel is gone, the run is
+    /// finished with the reason and the claim released.
+    pub fn submit(
+        &self,
+        code: String,
+        run: Arc<CodeRun>,
+        timeout: Option<Duration>,
+    ) -> Result<(), KernelError> {
+        let req = Request::Execute {
+            code,
+            run: run.clone(),
+            timeout,
+        };
+        if self.tx.try_send(req).is_err() {
+            let why = self
+                .dead
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "the kernel is shutting down".into());
+            run.finish(
+                Duration::ZERO,
+                Outcome::Failed {
+                    ename: "KernelDied".into(),
+                    evalue: why.clone(),
+                    timed_out: false,
+                },
+            );
+            self.busy.store(false, Ordering::Release);
+            return Err(KernelError::Dead(self.id.clone(), why));
+        }
+        Ok(())
+    }
+
+    /// Interrupts the running code as the kernelspec asks: SIGINT to the
+    /// kernel's process group, or an `interrupt_request` on control.
+    pub fn interrupt(&self) -> Result<(), KernelError> {
+        if let State::Dead(why) = self.state() {
+            return Err(KernelError::Dead(self.id.clone(), why));
+        }
+        match self.interrupt_mode {
+            InterruptMode::Signal => {
+                signal_group(self.pid, libc::SIGINT);
+            }
+            InterruptMode::Message => {
+                let _ = self.tx.try_send(Request::Interrupt);
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills the kernel (and everything it started) and waits until it is
+    /// reaped and its connection file is gone.
+    pub async fn shutdown(&self) {
+        self.kill.cancel();
+        self.ended.cancelled().await;
+    }
+}
+
+/// What launching needs from the caller.
+pub struct Launch {
+    pub id: String,
+    pub language: String,
+    pub spec: KernelSpec,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// The private directory connection files are written to.
+    pub dir: PathBuf,
+    /// Cancelled at daemon shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// A connection file that removes itself when dropped.
+struct ConnFile(PathBuf);
+
+impl Drop for ConnFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Aborts the task when dropped, so reader tasks never outlive their driver.
+struct Owned(JoinHandle<()>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Five free loopback ports for the kernel to bind. (Picking them and the
+/// kernel binding them is racy by nature, as in every Jupyter client; a
+/// port taken meanwhile makes the kernel fail to start, and the create fails.)
+fn free_ports() -> std::io::Result<[u16; 5]> {
+    let mut held = Vec::with_capacity(5);
+    let mut ports = [0u16; 5];
+    for p in &mut ports {
+        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        *p = l.local_addr()?.port();
+        held.push(l);
+    }
+    Ok(ports)
+}
+
+fn write_conn_file(dir: &std::path::Path, id: &str, content: &Value) -> std::io::Result<ConnFile> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    // The files hold the kernels' keys: the directory must be execd's own
+    // real directory that no one else may enter, even if someone made it
+    // first, in a data directory that no one else may write to.
+    checked_dir(dir, 0o077)?;
+    if let Some(parent) = dir.parent() {
+        checked_dir(parent, 0o022)?;
+    }
+    let path = dir.join(format!("kernel-{id}.json"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&path)?;
+    let file = ConnFile(path);
+    f.write_all(content.to_string().as_bytes())?;
+    Ok(file)
+}
+
+/// Checks that `dir` is a directory (not a symlink) owned by execd's user
+/// (or root), with none of the `forbidden` mode bits.
+fn checked_dir(dir: &std::path::Path, forbidden: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !m.file_type().is_dir() || (m.uid() != me && m.uid() != 0) || m.mode() & forbidden != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a private directory of uid {me} (a real directory, mode without {forbidden:03o})",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A connection key: 32 bytes from the kernel's random source, as hex. No
+/// fallback: without randomness there is no key and no kernel.
+fn random_key() -> std::io::Result<String> {
+    let mut b = [0u8; 32];
+    let mut got = 0;
+    while got < b.len() {
+        // SAFETY: getrandom writes at most the remaining length into `b`.
+        let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        got += n as usize;
+    }
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// The last bytes a kernel wrote to stdout/stderr, for error messages.
+#[derive(Default)]
+struct Tail(Mutex<Vec<u8>>);
+
+const TAIL: usize = 2048;
+
+impl Tail {
+    fn push(&self, b: &[u8]) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        t.extend_from_slice(b);
+        if t.len() > TAIL {
+            let cut = t.len() - TAIL;
+            t.drain(..cut);
+        }
+    }
+
+    fn text(&self) -> String {
+        let t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&t).trim().to_string()
+    }
+}
+
+/// Reads a kernel's stdout or stderr to the end, keeping only the tail.
+fn drain(fd: std::os::fd::OwnedFd, tail: Arc<Tail>) -> Option<Owned> {
+    use tokio::io::AsyncReadExt;
+    let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
+    Some(Owned(tokio::spawn(async move {
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n) = rx.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            tail.push(&buf[..n]);
+        }
+    })))
+}
+
+/// A socket's reader task and the channel it feeds. With a `budget`, each
+/// message takes its share of it before it is passed on.
+fn reader(
+    mut r: zmtp::Reader,
+    budget: Option<Arc<Semaphore>>,
+) -> (mpsc::Receiver<FromKernel>, Owned) {
+    let (tx, rx) = mpsc::channel(SOCKET_DEPTH);
+    let task = tokio::spawn(async move {
+        loop {
+            // With a budget, the whole of it before reading: a message is
+            // read only once every earlier one has been dealt with, so at
+            // most one big message is held at a time.
+            let mut all = match &budget {
+                Some(b) => match b.clone().acquire_many_owned(OUTPUT_BUDGET as u32).await {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+                None => None,
+            };
+            let item = match r.recv().await {
+                Ok(zmtp::Incoming::Message(m)) => {
+                    let n: usize = m.iter().map(Vec::len).sum();
+                    let held = all
+                        .as_mut()
+                        .and_then(|a| a.split(n.clamp(1, OUTPUT_BUDGET)));
+                    FromKernel::Message(m, held)
+                }
+                Ok(zmtp::Incoming::Dropped { bytes }) => FromKernel::Dropped(bytes),
+                Err(e) => {
+                    let _ = tx.send(FromKernel::Failed(e.to_string())).await;
+                    return;
+                }
+            };
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    (rx, Owned(task))
+}
+
+/// Connects, retrying while the kernel has not bound the port yet. There is
+/// no notification for that: the kernel's start is polled, with a short,
+/// growing pause, until `deadline`.
+async fn connect(
+    port: u16,
+    kind: Kind,
+    deadline: Instant,
+) -> std::io::Result<(zmtp::Reader, zmtp::Writer)> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match zmtp::connect(addr, kind).await {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                if Instant::now() + pause > deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct Sockets {
+    shell: zmtp::Writer,
+    /// Never written after the subscription, but kept: dropping a write
+    /// half shuts the connection down for writing, and the kernel hangs up.
+    _iopub: zmtp::Writer,
+    control: zmtp::Writer,
+    hb: zmtp::Writer,
+    shell_rx: mpsc::Receiver<FromKernel>,
+    control_rx: mpsc::Receiver<FromKernel>,
+    iopub_rx: mpsc::Receiver<FromKernel>,
+    hb_rx: mpsc::Receiver<FromKernel>,
+    _tasks: Vec<Owned>,
+}
+
+/// Connects to every channel, then makes sure IOPub delivers: a
+/// subscription takes effect at the kernel some time after it is sent, so
+/// `kernel_info_request`s are sent until the kernel's status for one of
+/// them arrives on IOPub (as `jupyter_client` does).
+async fn attach(ports: &[u16; 5], signer: &Signer, deadline: Instant) -> std::io::Result<Sockets> {
+    let [shell_p, iopub_p, _stdin_p, control_p, hb_p] = *ports;
+    let (shell_r, mut shell) = connect(shell_p, Kind::Dealer, deadline).await?;
+    let (iopub_r, iopub_w) = connect(iopub_p, Kind::Sub, deadline).await?;
+    let (control_r, control) = connect(control_p, Kind::Dealer, deadline).await?;
+    let (hb_r, hb) = connect(hb_p, Kind::Req, deadline).await?;
+    let (mut shell_rx, t1) = reader(shell_r, None);
+    let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET));
+    let (mut iopub_rx, t2) = reader(iopub_r, Some(budget));
+    let (control_rx, t3) = reader(control_r, None);
+    let (hb_rx, t4) = reader(hb_r, None);
+    let mut sent: Vec<String> = Vec::new();
+    let mut nudge = Duration::from_millis(100);
+    'outer: loop {
+        let (id, parts) = signer.encode("kernel_info_request", &json!({}));
+        sent.push(id);
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        shell.send(&refs).await?;
+        let until = (Instant::now() + nudge).min(deadline);
+        loop {
+            tokio::select! {
+                m = iopub_rx.recv() => match m {
+                    Some(FromKernel::Message(m, _)) => {
+                        if signer.decode(&m).is_ok_and(|m| sent.contains(&m.parent_id)) {
+                            break 'outer;
+                        }
+                    }
+                    Some(FromKernel::Dropped(_)) => {}
+                    Some(FromKernel::Failed(e)) => return Err(std::io::Error::other(format!("IOPub: {e}"))),
+                    None => return Err(std::io::Error::other("IOPub closed")),
+                },
+                m = shell_rx.recv() => match m {
+                    Some(FromKernel::Failed(e)) => return Err(std::io::Error::other(format!("shell: {e}"))),
+                    None => return Err(std::io::Error::other("shell closed")),
+                    _ => {}
+                },
+                _ = sleep_until(until) => break,
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no status from the kernel on IOPub",
+            ));
+        }
+        nudge = (nudge * 2).min(Duration::from_secs(1));
+    }
+    Ok(Sockets {
+        shell,
+        _iopub: iopub_w,
+        control,
+        hb,
+        shell_rx,
+        control_rx,
+        iopub_rx,
+        hb_rx,
+        _tasks: vec![t1, t2, t3, t4],
+    })
+}
+
+/// Starts the kernel and waits until it answers on every channel.
+pub async fn launch(
+    l: Launch,
+    spawn: impl FnOnce(
+        Vec<String>,
+        Vec<(std::ffi::OsString, std::ffi::OsString)>,
+        Option<PathBuf>,
+    ) -> Result<Spawned, crate::process::spawn::SpawnError>,
+    tasks: &tokio_util::task::TaskTracker,
+) -> Result<Arc<Context>, KernelError> {
+    let fail = |e: String| KernelError::Launch(l.language.clone(), e);
+    let ports = free_ports().map_err(|e| fail(format!("no free port: {e}")))?;
+    let key = random_key().map_err(|e| fail(format!("no random key: {e}")))?;
+    let conn = json!({
+        "shell_port": ports[0], "iopub_port": ports[1], "stdin_port": ports[2],
+        "control_port": ports[3], "hb_port": ports[4], "ip": "127.0.0.1",
+        "key": key, "transport": "tcp", "signature_scheme": "hmac-sha256",
+        "kernel_name": l.spec.name,
+    });
+    let file = write_conn_file(&l.dir, &l.id, &conn)
+        .map_err(|e| fail(format!("cannot write the connection file: {e}")))?;
+    let argv = l.spec.command(&file.0);
+    let mut env = l.env;
+    for (k, v) in &l.spec.env {
+        env.retain(|(ek, _)| ek != k.as_str());
+        env.push((k.into(), v.into()));
+    }
+    let sp = spawn(argv.clone(), env, l.cwd.clone())
+        .map_err(|e| fail(format!("{}: {e}", argv.join(" "))))?;
+    let pid = sp.pid;
+    let tree = sp.tree.clone();
+    let tail = Arc::new(Tail::default());
+    let mut stdio: Vec<Owned> = Vec::new();
+    stdio.extend(drain(sp.stdout, tail.clone()));
+    stdio.extend(drain(sp.stderr, tail.clone()));
+    let mut exit = sp.exit;
+    let signer = Signer::new(&key, crate::process::new_id());
+    let deadline = Instant::now() + START_TIMEOUT;
+
+    let mut exited = false;
+    let attached = tokio::select! {
+        r = attach(&ports, &signer, deadline) => r.map_err(|e| e.to_string()),
+        st = &mut exit => {
+            exited = true;
+            // Let the pipes deliver the kernel's last words (bounded).
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                for t in stdio.iter_mut() {
+                    let _ = (&mut t.0).await;
+                }
+            })
+            .await;
+            Err(format!("the kernel exited during start-up ({})", describe(st.ok())))
+        }
+        _ = l.shutdown.cancelled() => Err("execd is shutting down".into()),
+    };
+    let sockets = match attached {
+        Ok(s) => s,
+        Err(e) => {
+            tree.kill();
+            if !exited {
+                let _ = exit.await;
+            }
+            tree.release();
+            let out = tail.text();
+            return Err(fail(if out.is_empty() {
+                e
+            } else {
+                format!("{e}; kernel output: {out}")
+            }));
+        }
+    };
+
+    let (tx, rx) = mpsc::channel(8);
+    let ctx = Arc::new(Context {
+        id: l.id,
+        language: l.language,
+        kernel_name: l.spec.name.clone(),
+        cwd: l.cwd,
+        created: SystemTime::now(),
+        pid,
+        tree,
+        interrupt_mode: l.spec.interrupt_mode,
+        busy: AtomicBool::new(false),
+        last_used: Mutex::new(Instant::now()),
+        dead: Mutex::new(None),
+        tx,
+        kill: CancellationToken::new(),
+        ended: CancellationToken::new(),
+    });
+    let driver = Driver {
+        ctx: ctx.clone(),
+        signer,
+        s: sockets,
+        rx,
+        exit,
+        exited: false,
+        run: None,
+        shutdown: l.shutdown,
+        _file: file,
+        _stdio: stdio,
+    };
+    tasks.spawn(driver.run());
+    Ok(ctx)
+}
+
+fn describe(st: Option<ExitStatus>) -> String {
+    match st {
+        Some(ExitStatus { code: Some(c), .. }) => format!("exit status {c}"),
+        Some(ExitStatus {
+            signal: Some(s), ..
+        }) => format!("killed by signal {s}"),
+        _ => "exit status unknown".into(),
+    }
+}
+
+struct Run {
+    msg_id: String,
+    out: Arc<CodeRun>,
+    started: Instant,
+    replied: bool,
+    reply_status: String,
+    idle: bool,
+    error_sent: bool,
+    /// When to interrupt (timeout) and, after that, when to give up.
+    timeout_at: Option<Instant>,
+    timed_out: bool,
+}
+
+struct Driver {
+    ctx: Arc<Context>,
+    signer: Signer,
+    s: Sockets,
+    rx: mpsc::Receiver<Request>,
+    exit: oneshot::Receiver<ExitStatus>,
+    /// `exit` has completed (a receiver must not be polled again after that).
+    exited: bool,
+    run: Option<Run>,
+    shutdown: CancellationToken,
+    _file: ConnFile,
+    _stdio: Vec<Owned>,
+}
+
+impl Driver {
+    async fn send(w: &mut zmtp::Writer, parts: &[Vec<u8>]) -> std::io::Result<()> {
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        w.send(&refs).await
+    }
+
+    async fn run(mut self) {
+        let mut hb_tick = tokio::time::interval(HB_EVERY);
+        hb_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hb_missed = 0u32;
+        let mut hb_waiting = false;
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        let why: String = loop {
+            let timer = self.run.as_ref().and_then(|r| r.timeout_at).unwrap_or(far);
+            tokio::select! {
+                req = self.rx.recv() => match req {
+                    Some(Request::Execute { code, run, timeout }) => {
+                        if let Err(e) = self.start(code, run, timeout).await {
+                            break format!("cannot send to the kernel: {e}");
+                        }
+                    }
+                    Some(Request::Interrupt) => {
+                        let (_, parts) = self.signer.encode("interrupt_request", &json!({}));
+                        if let Err(e) = Self::send(&mut self.s.control, &parts).await {
+                            break format!("cannot send to the kernel: {e}");
+                        }
+                    }
+                    None => break "context dropped".into(),
+                },
+                m = self.s.iopub_rx.recv() => match m {
+                    Some(FromKernel::Message(m, held)) => self.iopub(m, held).await,
+                    Some(FromKernel::Dropped(bytes)) => self.dropped(bytes),
+                    Some(FromKernel::Failed(e)) => break format!("the kernel closed IOPub: {e}"),
+                    None => break "the kernel closed IOPub".into(),
+                },
+                m = self.s.shell_rx.recv() => match m {
+                    Some(FromKernel::Message(m, _)) => self.shell(m),
+                    Some(FromKernel::Dropped(_)) => {}
+                    Some(FromKernel::Failed(e)) => break format!("the kernel closed its shell channel: {e}"),
+                    None => break "the kernel closed its shell channel".into(),
+                },
+                m = self.s.control_rx.recv() => if let None | Some(FromKernel::Failed(_)) = m {
+                    break "the kernel closed its control channel".into();
+                },
+                m = self.s.hb_rx.recv() => match m {
+                    Some(FromKernel::Message(..) | FromKernel::Dropped(_)) => { hb_waiting = false; hb_missed = 0; }
+                    Some(FromKernel::Failed(_)) | None => break "the kernel closed its heartbeat channel".into(),
+                },
+                _ = hb_tick.tick() => {
+                    if hb_waiting {
+                        hb_missed += 1;
+                        if hb_missed >= HB_MISSES {
+                            break format!("no heartbeat from the kernel for {}s", (HB_EVERY * HB_MISSES).as_secs());
+                        }
+                    } else {
+                        if let Err(e) = self.s.hb.send(&[b"ping"]).await {
+                            break format!("heartbeat: {e}");
+                        }
+                        hb_waiting = true;
+                    }
+                },
+                st = &mut self.exit, if !self.exited => {
+                    self.exited = true;
+                    break self.exit_reason(st.ok());
+                },
+                _ = sleep_until(timer) => {
+                    if self.on_timeout().await {
+                        break "the kernel did not stop after a timeout's interrupt; killed".into();
+                    }
+                },
+                _ = self.ctx.kill.cancelled() => break "the context was deleted".into(),
+                _ = self.shutdown.cancelled() => break "execd is shutting down".into(),
+            }
+            if self.run.as_ref().is_some_and(|r| r.replied && r.idle) {
+                self.finish().await;
+            }
+        };
+        self.end(why).await;
+    }
+
+    async fn start(
+        &mut self,
+        code: String,
+        out: Arc<CodeRun>,
+        timeout: Option<Duration>,
+    ) -> std::io::Result<()> {
+        let content = json!({
+            "code": code, "silent": false, "store_history": true,
+            "user_expressions": {}, "allow_stdin": false, "stop_on_error": true,
+        });
+        let (msg_id, parts) = self.signer.encode("execute_request", &content);
+        let now = Instant::now();
+        self.run = Some(Run {
+            msg_id,
+            out,
+            started: now,
+            replied: false,
+            reply_status: String::new(),
+            idle: false,
+            error_sent: false,
+            timeout_at: timeout.map(|t| now + t),
+            timed_out: false,
+        });
+        Self::send(&mut self.s.shell, &parts).await
+    }
+
+    /// The run's timeout: the first time, interrupt; the second (the grace
+    /// after the interrupt), give up. Returns true when the kernel must die.
+    async fn on_timeout(&mut self) -> bool {
+        let Some(run) = self.run.as_mut() else {
+            return false;
+        };
+        if run.timed_out {
+            return true;
+        }
+        run.timed_out = true;
+        run.timeout_at = Some(Instant::now() + INTERRUPT_GRACE);
+        match self.ctx.interrupt_mode {
+            InterruptMode::Signal => {
+                signal_group(self.ctx.pid, libc::SIGINT);
+            }
+            InterruptMode::Message => {
+                let (_, parts) = self.signer.encode("interrupt_request", &json!({}));
+                if Self::send(&mut self.s.control, &parts).await.is_err() {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn decode(&self, m: &[Vec<u8>]) -> Option<Msg> {
+        match self.signer.decode(m) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(context = %self.ctx.id, error = %e, "dropping a kernel message");
+                None
+            }
+        }
+    }
+
+    /// A message too big to keep: the run's client is told on stderr.
+    fn dropped(&mut self, bytes: u64) {
+        let Some(run) = self.run.as_ref() else { return };
+        let text = format!(
+            "[execd: the kernel sent an output message of {bytes} bytes, over the {} MiB limit; it was dropped]\n",
+            zmtp::MAX_MESSAGE >> 20
+        );
+        run.out.emit(Event::Stream { stderr: true, text });
+    }
+
+    async fn iopub(&mut self, m: Vec<Vec<u8>>, held: Option<OwnedSemaphorePermit>) {
+        let decoded = self.decode(&m);
+        drop(m); // the raw parts: not kept while the event is forwarded
+        let Some(m) = decoded else { return };
+        let Some(run) = self.run.as_mut() else { return };
+        if m.parent_id != run.msg_id {
+            return;
+        }
+        let mut c = m.content;
+        let ev = match m.msg_type.as_str() {
+            "status" => {
+                if c["execution_state"] == "idle" {
+                    run.idle = true;
+                }
+                None
+            }
+            "stream" => Some(Event::Stream {
+                stderr: c["name"] == "stderr",
+                text: match c["text"].take() {
+                    Value::String(t) => t,
+                    _ => String::new(),
+                },
+            }),
+            "execute_input" => c["execution_count"].as_i64().map(Event::ExecutionCount),
+            "execute_result" | "display_data" | "update_display_data" => {
+                let execution_count = c["execution_count"].as_i64();
+                match c["data"].take() {
+                    Value::Object(data) => Some(Event::Result {
+                        data,
+                        execution_count,
+                    }),
+                    _ => None,
+                }
+            }
+            "error" => {
+                run.error_sent = true;
+                Some(Event::Error {
+                    ename: c["ename"].as_str().unwrap_or_default().to_string(),
+                    evalue: c["evalue"].as_str().unwrap_or_default().to_string(),
+                    traceback: c["traceback"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|t| t.as_str().unwrap_or_default().to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+            }
+            _ => None,
+        };
+        // Into the run's log, which never waits for a reader.
+        if let Some(ev) = ev {
+            run.out.emit(ev);
+        }
+        drop(held);
+    }
+
+    fn shell(&mut self, m: Vec<Vec<u8>>) {
+        let Some(m) = self.decode(&m) else { return };
+        let Some(run) = self.run.as_mut() else { return };
+        if m.msg_type == "execute_reply" && m.parent_id == run.msg_id {
+            run.replied = true;
+            run.reply_status = m.content["status"].as_str().unwrap_or_default().to_string();
+        }
+    }
+
+    async fn finish(&mut self) {
+        let Some(run) = self.run.take() else { return };
+        let outcome = if run.timed_out {
+            Outcome::Failed {
+                ename: "TimeoutError".into(),
+                evalue: "the run timed out and was interrupted".into(),
+                timed_out: true,
+            }
+        } else if run.error_sent {
+            Outcome::KernelError
+        } else if run.reply_status == "ok" {
+            Outcome::Ok
+        } else {
+            Outcome::Failed {
+                ename: "ExecutionAborted".into(),
+                evalue: format!("the kernel answered \"{}\"", run.reply_status),
+                timed_out: false,
+            }
+        };
+        self.ctx.touch();
+        self.ctx.busy.store(false, Ordering::Release);
+        run.out.finish(run.started.elapsed(), outcome);
+    }
+
+    fn exit_reason(&self, st: Option<ExitStatus>) -> String {
+        format!("the kernel process ended ({})", describe(st))
+    }
+
+    /// The kernel is gone or must go: kill it and its descendants, reap it,
+    /// end any run with an error, and remove the connection file (on drop).
+    async fn end(mut self, mut why: String) {
+        if !self.exited && why.starts_with("the kernel closed") {
+            // A dying kernel's sockets close just before the reaper reports
+            // its exit: give that a moment, for a reason that says how it died.
+            if let Ok(st) = tokio::time::timeout(Duration::from_secs(1), &mut self.exit).await {
+                self.exited = true;
+                if let Ok(st) = st {
+                    why = self.exit_reason(Some(st));
+                }
+            }
+        }
+        self.ctx.tree.kill();
+        if !self.exited {
+            let _ = (&mut self.exit).await;
+        }
+        self.ctx.tree.release();
+        tracing::info!(context = %self.ctx.id, reason = %why, "kernel ended");
+        *self.ctx.dead.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+        self.rx.close();
+        if let Some(run) = self.run.take() {
+            let (ename, timed_out) = if run.timed_out {
+                ("TimeoutError", true)
+            } else {
+                ("KernelDied", false)
+            };
+            run.out.finish(
+                run.started.elapsed(),
+                Outcome::Failed {
+                    ename: ename.into(),
+                    evalue: why.clone(),
+                    timed_out,
+                },
+            );
+        }
+        // Requests that raced the end.
+        while let Ok(req) = self.rx.try_recv() {
+            if let Request::Execute { run, .. } = req {
+                run.finish(
+                    Duration::ZERO,
+                    Outcome::Failed {
+                        ename: "KernelDied".into(),
+                        evalue: why.clone(),
+                        timed_out: false,
+                    },
+                );
+            }
+        }
+        self.ctx.busy.store(false, Ordering::Release);
+        let ended = self.ctx.ended.clone();
+        drop(self);
+        ended.cancel();
+    }
+}

@@ -1,0 +1,797 @@
+//! Black-box tests of `/code` with real Jupyter kernels (ipykernel and
+//! bash_kernel from a venv made by `tests/kernel-venv.sh`, by default
+//! `target/kernel-venv`; `EXECD_KERNEL_VENV` overrides). Without the venv
+//! the kernel tests are skipped with a loud message, except under CI
+//! (`CI` set), where they fail.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A 1x1 PNG, base64 as Jupyter carries it.
+const PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+
+fn venv() -> Option<PathBuf> {
+    let v = std::env::var_os("EXECD_KERNEL_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kernel-venv"));
+    let share = v.join("share/jupyter");
+    if share.join("kernels/python3/kernel.json").is_file()
+        && share.join("kernels/bash/kernel.json").is_file()
+    {
+        return Some(share);
+    }
+    let msg = format!(
+        "kernel venv not found at {} (run tests/kernel-venv.sh)",
+        v.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+    None
+}
+
+/// A daemon whose kernels come from the venv only; its data dir is `data`.
+fn daemon(share: &Path, data: &TempDir, extra: &[&str]) -> Daemon {
+    let dd = data.join("data");
+    let mut args = vec!["--data-dir", dd.as_str()];
+    args.extend_from_slice(extra);
+    Daemon::start_with(
+        &args,
+        &[
+            ("JUPYTER_PATH", share.to_str().expect("utf-8 path")),
+            ("JUPYTER_DATA_DIR", data.join("nojupyter").as_str()),
+        ],
+    )
+}
+
+async fn create(d: &Daemon, language: &str) -> Value {
+    let r = d
+        .post_json("/code/context", &json!({"language": language}))
+        .await;
+    assert_eq!(r.status, 200, "create {language}: {}", r.text());
+    let v = r.json();
+    assert_eq!(v["language"], language);
+    assert_eq!(v["id"].as_str().map(str::len), Some(32), "{v}");
+    v
+}
+
+async fn run(d: &Daemon, id: &str, code: &str) -> Vec<Value> {
+    let mut s = d
+        .stream("/code", &json!({"code": code, "context": {"id": id}}))
+        .await;
+    assert_eq!(s.status, 200, "run {code:?}");
+    let evs = s.collect().await;
+    assert_eq!(evs[0]["type"], "init", "{evs:?}");
+    assert_eq!(evs[0]["text"], id);
+    for e in &evs {
+        assert!(e["timestamp"].as_u64().is_some(), "no timestamp: {e}");
+    }
+    evs
+}
+
+fn results(evs: &[Value]) -> Vec<&Value> {
+    evs.iter()
+        .filter(|e| e["type"] == "result")
+        .map(|e| &e["results"])
+        .collect()
+}
+
+fn conn_files(data: &TempDir) -> Vec<String> {
+    std::fs::read_dir(data.0.join("data/kernels"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn python_state_streams_results_and_errors() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-py");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+
+    // The connection file is private.
+    let files = conn_files(&data);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let meta = std::fs::metadata(data.0.join("data/kernels").join(&files[0])).expect("stat");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let evs = run(&d, id, "x = 41").await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+
+    let evs = run(
+        &d,
+        id,
+        "import sys\nprint('out')\nprint('err', file=sys.stderr)\nx + 1",
+    )
+    .await;
+    assert_eq!(text_of(&evs, "stdout"), "out\n");
+    assert_eq!(text_of(&evs, "stderr"), "err\n");
+    let r = results(&evs);
+    assert_eq!(r.len(), 1, "{evs:?}");
+    assert_eq!(r[0]["text"], "42", "state kept across runs: {evs:?}");
+    assert!(evs
+        .iter()
+        .any(|e| e["type"] == "execution_count" && e["execution_count"] == 2));
+    let last = terminal(&evs);
+    assert_eq!(last["type"], "execution_complete");
+    assert!(last["execution_time"].as_u64().is_some(), "{last}");
+
+    let evs = run(&d, id, "def f():\n    return 1/0\nf()").await;
+    let last = terminal(&evs);
+    assert_eq!(last["type"], "error", "{evs:?}");
+    assert_eq!(last["error"]["ename"], "ZeroDivisionError");
+    assert_eq!(last["error"]["evalue"], "division by zero");
+    let tb = last["error"]["traceback"].as_array().expect("traceback");
+    assert!(tb.len() >= 2, "{last}");
+    assert!(!evs.iter().any(|e| e["type"] == "execution_complete"));
+
+    // Contexts: get, list, list by language.
+    let g = d.get(&format!("/code/contexts/{id}")).await;
+    assert_eq!(g.status, 200);
+    assert_eq!(g.json()["state"], "idle");
+    let l = d.get("/code/contexts").await.json();
+    assert_eq!(l.as_array().map(Vec::len), Some(1), "{l}");
+    let l = d.get("/code/contexts?language=bash").await.json();
+    assert_eq!(l, json!([]));
+}
+
+#[tokio::test]
+async fn display_data_and_updates_are_results_with_every_mime_type() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-png");
+    let d = daemon(&share, &data, &[]);
+    // The default context, made on first use.
+    let code = format!(
+        "import base64\nfrom IPython.display import display, Image\n\
+         display(Image(data=base64.b64decode('{PNG_B64}'), format='png'))\n\
+         h = display('first', display_id=True)\nh.update('second')"
+    );
+    let mut s = d
+        .stream(
+            "/code",
+            &json!({"code": code, "context": {"language": "python"}}),
+        )
+        .await;
+    assert_eq!(s.status, 200);
+    let evs = s.collect().await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+    let r = results(&evs);
+    assert_eq!(r.len(), 3, "{evs:?}");
+    assert_eq!(r[0]["image/png"], PNG_B64, "PNG stays base64: {}", r[0]);
+    assert!(
+        r[0]["text"].as_str().is_some_and(|t| t.contains("Image")),
+        "{}",
+        r[0]
+    );
+    assert_eq!(r[1]["text"], "'first'");
+    assert_eq!(r[2]["text"], "'second'", "update_display_data forwarded");
+
+    // The default context is reused.
+    let ctxs = d.get("/code/contexts?language=python").await.json();
+    assert_eq!(ctxs.as_array().map(Vec::len), Some(1), "{ctxs}");
+    let evs = d
+        .stream(
+            "/code",
+            &json!({"code": "h", "context": {"language": "python"}}),
+        )
+        .await
+        .collect()
+        .await;
+    assert_eq!(evs[0]["text"], ctxs[0]["id"]);
+}
+
+/// Starts `code` (which prints `started` first) and returns the stream once
+/// that line arrived.
+async fn started(d: &Daemon, body: Value) -> (EventStream, Vec<Value>) {
+    let mut s = d.stream("/code", &body).await;
+    assert_eq!(s.status, 200);
+    let mut seen = Vec::new();
+    while let Some(e) = s.next().await {
+        let go = e["type"] == "stdout" && e["text"].as_str().is_some_and(|t| t.contains("started"));
+        seen.push(e);
+        if go {
+            return (s, seen);
+        }
+    }
+    panic!("the run ended before printing 'started': {seen:?}");
+}
+
+#[tokio::test]
+async fn interrupt_busy_and_timeout() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-int");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+    run(&d, id, "import time\nkept = 'yes'").await;
+
+    let sleep = "print('started', flush=True)\ntime.sleep(60)";
+    let (mut s, _) = started(&d, json!({"code": sleep, "context": {"id": id}})).await;
+
+    // A second run on the busy context: 409 with an envelope, no stream.
+    let r = d
+        .post_json("/code", &json!({"code": "1", "context": {"id": id}}))
+        .await;
+    r.assert_error(409, "CONTEXT_BUSY");
+    assert_eq!(
+        d.get(&format!("/code/contexts/{id}")).await.json()["state"],
+        "busy"
+    );
+
+    let r = d.delete(&format!("/code?id={id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let evs = s.collect().await;
+    let last = terminal(&evs);
+    assert_eq!(last["type"], "error", "{evs:?}");
+    assert_eq!(last["error"]["ename"], "KeyboardInterrupt");
+
+    // The kernel survived the interrupt, with its state.
+    let evs = run(&d, id, "kept").await;
+    assert_eq!(results(&evs)[0]["text"], "'yes'");
+
+    // timeout (extension): interrupted, ended with timed_out.
+    let mut s = d
+        .stream(
+            "/code",
+            &json!({"code": "time.sleep(60)", "timeout": 300, "context": {"id": id}}),
+        )
+        .await;
+    assert_eq!(s.status, 200);
+    let evs = s.collect().await;
+    let last = terminal(&evs);
+    assert_eq!(last["type"], "error", "{evs:?}");
+    assert_eq!(last["timed_out"], true, "{last}");
+    let evs = run(&d, id, "kept").await;
+    assert_eq!(results(&evs)[0]["text"], "'yes'", "usable after a timeout");
+}
+
+#[tokio::test]
+async fn kernel_death_mid_run_ends_the_run_and_the_context_reports_it() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-die");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+    let pid = ctx["pid"].as_u64().expect("pid") as u32;
+
+    let evs = run(
+        &d,
+        id,
+        "import os\nprint('started', flush=True)\nos._exit(3)",
+    )
+    .await;
+    let last = terminal(&evs);
+    assert_eq!(last["type"], "error", "{evs:?}");
+    assert_eq!(last["error"]["ename"], "KernelDied");
+    assert!(
+        last["error"]["evalue"]
+            .as_str()
+            .is_some_and(|v| v.contains("exit status 3")),
+        "{last}"
+    );
+    assert!(!alive(pid), "the kernel is reaped");
+    let g = d.get(&format!("/code/contexts/{id}")).await.json();
+    assert_eq!(g["state"], "dead", "{g}");
+    assert!(conn_files(&data).is_empty(), "{:?}", conn_files(&data));
+    let r = d
+        .post_json("/code", &json!({"code": "1", "context": {"id": id}}))
+        .await;
+    r.assert_error(409, "CONTEXT_DEAD");
+
+    // A kernel killed from outside, mid-run (SIGKILL: no goodbye at all).
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+    let pid = ctx["pid"].as_u64().expect("pid") as i32;
+    let (mut s, _) = started(
+        &d,
+        json!({"code": "import time\nprint('started', flush=True)\ntime.sleep(60)", "context": {"id": id}}),
+    )
+    .await;
+    // SAFETY: kill(2) on the kernel's pid, which this test's daemon started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let evs = s.collect().await;
+    let last = terminal(&evs);
+    assert_eq!(last["error"]["ename"], "KernelDied", "{evs:?}");
+}
+
+#[tokio::test]
+async fn bash_context_keeps_state() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-bash");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "bash").await;
+    let id = ctx["id"].as_str().expect("id");
+    let evs = run(&d, id, "export GREETING=hello\ncd /").await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+    let evs = run(&d, id, "echo $GREETING from $(pwd)").await;
+    assert_eq!(text_of(&evs, "stdout").trim(), "hello from /", "{evs:?}");
+}
+
+#[tokio::test]
+async fn delete_and_shutdown_leave_no_process_and_no_file() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-del");
+    let mut d = daemon(&share, &data, &["--max-code-contexts", "2"]);
+    let py = create(&d, "python").await;
+    let bash = create(&d, "bash").await;
+    // The cap: a third context is refused.
+    d.post_json("/code/context", &json!({"language": "python"}))
+        .await
+        .assert_error(429, "TOO_MANY_CONTEXTS");
+
+    let py_pid = py["pid"].as_u64().expect("pid") as u32;
+    let bash_pid = bash["pid"].as_u64().expect("pid") as u32;
+    // bash_kernel runs bash on a terminal of its own: a descendant outside
+    // the kernel's process group.
+    run(&d, bash["id"].as_str().expect("id"), "echo warm").await;
+    let mut tree = vec![bash_pid];
+    tree.extend(descendants(bash_pid));
+    assert!(tree.len() >= 2, "bash_kernel has a child: {tree:?}");
+    assert_eq!(conn_files(&data).len(), 2);
+
+    let r = d
+        .delete(&format!(
+            "/code/contexts/{}",
+            py["id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        !alive(py_pid),
+        "deleted context's kernel is gone when DELETE answers"
+    );
+    assert_eq!(conn_files(&data).len(), 1);
+    d.get(&format!(
+        "/code/contexts/{}",
+        py["id"].as_str().expect("id")
+    ))
+    .await
+    .assert_error(404, "CONTEXT_NOT_FOUND");
+
+    d.signal(libc::SIGTERM);
+    assert!(
+        d.wait_exit(Duration::from_secs(20)).is_some(),
+        "execd exits"
+    );
+    for p in &tree {
+        assert!(
+            !alive(*p),
+            "process {p} of the bash kernel survived shutdown"
+        );
+    }
+    assert!(
+        !data.0.join("data/kernels").exists(),
+        "connection files removed at shutdown"
+    );
+}
+
+/// Routes and errors that need no kernel at all.
+#[tokio::test]
+async fn errors_without_kernels() {
+    let empty = TempDir::new("code-nokernel");
+    let d = Daemon::start_with(
+        &[],
+        &[
+            ("JUPYTER_PATH", empty.0.to_str().expect("utf-8")),
+            ("JUPYTER_DATA_DIR", empty.0.to_str().expect("utf-8")),
+        ],
+    );
+    d.post_json("/code", &json!({"context": {"language": "python"}}))
+        .await
+        .assert_error(400, "INVALID_REQUEST_BODY");
+    d.post_json(
+        "/code",
+        &json!({"code": "  ", "context": {"language": "python"}}),
+    )
+    .await
+    .assert_error(400, "INVALID_REQUEST_BODY");
+    let r = d
+        .post_json(
+            "/code",
+            &json!({"code": "select 1", "context": {"language": "sql"}}),
+        )
+        .await;
+    r.assert_error(400, "NOT_SUPPORTED");
+    assert!(r.text().contains("MySQL"), "{}", r.text());
+    let r = d
+        .post_json("/code/context", &json!({"language": "cobol"}))
+        .await;
+    r.assert_error(400, "NOT_SUPPORTED");
+    assert!(
+        r.text().contains("JUPYTER_PATH"),
+        "names what is missing: {}",
+        r.text()
+    );
+    d.post_json("/code/context", &json!({}))
+        .await
+        .assert_error(400, "INVALID_REQUEST_BODY");
+    d.post_json("/code", &json!({"code": "1", "context": {"id": "nope"}}))
+        .await
+        .assert_error(404, "CONTEXT_NOT_FOUND");
+    d.get("/code/contexts/nope")
+        .await
+        .assert_error(404, "CONTEXT_NOT_FOUND");
+    d.delete("/code/contexts/nope")
+        .await
+        .assert_error(404, "CONTEXT_NOT_FOUND");
+    d.delete("/code/contexts")
+        .await
+        .assert_error(400, "MISSING_QUERY");
+    d.delete("/code").await.assert_error(400, "MISSING_QUERY");
+    d.delete("/code?id=nope")
+        .await
+        .assert_error(404, "COMMAND_NOT_FOUND");
+    assert_eq!(d.get("/code/contexts").await.json(), json!([]));
+    let r = d.delete("/code/contexts?language=python").await;
+    assert_eq!(r.status, 200);
+
+    // language command / absent: the same as POST /command.
+    for lang in [json!("command"), Value::Null] {
+        let mut s = d
+            .stream(
+                "/code",
+                &json!({"code": "echo via-code", "context": {"language": lang}}),
+            )
+            .await;
+        assert_eq!(s.status, 200);
+        let evs = s.collect().await;
+        assert_eq!(text_of(&evs, "stdout"), "via-code\n");
+        assert_eq!(terminal(&evs)["type"], "execution_complete");
+    }
+}
+
+/// The code-interpreter SDK's readiness probe, as it sends it.
+#[tokio::test]
+async fn sdk_readiness_probe_reaches_execd() {
+    let d = Daemon::start();
+    let evs = d
+        .run(json!({"command": "bash -c 'exec 3<>/dev/tcp/127.0.0.1/${JUPYTER_PORT:-44771}' && echo $JUPYTER_PORT"}))
+        .await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+    assert_eq!(text_of(&evs, "stdout").trim(), d.addr.port().to_string());
+}
+
+/// execd killed outright (no shutdown): its kernels notice and exit.
+#[tokio::test]
+async fn kernels_exit_when_execd_is_killed() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-kill9");
+    let mut d = daemon(&share, &data, &[]);
+    let pid = create(&d, "python").await["pid"].as_u64().expect("pid") as u32;
+    d.signal(libc::SIGKILL);
+    assert!(d.wait_exit(Duration::from_secs(10)).is_some());
+    eventually(Duration::from_secs(30), "the orphaned kernel exits", || {
+        !alive(pid)
+    })
+    .await;
+}
+
+/// A big stream message (one write of 20 MiB) arrives whole, in pieces of
+/// at most 64 KiB; one over the 64 MiB message limit is dropped with a
+/// notice on stderr, and the kernel and its state survive.
+#[tokio::test]
+async fn big_output_is_split_and_oversized_output_dropped_not_fatal() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-big");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+    run(&d, id, "import sys\nkept = 1").await;
+    let evs = run(
+        &d,
+        id,
+        "sys.stdout.write('y' * (20 << 20))\nsys.stdout.flush()",
+    )
+    .await;
+    assert_eq!(
+        terminal(&evs)["type"],
+        "execution_complete",
+        "{:?}",
+        evs.last()
+    );
+    let pieces = texts(&evs, "stdout");
+    assert_eq!(pieces.iter().map(String::len).sum::<usize>(), 20 << 20);
+    assert!(pieces
+        .iter()
+        .all(|p| p.len() <= 1 << 20 && p.bytes().all(|b| b == b'y')));
+
+    let evs = run(
+        &d,
+        id,
+        "sys.stdout.write('z' * (65 << 20))\nsys.stdout.flush()",
+    )
+    .await;
+    assert_eq!(
+        terminal(&evs)["type"],
+        "execution_complete",
+        "{:?}",
+        evs.last()
+    );
+    let err = text_of(&evs, "stderr");
+    assert!(err.contains("over the 64 MiB limit"), "{err}");
+    let evs = run(&d, id, "print('y' * 1000)\nkept").await;
+    assert_eq!(text_of(&evs, "stdout").len(), 1001);
+    assert_eq!(results(&evs)[0]["text"], "1");
+}
+
+/// `--code-idle-timeout`: an idle context is deleted and its kernel killed;
+/// a busy one is not.
+#[tokio::test]
+async fn idle_contexts_expire() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-idle");
+    let d = daemon(&share, &data, &["--code-idle-timeout", "3s"]);
+    let idle = create(&d, "python").await;
+    let busy = create(&d, "python").await;
+    let busy_id = busy["id"].as_str().expect("id").to_string();
+    let (mut s, _) = started(
+        &d,
+        json!({"code": "import time\nprint('started', flush=True)\ntime.sleep(8)", "context": {"id": busy_id}}),
+    )
+    .await;
+    let pid = idle["pid"].as_u64().expect("pid") as u32;
+    eventually(Duration::from_secs(30), "the idle kernel is gone", || {
+        !alive(pid)
+    })
+    .await;
+    d.get(&format!(
+        "/code/contexts/{}",
+        idle["id"].as_str().expect("id")
+    ))
+    .await
+    .assert_error(404, "CONTEXT_NOT_FOUND");
+    let evs = s.collect().await;
+    assert_eq!(
+        terminal(&evs)["type"],
+        "execution_complete",
+        "a busy context is not expired: {evs:?}"
+    );
+}
+
+/// A kernel that cannot start: a clear 500 at once, no process and no
+/// connection file left behind.
+#[tokio::test]
+async fn kernel_start_failures_are_reported_and_cleaned_up() {
+    let dir = TempDir::new("code-badspec");
+    for (name, argv) in [
+        (
+            "exits",
+            json!([
+                "/bin/sh",
+                "-c",
+                "echo kernel-says-no >&2; exit 7",
+                "{connection_file}"
+            ]),
+        ),
+        (
+            "missing",
+            json!(["/nonexistent/kernel", "-f", "{connection_file}"]),
+        ),
+    ] {
+        let k = dir.0.join("share/kernels").join(name);
+        std::fs::create_dir_all(&k).expect("mkdir");
+        let spec = json!({"argv": argv, "language": name, "display_name": name});
+        std::fs::write(k.join("kernel.json"), spec.to_string()).expect("write");
+    }
+    let dd = dir.join("data");
+    let d = Daemon::start_with(
+        &["--data-dir", dd.as_str()],
+        &[
+            ("JUPYTER_PATH", dir.join("share").as_str()),
+            ("JUPYTER_DATA_DIR", dir.join("none").as_str()),
+        ],
+    );
+    let r = d
+        .post_json("/code/context", &json!({"language": "exits"}))
+        .await;
+    r.assert_error(500, "RUNTIME_ERROR");
+    assert!(
+        r.text().contains("exit status 7") && r.text().contains("kernel-says-no"),
+        "{}",
+        r.text()
+    );
+    let r = d
+        .post_json("/code/context", &json!({"language": "missing"}))
+        .await;
+    r.assert_error(500, "RUNTIME_ERROR");
+    assert!(r.text().contains("/nonexistent/kernel"), "{}", r.text());
+    assert!(conn_files(&dir).is_empty(), "{:?}", conn_files(&dir));
+    assert_eq!(d.get("/code/contexts").await.json(), json!([]));
+    assert!(
+        descendants(d.pid()).is_empty(),
+        "{:?}",
+        descendants(d.pid())
+    );
+}
+
+/// Connection files hold the kernels' keys: a `kernels` directory that
+/// someone else could enter or write (made in advance, here mode 0777) is
+/// refused before any key is written or any kernel started.
+#[tokio::test]
+async fn connection_files_only_in_a_private_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("code-squat");
+    let k = dir.0.join("share/kernels/fake");
+    std::fs::create_dir_all(&k).expect("mkdir");
+    let spec =
+        json!({"argv": ["/bin/sh", "-c", "exit 7", "{connection_file}"], "language": "fake"});
+    std::fs::write(k.join("kernel.json"), spec.to_string()).expect("write");
+    let data = dir.0.join("data");
+    std::fs::create_dir_all(data.join("kernels")).expect("mkdir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::fs::set_permissions(data.join("kernels"), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod");
+    let d = Daemon::start_with(
+        &["--data-dir", data.to_str().expect("utf-8")],
+        &[
+            ("JUPYTER_PATH", dir.join("share").as_str()),
+            ("JUPYTER_DATA_DIR", dir.join("none").as_str()),
+        ],
+    );
+    let r = d
+        .post_json("/code/context", &json!({"language": "fake"}))
+        .await;
+    r.assert_error(500, "RUNTIME_ERROR");
+    assert!(r.text().contains("not a private directory"), "{}", r.text());
+    assert!(conn_files(&dir).is_empty(), "{:?}", conn_files(&dir));
+}
+
+/// A code run is recorded like a command: `init` carries its `command_id`,
+/// every event an `eid`; status, logs and resume work with that id, and
+/// several readers follow one run, each from where it wants.
+#[tokio::test]
+async fn code_runs_have_eids_status_logs_and_resume() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-resume");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+    let evs = run(
+        &d,
+        id,
+        "import sys\nprint('a')\nprint('b', file=sys.stderr)\n6 * 7",
+    )
+    .await;
+    let cid = evs[0]["command_id"]
+        .as_str()
+        .expect("command_id")
+        .to_string();
+    let eids: Vec<u64> = evs
+        .iter()
+        .map(|e| e["eid"].as_u64().expect("eid"))
+        .collect();
+    assert!(eids.windows(2).all(|w| w[0] < w[1]), "{eids:?}");
+
+    let st = d.get(&format!("/command/status/{cid}")).await.json();
+    assert_eq!(st["running"], false, "{st}");
+    assert_eq!(st["exit_code"], 0, "{st}");
+    let logs = d.get(&format!("/command/{cid}/logs")).await.text();
+    assert_eq!(logs, "a\nb\n");
+
+    // resume from the start: the same events, init included.
+    let mut r = get_stream(&d, &format!("/command/{cid}/resume")).await;
+    assert_eq!(r.status, 200);
+    let again = r.collect().await;
+    let strip = |v: &[Value]| -> Vec<Value> {
+        v.iter()
+            .filter(|e| e["type"] != "ping")
+            .map(|e| {
+                let mut e = e.clone();
+                e.as_object_mut().map(|o| o.remove("timestamp"));
+                e
+            })
+            .collect()
+    };
+    assert_eq!(strip(&again), strip(&evs));
+    // ... and from after the execution_count event.
+    let ec = evs
+        .iter()
+        .find(|e| e["type"] == "execution_count")
+        .expect("count");
+    let n = ec["eid"].as_u64().expect("eid");
+    let later = get_stream(&d, &format!("/command/{cid}/resume?after_eid={n}"))
+        .await
+        .collect()
+        .await;
+    assert!(
+        later.iter().all(|e| e["eid"].as_u64() > Some(n)),
+        "{later:?}"
+    );
+    assert_eq!(results(&later)[0]["text"], "42");
+
+    // Two readers of one live run.
+    let (mut a, seen) = started(
+        &d,
+        json!({"code": "import time\nprint('started', flush=True)\ntime.sleep(1)\nprint('done')", "context": {"id": id}}),
+    )
+    .await;
+    let cid = seen[0]["command_id"]
+        .as_str()
+        .expect("command_id")
+        .to_string();
+    assert_eq!(
+        d.get(&format!("/command/status/{cid}")).await.json()["running"],
+        true
+    );
+    let mut b = get_stream(&d, &format!("/command/{cid}/resume")).await;
+    let from_b = b.collect().await;
+    let from_a = a.collect().await;
+    for evs in [&from_a, &from_b] {
+        assert!(text_of(evs, "stdout").contains("done"), "{evs:?}");
+        assert_eq!(terminal(evs)["type"], "execution_complete");
+    }
+}
+
+async fn get_stream(d: &Daemon, path: &str) -> EventStream {
+    EventStream::new(
+        d.send(http::Method::GET, path, &[], bytes::Bytes::new())
+            .await,
+    )
+}
+
+/// `DELETE /command?id=` with a code run's id interrupts its kernel.
+#[tokio::test]
+async fn interrupt_by_run_id() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-intrun");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+    let (mut s, seen) = started(
+        &d,
+        json!({"code": "import time\nprint('started', flush=True)\ntime.sleep(60)", "context": {"id": id}}),
+    )
+    .await;
+    let cid = seen[0]["command_id"]
+        .as_str()
+        .expect("command_id")
+        .to_string();
+    let r = d.delete(&format!("/command?id={cid}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let evs = s.collect().await;
+    assert_eq!(
+        terminal(&evs)["error"]["ename"],
+        "KeyboardInterrupt",
+        "{evs:?}"
+    );
+    let st = d.get(&format!("/command/status/{cid}")).await.json();
+    assert_eq!(st["running"], false);
+    assert_eq!(st["exit_code"], 1, "{st}");
+}
+
+/// Kernels get the command environment: execd's secrets are not in it.
+#[tokio::test]
+async fn kernels_do_not_see_the_access_token() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-secret");
+    let dd = data.join("data");
+    let d = Daemon::start_with(
+        &["--data-dir", dd.as_str()],
+        &[
+            ("EXECD_ACCESS_TOKEN", "s3cret-token"),
+            ("JUPYTER_PATH", share.to_str().expect("utf-8")),
+            ("JUPYTER_DATA_DIR", data.join("nojupyter").as_str()),
+        ],
+    );
+    let ctx = create(&d, "python").await;
+    let id = ctx["id"].as_str().expect("id");
+    let evs = run(
+        &d,
+        id,
+        "import os\nprint(os.environ.get('EXECD_ACCESS_TOKEN'), 's3cret' in str(os.environ))",
+    )
+    .await;
+    assert_eq!(text_of(&evs, "stdout"), "None False\n", "{evs:?}");
+}
