@@ -414,9 +414,10 @@ async fn a_full_hierarchy_falls_back_to_tracking() {
 }
 
 /// A command that changes uid still joins its own cgroup (it does so as
-/// root, before the credentials change), and starts with no signal blocked.
+/// root, before the credentials change) and starts with no signal blocked;
+/// tracked, it carries its tree's marker.
 #[tokio::test]
-async fn a_command_run_as_another_uid_is_in_its_cgroup() {
+async fn a_command_run_as_another_uid_stays_in_its_tree() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || cgroup2_rw().is_none() {
         eprintln!("skipped: needs root and a writable cgroup v2");
@@ -445,6 +446,20 @@ async fn a_command_run_as_another_uid_is_in_its_cgroup() {
         "not in a cgroup of its own: {out}"
     );
     assert!(out.contains("SigBlk:\t0000000000000000"), "{out}");
+    drop(d);
+
+    // Tracked, a command that changes uid carries its tree's marker.
+    let d = daemon("off");
+    let evs = d
+        .run(json!({"command": "id -u; printenv EXECD_TREE", "uid": 65534}))
+        .await;
+    let out = text_of(&evs, "stdout");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"65534"), "{out}");
+    assert!(
+        lines.get(1).is_some_and(|m| !m.is_empty()),
+        "no marker: {out}"
+    );
 }
 
 /// An argv program that cannot be started fails the same way with and

@@ -12,8 +12,10 @@
 //!
 //! 1. every signal that has a handler (the parent's code) is reset to its
 //!    default, and SIGPIPE too (Rust ignores it; commands expect the
-//!    default, as the standard library gives them). All signals are blocked
-//!    from before the clone (by the parent) until step 7;
+//!    default, as the standard library gives them). All signals, glibc's
+//!    internal ones included, are blocked from before the clone (by the
+//!    parent) until step 7; both go through raw `rt_sigprocmask` and
+//!    `rt_sigaction`, which glibc's wrappers would not apply to those;
 //! 2. the stdio descriptors are `dup2`ed onto 0, 1, 2;
 //! 3. `chdir` to the working directory;
 //! 4. its own process group (`setpgid(0, 0)`);
@@ -32,8 +34,10 @@
 //! exits with 127; the parent reads it once it resumes. The failed child is
 //! still a child: the caller hands its pid to the reaper (the one wait path).
 //!
-//! Raw `libc` is used throughout the child, nix only in the parent: the
-//! child must make exactly the calls listed, with nothing allocated.
+//! The child's stack is a mapping per thread, made once and reused (the
+//! child is done with it when the parent resumes). Raw `libc` is used
+//! throughout the child: it must make exactly the calls listed, with nothing
+//! allocated.
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -45,7 +49,6 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::mman::{MapFlags, ProtFlags};
-use nix::sys::signal::{SigSet, SigmaskHow};
 
 /// Size of the child's stack (above one guard page). The child runs a few
 /// small frames and libc's thin syscall wrappers.
@@ -53,6 +56,33 @@ const STACK_SIZE: usize = 64 * 1024;
 
 /// One more than the highest signal number on Linux (`_NSIG`).
 const NSIG: c_int = 65;
+
+/// The kernel's signal set: one bit per signal, 64 signals (`_NSIG_WORDS`
+/// words of 64 bits on the 64-bit targets execd is built for).
+type KernelSigset = u64;
+const KERNEL_SIGSET_SIZE: usize = std::mem::size_of::<KernelSigset>();
+
+/// The kernel's `struct sigaction` on x86-64 and AArch64: handler, flags,
+/// restorer, mask; all zero is `SIG_DFL` with no flags.
+type KernelSigaction = [u64; 4];
+const _: () = assert!(std::mem::size_of::<usize>() == 8, "64-bit Linux only");
+
+/// `rt_sigprocmask` on the calling thread, as a raw syscall: glibc's
+/// wrappers leave its internal signals (32, 33) out of a blocked set, and
+/// the child must not take those on the parent's handlers either.
+///
+/// # Safety
+/// Async-signal-safe; no preconditions beyond valid pointers (ensured here).
+unsafe fn sigprocmask_raw(how: c_int, set: &KernelSigset, old: Option<&mut KernelSigset>) -> c_int {
+    let old = old.map_or(std::ptr::null_mut(), std::ptr::from_mut);
+    libc::syscall(
+        libc::SYS_rt_sigprocmask,
+        how,
+        std::ptr::from_ref(set),
+        old,
+        KERNEL_SIGSET_SIZE,
+    ) as c_int
+}
 
 /// Credentials the child takes before `exec`.
 #[derive(Debug, Clone)]
@@ -229,8 +259,6 @@ struct Args {
     gid: libc::gid_t,
     groups: *const libc::gid_t,
     ngroups: usize,
-    /// Empty: the mask the program starts with.
-    mask: libc::sigset_t,
     /// Set by the child to the errno of the step that failed.
     err: AtomicI32,
 }
@@ -247,6 +275,14 @@ impl Failed {
     fn before(error: io::Error) -> Failed {
         Failed { pid: None, error }
     }
+}
+
+thread_local! {
+    /// This thread's child stack, made at its first spawn and kept: a
+    /// mapping made and removed per spawn costs more than the clone (the
+    /// unmap and the guard's mprotect flush the TLBs of execd's threads).
+    /// One per thread: a spawn holds its thread until the child is gone.
+    static STACK: std::cell::RefCell<Option<Stack>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The child's stack: an anonymous mapping whose lowest page is a guard.
@@ -291,8 +327,9 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`; the child no longer uses it
-        // (the parent resumes only once the child has exec'd or exited).
+        // SAFETY: the mapping made in `new`; no child uses it (its thread,
+        // which is exiting, resumed only once its last child had exec'd or
+        // exited).
         let _ = unsafe { nix::sys::mman::munmap(self.base, self.len) };
     }
 }
@@ -327,48 +364,62 @@ pub fn spawn(plan: &Plan<'_>) -> Result<i32, Failed> {
         gid,
         groups,
         ngroups,
-        mask: *SigSet::empty().as_ref(),
         err: AtomicI32::new(0),
     };
-    let stack = Stack::new().map_err(Failed::before)?;
-
-    // Block every signal in this thread so none is handled on the child's
-    // stack (by the parent's handlers) before the child has reset them.
-    let mut old = SigSet::empty();
-    nix::sys::signal::pthread_sigmask(
-        SigmaskHow::SIG_SETMASK,
-        Some(&SigSet::all()),
-        Some(&mut old),
-    )
-    .map_err(|e| Failed::before(e.into()))?;
-    // SAFETY: `child` only reads `args` (and what it points into, all owned
-    // by `plan`, alive until we return) and stores into `args.err`; it makes
-    // async-signal-safe calls only and ends in execve or _exit. The stack is
-    // a mapping of our own that nothing else uses. CLONE_VFORK suspends this
-    // thread until the child has exec'd or exited, so `args`, the stack and
-    // `plan` outlive its use of them.
-    let pid = unsafe {
-        libc::clone(
-            child,
-            stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            std::ptr::addr_of!(args) as *mut c_void,
-        )
-    };
-    // Read before anything else can touch errno (when the clone failed, no
-    // child ran on this thread's TLS).
-    let clone_error = (pid < 0).then(io::Error::last_os_error);
-    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-    drop(stack);
-    if let Some(error) = clone_error {
-        return Err(Failed::before(error));
-    }
+    let pid = STACK
+        .with_borrow_mut(|stack| {
+            if stack.is_none() {
+                *stack = Some(Stack::new()?);
+            }
+            let top = stack
+                .as_ref()
+                .map(Stack::top)
+                .ok_or_else(|| io::Error::other("no stack"))?;
+            clone_vfork(top, &args)
+        })
+        .map_err(Failed::before)?;
     match args.err.load(Ordering::SeqCst) {
         0 => Ok(pid),
         e => Err(Failed {
             pid: Some(pid),
             error: io::Error::from_raw_os_error(e),
         }),
+    }
+}
+
+/// Clones the child onto the stack whose top is `top`, with every signal
+/// blocked in this thread meanwhile; returns once it has exec'd or exited.
+fn clone_vfork(top: *mut c_void, args: &Args) -> io::Result<i32> {
+    // Block every signal in this thread so none is handled on the child's
+    // stack (by the parent's handlers) before the child has reset them.
+    let mut old: KernelSigset = 0;
+    // SAFETY: valid pointers to locals; changes this thread's mask only.
+    if unsafe { sigprocmask_raw(libc::SIG_SETMASK, &KernelSigset::MAX, Some(&mut old)) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `child` only reads `args` (and what it points into, all owned
+    // by the caller's `Plan`, alive until we return) and stores into
+    // `args.err`; it makes async-signal-safe calls only and ends in execve or
+    // _exit. `top` is the top of this thread's own child stack, which nothing
+    // else uses. CLONE_VFORK suspends this thread until the child has exec'd
+    // (it then runs in a new address space) or exited, so `args`, the stack
+    // and the plan outlive its use of them, and the stack is free again.
+    let pid = unsafe {
+        libc::clone(
+            child,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::from_ref(args) as *mut c_void,
+        )
+    };
+    // Read before anything else can touch errno (when the clone failed, no
+    // child ran on this thread's TLS).
+    let clone_error = (pid < 0).then(io::Error::last_os_error);
+    // SAFETY: as above; `old` is the mask the kernel reported.
+    let _ = unsafe { sigprocmask_raw(libc::SIG_SETMASK, &old, None) };
+    match clone_error {
+        Some(e) => Err(e),
+        None => Ok(pid),
     }
 }
 
@@ -400,20 +451,32 @@ unsafe fn errno() -> c_int {
 /// `a` must be the `Args` built by [`spawn`], on the child's side of a
 /// `CLONE_VM | CLONE_VFORK` clone made with every signal blocked.
 unsafe fn prepare_and_exec(a: &Args) -> c_int {
-    // 1. Handlers are the parent's code: back to the default.
+    // 1. Handlers are the parent's code: back to the default (through the
+    // raw syscall, which reaches glibc's internal signals too).
+    let dfl: KernelSigaction = [0; 4];
     let mut sig: c_int = 1;
     while sig < NSIG {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            let mut cur: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut cur) == 0
-                && (sig == libc::SIGPIPE
-                    || (cur.sa_sigaction != libc::SIG_DFL && cur.sa_sigaction != libc::SIG_IGN))
+            let mut cur: KernelSigaction = [0; 4];
+            let got = libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<KernelSigaction>(),
+                &mut cur,
+                KERNEL_SIGSET_SIZE,
+            );
+            let handler = cur[0] as usize;
+            if got == 0
+                && (sig == libc::SIGPIPE || (handler != libc::SIG_DFL && handler != libc::SIG_IGN))
+                && libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    KERNEL_SIGSET_SIZE,
+                ) != 0
             {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                // Fails (EINVAL) only for glibc's internal signals, which
-                // the exec resets anyway.
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                return errno();
             }
         }
         sig += 1;
@@ -461,7 +524,7 @@ unsafe fn prepare_and_exec(a: &Args) -> c_int {
         }
     }
     // 7. The program's signal mask, then exec, as execvp searches.
-    if libc::sigprocmask(libc::SIG_SETMASK, &a.mask, std::ptr::null_mut()) == -1 {
+    if sigprocmask_raw(libc::SIG_SETMASK, &0, None) != 0 {
         return errno();
     }
     let mut eacces = false;
@@ -558,8 +621,8 @@ mod tests {
                 .to_string()
         };
         assert_eq!(u64::from_str_radix(&field("SigBlk:"), 16).unwrap(), 0);
-        // Nothing ignored, glibc's internal signals 32 and 33 aside (as
-        // inherited; glibc's posix_spawn ignores them too).
+        // Nothing ignored, glibc's internal signals 32 and 33 aside (an
+        // ignored signal stays ignored across exec, as with posix_spawn).
         let internal = (1u64 << 31) | (1u64 << 32);
         assert_eq!(
             u64::from_str_radix(&field("SigIgn:"), 16).unwrap() & !internal,
@@ -623,12 +686,16 @@ mod tests {
 
     #[test]
     fn the_parent_signal_mask_is_restored() {
-        let before = SigSet::thread_get_mask().unwrap();
+        let blk = || {
+            let s = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            s.lines()
+                .find(|l| l.starts_with("SigBlk:"))
+                .unwrap()
+                .to_string()
+        };
+        let before = blk();
         run(&["/bin/true"], &[], None);
-        let after = SigSet::thread_get_mask().unwrap();
-        for s in nix::sys::signal::Signal::iterator() {
-            assert_eq!(before.contains(s), after.contains(s), "{s:?}");
-        }
+        assert_eq!(before, blk());
     }
 
     fn tempdir() -> std::path::PathBuf {
