@@ -451,6 +451,9 @@ unsafe fn errno() -> c_int {
 /// `a` must be the `Args` built by [`spawn`], on the child's side of a
 /// `CLONE_VM | CLONE_VFORK` clone made with every signal blocked.
 unsafe fn prepare_and_exec(a: &Args) -> c_int {
+    // SAFETY (every call below): raw syscalls, or libc's thin wrappers of
+    // single syscalls (async-signal-safe, no lock, no allocation), on
+    // locals or on pointers into the `Plan` that `spawn` keeps alive.
     // 1. Handlers are the parent's code: back to the default (through the
     // raw syscall, which reaches glibc's internal signals too).
     let dfl: KernelSigaction = [0; 4];
