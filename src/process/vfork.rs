@@ -701,6 +701,24 @@ mod tests {
         assert_eq!(before, blk());
     }
 
+    #[test]
+    fn concurrent_spawns_on_several_threads() {
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let word = format!("t{t}-{i}");
+                        let (code, out) = run(&["/bin/echo", &word], &[], None);
+                        assert_eq!((code, out), (0, format!("{word}\n")));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
     fn tempdir() -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("execd-vfork-{}", crate::process::new_id()));
         std::fs::create_dir(&d).unwrap();
