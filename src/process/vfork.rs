@@ -366,17 +366,24 @@ pub fn spawn(plan: &Plan<'_>) -> Result<i32, Failed> {
         ngroups,
         err: AtomicI32::new(0),
     };
+    // `try_with`/`try_borrow_mut`: never a panic (a thread being torn down,
+    // a re-entry that cannot happen) on a request path.
     let pid = STACK
-        .with_borrow_mut(|stack| {
+        .try_with(|cell| {
+            let mut stack = cell
+                .try_borrow_mut()
+                .map_err(|_| io::Error::other("child stack in use"))?;
             if stack.is_none() {
                 *stack = Some(Stack::new()?);
             }
             let top = stack
                 .as_ref()
                 .map(Stack::top)
-                .ok_or_else(|| io::Error::other("no stack"))?;
+                .ok_or_else(|| io::Error::other("no child stack"))?;
             clone_vfork(top, &args)
         })
+        .map_err(|_| io::Error::other("thread is exiting"))
+        .and_then(|r| r)
         .map_err(Failed::before)?;
     match args.err.load(Ordering::SeqCst) {
         0 => Ok(pid),
