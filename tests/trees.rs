@@ -412,3 +412,105 @@ async fn a_full_hierarchy_falls_back_to_tracking() {
     assert_eq!(st["timed_out"], true, "{st}");
     wait_gone(&t).await;
 }
+
+/// A command that changes uid still joins its own cgroup (it does so as
+/// root, before the credentials change) and starts with no signal blocked;
+/// tracked, it carries its tree's marker.
+#[tokio::test]
+async fn a_command_run_as_another_uid_stays_in_its_tree() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || cgroup2_rw().is_none() {
+        eprintln!("skipped: needs root and a writable cgroup v2");
+        return;
+    }
+    let d = daemon("auto");
+    let evs = d
+        .run(json!({
+            "command": "id -u; id -g; id -G; cat /proc/self/cgroup; grep '^SigBlk' /proc/self/status",
+            "uid": 65534,
+            "gid": 65534,
+        }))
+        .await;
+    let out = text_of(&evs, "stdout");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.get(..3),
+        Some(&["65534", "65534", "65534"][..]),
+        "{out}"
+    );
+    let want = format!("/execd-{}/cmd-", d.pid());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("0::") && l.contains(&want)),
+        "not in a cgroup of its own: {out}"
+    );
+    assert!(out.contains("SigBlk:\t0000000000000000"), "{out}");
+    drop(d);
+
+    // Tracked, a command that changes uid carries its tree's marker.
+    let d = daemon("off");
+    let evs = d
+        .run(json!({"command": "id -u; printenv EXECD_TREE", "uid": 65534}))
+        .await;
+    let out = text_of(&evs, "stdout");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"65534"), "{out}");
+    assert!(
+        lines.get(1).is_some_and(|m| !m.is_empty()),
+        "no marker: {out}"
+    );
+}
+
+/// An argv program that cannot be started fails the same way with and
+/// without cgroups: missing 127; not executable, or executable but neither
+/// ELF nor `#!`, 126 (never handed to `/bin/sh`).
+async fn argv_failures(mode: &str) {
+    let d = daemon(mode);
+    let dir = TempDir::new("trees-argv");
+    let code = |evs: &[serde_json::Value]| terminal(evs)["error"]["evalue"].clone();
+    let evs = d.run(json!({"argv": [dir.join("missing")]})).await;
+    assert_eq!(code(&evs), "127", "{evs:?}");
+    // Many: a child that failed before exec may still be leaving its
+    // cgroup when the spawn returns (a race the cgroup check below covers).
+    for _ in 0..100 {
+        let evs = d.run(json!({"argv": ["no-such-program-anywhere"]})).await;
+        assert_eq!(code(&evs), "127", "{evs:?}");
+    }
+
+    let script = dir.join("script");
+    std::fs::write(&script, "echo RAN-BY-SH\n").unwrap();
+    let evs = d.run(json!({"argv": [&script]})).await;
+    assert_eq!(code(&evs), "126", "not executable: {evs:?}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let evs = d.run(json!({"argv": [&script]})).await;
+    assert_eq!(code(&evs), "126", "no format: {evs:?}");
+    assert!(!text_of(&evs, "stdout").contains("RAN-BY-SH"), "{evs:?}");
+    // With a `#!` line the kernel runs it.
+    std::fs::write(&script, "#!/bin/sh\necho RAN-BY-SH\n").unwrap();
+    let evs = d.run(json!({"argv": [&script]})).await;
+    assert_eq!(text_of(&evs, "stdout"), "RAN-BY-SH\n", "{evs:?}");
+
+    // The cgroups of the commands that failed to start are all removed.
+    if let Some(dir) = command_cgroups(&d) {
+        eventually(LIMIT, "no command cgroup left", || {
+            std::fs::read_dir(&dir).is_ok_and(|rd| {
+                !rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("cmd-"))
+            })
+        })
+        .await;
+    }
+}
+
+/// The directory of the daemon's command cgroups, if it makes them.
+fn command_cgroups(d: &Daemon) -> Option<std::path::PathBuf> {
+    let own = std::fs::read_to_string(format!("/proc/{}/cgroup", d.pid())).ok()?;
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = cgroup2_rw()?
+        .join(rel.trim_start_matches('/'))
+        .join(format!("execd-{}", d.pid()));
+    dir.is_dir().then_some(dir)
+}
+both!(argv_failures);

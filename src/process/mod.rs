@@ -16,6 +16,7 @@ pub mod spawn;
 pub mod terminal;
 pub mod tree;
 pub mod users;
+pub mod vfork;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -2,9 +2,10 @@
 //! environment, working directory and stdio. Exit statuses are not collected
 //! here but by the reaper, which the spawn registers with.
 
-use std::ffi::OsString;
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::reaper::{ExitStatus, Reaper};
 use super::tree::{Pending, Tree, Trees};
-use super::users;
+use super::{users, vfork};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -119,20 +120,24 @@ fn resolve_creds(uid: u32, gid: Option<u32>) -> Creds {
 }
 
 /// Spawns the process in its own process group and registers it with the reaper.
+///
+/// A command that joins a cgroup or changes credentials needs steps between
+/// fork and exec; it is started by [`vfork`](super::vfork) (posix_spawn's
+/// cost). Any other goes through `std::process::Command` (`posix_spawn`).
 pub fn spawn(
     reaper: &Reaper,
     trees: &std::sync::Arc<Trees>,
     spec: SpawnSpec,
 ) -> Result<Spawned, SpawnError> {
     let pending = prepare(trees, &spec)?;
-    if pending.forks() {
-        check_format(&spec)?;
+    if pending.forks() || spec.uid.is_some() {
+        return spawn_vfork(reaper, &spec, pending);
     }
     let (mut cmd, program_name) = build(&spec, Some(&pending))?;
     cmd.stdin(if spec.stdin_pipe {
         Stdio::piped()
     } else {
-        null_stdin()
+        null_stdin().map_or_else(|_| Stdio::null(), Stdio::from)
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -158,6 +163,108 @@ pub fn spawn(
     }
 }
 
+/// [`spawn`] through [`vfork`]: everything prepared here, the child only
+/// makes syscalls, and the pid is registered under the reaper's spawn lock
+/// (a child that failed before exec too: the reaper collects it).
+fn spawn_vfork(reaper: &Reaper, spec: &SpawnSpec, pending: Pending) -> Result<Spawned, SpawnError> {
+    let (program, argv): (OsString, Vec<OsString>) = match &spec.program {
+        Program::Shell(line) => (
+            spec.shell.clone().into(),
+            vec![spec.shell.clone().into(), "-c".into(), line.into()],
+        ),
+        Program::Argv(argv) => (
+            argv.first().cloned().unwrap_or_default().into(),
+            argv.iter().map(OsString::from).collect(),
+        ),
+    };
+    let program_name = program.to_string_lossy().into_owned();
+    let io_err = |source: io::Error| SpawnError::Io {
+        program: program_name.clone(),
+        source,
+    };
+    let creds = match spec.uid {
+        Some(uid) => {
+            let current = nix::unistd::getuid().as_raw();
+            if uid != current && current != 0 {
+                return Err(SpawnError::UidNotPermitted { uid, current });
+            }
+            let c = resolve_creds(uid, spec.gid);
+            Some(vfork::Creds {
+                uid: c.uid,
+                gid: c.gid,
+                groups: c.groups,
+                set_groups: current == 0,
+            })
+        }
+        None => None,
+    };
+    // The environment as `Command` would build it: later keys win, sorted.
+    let mut env: BTreeMap<OsString, OsString> = match &spec.env {
+        Some(env) => env.iter().cloned().collect(),
+        None => std::env::vars_os().collect(),
+    };
+    if let Some((k, v)) = pending.marker() {
+        env.insert(k.into(), v.into());
+    }
+    // execvp searches the child's PATH (the standard library hands it the
+    // child's environment), else execd's, else the C library's default.
+    let path = env
+        .get(OsStr::new("PATH"))
+        .cloned()
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_else(|| "/bin:/usr/bin".into());
+
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err(e.into()));
+    let (stdin_child, stdin_parent) = if spec.stdin_pipe {
+        let (r, w) = pipe()?;
+        (r, Some(w))
+    } else {
+        (null_stdin().map_err(io_err)?, None)
+    };
+    let (stdout, stdout_child) = pipe()?;
+    let (stderr, stderr_child) = pipe()?;
+
+    let mut plan = vfork::Plan::new(&argv, &env, &path).map_err(io_err)?;
+    plan.stdio(0, stdin_child.as_fd())
+        .stdio(1, stdout_child.as_fd())
+        .stdio(2, stderr_child.as_fd());
+    if let Some(cwd) = &spec.cwd {
+        plan.cwd(cwd).map_err(io_err)?;
+    }
+    if let Some(procs) = pending.cgroup_procs() {
+        plan.cgroup_procs(procs);
+    }
+    if let Some(creds) = creds {
+        plan.creds(creds);
+    }
+    let guard = reaper.spawning();
+    let pid = match vfork::spawn(&plan) {
+        Ok(pid) => pid,
+        Err(failed) => {
+            if let Some(pid) = failed.pid {
+                // It exited before exec, maybe inside its cgroup, which it
+                // may not have left yet: the tree's release removes the
+                // cgroup now or after the reap (which the reaper does; nobody
+                // waits for this exit).
+                pending.started(pid).release();
+                drop(guard.register(pid));
+            }
+            return Err(classify(failed.error, &program_name, spec.uid));
+        }
+    };
+    drop(plan);
+    let tree = pending.started(pid);
+    let exit = guard.register(pid);
+    Ok(Spawned {
+        pid,
+        tree,
+        stdin: stdin_parent,
+        stdout,
+        stderr,
+        exit,
+    })
+}
+
 /// Spawns a process that shares execd's stdin, stdout and stderr (the
 /// sandbox's main process in init mode), in its own process group.
 pub fn spawn_inherit(
@@ -179,65 +286,13 @@ pub fn spawn_inherit(
 
 /// `/dev/null` for reading; where there is no `/dev` (an empty root
 /// filesystem), a pipe whose write end is already closed reads the same: EOF.
-fn null_stdin() -> Stdio {
+fn null_stdin() -> io::Result<OwnedFd> {
     if let Ok(f) = std::fs::File::open("/dev/null") {
-        return f.into();
+        return Ok(f.into());
     }
-    match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok((read, write)) => {
-            drop(write);
-            read.into()
-        }
-        Err(_) => Stdio::null(),
-    }
-}
-
-/// A `pre_exec` hook makes the standard library fork and `execvp`, and
-/// glibc's `execvp` runs a file it cannot execute (ENOEXEC) with `/bin/sh`,
-/// where `posix_spawn` fails. An argv program must fail the same way both
-/// ways: a file that is neither ELF nor `#!` is refused here with ENOEXEC.
-fn check_format(spec: &SpawnSpec) -> Result<(), SpawnError> {
-    use std::io::Read;
-    let Program::Argv(argv) = &spec.program else {
-        return Ok(());
-    };
-    let Some(name) = argv.first() else {
-        return Ok(());
-    };
-    let path = if name.contains('/') {
-        let p = PathBuf::from(name);
-        match &spec.cwd {
-            Some(cwd) if p.is_relative() => cwd.join(p),
-            _ => p,
-        }
-    } else {
-        let path = spec
-            .env
-            .as_ref()
-            .and_then(|e| e.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()))
-            .or_else(|| std::env::var_os("PATH"))
-            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        match std::env::split_paths(&path)
-            .map(|d| d.join(name))
-            .find(|p| is_executable(p))
-        {
-            Some(p) => p,
-            None => return Ok(()),
-        }
-    };
-    let mut head = [0u8; 4];
-    let n = match std::fs::File::open(&path).and_then(|mut f| f.read(&mut head)) {
-        Ok(n) => n,
-        // Not readable (or not there): the exec reports it.
-        Err(_) => return Ok(()),
-    };
-    if !is_executable(&path) || head[..n].starts_with(b"\x7fELF") || head[..n].starts_with(b"#!") {
-        return Ok(());
-    }
-    Err(SpawnError::Io {
-        program: name.clone(),
-        source: io::Error::from_raw_os_error(libc::ENOEXEC),
-    })
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    drop(write);
+    Ok(read)
 }
 
 /// The tree of a spawn of `spec` (its cgroup made).

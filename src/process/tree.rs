@@ -202,6 +202,19 @@ impl Pending {
         self.cgroup.is_some()
     }
 
+    /// With a cgroup: its `cgroup.procs`, open for writing, into which the
+    /// child writes `0` before exec (the spawn without `Command`).
+    pub fn cgroup_procs(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.cgroup.as_ref().map(|(_, procs)| procs.as_fd())
+    }
+
+    /// Without a cgroup: the environment variable (name, value) that marks
+    /// the tree's processes.
+    pub fn marker(&self) -> Option<(&'static str, &str)> {
+        self.cgroup.is_none().then_some((MARKER, self.id.as_str()))
+    }
+
     /// The tree of the spawned `leader`. Call before the reaper can collect
     /// it (under the spawn guard), so its pidfd is certainly its own.
     pub fn started(mut self, leader: i32) -> Arc<Tree> {
