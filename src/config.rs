@@ -94,6 +94,10 @@ pub struct Config {
     pub max_code_contexts: usize,
     /// Code contexts idle this long are deleted; None: never.
     pub code_idle_timeout: Option<Duration>,
+    /// `--runtime-init`: every route but `/ping`, `/ready` and
+    /// `/internal/init` answers 503 until a control plane binds the sandbox;
+    /// an init-mode main process waits for the binding too.
+    pub runtime_init: bool,
 }
 
 impl Default for Config {
@@ -134,6 +138,7 @@ impl Default for Config {
             ws_ping_interval: Duration::from_secs(30),
             max_code_contexts: 32,
             code_idle_timeout: None,
+            runtime_init: false,
         }
     }
 }
@@ -207,6 +212,10 @@ Options (environment variable in brackets; a flag wins over its variable):
                                   [EXECD_MAX_CODE_CONTEXTS]
   --code-idle-timeout D           delete /code contexts idle this long (0: never; 0)
                                   [EXECD_CODE_IDLE_TIMEOUT]
+  --runtime-init                  wait for POST /internal/init: until a control plane binds the
+                                  sandbox (id, token digest, envs, hooks) every route but /ping,
+                                  /ready and /internal/init answers 503, and an init-mode CMD
+                                  is not started [EXECD_RUNTIME_INIT=true]
   --jupyter-host URL, --jupyter-token T
                                   accepted and ignored: /code drives kernels itself
   -h, --help                      print this help
@@ -285,6 +294,9 @@ pub fn parse(
     }
     if let Some(v) = env("EXECD_MAX_CODE_CONTEXTS").filter(|v| !v.is_empty()) {
         c.max_code_contexts = records(&v).map_err(|e| format!("EXECD_MAX_CODE_CONTEXTS: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_RUNTIME_INIT").filter(|v| !v.is_empty()) {
+        c.runtime_init = boolean(&v).map_err(|e| format!("EXECD_RUNTIME_INIT: {e}"))?;
     }
     if let Some(v) = env("EXECD_CODE_IDLE_TIMEOUT").filter(|v| !v.is_empty()) {
         let d = duration(&v).map_err(|e| format!("EXECD_CODE_IDLE_TIMEOUT: {e}"))?;
@@ -391,6 +403,7 @@ pub fn parse(
                 let d = duration(&value(&mut p, "code-idle-timeout")?)?;
                 c.code_idle_timeout = (!d.is_zero()).then_some(d);
             }
+            Long("runtime-init") => c.runtime_init = true,
             Long("max-code-contexts") => {
                 c.max_code_contexts = records(&value(&mut p, "max-code-contexts")?)?
             }
@@ -583,6 +596,14 @@ pub fn size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size '{s}' too large"))
+}
+
+fn boolean(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, not {v:?}")),
+    }
 }
 
 fn cgroup_mode(v: &str) -> Result<crate::process::tree::CgroupMode, String> {

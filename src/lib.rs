@@ -18,6 +18,8 @@ pub mod daemon;
 pub mod fs;
 pub mod grpc;
 pub mod kernel;
+pub mod lifecycle;
 pub mod metrics;
 pub mod process;
+pub mod runtime;
 pub mod server;

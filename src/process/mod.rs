@@ -129,6 +129,9 @@ pub struct Engine {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     env_cache: Mutex<EnvFileCache>,
+    /// A runtime binding's variables (`POST /internal/init`), applied after
+    /// `EXECD_ENVS` and before a request's own; replaced whole by each binding.
+    runtime_envs: std::sync::RwLock<Arc<Vec<(String, String)>>>,
     sessions: session::Sessions,
     pty: pty::PtyManager,
     /// Commands running now, against `cfg.max_running`.
@@ -159,6 +162,7 @@ impl Engine {
             tasks,
             shutdown,
             env_cache: Mutex::new(EnvFileCache::default()),
+            runtime_envs: Default::default(),
             sessions: session::Sessions::default(),
             pty,
             slots: Arc::default(),
@@ -501,6 +505,18 @@ impl Engine {
         self.data.path()
     }
 
+    /// Replaces the runtime binding's variables (see `runtime_envs`).
+    pub fn set_runtime_envs(&self, envs: Vec<(String, String)>) {
+        *self.runtime_envs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(envs);
+    }
+
+    fn runtime_envs(&self) -> Arc<Vec<(String, String)>> {
+        self.runtime_envs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// [`Engine::command_env`] as a complete list.
     fn command_env_vec(&self, spec: &CommandSpec) -> Vec<(OsString, OsString)> {
         self.command_env(spec)
@@ -508,14 +524,16 @@ impl Engine {
     }
 
     /// The environment of a command: the daemon's, then `EXECD_ENVS`, then the
-    /// user's identity when switching uid, then the request's `envs`. `None`
+    /// runtime binding's variables, then the user's identity when switching uid, then the request's `envs`. `None`
     /// when that is the daemon's own environment unchanged (see
     /// [`EngineConfig::inherit_env`]): the spawn then passes it as it is,
     /// which spares building and copying every variable per command.
     fn command_env(&self, spec: &CommandSpec) -> Option<Vec<(OsString, OsString)>> {
         let file_vars = self.env_file_vars();
+        let bound = self.runtime_envs();
         if self.cfg.inherit_env
             && file_vars.is_empty()
+            && bound.is_empty()
             && spec.uid.is_none()
             && spec.envs.is_empty()
         {
@@ -524,6 +542,9 @@ impl Engine {
         let mut env: std::collections::BTreeMap<OsString, OsString> =
             self.cfg.base_env.iter().cloned().collect();
         for (k, v) in file_vars {
+            env.insert(k.into(), v.into());
+        }
+        for (k, v) in bound.iter() {
             env.insert(k.into(), v.into());
         }
         if let Some(uid) = spec.uid {

@@ -78,6 +78,8 @@ pub struct App {
     pub listen_ports: Vec<u16>,
     /// `/code` contexts (Jupyter kernels).
     pub kernels: Arc<crate::kernel::Kernels>,
+    /// The control plane's binding (`POST /internal/init`).
+    pub runtime: Arc<crate::runtime::Runtime>,
 }
 
 impl App {
@@ -100,7 +102,9 @@ impl App {
                 dir: engine.data_dir().join("kernels"),
             },
         );
+        let runtime = Arc::new(crate::runtime::Runtime::new(config.runtime_init));
         Arc::new(App {
+            runtime,
             grpc,
             listen_ports,
             kernels,
@@ -657,10 +661,25 @@ fn authorized_answer(
     activity: &Arc<watch::Activity>,
 ) -> routes::Answer {
     use routes::Answer;
-    let token = app.config.access_token.as_ref();
+    let path = req.uri().path();
+    // Runtime init: before a binding only these are served (before the
+    // access check, as upstream); `/internal/init` authorises itself.
+    let unguarded = routes::is_unguarded(path);
+    if app.runtime.gated() && !unguarded {
+        return if grpc {
+            Answer::ready(Ok(grpc_body(
+                tonic::Status::unavailable(error::NOT_INITIALIZED_MESSAGE).into_http(),
+            )))
+        } else {
+            Answer::ready(Err(ApiError::not_initialized()))
+        };
+    }
+    let token = app.runtime.token(app.config.access_token.as_ref());
+    let token = token.as_ref();
     // The query token is for browsers' WebSockets, which cannot set
     // headers: never for gRPC, whatever the path.
-    let allowed = auth::authorized(token, req.headers())
+    let allowed = (routes::is_tokenless(path) && !grpc)
+        || auth::authorized(token, req.headers())
         || (!grpc
             && routes::allows_query_token(req.uri().path())
             && auth::query_authorized(token, req.uri().query()));

@@ -128,6 +128,8 @@ routes! {
     // `[now]`: answered at once, from the daemon's state (see `Handler::Now`).
     GET    "/ping"                      => api::health::ping [now],
     GET    "/openapi.yaml"              => api::health::openapi [now],
+    GET    "/ready"                     => api::init::ready [now],
+    POST   "/internal/init"             => api::init::init,
     GET    "/metrics"                   => api::metrics::get,
     GET    "/metrics/watch"             => api::metrics::watch,
 
@@ -197,6 +199,19 @@ routes! {
     GET    "/pty/{id}"                  => api::pty::status,
     DELETE "/pty/{id}"                  => api::pty::delete,
     GET    "/pty/{id}/ws"               => api::pty::attach,
+}
+
+/// Paths served before the runtime binding and without the access token:
+/// `/internal/init` checks its caller itself (see `api::init`).
+const UNGUARDED: &[&str] = &["/ping", "/ready", "/internal/init"];
+
+pub fn is_unguarded(path: &str) -> bool {
+    UNGUARDED.contains(&path)
+}
+
+/// Of those, the ones served without the access token (`/ping` keeps it).
+pub fn is_tokenless(path: &str) -> bool {
+    matches!(path, "/ready" | "/internal/init")
 }
 
 /// Routes that also accept the access token as `?access_token=`: browsers
