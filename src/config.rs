@@ -98,6 +98,10 @@ pub struct Config {
     /// `/internal/init` answers 503 until a control plane binds the sandbox;
     /// an init-mode main process waits for the binding too.
     pub runtime_init: bool,
+    /// Live operation ids (`X-EXECD-OPERATION-ID`) at most; 429 past it.
+    pub max_operations: usize,
+    /// How long an operation id is remembered (then 410).
+    pub operation_ttl: Duration,
 }
 
 impl Default for Config {
@@ -139,6 +143,8 @@ impl Default for Config {
             max_code_contexts: 32,
             code_idle_timeout: None,
             runtime_init: false,
+            max_operations: 4096,
+            operation_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -216,6 +222,10 @@ Options (environment variable in brackets; a flag wins over its variable):
                                   sandbox (id, token digest, envs, hooks) every route but /ping,
                                   /ready and /internal/init answers 503, and an init-mode CMD
                                   is not started [EXECD_RUNTIME_INIT=true]
+  --max-operations N              live X-EXECD-OPERATION-ID ids at most; more get 429 (4096)
+                                  [EXECD_MAX_OPERATIONS]
+  --operation-ttl D               how long an operation id is remembered; later it is 410 (1h)
+                                  [EXECD_OPERATION_TTL]
   --jupyter-host URL, --jupyter-token T
                                   accepted and ignored: /code drives kernels itself
   -h, --help                      print this help
@@ -294,6 +304,12 @@ pub fn parse(
     }
     if let Some(v) = env("EXECD_MAX_CODE_CONTEXTS").filter(|v| !v.is_empty()) {
         c.max_code_contexts = records(&v).map_err(|e| format!("EXECD_MAX_CODE_CONTEXTS: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_MAX_OPERATIONS").filter(|v| !v.is_empty()) {
+        c.max_operations = records(&v).map_err(|e| format!("EXECD_MAX_OPERATIONS: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_OPERATION_TTL").filter(|v| !v.is_empty()) {
+        c.operation_ttl = duration(&v).map_err(|e| format!("EXECD_OPERATION_TTL: {e}"))?;
     }
     if let Some(v) = env("EXECD_RUNTIME_INIT").filter(|v| !v.is_empty()) {
         c.runtime_init = boolean(&v).map_err(|e| format!("EXECD_RUNTIME_INIT: {e}"))?;
@@ -404,6 +420,10 @@ pub fn parse(
                 c.code_idle_timeout = (!d.is_zero()).then_some(d);
             }
             Long("runtime-init") => c.runtime_init = true,
+            Long("max-operations") => {
+                c.max_operations = records(&value(&mut p, "max-operations")?)?
+            }
+            Long("operation-ttl") => c.operation_ttl = duration(&value(&mut p, "operation-ttl")?)?,
             Long("max-code-contexts") => {
                 c.max_code_contexts = records(&value(&mut p, "max-code-contexts")?)?
             }

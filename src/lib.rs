@@ -20,6 +20,7 @@ pub mod grpc;
 pub mod kernel;
 pub mod lifecycle;
 pub mod metrics;
+pub mod operations;
 pub mod process;
 pub mod runtime;
 pub mod server;

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::wire::{json_str, now_ms, put_bool, put_i64, put_u64, rfc3339};
 use crate::fs::path;
+use crate::operations::Kind;
 use crate::process::{Command, CommandSpec, Finished, Program, Stream};
 use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
 
@@ -114,16 +115,35 @@ fn working_dir(raw: &str) -> Result<PathBuf, ApiError> {
 
 /// `POST /command`: starts the command and streams its events.
 pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    use super::operation::{self, Step};
     let app = ctx.app.clone();
-    let spec = validate(ctx.json::<RunCommandRequest>().await?)?;
+    let op = operation::id(ctx.req.headers())?;
+    let (req, raw) = ctx.json_raw::<RunCommandRequest>(false).await?;
+    let spec = validate(req)?;
     let background = spec.background;
-    let cmd = app.engine.start_command(spec)?;
     let ping = app.config.ping_interval;
     let mode = if background {
         StreamMode::Background
     } else {
         StreamMode::Follow { from_eid: 0 }
     };
+    let pending = match operation::begin(&app, op.as_deref(), Kind::Command, "", &raw)? {
+        Step::Create(p) => p,
+        // A retry: the command the first attempt started, its stream from
+        // the start (what is still retained), as a resume would give it.
+        Step::Replay(id) => {
+            let cmd = app.engine.get(&id).map_err(|_| {
+                ApiError::from(crate::operations::OpError::Expired(op.unwrap_or_default()))
+            })?;
+            return Ok(operation::replayed(sse::response(event_stream(
+                cmd, ping, mode, None,
+            ))));
+        }
+    };
+    let cmd = app.engine.start_command(spec)?;
+    if let Some(p) = pending {
+        p.complete(cmd.id.clone());
+    }
     Ok(sse::response(event_stream(cmd, ping, mode, None)))
 }
 

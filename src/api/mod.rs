@@ -10,6 +10,7 @@ pub mod form;
 pub mod health;
 pub mod init;
 pub mod metrics;
+pub mod operation;
 pub mod proxy;
 pub mod pty;
 pub mod sandboxd;

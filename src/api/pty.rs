@@ -28,6 +28,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::fs::path;
+use crate::operations::Kind;
 use crate::process::pty::{self, InputClaim, Mode, PtyError, PtySession, PtySpec, Size, Source};
 use crate::process::Engine;
 use crate::server::{empty, json_response, ok_empty, ApiError, Body, Ctx};
@@ -51,8 +52,11 @@ struct CreateRequest {
 
 /// `POST /pty`: creates a session; its shell starts on the first attach.
 pub async fn create(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    use super::operation::{self, Step};
+    let app = ctx.app.clone();
     let engine = ctx.app.engine.clone();
-    let req: CreateRequest = ctx.json_or_default().await?;
+    let op = operation::id(ctx.req.headers())?;
+    let (req, raw) = ctx.json_raw::<CreateRequest>(true).await?;
     let cwd = match req.cwd.filter(|c| !c.is_empty()) {
         None => None,
         Some(c) => Some(path::expand_daemon(&c)?),
@@ -73,8 +77,20 @@ pub async fn create(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         }
     };
     let spec = PtySpec { cwd, command, size };
+    let pending = match operation::begin(&app, op.as_deref(), Kind::Pty, "", &raw)? {
+        Step::Create(p) => p,
+        Step::Replay(id) => {
+            return Ok(operation::replayed(json_response(
+                StatusCode::CREATED,
+                &json!({ "session_id": id }),
+            )))
+        }
+    };
     // Creating the working directory is file-system work: off the reactor.
     let session = blocking(move || engine.pty().create(spec)).await?;
+    if let Some(p) = pending {
+        p.complete(session.id.clone());
+    }
     Ok(json_response(
         StatusCode::CREATED,
         &json!({ "session_id": session.id }),

@@ -95,6 +95,21 @@ impl From<crate::runtime::InitError> for ApiError {
     }
 }
 
+impl From<crate::operations::OpError> for ApiError {
+    fn from(e: crate::operations::OpError) -> Self {
+        use crate::operations::OpError;
+        let (status, code) = match e {
+            OpError::InvalidId => (StatusCode::BAD_REQUEST, "INVALID_OPERATION_ID"),
+            OpError::Conflict(_) => (StatusCode::CONFLICT, "OPERATION_CONFLICT"),
+            OpError::InProgress(_) => (StatusCode::CONFLICT, "OPERATION_IN_PROGRESS"),
+            OpError::Expired(_) => (StatusCode::GONE, "OPERATION_EXPIRED"),
+            OpError::NotFound(_) => (StatusCode::NOT_FOUND, "OPERATION_NOT_FOUND"),
+            OpError::Full(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_OPERATIONS"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
 impl From<ProcessError> for ApiError {
     fn from(e: ProcessError) -> Self {
         let (status, code) = match e {

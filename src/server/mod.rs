@@ -80,6 +80,8 @@ pub struct App {
     pub kernels: Arc<crate::kernel::Kernels>,
     /// The control plane's binding (`POST /internal/init`).
     pub runtime: Arc<crate::runtime::Runtime>,
+    /// Operation ids of creations (`X-EXECD-OPERATION-ID`).
+    pub operations: Arc<crate::operations::Operations>,
 }
 
 impl App {
@@ -103,7 +105,10 @@ impl App {
             },
         );
         let runtime = Arc::new(crate::runtime::Runtime::new(config.runtime_init));
+        let operations =
+            crate::operations::Operations::new(config.max_operations, config.operation_ttl);
         Arc::new(App {
+            operations,
             runtime,
             grpc,
             listen_ports,
@@ -158,6 +163,28 @@ impl Ctx {
         serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::invalid_body(format!("error parsing request, invalid JSON body: {e}"))
         })
+    }
+
+    /// [`Ctx::json`] (or, `or_default`, [`Ctx::json_or_default`]) with the
+    /// body's bytes, for fingerprinting.
+    pub async fn json_raw<T: DeserializeOwned + Default>(
+        self,
+        or_default: bool,
+    ) -> Result<(T, Bytes), ApiError> {
+        let max = self.app.config.max_body;
+        let bytes = self.body_bytes(max).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            if or_default {
+                return Ok((T::default(), bytes));
+            }
+            return Err(ApiError::invalid_body(
+                "request body is empty; a JSON object is required",
+            ));
+        }
+        let v = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::invalid_body(format!("error parsing request, invalid JSON body: {e}"))
+        })?;
+        Ok((v, bytes))
     }
 
     /// The request body as JSON when there is one, `T::default()` when it is empty.

@@ -134,6 +134,7 @@ routes! {
     GET    "/metrics/watch"             => api::metrics::watch,
 
     POST   "/command"                   => api::command::run,
+    GET    "/operations/{id}"           => api::operation::get,
     DELETE "/command"                   => api::command::interrupt,
     GET    "/command/status/{id}"       => api::command::status,
     GET    "/command/{id}/logs"         => api::command::logs,
