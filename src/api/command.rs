@@ -385,6 +385,66 @@ pub async fn status(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     Ok(json_response(StatusCode::OK, &v))
 }
 
+/// Inventory pages hold at most this many records.
+const MAX_PAGE: usize = 500;
+
+/// `GET /command?running=true|false&cursor=C&limit=N`: the known commands,
+/// newest first, a page at a time (`next_cursor` until the last page).
+pub async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let q = ctx.query();
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", m);
+    let running = match q.get("running") {
+        None | Some("") => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(v) => return Err(bad(format!("running must be true or false, got {v:?}"))),
+    };
+    let before = match q.get("cursor") {
+        None | Some("") => None,
+        Some(c) => Some(
+            c.parse::<u64>()
+                .map_err(|_| bad(format!("cursor must be a next_cursor, got {c:?}")))?,
+        ),
+    };
+    let limit = match q.get("limit") {
+        None | Some("") => 100,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => return Err(bad(format!("limit must be 1-{MAX_PAGE}, got {l:?}"))),
+        },
+    };
+    let page = ctx.app.engine.commands(running, before, limit);
+    let items: Vec<serde_json::Value> = page
+        .items
+        .iter()
+        .map(|cmd| {
+            let f = cmd.finished();
+            serde_json::json!({
+                "id": cmd.id,
+                "content": cmd.content,
+                "running": f.is_none(),
+                "exit_code": f.as_ref().map(|f| f.exit_code),
+                "started_at": rfc3339(cmd.started_at),
+                "finished_at": f.as_ref().map(|f| rfc3339(f.finished_at)),
+                "background": cmd.background,
+                "uid": cmd.uid,
+            })
+        })
+        .collect();
+    let mut resp = json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "commands": items,
+            "next_cursor": page.next.map(|n| n.to_string()),
+        }),
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
+}
+
 const LOG_PIECE: usize = 256 * 1024;
 
 /// `GET /command/{id}/logs?cursor=N`: raw combined output from byte offset N.

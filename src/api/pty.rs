@@ -125,6 +125,26 @@ pub async fn status(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     ))
 }
 
+/// `GET /pty`: every PTY session, `{sessions: [{session_id, running,
+/// output_offset}]}` (bounded by the session cap, so one page).
+pub async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let items: Vec<_> = ctx
+        .app
+        .engine
+        .pty()
+        .list()
+        .iter()
+        .map(|s| {
+            let st = s.status();
+            json!({"session_id": s.id, "running": st.running, "output_offset": st.end})
+        })
+        .collect();
+    let mut resp = json_response(StatusCode::OK, &json!({ "sessions": items }));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
 /// `DELETE /pty/{id}`: kills the session's processes and forgets it.
 pub async fn delete(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let engine = ctx.app.engine.clone();

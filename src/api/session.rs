@@ -107,6 +107,24 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     )))
 }
 
+/// `GET /session`: every session, `{sessions: [{session_id, running_command}]}`
+/// (bounded by `--max-sessions`, so one page).
+pub async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let items: Vec<_> = ctx
+        .app
+        .engine
+        .list_sessions()
+        .into_iter()
+        .map(|(id, run)| serde_json::json!({"session_id": id, "running_command": run}))
+        .collect();
+    let mut resp = json_response(StatusCode::OK, &serde_json::json!({ "sessions": items }));
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
+}
+
 /// `DELETE /session/{id}`: kills a running run and forgets the session.
 pub async fn delete(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     ctx.app.engine.delete_session(ctx.param("id"))?;

@@ -286,15 +286,18 @@ impl Engine {
                         .map_err(|e| tracing::warn!(error = %e, "cannot watch stdin pipe"))
                         .ok()
                 });
-                let cmd = Arc::new(Command::new(
-                    id,
-                    content,
-                    spec.background,
-                    Some(sp.pid),
-                    log,
-                    stdin,
-                    Some(sp.tree.clone()),
-                ));
+                let cmd = Arc::new(
+                    Command::new(
+                        id,
+                        content,
+                        spec.background,
+                        Some(sp.pid),
+                        log,
+                        stdin,
+                        Some(sp.tree.clone()),
+                    )
+                    .with_uid(spec.uid),
+                );
                 self.registry.insert(cmd.clone());
                 let limits = RunLimits {
                     timeout: spec.timeout,
@@ -318,15 +321,10 @@ impl Engine {
             }
             Err(e) => {
                 tracing::info!(id = %id, error = %e, "command failed to start");
-                let cmd = Arc::new(Command::new(
-                    id,
-                    content,
-                    spec.background,
-                    None,
-                    log,
-                    None,
-                    None,
-                ));
+                let cmd = Arc::new(
+                    Command::new(id, content, spec.background, None, log, None, None)
+                        .with_uid(spec.uid),
+                );
                 cmd.finish(Finished {
                     exit_code: e.shell_code(),
                     signal: None,
@@ -450,6 +448,16 @@ impl Engine {
 
     /// SIGTERM to every process of the command's tree, SIGKILL to all of
     /// them after the grace period.
+    /// A page of the command inventory (see [`registry::Registry::page`]).
+    pub fn commands(
+        &self,
+        running: Option<bool>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> registry::Page {
+        self.registry.page(running, before, limit)
+    }
+
     pub fn interrupt(&self, id: &str) -> Result<(), ProcessError> {
         let cmd = self.get(id)?;
         if !cmd.is_running() {

@@ -134,6 +134,7 @@ routes! {
     GET    "/metrics/watch"             => api::metrics::watch,
 
     POST   "/command"                   => api::command::run,
+    GET    "/command"                   => api::command::list,
     GET    "/operations/{id}"           => api::operation::get,
     DELETE "/command"                   => api::command::interrupt,
     GET    "/command/status/{id}"       => api::command::status,
@@ -149,6 +150,7 @@ routes! {
     GET    "/code/contexts/{id}"        => api::code::get_context,
     DELETE "/code/contexts/{id}"        => api::code::delete_context,
     POST   "/session"                   => api::session::create,
+    GET    "/session"                   => api::session::list,
     POST   "/session/{id}/run"          => api::session::run,
     DELETE "/session/{id}"              => api::session::delete,
 
@@ -197,6 +199,7 @@ routes! {
     ANY    "/proxy/{*path}"             => api::proxy::missing_port,
 
     POST   "/pty"                       => api::pty::create,
+    GET    "/pty"                       => api::pty::list,
     GET    "/pty/{id}"                  => api::pty::status,
     DELETE "/pty/{id}"                  => api::pty::delete,
     GET    "/pty/{id}/ws"               => api::pty::attach,
