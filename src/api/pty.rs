@@ -8,7 +8,9 @@
 //! `resize`, `signal`, `ping`.
 //!
 //! One client holds input; with `takeover=1` a new one evicts it (close
-//! 4001). With `mode=watch` any number of read-only viewers attach as well.
+//! 4001). With `mode=viewer` (upstream's spelling) or `mode=watch` any
+//! number of read-only viewers attach as well; their input, resize and
+//! signal frames get `READ_ONLY` error frames.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -218,10 +220,11 @@ pub async fn attach(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let takeover = matches!(q.get("takeover"), Some("1") | Some("true"));
     let watch = match q.get("mode") {
         None | Some("") | Some("input") => false,
-        Some("watch") => true,
+        // `viewer`: upstream's spelling (OpenSandbox #1420) of the same.
+        Some("watch") | Some("viewer") => true,
         Some(x) => {
             return Err(bad_query(format!(
-                "'mode' must be 'watch' or 'input', got {x:?}"
+                "'mode' must be 'viewer' (or 'watch') or 'input', got {x:?}"
             )))
         }
     };
@@ -620,7 +623,7 @@ impl Client {
         if self.claim.is_none() {
             return Err(error_frame(
                 "READ_ONLY",
-                "this client is attached in watch mode and cannot send input",
+                "this client is attached read-only (mode=viewer or watch): no input, resize or signal",
             ));
         }
         if evicted.is_cancelled() {
