@@ -509,6 +509,11 @@ impl Engine {
 
     /// The private data directory's path (kernels' connection files go in a
     /// directory of their own inside it).
+    /// Output spilled to the data directory, all commands together.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.data.spilled()
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         self.data.path()
     }

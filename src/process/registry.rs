@@ -152,6 +152,20 @@ impl Command {
     }
 
     pub(crate) fn finish(&self, f: Finished) {
+        let outcome = if f.spawn_failed {
+            5
+        } else if f.timed_out {
+            3
+        } else if f.interrupted {
+            4
+        } else if f.signal.is_some() {
+            2
+        } else if f.exit_code == 0 {
+            0
+        } else {
+            1
+        };
+        crate::counters::command_finished(outcome, f.duration);
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = State::Finished(f);
         self.close_stdin_if_finished();
         self.log.finish();
@@ -257,6 +271,7 @@ impl Registry {
     /// Adds a record; past `max_records` records, the oldest finished ones
     /// are dropped (in start order) to make room.
     pub fn insert(&self, cmd: Arc<Command>) {
+        crate::counters::command_started();
         let mut r = self.lock();
         let seq = r.next_seq;
         r.next_seq += 1;

@@ -581,6 +581,8 @@ fn handle(
     peer: SocketAddr,
     activity: &Arc<watch::Activity>,
 ) -> Served {
+    let class = crate::counters::class_of(req.uri().path());
+    let req_grpc = req.version() == http::Version::HTTP_2 && crate::grpc::is_grpc(req.headers());
     let answer = if tracing::enabled!(tracing::Level::DEBUG) {
         // Debug logging: the request line is kept for the log.
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
@@ -596,6 +598,10 @@ fn handle(
     } else {
         answer(app, req, peer, activity)
     };
+    let class = match &answer {
+        _ if req_grpc => crate::counters::GRPC,
+        _ => class,
+    };
     let exchange = match &answer {
         routes::Answer::Ready(Some(resp)) if http_body::Body::is_end_stream(resp.body()) => {
             activity.answered();
@@ -603,13 +609,19 @@ fn handle(
         }
         _ => Some(activity.begin()),
     };
-    Served { answer, exchange }
+    Served {
+        answer,
+        exchange,
+        class,
+    }
 }
 
 /// What hyper gets per request: the answer, and the exchange it ends.
 struct Served {
     answer: routes::Answer,
     exchange: Option<watch::Exchange>,
+    /// The request's route class, for the request counters.
+    class: usize,
 }
 
 impl std::future::Future for Served {
@@ -631,9 +643,11 @@ impl std::future::Future for Served {
             .into_response();
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            crate::counters::request(this.class, resp.status().as_u16());
             return std::task::Poll::Ready(Ok(resp));
         }
         let Ok(resp) = std::task::ready!(Pin::new(&mut this.answer).poll(cx));
+        crate::counters::request(this.class, resp.status().as_u16());
         // A body still to send ends the exchange when it is dropped; without
         // one the exchange ends here.
         let resp = match this.exchange.take() {
