@@ -100,6 +100,8 @@ pub struct Config {
     pub runtime_init: bool,
     /// Live operation ids (`X-EXECD-OPERATION-ID`) at most; 429 past it.
     pub max_operations: usize,
+    /// `--log-format json`: one JSON object per log line.
+    pub log_json: bool,
     /// How long an operation id is remembered (then 410).
     pub operation_ttl: Duration,
 }
@@ -144,6 +146,7 @@ impl Default for Config {
             code_idle_timeout: None,
             runtime_init: false,
             max_operations: 4096,
+            log_json: false,
             operation_ttl: Duration::from_secs(3600),
         }
     }
@@ -178,6 +181,8 @@ Options (environment variable in brackets; a flag wins over its variable):
                                   ignored (any) [EXECD_ALLOWED_HOSTS]
   --log-level N                   0-7: <=3 error, 4 warn, 5-6 info, 7 debug (6)
   --log-file PATH                 log here instead of stderr [EXECD_LOG_FILE]
+  --log-format text|json          json: one JSON object per line (time, level, message,
+                                  fields) for log pipelines (text) [EXECD_LOG_FORMAT]
   --graceful-shutdown-timeout D   on SIGTERM/SIGINT, time allowed to end commands (5s)
                                   [EXECD_API_GRACE_SHUTDOWN]
   --envs-file PATH                KEY=VALUE file applied to every command [EXECD_ENVS]
@@ -305,6 +310,9 @@ pub fn parse(
     if let Some(v) = env("EXECD_MAX_CODE_CONTEXTS").filter(|v| !v.is_empty()) {
         c.max_code_contexts = records(&v).map_err(|e| format!("EXECD_MAX_CODE_CONTEXTS: {e}"))?;
     }
+    if let Some(v) = env("EXECD_LOG_FORMAT").filter(|v| !v.is_empty()) {
+        c.log_json = log_format(&v).map_err(|e| format!("EXECD_LOG_FORMAT: {e}"))?;
+    }
     if let Some(v) = env("EXECD_MAX_OPERATIONS").filter(|v| !v.is_empty()) {
         c.max_operations = records(&v).map_err(|e| format!("EXECD_MAX_OPERATIONS: {e}"))?;
     }
@@ -420,6 +428,7 @@ pub fn parse(
                 c.code_idle_timeout = (!d.is_zero()).then_some(d);
             }
             Long("runtime-init") => c.runtime_init = true,
+            Long("log-format") => c.log_json = log_format(&value(&mut p, "log-format")?)?,
             Long("max-operations") => {
                 c.max_operations = records(&value(&mut p, "max-operations")?)?
             }
@@ -616,6 +625,14 @@ pub fn size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size '{s}' too large"))
+}
+
+fn log_format(v: &str) -> Result<bool, String> {
+    match v {
+        "text" => Ok(false),
+        "json" => Ok(true),
+        _ => Err(format!("--log-format: expected text or json, not {v:?}")),
+    }
 }
 
 fn boolean(v: &str) -> Result<bool, String> {

@@ -20,6 +20,7 @@ pub mod fs;
 pub mod grpc;
 pub mod kernel;
 pub mod lifecycle;
+pub mod logfmt;
 pub mod metrics;
 pub mod operations;
 pub mod process;
