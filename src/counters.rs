@@ -82,7 +82,7 @@ pub fn class_of(path: &str) -> usize {
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let name = match first {
         "" | "ping" | "ready" | "openapi.yaml" => "health",
-        "internal" => "init",
+        "internal" | "init" => "init",
         "metrics" => "metrics",
         "command" => "command",
         "operations" => "operations",

@@ -176,8 +176,21 @@ async fn without_runtime_init_ready_is_200_and_the_start_up_token_guards_init() 
     init_as(&d, Some("nope"), &binding(1, "s3cret"))
         .await
         .assert_error(401, "UNAUTHORIZED");
-    let r = init_as(&d, Some("boot"), &binding(1, "s3cret")).await;
+    // Upstream PR #1871's path for the same call.
+    let headers = [("content-type", "application/json")];
+    let r = d
+        .request_as(
+            Some("boot"),
+            Method::POST,
+            "/init",
+            &headers,
+            binding(1, "s3cret").to_string(),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
+    init_as(&d, Some("s3cret"), &binding(1, "s3cret"))
+        .await
+        .assert_error(409, "ALREADY_INITIALIZED");
     // The binding's token replaces the start-up one.
     assert_eq!(
         d.send_raw(Method::GET, "/metrics", Some("boot")).await.0,

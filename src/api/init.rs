@@ -42,8 +42,8 @@ pub async fn init(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         .headers()
         .get(TOKEN_HEADER)
         .map(|v| v.as_bytes().to_vec());
-    let binding = ctx.json::<InitRequest>().await?.validate()?;
-    // A configured start-up token guards the first binding.
+    // A configured start-up token guards the first binding; checked before
+    // the body is read, so a caller without it learns nothing more.
     if app.runtime.current().is_none() {
         if let Some(t) = &app.config.access_token {
             if !given.as_deref().is_some_and(|g| t.matches(g)) {
@@ -51,6 +51,7 @@ pub async fn init(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             }
         }
     }
+    let binding = ctx.json::<InitRequest>().await?.validate()?;
     let mut warnings = Vec::new();
     let has_main = app.config.init.as_ref().is_some_and(|a| !a.is_empty());
     if !has_main && binding.entrypoint_policy == EntrypointPolicy::Restart {

@@ -130,6 +130,8 @@ routes! {
     GET    "/openapi.yaml"              => api::health::openapi [now],
     GET    "/ready"                     => api::init::ready [now],
     POST   "/internal/init"             => api::init::init,
+    // The same, as upstream's PR #1871 spells it.
+    POST   "/init"                      => api::init::init,
     GET    "/metrics"                   => api::metrics::get,
     GET    "/metrics/watch"             => api::metrics::watch,
 
@@ -207,7 +209,7 @@ routes! {
 
 /// Paths served before the runtime binding and without the access token:
 /// `/internal/init` checks its caller itself (see `api::init`).
-const UNGUARDED: &[&str] = &["/ping", "/ready", "/internal/init"];
+const UNGUARDED: &[&str] = &["/ping", "/ready", "/internal/init", "/init"];
 
 pub fn is_unguarded(path: &str) -> bool {
     UNGUARDED.contains(&path)
@@ -215,7 +217,7 @@ pub fn is_unguarded(path: &str) -> bool {
 
 /// Of those, the ones served without the access token (`/ping` keeps it).
 pub fn is_tokenless(path: &str) -> bool {
-    matches!(path, "/ready" | "/internal/init")
+    matches!(path, "/ready" | "/internal/init" | "/init")
 }
 
 /// Routes that also accept the access token as `?access_token=`: browsers
