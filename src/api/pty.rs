@@ -89,10 +89,16 @@ pub async fn create(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         }
     };
     // Creating the working directory is file-system work: off the reactor.
-    let session = blocking(move || engine.pty().create(spec)).await?;
-    if let Some(p) = pending {
-        p.complete(session.id.clone());
-    }
+    // The operation is completed there too, so a client that hangs up
+    // meanwhile still finds the session on its retry.
+    let session = blocking(move || {
+        let session = engine.pty().create(spec)?;
+        if let Some(p) = pending {
+            p.complete(session.id.clone());
+        }
+        Ok(session)
+    })
+    .await?;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({ "session_id": session.id }),
