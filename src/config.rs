@@ -94,6 +94,16 @@ pub struct Config {
     pub max_code_contexts: usize,
     /// Code contexts idle this long are deleted; None: never.
     pub code_idle_timeout: Option<Duration>,
+    /// `--runtime-init`: every route but `/ping`, `/ready` and
+    /// `/internal/init` answers 503 until a control plane binds the sandbox;
+    /// an init-mode main process waits for the binding too.
+    pub runtime_init: bool,
+    /// Live operation ids (`X-EXECD-OPERATION-ID`) at most; 429 past it.
+    pub max_operations: usize,
+    /// `--log-format json`: one JSON object per log line.
+    pub log_json: bool,
+    /// How long an operation id is remembered (then 410).
+    pub operation_ttl: Duration,
 }
 
 impl Default for Config {
@@ -134,6 +144,10 @@ impl Default for Config {
             ws_ping_interval: Duration::from_secs(30),
             max_code_contexts: 32,
             code_idle_timeout: None,
+            runtime_init: false,
+            max_operations: 4096,
+            log_json: false,
+            operation_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -167,6 +181,8 @@ Options (environment variable in brackets; a flag wins over its variable):
                                   ignored (any) [EXECD_ALLOWED_HOSTS]
   --log-level N                   0-7: <=3 error, 4 warn, 5-6 info, 7 debug (6)
   --log-file PATH                 log here instead of stderr [EXECD_LOG_FILE]
+  --log-format text|json          json: one JSON object per line (time, level, message,
+                                  fields) for log pipelines (text) [EXECD_LOG_FORMAT]
   --graceful-shutdown-timeout D   on SIGTERM/SIGINT, time allowed to end commands (5s)
                                   [EXECD_API_GRACE_SHUTDOWN]
   --envs-file PATH                KEY=VALUE file applied to every command [EXECD_ENVS]
@@ -207,6 +223,14 @@ Options (environment variable in brackets; a flag wins over its variable):
                                   [EXECD_MAX_CODE_CONTEXTS]
   --code-idle-timeout D           delete /code contexts idle this long (0: never; 0)
                                   [EXECD_CODE_IDLE_TIMEOUT]
+  --runtime-init                  wait for POST /internal/init: until a control plane binds the
+                                  sandbox (id, token digest, envs, hooks) every route but /ping,
+                                  /ready and /internal/init answers 503, and an init-mode CMD
+                                  is not started [EXECD_RUNTIME_INIT=true]
+  --max-operations N              live X-EXECD-OPERATION-ID ids at most; more get 429 (4096)
+                                  [EXECD_MAX_OPERATIONS]
+  --operation-ttl D               how long an operation id is remembered; later it is 410 (1h)
+                                  [EXECD_OPERATION_TTL]
   --jupyter-host URL, --jupyter-token T
                                   accepted and ignored: /code drives kernels itself
   -h, --help                      print this help
@@ -285,6 +309,18 @@ pub fn parse(
     }
     if let Some(v) = env("EXECD_MAX_CODE_CONTEXTS").filter(|v| !v.is_empty()) {
         c.max_code_contexts = records(&v).map_err(|e| format!("EXECD_MAX_CODE_CONTEXTS: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_LOG_FORMAT").filter(|v| !v.is_empty()) {
+        c.log_json = log_format(&v).map_err(|e| format!("EXECD_LOG_FORMAT: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_MAX_OPERATIONS").filter(|v| !v.is_empty()) {
+        c.max_operations = records(&v).map_err(|e| format!("EXECD_MAX_OPERATIONS: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_OPERATION_TTL").filter(|v| !v.is_empty()) {
+        c.operation_ttl = duration(&v).map_err(|e| format!("EXECD_OPERATION_TTL: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_RUNTIME_INIT").filter(|v| !v.is_empty()) {
+        c.runtime_init = boolean(&v).map_err(|e| format!("EXECD_RUNTIME_INIT: {e}"))?;
     }
     if let Some(v) = env("EXECD_CODE_IDLE_TIMEOUT").filter(|v| !v.is_empty()) {
         let d = duration(&v).map_err(|e| format!("EXECD_CODE_IDLE_TIMEOUT: {e}"))?;
@@ -391,6 +427,12 @@ pub fn parse(
                 let d = duration(&value(&mut p, "code-idle-timeout")?)?;
                 c.code_idle_timeout = (!d.is_zero()).then_some(d);
             }
+            Long("runtime-init") => c.runtime_init = true,
+            Long("log-format") => c.log_json = log_format(&value(&mut p, "log-format")?)?,
+            Long("max-operations") => {
+                c.max_operations = records(&value(&mut p, "max-operations")?)?
+            }
+            Long("operation-ttl") => c.operation_ttl = duration(&value(&mut p, "operation-ttl")?)?,
             Long("max-code-contexts") => {
                 c.max_code_contexts = records(&value(&mut p, "max-code-contexts")?)?
             }
@@ -583,6 +625,22 @@ pub fn size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size '{s}' too large"))
+}
+
+fn log_format(v: &str) -> Result<bool, String> {
+    match v {
+        "text" => Ok(false),
+        "json" => Ok(true),
+        _ => Err(format!("--log-format: expected text or json, not {v:?}")),
+    }
+}
+
+fn boolean(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, not {v:?}")),
+    }
 }
 
 fn cgroup_mode(v: &str) -> Result<crate::process::tree::CgroupMode, String> {

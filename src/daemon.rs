@@ -13,7 +13,16 @@ use crate::config::Config;
 use crate::process::datadir::DataDir;
 use crate::process::output::LogLimits;
 use crate::process::{spawn, Engine, EngineConfig};
+use crate::runtime::EntrypointPolicy;
 use crate::server::{self, App};
+
+/// The main process's exit, as the reaper reports it.
+type MainExit = tokio::sync::oneshot::Receiver<crate::process::reaper::ExitStatus>;
+
+/// A main process being (re)started after a binding.
+type Starting = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(i32, MainExit), spawn::SpawnError>> + Send>,
+>;
 
 /// Variables never passed on to commands.
 const SECRET_VARS: &[&str] = &["EXECD_ACCESS_TOKEN", "EXECD_ACCESS_TOKEN_FILE"];
@@ -381,6 +390,10 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     }
     let app = App::new(config, engine.clone());
     let kernels = app.kernels.clone();
+    let runtime = app.runtime.clone();
+    // Subscribed before the API is served, so no binding goes unseen.
+    let mut bindings = runtime.subscribe();
+    let tasks = app.tasks.clone();
     let stop = app.shutdown.clone();
     let grpc_server = grpc_listener.map(|l| {
         if let Ok(a) = l.local_addr() {
@@ -396,12 +409,15 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     println!("execd listening on {local}");
     tracing::info!(%local, "execd listening");
 
-    // Init mode: the sandbox's main process.
-    let (main_pgid, mut main_exit) = match init.filter(|argv| !argv.is_empty()) {
-        Some(argv) => match engine.spawn_main(argv.clone()) {
-            Ok((pgid, exit)) => {
-                tracing::info!(pid = pgid, command = ?argv, "main process started");
-                (Some(pgid), Some(exit))
+    // Init mode: the sandbox's main process. With `--runtime-init` it waits
+    // for the binding (its variables, its preStart hooks).
+    let argv = init.filter(|argv| !argv.is_empty());
+    let mut main: Option<(i32, MainExit)> = None;
+    if let Some(argv) = argv.as_ref().filter(|_| !runtime.required) {
+        match engine.spawn_main(argv.clone()) {
+            Ok(m) => {
+                tracing::info!(pid = m.0, command = ?argv, "main process started");
+                main = Some(m);
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the main process");
@@ -410,13 +426,16 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
                 engine.shutdown(grace).await;
                 return Ok(e.shell_code());
             }
-        },
-        None => (None, None),
-    };
+        }
+    }
+    // The main process's (re)start after a binding: preStart hooks, then the
+    // spawn. Driven here, beside signals, so the API never waits for it.
+    let mut starting: Option<Starting> = None;
+    let mut _periodic: Option<crate::lifecycle::Periodic> = None;
 
     let code = loop {
         tokio::select! {
-            Some(sig) = signals.recv() => match main_pgid {
+            Some(sig) = signals.recv() => match main.as_ref().map(|m| m.0) {
                 Some(pgid) => {
                     tracing::info!(signal = signal_name(sig), "forwarding to the main process");
                     crate::process::spawn::signal_group(pgid, sig);
@@ -428,8 +447,8 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
                 None => tracing::debug!(signal = signal_name(sig), "ignored"),
             },
             status = async {
-                match main_exit.as_mut() {
-                    Some(exit) => exit.await.unwrap_or_default(),
+                match main.as_mut() {
+                    Some((_, exit)) => exit.await.unwrap_or_default(),
                     None => std::future::pending().await,
                 }
             } => {
@@ -437,8 +456,60 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
                 tracing::info!(code, "main process exited");
                 break code;
             }
+            // A binding arriving during a (re)start is taken once it is done.
+            Ok(()) = bindings.changed(), if starting.is_none() => {
+                let Some(b) = bindings.borrow_and_update().clone() else { continue };
+                _periodic = None;
+                if !b.periodic.is_empty() {
+                    _periodic = Some(crate::lifecycle::periodic(&engine, &b.periodic, stop.child_token()));
+                }
+                let Some(argv) = argv.clone() else {
+                    // No main process: the preStart hooks run on their own.
+                    let (engine, hooks) = (engine.clone(), b.pre_start.clone());
+                    tasks.spawn(async move { crate::lifecycle::pre_start(&engine, &hooks).await });
+                    continue;
+                };
+                let engine = engine.clone();
+                match main.take() {
+                    None => {
+                        starting = Some(Box::pin(async move {
+                            crate::lifecycle::pre_start(&engine, &b.pre_start).await;
+                            engine.spawn_main(argv)
+                        }))
+                    }
+                    Some((pgid, exit)) if b.entrypoint_policy == EntrypointPolicy::Restart => {
+                        tracing::info!(pid = pgid, "restarting the main process for the new binding");
+                        starting = Some(Box::pin(async move {
+                            crate::lifecycle::stop_main(pgid, exit, grace).await;
+                            crate::lifecycle::pre_start(&engine, &b.pre_start).await;
+                            engine.spawn_main(argv)
+                        }))
+                    }
+                    Some(m) => main = Some(m),
+                }
+            }
+            started = async {
+                match starting.as_mut() {
+                    Some(s) => s.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                starting = None;
+                match started {
+                    Ok(m) => {
+                        tracing::info!(pid = m.0, "main process started");
+                        main = Some(m);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the main process");
+                        break e.shell_code();
+                    }
+                }
+            }
         }
     };
+    drop(_periodic);
+    drop(starting);
 
     let began = Instant::now();
     tracing::info!(?grace, "graceful shutdown");

@@ -14,10 +14,15 @@
 
 pub mod api;
 pub mod config;
+pub mod counters;
 pub mod daemon;
 pub mod fs;
 pub mod grpc;
 pub mod kernel;
+pub mod lifecycle;
+pub mod logfmt;
 pub mod metrics;
+pub mod operations;
 pub mod process;
+pub mod runtime;
 pub mod server;

@@ -78,21 +78,28 @@ fn init_logging(cfg: &config::Config) -> std::io::Result<()> {
         5 | 6 => Level::INFO,
         _ => Level::DEBUG,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false);
-    match &cfg.log_file {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let (writer, ansi) = match &cfg.log_file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init();
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => (BoxMakeWriter::new(std::io::stderr), true),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .with_writer(writer);
+    if cfg.log_json {
+        builder
+            .with_ansi(false)
+            .event_format(execd::logfmt::JsonLines)
+            .init();
+    } else {
+        builder.with_ansi(ansi).init();
     }
     Ok(())
 }

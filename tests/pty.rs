@@ -526,6 +526,40 @@ async fn watchers_see_output_but_cannot_type() {
 }
 
 #[tokio::test]
+async fn viewers_in_upstreams_spelling_are_read_only() {
+    let (d, id, mut a) = new_shell().await;
+    a.run("echo before-$((2*4))", "before-8").await;
+    let mut v = ws(&d, &format!("/pty/{id}/ws?mode=viewer")).await;
+    // The replay shows what came before; the holder keeps the input.
+    v.expect_out("before-8").await;
+    assert_eq!(v.json_of("connected").await["read_only"], true);
+    let mut v2 = ws(&d, &format!("/pty/{id}/ws?mode=viewer")).await;
+    v2.json_of("connected").await;
+    a.run("echo live-$((6*7))", "live-42").await;
+    v.expect_out("live-42").await;
+    v2.expect_out("live-42").await;
+    v.stdin("echo nope\n").await;
+    assert_eq!(v.json_of("error").await["code"], "READ_ONLY");
+    v.json(json!({"type": "resize", "cols": 100, "rows": 30}))
+        .await;
+    assert_eq!(v.json_of("error").await["code"], "READ_ONLY");
+    v.json(json!({"type": "signal", "signal": "SIGINT"})).await;
+    assert_eq!(v.json_of("error").await["code"], "READ_ONLY");
+    // A ping is still answered.
+    v.json(json!({"type": "ping"})).await;
+    v.json_of("pong").await;
+    a.run("echo after-$((1+1))", "after-2").await;
+    let (status, _) = d
+        .send_raw(
+            http::Method::GET,
+            &format!("/pty/{id}/ws?mode=spectator"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
 async fn a_slow_viewer_does_not_block_and_learns_what_it_missed() {
     let (d, id, mut a) = new_shell().await;
     let mut slow = ws(&d, &format!("/pty/{id}/ws?mode=watch")).await;

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::wire::{json_str, now_ms, put_bool, put_i64, put_u64, rfc3339};
 use crate::fs::path;
+use crate::operations::Kind;
 use crate::process::{Command, CommandSpec, Finished, Program, Stream};
 use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
 
@@ -114,16 +115,35 @@ fn working_dir(raw: &str) -> Result<PathBuf, ApiError> {
 
 /// `POST /command`: starts the command and streams its events.
 pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    use super::operation::{self, Step};
     let app = ctx.app.clone();
-    let spec = validate(ctx.json::<RunCommandRequest>().await?)?;
+    let op = operation::id(ctx.req.headers())?;
+    let (req, raw) = ctx.json_raw::<RunCommandRequest>(false).await?;
+    let spec = validate(req)?;
     let background = spec.background;
-    let cmd = app.engine.start_command(spec)?;
     let ping = app.config.ping_interval;
     let mode = if background {
         StreamMode::Background
     } else {
         StreamMode::Follow { from_eid: 0 }
     };
+    let pending = match operation::begin(&app, op.as_deref(), Kind::Command, "", &raw)? {
+        Step::Create(p) => p,
+        // A retry: the command the first attempt started, its stream from
+        // the start (what is still retained), as a resume would give it.
+        Step::Replay(id) => {
+            let cmd = app.engine.get(&id).map_err(|_| {
+                ApiError::from(crate::operations::OpError::Expired(op.unwrap_or_default()))
+            })?;
+            return Ok(operation::replayed(sse::response(event_stream(
+                cmd, ping, mode, None,
+            ))));
+        }
+    };
+    let cmd = app.engine.start_command(spec)?;
+    if let Some(p) = pending {
+        p.complete(cmd.id.clone());
+    }
     Ok(sse::response(event_stream(cmd, ping, mode, None)))
 }
 
@@ -363,6 +383,66 @@ pub async fn status(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     // daemon's spill budget used up): never lost silently.
     v["dropped_bytes"] = cmd.log.dropped_bytes().into();
     Ok(json_response(StatusCode::OK, &v))
+}
+
+/// Inventory pages hold at most this many records.
+const MAX_PAGE: usize = 500;
+
+/// `GET /command?running=true|false&cursor=C&limit=N`: the known commands,
+/// newest first, a page at a time (`next_cursor` until the last page).
+pub async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let q = ctx.query();
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", m);
+    let running = match q.get("running") {
+        None | Some("") => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(v) => return Err(bad(format!("running must be true or false, got {v:?}"))),
+    };
+    let before = match q.get("cursor") {
+        None | Some("") => None,
+        Some(c) => Some(
+            c.parse::<u64>()
+                .map_err(|_| bad(format!("cursor must be a next_cursor, got {c:?}")))?,
+        ),
+    };
+    let limit = match q.get("limit") {
+        None | Some("") => 100,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => return Err(bad(format!("limit must be 1-{MAX_PAGE}, got {l:?}"))),
+        },
+    };
+    let page = ctx.app.engine.commands(running, before, limit);
+    let items: Vec<serde_json::Value> = page
+        .items
+        .iter()
+        .map(|cmd| {
+            let f = cmd.finished();
+            serde_json::json!({
+                "id": cmd.id,
+                "content": cmd.content,
+                "running": f.is_none(),
+                "exit_code": f.as_ref().map(|f| f.exit_code),
+                "started_at": rfc3339(cmd.started_at),
+                "finished_at": f.as_ref().map(|f| rfc3339(f.finished_at)),
+                "background": cmd.background,
+                "uid": cmd.uid,
+            })
+        })
+        .collect();
+    let mut resp = json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "commands": items,
+            "next_cursor": page.next.map(|n| n.to_string()),
+        }),
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
 }
 
 const LOG_PIECE: usize = 256 * 1024;

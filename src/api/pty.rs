@@ -8,7 +8,9 @@
 //! `resize`, `signal`, `ping`.
 //!
 //! One client holds input; with `takeover=1` a new one evicts it (close
-//! 4001). With `mode=watch` any number of read-only viewers attach as well.
+//! 4001). With `mode=viewer` (upstream's spelling) or `mode=watch` any
+//! number of read-only viewers attach as well; their input, resize and
+//! signal frames get `READ_ONLY` error frames.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::fs::path;
+use crate::operations::Kind;
 use crate::process::pty::{self, InputClaim, Mode, PtyError, PtySession, PtySpec, Size, Source};
 use crate::process::Engine;
 use crate::server::{empty, json_response, ok_empty, ApiError, Body, Ctx};
@@ -51,8 +54,11 @@ struct CreateRequest {
 
 /// `POST /pty`: creates a session; its shell starts on the first attach.
 pub async fn create(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    use super::operation::{self, Step};
+    let app = ctx.app.clone();
     let engine = ctx.app.engine.clone();
-    let req: CreateRequest = ctx.json_or_default().await?;
+    let op = operation::id(ctx.req.headers())?;
+    let (req, raw) = ctx.json_raw::<CreateRequest>(true).await?;
     let cwd = match req.cwd.filter(|c| !c.is_empty()) {
         None => None,
         Some(c) => Some(path::expand_daemon(&c)?),
@@ -73,8 +79,26 @@ pub async fn create(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         }
     };
     let spec = PtySpec { cwd, command, size };
+    let pending = match operation::begin(&app, op.as_deref(), Kind::Pty, "", &raw)? {
+        Step::Create(p) => p,
+        Step::Replay(id) => {
+            return Ok(operation::replayed(json_response(
+                StatusCode::CREATED,
+                &json!({ "session_id": id }),
+            )))
+        }
+    };
     // Creating the working directory is file-system work: off the reactor.
-    let session = blocking(move || engine.pty().create(spec)).await?;
+    // The operation is completed there too, so a client that hangs up
+    // meanwhile still finds the session on its retry.
+    let session = blocking(move || {
+        let session = engine.pty().create(spec)?;
+        if let Some(p) = pending {
+            p.complete(session.id.clone());
+        }
+        Ok(session)
+    })
+    .await?;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({ "session_id": session.id }),
@@ -107,6 +131,26 @@ pub async fn status(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             "output_offset": st.end,
         }),
     ))
+}
+
+/// `GET /pty`: every PTY session, `{sessions: [{session_id, running,
+/// output_offset}]}` (bounded by the session cap, so one page).
+pub async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let items: Vec<_> = ctx
+        .app
+        .engine
+        .pty()
+        .list()
+        .iter()
+        .map(|s| {
+            let st = s.status();
+            json!({"session_id": s.id, "running": st.running, "output_offset": st.end})
+        })
+        .collect();
+    let mut resp = json_response(StatusCode::OK, &json!({ "sessions": items }));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }
 
 /// `DELETE /pty/{id}`: kills the session's processes and forgets it.
@@ -182,10 +226,11 @@ pub async fn attach(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let takeover = matches!(q.get("takeover"), Some("1") | Some("true"));
     let watch = match q.get("mode") {
         None | Some("") | Some("input") => false,
-        Some("watch") => true,
+        // `viewer`: upstream's spelling (OpenSandbox #1420) of the same.
+        Some("watch") | Some("viewer") => true,
         Some(x) => {
             return Err(bad_query(format!(
-                "'mode' must be 'watch' or 'input', got {x:?}"
+                "'mode' must be 'viewer' (or 'watch') or 'input', got {x:?}"
             )))
         }
     };
@@ -584,7 +629,7 @@ impl Client {
         if self.claim.is_none() {
             return Err(error_frame(
                 "READ_ONLY",
-                "this client is attached in watch mode and cannot send input",
+                "this client is attached read-only (mode=viewer or watch): no input, resize or signal",
             ));
         }
         if evicted.is_cancelled() {

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::command::{event_stream, StreamMode};
 use crate::fs::path;
+use crate::operations::Kind;
 use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
 
 #[derive(Debug, Default, Deserialize)]
@@ -15,7 +16,7 @@ struct CreateSessionRequest {
     cwd: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct RunInSessionRequest {
     command: Option<String>,
     cwd: Option<String>,
@@ -42,7 +43,8 @@ pub async fn create(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let app = ctx.app.clone();
     let id = ctx.param("id").to_string();
-    let req: RunInSessionRequest = ctx.json().await?;
+    let op = super::operation::id(ctx.req.headers())?;
+    let (req, raw) = ctx.json_raw::<RunInSessionRequest>(false).await?;
     let command = req
         .command
         .filter(|c| !c.trim().is_empty())
@@ -74,17 +76,53 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             Some(p)
         }
     };
+    use super::operation::{self, Step};
+    let ping = app.config.ping_interval;
+    let pending = match operation::begin(&app, op.as_deref(), Kind::SessionRun, &id, &raw)? {
+        Step::Create(p) => p,
+        Step::Replay(cmd_id) => {
+            let cmd = app.engine.get(&cmd_id).map_err(|_| {
+                ApiError::from(crate::operations::OpError::Expired(op.unwrap_or_default()))
+            })?;
+            return Ok(operation::replayed(sse::response(event_stream(
+                cmd,
+                ping,
+                StreamMode::Follow { from_eid: 0 },
+                Some(id),
+            ))));
+        }
+    };
     let cmd = app
         .engine
         .run_in_session(&id, command, cwd, timeout)
         .await?;
-    let ping = app.config.ping_interval;
+    if let Some(p) = pending {
+        p.complete(cmd.id.clone());
+    }
     Ok(sse::response(event_stream(
         cmd,
         ping,
         StreamMode::Follow { from_eid: 0 },
         Some(id),
     )))
+}
+
+/// `GET /session`: every session, `{sessions: [{session_id, running_command}]}`
+/// (bounded by `--max-sessions`, so one page).
+pub async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let items: Vec<_> = ctx
+        .app
+        .engine
+        .list_sessions()
+        .into_iter()
+        .map(|(id, run)| serde_json::json!({"session_id": id, "running_command": run}))
+        .collect();
+    let mut resp = json_response(StatusCode::OK, &serde_json::json!({ "sessions": items }));
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
 }
 
 /// `DELETE /session/{id}`: kills a running run and forgets the session.

@@ -130,6 +130,9 @@ pub struct Engine {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     env_cache: Mutex<EnvFileCache>,
+    /// A runtime binding's variables (`POST /internal/init`), applied after
+    /// `EXECD_ENVS` and before a request's own; replaced whole by each binding.
+    runtime_envs: std::sync::RwLock<Arc<Vec<(String, String)>>>,
     sessions: session::Sessions,
     pty: pty::PtyManager,
     /// Commands running now, against `cfg.max_running`.
@@ -160,6 +163,7 @@ impl Engine {
             tasks,
             shutdown,
             env_cache: Mutex::new(EnvFileCache::default()),
+            runtime_envs: Default::default(),
             sessions: session::Sessions::default(),
             pty,
             slots: Arc::default(),
@@ -283,15 +287,18 @@ impl Engine {
                         .map_err(|e| tracing::warn!(error = %e, "cannot watch stdin pipe"))
                         .ok()
                 });
-                let cmd = Arc::new(Command::new(
-                    id,
-                    content,
-                    spec.background,
-                    Some(sp.pid),
-                    log,
-                    stdin,
-                    Some(sp.tree.clone()),
-                ));
+                let cmd = Arc::new(
+                    Command::new(
+                        id,
+                        content,
+                        spec.background,
+                        Some(sp.pid),
+                        log,
+                        stdin,
+                        Some(sp.tree.clone()),
+                    )
+                    .with_uid(spec.uid),
+                );
                 self.registry.insert(cmd.clone());
                 let limits = RunLimits {
                     timeout: spec.timeout,
@@ -315,15 +322,10 @@ impl Engine {
             }
             Err(e) => {
                 tracing::info!(id = %id, error = %e, "command failed to start");
-                let cmd = Arc::new(Command::new(
-                    id,
-                    content,
-                    spec.background,
-                    None,
-                    log,
-                    None,
-                    None,
-                ));
+                let cmd = Arc::new(
+                    Command::new(id, content, spec.background, None, log, None, None)
+                        .with_uid(spec.uid),
+                );
                 cmd.finish(Finished {
                     exit_code: e.shell_code(),
                     signal: None,
@@ -447,6 +449,16 @@ impl Engine {
 
     /// SIGTERM to every process of the command's tree, SIGKILL to all of
     /// them after the grace period.
+    /// A page of the command inventory (see [`registry::Registry::page`]).
+    pub fn commands(
+        &self,
+        running: Option<bool>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> registry::Page {
+        self.registry.page(running, before, limit)
+    }
+
     pub fn interrupt(&self, id: &str) -> Result<(), ProcessError> {
         let cmd = self.get(id)?;
         if !cmd.is_running() {
@@ -498,8 +510,25 @@ impl Engine {
 
     /// The private data directory's path (kernels' connection files go in a
     /// directory of their own inside it).
+    /// Output spilled to the data directory, all commands together.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.data.spilled()
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         self.data.path()
+    }
+
+    /// Replaces the runtime binding's variables (see `runtime_envs`).
+    pub fn set_runtime_envs(&self, envs: Vec<(String, String)>) {
+        *self.runtime_envs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(envs);
+    }
+
+    fn runtime_envs(&self) -> Arc<Vec<(String, String)>> {
+        self.runtime_envs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// [`Engine::command_env`] as a complete list.
@@ -509,14 +538,16 @@ impl Engine {
     }
 
     /// The environment of a command: the daemon's, then `EXECD_ENVS`, then the
-    /// user's identity when switching uid, then the request's `envs`. `None`
+    /// runtime binding's variables, then the user's identity when switching uid, then the request's `envs`. `None`
     /// when that is the daemon's own environment unchanged (see
     /// [`EngineConfig::inherit_env`]): the spawn then passes it as it is,
     /// which spares building and copying every variable per command.
     fn command_env(&self, spec: &CommandSpec) -> Option<Vec<(OsString, OsString)>> {
         let file_vars = self.env_file_vars();
+        let bound = self.runtime_envs();
         if self.cfg.inherit_env
             && file_vars.is_empty()
+            && bound.is_empty()
             && spec.uid.is_none()
             && spec.envs.is_empty()
         {
@@ -525,6 +556,9 @@ impl Engine {
         let mut env: std::collections::BTreeMap<OsString, OsString> =
             self.cfg.base_env.iter().cloned().collect();
         for (k, v) in file_vars {
+            env.insert(k.into(), v.into());
+        }
+        for (k, v) in bound.iter() {
             env.insert(k.into(), v.into());
         }
         if let Some(uid) = spec.uid {

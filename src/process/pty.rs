@@ -468,6 +468,13 @@ impl PtyManager {
         Ok(session)
     }
 
+    /// Every session, by id.
+    pub fn list(&self) -> Vec<Arc<PtySession>> {
+        let mut v: Vec<_> = lock(&self.sessions).values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
     pub fn get(&self, id: &str) -> Result<Arc<PtySession>, PtyError> {
         lock(&self.sessions)
             .get(id)

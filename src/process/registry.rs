@@ -57,6 +57,8 @@ pub struct Command {
     has_stdin: bool,
     /// Every process the command started (None: it never started).
     pub(crate) tree: Option<Arc<super::tree::Tree>>,
+    /// The uid it was asked to run as (None: execd's own).
+    pub uid: Option<u32>,
 }
 
 impl Command {
@@ -83,7 +85,13 @@ impl Command {
             has_stdin: stdin.is_some(),
             tree,
             stdin: tokio::sync::Mutex::new(stdin),
+            uid: None,
         }
+    }
+
+    pub(crate) fn with_uid(mut self, uid: Option<u32>) -> Self {
+        self.uid = uid;
+        self
     }
 
     pub fn state(&self) -> State {
@@ -144,6 +152,20 @@ impl Command {
     }
 
     pub(crate) fn finish(&self, f: Finished) {
+        let outcome = if f.spawn_failed {
+            5
+        } else if f.timed_out {
+            3
+        } else if f.interrupted {
+            4
+        } else if f.signal.is_some() {
+            2
+        } else if f.exit_code == 0 {
+            0
+        } else {
+            1
+        };
+        crate::counters::command_finished(outcome, f.duration);
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = State::Finished(f);
         self.close_stdin_if_finished();
         self.log.finish();
@@ -221,9 +243,17 @@ pub struct Registry {
 #[derive(Debug, Default)]
 struct Records {
     by_id: HashMap<String, Arc<Command>>,
-    /// Ids in the order their commands started (ids of dropped records are
-    /// removed lazily).
-    order: VecDeque<String>,
+    /// Ids in the order their commands started, each with its sequence
+    /// number (ids of dropped records are removed lazily).
+    order: VecDeque<(u64, String)>,
+    next_seq: u64,
+}
+
+/// One page of the inventory, newest first.
+pub struct Page {
+    pub items: Vec<Arc<Command>>,
+    /// Where the next (older) page starts, if there is one.
+    pub next: Option<u64>,
 }
 
 impl Registry {
@@ -241,8 +271,11 @@ impl Registry {
     /// Adds a record; past `max_records` records, the oldest finished ones
     /// are dropped (in start order) to make room.
     pub fn insert(&self, cmd: Arc<Command>) {
+        crate::counters::command_started();
         let mut r = self.lock();
-        r.order.push_back(cmd.id.clone());
+        let seq = r.next_seq;
+        r.next_seq += 1;
+        r.order.push_back((seq, cmd.id.clone()));
         r.by_id.insert(cmd.id.clone(), cmd);
         if r.by_id.len() > self.max_records {
             r.trim(self.max_records);
@@ -274,9 +307,34 @@ impl Registry {
                 .map_or(true, |age| age < retention),
             None => true,
         });
-        let Records { by_id, order } = &mut *r;
-        order.retain(|id| by_id.contains_key(id));
+        let Records { by_id, order, .. } = &mut *r;
+        order.retain(|(_, id)| by_id.contains_key(id));
         before - by_id.len()
+    }
+
+    /// Up to `limit` records started before `before` (a previous page's
+    /// `next`), newest first, running or finished as `running` asks.
+    pub fn page(&self, running: Option<bool>, before: Option<u64>, limit: usize) -> Page {
+        let r = self.lock();
+        let mut items = Vec::new();
+        let mut next = None;
+        for (seq, id) in r.order.iter().rev() {
+            if before.is_some_and(|b| *seq >= b) {
+                continue;
+            }
+            let Some(c) = r.by_id.get(id) else { continue };
+            if running.is_some_and(|want| c.is_running() != want) {
+                continue;
+            }
+            if items.len() == limit {
+                next = Some(*seq + 1);
+                break;
+            }
+            items.push(c.clone());
+            next = None;
+        }
+        // `next` is the first record not shown: the page after starts there.
+        Page { items, next }
     }
 }
 
@@ -288,13 +346,13 @@ impl Records {
         let mut i = 0;
         let mut running = 0;
         while self.by_id.len() > max + running && i < self.order.len() {
-            match self.by_id.get(&self.order[i]).map(|c| c.is_running()) {
+            match self.by_id.get(&self.order[i].1).map(|c| c.is_running()) {
                 Some(true) => {
                     running += 1;
                     i += 1;
                 }
                 Some(false) => {
-                    if let Some(id) = self.order.remove(i) {
+                    if let Some((_, id)) = self.order.remove(i) {
                         self.by_id.remove(&id);
                     }
                 }

@@ -145,6 +145,25 @@ fn parse_state(dump: &[u8]) -> Option<SessionState> {
 
 impl Engine {
     /// Creates a session in `cwd` (created if missing; default: execd's directory).
+    /// Every session: its id and the command id of the run in progress.
+    pub fn list_sessions(&self) -> Vec<(String, Option<String>)> {
+        let map = self.sessions.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = map
+            .values()
+            .map(|s| {
+                let run = s
+                    .running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|c| c.id.clone());
+                (s.id.clone(), run)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     pub fn create_session(&self, cwd: Option<PathBuf>) -> Result<String, SessionError> {
         if self.bash().is_none() {
             return Err(SessionError::NoBash);

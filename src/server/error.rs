@@ -14,6 +14,9 @@ use crate::kernel::KernelError;
 use crate::process::pty::PtyError;
 use crate::process::{ProcessError, SessionError};
 
+pub const NOT_INITIALIZED_MESSAGE: &str =
+    "execd is not initialized yet: POST /internal/init must be called first";
+
 /// An error on its way to becoming a response.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -45,6 +48,15 @@ impl ApiError {
         )
     }
 
+    /// 503 before the runtime binding (`--runtime-init`).
+    pub fn not_initialized() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NOT_INITIALIZED",
+            NOT_INITIALIZED_MESSAGE,
+        )
+    }
+
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -55,7 +67,7 @@ impl ApiError {
 
     pub fn into_response(self) -> Response<Body> {
         let mut body = serde_json::json!({ "code": self.code, "message": self.message });
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.status == StatusCode::UNAUTHORIZED || self.code == "NOT_INITIALIZED" {
             body["error"] = serde_json::Value::String(self.message.clone());
         }
         let mut resp = Response::new(full(body.to_string()));
@@ -65,6 +77,36 @@ impl ApiError {
             header::HeaderValue::from_static("application/json; charset=utf-8"),
         );
         resp
+    }
+}
+
+impl From<crate::runtime::InitError> for ApiError {
+    fn from(e: crate::runtime::InitError) -> Self {
+        use crate::runtime::InitError;
+        match e {
+            InitError::Invalid(m) => ApiError::invalid_body(m),
+            InitError::AlreadyInitialized { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "ALREADY_INITIALIZED", e.to_string())
+            }
+            InitError::RebindUnauthorized => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::operations::OpError> for ApiError {
+    fn from(e: crate::operations::OpError) -> Self {
+        use crate::operations::OpError;
+        let (status, code) = match e {
+            OpError::InvalidId => (StatusCode::BAD_REQUEST, "INVALID_OPERATION_ID"),
+            OpError::Conflict(_) => (StatusCode::CONFLICT, "OPERATION_CONFLICT"),
+            OpError::InProgress(_) => (StatusCode::CONFLICT, "OPERATION_IN_PROGRESS"),
+            OpError::Expired(_) => (StatusCode::GONE, "OPERATION_EXPIRED"),
+            OpError::NotFound(_) => (StatusCode::NOT_FOUND, "OPERATION_NOT_FOUND"),
+            OpError::Full(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_OPERATIONS"),
+        };
+        ApiError::new(status, code, e.to_string())
     }
 }
 

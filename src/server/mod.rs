@@ -78,6 +78,10 @@ pub struct App {
     pub listen_ports: Vec<u16>,
     /// `/code` contexts (Jupyter kernels).
     pub kernels: Arc<crate::kernel::Kernels>,
+    /// The control plane's binding (`POST /internal/init`).
+    pub runtime: Arc<crate::runtime::Runtime>,
+    /// Operation ids of creations (`X-EXECD-OPERATION-ID`).
+    pub operations: Arc<crate::operations::Operations>,
 }
 
 impl App {
@@ -100,7 +104,12 @@ impl App {
                 dir: engine.data_dir().join("kernels"),
             },
         );
+        let runtime = Arc::new(crate::runtime::Runtime::new(config.runtime_init));
+        let operations =
+            crate::operations::Operations::new(config.max_operations, config.operation_ttl);
         Arc::new(App {
+            operations,
+            runtime,
             grpc,
             listen_ports,
             kernels,
@@ -154,6 +163,28 @@ impl Ctx {
         serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::invalid_body(format!("error parsing request, invalid JSON body: {e}"))
         })
+    }
+
+    /// [`Ctx::json`] (or, `or_default`, [`Ctx::json_or_default`]) with the
+    /// body's bytes, for fingerprinting.
+    pub async fn json_raw<T: DeserializeOwned + Default>(
+        self,
+        or_default: bool,
+    ) -> Result<(T, Bytes), ApiError> {
+        let max = self.app.config.max_body;
+        let bytes = self.body_bytes(max).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            if or_default {
+                return Ok((T::default(), bytes));
+            }
+            return Err(ApiError::invalid_body(
+                "request body is empty; a JSON object is required",
+            ));
+        }
+        let v = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::invalid_body(format!("error parsing request, invalid JSON body: {e}"))
+        })?;
+        Ok((v, bytes))
     }
 
     /// The request body as JSON when there is one, `T::default()` when it is empty.
@@ -550,6 +581,8 @@ fn handle(
     peer: SocketAddr,
     activity: &Arc<watch::Activity>,
 ) -> Served {
+    let class = crate::counters::class_of(req.uri().path());
+    let req_grpc = req.version() == http::Version::HTTP_2 && crate::grpc::is_grpc(req.headers());
     let answer = if tracing::enabled!(tracing::Level::DEBUG) {
         // Debug logging: the request line is kept for the log.
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
@@ -565,6 +598,10 @@ fn handle(
     } else {
         answer(app, req, peer, activity)
     };
+    let class = match &answer {
+        _ if req_grpc => crate::counters::GRPC,
+        _ => class,
+    };
     let exchange = match &answer {
         routes::Answer::Ready(Some(resp)) if http_body::Body::is_end_stream(resp.body()) => {
             activity.answered();
@@ -572,13 +609,19 @@ fn handle(
         }
         _ => Some(activity.begin()),
     };
-    Served { answer, exchange }
+    Served {
+        answer,
+        exchange,
+        class,
+    }
 }
 
 /// What hyper gets per request: the answer, and the exchange it ends.
 struct Served {
     answer: routes::Answer,
     exchange: Option<watch::Exchange>,
+    /// The request's route class, for the request counters.
+    class: usize,
 }
 
 impl std::future::Future for Served {
@@ -600,9 +643,11 @@ impl std::future::Future for Served {
             .into_response();
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            crate::counters::request(this.class, resp.status().as_u16());
             return std::task::Poll::Ready(Ok(resp));
         }
         let Ok(resp) = std::task::ready!(Pin::new(&mut this.answer).poll(cx));
+        crate::counters::request(this.class, resp.status().as_u16());
         // A body still to send ends the exchange when it is dropped; without
         // one the exchange ends here.
         let resp = match this.exchange.take() {
@@ -657,10 +702,25 @@ fn authorized_answer(
     activity: &Arc<watch::Activity>,
 ) -> routes::Answer {
     use routes::Answer;
-    let token = app.config.access_token.as_ref();
+    let path = req.uri().path();
+    // Runtime init: before a binding only these are served (before the
+    // access check, as upstream); `/internal/init` authorises itself.
+    let unguarded = routes::is_unguarded(path);
+    if app.runtime.gated() && !unguarded {
+        return if grpc {
+            Answer::ready(Ok(grpc_body(
+                tonic::Status::unavailable(error::NOT_INITIALIZED_MESSAGE).into_http(),
+            )))
+        } else {
+            Answer::ready(Err(ApiError::not_initialized()))
+        };
+    }
+    let token = app.runtime.token(app.config.access_token.as_ref());
+    let token = token.as_ref();
     // The query token is for browsers' WebSockets, which cannot set
     // headers: never for gRPC, whatever the path.
-    let allowed = auth::authorized(token, req.headers())
+    let allowed = (routes::is_tokenless(path) && !grpc)
+        || auth::authorized(token, req.headers())
         || (!grpc
             && routes::allows_query_token(req.uri().path())
             && auth::query_authorized(token, req.uri().query()));

@@ -128,10 +128,16 @@ routes! {
     // `[now]`: answered at once, from the daemon's state (see `Handler::Now`).
     GET    "/ping"                      => api::health::ping [now],
     GET    "/openapi.yaml"              => api::health::openapi [now],
+    GET    "/ready"                     => api::init::ready [now],
+    POST   "/internal/init"             => api::init::init,
+    // The same, as upstream's PR #1871 spells it.
+    POST   "/init"                      => api::init::init,
     GET    "/metrics"                   => api::metrics::get,
     GET    "/metrics/watch"             => api::metrics::watch,
 
     POST   "/command"                   => api::command::run,
+    GET    "/command"                   => api::command::list,
+    GET    "/operations/{id}"           => api::operation::get,
     DELETE "/command"                   => api::command::interrupt,
     GET    "/command/status/{id}"       => api::command::status,
     GET    "/command/{id}/logs"         => api::command::logs,
@@ -146,6 +152,7 @@ routes! {
     GET    "/code/contexts/{id}"        => api::code::get_context,
     DELETE "/code/contexts/{id}"        => api::code::delete_context,
     POST   "/session"                   => api::session::create,
+    GET    "/session"                   => api::session::list,
     POST   "/session/{id}/run"          => api::session::run,
     DELETE "/session/{id}"              => api::session::delete,
 
@@ -194,9 +201,23 @@ routes! {
     ANY    "/proxy/{*path}"             => api::proxy::missing_port,
 
     POST   "/pty"                       => api::pty::create,
+    GET    "/pty"                       => api::pty::list,
     GET    "/pty/{id}"                  => api::pty::status,
     DELETE "/pty/{id}"                  => api::pty::delete,
     GET    "/pty/{id}/ws"               => api::pty::attach,
+}
+
+/// Paths served before the runtime binding and without the access token:
+/// `/internal/init` checks its caller itself (see `api::init`).
+const UNGUARDED: &[&str] = &["/ping", "/ready", "/internal/init", "/init"];
+
+pub fn is_unguarded(path: &str) -> bool {
+    UNGUARDED.contains(&path)
+}
+
+/// Of those, the ones served without the access token (`/ping` keeps it).
+pub fn is_tokenless(path: &str) -> bool {
+    matches!(path, "/ready" | "/internal/init" | "/init")
 }
 
 /// Routes that also accept the access token as `?access_token=`: browsers

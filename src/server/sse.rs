@@ -52,10 +52,12 @@ impl<S: futures_core::Stream<Item = Bytes>> http_body::Body for StreamBody<S> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.frames
-            .as_mut()
-            .poll_next(cx)
-            .map(|o| o.map(|b| Ok(Frame::data(b))))
+        self.frames.as_mut().poll_next(cx).map(|o| {
+            o.map(|b| {
+                crate::counters::streamed(b.len());
+                Ok(Frame::data(b))
+            })
+        })
     }
 }
 

@@ -138,6 +138,26 @@ impl Daemon {
         }
     }
 
+    /// `request` with exactly the given token (or none).
+    pub async fn request_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        let r = self.send_as(token, method, path, headers, body).await;
+        let status = r.status().as_u16();
+        let hdrs = r.headers().clone();
+        let body = r.into_body().collect().await.expect("read body").to_bytes();
+        Resp {
+            status,
+            headers: hdrs,
+            body,
+        }
+    }
+
     /// Sends a request and returns the response with its body unread.
     pub async fn send(
         &self,
