@@ -8,6 +8,7 @@ pub mod directories;
 pub mod files;
 pub mod form;
 pub mod health;
+pub mod isolated;
 pub mod metrics;
 pub mod proxy;
 pub mod pty;

@@ -78,6 +78,8 @@ pub struct App {
     pub listen_ports: Vec<u16>,
     /// `/code` contexts (Jupyter kernels).
     pub kernels: Arc<crate::kernel::Kernels>,
+    /// Isolated sessions (`/v1/isolated`).
+    pub isolated: Arc<crate::isolate::Isolated>,
 }
 
 impl App {
@@ -100,7 +102,9 @@ impl App {
                 dir: engine.data_dir().join("kernels"),
             },
         );
+        let isolated = crate::isolate::Isolated::new(engine.clone(), engine.config().max_sessions);
         Arc::new(App {
+            isolated,
             grpc,
             listen_ports,
             kernels,

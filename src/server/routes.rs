@@ -175,6 +175,15 @@ routes! {
     DELETE "/v1/filesystem/{uid}/{gid}/directories"       => api::directories::remove,
 
     // kubernetes-sigs/agent-sandbox python-runtime API.
+    POST   "/v1/isolated/session"                   => api::isolated::create,
+    GET    "/v1/isolated/sessions"                  => api::isolated::list,
+    GET    "/v1/isolated/capabilities"              => api::isolated::capabilities,
+    GET    "/v1/isolated/session/{id}"              => api::isolated::get,
+    DELETE "/v1/isolated/session/{id}"              => api::isolated::delete,
+    POST   "/v1/isolated/session/{id}/run"          => api::isolated::run,
+    GET    "/v1/isolated/session/{id}/runs/{run_id}"      => api::isolated::run_status,
+    GET    "/v1/isolated/session/{id}/runs/{run_id}/logs" => api::isolated::run_logs,
+
     GET    "/"                          => api::agent_sandbox::root [now],
     POST   "/execute"                   => api::agent_sandbox::execute,
     POST   "/upload"                    => api::agent_sandbox::upload,
