@@ -600,3 +600,170 @@ async fn bad_requests_are_4xx_and_unknown_sessions_404() {
 fn path(t: &TempDir) -> String {
     t.0.to_string_lossy().into_owned()
 }
+
+fn by_path<'a>(diff: &'a Value, p: &str) -> Option<&'a Value> {
+    diff["overlays"][0]["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .find(|c| c["path"] == p)
+}
+
+#[tokio::test]
+async fn diff_commit_and_discard_with_deletions_renames_and_a_conflict() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-commit");
+    let wp = path(&w);
+    std::fs::create_dir_all(w.0.join("dir")).unwrap();
+    std::fs::create_dir_all(w.0.join("gone/x")).unwrap();
+    for (f, c) in [
+        ("del.txt", "d\n"),
+        ("mv_src.txt", "m\n"),
+        ("dir/sub.txt", "s\n"),
+        ("conflict.txt", "c\n"),
+        ("gone/x/f", "g\n"),
+    ] {
+        std::fs::write(w.0.join(f), c).unwrap();
+    }
+    let sid = create(&d, json!({"workspace": {"path": wp}})).await;
+    let o = run(
+        &d,
+        &sid,
+        "echo more >> keep.txt; echo n > new.txt; rm del.txt; mv mv_src.txt mv_dst.txt; \
+         chmod 600 dir/sub.txt; echo mine > conflict.txt; rm -rf gone; mkdir gone; echo z > gone/new; \
+         ln -s keep.txt link",
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // Someone else changes the lower file meanwhile.
+    std::fs::write(w.0.join("conflict.txt"), "host\n").unwrap();
+
+    let diff = d
+        .get(&format!("/v1/isolated/session/{sid}/diff?text=true"))
+        .await;
+    assert_eq!(diff.status, 200, "{}", diff.text());
+    let diff = diff.json();
+    let at = |rel: &str| {
+        by_path(&diff, &format!("{wp}/{rel}"))
+            .unwrap_or_else(|| panic!("{rel} missing: {diff}"))
+            .clone()
+    };
+    assert_eq!(at("keep.txt")["kind"], "modified");
+    assert_eq!(at("keep.txt")["content_changed"], true);
+    assert_eq!(
+        at("keep.txt")["diff"].as_str().unwrap().lines().last(),
+        Some("+more")
+    );
+    assert_eq!(at("new.txt")["kind"], "added");
+    assert_eq!(at("new.txt")["size"], 2);
+    assert_eq!(at("del.txt")["kind"], "deleted");
+    // A rename: the new name added, the old one deleted.
+    assert_eq!(at("mv_dst.txt")["kind"], "added");
+    assert_eq!(at("mv_src.txt")["kind"], "deleted");
+    assert_eq!(at("dir/sub.txt")["content_changed"], false);
+    assert_eq!(at("dir/sub.txt")["mode"], 0o600);
+    assert_eq!(at("dir/sub.txt")["old_mode"], 0o644);
+    assert_eq!(at("gone")["opaque"], true);
+    assert_eq!(at("gone/x")["kind"], "deleted");
+    assert_eq!(at("link")["type"], "symlink");
+    assert_eq!(at("conflict.txt")["conflict"], true);
+    // Nothing reached the lower directory yet.
+    assert!(!w.0.join("new.txt").exists() && w.0.join("del.txt").exists());
+
+    // A subset first.
+    let r = d
+        .post_json(
+            &format!("/v1/isolated/session/{sid}/commit"),
+            &json!({"paths": [format!("{wp}/keep.txt")]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["committed"], json!([format!("{wp}/keep.txt")]));
+    assert_eq!(
+        std::fs::read_to_string(w.0.join("keep.txt")).unwrap(),
+        "lower\nmore\n"
+    );
+    assert!(!w.0.join("new.txt").exists());
+    // Then the rest: the conflict is reported and left alone.
+    let r = d
+        .post_json(&format!("/v1/isolated/session/{sid}/commit"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["conflicts"], json!([format!("{wp}/conflict.txt")]), "{v}");
+    assert_eq!(v["errors"], json!([]), "{v}");
+    assert_eq!(
+        std::fs::read_to_string(w.0.join("conflict.txt")).unwrap(),
+        "host\n"
+    );
+    assert_eq!(std::fs::read_to_string(w.0.join("new.txt")).unwrap(), "n\n");
+    assert_eq!(
+        std::fs::read_to_string(w.0.join("mv_dst.txt")).unwrap(),
+        "m\n"
+    );
+    assert!(!w.0.join("del.txt").exists() && !w.0.join("mv_src.txt").exists());
+    assert!(!w.0.join("gone/x").exists());
+    assert_eq!(
+        std::fs::read_to_string(w.0.join("gone/new")).unwrap(),
+        "z\n"
+    );
+    assert_eq!(
+        std::fs::read_link(w.0.join("link")).unwrap(),
+        std::path::Path::new("keep.txt")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(w.0.join("dir/sub.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    // No temporary file is left behind.
+    let names = w.names();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    // The session still sees its own view, committed or not.
+    let o = run(&d, &sid, "cat conflict.txt keep.txt gone/new; ls gone").await;
+    assert_eq!(o.stdout, "mine\nlower\nmore\nz\nnew\n", "{}", o.stderr);
+    // Only the conflict is left to diff.
+    let diff = d
+        .get(&format!("/v1/isolated/session/{sid}/diff"))
+        .await
+        .json();
+    let left: Vec<&str> = diff["overlays"][0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, vec![format!("{wp}/conflict.txt")], "{diff}");
+    // Discard it: the session sees the lower file again.
+    let r = d
+        .post_json(&format!("/v1/isolated/session/{sid}/discard"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let o = run(&d, &sid, "cat conflict.txt").await;
+    assert_eq!(o.stdout, "host\n");
+    // Writes keep working on the remounted overlay, still hidden from the lower dir.
+    let o = run(&d, &sid, "echo after > after.txt && cat after.txt").await;
+    assert_eq!(o.stdout, "after\n");
+    assert!(!w.0.join("after.txt").exists());
+    // Commit refuses while a run is active.
+    let r = d
+        .post_json(
+            &format!("/v1/isolated/session/{sid}/run"),
+            &json!({"code": "sleep 300", "background": true}),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    d.post_json(&format!("/v1/isolated/session/{sid}/commit"), &json!({}))
+        .await
+        .assert_error(409, "SESSION_BUSY");
+    d.post_json(
+        &format!("/v1/isolated/session/{sid}/commit"),
+        &json!({"paths": ["relative"]}),
+    )
+    .await
+    .assert_error(400, "INVALID_REQUEST_BODY");
+}

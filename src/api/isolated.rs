@@ -107,8 +107,8 @@ pub async fn capabilities(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         "message": p.message,
         "setpriv_available": p.available,
         "userns_available": false,
-        "diff_supported": false,
-        "commit_supported": false,
+        "diff_supported": p.available,
+        "commit_supported": p.available,
         "hardening": {
             "init_mode": "pid1",
             "signal_shield": true,
@@ -232,4 +232,66 @@ pub async fn run_status(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 pub async fn run_logs(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let (_, r) = session_run(&ctx)?;
     log_response(&ctx, r, TAIL_CURSOR_HEADER).await
+}
+
+/// `GET /v1/isolated/session/{id}/diff[?text=true]` (execd's extension):
+/// what the session changed under each overlay, from its upper layer.
+pub async fn diff(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let text = matches!(ctx.query().get("text"), Some("true" | "1"));
+    let v = ctx.app.isolated.diff(ctx.param("id"), text).await?;
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApplyRequest {
+    #[serde(default)]
+    paths: Option<Vec<String>>,
+    #[serde(default)]
+    force: Option<bool>,
+}
+
+fn apply_paths(req: &ApplyRequest) -> Result<Vec<std::path::PathBuf>, ApiError> {
+    let mut out = Vec::new();
+    for p in req.paths.iter().flatten() {
+        let path = std::path::Path::new(p);
+        if !path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(ApiError::invalid_body(format!(
+                "paths must be absolute and without '..': {p:?}"
+            )));
+        }
+        out.push(path.to_path_buf());
+    }
+    Ok(out)
+}
+
+/// `POST /v1/isolated/session/{id}/commit` `{paths?, force?}` (execd's
+/// extension): applies the changes to the lower directories.
+pub async fn commit(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let app = ctx.app.clone();
+    let id = ctx.param("id").to_string();
+    app.isolated.get(&id)?;
+    let req: ApplyRequest = ctx.json_or_default().await?;
+    let paths = apply_paths(&req)?;
+    let v = app
+        .isolated
+        .apply(&id, paths, req.force.unwrap_or(false), false)
+        .await?;
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+/// `POST /v1/isolated/session/{id}/discard` `{paths?}` (execd's extension):
+/// drops changes from the upper layers.
+pub async fn discard(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let app = ctx.app.clone();
+    let id = ctx.param("id").to_string();
+    app.isolated.get(&id)?;
+    let req: ApplyRequest = ctx.json_or_default().await?;
+    let paths = apply_paths(&req)?;
+    let v = app.isolated.apply(&id, paths, false, true).await?;
+    Ok(json_response(StatusCode::OK, &v))
 }

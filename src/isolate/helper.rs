@@ -40,6 +40,24 @@ pub struct InitPlan {
     pub hide: Vec<PathBuf>,
     pub share_net: bool,
     pub hostname: String,
+    /// The session's directory (upper and work layers), bound beneath the
+    /// first hidden directory as `s`, with each overlay's lower directory
+    /// as `l/<n>` (n: the name of its upper directory), so that execd can
+    /// mount an overlay again from inside the session's mount namespace
+    /// (overlayfs takes layers only from the mounter's namespace). The
+    /// hiding tmpfs is mode 000: only a process with CAP_DAC_OVERRIDE or
+    /// CAP_DAC_READ_SEARCH passes it.
+    #[serde(default)]
+    pub layers: Option<PathBuf>,
+}
+
+/// Where, inside a session, the layers of its `n`th overlay are.
+pub fn hidden_layers(hidden: &Path, n: &str) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        hidden.join("l").join(n),
+        hidden.join("s/upper").join(n),
+        hidden.join("s/work").join(n),
+    )
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -66,6 +84,20 @@ pub struct EnterPlan {
     pub gid: Option<u32>,
     pub strict: bool,
     pub argv: Vec<String>,
+    /// Instead of running `argv`: detach (`None`) or mount again (`Some`)
+    /// the overlay at `cwd`, from PID 1's mount namespace, so that its
+    /// layers can be changed while nothing looks through it.
+    #[serde(default)]
+    pub remount: Option<Remount>,
+}
+
+/// The layers of an overlay to mount again (paths inside the session).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Remount {
+    pub attach: bool,
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
 }
 
 /// Dispatches a helper mode; `None` when `args` name none.
@@ -252,24 +284,70 @@ fn build_root(plan: &InitPlan) -> Result<(), String> {
             &shm,
         )?;
     }
-    for h in &plan.hide {
+    for (k, h) in plan.hide.iter().enumerate() {
         let d = under(root, h);
-        if d.is_dir() {
-            ctx(
-                mount(
-                    Some("tmpfs"),
-                    &d,
-                    Some("tmpfs"),
-                    MsFlags::MS_RDONLY
-                        | MsFlags::MS_NOSUID
-                        | MsFlags::MS_NODEV
-                        | MsFlags::MS_NOEXEC,
-                    Some("size=4k,mode=700"),
-                ),
-                "hide",
-                &d,
-            )?;
+        if !d.is_dir() {
+            continue;
         }
+        let hide_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        ctx(
+            mount(
+                Some("tmpfs"),
+                &d,
+                Some("tmpfs"),
+                hide_flags,
+                Some("size=64k,mode=000"),
+            ),
+            "hide",
+            &d,
+        )?;
+        if let (0, Some(session)) = (k, &plan.layers) {
+            let s_dir = d.join("s");
+            std::fs::create_dir(&s_dir).map_err(|e| format!("mkdir {}: {e}", s_dir.display()))?;
+            ctx(
+                mount(Some(session), &s_dir, none, MsFlags::MS_BIND, none),
+                "bind",
+                &s_dir,
+            )?;
+            for m in &plan.mounts {
+                let PlannedMount::Overlay { lower, upper, .. } = m else {
+                    continue;
+                };
+                let n = upper
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let (l, _, _) = hidden_layers(&d, &n);
+                std::fs::create_dir_all(&l).map_err(|e| format!("mkdir {}: {e}", l.display()))?;
+                ctx(
+                    mount(Some(lower), &l, none, MsFlags::MS_BIND, none),
+                    "bind",
+                    &l,
+                )?;
+                ctx(
+                    mount(
+                        none,
+                        &l,
+                        none,
+                        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                        none,
+                    ),
+                    "read-only remount",
+                    &l,
+                )?;
+            }
+        }
+        ctx(
+            mount(
+                none,
+                &d,
+                none,
+                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | hide_flags,
+                none,
+            ),
+            "read-only remount",
+            &d,
+        )?;
     }
     for m in &plan.mounts {
         match m {
@@ -434,6 +512,9 @@ fn enter_main(plan: &EnterPlan) -> i32 {
         }
     }
     drop(fds);
+    if let Some(r) = &plan.remount {
+        return remount(&plan.cwd, r);
+    }
     if chdir(&plan.cwd).is_err() {
         let _ = chdir("/");
     }
@@ -461,6 +542,44 @@ fn enter_main(plan: &EnterPlan) -> i32 {
                 plan.argv[0]
             );
             std::process::exit(if e == Errno::ENOENT { 127 } else { 126 })
+        }
+    }
+}
+
+/// Detaches the overlay at `dest`, or mounts it again from the layers
+/// [`InitPlan::layers`] keeps inside the session. Keeps every capability:
+/// this is execd's own act.
+fn remount(dest: &Path, r: &Remount) -> i32 {
+    // SAFETY: this process is single-threaded (a freshly executed helper).
+    match unsafe { fork() } {
+        Err(e) => fail(&format!("fork: {e}")),
+        Ok(ForkResult::Parent { child }) => relay(child),
+        Ok(ForkResult::Child) => {
+            let res = if r.attach {
+                let opts = format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    r.lower.display(),
+                    r.upper.display(),
+                    r.work.display()
+                );
+                ctx(
+                    mount(
+                        Some("overlay"),
+                        dest,
+                        Some("overlay"),
+                        MsFlags::empty(),
+                        Some(opts.as_str()),
+                    ),
+                    "mount overlay",
+                    dest,
+                )
+            } else {
+                ctx(umount2(dest, MntFlags::MNT_DETACH), "detach", dest)
+            };
+            match res {
+                Ok(()) => std::process::exit(0),
+                Err(e) => std::process::exit(fail(&e)),
+            }
         }
     }
 }

@@ -17,6 +17,7 @@
 //! namespace, and with it every mount the session made, goes when its last
 //! process does. Nothing the session mounts ever propagates to the host.
 
+pub mod diff;
 pub mod helper;
 
 use std::collections::HashMap;
@@ -53,6 +54,8 @@ pub enum IsolateError {
     Process(#[from] ProcessError),
     #[error("{0}")]
     Io(String),
+    #[error("isolated session {0} is busy: {1}")]
+    Busy(String, String),
 }
 
 /// `{path, mode}`: the legacy single workspace.
@@ -176,6 +179,8 @@ pub struct Session {
     dir: PathBuf,
     idle: Option<Duration>,
     state: Mutex<SessionState>,
+    /// Wall clock at creation, in ns: the conflict baseline of commits.
+    since_ns: i128,
 }
 
 struct SessionState {
@@ -184,6 +189,10 @@ struct SessionState {
     last_run_at: SystemTime,
     last_active: Instant,
     runs: Vec<Arc<Command>>,
+    /// A commit or discard is changing the layers: runs wait for it.
+    maintenance: bool,
+    /// Lower paths execd wrote in a commit, per overlay: their ctime then.
+    committed: HashMap<(usize, PathBuf), i128>,
     /// The first process of the session (it waits for PID 1): its exit.
     exit: Option<tokio::sync::oneshot::Receiver<crate::process::reaper::ExitStatus>>,
 }
@@ -381,6 +390,7 @@ impl Isolated {
             hide: self.hide.clone(),
             share_net: v.share_net,
             hostname: "isolated".into(),
+            layers: Some(dir.clone()),
         };
         match self.start_init(&plan).await {
             Ok((pid, fd, exit)) => {
@@ -401,8 +411,13 @@ impl Isolated {
                         last_run_at: now,
                         last_active: Instant::now(),
                         runs: Vec::new(),
+                        maintenance: false,
+                        committed: HashMap::new(),
                         exit: Some(exit),
                     }),
+                    since_ns: now
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as i128),
                 });
                 self.lock().insert(id, s.clone());
                 tracing::info!(session = %s.id, pid, "isolated session created");
@@ -481,6 +496,12 @@ impl Isolated {
         if s.status() != "active" {
             return Err(IsolateError::Inactive(id.to_string()));
         }
+        if s.lock().maintenance {
+            return Err(IsolateError::Busy(
+                id.to_string(),
+                "a commit or discard is in progress".into(),
+            ));
+        }
         let cwd = s
             .mounts
             .first()
@@ -493,6 +514,7 @@ impl Isolated {
             gid: s.request.gid,
             strict: s.strict,
             argv: vec![shell, "-c".into(), run.code.clone()],
+            remount: None,
         };
         let json = serde_json::to_string(&plan).map_err(|e| IsolateError::Io(e.to_string()))?;
         let env = self.run_env(&s, &run.envs);
@@ -540,6 +562,270 @@ impl Isolated {
             env.push((k.into(), v.into()));
         }
         env
+    }
+
+    /// What the session changed, per overlay.
+    pub async fn diff(&self, id: &str, text: bool) -> Result<serde_json::Value, IsolateError> {
+        let s = self.get(id)?;
+        let committed = self.committed_of(&s);
+        let s2 = s.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut overlays = Vec::new();
+            for (i, m) in s2.mounts.iter().enumerate() {
+                let Some(upper) = &m.upper else { continue };
+                let map: HashMap<PathBuf, i128> = committed
+                    .iter()
+                    .filter(|((k, _), _)| *k == i)
+                    .map(|((_, p), t)| (p.clone(), *t))
+                    .collect();
+                let base = diff::Baseline {
+                    since_ns: s2.since_ns,
+                    committed: &map,
+                };
+                let changes =
+                    diff::scan(&m.path, &m.path, upper, &base).map_err(IsolateError::Io)?;
+                let list: Vec<serde_json::Value> = changes
+                    .iter()
+                    .map(|c| {
+                        let mut v = serde_json::to_value(c).unwrap_or_default();
+                        if text {
+                            if let Some(d) = diff::text_diff(&m.path, upper, c) {
+                                v["diff"] = d.into();
+                            }
+                        }
+                        v
+                    })
+                    .collect();
+                overlays.push(serde_json::json!({"path": m.path, "changes": list}));
+            }
+            Ok(serde_json::json!({"session_id": s2.id, "overlays": overlays}))
+        })
+        .await
+        .map_err(|e| IsolateError::Io(e.to_string()))?
+    }
+
+    fn committed_of(&self, s: &Session) -> HashMap<(usize, PathBuf), i128> {
+        s.lock().committed.clone()
+    }
+
+    /// Applies the session's changes (all, or those at or under `paths`) to
+    /// the lower directories, or drops them (`discard`). Refused while a run
+    /// is active; runs wait for it. Each overlay is detached from the
+    /// session while its layers change, then mounted again.
+    pub async fn apply(
+        &self,
+        id: &str,
+        paths: Vec<PathBuf>,
+        force: bool,
+        discard: bool,
+    ) -> Result<serde_json::Value, IsolateError> {
+        let s = self.get(id)?;
+        if s.status() != "active" {
+            return Err(IsolateError::Inactive(id.to_string()));
+        }
+        {
+            let mut st = s.lock();
+            if st.runs.iter().any(|r| r.is_running()) {
+                return Err(IsolateError::Busy(id.to_string(), "a run is active".into()));
+            }
+            if st.maintenance {
+                return Err(IsolateError::Busy(
+                    id.to_string(),
+                    "a commit or discard is in progress".into(),
+                ));
+            }
+            st.maintenance = true;
+        }
+        let r = self.apply_locked(&s, paths, force, discard).await;
+        s.lock().maintenance = false;
+        s.touch();
+        r
+    }
+
+    async fn apply_locked(
+        &self,
+        s: &Arc<Session>,
+        paths: Vec<PathBuf>,
+        force: bool,
+        discard: bool,
+    ) -> Result<serde_json::Value, IsolateError> {
+        let mut done = Vec::new();
+        let mut conflicts = Vec::new();
+        let mut errors = Vec::new();
+        for (i, m) in s.mounts.iter().enumerate() {
+            let Some(upper) = m.upper.clone() else {
+                continue;
+            };
+            let committed = self.committed_of(s);
+            let map: HashMap<PathBuf, i128> = committed
+                .iter()
+                .filter(|((k, _), _)| *k == i)
+                .map(|((_, p), t)| (p.clone(), *t))
+                .collect();
+            let lower = m.path.clone();
+            let (view, up) = (m.path.clone(), upper.clone());
+            let since = s.since_ns;
+            let changes = tokio::task::spawn_blocking(move || {
+                diff::scan(
+                    &view,
+                    &view,
+                    &up,
+                    &diff::Baseline {
+                        since_ns: since,
+                        committed: &map,
+                    },
+                )
+            })
+            .await
+            .map_err(|e| IsolateError::Io(e.to_string()))?
+            .map_err(IsolateError::Io)?;
+            // Parents of hidden lower entries left out of this request.
+            let all_hidden_parents: std::collections::HashSet<PathBuf> = changes
+                .iter()
+                .filter(|c| !c.in_upper && !diff::selected(c, &paths))
+                .filter_map(|c| c.rel.parent().map(Path::to_path_buf))
+                .collect();
+            let chosen: Vec<diff::Change> = changes
+                .into_iter()
+                .filter(|c| diff::selected(c, &paths))
+                .collect();
+            if chosen.is_empty() {
+                continue;
+            }
+            self.remount(s, i, false).await?;
+            let work = s.dir.join("work").join(i.to_string());
+            let up = upper.clone();
+            let low = lower.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                let mut done = Vec::new();
+                let mut conflicts = Vec::new();
+                let mut errors = Vec::new();
+                let mut stamps = Vec::new();
+                let root = match crate::fs::confined::Root::open(&low) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        errors.push(format!("{}: {e}", low.display()));
+                        return (done, conflicts, errors, stamps);
+                    }
+                };
+                // Children before parents when clearing, so that emptied
+                // directories can go.
+                let mut cleared: Vec<&diff::Change> = Vec::new();
+                for c in &chosen {
+                    if !discard && c.conflict && !force {
+                        conflicts.push(c.path.clone());
+                        continue;
+                    }
+                    if !discard {
+                        if let Err(e) = diff::apply(&root, &up, c) {
+                            errors.push(e);
+                            continue;
+                        }
+                        if let Ok(m) = std::fs::symlink_metadata(low.join(&c.rel)) {
+                            use std::os::unix::fs::MetadataExt;
+                            stamps.push((
+                                c.rel.clone(),
+                                i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+                            ));
+                        }
+                    }
+                    done.push(c.path.clone());
+                    cleared.push(c);
+                }
+                // Opaque directories still hiding lower entries that were not
+                // deleted from the lower directory must stay.
+                let pending: std::collections::HashSet<PathBuf> = chosen
+                    .iter()
+                    .filter(|c| !c.in_upper && !done.contains(&c.path))
+                    .filter_map(|c| c.rel.parent().map(Path::to_path_buf))
+                    .collect();
+                let unselected_hidden = all_hidden_parents.clone();
+                for c in cleared.iter().rev() {
+                    let keep = pending.contains(&c.rel) || unselected_hidden.contains(&c.rel);
+                    if let Err(e) = diff::clear(&up, c, discard, keep) {
+                        errors.push(e);
+                    }
+                }
+                (done, conflicts, errors, stamps)
+            })
+            .await
+            .map_err(|e| IsolateError::Io(e.to_string()));
+            // Mounted again whatever happened above.
+            let _ = std::fs::create_dir_all(&work);
+            let back = self.remount(s, i, true).await;
+            let (d, c, e, stamps) = res?;
+            back?;
+            {
+                let mut st = s.lock();
+                for (rel, t) in stamps {
+                    st.committed.insert((i, rel), t);
+                }
+            }
+            done.extend(d);
+            conflicts.extend(c);
+            errors.extend(e);
+        }
+        let key = if discard { "discarded" } else { "committed" };
+        Ok(serde_json::json!({
+            "session_id": s.id,
+            key: done,
+            "conflicts": conflicts,
+            "errors": errors,
+        }))
+    }
+
+    /// Detaches the `i`th overlay in the session, or mounts it again.
+    async fn remount(&self, s: &Session, i: usize, attach: bool) -> Result<(), IsolateError> {
+        let m = &s.mounts[i];
+        let Some(upper) = m.upper.clone() else {
+            return Ok(());
+        };
+        let plan = EnterPlan {
+            init_pid: s.init_pid,
+            cwd: m.path.clone(),
+            uid: None,
+            gid: None,
+            strict: false,
+            argv: Vec::new(),
+            remount: Some({
+                let _ = upper;
+                let (lower, upper, work) = helper::hidden_layers(&self.hide[0], &i.to_string());
+                helper::Remount {
+                    attach,
+                    lower,
+                    upper,
+                    work,
+                }
+            }),
+        };
+        let json = serde_json::to_string(&plan).map_err(|e| IsolateError::Io(e.to_string()))?;
+        let argv = vec![
+            self.exe.to_string_lossy().into_owned(),
+            "__isolate-enter".into(),
+            json,
+        ];
+        let env: Vec<(OsString, OsString)> =
+            vec![("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into())];
+        let sp = self
+            .engine
+            .spawn_helper(argv, env, Some(PathBuf::from("/")))
+            .map_err(|e| IsolateError::Io(format!("remount: {e}")))?;
+        let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(sp.stdout)
+            .map_err(|e| IsolateError::Io(e.to_string()))?;
+        drop(sp.stderr);
+        let mut msg = String::new();
+        let _ = pipe.take(64 * 1024).read_to_string(&mut msg).await;
+        let st = sp.exit.await.unwrap_or_default();
+        if st.code == Some(0) {
+            Ok(())
+        } else {
+            Err(IsolateError::Io(format!(
+                "{} the overlay at {}: {}",
+                if attach { "mounting" } else { "detaching" },
+                m.path.display(),
+                msg.trim().trim_start_matches("ERROR ")
+            )))
+        }
     }
 
     /// Kills every process of the session, waits until they are gone (the

@@ -86,6 +86,7 @@ impl From<IsolateError> for ApiError {
             IsolateError::NotSupported(_) => (StatusCode::SERVICE_UNAVAILABLE, "NOT_SUPPORTED"),
             IsolateError::Inactive(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
             IsolateError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_SESSIONS"),
+            IsolateError::Busy(..) => (StatusCode::CONFLICT, "SESSION_BUSY"),
             IsolateError::Process(_) | IsolateError::Io(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR")
             }

@@ -183,6 +183,9 @@ routes! {
     POST   "/v1/isolated/session/{id}/run"          => api::isolated::run,
     GET    "/v1/isolated/session/{id}/runs/{run_id}"      => api::isolated::run_status,
     GET    "/v1/isolated/session/{id}/runs/{run_id}/logs" => api::isolated::run_logs,
+    GET    "/v1/isolated/session/{id}/diff"         => api::isolated::diff,
+    POST   "/v1/isolated/session/{id}/commit"       => api::isolated::commit,
+    POST   "/v1/isolated/session/{id}/discard"      => api::isolated::discard,
 
     GET    "/"                          => api::agent_sandbox::root [now],
     POST   "/execute"                   => api::agent_sandbox::execute,
