@@ -767,3 +767,126 @@ async fn diff_commit_and_discard_with_deletions_renames_and_a_conflict() {
     .await
     .assert_error(400, "INVALID_REQUEST_BODY");
 }
+
+fn q(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+async fn upload(d: &Daemon, sid: &str, target: &str, data: &[u8]) -> common::Resp {
+    let form = common::Form::new()
+        .meta(&json!({"path": target}))
+        .file(data);
+    d.upload_to(&format!("/v1/isolated/session/{sid}/files/upload"), form)
+        .await
+}
+
+#[tokio::test]
+async fn file_routes_act_in_the_merged_view_and_cannot_escape_it() {
+    let Some(d) = daemon().await else { return };
+    let (w, outside) = (ws("iso-files"), ws("iso-files-out"));
+    let (wp, op) = (path(&w), path(&outside));
+    let sid = create(&d, json!({"workspace": {"path": wp}})).await;
+    let base = format!("/v1/isolated/session/{sid}");
+    let o = run(
+        &d,
+        &sid,
+        &format!("echo inview > made.txt; ln -s {op} esc; ln -s / rootlink"),
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // Reads see the view: a file that exists only in the upper layer.
+    let r = d
+        .get(&format!(
+            "{base}/files/download?path={}",
+            q(&format!("{wp}/made.txt"))
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "inview\n");
+    let r = d
+        .get(&format!(
+            "{base}/files/info?path={}",
+            q(&format!("{wp}/made.txt"))
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = d
+        .get(&format!("{base}/directories/list?path={}", q(&wp)))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("made.txt"));
+    // Writes land in the view only: the session sees them, the lower dir does not.
+    let r = upload(&d, &sid, &format!("{wp}/up/loaded.txt"), b"uploaded\n").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!w.0.join("up").exists());
+    let o = run(&d, &sid, "cat up/loaded.txt").await;
+    assert_eq!(o.stdout, "uploaded\n");
+    let r = d
+        .post_json(
+            &format!("{base}/files/mv"),
+            &json!([{"src": format!("{wp}/made.txt"), "dest": format!("{wp}/moved.txt")}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = d
+        .delete(&format!(
+            "{base}/files?path={}",
+            q(&format!("{wp}/keep.txt"))
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(w.0.join("keep.txt").exists(), "the lower file was deleted");
+    let o = run(&d, &sid, "ls").await;
+    assert_eq!(o.stdout, "esc\nmoved.txt\nrootlink\nup\n");
+
+    // Escapes: outside the writable set, directly, through `..`, and
+    // through symlinks the session made. Every one is refused with a 4xx
+    // and changes nothing on the host.
+    for target in [
+        format!("{op}/x"),
+        format!(
+            "{wp}/../{}/x",
+            outside.0.file_name().unwrap().to_string_lossy()
+        ),
+        format!("{wp}/esc/x"),
+        format!("{wp}/rootlink{op}/x"),
+        "/etc/execd-isolated-escape".to_string(),
+    ] {
+        let r = upload(&d, &sid, &target, b"escape").await;
+        assert!(
+            (400..500).contains(&r.status),
+            "{target}: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    assert_eq!(outside.names(), vec!["keep.txt".to_string()]);
+    assert!(!std::path::Path::new("/etc/execd-isolated-escape").exists());
+    for p in [format!("{op}/keep.txt"), format!("{wp}/esc/keep.txt")] {
+        let r = d.delete(&format!("{base}/files?path={}", q(&p))).await;
+        assert!(
+            (400..500).contains(&r.status),
+            "{p}: {} {}",
+            r.status,
+            r.text()
+        );
+        let r = d
+            .post_json(
+                &format!("{base}/files/mv"),
+                &json!([{"src": p, "dest": format!("{wp}/stolen")}]),
+            )
+            .await;
+        assert!((400..500).contains(&r.status), "{}", r.text());
+    }
+    assert!(outside.0.join("keep.txt").exists());
+    // Unknown sessions and missing paths are the usual errors.
+    d.get(&format!(
+        "/v1/isolated/session/nope/files/info?path={}",
+        q(&wp)
+    ))
+    .await
+    .assert_error(404, "SESSION_NOT_FOUND");
+    d.get(&format!("{base}/files/info"))
+        .await
+        .assert_error(400, "MISSING_QUERY");
+}

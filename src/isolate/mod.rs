@@ -175,7 +175,7 @@ pub struct Session {
     pub mounts: Vec<Mounted>,
     pub strict: bool,
     init_pid: i32,
-    init_fd: OwnedFd,
+    init_fd: Arc<OwnedFd>,
     dir: PathBuf,
     idle: Option<Duration>,
     state: Mutex<SessionState>,
@@ -235,6 +235,11 @@ impl Session {
     /// Marks the session as used now (a run or a file operation).
     pub fn touch(&self) {
         self.lock().last_active = Instant::now();
+    }
+
+    /// A pidfd of PID 1, to join the session's namespaces.
+    pub fn ns_handle(&self) -> Arc<OwnedFd> {
+        self.init_fd.clone()
     }
 
     /// The session's merged view, as the host reaches it.
@@ -402,7 +407,7 @@ impl Isolated {
                     mounts,
                     strict: v.strict,
                     init_pid: pid,
-                    init_fd: fd,
+                    init_fd: Arc::new(fd),
                     dir,
                     idle: v.idle,
                     state: Mutex::new(SessionState {
