@@ -348,7 +348,7 @@ impl Isolated {
         if self.lock().len() >= self.max {
             return Err(IsolateError::TooMany(self.max));
         }
-        let id = crate::process::new_id();
+        let id = uuid_v4(&crate::process::new_id());
         let dir = self.base.join(&id);
         let io = |e: std::io::Error| IsolateError::Io(format!("session directory: {e}"));
         std::fs::create_dir_all(dir.join("root")).map_err(io)?;
@@ -887,6 +887,30 @@ fn remove_session_dir(dir: &Path, all: bool) {
     }
 }
 
+/// A random UUID (version 4) in its usual text form, from 32 random hex
+/// digits: upstream's session ids are UUIDs, and the SDK's generated client
+/// parses them as such (and sends them back in that form).
+fn uuid_v4(hex: &str) -> String {
+    let mut h: Vec<char> = hex.chars().collect();
+    h.resize(32, '0');
+    h[12] = '4';
+    h[16] = match h[16].to_digit(16).unwrap_or(0) & 0x3 {
+        0 => '8',
+        1 => '9',
+        2 => 'a',
+        _ => 'b',
+    };
+    let s: String = h.into_iter().collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &s[0..8],
+        &s[8..12],
+        &s[12..16],
+        &s[16..20],
+        &s[20..32]
+    )
+}
+
 /// A validated request.
 struct Valid {
     mounts: Vec<Mounted>,
@@ -1081,6 +1105,12 @@ fn probe() -> Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_ids_are_uuids() {
+        let u = uuid_v4("0123456789abcdef0123456789abcdef");
+        assert_eq!(u, "01234567-89ab-4def-8123-456789abcdef");
+    }
 
     #[test]
     fn paths_must_be_clean_and_absolute() {
