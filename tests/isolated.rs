@@ -890,3 +890,86 @@ async fn file_routes_act_in_the_merged_view_and_cannot_escape_it() {
         .await
         .assert_error(400, "MISSING_QUERY");
 }
+
+#[tokio::test]
+async fn pid_1_cannot_be_killed_traced_or_read_from_inside() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-pid1");
+    for profile in ["strict", "balanced"] {
+        let sid = create(
+            &d,
+            json!({"workspace": {"path": path(&w)}, "profile": profile}),
+        )
+        .await;
+        let o = run(
+            &d,
+            &sid,
+            "kill -9 1; tr '\\0' ' ' < /proc/1/cmdline; echo; cat /proc/1/environ; ls /proc/1/root/ >/dev/null; echo root=$?",
+        )
+        .await;
+        // The plan (paths of execd's data directory) is not on PID 1's command line.
+        assert!(!o.stdout.contains("upper"), "{}", o.stdout);
+        assert!(
+            o.stdout.contains("root=2") || o.stdout.contains("root=1"),
+            "{profile}: {} {}",
+            o.stdout,
+            o.stderr
+        );
+        assert!(o.stderr.contains("Permission denied"), "{}", o.stderr);
+        // SIGKILL from inside does not reach PID 1: the session lives on.
+        let o = run(&d, &sid, "echo alive").await;
+        assert_eq!(o.stdout, "alive\n");
+        let st = d.get(&format!("/v1/isolated/session/{sid}")).await.json();
+        assert_eq!(st["status"], "active");
+    }
+}
+
+#[tokio::test]
+async fn strict_user_namespaces_gain_nothing() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-userns");
+    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let o = run(
+        &d,
+        &sid,
+        &format!(
+            "unshare -Urm sh -c 'mount -t tmpfs none {}' && echo mounted",
+            path(&w)
+        ),
+    )
+    .await;
+    assert!(!o.stdout.contains("mounted"), "{}", o.stdout);
+}
+
+#[tokio::test]
+async fn env_passthrough_filters_the_daemon_environment() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-env");
+    let sid = create(
+        &d,
+        json!({"workspace": {"path": path(&w)}, "env_passthrough": {"mode": "allow", "keys": ["PATH"]}}),
+    )
+    .await;
+    let o = run_with(
+        &d,
+        &sid,
+        json!({"code": "env | cut -d= -f1 | sort | tr '\\n' ' '", "envs": {"MINE": "1"}}),
+    )
+    .await;
+    let names: Vec<&str> = o.stdout.split_whitespace().collect();
+    for n in &names {
+        assert!(
+            ["PATH", "MINE", "PWD", "SHLVL", "_", "OLDPWD"].contains(n),
+            "{n} passed: {names:?}"
+        );
+    }
+    assert!(names.contains(&"MINE") && names.contains(&"PATH"));
+    let sid = create(
+        &d,
+        json!({"workspace": {"path": path(&w)}, "env_passthrough": {"mode": "deny", "keys": ["PATH"]}}),
+    )
+    .await;
+    // (bash gives itself a default PATH, but does not export it.)
+    let o = run(&d, &sid, "env | grep -c '^PATH='").await;
+    assert_eq!(o.stdout, "0\n");
+}

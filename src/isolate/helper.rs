@@ -100,15 +100,22 @@ pub struct Remount {
     pub work: PathBuf,
 }
 
+/// The variable that carries an init plan.
+pub const PLAN_ENV: &str = "EXECD_ISOLATE_PLAN";
+
 /// Dispatches a helper mode; `None` when `args` name none.
 pub fn main_if_helper(args: &[String]) -> Option<i32> {
     let mode = args.get(1)?;
     let plan = args.get(2).map(String::as_str).unwrap_or("");
     match mode.as_str() {
-        "__isolate-init" => Some(match serde_json::from_str(plan) {
-            Ok(p) => init_main(&p),
-            Err(e) => fail(&format!("bad plan: {e}")),
-        }),
+        // The plan comes in the environment, not argv: the session can read
+        // PID 1's command line, not its environment.
+        "__isolate-init" => Some(
+            match serde_json::from_str(&std::env::var(PLAN_ENV).unwrap_or_default()) {
+                Ok(p) => init_main(&p),
+                Err(e) => fail(&format!("bad plan: {e}")),
+            },
+        ),
         "__isolate-enter" => Some(match serde_json::from_str(plan) {
             Ok(p) => enter_main(&p),
             Err(e) => fail(&format!("bad plan: {e}")),
@@ -143,8 +150,10 @@ fn init_main(plan: &InitPlan) -> i32 {
         Err(e) => fail(&format!("fork: {e}")),
         Ok(ForkResult::Child) => {
             drop(r);
-            // PID 1 of the new namespace: dies with the process that waits for it.
+            // PID 1 of the new namespace: dies with the process that waits
+            // for it, and is no process a session's code may inspect.
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+            let _ = nix::sys::prctl::set_dumpable(false);
             let mut w = std::fs::File::from(w);
             match build_root(plan) {
                 Ok(()) => {

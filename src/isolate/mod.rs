@@ -450,10 +450,11 @@ impl Isolated {
         let argv = vec![
             self.exe.to_string_lossy().into_owned(),
             "__isolate-init".into(),
-            json,
         ];
-        let env: Vec<(OsString, OsString)> =
-            vec![("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into())];
+        let env: Vec<(OsString, OsString)> = vec![
+            ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            (helper::PLAN_ENV.into(), json.into()),
+        ];
         let sp = self
             .engine
             .spawn_helper(argv, env, Some(PathBuf::from("/")))
