@@ -973,3 +973,33 @@ async fn env_passthrough_filters_the_daemon_environment() {
     let o = run(&d, &sid, "env | grep -c '^PATH='").await;
     assert_eq!(o.stdout, "0\n");
 }
+
+#[tokio::test]
+async fn commit_refuses_an_overlay_with_nested_mounts_and_keeps_them() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-nested");
+    std::fs::create_dir(w.0.join("sub")).unwrap();
+    let (wp, sub) = (path(&w), w.join("sub"));
+    let sid = create(
+        &d,
+        json!({"overlays": [{"path": wp, "mode": "overlay"}, {"path": sub, "mode": "rw"}]}),
+    )
+    .await;
+    let o = run(&d, &sid, "echo o > top.txt").await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r = d
+        .post_json(&format!("/v1/isolated/session/{sid}/commit"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["committed"], json!([]));
+    assert!(v["errors"][0].as_str().unwrap().contains("nested"), "{v}");
+    assert!(!w.0.join("top.txt").exists());
+    // The nested rw mount is still there and still writes through.
+    let o = run(&d, &sid, "echo through > sub/x && cat top.txt").await;
+    assert_eq!(o.stdout, "o\n", "{}", o.stderr);
+    assert_eq!(
+        std::fs::read_to_string(w.0.join("sub/x")).unwrap(),
+        "through\n"
+    );
+}

@@ -237,6 +237,22 @@ impl Session {
         self.lock().last_active = Instant::now();
     }
 
+    /// Another mount of the session at or beneath `path`, if any.
+    fn nested_under(&self, path: &Path) -> Option<PathBuf> {
+        let binds = self
+            .request
+            .binds
+            .iter()
+            .flatten()
+            .map(|b| PathBuf::from(b.dest.as_deref().unwrap_or(&b.source)));
+        self.mounts
+            .iter()
+            .map(|m| m.path.clone())
+            .filter(|p| p != path)
+            .chain(binds)
+            .find(|p| p.starts_with(path))
+    }
+
     /// A pidfd of PID 1, to join the session's namespaces.
     pub fn ns_handle(&self) -> Arc<OwnedFd> {
         self.init_fd.clone()
@@ -696,6 +712,15 @@ impl Isolated {
                 .filter(|c| diff::selected(c, &paths))
                 .collect();
             if chosen.is_empty() {
+                continue;
+            }
+            // Detaching the overlay would take the mounts beneath it along.
+            if let Some(n) = s.nested_under(&m.path) {
+                errors.push(format!(
+                    "{}: not applied: {} is mounted beneath it (commit and discard of an overlay with nested mounts are not supported yet)",
+                    m.path.display(),
+                    n.display()
+                ));
                 continue;
             }
             self.remount(s, i, false).await?;
