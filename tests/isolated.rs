@@ -613,6 +613,7 @@ fn by_path<'a>(diff: &'a Value, p: &str) -> Option<&'a Value> {
 async fn diff_commit_and_discard_with_deletions_renames_and_a_conflict() {
     let Some(d) = daemon().await else { return };
     let w = ws("iso-commit");
+    let lingering = "nohup sleep 300 >/dev/null 2>&1 & echo started";
     let wp = path(&w);
     std::fs::create_dir_all(w.0.join("dir")).unwrap();
     std::fs::create_dir_all(w.0.join("gone/x")).unwrap();
@@ -670,6 +671,11 @@ async fn diff_commit_and_discard_with_deletions_renames_and_a_conflict() {
     // Nothing reached the lower directory yet.
     assert!(!w.0.join("new.txt").exists() && w.0.join("del.txt").exists());
 
+    // A process left behind by a run, that could write during the commit.
+    let o = run(&d, &sid, lingering).await;
+    assert_eq!(o.stdout, "started\n");
+    let o = run(&d, &sid, "pgrep -x sleep | wc -l").await;
+    assert_eq!(o.stdout, "1\n");
     // A subset first.
     let r = d
         .post_json(
@@ -684,6 +690,9 @@ async fn diff_commit_and_discard_with_deletions_renames_and_a_conflict() {
         "lower\nmore\n"
     );
     assert!(!w.0.join("new.txt").exists());
+    // Commit ended it.
+    let o = run(&d, &sid, "pgrep -x sleep | wc -l").await;
+    assert_eq!(o.stdout, "0\n");
     // Then the rest: the conflict is reported and left alone.
     let r = d
         .post_json(&format!("/v1/isolated/session/{sid}/commit"), &json!({}))

@@ -583,6 +583,10 @@ fn remount(dest: &Path, r: &Remount) -> i32 {
                     dest,
                 )
             } else {
+                // No run is active (execd checked); processes left behind by
+                // earlier runs must not write through the overlay while its
+                // layers change: every process of the session but PID 1 goes.
+                let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
                 ctx(umount2(dest, MntFlags::MNT_DETACH), "detach", dest)
             };
             match res {
