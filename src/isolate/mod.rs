@@ -687,6 +687,7 @@ impl Isolated {
             let lower = m.path.clone();
             let (view, up) = (m.path.clone(), upper.clone());
             let since = s.since_ns;
+            let map_again = map.clone();
             let changes = tokio::task::spawn_blocking(move || {
                 diff::scan(
                     &view,
@@ -701,12 +702,6 @@ impl Isolated {
             .await
             .map_err(|e| IsolateError::Io(e.to_string()))?
             .map_err(IsolateError::Io)?;
-            // Parents of hidden lower entries left out of this request.
-            let all_hidden_parents: std::collections::HashSet<PathBuf> = changes
-                .iter()
-                .filter(|c| !c.in_upper && !diff::selected(c, &paths))
-                .filter_map(|c| c.rel.parent().map(Path::to_path_buf))
-                .collect();
             let chosen: Vec<diff::Change> = changes
                 .into_iter()
                 .filter(|c| diff::selected(c, &paths))
@@ -727,11 +722,36 @@ impl Isolated {
             let work = s.dir.join("work").join(i.to_string());
             let up = upper.clone();
             let low = lower.clone();
+            let paths = paths.clone();
             let res = tokio::task::spawn_blocking(move || {
                 let mut done = Vec::new();
                 let mut conflicts = Vec::new();
                 let mut errors = Vec::new();
                 let mut stamps = Vec::new();
+                // Scanned again now that nothing can write to the layers
+                // (the overlay is detached, the session's other processes
+                // are gone): what is applied is what is there.
+                let base = diff::Baseline {
+                    since_ns: since,
+                    committed: &map_again,
+                };
+                let changes = match diff::scan(&low, &low, &up, &base) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        errors.push(e);
+                        return (done, conflicts, errors, stamps);
+                    }
+                };
+                // Parents of hidden lower entries left out of this request.
+                let all_hidden_parents: std::collections::HashSet<PathBuf> = changes
+                    .iter()
+                    .filter(|c| !c.in_upper && !diff::selected(c, &paths))
+                    .filter_map(|c| c.rel.parent().map(Path::to_path_buf))
+                    .collect();
+                let chosen: Vec<diff::Change> = changes
+                    .into_iter()
+                    .filter(|c| diff::selected(c, &paths))
+                    .collect();
                 let root = match crate::fs::confined::Root::open(&low) {
                     Ok(r) => r,
                     Err(e) => {
