@@ -6,6 +6,7 @@
 //! - `process`: the process engine (spawn, the one reaper, output logs, records). No HTTP.
 //! - `fs`: file-system operations. No HTTP.
 //! - `kernel`: code contexts, Jupyter kernels driven over ZeroMQ. No HTTP.
+//! - `isolate`: isolated sessions (namespaces, overlays) and their helper modes. No HTTP.
 //!
 //! Arrows point one way: `main -> server -> api -> {process, fs}`.
 //! A command's output flows pipe -> `process::run` (line splitting) ->
@@ -18,6 +19,7 @@ pub mod counters;
 pub mod daemon;
 pub mod fs;
 pub mod grpc;
+pub mod isolate;
 pub mod kernel;
 pub mod lifecycle;
 pub mod logfmt;

@@ -3,6 +3,11 @@ use std::process::ExitCode;
 use execd::config::{self, Parsed, HELP};
 
 fn main() -> ExitCode {
+    // The isolated-session helper modes (a fresh, single-threaded execd).
+    let args: Vec<String> = std::env::args().take(3).collect();
+    if let Some(code) = execd::isolate::helper::main_if_helper(&args) {
+        return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
     let cfg = match config::parse(std::env::args_os().skip(1), |k| std::env::var(k).ok()) {
         Ok(Parsed::Run(c)) => *c,
         Ok(Parsed::Help) => {

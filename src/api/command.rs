@@ -450,6 +450,17 @@ const LOG_PIECE: usize = 256 * 1024;
 /// `GET /command/{id}/logs?cursor=N`: raw combined output from byte offset N.
 pub async fn logs(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let cmd = ctx.app.engine.get(ctx.param("id"))?;
+    log_response(&ctx, cmd, "execd-commands-tail-cursor").await
+}
+
+/// A command's raw combined output from `?cursor=N`, with the next cursor in
+/// the header `tail_header` (and the oldest retained offset in
+/// `execd-commands-log-start`).
+pub async fn log_response(
+    ctx: &Ctx,
+    cmd: Arc<Command>,
+    tail_header: &'static str,
+) -> Result<Response<Body>, ApiError> {
     let cursor = match ctx.query().get("cursor") {
         None | Some("") => 0,
         Some(c) => match c.parse::<i64>() {
@@ -502,7 +513,7 @@ pub async fn logs(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    h.insert("execd-commands-tail-cursor", HeaderValue::from(tail));
+    h.insert(tail_header, HeaderValue::from(tail));
     h.insert(
         "execd-commands-log-start",
         HeaderValue::from(start.min(tail)),

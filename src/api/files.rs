@@ -24,7 +24,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 
 use super::wire::rfc3339;
-use crate::fs::identity::{scoped, Identity};
+use crate::fs::identity::{scoped, Identity, Scope};
 use crate::fs::info::{self, mode_from_wire, mode_to_wire, FileInfo, Names};
 use crate::fs::lines::LineWindow;
 use crate::fs::ops::{self, AttrRequest};
@@ -62,11 +62,26 @@ impl WireInfo {
     }
 }
 
-/// The identity an identity-scoped route names, `None` on the plain routes.
-pub fn identity(ctx: &Ctx) -> Result<Option<Identity>, ApiError> {
+/// THE notion of where a file route acts: the identity an identity-scoped
+/// route names (`/v1/filesystem/{uid}/{gid}/…`), the merged view of an
+/// isolated session (`/v1/isolated/session/{id}/…`: paths resolve inside
+/// the session's mount namespace, its root as `/`), or the daemon's own
+/// view and identity on the plain routes.
+pub fn identity(ctx: &Ctx) -> Result<Scope, ApiError> {
+    if ctx.req.uri().path().starts_with("/v1/isolated/session/") {
+        let s = ctx.app.isolated.get(ctx.param("id"))?;
+        if s.status() != "active" {
+            return Err(crate::isolate::IsolateError::Inactive(s.id.clone()).into());
+        }
+        s.touch();
+        return Ok(Scope {
+            id: None,
+            ns: Some(s.ns_handle()),
+        });
+    }
     let (uid, gid) = (ctx.param("uid"), ctx.param("gid"));
     if uid.is_empty() && gid.is_empty() {
-        return Ok(None);
+        return Ok(Scope::default());
     }
     let parse = |name: &str, v: &str| {
         v.parse::<u32>()
@@ -81,7 +96,8 @@ pub fn identity(ctx: &Ctx) -> Result<Option<Identity>, ApiError> {
     Ok(Some(Identity {
         uid: parse("uid", uid)?,
         gid: parse("gid", gid)?,
-    }))
+    })
+    .into())
 }
 
 /// Every value of a required, repeatable query parameter.
@@ -255,7 +271,7 @@ const WALK_IN_FLIGHT: usize = 4;
 /// The walk waits while the client is slow and stops when it goes away. A
 /// root that cannot be walked is an error response, before the first byte.
 pub async fn walk_response(
-    id: Option<Identity>,
+    id: Scope,
     root: PathBuf,
     depth: u32,
     keep: impl Fn(&std::path::Path, &std::fs::Metadata) -> bool + Send + 'static,
@@ -443,10 +459,7 @@ async fn drain(form: &mut multer::Multipart<'_>) {
     let _ = tokio::time::timeout(Duration::from_secs(30), all).await;
 }
 
-async fn receive_form(
-    form: &mut multer::Multipart<'_>,
-    id: Option<Identity>,
-) -> Result<(), Failed> {
+async fn receive_form(form: &mut multer::Multipart<'_>, id: Scope) -> Result<(), Failed> {
     let mut pending: Option<(PathBuf, AttrRequest)> = None;
     let (mut metas, mut files) = (0usize, 0usize);
     loop {
@@ -506,7 +519,7 @@ async fn receive_form(
                     )
                     .into());
                 };
-                receive_file(&mut field, path, attrs, id).await?;
+                receive_file(&mut field, path, attrs, id.clone()).await?;
             }
             // Anything else is not ours; multer skips its data.
             _ => {}
@@ -531,7 +544,7 @@ async fn receive_file(
     field: &mut multer::Field<'_>,
     path: PathBuf,
     attrs: AttrRequest,
-    id: Option<Identity>,
+    id: Scope,
 ) -> Result<u64, Failed> {
     let mut out = Writer::create(id, path, attrs)
         .await

@@ -9,6 +9,7 @@ pub mod files;
 pub mod form;
 pub mod health;
 pub mod init;
+pub mod isolated;
 pub mod metrics;
 pub mod operation;
 pub mod proxy;

@@ -26,34 +26,91 @@ pub struct Identity {
     pub gid: u32,
 }
 
-/// Runs `f` on a blocking thread, as `id` when given, and restores the
-/// thread's identity before the thread is reused, whatever `f` returns.
+/// Where and as whom a file operation runs: the identity of an
+/// identity-scoped route, and the mount namespace of an isolated session
+/// (paths then resolve in the session's merged view, `/` being its root,
+/// exactly as for a process of the session). The default is the daemon's
+/// own identity and view.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub id: Option<Identity>,
+    /// A pidfd of the process whose mount namespace the operation joins.
+    pub ns: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+impl From<Option<Identity>> for Scope {
+    fn from(id: Option<Identity>) -> Scope {
+        Scope { id, ns: None }
+    }
+}
+
+/// Runs `f` on a blocking thread, as `scope`'s identity when given, and
+/// restores the thread's identity before the thread is reused, whatever `f`
+/// returns. With a session's namespace, `f` runs on a thread of its own that
+/// joins that mount namespace and ends with the operation (a thread that
+/// changed namespaces never serves anything else).
 /// The work starts at once, before the returned future is first polled.
-pub fn scoped<T, F>(id: Option<Identity>, f: F) -> impl std::future::Future<Output = FsResult<T>>
+pub fn scoped<T, F>(scope: impl Into<Scope>, f: F) -> impl std::future::Future<Output = FsResult<T>>
 where
     T: Send + 'static,
     F: FnOnce() -> FsResult<T> + Send + 'static,
 {
-    let task = tokio::task::spawn_blocking(move || {
+    let Scope { id, ns } = scope.into();
+    let work = move || {
         let _guard = match id {
             Some(id) => Some(Guard::enter(id)?),
             None => None,
         };
         f()
-    });
+    };
+    enum Task<T> {
+        Pool(tokio::task::JoinHandle<FsResult<T>>),
+        Thread(std::io::Result<tokio::sync::oneshot::Receiver<FsResult<T>>>),
+    }
+    let task = match ns {
+        None => Task::Pool(tokio::task::spawn_blocking(work)),
+        Some(ns) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new()
+                .name("execd-session-fs".into())
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let r = enter_mount_ns(&ns).and_then(|()| work());
+                    let _ = tx.send(r);
+                });
+            Task::Thread(spawned.map(|_| rx))
+        }
+    };
     async move {
-        match task.await {
+        let r = match task {
+            Task::Pool(h) => h
+                .await
+                .unwrap_or_else(|e| Err(FsError::Internal(format!("file operation failed: {e}")))),
+            Task::Thread(Ok(rx)) => rx
+                .await
+                .unwrap_or_else(|_| Err(FsError::Internal("file operation failed".into()))),
+            Task::Thread(Err(e)) => Err(FsError::Internal(format!("cannot start a thread: {e}"))),
+        };
+        match r {
             // A system call refused: say whose permissions were lacking.
-            Ok(Err(e @ FsError::Io { .. })) if e.kind() == Kind::Denied => Err(match id {
+            Err(e @ FsError::Io { .. }) if e.kind() == Kind::Denied => Err(match id {
                 Some(id) => {
                     FsError::Denied(format!("{e} (acting as uid {} gid {})", id.uid, id.gid))
                 }
                 None => e,
             }),
-            Ok(r) => r,
-            Err(e) => Err(FsError::Internal(format!("file operation failed: {e}"))),
+            r => r,
         }
     }
+}
+
+/// Gives this thread a file-system context of its own and joins the mount
+/// namespace of the process `pidfd` names.
+fn enter_mount_ns(pidfd: &std::os::fd::OwnedFd) -> FsResult<()> {
+    use nix::sched::{setns, unshare, CloneFlags};
+    unshare(CloneFlags::CLONE_FS)
+        .and_then(|()| setns(pidfd, CloneFlags::CLONE_NEWNS))
+        .map_err(|e| FsError::Internal(format!("cannot enter the isolated session: {e}")))
 }
 
 /// While alive, the current thread acts on files as another user.
@@ -279,7 +336,7 @@ mod tests {
         // Whatever pool thread runs next, it is ourselves again.
         for _ in 0..8 {
             assert_eq!(
-                scoped(None, || Ok((current(), effective_caps())))
+                scoped(Scope::default(), || Ok((current(), effective_caps())))
                     .await
                     .unwrap(),
                 (before, caps)

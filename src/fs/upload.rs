@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
 
-use super::identity::{scoped, Identity};
+use super::identity::{scoped, Scope};
 use super::ops::AttrRequest;
 use super::{FsError, FsResult};
 
@@ -431,7 +431,7 @@ pub fn sync_dir(dir: &Path) -> FsResult<()> {
 /// ([`AtomicFile::start_writeback`]), so the fsync at commit is short.
 /// Dropped before [`Writer::commit`], it discards the temporary file.
 pub struct Writer {
-    id: Option<Identity>,
+    id: Scope,
     attrs: Attrs,
     /// The file, when no write is in flight.
     file: Option<AtomicFile>,
@@ -455,8 +455,9 @@ pub const WRITE_CHUNK: usize = 1024 * 1024;
 impl Writer {
     /// Starts writing `path` (parents created) as `id`, with the mode and
     /// owner of `req` applied on commit.
-    pub async fn create(id: Option<Identity>, path: PathBuf, req: AttrRequest) -> FsResult<Writer> {
-        let (file, attrs) = scoped(id, move || {
+    pub async fn create(id: impl Into<Scope>, path: PathBuf, req: AttrRequest) -> FsResult<Writer> {
+        let id: Scope = id.into();
+        let (file, attrs) = scoped(id.clone(), move || {
             let attrs = req.resolve()?;
             Ok((AtomicFile::create(&path, true)?, attrs))
         })
@@ -478,13 +479,13 @@ impl Writer {
         shown: PathBuf,
         req: AttrRequest,
     ) -> FsResult<Writer> {
-        let (file, attrs) = scoped(None, move || {
+        let (file, attrs) = scoped(Scope::default(), move || {
             let attrs = req.resolve()?;
             Ok((AtomicFile::create_in(dir, &name, shown)?, attrs))
         })
         .await?;
         Ok(Writer {
-            id: None,
+            id: Scope::default(),
             attrs,
             file: Some(file),
             pending: None,
@@ -551,7 +552,7 @@ impl Writer {
         }
         let file = self.settle().await?;
         let attrs = self.attrs;
-        scoped(self.id, move || file.commit(attrs)).await
+        scoped(self.id.clone(), move || file.commit(attrs)).await
     }
 }
 

@@ -240,6 +240,18 @@ impl Engine {
         self.launch(spec, content, env)
     }
 
+    /// Starts `spec` with exactly `env` (no `EXECD_ENVS` or identity added),
+    /// recording `content` as what was asked: for callers that wrap the
+    /// user's code in a helper program (isolated sessions).
+    pub fn start_with_env(
+        &self,
+        spec: CommandSpec,
+        content: String,
+        env: Vec<(OsString, OsString)>,
+    ) -> Result<Arc<Command>, ProcessError> {
+        self.launch(spec, content, Some(env))
+    }
+
     /// A `--max-running` slot, if one is free.
     fn run_slot(&self) -> Result<RunSlot, ProcessError> {
         use std::sync::atomic::Ordering;

@@ -10,6 +10,7 @@ use super::{full, Body};
 use crate::api::proxy::ProxyError;
 use crate::fs::path::PathError;
 use crate::fs::{FsError, Kind};
+use crate::isolate::IsolateError;
 use crate::kernel::KernelError;
 use crate::process::pty::PtyError;
 use crate::process::{ProcessError, SessionError};
@@ -105,6 +106,32 @@ impl From<crate::operations::OpError> for ApiError {
             OpError::Expired(_) => (StatusCode::GONE, "OPERATION_EXPIRED"),
             OpError::NotFound(_) => (StatusCode::NOT_FOUND, "OPERATION_NOT_FOUND"),
             OpError::Full(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_OPERATIONS"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<IsolateError> for ApiError {
+    fn from(e: IsolateError) -> Self {
+        let e = match e {
+            IsolateError::Process(p) => return p.into(),
+            e => e,
+        };
+        let (status, code) = match &e {
+            IsolateError::NotFound(_) => (StatusCode::NOT_FOUND, "SESSION_NOT_FOUND"),
+            IsolateError::RunNotFound(..) => (StatusCode::NOT_FOUND, "RUN_NOT_FOUND"),
+            // Upstream's code for allowlist, profile and path errors (sic).
+            IsolateError::Invalid(_) => (StatusCode::BAD_REQUEST, "RUNTIME_ERROR"),
+            IsolateError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE")
+            }
+            IsolateError::NotSupported(_) => (StatusCode::SERVICE_UNAVAILABLE, "NOT_SUPPORTED"),
+            IsolateError::Inactive(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
+            IsolateError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_SESSIONS"),
+            IsolateError::Busy(..) => (StatusCode::CONFLICT, "SESSION_BUSY"),
+            IsolateError::Process(_) | IsolateError::Io(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR")
+            }
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -82,6 +82,8 @@ pub struct App {
     pub runtime: Arc<crate::runtime::Runtime>,
     /// Operation ids of creations (`X-EXECD-OPERATION-ID`).
     pub operations: Arc<crate::operations::Operations>,
+    /// Isolated sessions (`/v1/isolated`).
+    pub isolated: Arc<crate::isolate::Isolated>,
 }
 
 impl App {
@@ -107,9 +109,11 @@ impl App {
         let runtime = Arc::new(crate::runtime::Runtime::new(config.runtime_init));
         let operations =
             crate::operations::Operations::new(config.max_operations, config.operation_ttl);
+        let isolated = crate::isolate::Isolated::new(engine.clone(), engine.config().max_sessions);
         Arc::new(App {
             operations,
             runtime,
+            isolated,
             grpc,
             listen_ports,
             kernels,

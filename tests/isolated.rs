@@ -1,0 +1,1014 @@
+//! Isolated sessions (`/v1/isolated`), against the real binary, as root.
+//! Every path a session mounts or writes is a temp dir this file made.
+//! Where the machine cannot isolate (not root, no overlayfs, no
+//! namespaces), each test says so loudly and passes without checking.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{descendants, eventually, terminal, text_of, Daemon, TempDir};
+use serde_json::{json, Value};
+
+/// The daemon, or `None` (after a loud message) when isolation is unavailable.
+async fn daemon() -> Option<Daemon> {
+    let d = Daemon::start();
+    let caps = d.get("/v1/isolated/capabilities").await;
+    assert_eq!(caps.status, 200);
+    let c = caps.json();
+    assert_eq!(c["isolator"], "native");
+    if c["available"] != true {
+        eprintln!(
+            "\n!!! SKIPPED: isolated sessions unavailable here: {} !!!\n",
+            c["message"]
+        );
+        return None;
+    }
+    Some(d)
+}
+
+async fn create(d: &Daemon, body: Value) -> String {
+    let r = d.post_json("/v1/isolated/session", &body).await;
+    assert_eq!(r.status, 201, "create {body}: {}", r.text());
+    let v = r.json();
+    assert!(v["created_at"].is_string());
+    v["session_id"].as_str().expect("session_id").to_string()
+}
+
+struct Out {
+    stdout: String,
+    stderr: String,
+    code: i64,
+    events: Vec<Value>,
+}
+
+async fn run(d: &Daemon, sid: &str, code: &str) -> Out {
+    run_with(d, sid, json!({ "code": code })).await
+}
+
+async fn run_with(d: &Daemon, sid: &str, body: Value) -> Out {
+    let mut s = d
+        .stream(&format!("/v1/isolated/session/{sid}/run"), &body)
+        .await;
+    assert_eq!(s.status, 200, "run {body}");
+    let events = s.collect().await;
+    let t = terminal(&events);
+    Out {
+        stdout: text_of(&events, "stdout"),
+        stderr: text_of(&events, "stderr"),
+        code: t["exit_code"].as_i64().expect("exit_code"),
+        events,
+    }
+}
+
+fn ws(tag: &str) -> TempDir {
+    let t = TempDir::new(tag);
+    std::fs::write(t.0.join("keep.txt"), "lower\n").expect("write");
+    t
+}
+
+/// Mount points of the host's mount namespace that mention `needle`.
+fn host_mounts(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn overlay_hides_writes_from_the_lower_dir() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-ov");
+    let sid = create(
+        &d,
+        json!({"workspace": {"path": path(&w), "mode": "overlay"}}),
+    )
+    .await;
+    let wp = w.0.to_string_lossy().into_owned();
+    let o = run(
+        &d,
+        &sid,
+        "pwd; echo changed > keep.txt; echo new > new.txt; rm -f gone.txt; cat keep.txt",
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout, format!("{wp}\nchanged\n"));
+    // The lower directory is untouched...
+    assert_eq!(
+        std::fs::read_to_string(w.0.join("keep.txt")).unwrap(),
+        "lower\n"
+    );
+    assert!(!w.0.join("new.txt").exists());
+    // ...and the session keeps its view from one run to the next.
+    let o = run(&d, &sid, "cat new.txt keep.txt").await;
+    assert_eq!(o.stdout, "new\nchanged\n");
+    // The overlay is in the session's mount namespace only.
+    assert!(host_mounts(&wp).is_empty(), "{:?}", host_mounts(&wp));
+    let st = d.get(&format!("/v1/isolated/session/{sid}")).await.json();
+    assert_eq!(st["status"], "active");
+    assert_eq!(st["profile"], "strict");
+    assert_eq!(st["idle_timeout_seconds"], 0);
+    assert_eq!(st["overlays"][0]["mode"], "overlay");
+}
+
+#[tokio::test]
+async fn ro_refuses_writes_rw_writes_through_and_the_rest_is_read_only() {
+    let Some(d) = daemon().await else { return };
+    let (ro, rw, outside) = (ws("iso-ro"), ws("iso-rw"), ws("iso-out"));
+    let sid = create(
+        &d,
+        json!({"overlays": [
+            {"path": path(&rw), "mode": "rw"},
+            {"path": path(&ro), "mode": "ro"},
+        ]}),
+    )
+    .await;
+    let o = run(&d, &sid, &format!("echo x > {}", ro.join("w.txt"))).await;
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("Read-only"), "{}", o.stderr);
+    assert!(!ro.0.join("w.txt").exists());
+    let o = run(&d, &sid, &format!("echo through > {}", rw.join("w.txt"))).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        std::fs::read_to_string(rw.0.join("w.txt")).unwrap(),
+        "through\n"
+    );
+    // Outside the writable set: another temp dir, /etc, /tmp.
+    for target in [
+        outside.join("w.txt"),
+        "/etc/execd-isolated-test".into(),
+        "/tmp/execd-isolated-test".into(),
+    ] {
+        let o = run(&d, &sid, &format!("echo x > {target}")).await;
+        assert_ne!(o.code, 0, "write to {target} succeeded");
+        assert!(!std::path::Path::new(&target).exists(), "{target} written");
+    }
+}
+
+#[tokio::test]
+async fn binds_map_source_to_dest_and_honour_readonly() {
+    let Some(d) = daemon().await else { return };
+    let (w, src, dst, rsrc) = (
+        ws("iso-bw"),
+        ws("iso-bsrc"),
+        ws("iso-bdst"),
+        ws("iso-brsrc"),
+    );
+    std::fs::write(src.0.join("from-src"), "s\n").unwrap();
+    let sid = create(
+        &d,
+        json!({
+            "workspace": {"path": path(&w)},
+            "binds": [
+                {"source": path(&src), "dest": path(&dst)},
+                {"source": path(&rsrc), "readonly": true},
+            ],
+        }),
+    )
+    .await;
+    let o = run(
+        &d,
+        &sid,
+        &format!(
+            "cat {} && echo via > {}",
+            dst.join("from-src"),
+            dst.join("via-dest")
+        ),
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout, "s\n");
+    assert!(src.0.join("via-dest").exists());
+    assert!(!dst.0.join("via-dest").exists());
+    let o = run(&d, &sid, &format!("echo x > {}", rsrc.join("no"))).await;
+    assert_ne!(o.code, 0);
+    assert!(!rsrc.0.join("no").exists());
+}
+
+#[tokio::test]
+async fn network_is_loopback_only_unless_shared() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-net");
+    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let o = run(
+        &d,
+        &sid,
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+    )
+    .await;
+    assert_eq!(o.stdout, "lo\n");
+    let o = run(
+        &d,
+        &sid,
+        "cat /sys/class/net/lo/operstate 2>/dev/null; grep -c . /proc/net/dev",
+    )
+    .await;
+    assert_eq!(o.code, 0);
+    let host_ifaces = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .count()
+        - 2;
+    let shared = create(
+        &d,
+        json!({"workspace": {"path": path(&w)}, "share_net": true}),
+    )
+    .await;
+    let o = run(&d, &shared, "tail -n +3 /proc/net/dev | wc -l").await;
+    assert_eq!(o.stdout.trim(), host_ifaces.to_string());
+}
+
+#[tokio::test]
+async fn host_processes_are_invisible_and_cannot_be_signalled() {
+    let Some(d) = daemon().await else { return };
+    let host = d.start_sleeper().await;
+    let w = ws("iso-pid");
+    for profile in ["strict", "balanced"] {
+        let sid = create(
+            &d,
+            json!({"workspace": {"path": path(&w)}, "profile": profile}),
+        )
+        .await;
+        let o = run(
+            &d,
+            &sid,
+            &format!(
+                "ls /proc | grep -x '[0-9]*' | sort -n | tr '\\n' ' '; kill -9 {host}; echo rc=$?"
+            ),
+        )
+        .await;
+        let pids: Vec<u32> = o
+            .stdout
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        assert!(pids.contains(&1), "{}", o.stdout);
+        assert!(
+            !pids.contains(&host),
+            "host pid {host} visible: {}",
+            o.stdout
+        );
+        assert!(o.stdout.contains("rc=1"), "{} {}", o.stdout, o.stderr);
+        assert!(common::alive(host), "host sleeper killed from {profile}");
+    }
+}
+
+#[tokio::test]
+async fn strict_drops_every_capability_and_refuses_mount_and_unshare() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-strict");
+    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let o = run(
+        &d,
+        &sid,
+        "grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status",
+    )
+    .await;
+    assert!(
+        o.stdout.contains("CapEff:\t0000000000000000"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("CapBnd:\t0000000000000000"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("NoNewPrivs:\t1"), "{}", o.stdout);
+    let target = path(&w);
+    for attempt in [
+        format!("mount -t tmpfs none {target}"),
+        format!("mount --bind / {target}"),
+        "unshare -m true".to_string(),
+        "unshare -n true".to_string(),
+        "umount -l /proc".to_string(),
+    ] {
+        let o = run(&d, &sid, &attempt).await;
+        assert_ne!(o.code, 0, "{attempt} succeeded: {}", o.stdout);
+    }
+    // balanced keeps root's file capabilities but not the mount ones.
+    let sid = create(
+        &d,
+        json!({"workspace": {"path": path(&w)}, "profile": "balanced"}),
+    )
+    .await;
+    let o = run(
+        &d,
+        &sid,
+        &format!("mount -t tmpfs none {target}; echo rc=$?"),
+    )
+    .await;
+    assert!(
+        o.stdout.contains("rc=32") || !o.stdout.contains("rc=0"),
+        "{}",
+        o.stdout
+    );
+    let o = run(&d, &sid, "unshare -m true; echo rc=$?").await;
+    assert!(!o.stdout.contains("rc=0"), "{}", o.stdout);
+}
+
+#[tokio::test]
+async fn runs_as_another_uid() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-uid");
+    let sid = create(
+        &d,
+        json!({"workspace": {"path": path(&w)}, "uid": 65534, "gid": 65534}),
+    )
+    .await;
+    let o = run(&d, &sid, "id -u; id -g").await;
+    assert_eq!(o.stdout, "65534\n65534\n");
+    // keep.txt is root's 0644 file in the lower layer: not writable by nobody.
+    let o = run(&d, &sid, "echo x > keep.txt").await;
+    assert_ne!(o.code, 0);
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_stay_apart_and_exit_codes_come_back() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-io");
+    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let o = run_with(
+        &d,
+        &sid,
+        json!({"code": "echo out; echo err >&2; echo $FOO; exit 7", "envs": {"FOO": "bar"}}),
+    )
+    .await;
+    assert_eq!(o.stdout, "out\nbar\n");
+    assert_eq!(o.stderr, "err\n");
+    assert_eq!(o.code, 7);
+    let t = terminal(&o.events);
+    assert_eq!(t["type"], "error");
+    assert_eq!(t["error"]["evalue"], "7");
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_session_side_tree() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-timeout");
+    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let o = run_with(
+        &d,
+        &sid,
+        json!({"code": "sleep 300 & sleep 300 & echo started; wait", "timeout_seconds": 1}),
+    )
+    .await;
+    assert_eq!(o.stdout, "started\n");
+    assert_eq!(terminal(&o.events)["timed_out"], true);
+    // Only PID 1 and the checking shell are left in the session.
+    let o = run(&d, &sid, "ls /proc | grep -x '[0-9]*' | wc -l").await;
+    // PID 1, this shell, ls, grep and wc at most.
+    let n: u32 = o.stdout.trim().parse().unwrap();
+    assert!(n <= 5, "{n} processes left");
+    let o = run(&d, &sid, "pgrep -x sleep; echo rc=$?").await;
+    assert!(o.stdout.contains("rc=1"), "{}", o.stdout);
+}
+
+#[tokio::test]
+async fn background_run_status_and_logs_cursor() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-bg");
+    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let r = d
+        .post_json(
+            &format!("/v1/isolated/session/{sid}/run"),
+            &json!({"code": "echo one; echo two >&2; exit 3", "background": true}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["session_id"], sid.as_str());
+    let rid = v["run_id"].as_str().unwrap().to_string();
+    assert!(v["started_at"].is_string());
+    let status_path = format!("/v1/isolated/session/{sid}/runs/{rid}");
+    let end = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        let st = d.get(&status_path).await;
+        assert_eq!(st.status, 200);
+        let st = st.json();
+        if st["running"] == false {
+            break st;
+        }
+        assert!(Instant::now() < end, "run never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(st["exit_code"], 3);
+    assert!(st["finished_at"].is_string());
+    let logs = d.get(&format!("{status_path}/logs")).await;
+    assert_eq!(logs.status, 200);
+    let text = logs.text();
+    assert!(text.contains("one\n") && text.contains("two\n"), "{text}");
+    let cursor = logs
+        .header("execd-isolated-tail-cursor")
+        .unwrap()
+        .to_string();
+    assert_eq!(cursor, text.len().to_string());
+    let more = d.get(&format!("{status_path}/logs?cursor={cursor}")).await;
+    assert_eq!(more.text(), "");
+    let part = d.get(&format!("{status_path}/logs?cursor=4")).await;
+    assert_eq!(part.text(), text[4..]);
+    // A run of another session, or none, is 404.
+    d.get(&format!("/v1/isolated/session/{sid}/runs/nope"))
+        .await
+        .assert_error(404, "RUN_NOT_FOUND");
+}
+
+/// Processes under the daemon that belong to isolated sessions.
+fn session_procs(d: &Daemon) -> Vec<u32> {
+    descendants(d.pid())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("__isolate"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn delete_leaves_no_process_mount_or_directory() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-del");
+    let sid = create(
+        &d,
+        json!({"overlays": [{"path": path(&w), "mode": "overlay", "persist": false}]}),
+    )
+    .await;
+    let r = d
+        .post_json(
+            &format!("/v1/isolated/session/{sid}/run"),
+            &json!({"code": "sleep 300 & sleep 300; echo never", "background": true}),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    assert!(!session_procs(&d).is_empty());
+    let mounts_of =
+        |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    assert!(!mounts_of(d.pid()).contains(&sid));
+    let r = d.delete(&format!("/v1/isolated/session/{sid}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(session_procs(&d).is_empty(), "{:?}", session_procs(&d));
+    let sleepers: Vec<u32> = descendants(d.pid())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+        .collect();
+    assert!(sleepers.is_empty(), "{sleepers:?}");
+    assert!(!mounts_of(d.pid()).contains(&sid));
+    assert!(host_mounts(&sid).is_empty());
+    // No directory of the session is left in the data directory.
+    let data = mounts_of(d.pid()); // keep the daemon's view handy in failures
+    let dirs: Vec<String> = walk_names(std::path::Path::new("/tmp"), &sid);
+    assert!(dirs.is_empty(), "{dirs:?} {}", data.len());
+    d.get(&format!("/v1/isolated/session/{sid}"))
+        .await
+        .assert_error(404, "SESSION_NOT_FOUND");
+    d.delete(&format!("/v1/isolated/session/{sid}"))
+        .await
+        .assert_error(404, "SESSION_NOT_FOUND");
+}
+
+/// Paths two levels under the daemons' data directories named `name`.
+fn walk_names(tmp: &std::path::Path, name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+        let iso = e.path().join("isolated").join(name);
+        if iso.exists() {
+            out.push(iso.to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn idle_sessions_expire() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-idle");
+    let sid = create(
+        &d,
+        json!({"workspace": {"path": path(&w)}, "idle_timeout_seconds": 1}),
+    )
+    .await;
+    let st = d.get(&format!("/v1/isolated/session/{sid}")).await.json();
+    assert_eq!(st["idle_timeout_seconds"], 1);
+    let list = d.get("/v1/isolated/sessions").await.json();
+    assert_eq!(list["sessions"][0]["session_id"], sid.as_str());
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = d.get(&format!("/v1/isolated/session/{sid}")).await;
+        if r.status == 404 {
+            break;
+        }
+        assert!(Instant::now() < end, "session never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(Duration::from_secs(10), "session processes gone", || {
+        session_procs(&d).is_empty()
+    })
+    .await;
+    assert_eq!(
+        d.get("/v1/isolated/sessions").await.json()["sessions"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_every_session() {
+    let Some(mut d) = daemon().await else { return };
+    let w = ws("iso-shut");
+    create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let procs = session_procs(&d);
+    assert!(!procs.is_empty());
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).is_some());
+    for p in procs {
+        assert!(!common::alive(p), "session process {p} outlived the daemon");
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_are_4xx_and_unknown_sessions_404() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-bad");
+    let link = w.0.join("link");
+    std::os::unix::fs::symlink(&w.0, &link).unwrap();
+    for (body, status, code) in [
+        (json!({}), 400, "RUNTIME_ERROR"),
+        (
+            json!({"workspace": {"path": "relative"}}),
+            400,
+            "RUNTIME_ERROR",
+        ),
+        (
+            json!({"workspace": {"path": format!("{}/../x", path(&w))}}),
+            400,
+            "RUNTIME_ERROR",
+        ),
+        (
+            json!({"workspace": {"path": link.to_string_lossy()}}),
+            400,
+            "RUNTIME_ERROR",
+        ),
+        (
+            json!({"workspace": {"path": "/proc/1"}}),
+            400,
+            "RUNTIME_ERROR",
+        ),
+        (
+            json!({"workspace": {"path": path(&w)}, "profile": "loose"}),
+            400,
+            "RUNTIME_ERROR",
+        ),
+        (
+            json!({"workspace": {"path": path(&w), "mode": "weird"}}),
+            400,
+            "RUNTIME_ERROR",
+        ),
+        (
+            json!({"workspace": {"path": path(&w)}, "uid_mode": "userns"}),
+            503,
+            "NOT_SUPPORTED",
+        ),
+        (
+            json!({"workspace": {"path": path(&w)}, "bogus": 1}),
+            400,
+            "INVALID_REQUEST_BODY",
+        ),
+    ] {
+        let r = d.post_json("/v1/isolated/session", &body).await;
+        r.assert_error(status, code);
+    }
+    d.post_json("/v1/isolated/session/nope/run", &json!({"code": "true"}))
+        .await
+        .assert_error(404, "SESSION_NOT_FOUND");
+    d.get("/v1/isolated/session/nope/runs/x")
+        .await
+        .assert_error(404, "SESSION_NOT_FOUND");
+    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    d.post_json(&format!("/v1/isolated/session/{sid}/run"), &json!({}))
+        .await
+        .assert_error(400, "INVALID_REQUEST_BODY");
+    let caps = d.get("/v1/isolated/capabilities").await.json();
+    assert_eq!(caps["available"], true);
+    assert_eq!(caps["userns_available"], false);
+    assert_eq!(caps["hardening"]["init_mode"], "pid1");
+}
+
+fn path(t: &TempDir) -> String {
+    t.0.to_string_lossy().into_owned()
+}
+
+fn by_path<'a>(diff: &'a Value, p: &str) -> Option<&'a Value> {
+    diff["overlays"][0]["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .find(|c| c["path"] == p)
+}
+
+#[tokio::test]
+async fn diff_commit_and_discard_with_deletions_renames_and_a_conflict() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-commit");
+    let lingering = "nohup sleep 300 >/dev/null 2>&1 & echo started";
+    let wp = path(&w);
+    std::fs::create_dir_all(w.0.join("dir")).unwrap();
+    std::fs::create_dir_all(w.0.join("gone/x")).unwrap();
+    for (f, c) in [
+        ("del.txt", "d\n"),
+        ("mv_src.txt", "m\n"),
+        ("dir/sub.txt", "s\n"),
+        ("conflict.txt", "c\n"),
+        ("gone/x/f", "g\n"),
+    ] {
+        std::fs::write(w.0.join(f), c).unwrap();
+    }
+    let sid = create(&d, json!({"workspace": {"path": wp}})).await;
+    let o = run(
+        &d,
+        &sid,
+        "echo more >> keep.txt; echo n > new.txt; rm del.txt; mv mv_src.txt mv_dst.txt; \
+         chmod 600 dir/sub.txt; echo mine > conflict.txt; rm -rf gone; mkdir gone; echo z > gone/new; \
+         ln -s keep.txt link",
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // Someone else changes the lower file meanwhile.
+    std::fs::write(w.0.join("conflict.txt"), "host\n").unwrap();
+
+    let diff = d
+        .get(&format!("/v1/isolated/session/{sid}/diff?text=true"))
+        .await;
+    assert_eq!(diff.status, 200, "{}", diff.text());
+    let diff = diff.json();
+    let at = |rel: &str| {
+        by_path(&diff, &format!("{wp}/{rel}"))
+            .unwrap_or_else(|| panic!("{rel} missing: {diff}"))
+            .clone()
+    };
+    assert_eq!(at("keep.txt")["kind"], "modified");
+    assert_eq!(at("keep.txt")["content_changed"], true);
+    assert_eq!(
+        at("keep.txt")["diff"].as_str().unwrap().lines().last(),
+        Some("+more")
+    );
+    assert_eq!(at("new.txt")["kind"], "added");
+    assert_eq!(at("new.txt")["size"], 2);
+    assert_eq!(at("del.txt")["kind"], "deleted");
+    // A rename: the new name added, the old one deleted.
+    assert_eq!(at("mv_dst.txt")["kind"], "added");
+    assert_eq!(at("mv_src.txt")["kind"], "deleted");
+    assert_eq!(at("dir/sub.txt")["content_changed"], false);
+    assert_eq!(at("dir/sub.txt")["mode"], 0o600);
+    assert_eq!(at("dir/sub.txt")["old_mode"], 0o644);
+    assert_eq!(at("gone")["opaque"], true);
+    assert_eq!(at("gone/x")["kind"], "deleted");
+    assert_eq!(at("link")["type"], "symlink");
+    assert_eq!(at("conflict.txt")["conflict"], true);
+    // Nothing reached the lower directory yet.
+    assert!(!w.0.join("new.txt").exists() && w.0.join("del.txt").exists());
+
+    // A process left behind by a run, that could write during the commit.
+    let o = run(&d, &sid, lingering).await;
+    assert_eq!(o.stdout, "started\n");
+    let o = run(&d, &sid, "pgrep -x sleep | wc -l").await;
+    assert_eq!(o.stdout, "1\n");
+    // A subset first.
+    let r = d
+        .post_json(
+            &format!("/v1/isolated/session/{sid}/commit"),
+            &json!({"paths": [format!("{wp}/keep.txt")]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["committed"], json!([format!("{wp}/keep.txt")]));
+    assert_eq!(
+        std::fs::read_to_string(w.0.join("keep.txt")).unwrap(),
+        "lower\nmore\n"
+    );
+    assert!(!w.0.join("new.txt").exists());
+    // Commit ended it.
+    let o = run(&d, &sid, "pgrep -x sleep | wc -l").await;
+    assert_eq!(o.stdout, "0\n");
+    // Then the rest: the conflict is reported and left alone.
+    let r = d
+        .post_json(&format!("/v1/isolated/session/{sid}/commit"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["conflicts"], json!([format!("{wp}/conflict.txt")]), "{v}");
+    assert_eq!(v["errors"], json!([]), "{v}");
+    assert_eq!(
+        std::fs::read_to_string(w.0.join("conflict.txt")).unwrap(),
+        "host\n"
+    );
+    assert_eq!(std::fs::read_to_string(w.0.join("new.txt")).unwrap(), "n\n");
+    assert_eq!(
+        std::fs::read_to_string(w.0.join("mv_dst.txt")).unwrap(),
+        "m\n"
+    );
+    assert!(!w.0.join("del.txt").exists() && !w.0.join("mv_src.txt").exists());
+    assert!(!w.0.join("gone/x").exists());
+    assert_eq!(
+        std::fs::read_to_string(w.0.join("gone/new")).unwrap(),
+        "z\n"
+    );
+    assert_eq!(
+        std::fs::read_link(w.0.join("link")).unwrap(),
+        std::path::Path::new("keep.txt")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(w.0.join("dir/sub.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    // No temporary file is left behind.
+    let names = w.names();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    // The session still sees its own view, committed or not.
+    let o = run(&d, &sid, "cat conflict.txt keep.txt gone/new; ls gone").await;
+    assert_eq!(o.stdout, "mine\nlower\nmore\nz\nnew\n", "{}", o.stderr);
+    // Only the conflict is left to diff.
+    let diff = d
+        .get(&format!("/v1/isolated/session/{sid}/diff"))
+        .await
+        .json();
+    let left: Vec<&str> = diff["overlays"][0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, vec![format!("{wp}/conflict.txt")], "{diff}");
+    // Discard it: the session sees the lower file again.
+    let r = d
+        .post_json(&format!("/v1/isolated/session/{sid}/discard"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let o = run(&d, &sid, "cat conflict.txt").await;
+    assert_eq!(o.stdout, "host\n");
+    // Writes keep working on the remounted overlay, still hidden from the lower dir.
+    let o = run(&d, &sid, "echo after > after.txt && cat after.txt").await;
+    assert_eq!(o.stdout, "after\n");
+    assert!(!w.0.join("after.txt").exists());
+    // Commit refuses while a run is active.
+    let r = d
+        .post_json(
+            &format!("/v1/isolated/session/{sid}/run"),
+            &json!({"code": "sleep 300", "background": true}),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    d.post_json(&format!("/v1/isolated/session/{sid}/commit"), &json!({}))
+        .await
+        .assert_error(409, "SESSION_BUSY");
+    d.post_json(
+        &format!("/v1/isolated/session/{sid}/commit"),
+        &json!({"paths": ["relative"]}),
+    )
+    .await
+    .assert_error(400, "INVALID_REQUEST_BODY");
+}
+
+fn q(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+async fn upload(d: &Daemon, sid: &str, target: &str, data: &[u8]) -> common::Resp {
+    let form = common::Form::new()
+        .meta(&json!({"path": target}))
+        .file(data);
+    d.upload_to(&format!("/v1/isolated/session/{sid}/files/upload"), form)
+        .await
+}
+
+#[tokio::test]
+async fn file_routes_act_in_the_merged_view_and_cannot_escape_it() {
+    let Some(d) = daemon().await else { return };
+    let (w, outside) = (ws("iso-files"), ws("iso-files-out"));
+    let (wp, op) = (path(&w), path(&outside));
+    let sid = create(&d, json!({"workspace": {"path": wp}})).await;
+    let base = format!("/v1/isolated/session/{sid}");
+    let o = run(
+        &d,
+        &sid,
+        &format!("echo inview > made.txt; ln -s {op} esc; ln -s / rootlink"),
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // Reads see the view: a file that exists only in the upper layer.
+    let r = d
+        .get(&format!(
+            "{base}/files/download?path={}",
+            q(&format!("{wp}/made.txt"))
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "inview\n");
+    let r = d
+        .get(&format!(
+            "{base}/files/info?path={}",
+            q(&format!("{wp}/made.txt"))
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = d
+        .get(&format!("{base}/directories/list?path={}", q(&wp)))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("made.txt"));
+    // Writes land in the view only: the session sees them, the lower dir does not.
+    let r = upload(&d, &sid, &format!("{wp}/up/loaded.txt"), b"uploaded\n").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!w.0.join("up").exists());
+    let o = run(&d, &sid, "cat up/loaded.txt").await;
+    assert_eq!(o.stdout, "uploaded\n");
+    let r = d
+        .post_json(
+            &format!("{base}/files/mv"),
+            &json!([{"src": format!("{wp}/made.txt"), "dest": format!("{wp}/moved.txt")}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = d
+        .delete(&format!(
+            "{base}/files?path={}",
+            q(&format!("{wp}/keep.txt"))
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(w.0.join("keep.txt").exists(), "the lower file was deleted");
+    let o = run(&d, &sid, "ls").await;
+    assert_eq!(o.stdout, "esc\nmoved.txt\nrootlink\nup\n");
+
+    // Escapes: outside the writable set, directly, through `..`, and
+    // through symlinks the session made. Every one is refused with a 4xx
+    // and changes nothing on the host.
+    for target in [
+        format!("{op}/x"),
+        format!(
+            "{wp}/../{}/x",
+            outside.0.file_name().unwrap().to_string_lossy()
+        ),
+        format!("{wp}/esc/x"),
+        format!("{wp}/rootlink{op}/x"),
+        "/etc/execd-isolated-escape".to_string(),
+    ] {
+        let r = upload(&d, &sid, &target, b"escape").await;
+        assert!(
+            (400..500).contains(&r.status),
+            "{target}: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    assert_eq!(outside.names(), vec!["keep.txt".to_string()]);
+    assert!(!std::path::Path::new("/etc/execd-isolated-escape").exists());
+    for p in [format!("{op}/keep.txt"), format!("{wp}/esc/keep.txt")] {
+        let r = d.delete(&format!("{base}/files?path={}", q(&p))).await;
+        assert!(
+            (400..500).contains(&r.status),
+            "{p}: {} {}",
+            r.status,
+            r.text()
+        );
+        let r = d
+            .post_json(
+                &format!("{base}/files/mv"),
+                &json!([{"src": p, "dest": format!("{wp}/stolen")}]),
+            )
+            .await;
+        assert!((400..500).contains(&r.status), "{}", r.text());
+    }
+    assert!(outside.0.join("keep.txt").exists());
+    // Unknown sessions and missing paths are the usual errors.
+    d.get(&format!(
+        "/v1/isolated/session/nope/files/info?path={}",
+        q(&wp)
+    ))
+    .await
+    .assert_error(404, "SESSION_NOT_FOUND");
+    d.get(&format!("{base}/files/info"))
+        .await
+        .assert_error(400, "MISSING_QUERY");
+}
+
+#[tokio::test]
+async fn pid_1_cannot_be_killed_traced_or_read_from_inside() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-pid1");
+    for profile in ["strict", "balanced"] {
+        let sid = create(
+            &d,
+            json!({"workspace": {"path": path(&w)}, "profile": profile}),
+        )
+        .await;
+        let o = run(
+            &d,
+            &sid,
+            "kill -9 1; tr '\\0' ' ' < /proc/1/cmdline; echo; cat /proc/1/environ; ls /proc/1/root/ >/dev/null; echo root=$?",
+        )
+        .await;
+        // The plan (paths of execd's data directory) is not on PID 1's command line.
+        assert!(!o.stdout.contains("upper"), "{}", o.stdout);
+        assert!(
+            o.stdout.contains("root=2") || o.stdout.contains("root=1"),
+            "{profile}: {} {}",
+            o.stdout,
+            o.stderr
+        );
+        assert!(o.stderr.contains("Permission denied"), "{}", o.stderr);
+        // SIGKILL from inside does not reach PID 1: the session lives on.
+        let o = run(&d, &sid, "echo alive").await;
+        assert_eq!(o.stdout, "alive\n");
+        let st = d.get(&format!("/v1/isolated/session/{sid}")).await.json();
+        assert_eq!(st["status"], "active");
+    }
+}
+
+#[tokio::test]
+async fn strict_user_namespaces_gain_nothing() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-userns");
+    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let o = run(
+        &d,
+        &sid,
+        &format!(
+            "unshare -Urm sh -c 'mount -t tmpfs none {}' && echo mounted",
+            path(&w)
+        ),
+    )
+    .await;
+    assert!(!o.stdout.contains("mounted"), "{}", o.stdout);
+}
+
+#[tokio::test]
+async fn env_passthrough_filters_the_daemon_environment() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-env");
+    let sid = create(
+        &d,
+        json!({"workspace": {"path": path(&w)}, "env_passthrough": {"mode": "allow", "keys": ["PATH"]}}),
+    )
+    .await;
+    let o = run_with(
+        &d,
+        &sid,
+        json!({"code": "env | cut -d= -f1 | sort | tr '\\n' ' '", "envs": {"MINE": "1"}}),
+    )
+    .await;
+    let names: Vec<&str> = o.stdout.split_whitespace().collect();
+    for n in &names {
+        assert!(
+            ["PATH", "MINE", "PWD", "SHLVL", "_", "OLDPWD"].contains(n),
+            "{n} passed: {names:?}"
+        );
+    }
+    assert!(names.contains(&"MINE") && names.contains(&"PATH"));
+    let sid = create(
+        &d,
+        json!({"workspace": {"path": path(&w)}, "env_passthrough": {"mode": "deny", "keys": ["PATH"]}}),
+    )
+    .await;
+    // (bash gives itself a default PATH, but does not export it.)
+    let o = run(&d, &sid, "env | grep -c '^PATH='").await;
+    assert_eq!(o.stdout, "0\n");
+}
+
+#[tokio::test]
+async fn commit_refuses_an_overlay_with_nested_mounts_and_keeps_them() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-nested");
+    std::fs::create_dir(w.0.join("sub")).unwrap();
+    let (wp, sub) = (path(&w), w.join("sub"));
+    let sid = create(
+        &d,
+        json!({"overlays": [{"path": wp, "mode": "overlay"}, {"path": sub, "mode": "rw"}]}),
+    )
+    .await;
+    let o = run(&d, &sid, "echo o > top.txt").await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r = d
+        .post_json(&format!("/v1/isolated/session/{sid}/commit"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["committed"], json!([]));
+    assert!(v["errors"][0].as_str().unwrap().contains("nested"), "{v}");
+    assert!(!w.0.join("top.txt").exists());
+    // The nested rw mount is still there and still writes through.
+    let o = run(&d, &sid, "echo through > sub/x && cat top.txt").await;
+    assert_eq!(o.stdout, "o\n", "{}", o.stderr);
+    assert_eq!(
+        std::fs::read_to_string(w.0.join("sub/x")).unwrap(),
+        "through\n"
+    );
+}
