@@ -41,9 +41,30 @@ const SOCKET_DEPTH: usize = 64;
 /// driver has recorded it.
 const OUTPUT_BUDGET: usize = 8 << 20;
 
+/// `stream` messages whose content is bigger than this are not read whole
+/// but streamed (see [`stream_message`]).
+const STREAM_OVER: u64 = 1 << 20;
+/// Text of a streamed message is passed on in pieces of about this size.
+const STREAM_PIECE: usize = 256 * 1024;
+
 /// What a socket's reader task passes on.
 enum FromKernel {
     Message(Vec<Vec<u8>>, Option<OwnedSemaphorePermit>),
+    /// A piece of the text of a big `stream` message, passed on before the
+    /// message has been read to its end (so before its signature is checked).
+    Text {
+        parent_id: String,
+        stderr: bool,
+        text: String,
+        _held: OwnedSemaphorePermit,
+    },
+    /// The end of a streamed message: whether its signature (and content)
+    /// checked out, and how many bytes of text it had.
+    TextEnd {
+        parent_id: String,
+        ok: Result<(), String>,
+        bytes: u64,
+    },
     /// A message over the size limit, read and dropped.
     Dropped(u64),
     /// The connection failed; nothing more comes.
@@ -425,6 +446,156 @@ fn reader(
     (rx, Owned(task))
 }
 
+/// The IOPub reader task: like [`reader`], with a budget, except that big
+/// `stream` messages are streamed ([`stream_message`]).
+fn iopub_reader(
+    mut r: zmtp::Reader,
+    signer: Signer,
+    budget: Arc<Semaphore>,
+) -> (mpsc::Receiver<FromKernel>, Owned) {
+    let (tx, rx) = mpsc::channel(SOCKET_DEPTH);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok(mut all) = budget
+                .clone()
+                .acquire_many_owned(OUTPUT_BUDGET as u32)
+                .await
+            else {
+                return;
+            };
+            let item = match r.recv_until(is_big_stream).await {
+                Ok(zmtp::Next::Whole(zmtp::Incoming::Message(m))) => {
+                    let n: usize = m.iter().map(Vec::len).sum();
+                    let held = all.split(n.clamp(1, OUTPUT_BUDGET));
+                    FromKernel::Message(m, held)
+                }
+                Ok(zmtp::Next::Whole(zmtp::Incoming::Dropped { bytes })) => {
+                    FromKernel::Dropped(bytes)
+                }
+                Ok(zmtp::Next::Open { parts, len, more }) => {
+                    // Its pieces take their own shares of the budget.
+                    drop(all);
+                    match stream_message(&mut r, &signer, &budget, &tx, parts, len, more).await {
+                        Ok(Some(end)) => end,
+                        Ok(None) => return,
+                        Err(e) => FromKernel::Failed(e.to_string()),
+                    }
+                }
+                Err(e) => FromKernel::Failed(e.to_string()),
+            };
+            let failed = matches!(item, FromKernel::Failed(_));
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    (rx, Owned(task))
+}
+
+/// Whether the frame about to be read is the content of a big `stream`
+/// message: the parts so far are identities, `<IDS|MSG>`, the signature,
+/// header, parent header and metadata, and the header says `stream`.
+fn is_big_stream(parts: &[Vec<u8>], len: u64) -> bool {
+    len > STREAM_OVER
+        && super::msg::delimiter(parts).is_some_and(|d| parts.len() == d + 5)
+        && serde_json::from_slice::<Value>(&parts[parts.len() - 3])
+            .is_ok_and(|h| h["msg_type"] == "stream")
+}
+
+/// Streams the content frame of a big `stream` message: read in pieces of
+/// 64 KiB, each fed to the HMAC and to an incremental JSON scan that
+/// unescapes `"text"`; the text is passed on in pieces of
+/// [`STREAM_PIECE`], each holding its share of the IOPub budget until the
+/// driver has appended it to the run's log. So execd holds at most the
+/// budget whatever the size of the message.
+///
+/// The signature can only be checked at the end, after the text has been
+/// passed on. That is the price of bounded memory (the alternative, holding
+/// or spilling a whole message before showing any of it, delays output by
+/// tens of MiB). A message that fails the check is a broken or hijacked
+/// channel, not a kernel's mistake: the [`FromKernel::TextEnd`] it ends
+/// with makes the driver tell the run, on stderr, how many bytes came
+/// unverified, and kill the kernel (see `Driver::text_end`). The sockets
+/// are Unix sockets in execd's private directory, so no other local user
+/// can be on the other end to begin with.
+///
+/// Returns the `TextEnd` to send, or `None` when the driver is gone.
+async fn stream_message(
+    r: &mut zmtp::Reader,
+    signer: &Signer,
+    budget: &Arc<Semaphore>,
+    tx: &mpsc::Sender<FromKernel>,
+    parts: Vec<Vec<u8>>,
+    len: u64,
+    more: bool,
+) -> std::io::Result<Option<FromKernel>> {
+    let d = super::msg::delimiter(&parts).unwrap_or_default();
+    let sig = &parts[d + 1];
+    let mut mac = signer.mac();
+    for p in &parts[d + 2..] {
+        hmac::Mac::update(&mut mac, p);
+    }
+    let parent_id = serde_json::from_slice::<Value>(&parts[d + 3])
+        .ok()
+        .and_then(|p| p["msg_id"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut scan = super::msg::StreamScan::default();
+    let mut scan_err: Option<&'static str> = None;
+    let mut out = Vec::with_capacity(STREAM_PIECE + 64 * 1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    let mut bytes = 0u64;
+    while left > 0 || !out.is_empty() {
+        if left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = r.read_some(&mut buf[..want]).await?;
+            left -= n as u64;
+            hmac::Mac::update(&mut mac, &buf[..n]);
+            if scan_err.is_none() {
+                if let Err(e) = scan.feed(&buf[..n], &mut out) {
+                    scan_err = Some(e);
+                    out.clear();
+                }
+            }
+        }
+        if out.len() >= STREAM_PIECE || (left == 0 && !out.is_empty()) {
+            let text = super::msg::take_text(&mut out, left == 0);
+            let Ok(held) = budget
+                .clone()
+                .acquire_many_owned(text.len().clamp(1, OUTPUT_BUDGET) as u32)
+                .await
+            else {
+                return Ok(None);
+            };
+            bytes += text.len() as u64;
+            let item = FromKernel::Text {
+                parent_id: parent_id.clone(),
+                stderr: scan.name() == b"stderr",
+                text,
+                _held: held,
+            };
+            if tx.send(item).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+    r.skip_rest(more).await?;
+    let ok = if !super::msg::verify(mac, sig) {
+        Err("bad signature".to_string())
+    } else if let Some(e) = scan_err {
+        Err(format!("bad content: {e}"))
+    } else if !scan.done() {
+        Err("bad content: truncated".to_string())
+    } else {
+        Ok(())
+    };
+    Ok(Some(FromKernel::TextEnd {
+        parent_id,
+        ok,
+        bytes,
+    }))
+}
+
 /// Connects, retrying while the kernel has not bound the port yet. There is
 /// no notification for that: the kernel's start is polled, with a short,
 /// growing pause, until `deadline`.
@@ -476,7 +647,7 @@ async fn attach(ports: &[u16; 5], signer: &Signer, deadline: Instant) -> std::io
     let (hb_r, hb) = connect(hb_p, Kind::Req, deadline).await?;
     let (mut shell_rx, t1) = reader(shell_r, None);
     let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET));
-    let (mut iopub_rx, t2) = reader(iopub_r, Some(budget));
+    let (mut iopub_rx, t2) = iopub_reader(iopub_r, signer.clone(), budget);
     let (control_rx, t3) = reader(control_r, None);
     let (hb_rx, t4) = reader(hb_r, None);
     let mut sent: Vec<String> = Vec::new();
@@ -495,7 +666,7 @@ async fn attach(ports: &[u16; 5], signer: &Signer, deadline: Instant) -> std::io
                             break 'outer;
                         }
                     }
-                    Some(FromKernel::Dropped(_)) => {}
+                    Some(FromKernel::Dropped(_) | FromKernel::Text { .. } | FromKernel::TextEnd { .. }) => {}
                     Some(FromKernel::Failed(e)) => return Err(std::io::Error::other(format!("IOPub: {e}"))),
                     None => return Err(std::io::Error::other("IOPub closed")),
                 },
@@ -702,12 +873,22 @@ impl Driver {
                 m = self.s.iopub_rx.recv() => match m {
                     Some(FromKernel::Message(m, held)) => self.iopub(m, held).await,
                     Some(FromKernel::Dropped(bytes)) => self.dropped(bytes),
+                    Some(FromKernel::Text { parent_id, stderr, text, _held }) => {
+                        if let Some(run) = self.run.as_ref().filter(|r| r.msg_id == parent_id) {
+                            run.out.emit(Event::Stream { stderr, text });
+                        }
+                    }
+                    Some(FromKernel::TextEnd { parent_id, ok, bytes }) => {
+                        if let Err(why) = self.text_end(&parent_id, ok, bytes) {
+                            break why;
+                        }
+                    }
                     Some(FromKernel::Failed(e)) => break format!("the kernel closed IOPub: {e}"),
                     None => break "the kernel closed IOPub".into(),
                 },
                 m = self.s.shell_rx.recv() => match m {
                     Some(FromKernel::Message(m, _)) => self.shell(m),
-                    Some(FromKernel::Dropped(_)) => {}
+                    Some(FromKernel::Dropped(_) | FromKernel::Text { .. } | FromKernel::TextEnd { .. }) => {}
                     Some(FromKernel::Failed(e)) => break format!("the kernel closed its shell channel: {e}"),
                     None => break "the kernel closed its shell channel".into(),
                 },
@@ -715,7 +896,7 @@ impl Driver {
                     break "the kernel closed its control channel".into();
                 },
                 m = self.s.hb_rx.recv() => match m {
-                    Some(FromKernel::Message(..) | FromKernel::Dropped(_)) => { hb_waiting = false; hb_missed = 0; }
+                    Some(FromKernel::Message(..) | FromKernel::Dropped(_) | FromKernel::Text { .. } | FromKernel::TextEnd { .. }) => { hb_waiting = false; hb_missed = 0; }
                     Some(FromKernel::Failed(_)) | None => break "the kernel closed its heartbeat channel".into(),
                 },
                 _ = hb_tick.tick() => {
@@ -819,6 +1000,27 @@ impl Driver {
             zmtp::MAX_MESSAGE >> 20
         );
         run.out.emit(Event::Stream { stderr: true, text });
+    }
+
+    /// The end of a streamed `stream` message. If it failed its check, its
+    /// text already reached the log: the run is told so on stderr, and the
+    /// kernel is killed (the `Err` is why), since its channel cannot be
+    /// trusted any more.
+    fn text_end(
+        &mut self,
+        parent_id: &str,
+        ok: Result<(), String>,
+        bytes: u64,
+    ) -> Result<(), String> {
+        let Err(why) = ok else { return Ok(()) };
+        tracing::warn!(context = %self.ctx.id, error = %why, bytes, "a streamed kernel message failed its check");
+        if let Some(run) = self.run.as_ref().filter(|r| r.msg_id == parent_id) {
+            run.out.emit(Event::Stream {
+                stderr: true,
+                text: format!("\n[execd: the last {bytes} bytes of output came in a kernel message that failed its check ({why}); the kernel is stopped]\n"),
+            });
+        }
+        Err(format!("a message on IOPub failed its check ({why})"))
     }
 
     async fn iopub(&mut self, m: Vec<Vec<u8>>, held: Option<OwnedSemaphorePermit>) {

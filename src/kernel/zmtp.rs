@@ -210,6 +210,20 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// The next message. Commands (ZMTP 3.1 PING and the like) are skipped.
     /// Not cancel-safe: run it in a task of its own.
     pub async fn recv(&mut self) -> io::Result<Incoming> {
+        match self.recv_until(|_, _| false).await? {
+            Next::Whole(m) => Ok(m),
+            // `open` never says yes.
+            Next::Open { .. } => Err(proto("unexpected open frame")),
+        }
+    }
+
+    /// The next message, like [`Reader::recv`], except that before reading
+    /// each data frame's body `open(parts so far, its length)` is asked
+    /// whether the caller wants to read that body itself: then the message
+    /// is handed over at that point ([`Next::Open`]), the body unread. The
+    /// caller reads it with [`Reader::read_some`] and ends the message with
+    /// [`Reader::skip_rest`].
+    pub async fn recv_until(&mut self, open: impl Fn(&[Vec<u8>], u64) -> bool) -> io::Result<Next> {
         let mut parts = Vec::new();
         let mut total = 0u64;
         let mut dropping = false;
@@ -218,6 +232,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             if flags & COMMAND != 0 {
                 self.skip(len).await?;
                 continue;
+            }
+            if !dropping && parts.len() < MAX_PARTS && open(&parts, len) {
+                return Ok(Next::Open {
+                    parts,
+                    len,
+                    more: flags & MORE != 0,
+                });
             }
             total += len;
             if !dropping && (total > MAX_MESSAGE as u64 || parts.len() >= MAX_PARTS) {
@@ -234,7 +255,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
         }
         if dropping {
-            return Ok(Incoming::Dropped { bytes: total });
+            return Ok(Next::Whole(Incoming::Dropped { bytes: total }));
         }
         if self.kind == Kind::Req {
             // A REQ socket drops the empty delimiter its reply comes with.
@@ -242,8 +263,48 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 parts.remove(0);
             }
         }
-        Ok(Incoming::Message(parts))
+        Ok(Next::Whole(Incoming::Message(parts)))
     }
+
+    /// Reads some of an open frame's body into `buf` (at most its length:
+    /// the caller passes no more than what is left of the frame). End of
+    /// stream is an error.
+    pub async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf).await?;
+        if n == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(n)
+    }
+
+    /// After an open frame's body: reads and forgets the message's
+    /// remaining frames (`more`: the open frame had the MORE flag).
+    pub async fn skip_rest(&mut self, mut more: bool) -> io::Result<()> {
+        while more {
+            let (flags, len) = self.head().await?;
+            self.skip(len).await?;
+            if flags & COMMAND == 0 {
+                more = flags & MORE != 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`Reader::recv_until`] returns.
+#[derive(Debug)]
+pub enum Next {
+    /// A message read whole (or dropped).
+    Whole(Incoming),
+    /// A message handed over before the body of one of its frames.
+    Open {
+        /// The parts before that frame.
+        parts: Vec<Vec<u8>>,
+        /// The frame's length; its body is next on the wire.
+        len: u64,
+        /// More frames follow it.
+        more: bool,
+    },
 }
 
 impl Writer {
