@@ -101,7 +101,10 @@ async fn python_state_streams_results_and_errors() {
     let id = ctx["id"].as_str().expect("id");
 
     // The connection file is private.
-    let files = conn_files(&data);
+    let files: Vec<String> = conn_files(&data)
+        .into_iter()
+        .filter(|f| f.ends_with(".json"))
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let meta = std::fs::metadata(data.0.join("data/kernels").join(&files[0])).expect("stat");
     use std::os::unix::fs::PermissionsExt;
@@ -339,7 +342,14 @@ async fn delete_and_shutdown_leave_no_process_and_no_file() {
     let mut tree = vec![bash_pid];
     tree.extend(descendants(bash_pid));
     assert!(tree.len() >= 2, "bash_kernel has a child: {tree:?}");
-    assert_eq!(conn_files(&data).len(), 2);
+    // A connection file each, and each kernel's five Unix sockets.
+    let files = conn_files(&data);
+    assert_eq!(
+        files.iter().filter(|f| f.ends_with(".json")).count(),
+        2,
+        "{files:?}"
+    );
+    assert_eq!(files.len(), 12, "{files:?}");
 
     let r = d
         .delete(&format!(
@@ -352,7 +362,10 @@ async fn delete_and_shutdown_leave_no_process_and_no_file() {
         !alive(py_pid),
         "deleted context's kernel is gone when DELETE answers"
     );
-    assert_eq!(conn_files(&data).len(), 1);
+    let bash_id = bash["id"].as_str().expect("id");
+    let files = conn_files(&data);
+    assert_eq!(files.len(), 6, "{files:?}");
+    assert!(files.iter().all(|f| f.contains(bash_id)), "{files:?}");
     d.get(&format!(
         "/code/contexts/{}",
         py["id"].as_str().expect("id")
@@ -852,4 +865,169 @@ async fn kernels_do_not_see_the_access_token() {
     )
     .await;
     assert_eq!(text_of(&evs, "stdout"), "None False\n", "{evs:?}");
+}
+
+/// The ZeroMQ socket type served on a loopback TCP port (greeting and
+/// READY exchanged as a PUSH peer would).
+fn zmtp_socket_type(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut greeting = [0u8; 64];
+    greeting[0] = 0xff;
+    greeting[9] = 0x7f;
+    greeting[10] = 3;
+    greeting[12..16].copy_from_slice(b"NULL");
+    s.write_all(&greeting).expect("greeting");
+    let mut ready = vec![5u8];
+    ready.extend_from_slice(b"READY");
+    ready.push(11);
+    ready.extend_from_slice(b"Socket-Type");
+    ready.extend_from_slice(&4u32.to_be_bytes());
+    ready.extend_from_slice(b"PUSH");
+    s.write_all(&[0x04, ready.len() as u8]).expect("frame");
+    s.write_all(&ready).expect("ready");
+    let mut peer = [0u8; 64];
+    s.read_exact(&mut peer).expect("peer greeting");
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).expect("frame head");
+    assert_eq!(head[0] & 0x06, 0x04, "a short command frame");
+    let mut body = vec![0u8; usize::from(head[1])];
+    s.read_exact(&mut body).expect("frame");
+    let at = body
+        .windows(11)
+        .position(|w| w.eq_ignore_ascii_case(b"Socket-Type"))
+        .expect("Socket-Type")
+        + 11;
+    let len = u32::from_be_bytes(body[at..at + 4].try_into().expect("len")) as usize;
+    String::from_utf8_lossy(&body[at + 4..at + 4 + len]).into_owned()
+}
+
+/// Socket inodes of `pid`'s open fds.
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The kernel's channels are Unix sockets in execd's private 0700
+/// directory (ZeroMQ `ipc`), removed with the kernel; the kernel listens on
+/// no TCP port, so no other local process can read its IOPub or drive it.
+#[tokio::test]
+async fn kernel_channels_are_private_unix_sockets_not_tcp() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-ipc");
+    let d = daemon(&share, &data, &[]);
+    let kernels = data.0.join("data/kernels");
+    for language in ["python", "bash"] {
+        let ctx = create(&d, language).await;
+        let id = ctx["id"].as_str().expect("id");
+        let pid = ctx["pid"].as_u64().expect("pid") as u32;
+        let code = if language == "python" {
+            "1+1"
+        } else {
+            "echo 2"
+        };
+        let evs = run(&d, id, code).await;
+        assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+
+        let mode = std::fs::metadata(&kernels)
+            .expect("dir")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        let socks: Vec<_> = std::fs::read_dir(&kernels)
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("k-{id}-")))
+            .collect();
+        assert_eq!(socks.len(), 5, "{socks:?}");
+
+        let mine = socket_inodes(pid);
+        assert!(!mine.is_empty());
+        // Listening TCP sockets (state 0A) of the kernel: none is a
+        // Jupyter channel. (ipykernel always listens on one loopback port of
+        // its own: a ZeroMQ PULL socket through which forked children send
+        // their output, dropped unless it starts with a random 16-byte token;
+        // it serves nothing to read. Its socket type is checked here.)
+        for f in ["tcp", "tcp6"] {
+            let table = std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).unwrap_or_default();
+            for line in table.lines().skip(1) {
+                let c: Vec<&str> = line.split_whitespace().collect();
+                let inode: u64 = c.get(9).and_then(|i| i.parse().ok()).unwrap_or(0);
+                if c.get(3) != Some(&"0A") || !mine.contains(&inode) {
+                    continue;
+                }
+                let port = c
+                    .get(1)
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    .expect("port");
+                let kind = zmtp_socket_type(port);
+                assert_eq!(
+                    kind, "PULL",
+                    "the {language} kernel serves a {kind} socket on TCP port {port}"
+                );
+            }
+        }
+        // Its listening Unix sockets are the ones in the private directory.
+        let unix = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).expect("unix");
+        let bound: Vec<&str> = unix
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                let inode: u64 = c.get(6)?.parse().ok()?;
+                (mine.contains(&inode)).then_some(*c.get(7)?)
+            })
+            .collect();
+        let prefix = kernels.join(format!("k-{id}-"));
+        let prefix = prefix.to_str().expect("utf-8");
+        // (Accepted connections show the path too: distinct paths.)
+        let paths: std::collections::BTreeSet<&&str> =
+            bound.iter().filter(|p| p.starts_with(prefix)).collect();
+        assert_eq!(paths.len(), 5, "{bound:?}");
+
+        let r = d.delete(&format!("/code/contexts/{id}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(conn_files(&data).is_empty(), "{:?}", conn_files(&data));
+    }
+}
+
+/// A kernel that cannot do ZeroMQ's `ipc` transport (here: one that exits
+/// when its connection file asks for it) is started again on loopback TCP,
+/// and works.
+#[tokio::test]
+async fn a_kernel_without_ipc_falls_back_to_tcp() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-tcp");
+    let k = data.0.join("share/kernels/tcponly");
+    std::fs::create_dir_all(&k).expect("mkdir");
+    let python = share.join("../../bin/python");
+    let script = format!(
+        "grep -q '\"transport\":\"ipc\"' \"$1\" && {{ echo no-ipc-here >&2; exit 9; }}; exec {} -m ipykernel_launcher -f \"$1\"",
+        python.display()
+    );
+    let spec = json!({"argv": ["/bin/sh", "-c", script, "sh", "{connection_file}"], "language": "tcponly"});
+    std::fs::write(k.join("kernel.json"), spec.to_string()).expect("write");
+    let d = daemon(&data.0.join("share"), &data, &[]);
+    let ctx = create(&d, "tcponly").await;
+    let id = ctx["id"].as_str().expect("id");
+    let evs = run(&d, id, "6*7").await;
+    assert_eq!(results(&evs)[0]["text"], "42", "{evs:?}");
+    let r = d.delete(&format!("/code/contexts/{id}")).await;
+    assert_eq!(r.status, 200);
+    assert!(conn_files(&data).is_empty(), "{:?}", conn_files(&data));
 }

@@ -259,7 +259,19 @@ impl Context {
     }
 }
 
+/// How execd and a kernel talk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Unix sockets in execd's private directory (ZeroMQ `ipc`): no other
+    /// local user can connect to them, or bind them first.
+    Ipc,
+    /// Loopback TCP ports: any local process can connect to them. Only for
+    /// a kernel that cannot do `ipc` (see `Kernels::create`).
+    Tcp,
+}
+
 /// What launching needs from the caller.
+#[derive(Clone)]
 pub struct Launch {
     pub id: String,
     pub language: String,
@@ -270,14 +282,60 @@ pub struct Launch {
     pub dir: PathBuf,
     /// Cancelled at daemon shutdown.
     pub shutdown: CancellationToken,
+    pub transport: Transport,
 }
 
-/// A connection file that removes itself when dropped.
-struct ConnFile(PathBuf);
+/// A connection file, and the kernel's Unix sockets if any, removed when
+/// dropped (a kernel that is killed leaves its sockets behind).
+struct ConnFile(PathBuf, Vec<PathBuf>);
 
 impl Drop for ConnFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+        for p in &self.1 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Longest path a Unix socket address holds (`sun_path`, less its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// The kernel's five endpoints (shell, iopub, stdin, control, hb) and the
+/// connection file's transport fields. `ipc`: ZeroMQ binds
+/// `<ip>-<port>`, so the ports are just 1 to 5 and `ip` a path prefix in the
+/// private directory. `None` when `ipc` paths would be too long for a Unix
+/// socket address.
+fn endpoints(
+    transport: Transport,
+    dir: &std::path::Path,
+    id: &str,
+) -> std::io::Result<Option<([zmtp::Endpoint; 5], Value)>> {
+    match transport {
+        Transport::Ipc => {
+            let prefix = dir.join(format!("k-{id}"));
+            let ip = prefix.to_string_lossy().into_owned();
+            if ip.len() + 2 > SUN_PATH_MAX || ip.contains('\0') {
+                return Ok(None);
+            }
+            let ends = [1, 2, 3, 4, 5].map(|p| zmtp::Endpoint::Ipc(format!("{ip}-{p}").into()));
+            let fields = json!({
+                "shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4,
+                "hb_port": 5, "ip": ip, "transport": "ipc",
+            });
+            Ok(Some((ends, fields)))
+        }
+        Transport::Tcp => {
+            let ports = free_ports()?;
+            let ends =
+                ports.map(|p| zmtp::Endpoint::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, p))));
+            let fields = json!({
+                "shell_port": ports[0], "iopub_port": ports[1], "stdin_port": ports[2],
+                "control_port": ports[3], "hb_port": ports[4], "ip": "127.0.0.1",
+                "transport": "tcp",
+            });
+            Ok(Some((ends, fields)))
+        }
     }
 }
 
@@ -325,7 +383,7 @@ fn write_conn_file(dir: &std::path::Path, id: &str, content: &Value) -> std::io:
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(&path)?;
-    let file = ConnFile(path);
+    let file = ConnFile(path, Vec::new());
     f.write_all(content.to_string().as_bytes())?;
     Ok(file)
 }
@@ -596,20 +654,25 @@ async fn stream_message(
     }))
 }
 
-/// Connects, retrying while the kernel has not bound the port yet. There is
-/// no notification for that: the kernel's start is polled, with a short,
+/// Connects, retrying while the kernel has not bound the socket yet. There
+/// is no notification for that: the kernel's start is polled, with a short,
 /// growing pause, until `deadline`.
 async fn connect(
-    port: u16,
+    at: &zmtp::Endpoint,
     kind: Kind,
     deadline: Instant,
 ) -> std::io::Result<(zmtp::Reader, zmtp::Writer)> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut pause = Duration::from_millis(10);
     loop {
-        match zmtp::connect(addr, kind).await {
+        match zmtp::connect(at, kind).await {
             Ok(s) => return Ok(s),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            // Refused: nothing listens yet; not found: no Unix socket yet.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                ) =>
+            {
                 if Instant::now() + pause > deadline {
                     return Err(e);
                 }
@@ -639,8 +702,12 @@ struct Sockets {
 /// subscription takes effect at the kernel some time after it is sent, so
 /// `kernel_info_request`s are sent until the kernel's status for one of
 /// them arrives on IOPub (as `jupyter_client` does).
-async fn attach(ports: &[u16; 5], signer: &Signer, deadline: Instant) -> std::io::Result<Sockets> {
-    let [shell_p, iopub_p, _stdin_p, control_p, hb_p] = *ports;
+async fn attach(
+    ends: &[zmtp::Endpoint; 5],
+    signer: &Signer,
+    deadline: Instant,
+) -> std::io::Result<Sockets> {
+    let [shell_p, iopub_p, _stdin_p, control_p, hb_p] = ends;
     let (shell_r, mut shell) = connect(shell_p, Kind::Dealer, deadline).await?;
     let (iopub_r, iopub_w) = connect(iopub_p, Kind::Sub, deadline).await?;
     let (control_r, control) = connect(control_p, Kind::Dealer, deadline).await?;
@@ -699,27 +766,51 @@ async fn attach(ports: &[u16; 5], signer: &Signer, deadline: Instant) -> std::io
     })
 }
 
+/// How a launch failed: the error, and whether the kernel exited by
+/// itself during start-up (as one that cannot do the transport does).
+pub struct LaunchFailed {
+    pub error: KernelError,
+    pub exited: bool,
+}
+
 /// Starts the kernel and waits until it answers on every channel.
 pub async fn launch(
     l: Launch,
-    spawn: impl FnOnce(
+    spawn: impl Fn(
         Vec<String>,
         Vec<(std::ffi::OsString, std::ffi::OsString)>,
         Option<PathBuf>,
     ) -> Result<Spawned, crate::process::spawn::SpawnError>,
     tasks: &tokio_util::task::TaskTracker,
-) -> Result<Arc<Context>, KernelError> {
-    let fail = |e: String| KernelError::Launch(l.language.clone(), e);
-    let ports = free_ports().map_err(|e| fail(format!("no free port: {e}")))?;
+) -> Result<Arc<Context>, LaunchFailed> {
+    let fail = |e: String| LaunchFailed {
+        error: KernelError::Launch(l.language.clone(), e),
+        exited: false,
+    };
+    let mut transport = l.transport;
+    let (ends, mut conn) = match endpoints(transport, &l.dir, &l.id) {
+        Ok(Some(e)) => e,
+        Ok(None) => {
+            tracing::warn!(dir = %l.dir.display(), "data directory path too long for Unix sockets; kernel on loopback TCP");
+            transport = Transport::Tcp;
+            endpoints(transport, &l.dir, &l.id)
+                .ok()
+                .flatten()
+                .ok_or_else(|| fail("no free port".into()))?
+        }
+        Err(e) => return Err(fail(format!("no free port: {e}"))),
+    };
     let key = random_key().map_err(|e| fail(format!("no random key: {e}")))?;
-    let conn = json!({
-        "shell_port": ports[0], "iopub_port": ports[1], "stdin_port": ports[2],
-        "control_port": ports[3], "hb_port": ports[4], "ip": "127.0.0.1",
-        "key": key, "transport": "tcp", "signature_scheme": "hmac-sha256",
-        "kernel_name": l.spec.name,
-    });
-    let file = write_conn_file(&l.dir, &l.id, &conn)
+    conn["key"] = key.clone().into();
+    conn["signature_scheme"] = "hmac-sha256".into();
+    conn["kernel_name"] = l.spec.name.clone().into();
+    let mut file = write_conn_file(&l.dir, &l.id, &conn)
         .map_err(|e| fail(format!("cannot write the connection file: {e}")))?;
+    for e in &ends {
+        if let zmtp::Endpoint::Ipc(p) = e {
+            file.1.push(p.clone());
+        }
+    }
     let argv = l.spec.command(&file.0);
     let mut env = l.env;
     for (k, v) in &l.spec.env {
@@ -740,7 +831,7 @@ pub async fn launch(
 
     let mut exited = false;
     let attached = tokio::select! {
-        r = attach(&ports, &signer, deadline) => r.map_err(|e| e.to_string()),
+        r = attach(&ends, &signer, deadline) => r.map_err(|e| e.to_string()),
         st = &mut exit => {
             exited = true;
             // Let the pipes deliver the kernel's last words (bounded).
@@ -763,11 +854,13 @@ pub async fn launch(
             }
             tree.release();
             let out = tail.text();
-            return Err(fail(if out.is_empty() {
+            let mut f = fail(if out.is_empty() {
                 e
             } else {
                 format!("{e}; kernel output: {out}")
-            }));
+            });
+            f.exited = exited;
+            return Err(f);
         }
     };
 

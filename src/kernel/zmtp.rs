@@ -1,4 +1,5 @@
-//! A minimal ZeroMQ (ZMTP 3.0, NULL security) client over TCP: just what
+//! A minimal ZeroMQ (ZMTP 3.0, NULL security) client over Unix sockets
+//! (ZeroMQ's `ipc` transport) or TCP: just what
 //! talking to one Jupyter kernel needs. Each socket is one connection to
 //! one peer, so there is no routing, queueing or reconnection to do.
 //!
@@ -13,9 +14,23 @@
 
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use std::path::PathBuf;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixStream};
+
+/// The reading half of a connection, whichever the transport.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Where a kernel's socket is.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    /// ZeroMQ `tcp://`.
+    Tcp(std::net::SocketAddr),
+    /// ZeroMQ `ipc://`: a Unix socket's path.
+    Ipc(PathBuf),
+}
 
 /// Largest message (all parts together) accepted from a kernel.
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -56,14 +71,14 @@ impl Kind {
 }
 
 /// The reading half of a connected socket (after the handshake).
-pub struct Reader<R = OwnedReadHalf> {
+pub struct Reader<R = ReadHalf> {
     r: BufReader<R>,
     kind: Kind,
 }
 
 /// The writing half of a connected socket.
 pub struct Writer {
-    w: OwnedWriteHalf,
+    w: WriteHalf,
     kind: Kind,
 }
 
@@ -71,12 +86,21 @@ fn proto(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// Connects to `addr`, exchanges greetings and `READY`, and subscribes to
+/// Connects to `at`, exchanges greetings and `READY`, and subscribes to
 /// everything when `kind` is [`Kind::Sub`].
-pub async fn connect(addr: std::net::SocketAddr, kind: Kind) -> io::Result<(Reader, Writer)> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (r, w) = stream.into_split();
+pub async fn connect(at: &Endpoint, kind: Kind) -> io::Result<(Reader, Writer)> {
+    let (r, w): (ReadHalf, WriteHalf) = match at {
+        Endpoint::Tcp(addr) => {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        Endpoint::Ipc(path) => {
+            let (r, w) = UnixStream::connect(path).await?.into_split();
+            (Box::new(r), Box::new(w))
+        }
+    };
     let mut r = BufReader::with_capacity(64 * 1024, r);
     let mut w = Writer { w, kind };
 
