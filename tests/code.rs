@@ -1031,3 +1031,42 @@ async fn a_kernel_without_ipc_falls_back_to_tcp() {
     assert_eq!(r.status, 200);
     assert!(conn_files(&data).is_empty(), "{:?}", conn_files(&data));
 }
+
+/// Interrupting a bash context (SIGINT to bash_kernel, which passes it to
+/// its shell): the `sleep 60` stops, the run ends with an error at once,
+/// and the shell carries on with its state.
+#[tokio::test]
+async fn bash_interrupt_stops_the_command_and_keeps_the_shell() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-bashint");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "bash").await;
+    let id = ctx["id"].as_str().expect("id");
+    let pid = ctx["pid"].as_u64().expect("pid") as u32;
+    run(&d, id, "KEPT=yes").await;
+    let (mut s, _) = started(
+        &d,
+        json!({"code": "echo started; sleep 60; echo not-interrupted", "context": {"id": id}}),
+    )
+    .await;
+    let r = d.delete(&format!("/code?id={id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let evs = s.collect().await;
+    let last = terminal(&evs);
+    // Without the interrupt the run would end 60 s later, successfully.
+    assert_eq!(last["type"], "error", "{evs:?}");
+    assert!(
+        !text_of(&evs, "stdout").contains("not-interrupted"),
+        "{evs:?}"
+    );
+    assert!(
+        !descendants(pid)
+            .iter()
+            .any(|p| std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "sleep")),
+        "the sleep survived the interrupt"
+    );
+    let evs = run(&d, id, "echo $KEPT").await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+    assert_eq!(text_of(&evs, "stdout").trim(), "yes", "{evs:?}");
+}
