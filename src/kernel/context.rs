@@ -1266,3 +1266,73 @@ impl Driver {
         ended.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ZMTP frames of one message.
+    fn wire(parts: &[Vec<u8>]) -> Vec<u8> {
+        let mut w = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            let more = u8::from(i + 1 < parts.len());
+            w.push(more | 0x02);
+            w.extend_from_slice(&(p.len() as u64).to_be_bytes());
+            w.extend_from_slice(p);
+        }
+        w
+    }
+
+    /// Streams one message through `stream_message`: the text pieces and
+    /// the end's verdict.
+    async fn stream(signer: &Signer, parts: &[Vec<u8>]) -> (Vec<String>, Result<(), String>, u64) {
+        let bytes = wire(parts);
+        let mut r = zmtp::Reader::over(
+            Box::new(std::io::Cursor::new(bytes)) as zmtp::ReadHalf,
+            Kind::Sub,
+        );
+        let Ok(zmtp::Next::Open { parts, len, more }) = r.recv_until(is_big_stream).await else {
+            panic!("not streamed");
+        };
+        let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET));
+        let (tx, mut rx) = mpsc::channel(1024);
+        let end = stream_message(&mut r, signer, &budget, &tx, parts, len, more)
+            .await
+            .expect("read")
+            .expect("end");
+        drop(tx);
+        let mut pieces = Vec::new();
+        while let Some(FromKernel::Text { text, stderr, .. }) = rx.recv().await {
+            assert!(stderr);
+            pieces.push(text);
+        }
+        match end {
+            FromKernel::TextEnd { ok, bytes, .. } => (pieces, ok, bytes),
+            _ => panic!("no TextEnd"),
+        }
+    }
+
+    #[tokio::test]
+    async fn big_stream_messages_are_streamed_and_their_signature_checked() {
+        let signer = Signer::new("key", "s".into());
+        // 3 MiB with escapes and multi-byte characters across piece edges.
+        let text: String = "a\"b\\c\n\té日😀".repeat(3 << 17);
+        let (_, parts) = signer.encode("stream", &json!({"name": "stderr", "text": text}));
+        let (pieces, ok, bytes) = stream(&signer, &parts).await;
+        assert_eq!(ok, Ok(()));
+        assert!(pieces.len() > 4 && pieces.iter().all(|p| p.len() <= STREAM_PIECE + (64 << 10)));
+        assert_eq!(pieces.concat(), text);
+        assert_eq!(bytes, text.len() as u64);
+
+        // One byte of the content changed: the text has been passed on, and
+        // the end says the signature failed.
+        let mut forged = parts.clone();
+        let at = forged[5].len() / 2;
+        forged[5][at] = if forged[5][at] == b'a' { b'b' } else { b'a' };
+        let (_, ok, _) = stream(&signer, &forged).await;
+        assert_eq!(ok, Err("bad signature".to_string()));
+        // Another key: the same.
+        let (_, ok, _) = stream(&Signer::new("other", "s".into()), &parts).await;
+        assert_eq!(ok, Err("bad signature".to_string()));
+    }
+}
