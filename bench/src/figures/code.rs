@@ -145,45 +145,54 @@ async fn delete_context(run: &Run, id: &str) -> Result<()> {
 }
 
 /// `1+1` through `/code` on one kept-alive connection, after 20 warm-up
-/// runs; then the baseline's. Medians of each.
+/// runs, and the baseline's, in alternating blocks (so that drift in the
+/// machine's load hits both alike). Medians of each.
 async fn round_trip(run: &Run, base: &Baseline) -> Result<Measured> {
     let n = run.plan.round_trips();
+    let blocks = run.plan.pick_blocks();
+    let per = n.div_ceil(blocks);
     let (id, _) = new_context(run).await?;
     let mut conn = client::connect(run.execd.addr).await?;
     for _ in 0..20 {
         client::run_code(&mut conn, &id, "1+1").await?;
     }
     let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        times.push(client::run_code(&mut conn, &id, "1+1").await?.total);
+    let mut base_ms = Vec::with_capacity(n);
+    for _ in 0..blocks {
+        for _ in 0..per {
+            times.push(client::run_code(&mut conn, &id, "1+1").await?.total);
+        }
+        let (s, _) = base.run(&["rtt".into(), per.to_string()]).await?;
+        base_ms.extend(s.iter().map(|s| s * 1e3));
     }
     delete_context(run, &id).await?;
     let execd = stats::millis(&times);
-    let (base_s, _) = base.run(&["rtt".into(), n.to_string()]).await?;
-    let base_ms: Vec<f64> = base_s.iter().map(|s| s * 1e3).collect();
     Ok(Measured {
         value: stats::median(&execd).unwrap_or(f64::NAN),
         baseline: stats::median(&base_ms),
         p95: stats::p95(&execd),
         note: format!(
-            "{n} sequential after 20 warm-up; jupyter_client execute_interactive on its own kernel, p95 {} ms",
+            "{} sequential after 20 warm-up, in {blocks} blocks alternating with jupyter_client's (execute_interactive on its own kernel, 20 warm-up per block), whose p95 is {} ms",
+            execd.len(),
             stats::p95(&base_ms).map_or("-".into(), fmt_num)
         ),
     })
 }
 
 /// `POST /code/context` until it answers (the kernel answers on every
-/// channel), against KernelManager.start_kernel + wait_for_ready.
+/// channel), against KernelManager.start_kernel + wait_for_ready, one for
+/// one.
 async fn creation(run: &Run, base: &Baseline) -> Result<Measured> {
     let n = run.plan.pick_creations();
     let mut times = Vec::with_capacity(n);
+    let mut base_ms = Vec::with_capacity(n);
     for _ in 0..n {
         let (id, took) = new_context(run).await?;
         times.push(took);
         delete_context(run, &id).await?;
+        let (s, _) = base.run(&["create".into(), "1".into()]).await?;
+        base_ms.extend(s.iter().map(|s| s * 1e3));
     }
-    let (base_s, _) = base.run(&["create".into(), n.to_string()]).await?;
-    let base_ms: Vec<f64> = base_s.iter().map(|s| s * 1e3).collect();
     Ok(Measured::medians(&stats::millis(&times), &base_ms))
 }
 
@@ -203,23 +212,23 @@ async fn streaming(run: &Run, base: &Baseline) -> Result<Measured> {
     let (id, _) = new_context(run).await?;
     let mut conn = client::connect(run.execd.addr).await?;
     let code = stream_code(n);
-    let mut execd = Vec::new();
+    let (mut execd, mut base_mbps) = (Vec::new(), Vec::new());
     for _ in 0..trials {
         let r = client::run_code(&mut conn, &id, &code).await?;
         if r.stdout_bytes != n {
             return Err(format!("execd gave {} bytes of {n}", r.stdout_bytes));
         }
         execd.push(mbps(n, r.total.as_secs_f64()));
+        let (s, b) = base
+            .run(&["stream".into(), n.to_string(), "1".into()])
+            .await?;
+        if b.iter().any(|b| *b != n) {
+            return Err(format!("jupyter_client got {b:?} bytes of {n}"));
+        }
+        base_mbps.extend(s.iter().map(|s| mbps(n, *s)));
     }
     delete_context(run, &id).await?;
-    let (base_s, base_b) = base
-        .run(&["stream".into(), n.to_string(), trials.to_string()])
-        .await?;
-    if base_b.iter().any(|b| *b != n) {
-        return Err(format!("jupyter_client got {base_b:?} bytes of {n}"));
-    }
-    let base: Vec<f64> = base_s.iter().map(|s| mbps(n, *s)).collect();
-    Ok(Measured::medians(&execd, &base).note(format!(
+    Ok(Measured::medians(&execd, &base_mbps).note(format!(
         "{} MiB in 1 KiB lines per trial; peak RSS of this group: see the RSS peak figure",
         n >> 20
     )))

@@ -71,6 +71,11 @@ impl Plan {
     pub fn file_bytes(self) -> u64 {
         self.pick(32 * MIB, 1024 * MIB)
     }
+    /// Blocks the `/code` round trips are split into, alternating with the
+    /// baseline's.
+    pub fn pick_blocks(self) -> usize {
+        self.pick(1, 6)
+    }
     /// Code contexts created (each against one started by jupyter_client).
     pub fn pick_creations(self) -> usize {
         self.pick(2, 5)
