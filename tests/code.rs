@@ -1070,3 +1070,57 @@ async fn bash_interrupt_stops_the_command_and_keeps_the_shell() {
     assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
     assert_eq!(text_of(&evs, "stdout").trim(), "yes", "{evs:?}");
 }
+
+/// A kernel whose handler fails sends no `execute_reply` but goes idle
+/// (ipykernel logs the exception; bash_kernel does this when an interrupt
+/// lands while it waits for its prompt): the run ends with an error soon
+/// after the idle status instead of waiting forever, and the context takes
+/// the next run.
+#[tokio::test]
+async fn a_request_the_kernel_never_answers_ends_at_idle() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-noreply");
+    let k = data.0.join("share/kernels/noreply");
+    std::fs::create_dir_all(&k).expect("mkdir");
+    let kernel = r#"
+from ipykernel.kernelbase import Kernel
+from ipykernel.kernelapp import IPKernelApp
+
+class K(Kernel):
+    implementation = "noreply"
+    implementation_version = "0"
+    language_info = {"name": "noreply", "mimetype": "text/plain", "file_extension": ".txt"}
+    banner = ""
+
+    def do_execute(self, code, silent, store_history=True, user_expressions=None, allow_stdin=False, **kw):
+        if code == "fail":
+            raise RuntimeError("the handler fails")
+        self.send_response(self.iopub_socket, "stream", {"name": "stdout", "text": code})
+        return {"status": "ok", "execution_count": self.execution_count, "payload": [], "user_expressions": {}}
+
+IPKernelApp.launch_instance(kernel_class=K)
+"#;
+    std::fs::write(k.join("noreply.py"), kernel).expect("write");
+    let python = share.join("../../bin/python");
+    let spec = json!({
+        "argv": [python, k.join("noreply.py"), "-f", "{connection_file}"],
+        "language": "noreply",
+    });
+    std::fs::write(k.join("kernel.json"), spec.to_string()).expect("write");
+    let d = daemon(&data.0.join("share"), &data, &[]);
+    let ctx = create(&d, "noreply").await;
+    let id = ctx["id"].as_str().expect("id");
+    let evs = run(&d, id, "fail").await;
+    let last = terminal(&evs);
+    assert_eq!(last["type"], "error", "{evs:?}");
+    assert_eq!(last["error"]["ename"], "ExecutionAborted", "{last}");
+    assert!(
+        last["error"]["evalue"]
+            .as_str()
+            .is_some_and(|v| v.contains("without answering")),
+        "{last}"
+    );
+    let evs = run(&d, id, "still here").await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+    assert_eq!(text_of(&evs, "stdout"), "still here");
+}

@@ -33,6 +33,12 @@ const HB_MISSES: u32 = 4;
 /// After a timeout's interrupt, how long the kernel has to wind the run
 /// down before it is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+/// How long after the request's `status: idle` its `execute_reply` may
+/// still come (they travel on different sockets) before the run ends
+/// without it.
+const IDLE_WITHOUT_REPLY: Duration = Duration::from_secs(2);
+/// The reply status of a run that got none.
+const NO_REPLY: &str = "(none)";
 /// Messages buffered per socket between its reader task and the driver.
 const SOCKET_DEPTH: usize = 64;
 /// Bytes of IOPub messages a context holds between its socket and the
@@ -917,6 +923,8 @@ struct Run {
     error_sent: bool,
     /// When to interrupt (timeout) and, after that, when to give up.
     timeout_at: Option<Instant>,
+    /// When the request's `status: idle` arrived.
+    idle_at: Option<Instant>,
     timed_out: bool,
 }
 
@@ -947,7 +955,17 @@ impl Driver {
         let mut hb_waiting = false;
         let far = Instant::now() + Duration::from_secs(86400 * 365);
         let why: String = loop {
-            let timer = self.run.as_ref().and_then(|r| r.timeout_at).unwrap_or(far);
+            let timer = self
+                .run
+                .as_ref()
+                .and_then(|r| {
+                    let unanswered = r
+                        .idle_at
+                        .filter(|_| !r.replied)
+                        .map(|t| t + IDLE_WITHOUT_REPLY);
+                    r.timeout_at.into_iter().chain(unanswered).min()
+                })
+                .unwrap_or(far);
             tokio::select! {
                 req = self.rx.recv() => match req {
                     Some(Request::Execute { code, run, timeout }) => {
@@ -1010,7 +1028,9 @@ impl Driver {
                     break self.exit_reason(st.ok());
                 },
                 _ = sleep_until(timer) => {
-                    if self.on_timeout().await {
+                    if self.unanswered() {
+                        self.finish().await;
+                    } else if self.on_timeout().await {
                         break "the kernel did not stop after a timeout's interrupt; killed".into();
                     }
                 },
@@ -1045,9 +1065,26 @@ impl Driver {
             idle: false,
             error_sent: false,
             timeout_at: timeout.map(|t| now + t),
+            idle_at: None,
             timed_out: false,
         });
         Self::send(&mut self.s.shell, &parts).await
+    }
+
+    /// Whether the kernel went idle after the request and did not answer it
+    /// within [`IDLE_WITHOUT_REPLY`]: its handler failed (ipykernel logs the
+    /// exception, sends no reply, and goes idle). The run ends then, rather
+    /// than waiting for a reply that never comes.
+    fn unanswered(&mut self) -> bool {
+        let Some(run) = self.run.as_mut() else {
+            return false;
+        };
+        if run.replied || run.idle_at.is_none_or(|t| t.elapsed() < IDLE_WITHOUT_REPLY) {
+            return false;
+        }
+        run.replied = true;
+        run.reply_status = NO_REPLY.into();
+        true
     }
 
     /// The run's timeout: the first time, interrupt; the second (the grace
@@ -1129,6 +1166,7 @@ impl Driver {
             "status" => {
                 if c["execution_state"] == "idle" {
                     run.idle = true;
+                    run.idle_at = Some(Instant::now());
                 }
                 None
             }
@@ -1198,7 +1236,11 @@ impl Driver {
         } else {
             Outcome::Failed {
                 ename: "ExecutionAborted".into(),
-                evalue: format!("the kernel answered \"{}\"", run.reply_status),
+                evalue: if run.reply_status == NO_REPLY {
+                    "the kernel went idle without answering the request (its handler failed)".into()
+                } else {
+                    format!("the kernel answered \"{}\"", run.reply_status)
+                },
                 timed_out: false,
             }
         };
