@@ -10,7 +10,10 @@
 //! - frames: flags (`MORE`, `LONG`, `COMMAND`) and a 1- or 8-byte length.
 //!
 //! Every message is bounded ([`MAX_MESSAGE`]): a bigger one is read to its
-//! end and dropped, and the caller is told how big it was.
+//! end and dropped, and the caller is told how big it was. Except that a
+//! caller may take over a frame's body before it is read
+//! ([`Reader::recv_until`]) and read it in pieces, as the IOPub reader does
+//! for big `stream` messages.
 
 use std::io;
 
