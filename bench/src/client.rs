@@ -261,15 +261,29 @@ pub struct CommandRun {
 pub async fn run_command(
     conn: &mut Conn,
     command: &str,
+    on_init: impl FnMut(&str),
+) -> Result<CommandRun> {
+    let body = serde_json::json!({ "command": command });
+    run_stream(conn, "/command", &body, command, on_init).await
+}
+
+/// Runs `code` in the code context `context` through `POST /code` and reads
+/// its stream to the terminal event.
+pub async fn run_code(conn: &mut Conn, context: &str, code: &str) -> Result<CommandRun> {
+    let body = serde_json::json!({ "code": code, "context": { "id": context } });
+    run_stream(conn, "/code", &body, code, |_| {}).await
+}
+
+async fn run_stream(
+    conn: &mut Conn,
+    path: &str,
+    body: &serde_json::Value,
+    command: &str,
     mut on_init: impl FnMut(&str),
 ) -> Result<CommandRun> {
     let t0 = Instant::now();
-    let resp = send(
-        conn,
-        post_json("/command", &serde_json::json!({ "command": command })),
-    )
-    .await?;
-    let mut events = EventReader::new(expect_ok(resp, "POST /command").await?);
+    let resp = send(conn, post_json(path, body)).await?;
+    let mut events = EventReader::new(expect_ok(resp, &format!("POST {path}")).await?);
     let mut run = CommandRun::default();
     while let Some(raw) = events.next().await? {
         if let Some(n) = stdout_len(&raw) {

@@ -61,6 +61,10 @@ impl Server {
     pub fn execd(bin: &Path) -> Result<Server> {
         let mut cmd = Command::new(bin);
         cmd.args(["--port", "0", "--bind", "127.0.0.1"]);
+        // The code figures' kernels, when there is a kernel venv.
+        if let Ok((share, _)) = crate::figures::code::kernel_venv() {
+            cmd.env("JUPYTER_PATH", share);
+        }
         Server::start(cmd)
     }
 

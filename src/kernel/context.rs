@@ -33,6 +33,12 @@ const HB_MISSES: u32 = 4;
 /// After a timeout's interrupt, how long the kernel has to wind the run
 /// down before it is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+/// How long after the request's `status: idle` its `execute_reply` may
+/// still come (they travel on different sockets) before the run ends
+/// without it.
+const IDLE_WITHOUT_REPLY: Duration = Duration::from_secs(2);
+/// The reply status of a run that got none.
+const NO_REPLY: &str = "(none)";
 /// Messages buffered per socket between its reader task and the driver.
 const SOCKET_DEPTH: usize = 64;
 /// Bytes of IOPub messages a context holds between its socket and the
@@ -41,9 +47,30 @@ const SOCKET_DEPTH: usize = 64;
 /// driver has recorded it.
 const OUTPUT_BUDGET: usize = 8 << 20;
 
+/// `stream` messages whose content is bigger than this are not read whole
+/// but streamed (see [`stream_message`]).
+const STREAM_OVER: u64 = 1 << 20;
+/// Text of a streamed message is passed on in pieces of about this size.
+const STREAM_PIECE: usize = 256 * 1024;
+
 /// What a socket's reader task passes on.
 enum FromKernel {
     Message(Vec<Vec<u8>>, Option<OwnedSemaphorePermit>),
+    /// A piece of the text of a big `stream` message, passed on before the
+    /// message has been read to its end (so before its signature is checked).
+    Text {
+        parent_id: String,
+        stderr: bool,
+        text: String,
+        _held: OwnedSemaphorePermit,
+    },
+    /// The end of a streamed message: whether its signature (and content)
+    /// checked out, and how many bytes of text it had.
+    TextEnd {
+        parent_id: String,
+        ok: Result<(), String>,
+        bytes: u64,
+    },
     /// A message over the size limit, read and dropped.
     Dropped(u64),
     /// The connection failed; nothing more comes.
@@ -238,7 +265,19 @@ impl Context {
     }
 }
 
+/// How execd and a kernel talk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Unix sockets in execd's private directory (ZeroMQ `ipc`): no other
+    /// local user can connect to them, or bind them first.
+    Ipc,
+    /// Loopback TCP ports: any local process can connect to them. Only for
+    /// a kernel that cannot do `ipc` (see `Kernels::create`).
+    Tcp,
+}
+
 /// What launching needs from the caller.
+#[derive(Clone)]
 pub struct Launch {
     pub id: String,
     pub language: String,
@@ -249,14 +288,60 @@ pub struct Launch {
     pub dir: PathBuf,
     /// Cancelled at daemon shutdown.
     pub shutdown: CancellationToken,
+    pub transport: Transport,
 }
 
-/// A connection file that removes itself when dropped.
-struct ConnFile(PathBuf);
+/// A connection file, and the kernel's Unix sockets if any, removed when
+/// dropped (a kernel that is killed leaves its sockets behind).
+struct ConnFile(PathBuf, Vec<PathBuf>);
 
 impl Drop for ConnFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+        for p in &self.1 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Longest path a Unix socket address holds (`sun_path`, less its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// The kernel's five endpoints (shell, iopub, stdin, control, hb) and the
+/// connection file's transport fields. `ipc`: ZeroMQ binds
+/// `<ip>-<port>`, so the ports are just 1 to 5 and `ip` a path prefix in the
+/// private directory. `None` when `ipc` paths would be too long for a Unix
+/// socket address.
+fn endpoints(
+    transport: Transport,
+    dir: &std::path::Path,
+    id: &str,
+) -> std::io::Result<Option<([zmtp::Endpoint; 5], Value)>> {
+    match transport {
+        Transport::Ipc => {
+            let prefix = dir.join(format!("k-{id}"));
+            let ip = prefix.to_string_lossy().into_owned();
+            if ip.len() + 2 > SUN_PATH_MAX || ip.contains('\0') {
+                return Ok(None);
+            }
+            let ends = [1, 2, 3, 4, 5].map(|p| zmtp::Endpoint::Ipc(format!("{ip}-{p}").into()));
+            let fields = json!({
+                "shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4,
+                "hb_port": 5, "ip": ip, "transport": "ipc",
+            });
+            Ok(Some((ends, fields)))
+        }
+        Transport::Tcp => {
+            let ports = free_ports()?;
+            let ends =
+                ports.map(|p| zmtp::Endpoint::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, p))));
+            let fields = json!({
+                "shell_port": ports[0], "iopub_port": ports[1], "stdin_port": ports[2],
+                "control_port": ports[3], "hb_port": ports[4], "ip": "127.0.0.1",
+                "transport": "tcp",
+            });
+            Ok(Some((ends, fields)))
+        }
     }
 }
 
@@ -304,7 +389,7 @@ fn write_conn_file(dir: &std::path::Path, id: &str, content: &Value) -> std::io:
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(&path)?;
-    let file = ConnFile(path);
+    let file = ConnFile(path, Vec::new());
     f.write_all(content.to_string().as_bytes())?;
     Ok(file)
 }
@@ -425,20 +510,175 @@ fn reader(
     (rx, Owned(task))
 }
 
-/// Connects, retrying while the kernel has not bound the port yet. There is
-/// no notification for that: the kernel's start is polled, with a short,
+/// The IOPub reader task: like [`reader`], with a budget, except that big
+/// `stream` messages are streamed ([`stream_message`]).
+fn iopub_reader(
+    mut r: zmtp::Reader,
+    signer: Signer,
+    budget: Arc<Semaphore>,
+) -> (mpsc::Receiver<FromKernel>, Owned) {
+    let (tx, rx) = mpsc::channel(SOCKET_DEPTH);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok(mut all) = budget
+                .clone()
+                .acquire_many_owned(OUTPUT_BUDGET as u32)
+                .await
+            else {
+                return;
+            };
+            let item = match r.recv_until(is_big_stream).await {
+                Ok(zmtp::Next::Whole(zmtp::Incoming::Message(m))) => {
+                    let n: usize = m.iter().map(Vec::len).sum();
+                    let held = all.split(n.clamp(1, OUTPUT_BUDGET));
+                    FromKernel::Message(m, held)
+                }
+                Ok(zmtp::Next::Whole(zmtp::Incoming::Dropped { bytes })) => {
+                    FromKernel::Dropped(bytes)
+                }
+                Ok(zmtp::Next::Open { parts, len, more }) => {
+                    // Its pieces take their own shares of the budget.
+                    drop(all);
+                    match stream_message(&mut r, &signer, &budget, &tx, parts, len, more).await {
+                        Ok(Some(end)) => end,
+                        Ok(None) => return,
+                        Err(e) => FromKernel::Failed(e.to_string()),
+                    }
+                }
+                Err(e) => FromKernel::Failed(e.to_string()),
+            };
+            let failed = matches!(item, FromKernel::Failed(_));
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    (rx, Owned(task))
+}
+
+/// Whether the frame about to be read is the content of a big `stream`
+/// message: the parts so far are identities, `<IDS|MSG>`, the signature,
+/// header, parent header and metadata, and the header says `stream`.
+fn is_big_stream(parts: &[Vec<u8>], len: u64) -> bool {
+    len > STREAM_OVER
+        && super::msg::delimiter(parts).is_some_and(|d| parts.len() == d + 5)
+        && serde_json::from_slice::<Value>(&parts[parts.len() - 3])
+            .is_ok_and(|h| h["msg_type"] == "stream")
+}
+
+/// Streams the content frame of a big `stream` message: read in pieces of
+/// 64 KiB, each fed to the HMAC and to an incremental JSON scan that
+/// unescapes `"text"`; the text is passed on in pieces of
+/// [`STREAM_PIECE`], each holding its share of the IOPub budget until the
+/// driver has appended it to the run's log. So execd holds at most the
+/// budget whatever the size of the message.
+///
+/// The signature can only be checked at the end, after the text has been
+/// passed on. That is the price of bounded memory (the alternative, holding
+/// or spilling a whole message before showing any of it, delays output by
+/// tens of MiB). A message that fails the check is a broken or hijacked
+/// channel, not a kernel's mistake: the [`FromKernel::TextEnd`] it ends
+/// with makes the driver tell the run, on stderr, how many bytes came
+/// unverified, and kill the kernel (see `Driver::text_end`). The sockets
+/// are Unix sockets in execd's private directory, so no other local user
+/// can be on the other end to begin with.
+///
+/// Returns the `TextEnd` to send, or `None` when the driver is gone.
+async fn stream_message(
+    r: &mut zmtp::Reader,
+    signer: &Signer,
+    budget: &Arc<Semaphore>,
+    tx: &mpsc::Sender<FromKernel>,
+    parts: Vec<Vec<u8>>,
+    len: u64,
+    more: bool,
+) -> std::io::Result<Option<FromKernel>> {
+    let d = super::msg::delimiter(&parts).unwrap_or_default();
+    let sig = &parts[d + 1];
+    let mut mac = signer.mac();
+    for p in &parts[d + 2..] {
+        hmac::Mac::update(&mut mac, p);
+    }
+    let parent_id = serde_json::from_slice::<Value>(&parts[d + 3])
+        .ok()
+        .and_then(|p| p["msg_id"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut scan = super::msg::StreamScan::default();
+    let mut scan_err: Option<&'static str> = None;
+    let mut out = Vec::with_capacity(STREAM_PIECE + 64 * 1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    let mut bytes = 0u64;
+    while left > 0 || !out.is_empty() {
+        if left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = r.read_some(&mut buf[..want]).await?;
+            left -= n as u64;
+            hmac::Mac::update(&mut mac, &buf[..n]);
+            if scan_err.is_none() {
+                if let Err(e) = scan.feed(&buf[..n], &mut out) {
+                    scan_err = Some(e);
+                    out.clear();
+                }
+            }
+        }
+        if out.len() >= STREAM_PIECE || (left == 0 && !out.is_empty()) {
+            let text = super::msg::take_text(&mut out, left == 0);
+            let Ok(held) = budget
+                .clone()
+                .acquire_many_owned(text.len().clamp(1, OUTPUT_BUDGET) as u32)
+                .await
+            else {
+                return Ok(None);
+            };
+            bytes += text.len() as u64;
+            let item = FromKernel::Text {
+                parent_id: parent_id.clone(),
+                stderr: scan.name() == b"stderr",
+                text,
+                _held: held,
+            };
+            if tx.send(item).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+    r.skip_rest(more).await?;
+    let ok = if !super::msg::verify(mac, sig) {
+        Err("bad signature".to_string())
+    } else if let Some(e) = scan_err {
+        Err(format!("bad content: {e}"))
+    } else if !scan.done() {
+        Err("bad content: truncated".to_string())
+    } else {
+        Ok(())
+    };
+    Ok(Some(FromKernel::TextEnd {
+        parent_id,
+        ok,
+        bytes,
+    }))
+}
+
+/// Connects, retrying while the kernel has not bound the socket yet. There
+/// is no notification for that: the kernel's start is polled, with a short,
 /// growing pause, until `deadline`.
 async fn connect(
-    port: u16,
+    at: &zmtp::Endpoint,
     kind: Kind,
     deadline: Instant,
 ) -> std::io::Result<(zmtp::Reader, zmtp::Writer)> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut pause = Duration::from_millis(10);
     loop {
-        match zmtp::connect(addr, kind).await {
+        match zmtp::connect(at, kind).await {
             Ok(s) => return Ok(s),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            // Refused: nothing listens yet; not found: no Unix socket yet.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                ) =>
+            {
                 if Instant::now() + pause > deadline {
                     return Err(e);
                 }
@@ -468,15 +708,19 @@ struct Sockets {
 /// subscription takes effect at the kernel some time after it is sent, so
 /// `kernel_info_request`s are sent until the kernel's status for one of
 /// them arrives on IOPub (as `jupyter_client` does).
-async fn attach(ports: &[u16; 5], signer: &Signer, deadline: Instant) -> std::io::Result<Sockets> {
-    let [shell_p, iopub_p, _stdin_p, control_p, hb_p] = *ports;
+async fn attach(
+    ends: &[zmtp::Endpoint; 5],
+    signer: &Signer,
+    deadline: Instant,
+) -> std::io::Result<Sockets> {
+    let [shell_p, iopub_p, _stdin_p, control_p, hb_p] = ends;
     let (shell_r, mut shell) = connect(shell_p, Kind::Dealer, deadline).await?;
     let (iopub_r, iopub_w) = connect(iopub_p, Kind::Sub, deadline).await?;
     let (control_r, control) = connect(control_p, Kind::Dealer, deadline).await?;
     let (hb_r, hb) = connect(hb_p, Kind::Req, deadline).await?;
     let (mut shell_rx, t1) = reader(shell_r, None);
     let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET));
-    let (mut iopub_rx, t2) = reader(iopub_r, Some(budget));
+    let (mut iopub_rx, t2) = iopub_reader(iopub_r, signer.clone(), budget);
     let (control_rx, t3) = reader(control_r, None);
     let (hb_rx, t4) = reader(hb_r, None);
     let mut sent: Vec<String> = Vec::new();
@@ -495,7 +739,7 @@ async fn attach(ports: &[u16; 5], signer: &Signer, deadline: Instant) -> std::io
                             break 'outer;
                         }
                     }
-                    Some(FromKernel::Dropped(_)) => {}
+                    Some(FromKernel::Dropped(_) | FromKernel::Text { .. } | FromKernel::TextEnd { .. }) => {}
                     Some(FromKernel::Failed(e)) => return Err(std::io::Error::other(format!("IOPub: {e}"))),
                     None => return Err(std::io::Error::other("IOPub closed")),
                 },
@@ -528,27 +772,51 @@ async fn attach(ports: &[u16; 5], signer: &Signer, deadline: Instant) -> std::io
     })
 }
 
+/// How a launch failed: the error, and whether the kernel exited by
+/// itself during start-up (as one that cannot do the transport does).
+pub struct LaunchFailed {
+    pub error: KernelError,
+    pub exited: bool,
+}
+
 /// Starts the kernel and waits until it answers on every channel.
 pub async fn launch(
     l: Launch,
-    spawn: impl FnOnce(
+    spawn: impl Fn(
         Vec<String>,
         Vec<(std::ffi::OsString, std::ffi::OsString)>,
         Option<PathBuf>,
     ) -> Result<Spawned, crate::process::spawn::SpawnError>,
     tasks: &tokio_util::task::TaskTracker,
-) -> Result<Arc<Context>, KernelError> {
-    let fail = |e: String| KernelError::Launch(l.language.clone(), e);
-    let ports = free_ports().map_err(|e| fail(format!("no free port: {e}")))?;
+) -> Result<Arc<Context>, LaunchFailed> {
+    let fail = |e: String| LaunchFailed {
+        error: KernelError::Launch(l.language.clone(), e),
+        exited: false,
+    };
+    let mut transport = l.transport;
+    let (ends, mut conn) = match endpoints(transport, &l.dir, &l.id) {
+        Ok(Some(e)) => e,
+        Ok(None) => {
+            tracing::warn!(dir = %l.dir.display(), "data directory path too long for Unix sockets; kernel on loopback TCP");
+            transport = Transport::Tcp;
+            endpoints(transport, &l.dir, &l.id)
+                .ok()
+                .flatten()
+                .ok_or_else(|| fail("no free port".into()))?
+        }
+        Err(e) => return Err(fail(format!("no free port: {e}"))),
+    };
     let key = random_key().map_err(|e| fail(format!("no random key: {e}")))?;
-    let conn = json!({
-        "shell_port": ports[0], "iopub_port": ports[1], "stdin_port": ports[2],
-        "control_port": ports[3], "hb_port": ports[4], "ip": "127.0.0.1",
-        "key": key, "transport": "tcp", "signature_scheme": "hmac-sha256",
-        "kernel_name": l.spec.name,
-    });
-    let file = write_conn_file(&l.dir, &l.id, &conn)
+    conn["key"] = key.clone().into();
+    conn["signature_scheme"] = "hmac-sha256".into();
+    conn["kernel_name"] = l.spec.name.clone().into();
+    let mut file = write_conn_file(&l.dir, &l.id, &conn)
         .map_err(|e| fail(format!("cannot write the connection file: {e}")))?;
+    for e in &ends {
+        if let zmtp::Endpoint::Ipc(p) = e {
+            file.1.push(p.clone());
+        }
+    }
     let argv = l.spec.command(&file.0);
     let mut env = l.env;
     for (k, v) in &l.spec.env {
@@ -569,7 +837,7 @@ pub async fn launch(
 
     let mut exited = false;
     let attached = tokio::select! {
-        r = attach(&ports, &signer, deadline) => r.map_err(|e| e.to_string()),
+        r = attach(&ends, &signer, deadline) => r.map_err(|e| e.to_string()),
         st = &mut exit => {
             exited = true;
             // Let the pipes deliver the kernel's last words (bounded).
@@ -592,11 +860,13 @@ pub async fn launch(
             }
             tree.release();
             let out = tail.text();
-            return Err(fail(if out.is_empty() {
+            let mut f = fail(if out.is_empty() {
                 e
             } else {
                 format!("{e}; kernel output: {out}")
-            }));
+            });
+            f.exited = exited;
+            return Err(f);
         }
     };
 
@@ -653,6 +923,8 @@ struct Run {
     error_sent: bool,
     /// When to interrupt (timeout) and, after that, when to give up.
     timeout_at: Option<Instant>,
+    /// When the request's `status: idle` arrived.
+    idle_at: Option<Instant>,
     timed_out: bool,
 }
 
@@ -683,7 +955,17 @@ impl Driver {
         let mut hb_waiting = false;
         let far = Instant::now() + Duration::from_secs(86400 * 365);
         let why: String = loop {
-            let timer = self.run.as_ref().and_then(|r| r.timeout_at).unwrap_or(far);
+            let timer = self
+                .run
+                .as_ref()
+                .and_then(|r| {
+                    let unanswered = r
+                        .idle_at
+                        .filter(|_| !r.replied)
+                        .map(|t| t + IDLE_WITHOUT_REPLY);
+                    r.timeout_at.into_iter().chain(unanswered).min()
+                })
+                .unwrap_or(far);
             tokio::select! {
                 req = self.rx.recv() => match req {
                     Some(Request::Execute { code, run, timeout }) => {
@@ -702,12 +984,22 @@ impl Driver {
                 m = self.s.iopub_rx.recv() => match m {
                     Some(FromKernel::Message(m, held)) => self.iopub(m, held).await,
                     Some(FromKernel::Dropped(bytes)) => self.dropped(bytes),
+                    Some(FromKernel::Text { parent_id, stderr, text, _held }) => {
+                        if let Some(run) = self.run.as_ref().filter(|r| r.msg_id == parent_id) {
+                            run.out.emit(Event::Stream { stderr, text });
+                        }
+                    }
+                    Some(FromKernel::TextEnd { parent_id, ok, bytes }) => {
+                        if let Err(why) = self.text_end(&parent_id, ok, bytes) {
+                            break why;
+                        }
+                    }
                     Some(FromKernel::Failed(e)) => break format!("the kernel closed IOPub: {e}"),
                     None => break "the kernel closed IOPub".into(),
                 },
                 m = self.s.shell_rx.recv() => match m {
                     Some(FromKernel::Message(m, _)) => self.shell(m),
-                    Some(FromKernel::Dropped(_)) => {}
+                    Some(FromKernel::Dropped(_) | FromKernel::Text { .. } | FromKernel::TextEnd { .. }) => {}
                     Some(FromKernel::Failed(e)) => break format!("the kernel closed its shell channel: {e}"),
                     None => break "the kernel closed its shell channel".into(),
                 },
@@ -715,7 +1007,7 @@ impl Driver {
                     break "the kernel closed its control channel".into();
                 },
                 m = self.s.hb_rx.recv() => match m {
-                    Some(FromKernel::Message(..) | FromKernel::Dropped(_)) => { hb_waiting = false; hb_missed = 0; }
+                    Some(FromKernel::Message(..) | FromKernel::Dropped(_) | FromKernel::Text { .. } | FromKernel::TextEnd { .. }) => { hb_waiting = false; hb_missed = 0; }
                     Some(FromKernel::Failed(_)) | None => break "the kernel closed its heartbeat channel".into(),
                 },
                 _ = hb_tick.tick() => {
@@ -736,7 +1028,9 @@ impl Driver {
                     break self.exit_reason(st.ok());
                 },
                 _ = sleep_until(timer) => {
-                    if self.on_timeout().await {
+                    if self.unanswered() {
+                        self.finish().await;
+                    } else if self.on_timeout().await {
                         break "the kernel did not stop after a timeout's interrupt; killed".into();
                     }
                 },
@@ -771,9 +1065,26 @@ impl Driver {
             idle: false,
             error_sent: false,
             timeout_at: timeout.map(|t| now + t),
+            idle_at: None,
             timed_out: false,
         });
         Self::send(&mut self.s.shell, &parts).await
+    }
+
+    /// Whether the kernel went idle after the request and did not answer it
+    /// within [`IDLE_WITHOUT_REPLY`]: its handler failed (ipykernel logs the
+    /// exception, sends no reply, and goes idle). The run ends then, rather
+    /// than waiting for a reply that never comes.
+    fn unanswered(&mut self) -> bool {
+        let Some(run) = self.run.as_mut() else {
+            return false;
+        };
+        if run.replied || run.idle_at.is_none_or(|t| t.elapsed() < IDLE_WITHOUT_REPLY) {
+            return false;
+        }
+        run.replied = true;
+        run.reply_status = NO_REPLY.into();
+        true
     }
 
     /// The run's timeout: the first time, interrupt; the second (the grace
@@ -821,6 +1132,27 @@ impl Driver {
         run.out.emit(Event::Stream { stderr: true, text });
     }
 
+    /// The end of a streamed `stream` message. If it failed its check, its
+    /// text already reached the log: the run is told so on stderr, and the
+    /// kernel is killed (the `Err` is why), since its channel cannot be
+    /// trusted any more.
+    fn text_end(
+        &mut self,
+        parent_id: &str,
+        ok: Result<(), String>,
+        bytes: u64,
+    ) -> Result<(), String> {
+        let Err(why) = ok else { return Ok(()) };
+        tracing::warn!(context = %self.ctx.id, error = %why, bytes, "a streamed kernel message failed its check");
+        if let Some(run) = self.run.as_ref().filter(|r| r.msg_id == parent_id) {
+            run.out.emit(Event::Stream {
+                stderr: true,
+                text: format!("\n[execd: the last {bytes} bytes of output came in a kernel message that failed its check ({why}); the kernel is stopped]\n"),
+            });
+        }
+        Err(format!("a message on IOPub failed its check ({why})"))
+    }
+
     async fn iopub(&mut self, m: Vec<Vec<u8>>, held: Option<OwnedSemaphorePermit>) {
         let decoded = self.decode(&m);
         drop(m); // the raw parts: not kept while the event is forwarded
@@ -834,6 +1166,7 @@ impl Driver {
             "status" => {
                 if c["execution_state"] == "idle" {
                     run.idle = true;
+                    run.idle_at = Some(Instant::now());
                 }
                 None
             }
@@ -903,7 +1236,11 @@ impl Driver {
         } else {
             Outcome::Failed {
                 ename: "ExecutionAborted".into(),
-                evalue: format!("the kernel answered \"{}\"", run.reply_status),
+                evalue: if run.reply_status == NO_REPLY {
+                    "the kernel went idle without answering the request (its handler failed)".into()
+                } else {
+                    format!("the kernel answered \"{}\"", run.reply_status)
+                },
                 timed_out: false,
             }
         };
@@ -969,5 +1306,75 @@ impl Driver {
         let ended = self.ctx.ended.clone();
         drop(self);
         ended.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ZMTP frames of one message.
+    fn wire(parts: &[Vec<u8>]) -> Vec<u8> {
+        let mut w = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            let more = u8::from(i + 1 < parts.len());
+            w.push(more | 0x02);
+            w.extend_from_slice(&(p.len() as u64).to_be_bytes());
+            w.extend_from_slice(p);
+        }
+        w
+    }
+
+    /// Streams one message through `stream_message`: the text pieces and
+    /// the end's verdict.
+    async fn stream(signer: &Signer, parts: &[Vec<u8>]) -> (Vec<String>, Result<(), String>, u64) {
+        let bytes = wire(parts);
+        let mut r = zmtp::Reader::over(
+            Box::new(std::io::Cursor::new(bytes)) as zmtp::ReadHalf,
+            Kind::Sub,
+        );
+        let Ok(zmtp::Next::Open { parts, len, more }) = r.recv_until(is_big_stream).await else {
+            panic!("not streamed");
+        };
+        let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET));
+        let (tx, mut rx) = mpsc::channel(1024);
+        let end = stream_message(&mut r, signer, &budget, &tx, parts, len, more)
+            .await
+            .expect("read")
+            .expect("end");
+        drop(tx);
+        let mut pieces = Vec::new();
+        while let Some(FromKernel::Text { text, stderr, .. }) = rx.recv().await {
+            assert!(stderr);
+            pieces.push(text);
+        }
+        match end {
+            FromKernel::TextEnd { ok, bytes, .. } => (pieces, ok, bytes),
+            _ => panic!("no TextEnd"),
+        }
+    }
+
+    #[tokio::test]
+    async fn big_stream_messages_are_streamed_and_their_signature_checked() {
+        let signer = Signer::new("key", "s".into());
+        // 3 MiB with escapes and multi-byte characters across piece edges.
+        let text: String = "a\"b\\c\n\té日😀".repeat(3 << 17);
+        let (_, parts) = signer.encode("stream", &json!({"name": "stderr", "text": text}));
+        let (pieces, ok, bytes) = stream(&signer, &parts).await;
+        assert_eq!(ok, Ok(()));
+        assert!(pieces.len() > 4 && pieces.iter().all(|p| p.len() <= STREAM_PIECE + (64 << 10)));
+        assert_eq!(pieces.concat(), text);
+        assert_eq!(bytes, text.len() as u64);
+
+        // One byte of the content changed: the text has been passed on, and
+        // the end says the signature failed.
+        let mut forged = parts.clone();
+        let at = forged[5].len() / 2;
+        forged[5][at] = if forged[5][at] == b'a' { b'b' } else { b'a' };
+        let (_, ok, _) = stream(&signer, &forged).await;
+        assert_eq!(ok, Err("bad signature".to_string()));
+        // Another key: the same.
+        let (_, ok, _) = stream(&Signer::new("other", "s".into()), &parts).await;
+        assert_eq!(ok, Err("bad signature".to_string()));
     }
 }

@@ -2,7 +2,8 @@
 //! Nothing in here knows about HTTP.
 //!
 //! - `spec`: kernelspec discovery (`JUPYTER_PATH` and Jupyter's usual places);
-//! - `zmtp`: a minimal ZeroMQ client (ZMTP 3.0, NULL security) over TCP;
+//! - `zmtp`: a minimal ZeroMQ client (ZMTP 3.0, NULL security) over Unix
+//!   sockets (ZeroMQ `ipc`, the default) or TCP;
 //! - `msg`: Jupyter messages, HMAC-SHA256 signed;
 //! - `context`: one kernel process and the task that drives it.
 //!
@@ -157,14 +158,26 @@ impl Kernels {
             env: kernel_env(self.engine.default_env()),
             dir: self.cfg.dir.clone(),
             shutdown,
+            transport: context::Transport::Ipc,
         };
         let engine = self.engine.clone();
-        let ctx = context::launch(
-            launch,
-            move |argv, env, cwd| engine.spawn_helper(argv, env, cwd),
-            self.engine.tasks(),
-        )
-        .await?;
+        let spawn = move |argv, env, cwd| engine.spawn_helper(argv, env, cwd);
+        let ctx = match context::launch(launch.clone(), &spawn, self.engine.tasks()).await {
+            Ok(ctx) => ctx,
+            // A kernel that exits at once when asked for Unix sockets may
+            // not know ZeroMQ's `ipc` transport: once more, on loopback TCP.
+            Err(f) if f.exited => {
+                tracing::warn!(language, kernel = %launch.spec.name, error = %f.error, "kernel exited during start-up with the ipc transport; trying tcp");
+                let launch = context::Launch {
+                    transport: context::Transport::Tcp,
+                    ..launch
+                };
+                context::launch(launch, &spawn, self.engine.tasks())
+                    .await
+                    .map_err(|f| f.error)?
+            }
+            Err(f) => return Err(f.error),
+        };
         self.map().insert(ctx.id.clone(), ctx.clone());
         tracing::info!(context = %ctx.id, language, kernel = %ctx.kernel_name, pid = ctx.pid, "code context created");
         Ok(ctx)

@@ -1,4 +1,5 @@
-//! A minimal ZeroMQ (ZMTP 3.0, NULL security) client over TCP: just what
+//! A minimal ZeroMQ (ZMTP 3.0, NULL security) client over Unix sockets
+//! (ZeroMQ's `ipc` transport) or TCP: just what
 //! talking to one Jupyter kernel needs. Each socket is one connection to
 //! one peer, so there is no routing, queueing or reconnection to do.
 //!
@@ -9,13 +10,30 @@
 //! - frames: flags (`MORE`, `LONG`, `COMMAND`) and a 1- or 8-byte length.
 //!
 //! Every message is bounded ([`MAX_MESSAGE`]): a bigger one is read to its
-//! end and dropped, and the caller is told how big it was.
+//! end and dropped, and the caller is told how big it was. Except that a
+//! caller may take over a frame's body before it is read
+//! ([`Reader::recv_until`]) and read it in pieces, as the IOPub reader does
+//! for big `stream` messages.
 
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use std::path::PathBuf;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixStream};
+
+/// The reading half of a connection, whichever the transport.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Where a kernel's socket is.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    /// ZeroMQ `tcp://`.
+    Tcp(std::net::SocketAddr),
+    /// ZeroMQ `ipc://`: a Unix socket's path.
+    Ipc(PathBuf),
+}
 
 /// Largest message (all parts together) accepted from a kernel.
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -56,14 +74,14 @@ impl Kind {
 }
 
 /// The reading half of a connected socket (after the handshake).
-pub struct Reader<R = OwnedReadHalf> {
+pub struct Reader<R = ReadHalf> {
     r: BufReader<R>,
     kind: Kind,
 }
 
 /// The writing half of a connected socket.
 pub struct Writer {
-    w: OwnedWriteHalf,
+    w: WriteHalf,
     kind: Kind,
 }
 
@@ -71,12 +89,21 @@ fn proto(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// Connects to `addr`, exchanges greetings and `READY`, and subscribes to
+/// Connects to `at`, exchanges greetings and `READY`, and subscribes to
 /// everything when `kind` is [`Kind::Sub`].
-pub async fn connect(addr: std::net::SocketAddr, kind: Kind) -> io::Result<(Reader, Writer)> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (r, w) = stream.into_split();
+pub async fn connect(at: &Endpoint, kind: Kind) -> io::Result<(Reader, Writer)> {
+    let (r, w): (ReadHalf, WriteHalf) = match at {
+        Endpoint::Tcp(addr) => {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        Endpoint::Ipc(path) => {
+            let (r, w) = UnixStream::connect(path).await?.into_split();
+            (Box::new(r), Box::new(w))
+        }
+    };
     let mut r = BufReader::with_capacity(64 * 1024, r);
     let mut w = Writer { w, kind };
 
@@ -210,6 +237,20 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// The next message. Commands (ZMTP 3.1 PING and the like) are skipped.
     /// Not cancel-safe: run it in a task of its own.
     pub async fn recv(&mut self) -> io::Result<Incoming> {
+        match self.recv_until(|_, _| false).await? {
+            Next::Whole(m) => Ok(m),
+            // `open` never says yes.
+            Next::Open { .. } => Err(proto("unexpected open frame")),
+        }
+    }
+
+    /// The next message, like [`Reader::recv`], except that before reading
+    /// each data frame's body `open(parts so far, its length)` is asked
+    /// whether the caller wants to read that body itself: then the message
+    /// is handed over at that point ([`Next::Open`]), the body unread. The
+    /// caller reads it with [`Reader::read_some`] and ends the message with
+    /// [`Reader::skip_rest`].
+    pub async fn recv_until(&mut self, open: impl Fn(&[Vec<u8>], u64) -> bool) -> io::Result<Next> {
         let mut parts = Vec::new();
         let mut total = 0u64;
         let mut dropping = false;
@@ -218,6 +259,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             if flags & COMMAND != 0 {
                 self.skip(len).await?;
                 continue;
+            }
+            if !dropping && parts.len() < MAX_PARTS && open(&parts, len) {
+                return Ok(Next::Open {
+                    parts,
+                    len,
+                    more: flags & MORE != 0,
+                });
             }
             total += len;
             if !dropping && (total > MAX_MESSAGE as u64 || parts.len() >= MAX_PARTS) {
@@ -234,7 +282,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
         }
         if dropping {
-            return Ok(Incoming::Dropped { bytes: total });
+            return Ok(Next::Whole(Incoming::Dropped { bytes: total }));
         }
         if self.kind == Kind::Req {
             // A REQ socket drops the empty delimiter its reply comes with.
@@ -242,8 +290,48 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 parts.remove(0);
             }
         }
-        Ok(Incoming::Message(parts))
+        Ok(Next::Whole(Incoming::Message(parts)))
     }
+
+    /// Reads some of an open frame's body into `buf` (at most its length:
+    /// the caller passes no more than what is left of the frame). End of
+    /// stream is an error.
+    pub async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf).await?;
+        if n == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(n)
+    }
+
+    /// After an open frame's body: reads and forgets the message's
+    /// remaining frames (`more`: the open frame had the MORE flag).
+    pub async fn skip_rest(&mut self, mut more: bool) -> io::Result<()> {
+        while more {
+            let (flags, len) = self.head().await?;
+            self.skip(len).await?;
+            if flags & COMMAND == 0 {
+                more = flags & MORE != 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`Reader::recv_until`] returns.
+#[derive(Debug)]
+pub enum Next {
+    /// A message read whole (or dropped).
+    Whole(Incoming),
+    /// A message handed over before the body of one of its frames.
+    Open {
+        /// The parts before that frame.
+        parts: Vec<Vec<u8>>,
+        /// The frame's length; its body is next on the wire.
+        len: u64,
+        /// More frames follow it.
+        more: bool,
+    },
 }
 
 impl Writer {

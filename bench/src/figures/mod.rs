@@ -1,6 +1,7 @@
 //! The figure groups. Each module measures its figures against baselines taken
 //! in the same run and returns them as report rows.
 
+pub mod code;
 pub mod command;
 pub mod files;
 pub mod ping;
@@ -19,11 +20,12 @@ type Group = for<'a> fn(&'a Run) -> Pin<Box<dyn Future<Output = Vec<Figure>> + '
 
 /// The figure groups that load the one long-lived execd, in the order they
 /// run. Peak RSS is read after each; start-up runs its own daemons.
-pub const GROUPS: [(&str, Group); 4] = [
+pub const GROUPS: [(&str, Group); 5] = [
     ("ping", |r| Box::pin(ping::figures(r))),
     ("command", |r| Box::pin(command::figures(r))),
     ("stream", |r| Box::pin(stream::figures(r))),
     ("files", |r| Box::pin(files::figures(r))),
+    ("code", |r| Box::pin(code::figures(r))),
 ];
 
 /// How much work each figure does: the full run, or a quick `--smoke` check.
@@ -68,6 +70,19 @@ impl Plan {
     }
     pub fn file_bytes(self) -> u64 {
         self.pick(32 * MIB, 1024 * MIB)
+    }
+    /// Blocks the `/code` round trips are split into, alternating with the
+    /// baseline's.
+    pub fn pick_blocks(self) -> usize {
+        self.pick(1, 6)
+    }
+    /// Code contexts created (each against one started by jupyter_client).
+    pub fn pick_creations(self) -> usize {
+        self.pick(2, 5)
+    }
+    /// What the `/code` streaming cell prints.
+    pub fn code_stream_bytes(self) -> u64 {
+        self.pick(4 * MIB, 64 * MIB)
     }
     pub fn startups(self) -> usize {
         self.pick(3, 10)
