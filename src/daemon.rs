@@ -382,18 +382,27 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     let app = App::new(config, engine.clone());
     let kernels = app.kernels.clone();
     let stop = app.shutdown.clone();
-    let grpc_server = grpc_listener.map(|l| {
-        if let Ok(a) = l.local_addr() {
-            tracing::info!(local = %a, "sandboxd gRPC port listening");
-        }
-        tokio::spawn(server::serve(l, app.clone(), stop.clone(), grace))
-    });
+    let grpc_local = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let grpc_server =
+        grpc_listener.map(|l| tokio::spawn(server::serve(l, app.clone(), stop.clone(), grace)));
 
     let mut signals = signal_channel(&stop)?;
     spawn_memory_trim(&stop);
     let server = tokio::spawn(server::serve(listener, app, stop.clone(), grace));
     // Tests and launchers read this line to learn the port.
-    println!("execd listening on {local}");
+    // The gRPC port (`--grpc-port 0` picks one) on the next line, written
+    // together with the first: a reader that closes stdout after the first
+    // line then costs nothing.
+    let mut lines = format!("execd listening on {local}\n");
+    if let Some(a) = grpc_local {
+        lines.push_str(&format!("execd gRPC listening on {a}\n"));
+        tracing::info!(local = %a, "sandboxd gRPC port listening");
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(lines.as_bytes()).and_then(|()| out.flush());
+    }
     tracing::info!(%local, "execd listening");
 
     // Init mode: the sandbox's main process.

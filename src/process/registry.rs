@@ -57,6 +57,9 @@ pub struct Command {
     has_stdin: bool,
     /// Every process the command started (None: it never started).
     pub(crate) tree: Option<Arc<super::tree::Tree>>,
+    /// The request asked for its output as base64 (`"output_encoding"`):
+    /// its event streams, resumed ones included, carry the bytes as they are.
+    output_base64: AtomicBool,
 }
 
 impl Command {
@@ -82,8 +85,20 @@ impl Command {
             interrupt_requested: AtomicBool::new(false),
             has_stdin: stdin.is_some(),
             tree,
+            output_base64: AtomicBool::new(false),
             stdin: tokio::sync::Mutex::new(stdin),
         }
+    }
+
+    /// Whether its event streams carry output as base64.
+    pub fn output_base64(&self) -> bool {
+        self.output_base64.load(Ordering::Relaxed)
+    }
+
+    /// Makes its event streams carry output as base64; set before any
+    /// stream of it is built.
+    pub fn set_output_base64(&self) {
+        self.output_base64.store(true, Ordering::Relaxed);
     }
 
     pub fn state(&self) -> State {
