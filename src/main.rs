@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use execd::config::{self, Parsed, HELP};
 
 fn main() -> ExitCode {
-    let cfg = match config::parse(std::env::args_os().skip(1), |k| std::env::var(k).ok()) {
+    let mut cfg = match config::parse(std::env::args_os().skip(1), |k| std::env::var(k).ok()) {
         Ok(Parsed::Run(c)) => *c,
         Ok(Parsed::Help) => {
             print!("{HELP}");
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     cloexec_inherited();
     // Still the only thread: the environment may change safely.
     let scrubbed = execd::daemon::scrub_secrets();
-    execd::daemon::prepare_environment(&cfg);
+    execd::daemon::prepare_environment(&mut cfg);
     let undumpable = execd::daemon::set_undumpable();
     limit_malloc_arenas();
     if let Err(e) = init_logging(&cfg) {
