@@ -410,3 +410,29 @@ async fn resume_keeps_the_original_timestamps() {
     }
     assert!(terminal(&again)["timestamp"].as_u64() >= evs[0]["timestamp"].as_u64());
 }
+
+/// Output the spill cap discarded is reported, never lost silently: the
+/// terminal event and the status count it in `dropped_bytes`, and it is
+/// exactly what the logs route no longer has (its oldest retained offset).
+#[tokio::test]
+async fn spill_cap_discards_are_counted_in_dropped_bytes() {
+    let d = Daemon::start_with(&["--output-window", "4KiB", "--spill-cap", "16KiB"], &[]);
+    let evs = d.run(json!({"command": "seq 1 100000"})).await;
+    let id = evs[0]["text"].as_str().unwrap();
+    let total = 588_895u64; // the bytes `seq 1 100000` prints
+    let dropped = terminal(&evs)["dropped_bytes"].as_u64().unwrap();
+    assert!(dropped > 0, "{}", terminal(&evs));
+    // At most the window and the cap (with record headers) are retained.
+    assert!(dropped >= total - 4096 - 16384, "{dropped}");
+    let st = d.get(&format!("/command/status/{id}")).await.json();
+    assert_eq!(st["dropped_bytes"], dropped, "{st}");
+    assert_eq!(st["output_bytes"], total, "{st}");
+    let logs = d.get(&format!("/command/{id}/logs")).await;
+    let start: u64 = logs
+        .header("execd-commands-log-start")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(start, dropped, "what is gone is what was counted");
+    assert_eq!(logs.body.len() as u64, total - dropped);
+}
