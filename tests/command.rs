@@ -1000,3 +1000,61 @@ async fn spill_budget_bounds_the_disk_and_reports_what_it_drops() {
     );
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// A uid with no passwd entry runs with `HOME=/` and the number as `USER`
+/// and `LOGNAME` (not execd's `HOME` and an empty name); a uid with one gets
+/// its home and name. `~` (and `$HOME`) in `cwd` is that user's home, not
+/// execd's.
+#[tokio::test]
+async fn uid_gets_its_own_home_user_and_tilde() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: switching uid needs root");
+        return;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let uids: Vec<u32> = passwd
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect();
+    let unknown = (54321..).find(|u| !uids.contains(u)).unwrap();
+    let d = Daemon::start();
+    let show = r#"printf '%s|%s|%s|%s' "$HOME" "$USER" "$LOGNAME" "$(pwd)""#;
+    let evs = d
+        .run(json!({"command": show, "uid": unknown, "cwd": "~"}))
+        .await;
+    assert_eq!(
+        text_of(&evs, "stdout"),
+        format!("/|{unknown}|{unknown}|/"),
+        "{evs:?}"
+    );
+
+    // An entry whose home exists and is not execd's (e.g. sync:/bin).
+    let entry = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        let (name, uid, home) = (f.first()?, f.get(2)?.parse::<u32>().ok()?, f.get(5)?);
+        (uid != 0
+            && !name.is_empty()
+            && *home != "/"
+            && std::path::Path::new(home).is_dir()
+            && std::fs::canonicalize(home).ok()? != std::fs::canonicalize("/root").ok()?)
+        .then(|| (name.to_string(), uid, home.to_string()))
+    });
+    let Some((name, uid, home)) = entry else {
+        eprintln!("no passwd entry with an existing home; second half skipped");
+        return;
+    };
+    let evs = d
+        .run(json!({"command": show, "uid": uid, "cwd": "~"}))
+        .await;
+    let real = std::fs::canonicalize(&home).unwrap();
+    assert_eq!(
+        text_of(&evs, "stdout"),
+        format!("{home}|{name}|{name}|{}", real.display()),
+        "{evs:?}"
+    );
+    let evs = d
+        .run(json!({"command": "pwd", "uid": uid, "cwd": "$HOME"}))
+        .await;
+    assert_eq!(text_of(&evs, "stdout"), format!("{}\n", real.display()));
+}

@@ -98,7 +98,7 @@ pub fn validate(req: RunCommandRequest) -> Result<CommandSpec, ApiError> {
     }
     let cwd = match req.cwd.filter(|c| !c.is_empty()) {
         None => None,
-        Some(c) => Some(working_dir(&c)?),
+        Some(c) => Some(working_dir(&c, req.uid)?),
     };
     Ok(CommandSpec {
         program,
@@ -112,9 +112,14 @@ pub fn validate(req: RunCommandRequest) -> Result<CommandSpec, ApiError> {
     })
 }
 
-/// Expands and checks a working directory.
-fn working_dir(raw: &str) -> Result<PathBuf, ApiError> {
-    let p = path::expand_daemon(raw).map_err(|e| invalid(format!("cwd: {e}")))?;
+/// Expands and checks a working directory. With a `uid`, `~` and `$HOME`
+/// are that user's home (the `HOME` the command gets), not execd's.
+fn working_dir(raw: &str, uid: Option<u32>) -> Result<PathBuf, ApiError> {
+    let p = match uid {
+        Some(uid) => path::expand_with_home(raw, &crate::process::user_identity(uid).1),
+        None => path::expand_daemon(raw),
+    }
+    .map_err(|e| invalid(format!("cwd: {e}")))?;
     match std::fs::metadata(&p) {
         Ok(m) if m.is_dir() => Ok(p),
         Ok(_) => Err(invalid(format!(
