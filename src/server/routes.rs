@@ -157,6 +157,7 @@ routes! {
     POST   "/files/replace"             => api::files::replace,
     POST   "/files/upload"              => api::files::upload,
     GET    "/files/download"            => api::files::download,
+    HEAD   "/files/download"            => api::files::download,
     GET    "/directories/list"          => api::directories::list,
     POST   "/directories"               => api::directories::make,
     DELETE "/directories"               => api::directories::remove,
@@ -170,6 +171,7 @@ routes! {
     POST   "/v1/filesystem/{uid}/{gid}/files/replace"     => api::files::replace,
     POST   "/v1/filesystem/{uid}/{gid}/files/upload"      => api::files::upload,
     GET    "/v1/filesystem/{uid}/{gid}/files/download"    => api::files::download,
+    HEAD   "/v1/filesystem/{uid}/{gid}/files/download"    => api::files::download,
     GET    "/v1/filesystem/{uid}/{gid}/directories/list"  => api::directories::list,
     POST   "/v1/filesystem/{uid}/{gid}/directories"       => api::directories::make,
     DELETE "/v1/filesystem/{uid}/{gid}/directories"       => api::directories::remove,
@@ -179,6 +181,7 @@ routes! {
     POST   "/execute"                   => api::agent_sandbox::execute,
     POST   "/upload"                    => api::agent_sandbox::upload,
     GET    "/download/{*path}"          => api::agent_sandbox::download,
+    HEAD   "/download/{*path}"          => api::agent_sandbox::download,
     GET    "/list/{*path}"              => api::agent_sandbox::list,
     GET    "/exists/{*path}"            => api::agent_sandbox::exists,
 
