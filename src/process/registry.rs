@@ -166,6 +166,19 @@ impl Command {
 
     /// Asks the run loop to interrupt (SIGTERM, then SIGKILL after the grace period).
     /// Returns false if an interrupt was already requested.
+    /// Marks the command as ended on a client's request without the
+    /// SIGTERM and grace of [`Command::request_interrupt`] (the caller kills
+    /// its tree at once, as a session's DELETE does): its terminal event
+    /// says `interrupted: true`.
+    pub(crate) fn mark_interrupted(&self) {
+        self.interrupt_requested.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether an interrupt was requested or the command was marked so.
+    pub(crate) fn interrupt_requested(&self) -> bool {
+        self.interrupt_requested.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn request_interrupt(&self) -> bool {
         let first = !self.interrupt_requested.swap(true, Ordering::SeqCst);
         if first {
