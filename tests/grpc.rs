@@ -425,9 +425,21 @@ async fn grpc_port_zero_is_printed_on_stdout() {
         .spawn()
         .expect("spawn execd");
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let (mut first, mut second) = (String::new(), String::new());
-    out.read_line(&mut first).unwrap();
-    out.read_line(&mut second).unwrap();
+    // Read on a thread: a daemon that never prints the second line must
+    // fail the test, not hang it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut first, mut second) = (String::new(), String::new());
+        let _ = out.read_line(&mut first);
+        let _ = out.read_line(&mut second);
+        let _ = tx.send((first, second, out));
+    });
+    let waited = rx.recv_timeout(Duration::from_secs(60));
+    let Ok((first, second, _out)) = waited else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("execd printed no second line (the gRPC address)");
+    };
     assert!(first.starts_with("execd listening on "), "{first:?}");
     let grpc = second
         .trim()

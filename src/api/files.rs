@@ -1062,6 +1062,40 @@ mod tests {
     }
 
     #[test]
+    fn range_sets() {
+        use Ranges::*;
+        assert_eq!(
+            parse_ranges("bytes=0-0,5-6", 10),
+            Parts(vec![(0, 0), (5, 6)])
+        );
+        assert_eq!(
+            parse_ranges("bytes=5-6,0-0", 10),
+            Parts(vec![(0, 0), (5, 6)])
+        );
+        assert_eq!(parse_ranges("bytes=0-4,2-7,8-8", 10), Parts(vec![(0, 8)]));
+        assert_eq!(
+            parse_ranges("bytes=-2, 0-1", 10),
+            Parts(vec![(0, 1), (8, 9)])
+        );
+        assert_eq!(parse_ranges("bytes=0-1,,20-", 10), Parts(vec![(0, 1)]));
+        assert_eq!(parse_ranges("bytes=20-,30-40", 10), Unsatisfiable);
+        assert_eq!(parse_ranges("bytes=0-1,x", 10), Invalid);
+        assert_eq!(parse_ranges("bytes=,", 10), Invalid);
+        assert_eq!(parse_ranges("lines=0-1", 10), Invalid);
+        let many = vec!["0-0"; MAX_RANGES + 1].join(",");
+        assert_eq!(parse_ranges(&format!("bytes={many}"), 10), TooMany);
+        let most = vec!["0-0"; MAX_RANGES].join(",");
+        assert_eq!(
+            parse_ranges(&format!("bytes={most}"), 10),
+            Parts(vec![(0, 0)])
+        );
+        assert_eq!(
+            parse_ranges("bytes=0-18446744073709551615", u64::MAX),
+            Parts(vec![(0, u64::MAX - 1)])
+        );
+    }
+
+    #[test]
     fn dispositions() {
         assert_eq!(
             content_disposition(b"a b.txt"),
