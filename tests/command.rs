@@ -200,7 +200,12 @@ async fn plain_commands_inherit_the_daemon_environment_without_the_token() {
         ],
     );
     let evs = d.run(json!({ "command": script })).await;
-    assert_eq!(text_of(&evs, "stdout"), "none|unset|kept\n");
+    // Without an env file, execd's own one in its data directory.
+    let out = text_of(&evs, "stdout");
+    let (token, rest) = out.split_once('|').unwrap();
+    let (envs, inherited) = rest.split_once('|').unwrap();
+    assert_eq!((token, inherited), ("none", "kept\n"), "{out}");
+    assert!(envs.starts_with('/') && envs.ends_with("/envs"), "{out}");
     // The same through the flags, with an env file that sets nothing.
     let d = Daemon::start_with(
         &[
@@ -702,7 +707,9 @@ async fn sigterm_ends_commands_and_exits_zero() {
     }
     assert!(pids.iter().all(|p| alive(*p)));
     eventually(Duration::from_secs(10), "output spilled", || {
-        std::fs::read_dir(&data).is_ok_and(|mut r| r.next().is_some())
+        // (`envs`, the default env file, is there from the start.)
+        std::fs::read_dir(&data)
+            .is_ok_and(|mut r| r.any(|e| e.is_ok_and(|e| e.file_name() != "envs")))
     })
     .await;
 
@@ -819,7 +826,18 @@ async fn retention_expires_records_and_deletes_spill_files() {
         assert!(std::time::Instant::now() < end, "output never complete");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let spilled: Vec<_> = std::fs::read_dir(&data).unwrap().flatten().collect();
+    // Spill files; `envs`, the default env file, is there from the start.
+    let spills = |data: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(data)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "envs")
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let spilled = spills(&data);
     assert!(
         !spilled.is_empty(),
         "output beyond the window spills to the data dir"
@@ -841,7 +859,7 @@ async fn retention_expires_records_and_deletes_spill_files() {
         0
     );
     eventually(Duration::from_secs(10), "record expired", || {
-        std::fs::read_dir(&data).map(|r| r.count()).unwrap_or(0) == 0
+        spills(&data).is_empty()
     })
     .await;
     d.get(&format!("/command/status/{id}"))
