@@ -186,6 +186,7 @@ Options (environment variable in brackets; a flag wins over its variable):
   --graceful-shutdown-timeout D   on SIGTERM/SIGINT, time allowed to end commands (5s)
                                   [EXECD_API_GRACE_SHUTDOWN]
   --envs-file PATH                KEY=VALUE file applied to every command [EXECD_ENVS]
+                                  (default: an empty <data-dir>/envs)
   --retention D                   keep finished commands' status and output (24h) [EXECD_RETENTION]
   --max-records N                 keep at most N finished commands, oldest dropped first (4096) [EXECD_MAX_RECORDS]
   --output-window SIZE            output kept in memory per command (1MiB)

@@ -196,10 +196,14 @@ static ENV_PREPARED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 ///
 /// Call it first thing in `main`, while the process has a single thread:
 /// changing the environment is only sound when no other thread reads it.
-pub fn prepare_environment(c: &Config) {
+///
+/// The data directory is made here too (see [`open_data_dir`]), so that
+/// without `--envs-file` an empty env file in it can be `EXECD_ENVS`.
+pub fn prepare_environment(c: &mut Config) {
     for k in SECRET_VARS {
         std::env::remove_var(k);
     }
+    open_data_dir(c);
     match &c.env_file {
         Some(f) => std::env::set_var("EXECD_ENVS", f),
         None => std::env::remove_var("EXECD_ENVS"),
@@ -213,6 +217,38 @@ pub fn prepare_environment(c: &Config) {
     }
     ENV_PREPARED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
+
+/// The data directory, opened by [`prepare_environment`] ([`run`] takes it;
+/// an error stops execd there, with the reason).
+static PRE_OPENED: std::sync::Mutex<Option<std::io::Result<DataDir>>> = std::sync::Mutex::new(None);
+
+/// The name of the default env file in the data directory.
+pub const DEFAULT_ENV_FILE: &str = "envs";
+
+/// Opens the data directory and, when no env file is configured, creates
+/// an empty one in it (0600, `O_EXCL`) and makes it the env file: the SDK's
+/// `set_env` appends to `$EXECD_ENVS` and fails when it is unset, so it
+/// works out of the box. Commands running as execd's user can write it; it
+/// is removed with the data directory at shutdown.
+fn open_data_dir(c: &mut Config) {
+    let opened = DataDir::open(c.data_dir.as_deref());
+    if let (Ok(dir), None) = (&opened, &c.env_file) {
+        // One left by an execd that was killed (a kept `--data-dir`) is
+        // replaced: each daemon starts with an empty file of its own.
+        dir.remove(DEFAULT_ENV_FILE);
+        match dir.create(DEFAULT_ENV_FILE, true) {
+            Ok(_) => c.env_file = Some(dir.path().join(DEFAULT_ENV_FILE)),
+            // Logged once logging is set up, by `run`.
+            Err(e) => {
+                let _ = ENV_FILE_ERROR.set(e.to_string());
+            }
+        }
+    }
+    *PRE_OPENED.lock().unwrap_or_else(|p| p.into_inner()) = Some(opened);
+}
+
+/// Why the default env file could not be made, if it could not.
+static ENV_FILE_ERROR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// With `--port 0`, the listening socket, bound by [`prepare_environment`]
 /// so that its port is known (and in `JUPYTER_PORT`) before any thread
@@ -358,8 +394,15 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     raise_nofile_limit();
     // Made (or checked) before anything else: a squatted directory stops
     // execd here, with the reason.
-    let data_dir =
-        Arc::new(DataDir::open(config.data_dir.as_deref())?.with_spill_budget(config.spill_budget));
+    let opened = PRE_OPENED.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let data_dir = match opened {
+        Some(d) => d?,
+        None => DataDir::open(config.data_dir.as_deref())?,
+    };
+    if let Some(e) = ENV_FILE_ERROR.get() {
+        tracing::warn!(error = %e, "cannot create the default env file; EXECD_ENVS is unset");
+    }
+    let data_dir = Arc::new(data_dir.with_spill_budget(config.spill_budget));
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = match take_pre_bound()? {
         Some(l) if config.port == 0 => l,
@@ -395,18 +438,27 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     let mut bindings = runtime.subscribe();
     let tasks = app.tasks.clone();
     let stop = app.shutdown.clone();
-    let grpc_server = grpc_listener.map(|l| {
-        if let Ok(a) = l.local_addr() {
-            tracing::info!(local = %a, "sandboxd gRPC port listening");
-        }
-        tokio::spawn(server::serve(l, app.clone(), stop.clone(), grace))
-    });
+    let grpc_local = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let grpc_server =
+        grpc_listener.map(|l| tokio::spawn(server::serve(l, app.clone(), stop.clone(), grace)));
 
     let mut signals = signal_channel(&stop)?;
     spawn_memory_trim(&stop);
     let server = tokio::spawn(server::serve(listener, app, stop.clone(), grace));
     // Tests and launchers read this line to learn the port.
-    println!("execd listening on {local}");
+    // The gRPC port (`--grpc-port 0` picks one) on the next line, written
+    // together with the first: a reader that closes stdout after the first
+    // line then costs nothing.
+    let mut lines = format!("execd listening on {local}\n");
+    if let Some(a) = grpc_local {
+        lines.push_str(&format!("execd gRPC listening on {a}\n"));
+        tracing::info!(local = %a, "sandboxd gRPC port listening");
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(lines.as_bytes()).and_then(|()| out.flush());
+    }
     tracing::info!(%local, "execd listening");
 
     // Init mode: the sandbox's main process. With `--runtime-init` it waits

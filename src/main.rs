@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     if let Some(code) = execd::isolate::helper::main_if_helper(&args) {
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
-    let cfg = match config::parse(std::env::args_os().skip(1), |k| std::env::var(k).ok()) {
+    let mut cfg = match config::parse(std::env::args_os().skip(1), |k| std::env::var(k).ok()) {
         Ok(Parsed::Run(c)) => *c,
         Ok(Parsed::Help) => {
             print!("{HELP}");
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     cloexec_inherited();
     // Still the only thread: the environment may change safely.
     let scrubbed = execd::daemon::scrub_secrets();
-    execd::daemon::prepare_environment(&cfg);
+    execd::daemon::prepare_environment(&mut cfg);
     let undumpable = execd::daemon::set_undumpable();
     limit_malloc_arenas();
     if let Err(e) = init_logging(&cfg) {

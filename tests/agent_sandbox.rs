@@ -494,3 +494,32 @@ async fn sandboxd_health_and_metadata() {
     assert!(v["env"].get("SANDBOX_TEST_VISIBLE").is_none(), "{v}");
     assert!(v["env"].get("SANDBOX_API_TOKEN").is_none(), "{v}");
 }
+
+/// What `openapi.yaml` says of `/execute` is what it does: a `/bin/sh -c`
+/// line, whose unknown program exits 127 with the shell's message.
+#[tokio::test]
+async fn execute_runs_a_shell_line_as_the_spec_says() {
+    let spec = include_str!("../openapi.yaml");
+    let at = spec.find("\n  /execute:").expect("/execute in the spec");
+    let end = spec[at + 1..]
+        .find("\n  /")
+        .map_or(spec.len(), |e| at + 1 + e);
+    let section = &spec[at..end];
+    assert!(section.contains("/bin/sh -c"), "{section}");
+    assert!(section.contains("127"), "{section}");
+    assert!(!section.contains("without a"), "{section}");
+
+    let dir = tree("as-exec-spec");
+    let d = daemon(&dir);
+    let v = d
+        .post_json("/execute", &json!({"command": "no-such-program-execd-x"}))
+        .await
+        .json();
+    assert_eq!(v["exit_code"], 127, "{v}");
+    assert!(v["stderr"].as_str().unwrap().contains("not found"), "{v}");
+    let v = d
+        .post_json("/execute", &json!({"command": "echo $((1+2)) | cat"}))
+        .await
+        .json();
+    assert_eq!(v["stdout"], "3\n", "a shell line: {v}");
+}

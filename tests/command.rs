@@ -200,7 +200,12 @@ async fn plain_commands_inherit_the_daemon_environment_without_the_token() {
         ],
     );
     let evs = d.run(json!({ "command": script })).await;
-    assert_eq!(text_of(&evs, "stdout"), "none|unset|kept\n");
+    // Without an env file, execd's own one in its data directory.
+    let out = text_of(&evs, "stdout");
+    let (token, rest) = out.split_once('|').unwrap();
+    let (envs, inherited) = rest.split_once('|').unwrap();
+    assert_eq!((token, inherited), ("none", "kept\n"), "{out}");
+    assert!(envs.starts_with('/') && envs.ends_with("/envs"), "{out}");
     // The same through the flags, with an env file that sets nothing.
     let d = Daemon::start_with(
         &[
@@ -702,7 +707,9 @@ async fn sigterm_ends_commands_and_exits_zero() {
     }
     assert!(pids.iter().all(|p| alive(*p)));
     eventually(Duration::from_secs(10), "output spilled", || {
-        std::fs::read_dir(&data).is_ok_and(|mut r| r.next().is_some())
+        // (`envs`, the default env file, is there from the start.)
+        std::fs::read_dir(&data)
+            .is_ok_and(|mut r| r.any(|e| e.is_ok_and(|e| e.file_name() != "envs")))
     })
     .await;
 
@@ -819,7 +826,18 @@ async fn retention_expires_records_and_deletes_spill_files() {
         assert!(std::time::Instant::now() < end, "output never complete");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let spilled: Vec<_> = std::fs::read_dir(&data).unwrap().flatten().collect();
+    // Spill files; `envs`, the default env file, is there from the start.
+    let spills = |data: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(data)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "envs")
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let spilled = spills(&data);
     assert!(
         !spilled.is_empty(),
         "output beyond the window spills to the data dir"
@@ -841,7 +859,7 @@ async fn retention_expires_records_and_deletes_spill_files() {
         0
     );
     eventually(Duration::from_secs(10), "record expired", || {
-        std::fs::read_dir(&data).map(|r| r.count()).unwrap_or(0) == 0
+        spills(&data).is_empty()
     })
     .await;
     d.get(&format!("/command/status/{id}"))
@@ -999,4 +1017,62 @@ async fn spill_budget_bounds_the_disk_and_reports_what_it_drops() {
         "dropped {dropped}"
     );
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// A uid with no passwd entry runs with `HOME=/` and the number as `USER`
+/// and `LOGNAME` (not execd's `HOME` and an empty name); a uid with one gets
+/// its home and name. `~` (and `$HOME`) in `cwd` is that user's home, not
+/// execd's.
+#[tokio::test]
+async fn uid_gets_its_own_home_user_and_tilde() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: switching uid needs root");
+        return;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let uids: Vec<u32> = passwd
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect();
+    let unknown = (54321..).find(|u| !uids.contains(u)).unwrap();
+    let d = Daemon::start();
+    let show = r#"printf '%s|%s|%s|%s' "$HOME" "$USER" "$LOGNAME" "$(pwd)""#;
+    let evs = d
+        .run(json!({"command": show, "uid": unknown, "cwd": "~"}))
+        .await;
+    assert_eq!(
+        text_of(&evs, "stdout"),
+        format!("/|{unknown}|{unknown}|/"),
+        "{evs:?}"
+    );
+
+    // An entry whose home exists and is not execd's (e.g. sync:/bin).
+    let entry = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        let (name, uid, home) = (f.first()?, f.get(2)?.parse::<u32>().ok()?, f.get(5)?);
+        (uid != 0
+            && !name.is_empty()
+            && *home != "/"
+            && std::path::Path::new(home).is_dir()
+            && std::fs::canonicalize(home).ok()? != std::fs::canonicalize("/root").ok()?)
+        .then(|| (name.to_string(), uid, home.to_string()))
+    });
+    let Some((name, uid, home)) = entry else {
+        eprintln!("no passwd entry with an existing home; second half skipped");
+        return;
+    };
+    let evs = d
+        .run(json!({"command": show, "uid": uid, "cwd": "~"}))
+        .await;
+    let real = std::fs::canonicalize(&home).unwrap();
+    assert_eq!(
+        text_of(&evs, "stdout"),
+        format!("{home}|{name}|{name}|{}", real.display()),
+        "{evs:?}"
+    );
+    let evs = d
+        .run(json!({"command": "pwd", "uid": uid, "cwd": "$HOME"}))
+        .await;
+    assert_eq!(text_of(&evs, "stdout"), format!("{}\n", real.display()));
 }

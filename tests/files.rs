@@ -385,7 +385,11 @@ async fn download_ranges_conditionals_and_lines() {
     assert_eq!((r.status, r.text()), (206, "789".into()));
     assert_eq!(r.header("content-range"), Some("bytes 7-9/10"));
     let r = get("bytes=0-0,5-6").await;
-    assert_eq!((r.status, r.text()), (206, "0".into()));
+    assert_eq!(r.status, 206);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("multipart/byteranges; boundary="));
     let r = get("bytes=10-").await;
     r.assert_error(416, "INVALID_RANGE");
     assert_eq!(r.header("content-range"), Some("bytes */10"));
@@ -1536,4 +1540,130 @@ async fn a_metadata_part_must_be_followed_by_its_file() {
         .await;
     r.assert_error(400, "INVALID_FILE_METADATA");
     assert!(t.names().is_empty(), "{:?}", t.names());
+}
+
+/// Several ranges: `multipart/byteranges` (RFC 9110 §14.6), one part per
+/// range with its own `Content-Range`, sorted, overlapping and adjacent
+/// ranges merged, unsatisfiable ones left out; all unsatisfiable is 416;
+/// more than 16 ranges get the whole file.
+#[tokio::test]
+async fn download_multiple_ranges_as_multipart_byteranges() {
+    let d = Daemon::start();
+    let t = TempDir::new("multirange");
+    let p = t.join("data.txt");
+    std::fs::write(&p, "0123456789").unwrap();
+    let url = format!("/files/download?path={}", q(&p));
+    let get = |range: String| {
+        let url = url.clone();
+        let d = &d;
+        async move {
+            d.request(Method::GET, &url, &[("range", &range)], Bytes::new())
+                .await
+        }
+    };
+    let multipart = |r: &Resp, parts: &[(&str, &str)]| {
+        assert_eq!(r.status, 206, "{}", r.text());
+        let ct = r.header("content-type").unwrap();
+        let boundary = ct
+            .strip_prefix("multipart/byteranges; boundary=")
+            .unwrap_or_else(|| panic!("{ct}"));
+        let mut want = String::new();
+        for (i, (range, data)) in parts.iter().enumerate() {
+            if i > 0 {
+                want.push_str("\r\n");
+            }
+            want.push_str(&format!(
+                "--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {range}/10\r\n\r\n{data}"
+            ));
+        }
+        want.push_str(&format!("\r\n--{boundary}--\r\n"));
+        assert_eq!(r.text(), want);
+        assert_eq!(r.header("content-length"), Some(&*want.len().to_string()));
+        assert_eq!(r.header("content-range"), None);
+    };
+
+    multipart(
+        &get("bytes=0-0,5-6".into()).await,
+        &[("0-0", "0"), ("5-6", "56")],
+    );
+    // Out of order, overlapping, suffix: sorted and merged.
+    multipart(
+        &get("bytes=8-, 1-3,0-1, 2-2,-1".into()).await,
+        &[("0-3", "0123"), ("8-9", "89")],
+    );
+    // Adjacent ranges merge into one part: a plain 206.
+    let r = get("bytes=0-1,2-3".into()).await;
+    assert_eq!((r.status, r.text()), (206, "0123".into()));
+    assert_eq!(r.header("content-range"), Some("bytes 0-3/10"));
+    // Unsatisfiable ones are left out...
+    let r = get("bytes=2-3,50-60".into()).await;
+    assert_eq!((r.status, r.text()), (206, "23".into()));
+    assert_eq!(r.header("content-range"), Some("bytes 2-3/10"));
+    multipart(
+        &get("bytes=1-1,50-,3-3".into()).await,
+        &[("1-1", "1"), ("3-3", "3")],
+    );
+    // ...and when none is left, 416.
+    let r = get("bytes=50-,60-70".into()).await;
+    r.assert_error(416, "INVALID_RANGE");
+    assert_eq!(r.header("content-range"), Some("bytes */10"));
+    // A bad one spoils the set.
+    get("bytes=0-1,x-y".into())
+        .await
+        .assert_error(416, "INVALID_RANGE");
+    // More than 16 ranges: the whole file.
+    let many: Vec<String> = (0..17).map(|i| format!("{}-{}", i % 10, i % 10)).collect();
+    let r = get(format!("bytes={}", many.join(","))).await;
+    assert_eq!((r.status, r.text()), (200, "0123456789".into()));
+    let sixteen = (0..16)
+        .map(|i| format!("{}-{}", i % 10, i % 10))
+        .collect::<Vec<_>>();
+    let r = get(format!("bytes={}", sixteen.join(","))).await;
+    assert_eq!(
+        (r.status, r.text()),
+        (206, "0123456789".into()),
+        "merged into one"
+    );
+}
+
+/// `HEAD` on a download: GET's status and headers, `Content-Length`
+/// included, and no body; also for ranges and the agent-sandbox route.
+#[tokio::test]
+async fn head_on_download_gives_the_headers_without_a_body() {
+    let d = Daemon::start();
+    let t = TempDir::new("head");
+    let p = t.join("data.txt");
+    std::fs::write(&p, "0123456789").unwrap();
+    let url = format!("/files/download?path={}", q(&p));
+    let r = d.request(Method::HEAD, &url, &[], Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("content-length"), Some("10"));
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    assert!(r.header("last-modified").is_some());
+    assert!(r.header("content-disposition").is_some());
+    let r = d
+        .request(Method::HEAD, &url, &[("range", "bytes=2-5")], Bytes::new())
+        .await;
+    assert_eq!(r.status, 206);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("content-range"), Some("bytes 2-5/10"));
+    assert_eq!(r.header("content-length"), Some("4"));
+    let missing = format!("/files/download?path={}", q(&t.join("missing")));
+    let r = d.request(Method::HEAD, &missing, &[], Bytes::new()).await;
+    assert_eq!(r.status, 404);
+
+    // The identity-scoped route too.
+    let url = format!("/v1/filesystem/0/0/files/download?path={}", q(&p));
+    let r = d.request(Method::HEAD, &url, &[], Bytes::new()).await;
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    assert_eq!(r.header("content-length"), Some("10"));
+
+    // The agent-sandbox python-runtime route.
+    let d = Daemon::start_with(&["--agent-sandbox-base-dir", &t.join("")], &[]);
+    let r = d
+        .request(Method::HEAD, "/download/data.txt", &[], Bytes::new())
+        .await;
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    assert_eq!(r.header("content-length"), Some("10"));
 }

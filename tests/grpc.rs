@@ -407,3 +407,54 @@ async fn access_token_applies_to_grpc() {
     let r = c.execute(req).await.unwrap().into_inner();
     assert_eq!(r.stdout, b"ok\n");
 }
+
+/// `--grpc-port 0`: the chosen port is printed on stdout, on the line after
+/// the main port's, and serves gRPC.
+#[tokio::test]
+async fn grpc_port_zero_is_printed_on_stdout() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new("grpc-port-zero");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_execd"))
+        .args(["--port", "0", "--bind", "127.0.0.1", "--log-level", "4"])
+        .args(["--grpc-port", "0", "--data-dir", &dir.join("data")])
+        .args(["--sandboxd-root", dir.0.to_str().unwrap()])
+        .env_remove("EXECD_ACCESS_TOKEN")
+        .env_remove("EXECD_ENVS")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn execd");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    // Read on a thread: a daemon that never prints the second line must
+    // fail the test, not hang it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut first, mut second) = (String::new(), String::new());
+        let _ = out.read_line(&mut first);
+        let _ = out.read_line(&mut second);
+        let _ = tx.send((first, second, out));
+    });
+    let waited = rx.recv_timeout(Duration::from_secs(60));
+    let Ok((first, second, _out)) = waited else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("execd printed no second line (the gRPC address)");
+    };
+    assert!(first.starts_with("execd listening on "), "{first:?}");
+    let grpc = second
+        .trim()
+        .strip_prefix("execd gRPC listening on ")
+        .unwrap_or_else(|| panic!("no gRPC port line: {second:?}"));
+    let addr: std::net::SocketAddr = grpc.parse().unwrap();
+    assert_ne!(addr.port(), 0);
+    let mut c = client(addr).await;
+    let mut s = start(&mut c, &["echo", "hi"]).await;
+    let (_, out_bytes, _, exit) = drain(&mut s).await;
+    assert_eq!(out_bytes, b"hi\n");
+    assert_eq!(exit, Some(0));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}

@@ -370,6 +370,7 @@ async fn exit_frame_then_a_new_shell_on_reattach() {
     w.stdin("exit 3\n").await;
     let e = w.json_of("exit").await;
     assert_eq!(e["exit_code"], 3);
+    assert_eq!(e["interrupted"], false);
     assert_eq!(w.closed().await, (1000, "process exited".to_string()));
     assert_eq!(d.get(&format!("/pty/{id}")).await.json()["running"], false);
 
@@ -653,7 +654,9 @@ async fn delete_kills_every_process_and_closes_clients() {
     .await;
     let fg = foreground_sleep(&mut w, "100.75").await;
     assert_eq!(d.delete(&format!("/pty/{id}")).await.status, 200);
-    assert_eq!(w.json_of("exit").await["exit_code"], -1);
+    let e = w.json_of("exit").await;
+    assert_eq!(e["exit_code"], -1);
+    assert_eq!(e["interrupted"], true, "ended by the delete: {e}");
     assert_eq!(w.closed().await.0, 1000);
     let bg = bg.unwrap();
     eventually(LIMIT, "all processes gone", || !alive(bg) && !alive(fg)).await;

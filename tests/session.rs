@@ -135,6 +135,11 @@ async fn concurrent_runs_are_refused_and_delete_kills() {
         "-1",
         "the running run was killed"
     );
+    assert_eq!(
+        terminal(&rest)["interrupted"],
+        true,
+        "ended by the delete: {rest:?}"
+    );
     let cid = init["command_id"].as_str().unwrap();
     let st = d.get(&format!("/command/status/{cid}")).await.json();
     assert_eq!(st["running"], false);

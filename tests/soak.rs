@@ -439,7 +439,10 @@ impl Soak {
         // Finished commands expire after the retention period, and their
         // spill files with them.
         eventually(WAIT, "every spill file deleted", || {
-            std::fs::read_dir(&self.data).map_or(true, |mut r| r.next().is_none())
+            // (`envs`, the default env file, stays.)
+            std::fs::read_dir(&self.data).map_or(true, |mut r| {
+                r.all(|e| e.is_ok_and(|e| e.file_name() == "envs"))
+            })
         })
         .await;
         self.d.fds_back_to(&self.base, WAIT).await;

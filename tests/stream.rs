@@ -265,3 +265,174 @@ async fn a_finished_commands_stdin_pipe_is_closed() {
         .await
         .assert_error(409, "STDIN_CLOSED");
 }
+
+/// Standard base64 (with padding) decoded, for the checks below.
+fn unbase64(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {s:?}"),
+        }
+    };
+    assert_eq!(s.len() % 4, 0, "padded: {s:?}");
+    let mut out = Vec::new();
+    for q in s.as_bytes().chunks(4) {
+        let pad = q.iter().filter(|&&c| c == b'=').count();
+        let n = q
+            .iter()
+            .map(|&c| if c == b'=' { 0 } else { val(c) })
+            .fold(0u32, |n, v| n << 6 | v);
+        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+    }
+    out
+}
+
+/// The bytes of every output event of a base64 stream, in order; each one
+/// says it is base64.
+fn base64_bytes(evs: &[Value], kind: &str) -> Vec<u8> {
+    evs.iter()
+        .filter(|e| e["type"] == kind)
+        .flat_map(|e| {
+            assert_eq!(e["encoding"], "base64", "{e}");
+            assert!(e.get("invalid_utf8").is_none(), "{e}");
+            unbase64(e["text"].as_str().unwrap())
+        })
+        .collect()
+}
+
+async fn resume_all(d: &Daemon, id: &str) -> Vec<Value> {
+    let mut r = EventStream::new(
+        d.send(
+            Method::GET,
+            &format!("/command/{id}/resume"),
+            &[],
+            Bytes::new(),
+        )
+        .await,
+    );
+    assert_eq!(r.status, 200);
+    r.collect().await
+}
+
+/// Default text events: a line whose bytes were not valid UTF-8 still
+/// becomes text (U+FFFD), and says so with `"invalid_utf8": true`; valid
+/// lines carry no flag. A resume says the same.
+#[tokio::test]
+async fn invalid_utf8_in_text_events_is_flagged() {
+    let d = Daemon::start();
+    let evs = d
+        .run(json!({ "command": r"printf 'ok é\n\377\376\n'; printf 'x\300\n' >&2" }))
+        .await;
+    let id = evs[0]["text"].as_str().unwrap().to_string();
+    let check = |evs: &[Value]| {
+        let out: Vec<&Value> = evs.iter().filter(|e| e["type"] == "stdout").collect();
+        assert_eq!(out.len(), 2, "{evs:?}");
+        assert_eq!(out[0]["text"], "ok é\n");
+        assert!(out[0].get("invalid_utf8").is_none(), "{}", out[0]);
+        assert!(out[0].get("encoding").is_none(), "{}", out[0]);
+        assert_eq!(out[1]["text"], "\u{FFFD}\u{FFFD}\n");
+        assert_eq!(out[1]["invalid_utf8"], true, "{}", out[1]);
+        let err: Vec<&Value> = evs.iter().filter(|e| e["type"] == "stderr").collect();
+        assert_eq!(err.len(), 1, "{evs:?}");
+        assert_eq!(err[0]["text"], "x\u{FFFD}\n");
+        assert_eq!(err[0]["invalid_utf8"], true);
+    };
+    check(&evs);
+    check(&resume_all(&d, &id).await);
+    // The logs route serves the bytes themselves.
+    let logs = d.get(&format!("/command/{id}/logs")).await;
+    assert!(logs.body.windows(3).any(|w| w == b"\xff\xfe\n"));
+}
+
+/// `"output_encoding": "base64"`: every stdout/stderr event carries its
+/// bytes as base64 in `text`, with `"encoding": "base64"`; together they
+/// are the command's bytes exactly. Resume keeps the encoding; an unknown
+/// encoding is a 400; a session run may ask for it too.
+#[tokio::test]
+async fn base64_output_carries_every_byte() {
+    let d = Daemon::start();
+    let evs = d
+        .run(json!({
+            "command": r"printf 'ok\n\377\376\000\r\n'; printf '\300err' >&2",
+            "output_encoding": "base64",
+        }))
+        .await;
+    let id = evs[0]["text"].as_str().unwrap().to_string();
+    assert_eq!(terminal(&evs)["exit_code"], 0);
+    assert_eq!(base64_bytes(&evs, "stdout"), b"ok\n\xff\xfe\x00\r\n");
+    assert_eq!(base64_bytes(&evs, "stderr"), b"\xc0err");
+    let again = resume_all(&d, &id).await;
+    assert_eq!(base64_bytes(&again, "stdout"), b"ok\n\xff\xfe\x00\r\n");
+    assert_eq!(base64_bytes(&again, "stderr"), b"\xc0err");
+    // init and the terminal event are as always.
+    assert_eq!(again[0]["type"], "init");
+    assert_eq!(again[0]["text"], id);
+
+    d.post_json(
+        "/command",
+        &json!({ "command": "true", "output_encoding": "hex" }),
+    )
+    .await
+    .assert_error(400, "INVALID_REQUEST_BODY");
+
+    let r = d.post_json("/session", &json!({})).await;
+    let sid = r.json()["session_id"].as_str().unwrap().to_string();
+    let evs = d
+        .stream(
+            &format!("/session/{sid}/run"),
+            &json!({ "command": r"printf '\377x\n'", "output_encoding": "base64" }),
+        )
+        .await
+        .collect()
+        .await;
+    assert_eq!(base64_bytes(&evs, "stdout"), b"\xffx\n");
+}
+
+/// A resume replays `init` and the terminal event with the times they
+/// first had, not the time of the replay.
+#[tokio::test]
+async fn resume_keeps_the_original_timestamps() {
+    let d = Daemon::start();
+    let evs = d.run(json!({ "command": "echo a; exit 3" })).await;
+    let id = evs[0]["text"].as_str().unwrap().to_string();
+    // Let the clock move on (by more than the millisecond the timestamps
+    // count in) before replaying.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let again = resume_all(&d, &id).await;
+    assert_eq!(evs.len(), again.len(), "{evs:?} {again:?}");
+    for (a, b) in evs.iter().zip(&again) {
+        assert_eq!(a["type"], b["type"]);
+        assert_eq!(a["timestamp"], b["timestamp"], "{a} vs {b}");
+    }
+    assert!(terminal(&again)["timestamp"].as_u64() >= evs[0]["timestamp"].as_u64());
+}
+
+/// Output the spill cap discarded is reported, never lost silently: the
+/// terminal event and the status count it in `dropped_bytes`, and it is
+/// exactly what the logs route no longer has (its oldest retained offset).
+#[tokio::test]
+async fn spill_cap_discards_are_counted_in_dropped_bytes() {
+    let d = Daemon::start_with(&["--output-window", "4KiB", "--spill-cap", "16KiB"], &[]);
+    let evs = d.run(json!({"command": "seq 1 100000"})).await;
+    let id = evs[0]["text"].as_str().unwrap();
+    let total = 588_895u64; // the bytes `seq 1 100000` prints
+    let dropped = terminal(&evs)["dropped_bytes"].as_u64().unwrap();
+    assert!(dropped > 0, "{}", terminal(&evs));
+    // At most the window and the cap (with record headers) are retained.
+    assert!(dropped >= total - 4096 - 16384, "{dropped}");
+    let st = d.get(&format!("/command/status/{id}")).await.json();
+    assert_eq!(st["dropped_bytes"], dropped, "{st}");
+    assert_eq!(st["output_bytes"], total, "{st}");
+    let logs = d.get(&format!("/command/{id}/logs")).await;
+    let start: u64 = logs
+        .header("execd-commands-log-start")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(start, dropped, "what is gone is what was counted");
+    assert_eq!(logs.body.len() as u64, total - dropped);
+}

@@ -281,7 +281,7 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     }
 }
 
-/// `GET /download/{path}`: the file's bytes.
+/// `GET /download/{path}` (and `HEAD`: the headers only): the file's bytes.
 pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let path = tail(&ctx)?;
     let rel = rel(&path)?;
@@ -304,6 +304,10 @@ pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&super::files::content_disposition(path.as_bytes())) {
         h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if ctx.req.method() == http::Method::HEAD {
+        // HEAD: GET's headers, no body (the file is not read).
+        *resp.body_mut() = crate::server::empty();
     }
     Ok(resp)
 }

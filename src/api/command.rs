@@ -11,7 +11,9 @@ use http::{HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::wire::{json_str, now_ms, put_bool, put_i64, put_u64, rfc3339};
+use super::wire::{
+    json_str, ms_since_epoch, now_ms, put_base64, put_bool, put_i64, put_u64, rfc3339,
+};
 use crate::fs::path;
 use crate::operations::Kind;
 use crate::process::{Command, CommandSpec, Finished, Program, Stream};
@@ -31,6 +33,20 @@ pub struct RunCommandRequest {
     pub envs: Option<HashMap<String, String>>,
     /// Extension: keep stdin open as a pipe.
     pub stdin: Option<bool>,
+    /// Extension: `"base64"` carries output as base64 in `text` (with
+    /// `"encoding":"base64"`); absent or `"text"` is the default UTF-8 text.
+    pub output_encoding: Option<String>,
+}
+
+/// Whether `output_encoding` asks for base64; 400 for an unknown value.
+pub fn wants_base64(encoding: Option<&str>) -> Result<bool, ApiError> {
+    match encoding {
+        None | Some("" | "text" | "utf-8" | "utf8") => Ok(false),
+        Some("base64") => Ok(true),
+        Some(other) => Err(invalid(format!(
+            "'output_encoding' must be \"text\" or \"base64\", got {other:?}"
+        ))),
+    }
 }
 
 fn invalid(msg: impl std::fmt::Display) -> ApiError {
@@ -83,7 +99,7 @@ pub fn validate(req: RunCommandRequest) -> Result<CommandSpec, ApiError> {
     }
     let cwd = match req.cwd.filter(|c| !c.is_empty()) {
         None => None,
-        Some(c) => Some(working_dir(&c)?),
+        Some(c) => Some(working_dir(&c, req.uid)?),
     };
     Ok(CommandSpec {
         program,
@@ -97,9 +113,14 @@ pub fn validate(req: RunCommandRequest) -> Result<CommandSpec, ApiError> {
     })
 }
 
-/// Expands and checks a working directory.
-fn working_dir(raw: &str) -> Result<PathBuf, ApiError> {
-    let p = path::expand_daemon(raw).map_err(|e| invalid(format!("cwd: {e}")))?;
+/// Expands and checks a working directory. With a `uid`, `~` and `$HOME`
+/// are that user's home (the `HOME` the command gets), not execd's.
+fn working_dir(raw: &str, uid: Option<u32>) -> Result<PathBuf, ApiError> {
+    let p = match uid {
+        Some(uid) => path::expand_with_home(raw, &crate::process::user_identity(uid).1),
+        None => path::expand_daemon(raw),
+    }
+    .map_err(|e| invalid(format!("cwd: {e}")))?;
     match std::fs::metadata(&p) {
         Ok(m) if m.is_dir() => Ok(p),
         Ok(_) => Err(invalid(format!(
@@ -119,6 +140,7 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let app = ctx.app.clone();
     let op = operation::id(ctx.req.headers())?;
     let (req, raw) = ctx.json_raw::<RunCommandRequest>(false).await?;
+    let base64 = wants_base64(req.output_encoding.as_deref())?;
     let spec = validate(req)?;
     let background = spec.background;
     let ping = app.config.ping_interval;
@@ -141,6 +163,9 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         }
     };
     let cmd = app.engine.start_command(spec)?;
+    if base64 {
+        cmd.set_output_base64();
+    }
     if let Some(p) = pending {
         p.complete(cmd.id.clone());
     }
@@ -179,7 +204,8 @@ pub fn event_stream(
         StreamMode::Background => 0,
     };
     if from_eid == 0 {
-        event_head(&mut buf, "init", 0, now_ms());
+        // The time the command started, also when replayed by a resume.
+        event_head(&mut buf, "init", 0, ms_since_epoch(cmd.started_at));
         buf.put_slice(b",\"text\":");
         json_str(&mut buf, label.as_deref().unwrap_or(&cmd.id).as_bytes());
         if label.is_some() {
@@ -200,6 +226,7 @@ pub fn event_stream(
     let first = (!buf.is_empty()).then(|| buf.split().freeze());
     let follow = (mode != StreamMode::Background).then(|| Follow {
         head_rx: cmd.log.watch(),
+        base64: cmd.output_base64(),
         cmd,
         ping,
         next: from_eid.max(1),
@@ -228,6 +255,8 @@ struct Follow {
     silence: std::pin::Pin<Box<tokio::time::Sleep>>,
     buf: BytesMut,
     done: bool,
+    /// Output as base64 (`"encoding":"base64"`) instead of text.
+    base64: bool,
 }
 
 impl Follow {
@@ -246,7 +275,13 @@ impl Follow {
                         };
                         event_head(buf, kind, ev.eid, ev.ts_ms);
                         buf.put_slice(b",\"text\":");
-                        json_str(buf, &ev.data);
+                        if self.base64 {
+                            put_base64(buf, &ev.data);
+                            buf.put_slice(b",\"encoding\":\"base64\"");
+                        } else if !json_str(buf, &ev.data) {
+                            // Some bytes became U+FFFD: say so.
+                            buf.put_slice(b",\"invalid_utf8\":true");
+                        }
                         buf.put_slice(b"}\n\n");
                     }
                     self.next = evs.last().map_or(self.next, |e| e.eid + 1);
@@ -298,12 +333,14 @@ fn event_head(buf: &mut BytesMut, kind: &str, eid: u64, ts: u64) {
 
 /// The terminal event: `execution_complete` for exit 0, else `error` with the
 /// exit code as `evalue` (`-1` for a signal), plus execd's extension fields.
+/// Its timestamp is the time the command finished, also when replayed.
 fn terminal(buf: &mut BytesMut, f: &Finished, eid: u64) {
     let ms = f.duration.as_millis() as u64;
+    let at = ms_since_epoch(f.finished_at);
     if f.exit_code == 0 && f.signal.is_none() && !f.spawn_failed {
-        event_head(buf, "execution_complete", eid, now_ms());
+        event_head(buf, "execution_complete", eid, at);
     } else {
-        event_head(buf, "error", eid, now_ms());
+        event_head(buf, "error", eid, at);
         let evalue = f.exit_code.to_string();
         let trace = f
             .error

@@ -580,13 +580,18 @@ pub enum ByteRange {
     Invalid,
 }
 
-/// Parses a `Range` header. Only the first range of a list is served, as
-/// upstream does.
+/// Parses a `Range` header's first range (the sandboxd routes serve only
+/// that one, as sandboxd does; `/files/download` uses [`parse_ranges`]).
 pub fn parse_range(h: &str, size: u64) -> ByteRange {
     let Some(spec) = h.trim().strip_prefix("bytes=") else {
         return ByteRange::Invalid;
     };
-    let first = spec.split(',').next().unwrap_or("").trim();
+    parse_spec(spec.split(',').next().unwrap_or(""), size)
+}
+
+/// One `first-last`, `first-` or `-suffix` of a byte range set.
+fn parse_spec(spec: &str, size: u64) -> ByteRange {
+    let first = spec.trim();
     let Some((a, b)) = first.split_once('-') else {
         return ByteRange::Invalid;
     };
@@ -620,6 +625,107 @@ pub fn parse_range(h: &str, size: u64) -> ByteRange {
         return ByteRange::Unsatisfiable;
     }
     ByteRange::Part(start, end.min(size - 1))
+}
+
+/// Ranges served in one `multipart/byteranges` response at most; a request
+/// with more gets the whole file (200), as RFC 9110 lets a server ignore
+/// `Range`.
+pub const MAX_RANGES: usize = 16;
+
+/// A `Range` header with any number of ranges, resolved against a size.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ranges {
+    /// The satisfiable ranges (`first..=last`), sorted, with overlapping
+    /// and adjacent ones merged (RFC 9110 §14.2 allows it); never empty.
+    Parts(Vec<(u64, u64)>),
+    /// Well-formed, but no range starts within the file.
+    Unsatisfiable,
+    /// Not a byte range set this server understands.
+    Invalid,
+    /// More than [`MAX_RANGES`] ranges.
+    TooMany,
+}
+
+/// Parses a `Range` header (RFC 9110 §14.1.2): unsatisfiable ranges of a
+/// set are left out; the set is unsatisfiable only if all of them are.
+pub fn parse_ranges(h: &str, size: u64) -> Ranges {
+    let Some(set) = h.trim().strip_prefix("bytes=") else {
+        return Ranges::Invalid;
+    };
+    let specs: Vec<&str> = set.split(',').filter(|s| !s.trim().is_empty()).collect();
+    if specs.is_empty() {
+        return Ranges::Invalid;
+    }
+    if specs.len() > MAX_RANGES {
+        return Ranges::TooMany;
+    }
+    let mut parts = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match parse_spec(spec, size) {
+            ByteRange::Part(a, b) => parts.push((a, b)),
+            ByteRange::Unsatisfiable => {}
+            ByteRange::Invalid => return Ranges::Invalid,
+        }
+    }
+    if parts.is_empty() {
+        return Ranges::Unsatisfiable;
+    }
+    parts.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(parts.len());
+    for (a, b) in parts {
+        match merged.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    Ranges::Parts(merged)
+}
+
+/// A `multipart/byteranges` body (RFC 9110 §14.6) of `ranges` of `file`,
+/// and its length. Each part's reader is made only when the part before it
+/// has been sent, so one read buffer is held at a time.
+fn multipart_ranges(file: File, size: u64, ranges: Vec<(u64, u64)>, boundary: &str) -> (Body, u64) {
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    let head = |i: usize, a: u64, b: u64| {
+        format!(
+            "{}--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {a}-{b}/{size}\r\n\r\n",
+            if i == 0 { "" } else { "\r\n" }
+        )
+    };
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let len = ranges
+        .iter()
+        .enumerate()
+        .map(|(i, &(a, b))| head(i, a, b).len() as u64 + (b - a + 1))
+        .sum::<u64>()
+        + tail.len() as u64;
+    let heads: Vec<(Bytes, u64, u64)> = ranges
+        .iter()
+        .enumerate()
+        .map(|(i, &(a, b))| (Bytes::from(head(i, a, b)), a, b))
+        .collect();
+    type Frames = std::pin::Pin<
+        Box<
+            dyn futures_core::Stream<Item = Result<http_body::Frame<Bytes>, std::io::Error>> + Send,
+        >,
+    >;
+    let parts = futures_util::stream::iter(heads).flat_map(move |(h, a, b)| {
+        let head = futures_util::stream::once(async move { Ok(http_body::Frame::data(h)) });
+        let data: Frames = match file.try_clone() {
+            Ok(f) => Box::pin(
+                stream_bytes(f, a, b - a + 1)
+                    .into_data_stream()
+                    .map(|r| r.map(http_body::Frame::data)),
+            ),
+            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
+        };
+        head.chain(data)
+    });
+    let end =
+        futures_util::stream::once(async move { Ok(http_body::Frame::data(Bytes::from(tail))) });
+    let body = http_body_util::StreamBody::new(parts.chain(end)).boxed_unsync();
+    (body, len)
 }
 
 /// Characters left as they are in an RFC 5987 `filename*` value.
@@ -837,8 +943,10 @@ fn http_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// `GET /files/download?path=`: the file, streamed; a single `Range` gives
-/// 206; `offset`/`limit` give a window of lines as text.
+/// `GET /files/download?path=` (and `HEAD`, the same headers without a
+/// body): the file, streamed; a `Range` gives 206, one part or, for several
+/// ranges, `multipart/byteranges`; `offset`/`limit` give a window of lines
+/// as text.
 pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let id = identity(&ctx)?;
     let path = required_path(&ctx, "path")?;
@@ -886,11 +994,12 @@ pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             return Ok(resp);
         }
     }
-    let (status, start, len) = match range.as_deref().map(|r| parse_range(r, size)) {
-        None => (StatusCode::OK, 0, size),
-        Some(ByteRange::Part(a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+    let head_only = ctx.req.method() == http::Method::HEAD;
+    let parts = match range.as_deref().map(|r| parse_ranges(r, size)) {
+        None | Some(Ranges::TooMany) => Vec::new(),
+        Some(Ranges::Parts(p)) => p,
         Some(other) => {
-            let why = if other == ByteRange::Invalid {
+            let why = if other == Ranges::Invalid {
                 "invalid Range header"
             } else {
                 "requested range not satisfiable"
@@ -908,18 +1017,36 @@ pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             return Ok(resp);
         }
     };
-    let mut resp = file_response(stream_bytes(file, start, len), len, mtime);
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
+    let mut resp = match parts[..] {
+        [] => file_response(stream_bytes(file, 0, size), size, mtime),
+        [(a, b)] => {
+            let mut resp = file_response(stream_bytes(file, a, b - a + 1), b - a + 1, mtime);
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            resp.headers_mut().insert(
+                header::CONTENT_RANGE,
+                header_value(&format!("bytes {a}-{b}/{size}")),
+            );
+            resp
+        }
+        _ => {
+            let boundary = crate::process::new_id();
+            let (body, len) = multipart_ranges(file, size, parts, &boundary);
+            let mut resp = file_response(body, len, mtime);
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header_value(&format!("multipart/byteranges; boundary={boundary}")),
+            );
+            resp
+        }
+    };
+    resp.headers_mut().insert(
         header::CONTENT_DISPOSITION,
         header_value(&content_disposition(&name)),
     );
-    if status == StatusCode::PARTIAL_CONTENT {
-        h.insert(
-            header::CONTENT_RANGE,
-            header_value(&format!("bytes {start}-{}/{size}", start + len - 1)),
-        );
+    if head_only {
+        // HEAD: the headers GET would have, no body (the file is not read).
+        *resp.body_mut() = crate::server::empty();
     }
     Ok(resp)
 }
@@ -945,6 +1072,40 @@ mod tests {
         assert_eq!(parse_range("bytes=+1-2", 100), Invalid);
         assert_eq!(parse_range("items=0-1", 100), Invalid);
         assert_eq!(parse_range("bytes=1", 100), Invalid);
+    }
+
+    #[test]
+    fn range_sets() {
+        use Ranges::*;
+        assert_eq!(
+            parse_ranges("bytes=0-0,5-6", 10),
+            Parts(vec![(0, 0), (5, 6)])
+        );
+        assert_eq!(
+            parse_ranges("bytes=5-6,0-0", 10),
+            Parts(vec![(0, 0), (5, 6)])
+        );
+        assert_eq!(parse_ranges("bytes=0-4,2-7,8-8", 10), Parts(vec![(0, 8)]));
+        assert_eq!(
+            parse_ranges("bytes=-2, 0-1", 10),
+            Parts(vec![(0, 1), (8, 9)])
+        );
+        assert_eq!(parse_ranges("bytes=0-1,,20-", 10), Parts(vec![(0, 1)]));
+        assert_eq!(parse_ranges("bytes=20-,30-40", 10), Unsatisfiable);
+        assert_eq!(parse_ranges("bytes=0-1,x", 10), Invalid);
+        assert_eq!(parse_ranges("bytes=,", 10), Invalid);
+        assert_eq!(parse_ranges("lines=0-1", 10), Invalid);
+        let many = vec!["0-0"; MAX_RANGES + 1].join(",");
+        assert_eq!(parse_ranges(&format!("bytes={many}"), 10), TooMany);
+        let most = vec!["0-0"; MAX_RANGES].join(",");
+        assert_eq!(
+            parse_ranges(&format!("bytes={most}"), 10),
+            Parts(vec![(0, 0)])
+        );
+        assert_eq!(
+            parse_ranges("bytes=0-18446744073709551615", u64::MAX),
+            Parts(vec![(0, u64::MAX - 1)])
+        );
     }
 
     #[test]

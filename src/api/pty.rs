@@ -499,9 +499,11 @@ impl Client {
                 let gone = exit.is_some() || st.generation > g;
                 if gone && pos >= exit.map_or(pos, |e| e.end) {
                     let code = exit.map_or(-1, |e| e.code);
-                    if let Err(end) =
-                        send(tx, text(json!({"type": "exit", "exit_code": code}))).await
-                    {
+                    // Ended by a DELETE of its session while it ran.
+                    let interrupted = st.closed;
+                    let frame =
+                        json!({"type": "exit", "exit_code": code, "interrupted": interrupted});
+                    if let Err(end) = send(tx, text(frame)).await {
                         return end;
                     }
                     return End::Close(1000, "process exited");

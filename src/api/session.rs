@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::{Response, StatusCode};
 use serde::Deserialize;
 
-use super::command::{event_stream, StreamMode};
+use super::command::{event_stream, wants_base64, StreamMode};
 use crate::fs::path;
 use crate::operations::Kind;
 use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
@@ -22,6 +22,8 @@ struct RunInSessionRequest {
     cwd: Option<String>,
     /// Milliseconds; absent or 0 means none.
     timeout: Option<i64>,
+    /// `"base64"`: output events carry the bytes as base64 (see `/command`).
+    output_encoding: Option<String>,
 }
 
 /// `POST /session {cwd?}` → `{session_id}`. The directory is created if missing.
@@ -45,6 +47,7 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let id = ctx.param("id").to_string();
     let op = super::operation::id(ctx.req.headers())?;
     let (req, raw) = ctx.json_raw::<RunInSessionRequest>(false).await?;
+    let base64 = wants_base64(req.output_encoding.as_deref())?;
     let command = req
         .command
         .filter(|c| !c.trim().is_empty())
@@ -96,6 +99,9 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         .engine
         .run_in_session(&id, command, cwd, timeout)
         .await?;
+    if base64 {
+        cmd.set_output_base64();
+    }
     if let Some(p) = pending {
         p.complete(cmd.id.clone());
     }

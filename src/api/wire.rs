@@ -1,6 +1,8 @@
 //! Wire encoding of the event stream, written by hand because it is the hot
 //! path and because its escaping differs from serde_json's on purpose:
-//! - invalid UTF-8 becomes U+FFFD;
+//! - invalid UTF-8 becomes U+FFFD (and [`json_str`] says so, for the event's
+//!   `invalid_utf8` flag); a stream that asked for base64 gets the bytes
+//!   themselves through [`put_base64`];
 //! - U+2028, U+2029 and U+0085 are escaped, since SDK line splitters
 //!   (Python's `str.splitlines`) break on them;
 //! - the other line-breaking controls are escaped like every control below 0x20.
@@ -9,14 +11,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, BytesMut};
 
-/// Appends `data` as a JSON string literal (with quotes).
-pub fn json_str(out: &mut BytesMut, data: &[u8]) {
+/// Appends `data` as a JSON string literal (with quotes). Returns whether
+/// `data` was valid UTF-8 (if not, each invalid sequence became U+FFFD).
+pub fn json_str(out: &mut BytesMut, data: &[u8]) -> bool {
     out.reserve(data.len() + 2);
     out.put_u8(b'"');
     // Valid UTF-8 is the common case, and `from_utf8` checks it a word at a
     // time; `utf8_chunks` is much slower per byte.
-    match std::str::from_utf8(data) {
-        Ok(s) => escape_valid(out, s),
+    let valid = match std::str::from_utf8(data) {
+        Ok(s) => {
+            escape_valid(out, s);
+            true
+        }
         Err(_) => {
             for chunk in data.utf8_chunks() {
                 escape_valid(out, chunk.valid());
@@ -24,7 +30,41 @@ pub fn json_str(out: &mut BytesMut, data: &[u8]) {
                     out.put_slice("\u{FFFD}".as_bytes());
                 }
             }
+            false
         }
+    };
+    out.put_u8(b'"');
+    valid
+}
+
+/// Appends `data` in standard base64 (RFC 4648 §4, with padding) as a JSON
+/// string literal: the alphabet needs no escaping.
+pub fn put_base64(out: &mut BytesMut, data: &[u8]) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    out.reserve(data.len().div_ceil(3) * 4 + 2);
+    out.put_u8(b'"');
+    let mut chunks = data.chunks_exact(3);
+    for c in &mut chunks {
+        let n = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
+        for shift in [18, 12, 6, 0] {
+            out.put_u8(ALPHABET[(n >> shift & 63) as usize]);
+        }
+    }
+    match *chunks.remainder() {
+        [a] => {
+            let n = u32::from(a) << 16;
+            out.put_u8(ALPHABET[(n >> 18 & 63) as usize]);
+            out.put_u8(ALPHABET[(n >> 12 & 63) as usize]);
+            out.put_slice(b"==");
+        }
+        [a, b] => {
+            let n = u32::from(a) << 16 | u32::from(b) << 8;
+            out.put_u8(ALPHABET[(n >> 18 & 63) as usize]);
+            out.put_u8(ALPHABET[(n >> 12 & 63) as usize]);
+            out.put_u8(ALPHABET[(n >> 6 & 63) as usize]);
+            out.put_u8(b'=');
+        }
+        _ => {}
     }
     out.put_u8(b'"');
 }
@@ -170,8 +210,12 @@ pub fn put_bool(out: &mut BytesMut, b: bool) {
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    ms_since_epoch(SystemTime::now())
+}
+
+/// `t` in milliseconds since the epoch (0 before it).
+pub fn ms_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -269,6 +313,31 @@ mod tests {
         let e = enc(b"ok\xff\xfeend\xe2\x82");
         let back: String = serde_json::from_str(&e).expect("test input");
         assert_eq!(back, "ok\u{FFFD}\u{FFFD}end\u{FFFD}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_reported() {
+        let mut out = BytesMut::new();
+        assert!(json_str(&mut out, "é ok".as_bytes()));
+        assert!(!json_str(&mut out, b"\xff\xfe"));
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, want) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"foobar", "Zm9vYmFy"),
+            (b"\xff\xfe\n", "//4K"),
+        ] {
+            let mut out = BytesMut::new();
+            put_base64(&mut out, plain);
+            assert_eq!(&out[..], format!("\"{want}\"").as_bytes());
+        }
     }
 
     #[test]

@@ -117,6 +117,22 @@ pub fn expand_daemon(input: &str) -> Result<PathBuf, PathError> {
     expand(input, lookup, &cwd)
 }
 
+/// [`expand_daemon`] for a process that runs as another user: `~` and
+/// `$HOME` name `home` (that user's home) instead of execd's.
+pub fn expand_with_home(input: &str, home: &str) -> Result<PathBuf, PathError> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let lookup = |k: &str| {
+        if k == "HOME" {
+            return Some(home.to_string());
+        }
+        if NEVER_EXPANDED.contains(&k) {
+            return None;
+        }
+        std::env::var(k).ok()
+    };
+    expand(input, lookup, &cwd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

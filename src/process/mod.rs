@@ -574,14 +574,10 @@ impl Engine {
             env.insert(k.into(), v.into());
         }
         if let Some(uid) = spec.uid {
-            let user = spawn::lookup_user(uid);
-            if let Some(home) = user.home {
-                env.insert("HOME".into(), home.into());
-            }
-            if let Some(name) = user.name {
-                env.insert("USER".into(), name.clone().into());
-                env.insert("LOGNAME".into(), name.into());
-            }
+            let (name, home) = user_identity(uid);
+            env.insert("HOME".into(), home.into());
+            env.insert("USER".into(), name.clone().into());
+            env.insert("LOGNAME".into(), name.into());
         }
         for (k, v) in &spec.envs {
             env.insert(k.into(), v.into());
@@ -621,6 +617,22 @@ impl Engine {
         }
         cache.vars.clone()
     }
+}
+
+/// The name and home a process running as `uid` gets in `USER`/`LOGNAME`
+/// and `HOME`: its passwd entry's, else the uid as a number and `/` (never
+/// execd's own home, nor an empty name).
+pub fn user_identity(uid: u32) -> (String, String) {
+    let user = users::user_by_uid(&users::read_db("/etc/passwd"), uid);
+    let name = user
+        .name
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| uid.to_string());
+    let home = user
+        .home
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".into());
+    (name, home)
 }
 
 /// A process started with no request `envs`, as execd's own user.

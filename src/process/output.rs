@@ -278,7 +278,9 @@ impl OutputLog {
             .unwrap_or(inner.next_eid)
     }
 
-    /// Bytes lost because spilling failed or was disabled.
+    /// Bytes no longer retained: spilling failed or was disabled, the
+    /// daemon's spill budget was used up, or the spill cap discarded the
+    /// oldest segment.
     pub fn dropped_bytes(&self) -> u64 {
         self.lock().dropped_bytes
     }
@@ -451,6 +453,9 @@ impl OutputLog {
             });
             while inner.segments.len() > 2 {
                 if let Some(old) = inner.segments.pop_front() {
+                    // The spill cap discards the oldest segment's output:
+                    // lost like a failed spill, and counted alike.
+                    inner.dropped_bytes += old.end_offset - old.first_offset;
                     removed.push((old.name, old.len));
                 }
             }

@@ -488,8 +488,10 @@ impl PtyManager {
             .remove(id)
             .ok_or_else(|| PtyError::NotFound(id.to_string()))?;
         session.closed.cancel();
-        session.kill_all();
+        // Marked closed before the kill, so that whoever sees the process's
+        // exit also sees that the delete caused it (`interrupted`).
         session.status.send_modify(|s| s.closed = true);
+        session.kill_all();
         Ok(())
     }
 

@@ -59,6 +59,9 @@ pub struct Command {
     pub(crate) tree: Option<Arc<super::tree::Tree>>,
     /// The uid it was asked to run as (None: execd's own).
     pub uid: Option<u32>,
+    /// The request asked for its output as base64 (`"output_encoding"`):
+    /// its event streams, resumed ones included, carry the bytes as they are.
+    output_base64: AtomicBool,
 }
 
 impl Command {
@@ -84,6 +87,7 @@ impl Command {
             interrupt_requested: AtomicBool::new(false),
             has_stdin: stdin.is_some(),
             tree,
+            output_base64: AtomicBool::new(false),
             stdin: tokio::sync::Mutex::new(stdin),
             uid: None,
         }
@@ -92,6 +96,17 @@ impl Command {
     pub(crate) fn with_uid(mut self, uid: Option<u32>) -> Self {
         self.uid = uid;
         self
+    }
+
+    /// Whether its event streams carry output as base64.
+    pub fn output_base64(&self) -> bool {
+        self.output_base64.load(Ordering::Relaxed)
+    }
+
+    /// Makes its event streams carry output as base64; set before any
+    /// stream of it is built.
+    pub fn set_output_base64(&self) {
+        self.output_base64.store(true, Ordering::Relaxed);
     }
 
     pub fn state(&self) -> State {
@@ -173,6 +188,19 @@ impl Command {
 
     /// Asks the run loop to interrupt (SIGTERM, then SIGKILL after the grace period).
     /// Returns false if an interrupt was already requested.
+    /// Marks the command as ended on a client's request without the
+    /// SIGTERM and grace of [`Command::request_interrupt`] (the caller kills
+    /// its tree at once, as a session's DELETE does): its terminal event
+    /// says `interrupted: true`.
+    pub(crate) fn mark_interrupted(&self) {
+        self.interrupt_requested.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether an interrupt was requested or the command was marked so.
+    pub(crate) fn interrupt_requested(&self) -> bool {
+        self.interrupt_requested.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn request_interrupt(&self) -> bool {
         let first = !self.interrupt_requested.swap(true, Ordering::SeqCst);
         if first {

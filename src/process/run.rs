@@ -234,7 +234,8 @@ pub(crate) async fn run(
         exit_code,
         signal: status.signal,
         timed_out,
-        interrupted,
+        // Also a run ended by its session's DELETE (killed at once).
+        interrupted: interrupted || cmd.interrupt_requested(),
         error,
         spawn_failed: false,
         finished_at: SystemTime::now(),

@@ -329,6 +329,7 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(cmd) = running {
+            cmd.mark_interrupted();
             cmd.kill_tree();
         }
         session.end_trees();

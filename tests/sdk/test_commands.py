@@ -800,6 +800,24 @@ async def test_set_env_with_envs_file_flag(tmp_path):
         daemon.stop()
 
 
+@async_test
+async def test_set_env_works_out_of_the_box(execd_daemon):
+    """No env file configured: execd makes one in its data directory and
+    names it in $EXECD_ENVS, so set_env works without any set-up; the file
+    is 0600 and goes away with the daemon."""
+    async with AsyncSdk(execd_daemon.addr) as sdk:
+        where = await sdk.commands.run('printf "%s" "$EXECD_ENVS"', opts=opts())
+        await sdk.commands.set_env("OUT_OF_THE_BOX", "it's \"on\"\r\n")
+        ex = await sdk.commands.run('printf "%s" "$OUT_OF_THE_BOX"', opts=opts())
+        session = await sdk.commands.run("stat -c %a \"$EXECD_ENVS\"", opts=opts())
+    assert joined(ex.logs.stdout) == "it's \"on\"\r\n"
+    path = where.text
+    assert path and os.path.isabs(path), path
+    assert session.text == "600"
+    execd_daemon.stop()
+    assert not os.path.exists(path)
+
+
 # --------------------------------------------------------------------------
 # uid / gid
 
