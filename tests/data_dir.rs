@@ -253,3 +253,21 @@ async fn a_spill_never_writes_through_a_planted_name() {
         &logs[logs.len() - 20..]
     );
 }
+
+/// A FROM-scratch image has no /tmp: execd makes its temporary directory
+/// (1777, as /tmp is) and its data directory in it, instead of refusing to
+/// start.
+#[tokio::test]
+async fn a_missing_temporary_directory_is_made() {
+    let t = TempDir::new("dd-no-tmp");
+    let tmp = t.0.join("missing").join("tmp");
+    let d = Daemon::launch(execd(), &[], &[("TMPDIR", tmp.to_str().unwrap())]);
+    let evs = d.run(json!({"command": "echo up"})).await;
+    assert_eq!(text_of(&evs, "stdout"), "up\n", "{evs:?}");
+    let mode = std::fs::metadata(&tmp).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1777);
+    let made: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert_eq!(made.len(), 1, "one data directory in {tmp:?}");
+    let dd = std::fs::metadata(made[0].path()).unwrap();
+    assert_eq!(dd.permissions().mode() & 0o7777, 0o700);
+}

@@ -38,6 +38,18 @@ pub struct DataDir {
     planted: std::sync::Mutex<Vec<(String, File)>>,
 }
 
+/// Creates a missing temporary directory (and its parents) with the mode
+/// `/tmp` has: 1777.
+fn make_tmp(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o1777)
+        .create(dir)?;
+    // The umask may have taken bits away.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777))
+}
+
 fn err(path: &Path, what: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("data directory {}: {what}", path.display()))
 }
@@ -68,8 +80,18 @@ impl DataDir {
                     .filter(|t| !t.is_empty())
                     .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
                 let template = tmp.join("execd-XXXXXX");
-                let p = nix::unistd::mkdtemp(&template)
-                    .map_err(|e| err(&template, format_args!("mkdtemp: {e}")))?;
+                let p = match nix::unistd::mkdtemp(&template) {
+                    // A FROM-scratch image has no /tmp: make it as a
+                    // temporary directory is made (sticky, world-writable),
+                    // then take a random name in it as anywhere else.
+                    Err(nix::errno::Errno::ENOENT) => {
+                        make_tmp(&tmp)
+                            .map_err(|e| err(&tmp, format_args!("cannot create it: {e}")))?;
+                        nix::unistd::mkdtemp(&template)
+                    }
+                    r => r,
+                }
+                .map_err(|e| err(&template, format_args!("mkdtemp: {e}")))?;
                 (p, true)
             }
         };
