@@ -212,6 +212,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     async fn body(&mut self, len: u64) -> io::Result<Vec<u8>> {
+        // Callers only read frames within the message limit; a length past
+        // it is refused, never allocated.
+        if len > MAX_MESSAGE as u64 {
+            return Err(proto("frame larger than a message may be"));
+        }
         let mut body = vec![0u8; len as usize];
         self.r.read_exact(&mut body).await?;
         Ok(body)
@@ -267,7 +272,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     more: flags & MORE != 0,
                 });
             }
-            total += len;
+            // A frame length is any 64-bit number: never let the sum wrap
+            // back under the limit.
+            total = total.saturating_add(len);
             if !dropping && (total > MAX_MESSAGE as u64 || parts.len() >= MAX_PARTS) {
                 dropping = true;
                 parts = Vec::new();
@@ -380,6 +387,33 @@ mod tests {
         }
         v.extend_from_slice(body);
         v
+    }
+
+    /// A length that would wrap the message's running total back under the
+    /// limit (found by the `kernel_wire` fuzz target: it allocated the
+    /// frame's length and aborted) is dropped or refused, never allocated.
+    #[tokio::test]
+    async fn a_wrapping_frame_length_is_never_allocated() {
+        let mut wire = frame(MORE, b"ab");
+        wire.push(LONG);
+        wire.extend_from_slice(&(u64::MAX - 1).to_be_bytes());
+        wire.extend_from_slice(b"rest");
+        let mut r = Reader::over(&wire[..], Kind::Dealer);
+        match r.recv().await {
+            Ok(Incoming::Dropped { .. }) | Err(_) => {}
+            Ok(other) => panic!("{other:?}"),
+        }
+        let crash: &[u8] = &[
+            0x01, 0x01, 0x01, 0x01, 0x01, 0x00, 0x01, 0x00, 0x01, 0x01, 0x00, 0x01, 0x00, 0x01,
+            0x00, 0x01, 0x00, 0x01, 0x00, 0x01, 0x00, 0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0x3f, 0x00, 0x01, 0x31, 0x00, 0x01, 0x01, 0x00, 0x00,
+        ];
+        let mut r = Reader::over(&crash[1..], Kind::Dealer);
+        while let Ok(m) = r.recv().await {
+            if let Incoming::Message(parts) = m {
+                assert!(parts.iter().map(Vec::len).sum::<usize>() <= MAX_MESSAGE);
+            }
+        }
     }
 
     #[tokio::test]
