@@ -206,23 +206,9 @@ pub(crate) async fn run(
     let kill_at = killing.then(|| kill.deadline());
 
     // An interrupted command's stragglers get the rest of the grace period,
-    // then SIGKILL. The tree is re-checked whenever the reaper collects
-    // something: its last member to go is execd's child (the leader, or an
-    // orphan re-parented to execd, the subreaper).
+    // then SIGKILL.
     if let Some(at) = kill_at {
-        loop {
-            let reaped = reaper.reaped();
-            tokio::pin!(reaped);
-            reaped.as_mut().enable();
-            if !tree.alive() {
-                break;
-            }
-            tokio::select! {
-                _ = reaped => {}
-                _ = sleep_until(at) => break,
-                _ = shutdown.cancelled() => break,
-            }
-        }
+        tree_gone_by(&reaper, &tree, at, &shutdown).await;
         tree.kill();
     } else if timed_out {
         tree.kill();
@@ -248,28 +234,37 @@ pub(crate) async fn run(
     // running (background jobs live on by design, up to the timeout).
     if let (Some(t), false, false) = (limits.timeout, timed_out, interrupted) {
         let deadline = Instant::from_std(cmd.start) + t;
-        loop {
-            let reaped = reaper.reaped();
-            tokio::pin!(reaped);
-            reaped.as_mut().enable();
-            if !tree.alive() {
-                break;
-            }
-            tokio::select! {
-                _ = reaped => {}
-                _ = sleep_until(deadline) => {
-                    tracing::debug!(id = %cmd.id, "timeout: killing what the command left running");
-                    tree.kill();
-                    break;
-                }
-                _ = shutdown.cancelled() => {
-                    tree.kill();
-                    break;
-                }
-            }
+        if !tree_gone_by(&reaper, &tree, deadline, &shutdown).await {
+            tracing::debug!(id = %cmd.id, "timeout or shutdown: killing what the command left running");
+            tree.kill();
         }
     }
     tree.release();
+}
+
+/// Waits until every process of `tree` is gone (true), or `deadline` or
+/// shutdown comes first (false). The tree is re-checked whenever the reaper
+/// collects something: its last member to go is execd's child (the leader,
+/// or an orphan re-parented to execd, the subreaper).
+async fn tree_gone_by(
+    reaper: &Reaper,
+    tree: &super::tree::Tree,
+    deadline: Instant,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        let reaped = reaper.reaped();
+        tokio::pin!(reaped);
+        reaped.as_mut().enable();
+        if !tree.alive() {
+            return true;
+        }
+        tokio::select! {
+            _ = reaped => {}
+            _ = sleep_until(deadline) => return false,
+            _ = shutdown.cancelled() => return false,
+        }
+    }
 }
 
 /// Exit code and upstream-style error text (Go's `ProcessState` wording).
