@@ -323,6 +323,101 @@ async fn runs_as_another_uid() {
     // keep.txt is root's 0644 file in the lower layer: not writable by nobody.
     let o = run(&d, &sid, "echo x > keep.txt").await;
     assert_ne!(o.code, 0);
+    // A workspace the uid owns is writable at its top, as outside: the
+    // overlay's root carries the lower directory's owner and mode.
+    let own = ws("iso-uid-own");
+    std::os::unix::fs::chown(&own.0, Some(65534), Some(65534)).expect("chown");
+    let sid = create(
+        &d,
+        json!({"workspace": {"path": path(&own)}, "uid": 65534, "gid": 65534}),
+    )
+    .await;
+    let o = run(&d, &sid, "echo x > new.txt && stat -c '%u %a' . new.txt").await;
+    assert_eq!(o.stdout, "65534 755\n65534 644\n", "{}", o.stderr);
+    assert!(
+        !own.0.join("new.txt").exists(),
+        "the lower dir is untouched"
+    );
+}
+
+/// The host's user namespace, as `readlink /proc/self/ns/user` prints it.
+fn host_userns() -> String {
+    std::fs::read_link("/proc/self/ns/user")
+        .expect("ns/user")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[tokio::test]
+async fn userns_runs_map_their_uid_to_the_same_host_uid() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-userns-uid");
+    std::os::unix::fs::chown(&w.0, Some(4242), Some(4243)).expect("chown");
+    let sid = create(
+        &d,
+        json!({"workspace": {"path": path(&w)}, "uid": 4242, "gid": 4243,
+               "uid_mode": "userns", "profile": "balanced"}),
+    )
+    .await;
+    let o = run(
+        &d,
+        &sid,
+        "id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map | tr -s ' ' | sed 's/^ //'; \
+         readlink /proc/self/ns/user; grep CapEff /proc/self/status",
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(&lines[..4], ["4242", "4243", "4242 4242 1", "4243 4243 1"]);
+    assert_ne!(
+        lines[4],
+        host_userns(),
+        "the run has a user namespace of its own"
+    );
+    assert_eq!(lines[5].split_whitespace().last(), Some("0000000000000000"));
+    // keep.txt belongs to root outside: inside it is nobody's, read-only.
+    let o = run(&d, &sid, "stat -c %u keep.txt; echo x > keep.txt").await;
+    assert_ne!(o.code, 0);
+    assert_eq!(o.stdout, "65534\n");
+    // A file it writes belongs to the same uid on the host: visible in the
+    // diff's upper layer as 4242's.
+    let o = run(&d, &sid, "echo mine > mine.txt && stat -c %u:%g mine.txt").await;
+    assert_eq!(o.stdout, "4242:4243\n", "{}", o.stderr);
+}
+
+#[tokio::test]
+async fn userns_root_holds_nothing_over_the_host() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-userns-root");
+    // A file root may read only through CAP_DAC_OVERRIDE (another owner, 0600).
+    let secret = w.0.join("secret");
+    std::fs::write(&secret, "s3cret\n").expect("write");
+    std::os::unix::fs::chown(&secret, Some(4242), Some(4242)).expect("chown");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    // setpriv root under the balanced profile keeps DAC override: it reads it.
+    let plain = create(
+        &d,
+        json!({"workspace": {"path": path(&w)}, "profile": "balanced"}),
+    )
+    .await;
+    let o = run(&d, &plain, "cat secret").await;
+    assert_eq!(o.stdout, "s3cret\n", "{}", o.stderr);
+    // The same run in a user namespace: root there, nobody special here.
+    let ns = create(
+        &d,
+        json!({"workspace": {"path": path(&w)}, "profile": "balanced", "uid_mode": "userns"}),
+    )
+    .await;
+    let o = run(&d, &ns, "id -u; cat secret").await;
+    assert_eq!(o.stdout, "0\n");
+    assert!(o.stderr.contains("Permission denied"), "{}", o.stderr);
+    assert_ne!(o.code, 0);
+    let o = run(&d, &ns, "readlink /proc/self/ns/user").await;
+    assert_ne!(o.stdout.trim(), host_userns());
+    // Nor may it mount, though it holds CAP_SYS_ADMIN in its namespace.
+    let o = run(&d, &ns, "mount -t tmpfs none /tmp && echo mounted").await;
+    assert!(!o.stdout.contains("mounted"), "{}", o.stdout);
 }
 
 #[tokio::test]
@@ -568,9 +663,9 @@ async fn bad_requests_are_4xx_and_unknown_sessions_404() {
             "RUNTIME_ERROR",
         ),
         (
-            json!({"workspace": {"path": path(&w)}, "uid_mode": "userns"}),
-            503,
-            "NOT_SUPPORTED",
+            json!({"workspace": {"path": path(&w)}, "uid_mode": "nobody"}),
+            400,
+            "RUNTIME_ERROR",
         ),
         (
             json!({"workspace": {"path": path(&w)}, "bogus": 1}),
@@ -593,7 +688,8 @@ async fn bad_requests_are_4xx_and_unknown_sessions_404() {
         .assert_error(400, "INVALID_REQUEST_BODY");
     let caps = d.get("/v1/isolated/capabilities").await.json();
     assert_eq!(caps["available"], true);
-    assert_eq!(caps["userns_available"], false);
+    // This machine allows user namespaces (the userns tests rely on it).
+    assert_eq!(caps["userns_available"], true);
     assert_eq!(caps["hardening"]["init_mode"], "pid1");
 }
 

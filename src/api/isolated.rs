@@ -106,7 +106,7 @@ pub async fn capabilities(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         "version": env!("CARGO_PKG_VERSION"),
         "message": p.message,
         "setpriv_available": p.available,
-        "userns_available": false,
+        "userns_available": p.available && p.userns,
         "diff_supported": p.available,
         "commit_supported": p.available,
         "hardening": {

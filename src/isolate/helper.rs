@@ -83,6 +83,12 @@ pub struct EnterPlan {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub strict: bool,
+    /// The run gets a user namespace of its own, in which its uid and gid
+    /// (default 0) map to the same ids outside, one each: whatever it
+    /// holds, it holds over that namespace, never over the host's files,
+    /// devices or processes.
+    #[serde(default)]
+    pub userns: bool,
     pub argv: Vec<String>,
     /// Instead of running `argv`: detach (`None`) or mount again (`Some`)
     /// the overlay at `cwd`, from PID 1's mount namespace, so that its
@@ -492,6 +498,21 @@ fn loopback_up() -> nix::Result<()> {
 }
 
 fn enter_main(plan: &EnterPlan) -> i32 {
+    // The host's /proc, kept for writing the run's id maps (by its pid in
+    // this process's pid namespace) once the session's /proc is in view.
+    let host_proc = if plan.userns {
+        match open(
+            "/proc",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            // SAFETY: open returned a new descriptor that nothing else owns.
+            Ok(fd) => Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+            Err(e) => return fail(&format!("open /proc: {e}")),
+        }
+    } else {
+        None
+    };
     // Open every namespace first: /proc changes once the mount one is joined.
     let mut fds: Vec<(OwnedFd, CloneFlags)> = Vec::new();
     for (name, flag) in [
@@ -527,11 +548,53 @@ fn enter_main(plan: &EnterPlan) -> i32 {
     if chdir(&plan.cwd).is_err() {
         let _ = chdir("/");
     }
+    // With a user namespace: the child unshares it and says so on `up`;
+    // this process writes its id maps and answers on `down`.
+    let sync = match host_proc
+        .as_ref()
+        .map(|_| (pipe2(OFlag::O_CLOEXEC), pipe2(OFlag::O_CLOEXEC)))
+    {
+        None => None,
+        Some((Ok(up), Ok(down))) => Some((up, down)),
+        Some((Err(e), _)) | Some((_, Err(e))) => return fail(&format!("pipe: {e}")),
+    };
     // SAFETY: this process is single-threaded (a freshly executed helper).
     match unsafe { fork() } {
         Err(e) => fail(&format!("fork: {e}")),
-        Ok(ForkResult::Parent { child }) => relay(child),
+        Ok(ForkResult::Parent { child }) => {
+            if let (Some(proc_fd), Some(((up_r, up_w), (down_r, down_w)))) = (&host_proc, sync) {
+                drop((up_w, down_r));
+                let mut b = [0u8; 1];
+                let unshared = std::fs::File::from(up_r).read(&mut b).is_ok_and(|n| n == 1);
+                let mapped = unshared
+                    && map_ids(proc_fd, child, plan.uid.unwrap_or(0), plan.gid_or_uid()).is_ok();
+                if mapped {
+                    let _ = std::fs::File::from(down_w).write_all(b"m");
+                }
+                // Otherwise `down` closes unanswered and the child gives up.
+            }
+            relay(child)
+        }
         Ok(ForkResult::Child) => {
+            if let Some(((up_r, up_w), (down_r, down_w))) = sync {
+                drop((up_r, down_w));
+                if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER) {
+                    let _ = writeln!(std::io::stderr(), "execd isolate: unshare user: {e}");
+                    std::process::exit(126);
+                }
+                let _ = std::fs::File::from(up_w).write_all(b"u");
+                let mut b = [0u8; 1];
+                if !std::fs::File::from(down_r)
+                    .read(&mut b)
+                    .is_ok_and(|n| n == 1)
+                {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "execd isolate: the user namespace was not mapped"
+                    );
+                    std::process::exit(126);
+                }
+            }
             if let Err(e) = confine(plan) {
                 let _ = writeln!(std::io::stderr(), "execd isolate: {e}");
                 std::process::exit(126);
@@ -553,6 +616,33 @@ fn enter_main(plan: &EnterPlan) -> i32 {
             std::process::exit(if e == Errno::ENOENT { 127 } else { 126 })
         }
     }
+}
+
+impl EnterPlan {
+    /// The run's gid: the one asked for, else its uid's number (as setpriv).
+    fn gid_or_uid(&self) -> u32 {
+        self.gid.or(self.uid).unwrap_or(0)
+    }
+}
+
+/// Maps `uid` and `gid` of `child`'s new user namespace to the same ids
+/// outside, one each, through the host's /proc (`proc_fd`).
+fn map_ids(proc_fd: &OwnedFd, child: Pid, uid: u32, gid: u32) -> Result<(), String> {
+    for (file, id) in [("uid_map", uid), ("gid_map", gid)] {
+        let p = format!("{child}/{file}");
+        let fd = nix::fcntl::openat(
+            Some(proc_fd.as_raw_fd()),
+            p.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("open {p}: {e}"))?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        f.write_all(format!("{id} {id} 1\n").as_bytes())
+            .map_err(|e| format!("write {p}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Detaches the overlay at `dest`, or mounts it again from the layers
@@ -620,6 +710,19 @@ fn confine(plan: &EnterPlan) -> Result<(), String> {
         if r != 0 && Errno::last() != Errno::EINVAL {
             return Err(format!("drop capability {c}: {}", Errno::last()));
         }
+    }
+    if plan.userns {
+        // Inside the run's own user namespace: only the mapped ids exist,
+        // and nothing is dropped by the kernel on the way (the ids execd had
+        // are not mapped), so every capability goes with a non-zero uid.
+        let (uid, gid) = (plan.uid.unwrap_or(0), plan.gid_or_uid());
+        nix::unistd::setgroups(&[Gid::from_raw(gid)]).map_err(|e| format!("setgroups: {e}"))?;
+        nix::unistd::setgid(Gid::from_raw(gid)).map_err(|e| format!("setgid: {e}"))?;
+        nix::unistd::setuid(Uid::from_raw(uid)).map_err(|e| format!("setuid: {e}"))?;
+        let all: Vec<u32> = (0..=last).collect();
+        clear_caps(if uid == 0 { &dropped } else { &all }).map_err(|e| format!("capset: {e}"))?;
+        nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+        return Ok(());
     }
     if let Some(uid) = plan.uid {
         let gid = plan.gid.unwrap_or(uid);

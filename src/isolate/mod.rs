@@ -174,6 +174,8 @@ pub struct Session {
     pub request: SessionRequest,
     pub mounts: Vec<Mounted>,
     pub strict: bool,
+    /// Runs enter a user namespace of their own (`uid_mode: userns`).
+    pub userns: bool,
     init_pid: i32,
     init_fd: Arc<OwnedFd>,
     dir: PathBuf,
@@ -275,6 +277,8 @@ impl Session {
 pub struct Probe {
     pub available: bool,
     pub message: Option<String>,
+    /// Runs can have a user namespace of their own (`uid_mode: userns`).
+    pub userns: bool,
 }
 
 /// Every isolated session of the daemon.
@@ -361,6 +365,13 @@ impl Isolated {
             ));
         }
         let v = validate(&req, &self.hide)?;
+        if v.userns && !self.probe.userns {
+            return Err(IsolateError::NotSupported(
+                "uid_mode userns: the kernel allows no user namespaces here \
+                 (/proc/sys/user/max_user_namespaces is 0); use setpriv"
+                    .into(),
+            ));
+        }
         if self.lock().len() >= self.max {
             return Err(IsolateError::TooMany(self.max));
         }
@@ -377,6 +388,10 @@ impl Isolated {
                     let work = dir.join("work").join(i.to_string());
                     std::fs::create_dir_all(&upper).map_err(io)?;
                     std::fs::create_dir_all(&work).map_err(io)?;
+                    // The overlay's root takes its owner and mode from the
+                    // upper layer: make them the lower directory's, or a
+                    // run as the directory's owner could not write in it.
+                    like(&m.path, &upper).map_err(io)?;
                     plan_mounts.push(PlannedMount::Overlay {
                         dest: m.path.clone(),
                         lower: m.path.clone(),
@@ -422,6 +437,7 @@ impl Isolated {
                     request: req,
                     mounts,
                     strict: v.strict,
+                    userns: v.userns,
                     init_pid: pid,
                     init_fd: Arc::new(fd),
                     dir,
@@ -535,6 +551,7 @@ impl Isolated {
             uid: s.request.uid,
             gid: s.request.gid,
             strict: s.strict,
+            userns: s.userns,
             argv: vec![shell, "-c".into(), run.code.clone()],
             remount: None,
         };
@@ -837,6 +854,7 @@ impl Isolated {
             uid: None,
             gid: None,
             strict: false,
+            userns: false,
             argv: Vec::new(),
             remount: Some({
                 let _ = upper;
@@ -924,6 +942,14 @@ impl Isolated {
 
 /// Removes the session's directory; with `all` false only `root` and `work`
 /// (the upper layers stay).
+/// Gives `dir` the owner, group and permission bits of `model`.
+fn like(model: &Path, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::metadata(model)?;
+    std::os::unix::fs::chown(dir, Some(m.uid()), Some(m.gid()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(m.mode() & 0o7777))
+}
+
 fn remove_session_dir(dir: &Path, all: bool) {
     if all {
         let _ = std::fs::remove_dir_all(dir);
@@ -959,6 +985,7 @@ fn uuid_v4(hex: &str) -> String {
 
 /// A validated request.
 struct Valid {
+    userns: bool,
     mounts: Vec<Mounted>,
     binds: Vec<(PathBuf, PathBuf, bool)>,
     share_net: bool,
@@ -1021,19 +1048,15 @@ fn validate(req: &SessionRequest, hide: &[PathBuf]) -> Result<Valid, IsolateErro
             )))
         }
     };
-    match req.uid_mode.as_deref().unwrap_or("setpriv") {
-        "setpriv" => {}
-        "userns" => {
-            return Err(IsolateError::NotSupported(
-                "uid_mode userns is not supported by the native isolator; use setpriv".into(),
-            ))
-        }
+    let userns = match req.uid_mode.as_deref().unwrap_or("setpriv") {
+        "setpriv" => false,
+        "userns" => true,
         other => {
             return Err(invalid(format!(
                 "uid_mode must be setpriv or userns, got {other:?}"
             )))
         }
-    }
+    };
     let mut specs: Vec<OverlaySpec> = Vec::new();
     if let Some(w) = &req.workspace {
         specs.push(OverlaySpec {
@@ -1111,6 +1134,7 @@ fn validate(req: &SessionRequest, hide: &[PathBuf]) -> Result<Valid, IsolateErro
         Some(n) => Some(Duration::from_secs(n as u64)),
     };
     Ok(Valid {
+        userns,
         mounts,
         binds,
         share_net: req.share_net.unwrap_or(false),
@@ -1124,6 +1148,7 @@ fn probe() -> Probe {
     let no = |m: &str| Probe {
         available: false,
         message: Some(m.into()),
+        userns: false,
     };
     if !nix::unistd::geteuid().is_root() {
         return no(
@@ -1142,9 +1167,15 @@ fn probe() -> Probe {
             return no(&format!("the kernel has no {ns} namespaces"));
         }
     }
+    let userns = Path::new("/proc/self/ns/user").exists()
+        && std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0);
     Probe {
         available: true,
         message: None,
+        userns,
     }
 }
 
@@ -1189,10 +1220,9 @@ mod tests {
         assert!(matches!(validate(&r, &[]), Err(IsolateError::Invalid(_))));
         r.profile = Some("balanced".into());
         r.uid_mode = Some("userns".into());
-        assert!(matches!(
-            validate(&r, &[]),
-            Err(IsolateError::NotSupported(_))
-        ));
+        assert!(validate(&r, &[]).is_ok_and(|v| v.userns));
+        r.uid_mode = Some("nobody".into());
+        assert!(matches!(validate(&r, &[]), Err(IsolateError::Invalid(_))));
         r.uid_mode = None;
         assert!(matches!(
             validate(&r, &[PathBuf::from("/tmp/data")]),

@@ -32,10 +32,38 @@ async def test_capabilities_are_honest(execd_addr):
     svc = IsolatedSessionsAdapter(async_config(), endpoint(execd_addr))
     caps = await svc.capabilities()
     assert caps.isolator == "native"
-    assert caps.userns_available is False
+    want = open("/proc/sys/user/max_user_namespaces").read().strip() != "0"
+    assert caps.userns_available is (bool(caps.available) and want)
     if caps.available:
         assert caps.diff_supported and caps.commit_supported
         assert caps.hardening is not None and caps.hardening.init_mode == "pid1"
+
+
+@async_test
+async def test_userns_run_has_its_own_user_namespace(execd_addr, tmp_path):
+    svc = await _service(execd_addr)
+    caps = await svc.capabilities()
+    if not caps.userns_available:
+        pytest.skip("!!! no user namespaces here !!!")
+    work = tmp_path / "ws"
+    work.mkdir()
+    session = await svc.create(
+        CreateIsolatedSessionRequest(
+            workspace=IsolatedWorkspaceSpec(path=str(work), mode="overlay"),
+            profile="balanced",
+            uid=4242,
+            gid=4242,
+            uid_mode="userns",
+        )
+    )
+    ex = await session.run("id -u; cat /proc/self/uid_map; readlink /proc/self/ns/user")
+    out = "".join(m.text for m in ex.logs.stdout).split("\n")
+    assert out[0] == "4242"
+    assert out[1].split() == ["4242", "4242", "1"]
+    import os
+
+    assert out[2] != os.readlink("/proc/self/ns/user")
+    await session.delete()
 
 
 @async_test
