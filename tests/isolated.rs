@@ -886,6 +886,42 @@ async fn upload(d: &Daemon, sid: &str, target: &str, data: &[u8]) -> common::Res
 }
 
 #[tokio::test]
+async fn file_routes_act_as_the_sessions_uid() {
+    let Some(d) = daemon().await else { return };
+    let (root_ws, own_ws) = (ws("iso-files-uid-root"), ws("iso-files-uid-own"));
+    std::os::unix::fs::chown(&own_ws.0, Some(65534), Some(65534)).expect("chown");
+    // A root-owned workspace: the uid may not write in it, through runs or routes.
+    let sid = create(
+        &d,
+        json!({"workspace": {"path": path(&root_ws)}, "uid": 65534, "gid": 65534}),
+    )
+    .await;
+    let r = upload(&d, &sid, &format!("{}/no.txt", path(&root_ws)), b"x").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("uid 65534"), "{}", r.text());
+    let r = d
+        .delete(&format!(
+            "/v1/isolated/session/{sid}/files?path={}",
+            q(&format!("{}/keep.txt", path(&root_ws)))
+        ))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let o = run(&d, &sid, "cat keep.txt").await;
+    assert_eq!(o.stdout, "lower\n");
+    // Its own workspace: the upload lands, owned by the uid, in the view only.
+    let sid = create(
+        &d,
+        json!({"workspace": {"path": path(&own_ws)}, "uid": 65534, "gid": 65534}),
+    )
+    .await;
+    let r = upload(&d, &sid, &format!("{}/yes.txt", path(&own_ws)), b"y").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let o = run(&d, &sid, "stat -c %u:%g yes.txt").await;
+    assert_eq!(o.stdout, "65534:65534\n", "{}", o.stderr);
+    assert!(!own_ws.0.join("yes.txt").exists());
+}
+
+#[tokio::test]
 async fn file_routes_act_in_the_merged_view_and_cannot_escape_it() {
     let Some(d) = daemon().await else { return };
     let (w, outside) = (ws("iso-files"), ws("iso-files-out"));

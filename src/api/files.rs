@@ -74,8 +74,16 @@ pub fn identity(ctx: &Ctx) -> Result<Scope, ApiError> {
             return Err(crate::isolate::IsolateError::Inactive(s.id.clone()).into());
         }
         s.touch();
+        // As the session's runs: its uid/gid when it names them.
+        let id = match (s.request.uid, s.request.gid) {
+            (None, None) => None,
+            (uid, gid) => Some(Identity {
+                uid: uid.unwrap_or(0),
+                gid: gid.or(uid).unwrap_or(0),
+            }),
+        };
         return Ok(Scope {
-            id: None,
+            id,
             ns: Some(s.ns_handle()),
         });
     }

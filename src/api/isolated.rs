@@ -124,7 +124,8 @@ pub async fn capabilities(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             "no_new_privs": true,
             "strict": "every capability dropped (bounding, effective, permitted, inheritable)",
             "balanced": "CAP_SYS_ADMIN, SYS_MODULE, SYS_RAWIO, SYS_PTRACE, SYS_BOOT, SYS_TIME, MKNOD, NET_ADMIN, SYS_CHROOT, MAC_*, BPF, PERFMON, SYSLOG dropped",
-            "uid_mode": ["setpriv"],
+            "uid_mode": if p.userns { serde_json::json!(["setpriv", "userns"]) } else { serde_json::json!(["setpriv"]) },
+            "file_routes": "in the session's view, as the session's uid/gid when it names them",
         },
     });
     Ok(json_response(StatusCode::OK, &v))
