@@ -17,12 +17,13 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::files::file_response;
+use crate::api::{App, Ctx};
 use crate::fs::confined::{runtime_path, ConfineError, RelPath, Root};
 use crate::fs::ops::AttrRequest;
 use crate::fs::upload::Writer;
 use crate::process::capture::{capture, with_marker};
 use crate::process::{CommandSpec, Engine, Program};
-use crate::server::{json_response, ApiError, App, Body, Ctx};
+use crate::server::{json_response, ApiError, Body};
 
 /// Output kept per stream of one `/execute`.
 pub const OUTPUT_CAP: usize = 1 << 20;

@@ -24,13 +24,14 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 
 use super::wire::rfc3339;
+use crate::api::Ctx;
 use crate::fs::identity::{scoped, Identity, Scope};
 use crate::fs::info::{self, mode_from_wire, mode_to_wire, FileInfo, Names};
 use crate::fs::lines::LineWindow;
 use crate::fs::ops::{self, AttrRequest};
 use crate::fs::upload::Writer;
 use crate::fs::{self, replace, search, FsError};
-use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
+use crate::server::{json_response, ok_empty, sse, ApiError, Body};
 
 /// `FileInfo` as the wire shows it (upstream's field names).
 #[derive(Debug, Serialize)]

@@ -14,10 +14,11 @@ use serde::Serialize;
 
 use super::agent_sandbox::{base_dir, blocking, content_type, open_root, tail};
 use super::files::file_response;
+use crate::api::{App, Ctx};
 use crate::fs::confined::{sandboxd_path, ConfineError, Entry, RelPath};
 use crate::fs::ops::AttrRequest;
 use crate::fs::upload::Writer;
-use crate::server::{json_response, ApiError, App, Body, Ctx};
+use crate::server::{json_response, ApiError, Body};
 
 /// Names of variables never served by `/v1/metadata` (substrings, any case),
 /// even when the allow-list names them: a second net, not the defence.
