@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::files::file_response;
 use crate::api::{App, Ctx};
+use crate::fs::attrs::AttrRequest;
 use crate::fs::confined::{runtime_path, ConfineError, RelPath, Root};
-use crate::fs::ops::AttrRequest;
 use crate::fs::upload::Writer;
 use crate::process::capture::{capture, with_marker};
 use crate::process::{CommandSpec, Engine, Program};

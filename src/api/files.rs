@@ -25,10 +25,11 @@ use serde::{Deserialize, Serialize};
 
 use super::wire::rfc3339;
 use crate::api::Ctx;
+use crate::fs::attrs::AttrRequest;
 use crate::fs::identity::{scoped, Identity, Scope};
 use crate::fs::info::{self, mode_from_wire, mode_to_wire, FileInfo, Names};
 use crate::fs::lines::LineWindow;
-use crate::fs::ops::{self, AttrRequest};
+use crate::fs::ops;
 use crate::fs::upload::Writer;
 use crate::fs::{self, replace, search, FsError};
 use crate::server::{json_response, ok_empty, sse, ApiError, Body};
@@ -210,7 +211,7 @@ pub fn attr_map(
 /// nothing, then applies `op` to each path in turn.
 pub fn apply_each(
     items: &[(PathBuf, AttrRequest)],
-    op: fn(&std::path::Path, crate::fs::upload::Attrs) -> crate::fs::FsResult<()>,
+    op: fn(&std::path::Path, crate::fs::attrs::Attrs) -> crate::fs::FsResult<()>,
 ) -> crate::fs::FsResult<()> {
     let resolved = items
         .iter()

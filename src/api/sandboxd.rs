@@ -15,8 +15,8 @@ use serde::Serialize;
 use super::agent_sandbox::{base_dir, blocking, content_type, open_root, tail};
 use super::files::file_response;
 use crate::api::{App, Ctx};
+use crate::fs::attrs::AttrRequest;
 use crate::fs::confined::{sandboxd_path, ConfineError, Entry, RelPath};
-use crate::fs::ops::AttrRequest;
 use crate::fs::upload::Writer;
 use crate::server::{json_response, ApiError, Body};
 
