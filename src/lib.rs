@@ -1,14 +1,17 @@
 //! execd: the in-sandbox execution daemon.
 //!
 //! - `config`: flags and environment variables.
-//! - `server`: HTTP plumbing (accept loop, THE route table, auth, errors, streaming bodies).
-//! - `api`: one module per resource; validates requests and shapes responses.
+//! - `server`: HTTP plumbing (accept loop, route matching, auth, the error envelope, streaming
+//!   bodies); serves any `server::Service` and imports no resource.
+//! - `api`: the application: state and front door, THE route table, one module per resource.
+//! - `transfer`: file transfer over HTTP (ranges, download responses, file bodies, form bounds).
 //! - `process`: the process engine (spawn, the one reaper, output logs, records). No HTTP.
 //! - `fs`: file-system operations. No HTTP.
 //! - `kernel`: code contexts, Jupyter kernels driven over ZeroMQ. No HTTP.
 //! - `isolate`: isolated sessions (namespaces, overlays) and their helper modes. No HTTP.
 //!
-//! Arrows point one way: `main -> server -> api -> {process, fs}`.
+//! Arrows point one way: `main -> daemon -> api -> {transfer, server, process, fs}`,
+//! `transfer -> server`.
 //! A command's output flows pipe -> `process::run` (line splitting) ->
 //! `process::output::OutputLog` (memory window + capped spill) -> any number of
 //! readers (`api::command::event_stream`, the logs route), each at its own pace.
@@ -28,3 +31,4 @@ pub mod operations;
 pub mod process;
 pub mod runtime;
 pub mod server;
+pub mod transfer;

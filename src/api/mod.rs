@@ -10,7 +10,6 @@ pub mod command;
 pub mod directories;
 mod error;
 pub mod files;
-pub mod form;
 pub mod health;
 pub mod init;
 pub mod isolated;
