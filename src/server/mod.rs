@@ -8,6 +8,7 @@ pub mod origin;
 pub mod router;
 pub mod sse;
 mod watch;
+pub mod zerocopy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -75,13 +76,17 @@ pub trait Service: Send + Sync + Sized + 'static {
 }
 
 /// A connection, as a [`Service`] sees it.
-pub struct Conn(Arc<watch::Activity>);
+pub struct Conn {
+    activity: Arc<watch::Activity>,
+    /// Plain HTTP/1.1: where zero-copy bodies queue their file pieces.
+    sink: Option<zerocopy::Sink>,
+}
 
 impl Conn {
     /// A request body that the connection's watch follows: one that stalls
     /// for the header timeout gets 408.
     pub fn body(&self, body: Incoming) -> RequestBody {
-        RequestBody::new(body, &self.0)
+        RequestBody::new(body, &self.activity)
     }
 }
 
@@ -232,9 +237,14 @@ pub async fn serve<S: Service>(
         };
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(watch::Activity::default());
-        let svc = {
-            let (app, conn) = (app.clone(), Conn(activity.clone()));
-            hyper::service::service_fn(move |req| handle(&app, req, peer, &conn))
+        // The service of a connection: `sink` is where zero-copy bodies
+        // queue their file pieces, on a plain HTTP/1.1 connection.
+        let service = {
+            let (app, activity) = (app.clone(), activity.clone());
+            move |sink: Option<zerocopy::Sink>| {
+                let conn = Conn { activity, sink };
+                hyper::service::service_fn(move |req| handle(&app, req, peer, &conn))
+            }
         };
         let stop = stop.clone();
         let timeout = header_timeout;
@@ -246,13 +256,16 @@ pub async fn serve<S: Service>(
                 r = tokio::time::timeout(timeout, sniff(&stream)) => r,
                 _ = stop.cancelled() => return,
             };
-            let io = TokioIo::new(stream);
             match first {
                 Ok(Ok(Some(Protocol::Http1))) => {
+                    let io = zerocopy::ZeroCopyIo::new(stream);
+                    let svc = service(Some(io.sink()));
                     let mut http = hyper::server::conn::http1::Builder::new();
                     // No hyper timer: the watch does its header timeout.
-                    http.max_buf_size(64 * 1024).keep_alive(true);
-                    let conn = http.serve_connection(io, svc).with_upgrades();
+                    // `writev`: body frames reach the socket uncopied, which
+                    // zero-copy bodies rely on (see `zerocopy.rs`).
+                    http.max_buf_size(64 * 1024).keep_alive(true).writev(true);
+                    let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
                     let watch = Watched {
                         watch: watch::Watch::new(activity),
                         timeout,
@@ -264,7 +277,7 @@ pub async fn serve<S: Service>(
                 Ok(Ok(Some(Protocol::Http2))) => {
                     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     http.timer(TokioTimer::new());
-                    let conn = http.serve_connection(io, svc);
+                    let conn = http.serve_connection(TokioIo::new(stream), service(None));
                     // hyper has no header timeout for HTTP/2: the same watch
                     // sees a connection with no stream served, whether the
                     // client trickles a HEADERS frame or just keeps it open.
@@ -545,6 +558,11 @@ fn handle<S: Service>(
     conn: &Conn,
 ) -> Served<S> {
     let class = S::class(&req);
+    // Only a GET answer can be a zero-copy body (HEAD has none).
+    let sink = conn
+        .sink
+        .as_ref()
+        .filter(|_| req.method() == http::Method::GET);
     let answer = if tracing::enabled!(tracing::Level::DEBUG) {
         // Debug logging: the request line is kept for the log.
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
@@ -560,18 +578,37 @@ fn handle<S: Service>(
     } else {
         app.answer(req, peer, conn)
     };
-    let exchange = match &answer {
-        Answer::Ready(Some(resp)) if http_body::Body::is_end_stream(resp.body()) => {
-            conn.0.answered();
+    let mut answer = answer;
+    let sink = match &mut answer {
+        Answer::Ready(Some(resp)) => {
+            accept_offer(resp, sink);
             None
         }
-        _ => Some(conn.0.begin()),
+        _ => sink.cloned(),
+    };
+    let exchange = match &answer {
+        Answer::Ready(Some(resp)) if http_body::Body::is_end_stream(resp.body()) => {
+            conn.activity.answered();
+            None
+        }
+        _ => Some(conn.activity.begin()),
     };
     Served {
         answer,
         exchange,
         class,
+        sink,
         service: std::marker::PhantomData,
+    }
+}
+
+/// Gives a zero-copy body the connection's sink, if it offers to be one
+/// and the connection is plain HTTP/1.1.
+fn accept_offer(resp: &mut Response<Body>, sink: Option<&zerocopy::Sink>) {
+    if let Some(offer) = resp.extensions_mut().remove::<zerocopy::Offer>() {
+        if let Some(sink) = sink {
+            offer.accept(sink.clone());
+        }
     }
 }
 
@@ -581,6 +618,8 @@ struct Served<S> {
     exchange: Option<watch::Exchange>,
     /// The request's class, for [`Service::answered`].
     class: usize,
+    /// A GET's connection sink, for a zero-copy body.
+    sink: Option<zerocopy::Sink>,
     service: std::marker::PhantomData<fn() -> S>,
 }
 
@@ -606,7 +645,8 @@ impl<S: Service> std::future::Future for Served<S> {
             S::answered(this.class, resp.status());
             return std::task::Poll::Ready(Ok(resp));
         }
-        let Ok(resp) = std::task::ready!(Pin::new(&mut this.answer).poll(cx));
+        let Ok(mut resp) = std::task::ready!(Pin::new(&mut this.answer).poll(cx));
+        accept_offer(&mut resp, this.sink.as_ref());
         S::answered(this.class, resp.status());
         // A body still to send ends the exchange when it is dropped; without
         // one the exchange ends here.

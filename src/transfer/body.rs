@@ -2,13 +2,16 @@
 
 use std::fs::File;
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
 use crate::fs::lines::LineWindow;
+use crate::server::zerocopy::{Offer, Sink, FRAME_MAX};
 use crate::server::Body;
 
 /// Size of each read while streaming a download.
@@ -164,7 +167,9 @@ pub fn multipart_ranges(
     size: u64,
     ranges: Vec<(u64, u64)>,
     boundary: &str,
+    offer: &Offer,
 ) -> (Body, u64) {
+    let offer = offer.clone();
     use futures_util::StreamExt;
     use http_body_util::BodyExt;
     let head = |i: usize, a: u64, b: u64| {
@@ -194,7 +199,7 @@ pub fn multipart_ranges(
         let head = futures_util::stream::once(async move { Ok(http_body::Frame::data(h)) });
         let data: Frames = match file.try_clone() {
             Ok(f) => Box::pin(
-                stream_bytes(f, a, b - a + 1)
+                file_bytes(f, a, b - a + 1, &offer)
                     .into_data_stream()
                     .map(|r| r.map(http_body::Frame::data)),
             ),
@@ -206,4 +211,75 @@ pub fn multipart_ranges(
         futures_util::stream::once(async move { Ok(http_body::Frame::data(Bytes::from(tail))) });
     let body = http_body_util::StreamBody::new(parts.chain(end)).boxed_unsync();
     (body, len)
+}
+
+/// `len` bytes of `file` from `start`: sent with `sendfile` if the
+/// connection takes `offer` (plain HTTP/1.1, see `server::zerocopy`), else
+/// read and copied as [`stream_bytes`] does. Decided when first polled,
+/// once the server has seen the response.
+pub fn file_bytes(file: File, start: u64, len: u64, offer: &Offer) -> Body {
+    Body::new(SpanBody {
+        state: SpanState::Undecided(Some(file)),
+        offer: offer.clone(),
+        pos: start,
+        end: start + len,
+    })
+}
+
+struct SpanBody {
+    state: SpanState,
+    offer: Offer,
+    pos: u64,
+    end: u64,
+}
+
+enum SpanState {
+    Undecided(Option<File>),
+    ZeroCopy(Arc<File>, Sink),
+    Copy(Body),
+}
+
+impl http_body::Body for SpanBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                SpanState::Undecided(file) => {
+                    let Some(file) = file.take() else {
+                        return Poll::Ready(None);
+                    };
+                    this.state = match this.offer.sink() {
+                        Some(sink) => {
+                            // Read-ahead for the whole span: sendfile then
+                            // finds the pages cached more often.
+                            let _ = nix::fcntl::posix_fadvise(
+                                file.as_raw_fd(),
+                                i64::try_from(this.pos).unwrap_or(i64::MAX),
+                                i64::try_from(this.end - this.pos).unwrap_or(0),
+                                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+                            );
+                            SpanState::ZeroCopy(Arc::new(file), sink.clone())
+                        }
+                        None => SpanState::Copy(stream_bytes(file, this.pos, this.end - this.pos)),
+                    };
+                }
+                SpanState::ZeroCopy(file, sink) => {
+                    if this.pos >= this.end {
+                        return Poll::Ready(None);
+                    }
+                    let n = (this.end - this.pos).min(FRAME_MAX as u64) as usize;
+                    let frame = sink.frame(file, this.pos, n);
+                    this.pos += n as u64;
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(frame))));
+                }
+                SpanState::Copy(body) => return Pin::new(body).poll_frame(cx),
+            }
+        }
+    }
 }

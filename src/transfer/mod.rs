@@ -15,9 +15,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::{header, HeaderValue, Response, StatusCode};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 
-pub use body::{stream_bytes, stream_lines};
+pub use body::{file_bytes, stream_bytes, stream_lines};
 pub use range::{parse_range, parse_ranges, ByteRange, Ranges, MAX_RANGES};
 
+use crate::server::zerocopy::Offer;
 use crate::server::Body;
 
 /// What part of a file a download sends.
@@ -42,10 +43,13 @@ pub fn download(
     span: Span,
     head: bool,
 ) -> Response<Body> {
+    // Sent with sendfile if the connection can (plain HTTP/1.1).
+    let offer = Offer::default();
     let mut resp = match span {
-        Span::Whole => file_response(stream_bytes(file, 0, size), size, modified),
+        Span::Whole => file_response(file_bytes(file, 0, size, &offer), size, modified),
         Span::One(a, b) => {
-            let mut resp = file_response(stream_bytes(file, a, b - a + 1), b - a + 1, modified);
+            let body = file_bytes(file, a, b - a + 1, &offer);
+            let mut resp = file_response(body, b - a + 1, modified);
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
             resp.headers_mut().insert(
                 header::CONTENT_RANGE,
@@ -55,7 +59,7 @@ pub fn download(
         }
         Span::Many(parts) => {
             let boundary = crate::process::new_id();
-            let (body, len) = body::multipart_ranges(file, size, parts, &boundary);
+            let (body, len) = body::multipart_ranges(file, size, parts, &boundary, &offer);
             let mut resp = file_response(body, len, modified);
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
             resp.headers_mut().insert(
@@ -67,6 +71,8 @@ pub fn download(
     };
     if head {
         *resp.body_mut() = crate::server::empty();
+    } else {
+        resp.extensions_mut().insert(offer);
     }
     resp
 }
