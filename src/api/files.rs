@@ -60,7 +60,8 @@ impl WireInfo {
     }
 }
 
-/// THE notion of where a file route acts: the identity an identity-scoped
+/// THE notion of where a file route acts (the route table mounts the file
+/// routes under one prefix per scope, `file_routes!`): the identity an identity-scoped
 /// route names (`/v1/filesystem/{uid}/{gid}/…`), the merged view of an
 /// isolated session (`/v1/isolated/session/{id}/…`: paths resolve inside
 /// the session's mount namespace, its root as `/`), or the daemon's own

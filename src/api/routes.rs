@@ -27,18 +27,54 @@ macro_rules! route_handler {
     };
 }
 
+/// The file routes, under a scope's prefix. Each handler acts in the root
+/// its path names (`api::files::identity`): a new scope is one more prefix
+/// in the table below and a branch there, never copied handlers.
+macro_rules! file_routes {
+    ($prefix:literal) => {
+        file_routes!(@ $prefix;
+            GET    "/files/info"         => api::files::info,
+            DELETE "/files"              => api::files::remove,
+            POST   "/files/permissions"  => api::files::permissions,
+            POST   "/files/mv"           => api::files::mv,
+            GET    "/files/search"       => api::files::search,
+            POST   "/files/replace"      => api::files::replace,
+            POST   "/files/upload"       => api::files::upload,
+            GET    "/files/download"     => api::files::download,
+            HEAD   "/files/download"     => api::files::download,
+            GET    "/directories/list"   => api::directories::list,
+            POST   "/directories"        => api::directories::make,
+            DELETE "/directories"        => api::directories::remove,
+        )
+    };
+    (@ $prefix:literal; $($method:ident $path:literal => $handler:path),* $(,)?) => {
+        [$(Route::new(
+            route_method!($method),
+            concat!($prefix, $path),
+            route_handler!($handler),
+        ),)*]
+    };
+}
+
 macro_rules! routes {
-    ($($method:ident $path:literal => $handler:path $([$now:ident])?),* $(,)?) => {
+    (
+        $($method:ident $path:literal => $handler:path $([$now:ident])?),* $(,)?
+        ; file routes under $($prefix:literal),* $(,)?
+    ) => {
         /// Every route, in the order they are matched.
         pub fn table() -> &'static [Route<App>] {
             static TABLE: std::sync::OnceLock<Vec<Route<App>>> = std::sync::OnceLock::new();
-            TABLE.get_or_init(|| vec![
-                $(Route::new(
-                    route_method!($method),
-                    $path,
-                    route_handler!($handler $([$now])?),
-                ),)*
-            ])
+            TABLE.get_or_init(|| {
+                let mut table = vec![
+                    $(Route::new(
+                        route_method!($method),
+                        $path,
+                        route_handler!($handler $([$now])?),
+                    ),)*
+                ];
+                $(table.extend(file_routes!($prefix));)*
+                table
+            })
         }
     };
 }
@@ -75,33 +111,6 @@ routes! {
     POST   "/session/{id}/run"          => api::session::run,
     DELETE "/session/{id}"              => api::session::delete,
 
-    GET    "/files/info"                => api::files::info,
-    DELETE "/files"                     => api::files::remove,
-    POST   "/files/permissions"         => api::files::permissions,
-    POST   "/files/mv"                  => api::files::mv,
-    GET    "/files/search"              => api::files::search,
-    POST   "/files/replace"             => api::files::replace,
-    POST   "/files/upload"              => api::files::upload,
-    GET    "/files/download"            => api::files::download,
-    HEAD   "/files/download"            => api::files::download,
-    GET    "/directories/list"          => api::directories::list,
-    POST   "/directories"               => api::directories::make,
-    DELETE "/directories"               => api::directories::remove,
-
-    // The same, acting with the file permissions of uid/gid (SDK `with_identity`).
-    GET    "/v1/filesystem/{uid}/{gid}/files/info"        => api::files::info,
-    DELETE "/v1/filesystem/{uid}/{gid}/files"             => api::files::remove,
-    POST   "/v1/filesystem/{uid}/{gid}/files/permissions" => api::files::permissions,
-    POST   "/v1/filesystem/{uid}/{gid}/files/mv"          => api::files::mv,
-    GET    "/v1/filesystem/{uid}/{gid}/files/search"      => api::files::search,
-    POST   "/v1/filesystem/{uid}/{gid}/files/replace"     => api::files::replace,
-    POST   "/v1/filesystem/{uid}/{gid}/files/upload"      => api::files::upload,
-    GET    "/v1/filesystem/{uid}/{gid}/files/download"    => api::files::download,
-    HEAD   "/v1/filesystem/{uid}/{gid}/files/download"    => api::files::download,
-    GET    "/v1/filesystem/{uid}/{gid}/directories/list"  => api::directories::list,
-    POST   "/v1/filesystem/{uid}/{gid}/directories"       => api::directories::make,
-    DELETE "/v1/filesystem/{uid}/{gid}/directories"       => api::directories::remove,
-
     // kubernetes-sigs/agent-sandbox python-runtime API.
     POST   "/v1/isolated/session"                   => api::isolated::create,
     GET    "/v1/isolated/sessions"                  => api::isolated::list,
@@ -114,18 +123,6 @@ routes! {
     GET    "/v1/isolated/session/{id}/diff"         => api::isolated::diff,
     POST   "/v1/isolated/session/{id}/commit"       => api::isolated::commit,
     POST   "/v1/isolated/session/{id}/discard"      => api::isolated::discard,
-    GET    "/v1/isolated/session/{id}/files/info"        => api::files::info,
-    DELETE "/v1/isolated/session/{id}/files"             => api::files::remove,
-    POST   "/v1/isolated/session/{id}/files/permissions" => api::files::permissions,
-    POST   "/v1/isolated/session/{id}/files/mv"          => api::files::mv,
-    GET    "/v1/isolated/session/{id}/files/search"      => api::files::search,
-    POST   "/v1/isolated/session/{id}/files/replace"     => api::files::replace,
-    POST   "/v1/isolated/session/{id}/files/upload"      => api::files::upload,
-    GET    "/v1/isolated/session/{id}/files/download"    => api::files::download,
-    HEAD   "/v1/isolated/session/{id}/files/download"    => api::files::download,
-    GET    "/v1/isolated/session/{id}/directories/list"  => api::directories::list,
-    POST   "/v1/isolated/session/{id}/directories"       => api::directories::make,
-    DELETE "/v1/isolated/session/{id}/directories"       => api::directories::remove,
 
     GET    "/"                          => api::agent_sandbox::root [now],
     POST   "/execute"                   => api::agent_sandbox::execute,
@@ -151,6 +148,14 @@ routes! {
     GET    "/pty/{id}"                  => api::pty::status,
     DELETE "/pty/{id}"                  => api::pty::delete,
     GET    "/pty/{id}/ws"               => api::pty::attach,
+
+    ; file routes under
+    // execd's own view, as execd's user.
+    "",
+    // Acting with the file permissions of uid/gid (SDK `with_identity`).
+    "/v1/filesystem/{uid}/{gid}",
+    // In an isolated session's merged view (its mount namespace).
+    "/v1/isolated/session/{id}",
 }
 
 /// Paths served before the runtime binding and without the access token:
