@@ -16,6 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::{header, HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::api::transfer::{self, Span};
 use crate::api::{App, Ctx};
 use crate::fs::attrs::AttrRequest;
 use crate::fs::confined::{runtime_path, ConfineError, RelPath, Root};
@@ -23,7 +24,6 @@ use crate::fs::upload::Writer;
 use crate::process::capture::{capture, with_marker};
 use crate::process::{CommandSpec, Engine, Program};
 use crate::server::{json_response, ApiError, Body};
-use crate::transfer::{self, Span};
 
 /// Output kept per stream of one `/execute`.
 pub const OUTPUT_CAP: usize = 1 << 20;
@@ -211,7 +211,7 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             "expected a multipart/form-data body with a part named 'file'",
         )
     })?;
-    let body = crate::transfer::form::Bounded::new(
+    let body = crate::api::transfer::form::Bounded::new(
         http_body_util::BodyDataStream::new(ctx.req.into_body()),
         &boundary,
     );
@@ -239,7 +239,7 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
                     "INVALID_REQUEST_BODY",
                     format!(
                         "malformed multipart body: {}",
-                        crate::transfer::form::describe(&e)
+                        crate::api::transfer::form::describe(&e)
                     ),
                 ))
             }
@@ -265,13 +265,13 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             match field.chunk().await {
                 Ok(Some(c)) => w.write(&c).await.map_err(|e| failed(&e))?,
                 Ok(None) => break,
-                Err(e) if crate::transfer::form::over_limit(&e) => {
+                Err(e) if crate::api::transfer::form::over_limit(&e) => {
                     return Err(message(
                         StatusCode::BAD_REQUEST,
                         "INVALID_REQUEST_BODY",
                         format!(
                             "malformed multipart body: {}",
-                            crate::transfer::form::describe(&e)
+                            crate::api::transfer::form::describe(&e)
                         ),
                     ))
                 }

@@ -17,6 +17,10 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::wire::rfc3339;
+use crate::api::transfer::form::Paced;
+use crate::api::transfer::{
+    self, content_disposition, header_value, http_secs, parse_ranges, stream_lines, Ranges, Span,
+};
 use crate::api::Ctx;
 use crate::fs::attrs::AttrRequest;
 use crate::fs::identity::{scoped, Identity, Scope};
@@ -25,10 +29,6 @@ use crate::fs::ops;
 use crate::fs::upload::Writer;
 use crate::fs::{self, replace, search, FsError};
 use crate::server::{json_response, ok_empty, sse, ApiError, Body};
-use crate::transfer::form::Paced;
-use crate::transfer::{
-    self, content_disposition, header_value, http_secs, parse_ranges, stream_lines, Ranges, Span,
-};
 
 /// `FileInfo` as the wire shows it (upstream's field names).
 #[derive(Debug, Serialize)]
@@ -370,7 +370,7 @@ fn multipart_error(e: multer::Error) -> ApiError {
         "INVALID_FILE",
         format!(
             "malformed multipart body: {}",
-            crate::transfer::form::describe(&e)
+            crate::api::transfer::form::describe(&e)
         ),
     )
 }
@@ -410,7 +410,7 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         )
     })?;
     let body = Paced::new(ctx.req.into_body());
-    let body = crate::transfer::form::Bounded::new(body, &boundary);
+    let body = crate::api::transfer::form::Bounded::new(body, &boundary);
     let mut form = multer::Multipart::new(body, boundary);
     match receive_form(&mut form, id).await {
         Ok(()) => Ok(ok_empty()),

@@ -20,6 +20,7 @@ pub mod pty;
 pub mod routes;
 pub mod sandboxd;
 pub mod session;
+pub mod transfer;
 pub mod wire;
 
 pub use app::App;

@@ -13,12 +13,12 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 
 use super::agent_sandbox::{base_dir, blocking, content_type, open_root, tail};
+use crate::api::transfer::{self, ByteRange, Span};
 use crate::api::{App, Ctx};
 use crate::fs::attrs::AttrRequest;
 use crate::fs::confined::{sandboxd_path, ConfineError, Entry, RelPath};
 use crate::fs::upload::Writer;
 use crate::server::{json_response, ApiError, Body};
-use crate::transfer::{self, ByteRange, Span};
 
 /// Names of variables never served by `/v1/metadata` (substrings, any case),
 /// even when the allow-list names them: a second net, not the defence.
@@ -304,7 +304,7 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     if multipart {
         let boundary = multer::parse_boundary(&ct)
             .map_err(|_| invalid("multipart/form-data body without a boundary"))?;
-        let body = crate::transfer::form::Bounded::new(
+        let body = crate::api::transfer::form::Bounded::new(
             http_body_util::BodyDataStream::new(body),
             &boundary,
         );
@@ -316,7 +316,7 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
                 Err(e) => {
                     return Err(invalid(format!(
                         "malformed multipart body: {}",
-                        crate::transfer::form::describe(&e)
+                        crate::api::transfer::form::describe(&e)
                     )))
                 }
             };
@@ -333,7 +333,7 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
                     Err(e) => {
                         return Err(invalid(format!(
                             "reading the upload: {}",
-                            crate::transfer::form::describe(&e)
+                            crate::api::transfer::form::describe(&e)
                         )))
                     }
                 }
