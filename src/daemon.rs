@@ -9,12 +9,13 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::App;
 use crate::config::Config;
 use crate::process::datadir::DataDir;
 use crate::process::output::LogLimits;
 use crate::process::{spawn, Engine, EngineConfig};
 use crate::runtime::EntrypointPolicy;
-use crate::server::{self, App};
+use crate::server;
 
 /// The main process's exit, as the reaper reports it.
 type MainExit = tokio::sync::oneshot::Receiver<crate::process::reaper::ExitStatus>;
@@ -431,6 +432,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     if let Some(l) = &grpc_listener {
         config.grpc_port = Some(l.local_addr()?.port());
     }
+    let header_timeout = config.header_timeout;
     let app = App::new(config, engine.clone());
     let kernels = app.kernels.clone();
     let runtime = app.runtime.clone();
@@ -439,12 +441,25 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     let tasks = app.tasks.clone();
     let stop = app.shutdown.clone();
     let grpc_local = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-    let grpc_server =
-        grpc_listener.map(|l| tokio::spawn(server::serve(l, app.clone(), stop.clone(), grace)));
+    let grpc_server = grpc_listener.map(|l| {
+        tokio::spawn(server::serve(
+            l,
+            app.clone(),
+            header_timeout,
+            stop.clone(),
+            grace,
+        ))
+    });
 
     let mut signals = signal_channel(&stop)?;
     spawn_memory_trim(&stop);
-    let server = tokio::spawn(server::serve(listener, app, stop.clone(), grace));
+    let server = tokio::spawn(server::serve(
+        listener,
+        app,
+        header_timeout,
+        stop.clone(),
+        grace,
+    ));
     // Tests and launchers read this line to learn the port.
     // The gRPC port (`--grpc-port 0` picks one) on the next line, written
     // together with the first: a reader that closes stdout after the first

@@ -1,14 +1,18 @@
 //! execd: the in-sandbox execution daemon.
 //!
 //! - `config`: flags and environment variables.
-//! - `server`: HTTP plumbing (accept loop, THE route table, auth, errors, streaming bodies).
-//! - `api`: one module per resource; validates requests and shapes responses.
+//! - `server`: HTTP plumbing (accept loop, route matching, auth, the error envelope, streaming
+//!   bodies); serves any `server::Service` and imports no resource.
+//! - `api`: the application: state and front door, THE route table, one module per resource,
+//!   and `api::transfer`, what file routes share (ranges, download responses, file bodies,
+//!   form bounds).
 //! - `process`: the process engine (spawn, the one reaper, output logs, records). No HTTP.
 //! - `fs`: file-system operations. No HTTP.
 //! - `kernel`: code contexts, Jupyter kernels driven over ZeroMQ. No HTTP.
 //! - `isolate`: isolated sessions (namespaces, overlays) and their helper modes. No HTTP.
 //!
-//! Arrows point one way: `main -> server -> api -> {process, fs}`.
+//! Arrows point one way: `main -> daemon -> api -> {server, process, fs, kernel, isolate}`;
+//! `server` imports no resource.
 //! A command's output flows pipe -> `process::run` (line splitting) ->
 //! `process::output::OutputLog` (memory window + capped spill) -> any number of
 //! readers (`api::command::event_stream`, the logs route), each at its own pace.

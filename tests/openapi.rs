@@ -26,7 +26,7 @@ type Pairs = BTreeSet<(String, String)>;
 
 fn from_table() -> Pairs {
     let mut out = Pairs::new();
-    for r in execd::server::routes::table() {
+    for r in execd::api::routes::table() {
         let path = r.path.replace("{*", "{");
         match &r.method {
             Some(m) => {

@@ -106,7 +106,7 @@ async fn the_token_variable_is_never_expanded_in_paths() {
 #[tokio::test]
 async fn every_route_in_the_table_requires_the_token() {
     let d = Daemon::start_with(&["--access-token", "tok-every-route"], &[]);
-    for route in execd::server::routes::table() {
+    for route in execd::api::routes::table() {
         let path: Vec<String> = route
             .path
             .split('/')

@@ -2,7 +2,7 @@
 //! range set gives at most `MAX_RANGES` parts, sorted, disjoint and not
 //! adjacent.
 #![no_main]
-use execd::api::files::{parse_range, parse_ranges, ByteRange, Ranges, MAX_RANGES};
+use execd::api::transfer::{parse_range, parse_ranges, ByteRange, Ranges, MAX_RANGES};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

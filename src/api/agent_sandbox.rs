@@ -16,13 +16,14 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::{header, HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::files::file_response;
+use crate::api::transfer::{self, Span};
+use crate::api::{App, Ctx};
+use crate::fs::attrs::AttrRequest;
 use crate::fs::confined::{runtime_path, ConfineError, RelPath, Root};
-use crate::fs::ops::AttrRequest;
 use crate::fs::upload::Writer;
 use crate::process::capture::{capture, with_marker};
 use crate::process::{CommandSpec, Engine, Program};
-use crate::server::{json_response, ApiError, App, Body, Ctx};
+use crate::server::{json_response, ApiError, Body};
 
 /// Output kept per stream of one `/execute`.
 pub const OUTPUT_CAP: usize = 1 << 20;
@@ -210,7 +211,7 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             "expected a multipart/form-data body with a part named 'file'",
         )
     })?;
-    let body = super::form::Bounded::new(
+    let body = crate::api::transfer::form::Bounded::new(
         http_body_util::BodyDataStream::new(ctx.req.into_body()),
         &boundary,
     );
@@ -236,7 +237,10 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
                 return Err(message(
                     StatusCode::BAD_REQUEST,
                     "INVALID_REQUEST_BODY",
-                    format!("malformed multipart body: {}", super::form::describe(&e)),
+                    format!(
+                        "malformed multipart body: {}",
+                        crate::api::transfer::form::describe(&e)
+                    ),
                 ))
             }
         };
@@ -261,11 +265,14 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             match field.chunk().await {
                 Ok(Some(c)) => w.write(&c).await.map_err(|e| failed(&e))?,
                 Ok(None) => break,
-                Err(e) if super::form::over_limit(&e) => {
+                Err(e) if crate::api::transfer::form::over_limit(&e) => {
                     return Err(message(
                         StatusCode::BAD_REQUEST,
                         "INVALID_REQUEST_BODY",
-                        format!("malformed multipart body: {}", super::form::describe(&e)),
+                        format!(
+                            "malformed multipart body: {}",
+                            crate::api::transfer::form::describe(&e)
+                        ),
                     ))
                 }
                 Err(e) => return Err(failed(&e)),
@@ -296,18 +303,11 @@ pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             _ => not_found(),
         })?;
     let size = entry.size;
-    let mut resp = file_response(
-        super::files::stream_bytes(file, 0, size),
-        size,
-        entry.modified,
-    );
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&super::files::content_disposition(path.as_bytes())) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    if ctx.req.method() == http::Method::HEAD {
-        // HEAD: GET's headers, no body (the file is not read).
-        *resp.body_mut() = crate::server::empty();
+    // HEAD: GET's headers, no body (the file is not read).
+    let head = ctx.req.method() == http::Method::HEAD;
+    let mut resp = transfer::download(file, size, entry.modified, Span::Whole, head);
+    if let Ok(v) = HeaderValue::from_str(&transfer::content_disposition(path.as_bytes())) {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
 }

@@ -14,10 +14,11 @@ use tokio::time::Instant;
 use super::wire::{
     json_str, ms_since_epoch, now_ms, put_base64, put_bool, put_i64, put_u64, rfc3339,
 };
+use crate::api::Ctx;
 use crate::fs::path;
 use crate::operations::Kind;
 use crate::process::{Command, CommandSpec, Finished, Program, Stream};
-use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
+use crate::server::{json_response, ok_empty, sse, ApiError, Body};
 
 /// `POST /command` body. Unknown fields are ignored; known ones must have the right type.
 #[derive(Debug, Default, Deserialize)]

@@ -8,9 +8,10 @@ use http::Response;
 use super::files::{
     apply_each, attr_map, identity, remove_each, required_path, walk_response, Permission,
 };
+use crate::api::Ctx;
 use crate::fs::identity::scoped;
 use crate::fs::ops;
-use crate::server::{ok_empty, ApiError, Body, Ctx};
+use crate::server::{ok_empty, ApiError, Body};
 
 /// `GET /directories/list?path=&depth=`: entries to `depth` levels (default
 /// 1), pre-order, by name; symlinks listed, never followed.

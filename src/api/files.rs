@@ -7,30 +7,28 @@
 //! route names one.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::BodyDataStream;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 
 use super::wire::rfc3339;
+use crate::api::transfer::form::Paced;
+use crate::api::transfer::{
+    self, content_disposition, header_value, http_secs, parse_ranges, stream_lines, Ranges, Span,
+};
+use crate::api::Ctx;
+use crate::fs::attrs::AttrRequest;
 use crate::fs::identity::{scoped, Identity, Scope};
 use crate::fs::info::{self, mode_from_wire, mode_to_wire, FileInfo, Names};
-use crate::fs::lines::LineWindow;
-use crate::fs::ops::{self, AttrRequest};
+use crate::fs::ops;
 use crate::fs::upload::Writer;
 use crate::fs::{self, replace, search, FsError};
-use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
+use crate::server::{json_response, ok_empty, sse, ApiError, Body};
 
 /// `FileInfo` as the wire shows it (upstream's field names).
 #[derive(Debug, Serialize)]
@@ -62,7 +60,8 @@ impl WireInfo {
     }
 }
 
-/// THE notion of where a file route acts: the identity an identity-scoped
+/// THE notion of where a file route acts (the route table mounts the file
+/// routes under one prefix per scope, `file_routes!`): the identity an identity-scoped
 /// route names (`/v1/filesystem/{uid}/{gid}/…`), the merged view of an
 /// isolated session (`/v1/isolated/session/{id}/…`: paths resolve inside
 /// the session's mount namespace, its root as `/`), or the daemon's own
@@ -217,7 +216,7 @@ pub fn attr_map(
 /// nothing, then applies `op` to each path in turn.
 pub fn apply_each(
     items: &[(PathBuf, AttrRequest)],
-    op: fn(&std::path::Path, crate::fs::upload::Attrs) -> crate::fs::FsResult<()>,
+    op: fn(&std::path::Path, crate::fs::attrs::Attrs) -> crate::fs::FsResult<()>,
 ) -> crate::fs::FsResult<()> {
     let resolved = items
         .iter()
@@ -370,31 +369,6 @@ pub async fn replace(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     })
 }
 
-/// The request body as a stream that yields once after every chunk. Without
-/// the pause, multer would pull everything the socket has ready into its own
-/// buffer before handing out a byte; with it, at most a chunk or so waits.
-struct Paced {
-    inner: BodyDataStream<crate::server::RequestBody>,
-    rest: bool,
-}
-
-impl futures_core::Stream for Paced {
-    type Item = Result<Bytes, hyper::Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.rest {
-            self.rest = false;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        let r = Pin::new(&mut self.inner).poll_next(cx);
-        if matches!(r, Poll::Ready(Some(Ok(_)))) {
-            self.rest = true;
-        }
-        r
-    }
-}
-
 fn bad_form(code: &'static str, msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, msg)
 }
@@ -402,7 +376,10 @@ fn bad_form(code: &'static str, msg: impl Into<String>) -> ApiError {
 fn multipart_error(e: multer::Error) -> ApiError {
     bad_form(
         "INVALID_FILE",
-        format!("malformed multipart body: {}", super::form::describe(&e)),
+        format!(
+            "malformed multipart body: {}",
+            crate::api::transfer::form::describe(&e)
+        ),
     )
 }
 
@@ -440,11 +417,8 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             format!("expected a multipart/form-data body with a boundary, got Content-Type {ct:?}"),
         )
     })?;
-    let body = Paced {
-        inner: BodyDataStream::new(ctx.req.into_body()),
-        rest: false,
-    };
-    let body = super::form::Bounded::new(body, &boundary);
+    let body = Paced::new(ctx.req.into_body());
+    let body = crate::api::transfer::form::Bounded::new(body, &boundary);
     let mut form = multer::Multipart::new(body, boundary);
     match receive_form(&mut form, id).await {
         Ok(()) => Ok(ok_empty()),
@@ -577,213 +551,6 @@ async fn receive_file(
     }
 }
 
-/// A `Range` header, resolved against a file size.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ByteRange {
-    /// `first..=last`.
-    Part(u64, u64),
-    /// Well-formed, but starts beyond the end.
-    Unsatisfiable,
-    /// Not a byte range this server understands.
-    Invalid,
-}
-
-/// Parses a `Range` header's first range (the sandboxd routes serve only
-/// that one, as sandboxd does; `/files/download` uses [`parse_ranges`]).
-pub fn parse_range(h: &str, size: u64) -> ByteRange {
-    let Some(spec) = h.trim().strip_prefix("bytes=") else {
-        return ByteRange::Invalid;
-    };
-    parse_spec(spec.split(',').next().unwrap_or(""), size)
-}
-
-/// One `first-last`, `first-` or `-suffix` of a byte range set.
-fn parse_spec(spec: &str, size: u64) -> ByteRange {
-    let first = spec.trim();
-    let Some((a, b)) = first.split_once('-') else {
-        return ByteRange::Invalid;
-    };
-    let num = |s: &str| -> Option<u64> {
-        let s = s.trim();
-        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    };
-    if a.trim().is_empty() {
-        // Suffix: the last n bytes.
-        return match num(b) {
-            None => ByteRange::Invalid,
-            Some(0) => ByteRange::Unsatisfiable,
-            Some(_) if size == 0 => ByteRange::Unsatisfiable,
-            Some(n) => ByteRange::Part(size.saturating_sub(n), size - 1),
-        };
-    }
-    let Some(start) = num(a) else {
-        return ByteRange::Invalid;
-    };
-    let end = if b.trim().is_empty() {
-        u64::MAX
-    } else {
-        match num(b) {
-            Some(e) if e >= start => e,
-            _ => return ByteRange::Invalid,
-        }
-    };
-    if start >= size {
-        return ByteRange::Unsatisfiable;
-    }
-    ByteRange::Part(start, end.min(size - 1))
-}
-
-/// Ranges served in one `multipart/byteranges` response at most; a request
-/// with more gets the whole file (200), as RFC 9110 lets a server ignore
-/// `Range`.
-pub const MAX_RANGES: usize = 16;
-
-/// A `Range` header with any number of ranges, resolved against a size.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Ranges {
-    /// The satisfiable ranges (`first..=last`), sorted, with overlapping
-    /// and adjacent ones merged (RFC 9110 §14.2 allows it); never empty.
-    Parts(Vec<(u64, u64)>),
-    /// Well-formed, but no range starts within the file.
-    Unsatisfiable,
-    /// Not a byte range set this server understands.
-    Invalid,
-    /// More than [`MAX_RANGES`] ranges.
-    TooMany,
-}
-
-/// Parses a `Range` header (RFC 9110 §14.1.2): unsatisfiable ranges of a
-/// set are left out; the set is unsatisfiable only if all of them are.
-pub fn parse_ranges(h: &str, size: u64) -> Ranges {
-    let Some(set) = h.trim().strip_prefix("bytes=") else {
-        return Ranges::Invalid;
-    };
-    let specs: Vec<&str> = set.split(',').filter(|s| !s.trim().is_empty()).collect();
-    if specs.is_empty() {
-        return Ranges::Invalid;
-    }
-    if specs.len() > MAX_RANGES {
-        return Ranges::TooMany;
-    }
-    let mut parts = Vec::with_capacity(specs.len());
-    for spec in specs {
-        match parse_spec(spec, size) {
-            ByteRange::Part(a, b) => parts.push((a, b)),
-            ByteRange::Unsatisfiable => {}
-            ByteRange::Invalid => return Ranges::Invalid,
-        }
-    }
-    if parts.is_empty() {
-        return Ranges::Unsatisfiable;
-    }
-    parts.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(parts.len());
-    for (a, b) in parts {
-        match merged.last_mut() {
-            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
-            _ => merged.push((a, b)),
-        }
-    }
-    Ranges::Parts(merged)
-}
-
-/// A `multipart/byteranges` body (RFC 9110 §14.6) of `ranges` of `file`,
-/// and its length. Each part's reader is made only when the part before it
-/// has been sent, so one read buffer is held at a time.
-fn multipart_ranges(file: File, size: u64, ranges: Vec<(u64, u64)>, boundary: &str) -> (Body, u64) {
-    use futures_util::StreamExt;
-    use http_body_util::BodyExt;
-    let head = |i: usize, a: u64, b: u64| {
-        format!(
-            "{}--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {a}-{b}/{size}\r\n\r\n",
-            if i == 0 { "" } else { "\r\n" }
-        )
-    };
-    let tail = format!("\r\n--{boundary}--\r\n");
-    let len = ranges
-        .iter()
-        .enumerate()
-        .map(|(i, &(a, b))| head(i, a, b).len() as u64 + (b - a + 1))
-        .sum::<u64>()
-        + tail.len() as u64;
-    let heads: Vec<(Bytes, u64, u64)> = ranges
-        .iter()
-        .enumerate()
-        .map(|(i, &(a, b))| (Bytes::from(head(i, a, b)), a, b))
-        .collect();
-    type Frames = std::pin::Pin<
-        Box<
-            dyn futures_core::Stream<Item = Result<http_body::Frame<Bytes>, std::io::Error>> + Send,
-        >,
-    >;
-    let parts = futures_util::stream::iter(heads).flat_map(move |(h, a, b)| {
-        let head = futures_util::stream::once(async move { Ok(http_body::Frame::data(h)) });
-        let data: Frames = match file.try_clone() {
-            Ok(f) => Box::pin(
-                stream_bytes(f, a, b - a + 1)
-                    .into_data_stream()
-                    .map(|r| r.map(http_body::Frame::data)),
-            ),
-            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
-        };
-        head.chain(data)
-    });
-    let end =
-        futures_util::stream::once(async move { Ok(http_body::Frame::data(Bytes::from(tail))) });
-    let body = http_body_util::StreamBody::new(parts.chain(end)).boxed_unsync();
-    (body, len)
-}
-
-/// Characters left as they are in an RFC 5987 `filename*` value.
-const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'!')
-    .remove(b'#')
-    .remove(b'$')
-    .remove(b'&')
-    .remove(b'+')
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'^')
-    .remove(b'_')
-    .remove(b'`')
-    .remove(b'|')
-    .remove(b'~');
-
-/// A file body of `len` bytes with its type, length and date headers.
-pub fn file_response(body: Body, len: u64, modified: std::time::SystemTime) -> Response<Body> {
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
-        h.insert(header::LAST_MODIFIED, v);
-    }
-    resp
-}
-
-/// `Content-Disposition` for a download of a file named `name` (raw bytes).
-/// Printable ASCII names are quoted as they are; any other name is sent
-/// percent-encoded, also as RFC 5987 `filename*` so clients recover it.
-pub fn content_disposition(name: &[u8]) -> String {
-    let plain = !name.is_empty()
-        && name
-            .iter()
-            .all(|&b| (0x20..0x7f).contains(&b) && !matches!(b, b'"' | b'\\' | b'%'));
-    if plain {
-        // Checked above: printable ASCII.
-        format!("attachment; filename=\"{}\"", String::from_utf8_lossy(name))
-    } else {
-        let enc = percent_encoding::percent_encode(name, ATTR_CHAR).to_string();
-        format!("attachment; filename=\"{enc}\"; filename*=UTF-8''{enc}")
-    }
-}
-
 /// A positive integer query parameter, if present.
 fn positive(ctx: &Ctx, name: &str) -> Result<Option<u64>, ApiError> {
     match ctx.query().get(name) {
@@ -795,160 +562,6 @@ fn positive(ctx: &Ctx, name: &str) -> Result<Option<u64>, ApiError> {
             ))),
         },
     }
-}
-
-/// Size of each read while streaming a download.
-const READ_CHUNK: usize = 1024 * 1024;
-
-/// What a download does with each chunk it reads (`None`: the end of the
-/// range): the bytes to send, if any, and whether to stop.
-type Shape = Box<dyn FnMut(Option<&[u8]>) -> (Option<Bytes>, bool) + Send>;
-
-/// The reading side of a download: a file, a position, and a shape.
-struct Reader {
-    file: File,
-    pos: u64,
-    end: u64,
-    shape: Shape,
-    buf: Vec<u8>,
-    done: bool,
-}
-
-impl Reader {
-    /// Reads until there is something to send, the end, or a bound on the
-    /// reads per step (so that skipping lines does not hold a thread long).
-    /// `Ok(None)`: finished.
-    fn step(&mut self) -> std::io::Result<Option<Bytes>> {
-        for _ in 0..64 {
-            if self.done {
-                return Ok(None);
-            }
-            let want = READ_CHUNK.min(self.end.saturating_sub(self.pos) as usize);
-            let n = match self.file.read_at(&mut self.buf[..want], self.pos) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            self.pos += n as u64;
-            let (out, stop) = (self.shape)((n > 0).then_some(&self.buf[..n]));
-            self.done = n == 0 || stop;
-            if let Some(b) = out.filter(|b| !b.is_empty()) {
-                return Ok(Some(b));
-            }
-        }
-        Ok(Some(Bytes::new()))
-    }
-}
-
-type Step = tokio::task::JoinHandle<(Reader, std::io::Result<Option<Bytes>>)>;
-
-/// A download body. Each read runs on a blocking thread only while it
-/// reads, and the next read starts as soon as a chunk is handed to hyper, so
-/// at most two chunks are held and no thread waits on a slow client. A read
-/// error ends the body with an error, so hyper breaks the connection instead
-/// of finishing a response that looks complete but is not.
-struct FileBody {
-    step: Option<Step>,
-}
-
-fn start_step(mut r: Reader) -> Step {
-    tokio::task::spawn_blocking(move || {
-        let out = r.step();
-        (r, out)
-    })
-}
-
-impl http_body::Body for FileBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        loop {
-            let Some(step) = self.step.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let (reader, out) = match Pin::new(step).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(r)) => r,
-                Poll::Ready(Err(e)) => {
-                    self.step = None;
-                    return Poll::Ready(Some(Err(std::io::Error::other(e))));
-                }
-            };
-            self.step = None;
-            match out {
-                Ok(Some(b)) => {
-                    self.step = Some(start_step(reader));
-                    if !b.is_empty() {
-                        return Poll::Ready(Some(Ok(http_body::Frame::data(b))));
-                    }
-                }
-                Ok(None) => return Poll::Ready(None),
-                Err(e) => {
-                    tracing::warn!(error = %e, "download read failed");
-                    return Poll::Ready(Some(Err(e)));
-                }
-            }
-        }
-    }
-}
-
-/// Streams `file` from `start` to `end` through `shape`.
-fn stream_file(file: File, start: u64, end: u64, shape: Shape) -> Body {
-    let reader = Reader {
-        file,
-        pos: start,
-        end,
-        shape,
-        buf: vec![0u8; READ_CHUNK],
-        done: false,
-    };
-    Body::new(FileBody {
-        step: Some(start_step(reader)),
-    })
-}
-
-/// Streams `len` bytes of `file` from `start`. A file that shrinks meanwhile
-/// ends the body short of its Content-Length, which breaks the response
-/// rather than passing off a short file as whole.
-pub(crate) fn stream_bytes(file: File, start: u64, len: u64) -> Body {
-    stream_file(
-        file,
-        start,
-        start + len,
-        Box::new(|chunk| (chunk.map(Bytes::copy_from_slice), false)),
-    )
-}
-
-/// Streams the line window of `file`, in pieces of about a read each.
-fn stream_lines(file: File, offset: u64, limit: Option<u64>) -> Body {
-    let mut window = LineWindow::new(offset, limit);
-    let mut out = Vec::new();
-    stream_file(
-        file,
-        0,
-        u64::MAX,
-        Box::new(move |chunk| {
-            if let Some(c) = chunk {
-                window.feed(c, &mut out);
-            }
-            let flush = chunk.is_none() || window.done() || out.len() >= READ_CHUNK;
-            let piece = flush.then(|| Bytes::from(std::mem::take(&mut out)));
-            (piece, window.done())
-        }),
-    )
-}
-
-fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("attachment"))
-}
-
-/// Whole seconds since the epoch, as HTTP dates carry.
-fn http_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// `GET /files/download?path=` (and `HEAD`, the same headers without a
@@ -1025,113 +638,16 @@ pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             return Ok(resp);
         }
     };
-    let mut resp = match parts[..] {
-        [] => file_response(stream_bytes(file, 0, size), size, mtime),
-        [(a, b)] => {
-            let mut resp = file_response(stream_bytes(file, a, b - a + 1), b - a + 1, mtime);
-            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-            resp.headers_mut().insert(
-                header::CONTENT_RANGE,
-                header_value(&format!("bytes {a}-{b}/{size}")),
-            );
-            resp
-        }
-        _ => {
-            let boundary = crate::process::new_id();
-            let (body, len) = multipart_ranges(file, size, parts, &boundary);
-            let mut resp = file_response(body, len, mtime);
-            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header_value(&format!("multipart/byteranges; boundary={boundary}")),
-            );
-            resp
-        }
+    let span = match parts.len() {
+        0 => Span::Whole,
+        1 => Span::One(parts[0].0, parts[0].1),
+        _ => Span::Many(parts),
     };
+    // HEAD: the headers GET would have, no body (the file is not read).
+    let mut resp = transfer::download(file, size, mtime, span, head_only);
     resp.headers_mut().insert(
         header::CONTENT_DISPOSITION,
         header_value(&content_disposition(&name)),
     );
-    if head_only {
-        // HEAD: the headers GET would have, no body (the file is not read).
-        *resp.body_mut() = crate::server::empty();
-    }
     Ok(resp)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        use ByteRange::*;
-        assert_eq!(parse_range("bytes=0-9", 100), Part(0, 9));
-        assert_eq!(parse_range("bytes=90-", 100), Part(90, 99));
-        assert_eq!(parse_range("bytes=90-200", 100), Part(90, 99));
-        assert_eq!(parse_range("bytes=-10", 100), Part(90, 99));
-        assert_eq!(parse_range("bytes=-200", 100), Part(0, 99));
-        assert_eq!(parse_range("bytes=5-5, 10-20", 100), Part(5, 5));
-        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
-        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
-        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
-        assert_eq!(parse_range("bytes=9-1", 100), Invalid);
-        assert_eq!(parse_range("bytes=a-b", 100), Invalid);
-        assert_eq!(parse_range("bytes=+1-2", 100), Invalid);
-        assert_eq!(parse_range("items=0-1", 100), Invalid);
-        assert_eq!(parse_range("bytes=1", 100), Invalid);
-    }
-
-    #[test]
-    fn range_sets() {
-        use Ranges::*;
-        assert_eq!(
-            parse_ranges("bytes=0-0,5-6", 10),
-            Parts(vec![(0, 0), (5, 6)])
-        );
-        assert_eq!(
-            parse_ranges("bytes=5-6,0-0", 10),
-            Parts(vec![(0, 0), (5, 6)])
-        );
-        assert_eq!(parse_ranges("bytes=0-4,2-7,8-8", 10), Parts(vec![(0, 8)]));
-        assert_eq!(
-            parse_ranges("bytes=-2, 0-1", 10),
-            Parts(vec![(0, 1), (8, 9)])
-        );
-        assert_eq!(parse_ranges("bytes=0-1,,20-", 10), Parts(vec![(0, 1)]));
-        assert_eq!(parse_ranges("bytes=20-,30-40", 10), Unsatisfiable);
-        assert_eq!(parse_ranges("bytes=0-1,x", 10), Invalid);
-        assert_eq!(parse_ranges("bytes=,", 10), Invalid);
-        assert_eq!(parse_ranges("lines=0-1", 10), Invalid);
-        let many = vec!["0-0"; MAX_RANGES + 1].join(",");
-        assert_eq!(parse_ranges(&format!("bytes={many}"), 10), TooMany);
-        let most = vec!["0-0"; MAX_RANGES].join(",");
-        assert_eq!(
-            parse_ranges(&format!("bytes={most}"), 10),
-            Parts(vec![(0, 0)])
-        );
-        assert_eq!(
-            parse_ranges("bytes=0-18446744073709551615", u64::MAX),
-            Parts(vec![(0, u64::MAX - 1)])
-        );
-    }
-
-    #[test]
-    fn dispositions() {
-        assert_eq!(
-            content_disposition(b"a b.txt"),
-            "attachment; filename=\"a b.txt\""
-        );
-        assert_eq!(
-            content_disposition("é.txt".as_bytes()),
-            "attachment; filename=\"%C3%A9.txt\"; filename*=UTF-8''%C3%A9.txt"
-        );
-        assert_eq!(
-            content_disposition(b"q\"%\n#.txt"),
-            "attachment; filename=\"q%22%25%0A#.txt\"; filename*=UTF-8''q%22%25%0A#.txt"
-        );
-        for n in [&b"x\xff\r\n"[..], "日本".as_bytes(), b"\\"] {
-            assert!(HeaderValue::from_str(&content_disposition(n)).is_ok());
-        }
-    }
 }

@@ -2,7 +2,8 @@
 
 use http::Response;
 
-use crate::server::{ok_empty, ApiError, App, Body};
+use crate::api::App;
+use crate::server::{ok_empty, ApiError, Body};
 
 /// 200 with an empty body, as upstream.
 pub fn ping(_app: &App) -> Result<Response<Body>, ApiError> {

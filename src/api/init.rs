@@ -13,9 +13,10 @@
 use http::{Response, StatusCode};
 use serde_json::json;
 
+use crate::api::{App, Ctx};
 use crate::runtime::{EntrypointPolicy, InitRequest};
 use crate::server::auth::TOKEN_HEADER;
-use crate::server::{json_response, ApiError, App, Body, Ctx};
+use crate::server::{json_response, ApiError, Body};
 
 /// `GET /ready`: 200 once bound; 503 while `--runtime-init` waits for a
 /// binding; without `--runtime-init`, 200 with `initialized: false` until

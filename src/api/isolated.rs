@@ -8,8 +8,9 @@ use serde::Deserialize;
 
 use super::command::{event_stream, log_response, StreamMode};
 use super::wire::rfc3339;
+use crate::api::Ctx;
 use crate::isolate::{IsolateError, RunSpec, Session, SessionRequest};
-use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
+use crate::server::{json_response, ok_empty, sse, ApiError, Body};
 
 /// The tail cursor of `…/runs/{run_id}/logs`, as the SDK reads it.
 pub const TAIL_CURSOR_HEADER: &str = "execd-isolated-tail-cursor";

@@ -8,7 +8,8 @@ use http::{Response, StatusCode};
 use serde_json::Value;
 
 use super::wire::now_ms;
-use crate::server::{json_response, sse, ApiError, App, Body, Ctx};
+use crate::api::{App, Ctx};
+use crate::server::{json_response, sse, ApiError, Body};
 
 fn reading(app: &App) -> Value {
     let s = app.metrics.snapshot();

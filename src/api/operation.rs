@@ -6,8 +6,9 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
 use super::wire::rfc3339;
+use crate::api::{App, Ctx};
 use crate::operations::{fingerprint, Begin, Kind, OpError, Pending, State};
-use crate::server::{json_response, ApiError, App, Body, Ctx};
+use crate::server::{json_response, ApiError, Body};
 
 pub const HEADER: &str = "x-execd-operation-id";
 /// On an answer that is a retry's: the resource was made by an earlier attempt.

@@ -21,8 +21,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::Ctx;
 use crate::server::auth::TOKEN_HEADER;
-use crate::server::{ApiError, Body, Ctx};
+use crate::server::{ApiError, Body};
 
 /// Set on every request execd proxies; a request that arrives with it is
 /// refused, so a chain back into execd stops at its second hop.

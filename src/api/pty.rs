@@ -29,11 +29,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::Ctx;
 use crate::fs::path;
 use crate::operations::Kind;
 use crate::process::pty::{self, InputClaim, Mode, PtyError, PtySession, PtySpec, Size, Source};
 use crate::process::Engine;
-use crate::server::{empty, json_response, ok_empty, ApiError, Body, Ctx};
+use crate::server::{empty, json_response, ok_empty, ApiError, Body};
 
 /// A send that takes longer than this ends the connection.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);

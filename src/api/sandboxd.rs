@@ -13,11 +13,12 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 
 use super::agent_sandbox::{base_dir, blocking, content_type, open_root, tail};
-use super::files::file_response;
+use crate::api::transfer::{self, ByteRange, Span};
+use crate::api::{App, Ctx};
+use crate::fs::attrs::AttrRequest;
 use crate::fs::confined::{sandboxd_path, ConfineError, Entry, RelPath};
-use crate::fs::ops::AttrRequest;
 use crate::fs::upload::Writer;
-use crate::server::{json_response, ApiError, App, Body, Ctx};
+use crate::server::{json_response, ApiError, Body};
 
 /// Names of variables never served by `/v1/metadata` (substrings, any case),
 /// even when the allow-list names them: a second net, not the defence.
@@ -233,10 +234,10 @@ async fn read(ctx: Ctx, head_only: bool) -> Result<Response<Body>, ApiError> {
         .await
         .map_err(|e| confine_error(e, &path))?;
     let size = entry.size;
-    let (status, start, len) = match range.as_deref().map(|r| super::files::parse_range(r, size)) {
-        None | Some(super::files::ByteRange::Invalid) => (StatusCode::OK, 0, size),
-        Some(super::files::ByteRange::Part(a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-        Some(super::files::ByteRange::Unsatisfiable) => {
+    let span = match range.as_deref().map(|r| transfer::parse_range(r, size)) {
+        None | Some(ByteRange::Invalid) => Span::Whole,
+        Some(ByteRange::Part(a, b)) => Span::One(a, b),
+        Some(ByteRange::Unsatisfiable) => {
             let mut resp = err(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "INVALID_ARGUMENT",
@@ -249,19 +250,7 @@ async fn read(ctx: Ctx, head_only: bool) -> Result<Response<Body>, ApiError> {
             return Ok(resp);
         }
     };
-    let body = if head_only {
-        crate::server::empty()
-    } else {
-        super::files::stream_bytes(file, start, len)
-    };
-    let mut resp = file_response(body, len, entry.modified);
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    if status == StatusCode::PARTIAL_CONTENT {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1)) {
-            h.insert(header::CONTENT_RANGE, v);
-        }
-    }
+    let resp = transfer::download(file, size, entry.modified, span, head_only);
     Ok(resp)
 }
 
@@ -315,7 +304,10 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     if multipart {
         let boundary = multer::parse_boundary(&ct)
             .map_err(|_| invalid("multipart/form-data body without a boundary"))?;
-        let body = super::form::Bounded::new(http_body_util::BodyDataStream::new(body), &boundary);
+        let body = crate::api::transfer::form::Bounded::new(
+            http_body_util::BodyDataStream::new(body),
+            &boundary,
+        );
         let mut form = multer::Multipart::new(body, boundary);
         loop {
             let mut field = match form.next_field().await {
@@ -324,7 +316,7 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
                 Err(e) => {
                     return Err(invalid(format!(
                         "malformed multipart body: {}",
-                        super::form::describe(&e)
+                        crate::api::transfer::form::describe(&e)
                     )))
                 }
             };
@@ -341,7 +333,7 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
                     Err(e) => {
                         return Err(invalid(format!(
                             "reading the upload: {}",
-                            super::form::describe(&e)
+                            crate::api::transfer::form::describe(&e)
                         )))
                     }
                 }

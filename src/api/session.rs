@@ -7,9 +7,10 @@ use http::{Response, StatusCode};
 use serde::Deserialize;
 
 use super::command::{event_stream, wants_base64, StreamMode};
+use crate::api::Ctx;
 use crate::fs::path;
 use crate::operations::Kind;
-use crate::server::{json_response, ok_empty, sse, ApiError, Body, Ctx};
+use crate::server::{json_response, ok_empty, sse, ApiError, Body};
 
 #[derive(Debug, Default, Deserialize)]
 struct CreateSessionRequest {

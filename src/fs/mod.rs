@@ -6,7 +6,9 @@
 //! whose [`FsError::kind`] classifies them (by errno where there is one) so
 //! that the server can map them to HTTP in one place.
 
+pub mod attrs;
 pub mod confined;
+pub mod dirs;
 pub mod identity;
 pub mod info;
 pub mod lines;

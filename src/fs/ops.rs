@@ -7,69 +7,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::attrs::Attrs;
+use super::dirs::{make_parents, sync_dir};
 use super::info::lstat_error;
-use super::upload::{sync_dir, Attrs};
 use super::{FsError, FsResult};
-use crate::process::users::{id_by_name, read_db};
-
-/// Mode and owner as a request gives them: names not yet resolved, so that
-/// the lookup happens on the thread doing the work.
-#[derive(Debug, Clone, Default)]
-pub struct AttrRequest {
-    /// Permission bits.
-    pub mode: Option<u32>,
-    pub owner: Option<String>,
-    pub group: Option<String>,
-}
-
-impl AttrRequest {
-    /// Resolves names to ids.
-    pub fn resolve(&self) -> FsResult<Attrs> {
-        let (uid, gid) = resolve_owner(self.owner.as_deref(), self.group.as_deref())?;
-        Ok(Attrs {
-            mode: self.mode,
-            uid,
-            gid,
-        })
-    }
-}
-
-/// Resolves owner and group names (or numeric ids) to ids. Empty or absent
-/// means "leave as is"; an unknown name is an error.
-pub fn resolve_owner(
-    owner: Option<&str>,
-    group: Option<&str>,
-) -> FsResult<(Option<u32>, Option<u32>)> {
-    fn one(name: Option<&str>, db: &str, what: &str) -> FsResult<Option<u32>> {
-        match name.filter(|n| !n.is_empty()) {
-            None => Ok(None),
-            Some(n) => match n.parse::<u32>() {
-                Ok(id) => Ok(Some(id)),
-                Err(_) => id_by_name(&read_db(db), n)
-                    .map(Some)
-                    .ok_or_else(|| FsError::BadRequest(format!("unknown {what} '{n}'"))),
-            },
-        }
-    }
-    Ok((
-        one(owner, "/etc/passwd", "user")?,
-        one(group, "/etc/group", "group")?,
-    ))
-}
-
-/// Creates `dir` and its missing parents with mode 0755.
-pub fn make_parents(dir: &Path) -> FsResult<()> {
-    match DirBuilder::new().recursive(true).mode(0o755).create(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTDIR)) => {
-            Err(FsError::InvalidFile(format!(
-                "cannot create directory {}: it or one of its parents is not a directory",
-                dir.display()
-            )))
-        }
-        Err(e) => Err(FsError::io("create directory", dir, e)),
-    }
-}
 
 /// Removes a file or symlink; a missing one is not an error, a directory is.
 pub fn remove_file(path: &Path) -> FsResult<()> {

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use memchr::memmem::Finder;
 
-use super::upload::{AtomicFile, Attrs};
+use super::attrs::Attrs;
+use super::upload::AtomicFile;
 use super::{FsError, FsResult};
 
 /// Replaces occurrences of a needle in a stream cut into arbitrary chunks.

@@ -23,18 +23,9 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
 
+use super::attrs::{AttrRequest, Attrs};
 use super::identity::{scoped, Scope};
-use super::ops::AttrRequest;
 use super::{FsError, FsResult};
-
-/// Mode and owner asked for by the caller; `None` keeps the existing target's
-/// (or the default for a new file).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Attrs {
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-}
 
 /// Mode of a new file when the caller gives none.
 const DEFAULT_MODE: u32 = 0o644;
@@ -171,7 +162,7 @@ impl AtomicFile {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         if make_parents {
-            super::ops::make_parents(dir)?;
+            super::dirs::make_parents(dir)?;
         }
         let fd = nix::fcntl::open(
             dir,
@@ -413,13 +404,6 @@ fn sync_dir_fd(dir: &OwnedFd, shown: &Path) -> FsResult<()> {
             .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
     })
     .map_err(|e| FsError::io("fsync directory", shown, e.into()))
-}
-
-/// fsyncs a directory, so that a rename or creation in it is durable.
-pub fn sync_dir(dir: &Path) -> FsResult<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| FsError::io("fsync directory", dir, e))
 }
 
 /// An upload driven from async code without holding a thread for its

@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::fs::attrs::Attrs;
 use crate::fs::confined::{runtime_path, Root};
-use crate::fs::upload::{AtomicFile, Attrs};
+use crate::fs::upload::AtomicFile;
 
 /// At most this many changes are listed or applied in one request.
 pub const MAX_CHANGES: usize = 100_000;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::{Command, CommandSpec, Engine, Program};
 
-/// Session errors, mapped to HTTP in `server/error.rs`.
+/// Session errors, mapped to HTTP in `api/error.rs`.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("session {0} not found")]

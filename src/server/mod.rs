@@ -5,9 +5,10 @@
 pub mod auth;
 pub mod error;
 pub mod origin;
-pub mod routes;
+pub mod router;
 pub mod sse;
 mod watch;
+pub mod zerocopy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,9 +26,8 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::process::Engine;
 pub use error::ApiError;
+pub use router::{Answer, Reply};
 pub use watch::RequestBody;
 
 /// Every response body.
@@ -60,76 +60,39 @@ pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Respo
     resp
 }
 
-/// State shared by all handlers.
-pub struct App {
-    pub config: Config,
-    pub engine: Arc<Engine>,
-    pub metrics: crate::metrics::Sampler,
-    pub started: std::time::Instant,
-    /// HTTP-side tasks (log streamers, proxied exchanges), apart from the
-    /// engine's, so a slow client never holds up the shutdown of commands.
-    pub tasks: tokio_util::task::TaskTracker,
-    /// Cancelled when the daemon starts shutting down.
-    pub shutdown: CancellationToken,
-    /// sandboxd's gRPC ProcessService, for requests with a gRPC content type.
-    pub grpc: crate::grpc::Server,
-    /// Every port execd listens on, as bound (an ephemeral `0` resolved):
-    /// the proxy refuses them all. A new listener must add its port here.
-    pub listen_ports: Vec<u16>,
-    /// `/code` contexts (Jupyter kernels).
-    pub kernels: Arc<crate::kernel::Kernels>,
-    /// The control plane's binding (`POST /internal/init`).
-    pub runtime: Arc<crate::runtime::Runtime>,
-    /// Operation ids of creations (`X-EXECD-OPERATION-ID`).
-    pub operations: Arc<crate::operations::Operations>,
-    /// Isolated sessions (`/v1/isolated`).
-    pub isolated: Arc<crate::isolate::Isolated>,
+/// What the server serves: the application behind the plumbing. The
+/// server knows nothing of it but this.
+pub trait Service: Send + Sync + Sized + 'static {
+    /// The answer to a request, decided synchronously: a ready response, or
+    /// a future. `conn` wraps a request body so that the connection's watch
+    /// sees it (see `watch.rs`).
+    fn answer(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr, conn: &Conn) -> Answer;
+    /// The request's class, for [`Service::answered`].
+    fn class(req: &Request<Incoming>) -> usize;
+    /// Each response's status as it goes back, with its request's class.
+    fn answered(class: usize, status: StatusCode);
+    /// The largest request body [`Ctx::json`] and its kind read.
+    fn max_body(&self) -> usize;
 }
 
-impl App {
-    pub fn new(config: Config, engine: Arc<Engine>) -> Arc<App> {
-        let root = config
-            .sandboxd_root
-            .clone()
-            .or_else(|| config.agent_base_dir.clone())
-            .or_else(|| std::env::current_dir().ok())
-            .unwrap_or_else(|| "/".into());
-        let grpc = crate::grpc::server(engine.clone(), root, config.agent_exec_timeout);
-        let listen_ports = std::iter::once(config.port)
-            .chain(config.grpc_port)
-            .collect();
-        let kernels = crate::kernel::Kernels::new(
-            engine.clone(),
-            crate::kernel::KernelConfig {
-                max_contexts: config.max_code_contexts,
-                idle_timeout: config.code_idle_timeout,
-                dir: engine.data_dir().join("kernels"),
-            },
-        );
-        let runtime = Arc::new(crate::runtime::Runtime::new(config.runtime_init));
-        let operations =
-            crate::operations::Operations::new(config.max_operations, config.operation_ttl);
-        let isolated = crate::isolate::Isolated::new(engine.clone(), engine.config().max_sessions);
-        Arc::new(App {
-            operations,
-            runtime,
-            isolated,
-            grpc,
-            listen_ports,
-            kernels,
-            config,
-            engine,
-            metrics: crate::metrics::Sampler::new("/"),
-            started: std::time::Instant::now(),
-            tasks: tokio_util::task::TaskTracker::new(),
-            shutdown: CancellationToken::new(),
-        })
+/// A connection, as a [`Service`] sees it.
+pub struct Conn {
+    activity: Arc<watch::Activity>,
+    /// Plain HTTP/1.1: where zero-copy bodies queue their file pieces.
+    sink: Option<zerocopy::Sink>,
+}
+
+impl Conn {
+    /// A request body that the connection's watch follows: one that stalls
+    /// for the header timeout gets 408.
+    pub fn body(&self, body: Incoming) -> RequestBody {
+        RequestBody::new(body, &self.activity)
     }
 }
 
 /// One request on its way through a handler.
-pub struct Ctx {
-    pub app: Arc<App>,
+pub struct Ctx<S> {
+    pub app: Arc<S>,
     pub req: Request<RequestBody>,
     pub params: Vec<(&'static str, String)>,
     /// The client's address, as the accept loop saw it. A field rather than
@@ -137,7 +100,7 @@ pub struct Ctx {
     pub peer: SocketAddr,
 }
 
-impl Ctx {
+impl<S> Ctx<S> {
     /// A path parameter by its name in the route table.
     pub fn param(&self, name: &str) -> &str {
         self.params
@@ -154,10 +117,12 @@ impl Ctx {
                 .collect(),
         )
     }
+}
 
+impl<S: Service> Ctx<S> {
     /// The request body as JSON of type `T`, at most `max_body` bytes.
     pub async fn json<T: DeserializeOwned>(self) -> Result<T, ApiError> {
-        let max = self.app.config.max_body;
+        let max = self.app.max_body();
         let bytes = self.body_bytes(max).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::invalid_body(
@@ -175,7 +140,7 @@ impl Ctx {
         self,
         or_default: bool,
     ) -> Result<(T, Bytes), ApiError> {
-        let max = self.app.config.max_body;
+        let max = self.app.max_body();
         let bytes = self.body_bytes(max).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             if or_default {
@@ -193,7 +158,7 @@ impl Ctx {
 
     /// The request body as JSON when there is one, `T::default()` when it is empty.
     pub async fn json_or_default<T: DeserializeOwned + Default>(self) -> Result<T, ApiError> {
-        let max = self.app.config.max_body;
+        let max = self.app.max_body();
         let bytes = self.body_bytes(max).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(T::default());
@@ -245,9 +210,16 @@ impl Query {
     }
 }
 
-/// Accepts connections until `stop` is cancelled, then lets in-flight
-/// requests finish for at most `drain`.
-pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken, drain: Duration) {
+/// Serves `app` on the connections of `listener` until `stop` is cancelled,
+/// then lets in-flight requests finish for at most `drain`. A client gets
+/// `header_timeout` for each request head (and to stall a request body).
+pub async fn serve<S: Service>(
+    listener: TcpListener,
+    app: Arc<S>,
+    header_timeout: Duration,
+    stop: CancellationToken,
+    drain: Duration,
+) {
     let conns = tokio_util::task::TaskTracker::new();
     let mut failures = AcceptFailures::default();
     loop {
@@ -265,12 +237,17 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
         };
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(watch::Activity::default());
-        let svc = {
+        // The service of a connection: `sink` is where zero-copy bodies
+        // queue their file pieces, on a plain HTTP/1.1 connection.
+        let service = {
             let (app, activity) = (app.clone(), activity.clone());
-            hyper::service::service_fn(move |req| handle(&app, req, peer, &activity))
+            move |sink: Option<zerocopy::Sink>| {
+                let conn = Conn { activity, sink };
+                hyper::service::service_fn(move |req| handle(&app, req, peer, &conn))
+            }
         };
         let stop = stop.clone();
-        let timeout = app.config.header_timeout;
+        let timeout = header_timeout;
         conns.spawn(async move {
             // Slowloris protection starts at the first byte: a client gets
             // the header timeout to show what it speaks, then the watch
@@ -279,13 +256,16 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
                 r = tokio::time::timeout(timeout, sniff(&stream)) => r,
                 _ = stop.cancelled() => return,
             };
-            let io = TokioIo::new(stream);
             match first {
                 Ok(Ok(Some(Protocol::Http1))) => {
+                    let io = zerocopy::ZeroCopyIo::new(stream);
+                    let svc = service(Some(io.sink()));
                     let mut http = hyper::server::conn::http1::Builder::new();
                     // No hyper timer: the watch does its header timeout.
-                    http.max_buf_size(64 * 1024).keep_alive(true);
-                    let conn = http.serve_connection(io, svc).with_upgrades();
+                    // `writev`: body frames reach the socket uncopied, which
+                    // zero-copy bodies rely on (see `zerocopy.rs`).
+                    http.max_buf_size(64 * 1024).keep_alive(true).writev(true);
+                    let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
                     let watch = Watched {
                         watch: watch::Watch::new(activity),
                         timeout,
@@ -297,7 +277,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
                 Ok(Ok(Some(Protocol::Http2))) => {
                     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     http.timer(TokioTimer::new());
-                    let conn = http.serve_connection(io, svc);
+                    let conn = http.serve_connection(TokioIo::new(stream), service(None));
                     // hyper has no header timeout for HTTP/2: the same watch
                     // sees a connection with no stream served, whether the
                     // client trickles a HEADERS frame or just keeps it open.
@@ -567,31 +547,27 @@ impl std::task::Wake for Signal {
     }
 }
 
-/// A tonic response with our body type (trailers kept).
-fn grpc_body(resp: Response<tonic::body::Body>) -> Response<Body> {
-    resp.map(|b| {
-        b.map_err(|s| std::io::Error::other(s.to_string()))
-            .boxed_unsync()
-    })
-}
-
 /// A request's future, decided synchronously: the access check, gRPC or
 /// REST, the route. What hyper keeps per request is small: the response, or
 /// the chosen handler's boxed future. `activity` learns of the request, and
 /// of the end of its response when that is not at once.
-fn handle(
-    app: &Arc<App>,
+fn handle<S: Service>(
+    app: &Arc<S>,
     req: Request<Incoming>,
     peer: SocketAddr,
-    activity: &Arc<watch::Activity>,
-) -> Served {
-    let class = crate::counters::class_of(req.uri().path());
-    let req_grpc = req.version() == http::Version::HTTP_2 && crate::grpc::is_grpc(req.headers());
+    conn: &Conn,
+) -> Served<S> {
+    let class = S::class(&req);
+    // Only a GET answer can be a zero-copy body (HEAD has none).
+    let sink = conn
+        .sink
+        .as_ref()
+        .filter(|_| req.method() == http::Method::GET);
     let answer = if tracing::enabled!(tracing::Level::DEBUG) {
         // Debug logging: the request line is kept for the log.
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
-        let inner = answer(app, req, peer, activity);
-        routes::Answer::Later(Box::pin(async move {
+        let inner = app.answer(req, peer, conn);
+        Answer::Later(Box::pin(async move {
             let resp = match inner.await {
                 Ok(resp) => resp,
                 Err(never) => match never {},
@@ -600,35 +576,54 @@ fn handle(
             Ok(resp)
         }))
     } else {
-        answer(app, req, peer, activity)
+        app.answer(req, peer, conn)
     };
-    let class = match &answer {
-        _ if req_grpc => crate::counters::GRPC,
-        _ => class,
-    };
-    let exchange = match &answer {
-        routes::Answer::Ready(Some(resp)) if http_body::Body::is_end_stream(resp.body()) => {
-            activity.answered();
+    let mut answer = answer;
+    let sink = match &mut answer {
+        Answer::Ready(Some(resp)) => {
+            accept_offer(resp, sink);
             None
         }
-        _ => Some(activity.begin()),
+        _ => sink.cloned(),
+    };
+    let exchange = match &answer {
+        Answer::Ready(Some(resp)) if http_body::Body::is_end_stream(resp.body()) => {
+            conn.activity.answered();
+            None
+        }
+        _ => Some(conn.activity.begin()),
     };
     Served {
         answer,
         exchange,
         class,
+        sink,
+        service: std::marker::PhantomData,
+    }
+}
+
+/// Gives a zero-copy body the connection's sink, if it offers to be one
+/// and the connection is plain HTTP/1.1.
+fn accept_offer(resp: &mut Response<Body>, sink: Option<&zerocopy::Sink>) {
+    if let Some(offer) = resp.extensions_mut().remove::<zerocopy::Offer>() {
+        if let Some(sink) = sink {
+            offer.accept(sink.clone());
+        }
     }
 }
 
 /// What hyper gets per request: the answer, and the exchange it ends.
-struct Served {
-    answer: routes::Answer,
+struct Served<S> {
+    answer: Answer,
     exchange: Option<watch::Exchange>,
-    /// The request's route class, for the request counters.
+    /// The request's class, for [`Service::answered`].
     class: usize,
+    /// A GET's connection sink, for a zero-copy body.
+    sink: Option<zerocopy::Sink>,
+    service: std::marker::PhantomData<fn() -> S>,
 }
 
-impl std::future::Future for Served {
+impl<S: Service> std::future::Future for Served<S> {
     type Output = Result<Response<Body>, std::convert::Infallible>;
 
     fn poll(
@@ -647,11 +642,12 @@ impl std::future::Future for Served {
             .into_response();
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            crate::counters::request(this.class, resp.status().as_u16());
+            S::answered(this.class, resp.status());
             return std::task::Poll::Ready(Ok(resp));
         }
-        let Ok(resp) = std::task::ready!(Pin::new(&mut this.answer).poll(cx));
-        crate::counters::request(this.class, resp.status().as_u16());
+        let Ok(mut resp) = std::task::ready!(Pin::new(&mut this.answer).poll(cx));
+        accept_offer(&mut resp, this.sink.as_ref());
+        S::answered(this.class, resp.status());
         // A body still to send ends the exchange when it is dropped; without
         // one the exchange ends here.
         let resp = match this.exchange.take() {
@@ -661,89 +657,6 @@ impl std::future::Future for Served {
             _ => resp,
         };
         std::task::Poll::Ready(Ok(resp))
-    }
-}
-
-fn answer(
-    app: &Arc<App>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    activity: &Arc<watch::Activity>,
-) -> routes::Answer {
-    use routes::Answer;
-    // gRPC needs HTTP/2; an HTTP/1.1 request is never looked at for it.
-    let grpc = req.version() == http::Version::HTTP_2 && crate::grpc::is_grpc(req.headers());
-    match origin::check(&app.config, &req) {
-        origin::Verdict::Serve => authorized_answer(app, req, peer, grpc, activity),
-        origin::Verdict::Refuse(e) if grpc => Answer::ready(Ok(grpc_body(
-            tonic::Status::permission_denied(e.message).into_http(),
-        ))),
-        origin::Verdict::Refuse(e) => Answer::ready(Err(e)),
-        origin::Verdict::Preflight(resp) => Answer::ready(Ok(resp)),
-        origin::Verdict::ServeCors(origin) => {
-            match authorized_answer(app, req, peer, grpc, activity) {
-                Answer::Ready(Some(mut resp)) => {
-                    origin::add_cors(&mut resp, origin);
-                    Answer::Ready(Some(resp))
-                }
-                later => Answer::Later(Box::pin(async move {
-                    let Ok(mut resp) = later.await;
-                    origin::add_cors(&mut resp, origin);
-                    Ok(resp)
-                })),
-            }
-        }
-    }
-}
-
-/// The answer to a request that passed the origin check: the access check,
-/// then gRPC or REST.
-fn authorized_answer(
-    app: &Arc<App>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    grpc: bool,
-    activity: &Arc<watch::Activity>,
-) -> routes::Answer {
-    use routes::Answer;
-    let path = req.uri().path();
-    // Runtime init: before a binding only these are served (before the
-    // access check, as upstream); `/internal/init` authorises itself.
-    let unguarded = routes::is_unguarded(path);
-    if app.runtime.gated() && !unguarded {
-        return if grpc {
-            Answer::ready(Ok(grpc_body(
-                tonic::Status::unavailable(error::NOT_INITIALIZED_MESSAGE).into_http(),
-            )))
-        } else {
-            Answer::ready(Err(ApiError::not_initialized()))
-        };
-    }
-    let token = app.runtime.token(app.config.access_token.as_ref());
-    let token = token.as_ref();
-    // The query token is for browsers' WebSockets, which cannot set
-    // headers: never for gRPC, whatever the path.
-    let allowed = (routes::is_tokenless(path) && !grpc)
-        || auth::authorized(token, req.headers())
-        || (!grpc
-            && routes::allows_query_token(req.uri().path())
-            && auth::query_authorized(token, req.uri().query()));
-    match (allowed, grpc) {
-        (false, true) => Answer::ready(Ok(grpc_body(
-            tonic::Status::unauthenticated("invalid or missing X-EXECD-ACCESS-TOKEN").into_http(),
-        ))),
-        (false, false) => Answer::ready(Err(ApiError::unauthorized())),
-        (true, true) => {
-            let mut svc = app.grpc.clone();
-            Answer::Later(Box::pin(async move {
-                use tonic::codegen::Service;
-                match svc.call(req).await {
-                    Ok(resp) => Ok(grpc_body(resp)),
-                    Err(never) => match never {},
-                }
-            }))
-        }
-        (true, false) => routes::dispatch(app, req.map(|b| RequestBody::new(b, activity)), peer),
     }
 }
 

@@ -1,6 +1,7 @@
 //! File figures: a 1 GiB multipart upload against writing the same bytes to
-//! disk, and a 1 GiB download into a null sink against a plain loopback TCP
-//! copy. Both are "n/a (route missing)" while execd answers 404.
+//! disk, a 1 GiB download into a null sink against a plain loopback TCP
+//! copy, and the download written to disk by curl against `cat file > copy`.
+//! All are "n/a (route missing)" while execd answers 404.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -49,8 +50,19 @@ pub async fn figures(run: &Run) -> Vec<Figure> {
         Budget::Min(1000.0),
     )
     .with(files.download().await);
+    let to_disk = Figure::new(
+        "download_disk_mbps",
+        if gib {
+            "1 GiB download, client writes to disk (`curl -o FILE`)"
+        } else {
+            "32 MiB download, client writes to disk (`curl -o FILE`)"
+        },
+        "MB/s",
+        Budget::MinRatio(0.9),
+    )
+    .with(files.download_to_disk().await);
     files.clean();
-    vec![up, down]
+    vec![up, down, to_disk]
 }
 
 struct Files {
@@ -77,7 +89,7 @@ impl Files {
     }
 
     fn clean(&self) {
-        for name in ["disk.bin", "upload.bin", "probe.bin"] {
+        for name in ["disk.bin", "upload.bin", "probe.bin", "curl.out", "cat.out"] {
             let _ = std::fs::remove_file(self.path(name));
         }
     }
@@ -206,6 +218,67 @@ impl Files {
         }
         Ok(Measured::medians(&execd, &base)
             .note("baseline: plain loopback TCP copy of the same bytes"))
+    }
+
+    /// `curl -o FILE` of the download against `cat file > copy` of the same
+    /// file, alternating, each copy removed before the next run.
+    async fn download_to_disk(&self) -> Result<Measured> {
+        let src = self.path("disk.bin");
+        if std::fs::metadata(&src).map_or(0, |m| m.len()) != self.size {
+            self.disk_write("disk.bin", false, false).await?;
+        }
+        let url = format!(
+            "http://{}/files/download?path={}",
+            self.addr,
+            src.to_string_lossy()
+        );
+        let (out, copy) = (self.path("curl.out"), self.path("cat.out"));
+        let size = self.size;
+        let timed = |mut cmd: std::process::Command, what: &'static str| {
+            let t = Instant::now();
+            let st = cmd
+                .stdin(std::process::Stdio::null())
+                .status()
+                .map_err(|e| format!("{what}: {e}"))?;
+            let secs = t.elapsed().as_secs_f64();
+            if !st.success() {
+                return Err(format!("{what}: {st}"));
+            }
+            Ok(secs)
+        };
+        let (mut execd, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..self.trials {
+            let (src, copy2) = (src.clone(), copy.clone());
+            let secs = blocking(move || {
+                let mut cat = std::process::Command::new("sh");
+                cat.arg("-c")
+                    .arg("cat \"$1\" > \"$2\"")
+                    .arg("sh")
+                    .arg(&src)
+                    .arg(&copy2);
+                timed(cat, "cat")
+            })
+            .await?;
+            base.push(mbps(size, secs));
+            let _ = std::fs::remove_file(&copy);
+            let (url, out2) = (url.clone(), out.clone());
+            let secs = blocking(move || {
+                let mut curl = std::process::Command::new("curl");
+                curl.args(["-sS", "--fail", "-o"]).arg(&out2).arg(&url);
+                timed(curl, "curl")
+            })
+            .await?;
+            let got = std::fs::metadata(&out).map_or(0, |m| m.len());
+            let _ = std::fs::remove_file(&out);
+            if got != size {
+                return Err(format!("curl wrote {got} of {size} bytes"));
+            }
+            execd.push(mbps(size, secs));
+        }
+        Ok(Measured::medians(&execd, &base).note(
+            "baseline: `cat file > copy` of the same file in the same run, alternating; \
+             neither fsyncs",
+        ))
     }
 
     /// Sends `size` bytes over a loopback TCP connection into a null sink.

@@ -218,6 +218,40 @@ pub fn over_limit(e: &multer::Error) -> bool {
     }
 }
 
+/// The request body as a stream that yields once after every chunk. Without
+/// the pause, multer would pull everything the socket has ready into its own
+/// buffer before handing out a byte; with it, at most a chunk or so waits.
+pub struct Paced {
+    inner: http_body_util::BodyDataStream<crate::server::RequestBody>,
+    rest: bool,
+}
+
+impl Paced {
+    pub fn new(body: crate::server::RequestBody) -> Paced {
+        Paced {
+            inner: http_body_util::BodyDataStream::new(body),
+            rest: false,
+        }
+    }
+}
+
+impl futures_core::Stream for Paced {
+    type Item = Result<Bytes, hyper::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.rest {
+            self.rest = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let r = Pin::new(&mut self.inner).poll_next(cx);
+        if matches!(r, Poll::Ready(Some(Ok(_)))) {
+            self.rest = true;
+        }
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

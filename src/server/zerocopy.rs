@@ -1,0 +1,228 @@
+//! Zero-copy file bodies on plain HTTP/1.1 connections: the file's bytes go
+//! from the page cache to the socket with `sendfile(2)`, never through a
+//! buffer of ours.
+//!
+//! hyper owns the socket and writes whatever a body yields, so the body and
+//! the socket meet halfway:
+//!
+//! - a body that may be sent this way puts an [`Offer`] in its response's
+//!   extensions; the server accepts it (gives it the connection's [`Sink`])
+//!   only on a plain HTTP/1.1 connection whose socket is a [`ZeroCopyIo`];
+//! - the body then queues each piece of the file as a job (descriptor,
+//!   offset, length) and yields, in its place, a frame of the same length
+//!   that points into [`PLACEHOLDER`], a static never read or written;
+//! - hyper counts the frame against `Content-Length` and hands it, in order
+//!   and uncopied (the connection writes through `writev`, its queue
+//!   strategy), to [`ZeroCopyIo`], which recognises the placeholder by its
+//!   address and `sendfile`s the job's bytes instead.
+//!
+//! Anything that does not line up (a placeholder with no job, or lengths
+//! that differ) is an I/O error: hyper breaks the connection rather than
+//! send a wrong byte. So does a file that ends early. HTTP/2 connections
+//! never accept an offer: their bodies are copied as before.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The longest frame that stands for file bytes.
+pub const FRAME_MAX: usize = 16 * 1024 * 1024;
+
+/// What placeholder frames point into. All zero, so it lives in `.bss`:
+/// never touched, it costs no memory. Only its address is used.
+static PLACEHOLDER: [u8; FRAME_MAX] = [0; FRAME_MAX];
+
+fn is_placeholder(buf: &[u8]) -> bool {
+    let start = PLACEHOLDER.as_ptr() as usize;
+    let p = buf.as_ptr() as usize;
+    !buf.is_empty() && p >= start && p + buf.len() <= start + FRAME_MAX
+}
+
+/// A piece of a file to send.
+struct Job {
+    file: Arc<File>,
+    offset: u64,
+    left: usize,
+}
+
+/// A connection's queue of jobs, in the order their frames were yielded.
+#[derive(Default)]
+struct Jobs(Mutex<VecDeque<Job>>);
+
+impl Jobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Where a body queues file pieces: the connection's job queue.
+#[derive(Clone)]
+pub struct Sink(Arc<Jobs>);
+
+impl Sink {
+    /// Queues `len` bytes of `file` from `offset` (`len` at most
+    /// [`FRAME_MAX`]) and returns the frame that stands for them.
+    pub fn frame(&self, file: &Arc<File>, offset: u64, len: usize) -> Bytes {
+        let len = len.min(FRAME_MAX);
+        self.0.lock().push_back(Job {
+            file: file.clone(),
+            offset,
+            left: len,
+        });
+        Bytes::from_static(&PLACEHOLDER[..len])
+    }
+}
+
+/// A response extension: the body may be sent from a file, if the
+/// connection can. Shared by the body and the response.
+#[derive(Clone, Default)]
+pub struct Offer(Arc<OnceLock<Sink>>);
+
+impl Offer {
+    /// The connection's sink, once the server accepted the offer; read by
+    /// the body when it is first polled (after the server saw the response).
+    pub fn sink(&self) -> Option<&Sink> {
+        self.0.get()
+    }
+
+    pub(super) fn accept(&self, sink: Sink) {
+        let _ = self.0.set(sink);
+    }
+}
+
+/// A plain TCP connection that sends placeholder frames from their files.
+pub struct ZeroCopyIo {
+    tcp: TcpStream,
+    jobs: Arc<Jobs>,
+}
+
+impl ZeroCopyIo {
+    pub fn new(tcp: TcpStream) -> ZeroCopyIo {
+        ZeroCopyIo {
+            tcp,
+            jobs: Arc::default(),
+        }
+    }
+
+    /// The sink bodies on this connection queue their pieces in.
+    pub fn sink(&self) -> Sink {
+        Sink(self.jobs.clone())
+    }
+
+    /// Sends up to `want` bytes of the front job: `want` is what is left of
+    /// its placeholder frame, which must be what is left of the job.
+    fn poll_sendfile(&self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            let mut jobs = self.jobs.lock();
+            let Some(job) = jobs.front_mut() else {
+                return Poll::Ready(Err(io::Error::other(
+                    "zero-copy: a placeholder frame with no file queued",
+                )));
+            };
+            if job.left != want {
+                return Poll::Ready(Err(io::Error::other(
+                    "zero-copy: placeholder and file piece out of step",
+                )));
+            }
+            let mut off = i64::try_from(job.offset).map_err(io::Error::other)?;
+            let r = self.tcp.try_io(Interest::WRITABLE, || {
+                nix::sys::sendfile::sendfile64(&self.tcp, &*job.file, Some(&mut off), want)
+                    .map_err(io::Error::from)
+            });
+            match r {
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file ended before its Content-Length",
+                    )))
+                }
+                Ok(n) => {
+                    job.offset += n as u64;
+                    job.left -= n;
+                    if job.left == 0 {
+                        jobs.pop_front();
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                // Readiness cleared by `try_io`: wait for it again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncRead for ZeroCopyIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ZeroCopyIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if is_placeholder(buf) {
+            return this.poll_sendfile(cx, buf.len());
+        }
+        Pin::new(&mut this.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // Plain bytes up to the first placeholder go in one writev; a
+        // placeholder in front goes by itself.
+        match bufs.iter().position(|b| is_placeholder(b)) {
+            Some(0) => this.poll_sendfile(cx, bufs[0].len()),
+            Some(i) => Pin::new(&mut this.tcp).poll_write_vectored(cx, &bufs[..i]),
+            None => Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_known_by_address() {
+        assert!(is_placeholder(&PLACEHOLDER[..1]));
+        assert!(is_placeholder(&PLACEHOLDER[FRAME_MAX - 5..]));
+        assert!(!is_placeholder(&PLACEHOLDER[..0]));
+        let copy = vec![0u8; 16];
+        assert!(!is_placeholder(&copy));
+        assert!(!is_placeholder(b"HTTP/1.1 200 OK\r\n"));
+    }
+}
