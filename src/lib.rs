@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod config;
+pub mod connect;
 pub mod counters;
 pub mod daemon;
 pub mod fs;
