@@ -431,6 +431,15 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     if let Some(l) = &grpc_listener {
         config.grpc_port = Some(l.local_addr()?.port());
     }
+    // E2B envd's API: a listener of its own (its /files, /health and
+    // /metrics would collide with the main port's routes).
+    let e2b_listener = match config.e2b_port {
+        Some(port) => Some(listen(SocketAddr::new(config.bind, port))?),
+        None => None,
+    };
+    if let Some(l) = &e2b_listener {
+        config.e2b_port = Some(l.local_addr()?.port());
+    }
     let app = App::new(config, engine.clone());
     let kernels = app.kernels.clone();
     let runtime = app.runtime.clone();
@@ -441,6 +450,10 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     let grpc_local = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let grpc_server =
         grpc_listener.map(|l| tokio::spawn(server::serve(l, app.clone(), stop.clone(), grace)));
+
+    let e2b_local = e2b_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let e2b_server =
+        e2b_listener.map(|l| tokio::spawn(server::serve_e2b(l, app.clone(), stop.clone(), grace)));
 
     let mut signals = signal_channel(&stop)?;
     spawn_memory_trim(&stop);
@@ -453,6 +466,10 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     if let Some(a) = grpc_local {
         lines.push_str(&format!("execd gRPC listening on {a}\n"));
         tracing::info!(local = %a, "sandboxd gRPC port listening");
+    }
+    if let Some(a) = e2b_local {
+        lines.push_str(&format!("execd E2B listening on {a}\n"));
+        tracing::info!(local = %a, "E2B envd port listening");
     }
     {
         use std::io::Write;
@@ -570,7 +587,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     kernels.cleanup();
     let left = grace.saturating_sub(began.elapsed());
     let _ = tokio::time::timeout(left, server).await;
-    if let Some(g) = grpc_server {
+    for g in [grpc_server, e2b_server].into_iter().flatten() {
         let _ = tokio::time::timeout(grace.saturating_sub(began.elapsed()), g).await;
     }
     tracing::info!(

@@ -84,6 +84,8 @@ pub struct App {
     pub operations: Arc<crate::operations::Operations>,
     /// Isolated sessions (`/v1/isolated`).
     pub isolated: Arc<crate::isolate::Isolated>,
+    /// E2B envd's state (`--e2b-port`).
+    pub e2b: Arc<crate::e2b::E2b>,
 }
 
 impl App {
@@ -97,7 +99,9 @@ impl App {
         let grpc = crate::grpc::server(engine.clone(), root, config.agent_exec_timeout);
         let listen_ports = std::iter::once(config.port)
             .chain(config.grpc_port)
+            .chain(config.e2b_port)
             .collect();
+        let e2b = crate::e2b::E2b::new(config.retention);
         let kernels = crate::kernel::Kernels::new(
             engine.clone(),
             crate::kernel::KernelConfig {
@@ -111,6 +115,7 @@ impl App {
             crate::operations::Operations::new(config.max_operations, config.operation_ttl);
         let isolated = crate::isolate::Isolated::new(engine.clone(), engine.config().max_sessions);
         Arc::new(App {
+            e2b,
             operations,
             runtime,
             isolated,
@@ -248,6 +253,30 @@ impl Query {
 /// Accepts connections until `stop` is cancelled, then lets in-flight
 /// requests finish for at most `drain`.
 pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken, drain: Duration) {
+    serve_with(listener, app, stop, drain, handle).await
+}
+
+/// Serves E2B envd's API (`crate::e2b`) on its own listener (`--e2b-port`),
+/// with the same connection handling as the main port.
+pub async fn serve_e2b(
+    listener: TcpListener,
+    app: Arc<App>,
+    stop: CancellationToken,
+    drain: Duration,
+) {
+    serve_with(listener, app, stop, drain, handle_e2b).await
+}
+
+/// What answers one request of a connection.
+type Handler = fn(&Arc<App>, Request<Incoming>, SocketAddr, &Arc<watch::Activity>) -> Served;
+
+async fn serve_with(
+    listener: TcpListener,
+    app: Arc<App>,
+    stop: CancellationToken,
+    drain: Duration,
+    handle: Handler,
+) {
     let conns = tokio_util::task::TaskTracker::new();
     let mut failures = AcceptFailures::default();
     loop {
@@ -617,6 +646,28 @@ fn handle(
         answer,
         exchange,
         class,
+    }
+}
+
+/// A request on the `--e2b-port` listener: E2B envd's routes only.
+fn handle_e2b(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    activity: &Arc<watch::Activity>,
+) -> Served {
+    let answer = crate::e2b::answer(app, req.map(|b| RequestBody::new(b, activity)), peer);
+    let exchange = match &answer {
+        routes::Answer::Ready(Some(resp)) if http_body::Body::is_end_stream(resp.body()) => {
+            activity.answered();
+            None
+        }
+        _ => Some(activity.begin()),
+    };
+    Served {
+        answer,
+        exchange,
+        class: crate::counters::E2B,
     }
 }
 

@@ -1,0 +1,354 @@
+//! envd's `GET /files` (download) and `POST /files` (upload), on execd's
+//! file code: files are opened and written as the request's user, uploads
+//! through the atomic [`Writer`] (parents created, replaced whole on
+//! commit), downloads with a single `Range`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use sha2::{Digest, Sha256};
+
+use super::{http_error, HttpError, User};
+use crate::fs::ops::AttrRequest;
+use crate::fs::upload::Writer;
+use crate::fs::{FsError, Kind};
+use crate::server::{App, Body, RequestBody};
+
+/// The query of a `/files` request.
+#[derive(Default)]
+struct Query {
+    path: Option<String>,
+    username: Option<String>,
+    signature: Option<String>,
+    expiration: Option<String>,
+}
+
+fn query<B>(req: &Request<B>) -> Query {
+    let mut q = Query::default();
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        let v = Some(v.into_owned());
+        match &*k {
+            "path" => q.path = v,
+            "username" => q.username = v,
+            "signature" => q.signature = v,
+            "signature_expiration" => q.expiration = v,
+            _ => {}
+        }
+    }
+    q
+}
+
+/// envd's v1 signature: `v1_` and the unpadded base64 of
+/// SHA-256(`path:operation:username:token[:expiration]`).
+pub fn signature(path: &str, op: &str, user: &str, token: &str, exp: Option<&str>) -> String {
+    let raw = match exp {
+        Some(e) => format!("{path}:{op}:{user}:{token}:{e}"),
+        None => format!("{path}:{op}:{user}:{token}"),
+    };
+    let b64 = crate::connect::json::b64(&Sha256::digest(raw.as_bytes()));
+    format!("v1_{}", b64.trim_end_matches('='))
+}
+
+/// Whether the request may touch files: a token is not set, or it is
+/// given, or the URL is signed for `op` with it and not expired.
+fn allowed(app: &App, req: &Request<RequestBody>, q: &Query, op: &str) -> Result<(), HttpError> {
+    let e2b = &app.e2b;
+    if e2b.token_ok(app, req.headers()) {
+        return Ok(());
+    }
+    let denied = |m: &str| Err(HttpError::new(StatusCode::UNAUTHORIZED, m));
+    let Some(sig) = q.signature.as_deref() else {
+        return denied("invalid or missing X-Access-Token, and no signature");
+    };
+    let Some(token) = e2b.signing_token() else {
+        return denied("signed URLs need the access token set through /init");
+    };
+    if let Some(e) = q.expiration.as_deref() {
+        let Ok(exp) = e.parse::<u64>() else {
+            return denied("invalid signature_expiration");
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if exp < now {
+            return denied("the signature has expired");
+        }
+    }
+    let want = signature(
+        q.path.as_deref().unwrap_or(""),
+        op,
+        q.username.as_deref().unwrap_or(""),
+        &token,
+        q.expiration.as_deref(),
+    );
+    if super::digest_eq(want.as_bytes(), sig.as_bytes()) {
+        Ok(())
+    } else {
+        denied("invalid signature")
+    }
+}
+
+/// The status of a file-system error, as envd answers.
+pub fn fs_status(e: &FsError) -> StatusCode {
+    match e.kind() {
+        Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::Denied => StatusCode::FORBIDDEN,
+        Kind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+        Kind::Exists => StatusCode::CONFLICT,
+        Kind::InvalidFile | Kind::BadRequest | Kind::BadContent => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn fs_error(e: FsError) -> HttpError {
+    HttpError::new(fs_status(&e), e.to_string())
+}
+
+/// The user and the target path of a request.
+fn target(
+    app: &App,
+    req: &Request<RequestBody>,
+    q: &Query,
+    raw: Option<&str>,
+) -> Result<(User, Option<PathBuf>), HttpError> {
+    let user = app
+        .e2b
+        .user(req.headers(), q.username.as_deref())
+        .map_err(|m| HttpError::new(StatusCode::UNAUTHORIZED, m))?;
+    let path = match raw {
+        None => None,
+        Some(r) => Some(
+            user.path(r)
+                .map_err(|m| HttpError::new(StatusCode::BAD_REQUEST, m))?,
+        ),
+    };
+    Ok((user, path))
+}
+
+/// `GET /files?path=…`: the file, whole or one `Range`.
+pub async fn download(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> {
+    let q = query(&req);
+    if let Err(r) = allowed(&app, &req, &q, "read") {
+        return r.into_response();
+    }
+    let (user, path) = match target(&app, &req, &q, Some(q.path.as_deref().unwrap_or(""))) {
+        Ok((u, Some(p))) => (u, p),
+        Ok((_, None)) => return http_error(StatusCode::BAD_REQUEST, "path is required"),
+        Err(r) => return r.into_response(),
+    };
+    let shown = path.clone();
+    let opened =
+        crate::fs::identity::scoped(user.scope(), move || crate::fs::ops::open_regular(&shown))
+            .await;
+    let (file, meta) = match opened {
+        Ok(x) => x,
+        Err(e) => return fs_error(e).into_response(),
+    };
+    let size = meta.len();
+    let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|h| crate::api::files::parse_range(h, size));
+    let name = path
+        .file_name()
+        .map(|n| n.as_encoded_bytes().to_vec())
+        .unwrap_or_default();
+    let mut resp = match range {
+        Some(crate::api::files::ByteRange::Part(a, b)) => {
+            let len = b - a + 1;
+            let mut r = crate::api::files::file_response(
+                crate::api::files::stream_bytes(file, a, len),
+                len,
+                modified,
+            );
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            r
+        }
+        Some(crate::api::files::ByteRange::Unsatisfiable) => {
+            let mut r = http_error(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable");
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+        // No range, or one this server does not understand: the whole file.
+        _ => crate::api::files::file_response(
+            crate::api::files::stream_bytes(file, 0, size),
+            size,
+            modified,
+        ),
+    };
+    if let Ok(v) = HeaderValue::from_str(&crate::api::files::content_disposition(&name)) {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    if req.method() == http::Method::HEAD {
+        *resp.body_mut() = crate::server::empty();
+    }
+    resp
+}
+
+/// One uploaded file, as envd describes it.
+fn written(path: &std::path::Path) -> serde_json::Value {
+    serde_json::json!({
+        "name": path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        "type": "file",
+        "path": path.to_string_lossy(),
+    })
+}
+
+/// Starts writing `path` as `user` (parents created).
+async fn open_writer(user: &User, path: PathBuf) -> Result<Writer, HttpError> {
+    Writer::create(user.scope(), path, AttrRequest::default())
+        .await
+        .map_err(fs_error)
+}
+
+/// One more piece of an upload, or its end; the file is discarded on error.
+async fn put(
+    out: &mut Option<Writer>,
+    next: Result<Option<Bytes>, String>,
+) -> Result<bool, HttpError> {
+    let Some(w) = out.as_mut() else {
+        return Ok(false);
+    };
+    let err = match next {
+        Ok(Some(data)) => match w.write(&data).await {
+            Ok(()) => return Ok(true),
+            Err(e) => fs_error(e),
+        },
+        Ok(None) => {
+            let w = out.take().map(Writer::commit);
+            return match w {
+                Some(c) => c.await.map(|_| false).map_err(fs_error),
+                None => Ok(false),
+            };
+        }
+        Err(m) => HttpError::new(StatusCode::BAD_REQUEST, m),
+    };
+    if let Some(w) = out.take() {
+        w.discard().await;
+    }
+    Err(err)
+}
+
+/// `POST /files`: `multipart/form-data` (every part with a file name is a
+/// file; its name is its path) or `application/octet-stream` (to `path`).
+pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let q = query(&req);
+    if let Err(r) = allowed(&app, &req, &q, "write") {
+        return r.into_response();
+    }
+    if let Some(enc) = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .filter(|e| !e.trim().eq_ignore_ascii_case("identity"))
+    {
+        return http_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {enc:?} is not supported: upload uncompressed"),
+        );
+    }
+    let (user, qpath) = match target(&app, &req, &q, q.path.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r.into_response(),
+    };
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if ct.to_ascii_lowercase().starts_with("multipart/form-data") {
+        let Ok(boundary) = multer::parse_boundary(&ct) else {
+            return http_error(StatusCode::BAD_REQUEST, "multipart body without a boundary");
+        };
+        let stream = http_body_util::BodyDataStream::new(req.into_body());
+        let mut form = multer::Multipart::new(stream, boundary);
+        let mut done = Vec::new();
+        loop {
+            let mut field = match form.next_field().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return http_error(StatusCode::BAD_REQUEST, format!("multipart: {e}")),
+            };
+            let name = field.file_name().map(str::to_string);
+            let path = match (name.filter(|n| !n.is_empty()), &qpath) {
+                (Some(n), _) => match user.path(&n) {
+                    Ok(p) => p,
+                    Err(m) => return http_error(StatusCode::BAD_REQUEST, m),
+                },
+                (None, Some(p)) => p.clone(),
+                (None, None) => continue,
+            };
+            let mut out = match open_writer(&user, path.clone()).await {
+                Ok(w) => Some(w),
+                Err(r) => return r.into_response(),
+            };
+            loop {
+                let next = field.chunk().await.map_err(|e| format!("multipart: {e}"));
+                match put(&mut out, next).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(r) => return r.into_response(),
+                }
+            }
+            done.push(written(&path));
+        }
+        if done.is_empty() {
+            return http_error(StatusCode::BAD_REQUEST, "the form holds no file");
+        }
+        return super::json_ok(&serde_json::Value::Array(done));
+    }
+    let Some(path) = qpath else {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "path is required for an application/octet-stream upload",
+        );
+    };
+    let mut body = req.into_body();
+    let mut out = match open_writer(&user, path.clone()).await {
+        Ok(w) => Some(w),
+        Err(r) => return r.into_response(),
+    };
+    loop {
+        let next = match body.frame().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(format!("request body: {e}")),
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => Ok(Some(d)),
+                Err(_) => continue,
+            },
+        };
+        match put(&mut out, next).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(r) => return r.into_response(),
+        }
+    }
+    super::json_ok(&serde_json::json!([written(&path)]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_as_the_sdk_makes_them() {
+        // base64(sha256("/a:read::tok")) without padding, from Python's
+        // hashlib + base64 as e2b/sandbox/signature.py does.
+        let s = signature("/a", "read", "", "tok", None);
+        assert!(s.starts_with("v1_") && !s.ends_with('='));
+        assert_eq!(s.len(), 3 + 43);
+        assert_ne!(s, signature("/a", "write", "", "tok", None));
+        assert_ne!(s, signature("/a", "read", "", "tok", Some("1")));
+    }
+}
