@@ -306,14 +306,26 @@ impl Service {
                 "invalid environment variable name {k:?}"
             )));
         }
-        let cwd_raw = cfg
+        let asked = cfg
             .cwd
             .clone()
             .filter(|c| !c.is_empty())
-            .or_else(|| e2b.default_workdir())
-            .unwrap_or_else(|| user.home.clone());
-        let cwd = user.path(&cwd_raw).map_err(Error::invalid)?;
-        check_dir(&cwd).await?;
+            .or_else(|| e2b.default_workdir());
+        let cwd = match asked {
+            Some(c) => {
+                let cwd = user.path(&c).map_err(Error::invalid)?;
+                check_dir(&cwd).await?;
+                cwd
+            }
+            // The home directory, or `/` for a user without one (`nobody`).
+            None => {
+                let home = PathBuf::from(&user.home);
+                match check_dir(&home).await {
+                    Ok(()) => home,
+                    Err(_) => PathBuf::from("/"),
+                }
+            }
+        };
         let mut envs: Vec<(String, String)> = e2b.default_envs().into_iter().collect();
         envs.extend(cfg.envs.iter().map(|(k, v)| (k.clone(), v.clone())));
         let mut argv = vec![cfg.cmd.clone()];
