@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,7 +33,7 @@ const CHUNK: usize = 32 * 1024;
 /// Events queued for a slow stream reader.
 const QUEUE: usize = 16;
 /// Terminal chunks kept for a slow reader before it skips some.
-const TTY_BACKLOG: usize = 256;
+const TTY_BACKLOG: usize = 64;
 /// Keepalive events when the client asks for none (`Keepalive-Ping-Interval`).
 const KEEPALIVE_DEFAULT: Duration = Duration::from_secs(90);
 /// Processes kept (running and ended); starts past it are refused.
@@ -87,15 +87,32 @@ fn signal_name(s: i32) -> String {
     }
 }
 
+type Terminal = crate::process::terminal::Terminal;
+
 /// A process on a terminal.
 pub struct Tty {
-    term: crate::process::terminal::Terminal,
+    pid: i32,
+    /// The terminal until the process has ended (its descriptor is closed
+    /// then, though the record stays).
+    term: Mutex<Option<Arc<Terminal>>>,
     out: broadcast::Sender<Bytes>,
     exit: watch::Receiver<Option<Exit>>,
 }
 
+impl Tty {
+    fn term(&self) -> Result<Arc<Terminal>, Error> {
+        self.term
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Error::not_found(format!("process {} has ended", self.pid)))
+    }
+}
+
 enum Kind {
-    Pipes(Arc<Command>),
+    /// The engine's record, as long as the engine keeps it (`--retention`,
+    /// `--max-records`): its output log is not held here.
+    Pipes(Weak<Command>),
     Tty(Arc<Tty>),
 }
 
@@ -112,8 +129,22 @@ pub struct Proc {
 impl Proc {
     fn exit(&self) -> Option<Exit> {
         match &self.kind {
-            Kind::Pipes(c) => c.finished().map(|f| Exit::of(&f)),
+            Kind::Pipes(c) => match c.upgrade() {
+                Some(c) => c.finished().map(|f| Exit::of(&f)),
+                None => Some(Exit {
+                    error: Some("the record has expired".into()),
+                    ..Exit::default()
+                }),
+            },
             Kind::Tty(t) => t.exit.borrow().clone(),
+        }
+    }
+
+    /// The engine's record of a process without a terminal.
+    fn cmd(&self) -> Option<Arc<Command>> {
+        match &self.kind {
+            Kind::Pipes(c) => c.upgrade(),
+            Kind::Tty(_) => None,
         }
     }
 
@@ -144,6 +175,9 @@ impl Table {
     fn expire(&self) {
         let now = Instant::now();
         self.lock().retain(|_, p| {
+            if matches!(&p.kind, Kind::Pipes(c) if c.strong_count() == 0) {
+                return false;
+            }
             if p.running() {
                 return true;
             }
@@ -355,26 +389,28 @@ impl Service {
                 .map_err(|e| Error::new(spawn_code(&e), e.to_string()))?;
             let (out, rx) = broadcast::channel(TTY_BACKLOG);
             let (exit_tx, exit_rx) = watch::channel(None);
+            let term = Arc::new(term);
             let tty = Arc::new(Tty {
-                term,
+                pid: term.pid,
+                term: Mutex::new(Some(term.clone())),
                 out,
                 exit: exit_rx,
             });
             let proc_ = Arc::new(Proc {
-                pid: tty.term.pid as u32,
+                pid: term.pid as u32,
                 tag: r.tag,
                 config: cfg,
                 kind: Kind::Tty(tty.clone()),
                 ended: Mutex::new(None),
             });
             if let Err(e) = self.table().insert(proc_.clone()) {
-                tty.term.tree.kill();
+                term.tree.kill();
                 return Err(e);
             }
             let drain = engine.config().drain;
             engine
                 .tasks()
-                .spawn(read_tty(tty, exit, exit_tx, drain, timeout));
+                .spawn(read_tty(tty, term, exit, exit_tx, drain, timeout));
             return Ok((proc_, Some(rx)));
         }
         let cmd = engine
@@ -394,7 +430,7 @@ impl Service {
             pid,
             tag: r.tag,
             config: cfg,
-            kind: Kind::Pipes(cmd.clone()),
+            kind: Kind::Pipes(Arc::downgrade(&cmd)),
             ended: Mutex::new(None),
         });
         if let Err(e) = self.table().insert(proc_.clone()) {
@@ -420,8 +456,11 @@ impl Service {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| matches!(v.trim(), "1" | "true"));
         let (from, tty_rx) = match &proc_.kind {
-            Kind::Pipes(c) if replay => (1, None),
-            Kind::Pipes(c) => (c.log.watch().borrow().next_eid, None),
+            Kind::Pipes(_) if replay => (1, None),
+            Kind::Pipes(c) => (
+                c.upgrade().map_or(1, |c| c.log.watch().borrow().next_eid),
+                None,
+            ),
             Kind::Tty(t) => (1, Some(t.out.subscribe())),
         };
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -464,7 +503,7 @@ impl Service {
         match &proc_.kind {
             Kind::Tty(t) if proc_.running() => {
                 let clamp = |n: u32| n.min(u32::from(u16::MAX)) as u16;
-                t.term
+                t.term()?
                     .resize(clamp(size.cols), clamp(size.rows))
                     .map_err(|e| Error::internal(format!("resize: {e}")))?;
                 Ok(Empty {})
@@ -499,15 +538,19 @@ impl Service {
         }
         match (&proc_.kind, sig) {
             // The whole tree, also what the leader left behind.
-            (Kind::Pipes(c), libc::SIGKILL) => c.kill_tree(),
-            (Kind::Tty(t), libc::SIGKILL) => t.term.tree.kill(),
-            (Kind::Pipes(c), _) => {
-                if let Some(pid) = c.pid {
+            (Kind::Pipes(_), libc::SIGKILL) => {
+                if let Some(c) = proc_.cmd() {
+                    c.kill_tree();
+                }
+            }
+            (Kind::Tty(t), libc::SIGKILL) => t.term()?.tree.kill(),
+            (Kind::Pipes(_), _) => {
+                if let Some(pid) = proc_.cmd().and_then(|c| c.pid) {
                     crate::process::spawn::signal_group(pid, sig);
                 }
             }
             (Kind::Tty(t), _) => {
-                crate::process::spawn::signal_group(t.term.pid, sig);
+                crate::process::spawn::signal_group(t.term()?.pid, sig);
             }
         }
         Ok(Empty {})
@@ -516,7 +559,10 @@ impl Service {
     async fn close_stdin(&self, r: SelectRequest) -> Result<Empty, Error> {
         let proc_ = self.table().find(r.process.as_ref())?;
         match &proc_.kind {
-            Kind::Pipes(c) => {
+            Kind::Pipes(_) => {
+                let c = proc_
+                    .cmd()
+                    .ok_or_else(|| Error::not_found(format!("process {} has ended", proc_.pid)))?;
                 let stdin = c
                     .stdin()
                     .await
@@ -569,7 +615,10 @@ impl Service {
 async fn input(proc_: &Proc, data: Option<Input>) -> Result<(), Error> {
     match (&proc_.kind, data) {
         (_, None) => Ok(()),
-        (Kind::Pipes(c), Some(Input::Stdin(d))) => {
+        (Kind::Pipes(_), Some(Input::Stdin(d))) => {
+            let c = proc_
+                .cmd()
+                .ok_or_else(|| Error::not_found(format!("process {} has ended", proc_.pid)))?;
             let mut stdin = c.stdin().await.map_err(|e| {
                 Error::new(
                     Code::FailedPrecondition,
@@ -582,7 +631,7 @@ async fn input(proc_: &Proc, data: Option<Input>) -> Result<(), Error> {
                 .map_err(|e| Error::new(Code::FailedPrecondition, e.to_string()))
         }
         (Kind::Tty(t), Some(Input::Pty(d) | Input::Stdin(d))) => t
-            .term
+            .term()?
             .write(&d)
             .await
             .map_err(|e| Error::new(Code::FailedPrecondition, format!("terminal input: {e}"))),
@@ -620,6 +669,7 @@ async fn check_dir(p: &std::path::Path) -> Result<(), Error> {
 /// terminal is drained; kills its tree at the timeout.
 async fn read_tty(
     tty: Arc<Tty>,
+    term: Arc<Terminal>,
     exit: tokio::sync::oneshot::Receiver<crate::process::reaper::ExitStatus>,
     done: watch::Sender<Option<Exit>>,
     drain: Duration,
@@ -634,7 +684,7 @@ async fn read_tty(
     let mut deadline = std::pin::pin!(deadline);
     loop {
         tokio::select! {
-            r = tty.term.read(&mut buf) => match r {
+            r = term.read(&mut buf) => match r {
                 Ok(0) | Err(_) => {
                     if status.is_none() {
                         status = exit.as_mut().await.ok();
@@ -656,11 +706,14 @@ async fn read_tty(
                 }
                 // The timeout: the whole tree goes.
                 timed_out = true;
-                tty.term.tree.kill();
+                term.tree.kill();
                 deadline.as_mut().reset(tokio::time::Instant::now() + far);
             }
         }
     }
+    // The terminal closes once no call uses it any more.
+    *tty.term.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    drop(term);
     let s = status.unwrap_or_default();
     let _ = done.send(Some(Exit {
         code: s.code,
@@ -685,7 +738,10 @@ async fn follow(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let ended = match (&proc_.kind, tty_rx) {
-        (Kind::Pipes(cmd), _) => follow_log(cmd, from, &tx, &mut tick, &stop).await,
+        (Kind::Pipes(_), _) => match proc_.cmd() {
+            Some(cmd) => follow_log(&cmd, from, &tx, &mut tick, &stop).await,
+            None => true,
+        },
         (Kind::Tty(t), Some(rx)) => follow_tty(t, rx, &tx, &mut tick, &stop).await,
         (Kind::Tty(t), None) => follow_tty(t, t.out.subscribe(), &tx, &mut tick, &stop).await,
     };
