@@ -752,3 +752,129 @@ async fn execd_access_token_guards_the_port() {
     assert_eq!(r.status, 200);
     assert_eq!(get(a, "/files?path=/etc/hostname").await.status, 401);
 }
+
+/// A streaming response read envelope by envelope, as it arrives.
+struct Envelopes {
+    body: hyper::body::Incoming,
+    buf: bytes::BytesMut,
+}
+
+impl Envelopes {
+    async fn open(addr: SocketAddr, path: &str, req: Value, headers: &[(&str, &str)]) -> Envelopes {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{addr}{path}"))
+            .header("content-type", "application/connect+json");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let body = Full::new(Bytes::from(envelope(0, req.to_string().as_bytes())));
+        let resp = s.send_request(b.body(body).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        Envelopes {
+            body: resp.into_body(),
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    /// The next message (None after the end-stream message).
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() >= 5 + len {
+                    let flags = self.buf[0];
+                    self.buf.advance(5);
+                    let m = self.buf.split_to(len);
+                    if flags & 2 != 0 {
+                        return None;
+                    }
+                    return Some(serde_json::from_slice(&m).unwrap());
+                }
+            }
+            let f = tokio::time::timeout(Duration::from_secs(60), self.body.frame())
+                .await
+                .expect("a frame within 60 s")?
+                .unwrap();
+            if let Ok(d) = f.into_data() {
+                self.buf.extend_from_slice(&d);
+            }
+        }
+    }
+
+    /// stdout of every message up to the end.
+    async fn rest_stdout(&mut self) -> String {
+        let mut all = Vec::new();
+        while let Some(m) = self.next().await {
+            all.push(m);
+        }
+        stdout_of(&all)
+    }
+}
+
+/// `Connect` streams from now on (envd's behaviour); with
+/// `X-Execd-Replay: true` it first replays what the command printed before.
+#[tokio::test]
+async fn connect_replays_missed_output_only_when_asked() {
+    let (_d, a) = daemon(&[]);
+    let mut req = sh("echo early; read x; echo late");
+    req["stdin"] = json!(true);
+    let run = tokio::spawn(stream_json(a, "/process.Process/Start", req, false));
+    let pid = wait_listed(a, "echo early; read x; echo late").await;
+    let sel = json!({"process": {"pid": pid}});
+    let mut replay = Envelopes::open(
+        a,
+        "/process.Process/Connect",
+        sel.clone(),
+        &[("x-execd-replay", "true")],
+    )
+    .await;
+    assert_eq!(replay.next().await.unwrap()["event"]["start"]["pid"], pid);
+    // "early" has been printed once the replaying stream shows it.
+    let first = replay.next().await.unwrap();
+    assert_eq!(stdout_of(&[first]), "early\n");
+    let mut plain = Envelopes::open(a, "/process.Process/Connect", sel, &[]).await;
+    assert_eq!(plain.next().await.unwrap()["event"]["start"]["pid"], pid);
+    let r = unary(
+        a,
+        "/process.Process/SendInput",
+        json!({"process": {"pid": pid}, "input": {"stdin": "eAo="}}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(replay.rest_stdout().await, "late\n");
+    assert_eq!(plain.rest_stdout().await, "late\n");
+    let (ev, _) = run.await.unwrap();
+    assert_eq!(stdout_of(&ev), "early\nlate\n");
+}
+
+/// A form whose part headers never end fails at the 16 KiB bound (413),
+/// however long the client goes on.
+#[tokio::test]
+async fn endless_part_headers_are_refused() {
+    let (_d, a) = daemon(&[]);
+    let dir = TempDir::new("endless");
+    let mut form = format!(
+        "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{}\"\r\nX-Pad: ",
+        dir.join("x")
+    )
+    .into_bytes();
+    form.extend(std::iter::repeat_n(b'a', 4 << 20));
+    let r = send(
+        a,
+        Method::POST,
+        "/files",
+        &[("content-type", "multipart/form-data; boundary=XyZ")],
+        form,
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 413, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(!dir.0.join("x").exists());
+    assert_eq!(get(a, "/health").await.status, 204);
+}

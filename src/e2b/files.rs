@@ -271,14 +271,29 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
         let Ok(boundary) = multer::parse_boundary(&ct) else {
             return http_error(StatusCode::BAD_REQUEST, "multipart body without a boundary");
         };
-        let stream = http_body_util::BodyDataStream::new(req.into_body());
+        // Bounded: a form whose preamble or part headers never end fails at
+        // 16 KiB instead of growing multer's buffer.
+        let stream = crate::api::form::Bounded::new(
+            http_body_util::BodyDataStream::new(req.into_body()),
+            &boundary,
+        );
         let mut form = multer::Multipart::new(stream, boundary);
         let mut done = Vec::new();
         loop {
             let mut field = match form.next_field().await {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => return http_error(StatusCode::BAD_REQUEST, format!("multipart: {e}")),
+                Err(e) => {
+                    let status = if crate::api::form::over_limit(&e) {
+                        StatusCode::PAYLOAD_TOO_LARGE
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    };
+                    return http_error(
+                        status,
+                        format!("multipart: {}", crate::api::form::describe(&e)),
+                    );
+                }
             };
             let name = field.file_name().map(str::to_string);
             let path = match (name.filter(|n| !n.is_empty()), &qpath) {
@@ -340,6 +355,22 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_507() {
+        let e = FsError::io(
+            "write",
+            std::path::Path::new("/x"),
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert_eq!(fs_status(&e), StatusCode::INSUFFICIENT_STORAGE);
+        let e = FsError::io(
+            "open",
+            std::path::Path::new("/x"),
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
+        assert_eq!(fs_status(&e), StatusCode::FORBIDDEN);
+    }
 
     #[test]
     fn signatures_as_the_sdk_makes_them() {
