@@ -99,6 +99,29 @@ def test_send_stdin_and_close_stdin(sbx):
     assert sbx.commands.run("cat; echo eof").stdout == "eof\n"
 
 
+def test_stream_input_keeps_order(sbx):
+    h = sbx.commands.run("cat", background=True, stdin=True)
+    sbx.commands.stream_input(h.pid, [b"a\n", b"b\n", "c\n"])
+    sbx.commands.close_stdin(h.pid)
+    assert h.wait().stdout == "a\nb\nc\n"
+
+
+def test_async_sdk(e2b_daemon, tmp):
+    import asyncio
+
+    from e2b import AsyncSandbox
+
+    _, url = e2b_daemon
+
+    async def main():
+        s = await AsyncSandbox.create(debug=True, sandbox_url=url)
+        r = await s.commands.run("echo async")
+        await s.files.write(f"{tmp}/async.txt", "x")
+        return r.stdout, await s.files.read(f"{tmp}/async.txt")
+
+    assert asyncio.run(main()) == ("async\n", "x")
+
+
 def test_timeout_ends_the_whole_tree(sbx, tmp):
     marker = os.path.join(tmp, "child.pid")
     with pytest.raises(TimeoutException):
