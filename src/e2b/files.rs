@@ -195,12 +195,31 @@ pub async fn download(app: Arc<App>, req: Request<RequestBody>) -> Response<Body
 }
 
 /// One uploaded file, as envd describes it.
-fn written(path: &std::path::Path) -> serde_json::Value {
-    serde_json::json!({
+fn written(path: &std::path::Path, meta: &Metadata) -> serde_json::Value {
+    let mut v = serde_json::json!({
         "name": path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         "type": "file",
         "path": path.to_string_lossy(),
+    });
+    if !meta.is_empty() {
+        v["metadata"] = serde_json::json!(meta);
+    }
+    v
+}
+
+type Metadata = std::collections::HashMap<String, String>;
+
+/// Sets an upload's metadata on the file written, as the user.
+async fn tag(user: &User, path: &std::path::Path, meta: &Metadata) -> Result<(), HttpError> {
+    if meta.is_empty() {
+        return Ok(());
+    }
+    let (p, m) = (path.to_path_buf(), meta.clone());
+    crate::fs::identity::scoped(user.scope(), move || {
+        super::xattr::set(&p, &m).map_err(|e| FsError::io("setxattr", &p, e))
     })
+    .await
+    .map_err(fs_error)
 }
 
 /// Starts writing `path` as `user` (parents created).
@@ -257,6 +276,10 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
             format!("Content-Encoding {enc:?} is not supported: upload uncompressed"),
         );
     }
+    let meta = match super::xattr::from_headers(req.headers()) {
+        Ok(m) => m,
+        Err(m) => return http_error(StatusCode::BAD_REQUEST, m),
+    };
     let (user, qpath) = match target(&app, &req, &q, q.path.as_deref()) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
@@ -316,7 +339,10 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
                     Err(r) => return r.into_response(),
                 }
             }
-            done.push(written(&path));
+            if let Err(e) = tag(&user, &path, &meta).await {
+                return e.into_response();
+            }
+            done.push(written(&path, &meta));
         }
         if done.is_empty() {
             return http_error(StatusCode::BAD_REQUEST, "the form holds no file");
@@ -349,7 +375,10 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
             Err(r) => return r.into_response(),
         }
     }
-    super::json_ok(&serde_json::json!([written(&path)]))
+    if let Err(e) = tag(&user, &path, &meta).await {
+        return e.into_response();
+    }
+    super::json_ok(&serde_json::json!([written(&path, &meta)]))
 }
 
 #[cfg(test)]

@@ -158,7 +158,7 @@ pub fn entry(path: &Path) -> Result<EntryInfo, FsError> {
             nanos: i32::try_from(meta.mtime_nsec()).unwrap_or(0),
         }),
         symlink_target,
-        metadata: Default::default(),
+        metadata: super::xattr::get(path),
         is_symlink,
     })
 }

@@ -15,6 +15,7 @@ pub mod files;
 pub mod filesystem;
 pub mod process;
 pub mod proto;
+pub mod xattr;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

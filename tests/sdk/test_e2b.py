@@ -185,6 +185,14 @@ def test_files_write_read_list_info_rename_remove(sbx, tmp):
         sbx.files.read(f"{tmp}/nope")
 
 
+def test_file_metadata_as_extended_attributes(sbx, tmp):
+    w = sbx.files.write(f"{tmp}/m.txt", "x", metadata={"owner": "me", "k2": "v2"})
+    assert w.metadata == {"owner": "me", "k2": "v2"}
+    assert sbx.files.get_info(f"{tmp}/m.txt").metadata == {"owner": "me", "k2": "v2"}
+    assert os.getxattr(f"{tmp}/m.txt", "user.e2b.owner") == b"me"
+    assert [e.metadata for e in sbx.files.list(tmp)] == [{"owner": "me", "k2": "v2"}]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_a_user_other_than_root(sbx):
     nobody = pwd.getpwnam("nobody")
