@@ -376,12 +376,6 @@ impl Service {
         };
         let engine = &self.app.engine;
         if let Some(pty) = r.pty {
-            if user.switch {
-                return Err(Error::unimplemented(format!(
-                    "a terminal as another user ({}) is not supported yet; run it as execd's user",
-                    user.name
-                )));
-            }
             let size = pty.size.unwrap_or_default();
             let clamp = |n: u32| n.min(u32::from(u16::MAX)) as u16;
             let (term, exit) = engine

@@ -198,6 +198,12 @@ def test_a_user_other_than_root(sbx):
     nobody = pwd.getpwnam("nobody")
     r = sbx.commands.run("id -u; id -un", user="nobody")
     assert r.stdout == f"{nobody.pw_uid}\nnobody\n"
+    # On a terminal too, with nobody's groups only.
+    h = sbx.pty.create(size=PtySize(rows=24, cols=80), user="nobody", cwd="/", timeout=60)
+    sbx.pty.send_stdin(h.pid, b"echo ID=$(id -u):$(id -G); exit\n")
+    data = []
+    h.wait(on_pty=data.append)
+    assert f"ID={nobody.pw_uid}:{nobody.pw_gid}\r\n" in b"".join(data).decode(errors="replace")
     with tempfile.TemporaryDirectory() as d:
         os.chmod(d, 0o777)
         sbx.files.write(f"{d}/mine", "x", user="nobody")
