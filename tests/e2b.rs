@@ -879,3 +879,33 @@ async fn endless_part_headers_are_refused() {
     assert!(!dir.0.join("x").exists());
     assert_eq!(get(a, "/health").await.status, 204);
 }
+
+/// A web page cannot drive the E2B port: a request with an `Origin` that
+/// `--allowed-origins` does not list is refused, as on the main port.
+#[tokio::test]
+async fn pages_from_other_origins_are_refused() {
+    let (_d, a) = daemon(&[]);
+    let r = send(
+        a,
+        Method::POST,
+        "/process.Process/Start",
+        &[
+            ("content-type", "application/connect+json"),
+            ("origin", "http://evil.example"),
+        ],
+        envelope(0, sh("echo pwned").to_string().as_bytes()),
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = send(
+        a,
+        Method::GET,
+        "/files?path=/etc/hostname",
+        &[("origin", "http://evil.example")],
+        vec![],
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}
