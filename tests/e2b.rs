@@ -909,3 +909,27 @@ async fn pages_from_other_origins_are_refused() {
     .await;
     assert_eq!(r.status, 403);
 }
+
+/// `Keepalive-Ping-Interval` (seconds) sends keepalive events while a
+/// process is silent.
+#[tokio::test]
+async fn keepalive_events_while_silent() {
+    let (_d, a) = daemon(&[]);
+    let mut s = Envelopes::open(
+        a,
+        "/process.Process/Start",
+        sh("sleep 3; echo end"),
+        &[("keepalive-ping-interval", "1")],
+    )
+    .await;
+    let mut all = Vec::new();
+    while let Some(m) = s.next().await {
+        all.push(m);
+    }
+    assert!(
+        all.iter().any(|m| m["event"].get("keepalive").is_some()),
+        "{all:?}"
+    );
+    assert_eq!(stdout_of(&all), "end\n");
+    assert_eq!(all.last().unwrap()["event"]["end"]["exitCode"], 0);
+}
