@@ -260,22 +260,25 @@ async fn put(
 /// `POST /files`: `multipart/form-data` (every part with a file name is a
 /// file; its name is its path) or `application/octet-stream` (to `path`).
 pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> {
-    use http_body_util::BodyExt;
     let q = query(&req);
     if let Err(r) = allowed(&app, &req, &q, "write") {
         return r.into_response();
     }
-    if let Some(enc) = req
+    let gzip = match req
         .headers()
         .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .filter(|e| !e.trim().eq_ignore_ascii_case("identity"))
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        .as_deref()
     {
-        return http_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Encoding {enc:?} is not supported: upload uncompressed"),
-        );
-    }
+        None | Some("" | "identity") => false,
+        Some("gzip" | "x-gzip") => true,
+        Some(enc) => {
+            return http_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding {enc:?} is not supported: send gzip or nothing"),
+            )
+        }
+    };
     let meta = match super::xattr::from_headers(req.headers()) {
         Ok(m) => m,
         Err(m) => return http_error(StatusCode::BAD_REQUEST, m),
@@ -296,10 +299,15 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
         };
         // Bounded: a form whose preamble or part headers never end fails at
         // 16 KiB instead of growing multer's buffer.
-        let stream = crate::api::form::Bounded::new(
-            http_body_util::BodyDataStream::new(req.into_body()),
-            &boundary,
-        );
+        let src = Source::new(req.into_body(), gzip, &app.tasks);
+        let data = Box::pin(futures_util::stream::unfold(src, |mut src| async move {
+            match src.next().await {
+                Ok(Some(b)) => Some((Ok(b), src)),
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e)), src)),
+            }
+        }));
+        let stream = crate::api::form::Bounded::new(data, &boundary);
         let mut form = multer::Multipart::new(stream, boundary);
         let mut done = Vec::new();
         loop {
@@ -355,20 +363,13 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
             "path is required for an application/octet-stream upload",
         );
     };
-    let mut body = req.into_body();
+    let mut body = Source::new(req.into_body(), gzip, &app.tasks);
     let mut out = match open_writer(&user, path.clone()).await {
         Ok(w) => Some(w),
         Err(r) => return r.into_response(),
     };
     loop {
-        let next = match body.frame().await {
-            None => Ok(None),
-            Some(Err(e)) => Err(format!("request body: {e}")),
-            Some(Ok(f)) => match f.into_data() {
-                Ok(d) => Ok(Some(d)),
-                Err(_) => continue,
-            },
-        };
+        let next = body.next().await;
         match put(&mut out, next).await {
             Ok(true) => {}
             Ok(false) => break,
@@ -379,6 +380,91 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
         return e.into_response();
     }
     super::json_ok(&serde_json::json!([written(&path, &meta)]))
+}
+
+/// Gunzipped pieces queued for the writer.
+const GUNZIP_QUEUE: usize = 4;
+
+/// An upload's bytes: the request body, or what it gunzips to.
+enum Source {
+    Plain(RequestBody),
+    Gzip(tokio::sync::mpsc::Receiver<Result<Bytes, String>>),
+}
+
+impl Source {
+    /// With `gzip`, the body is decoded on a blocking thread between two
+    /// bounded channels: compressed frames in, decoded pieces out. The
+    /// decoder stops when the reader goes away. The task feeding it is
+    /// `tasks`' and ends with the body or with the decoder.
+    fn new(body: RequestBody, gzip: bool, tasks: &tokio_util::task::TaskTracker) -> Source {
+        if !gzip {
+            return Source::Plain(body);
+        }
+        use tokio::sync::mpsc;
+        let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(GUNZIP_QUEUE);
+        let (out_tx, out_rx) = mpsc::channel(GUNZIP_QUEUE);
+        let err_tx = out_tx.clone();
+        let feed = async move {
+            use http_body_util::BodyExt;
+            let mut body = body;
+            while let Some(f) = body.frame().await {
+                match f {
+                    Ok(f) => {
+                        if let Ok(d) = f.into_data() {
+                            if in_tx.send(d).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = err_tx.send(Err(format!("request body: {e}"))).await;
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let (mut chunk, mut at) = (Bytes::new(), 0usize);
+            let input = || loop {
+                if let Some(b) = chunk.get(at) {
+                    at += 1;
+                    return Some(*b);
+                }
+                chunk = in_rx.blocking_recv()?;
+                at = 0;
+            };
+            let sink = |piece: &[u8]| {
+                out_tx
+                    .blocking_send(Ok(Bytes::copy_from_slice(piece)))
+                    .is_ok()
+            };
+            if let Err(e) = super::gunzip::gunzip(input, sink) {
+                let _ = out_tx.blocking_send(Err(e.to_string()));
+            }
+        });
+        tasks.spawn(feed);
+        Source::Gzip(out_rx)
+    }
+
+    async fn next(&mut self) -> Result<Option<Bytes>, String> {
+        match self {
+            Source::Plain(body) => {
+                use http_body_util::BodyExt;
+                loop {
+                    match body.frame().await {
+                        None => return Ok(None),
+                        Some(Err(e)) => return Err(format!("request body: {e}")),
+                        Some(Ok(f)) => {
+                            if let Ok(d) = f.into_data() {
+                                return Ok(Some(d));
+                            }
+                        }
+                    }
+                }
+            }
+            Source::Gzip(rx) => rx.recv().await.transpose(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -185,6 +185,41 @@ def test_files_write_read_list_info_rename_remove(sbx, tmp):
         sbx.files.read(f"{tmp}/nope")
 
 
+def test_gzip_uploads(sbx, e2b_daemon, tmp):
+    import gzip
+    import random
+
+    import httpx
+
+    rnd = random.Random(7)
+    words = [bytes(rnd.choices(b"abcdefghij \n", k=rnd.randint(1, 12))) for _ in range(500)]
+    data = b"".join(rnd.choice(words) for _ in range(60000)) + bytes(range(256)) * 50
+    # Through the SDK (its own compression level), then every kind of block.
+    sbx.files.write(f"{tmp}/sdk.bin", data, gzip=True)
+    assert bytes(sbx.files.read(f"{tmp}/sdk.bin", format="bytes")) == data
+    _, url = e2b_daemon
+    for level in (0, 1, 9):
+        r = httpx.post(
+            f"{url}/files",
+            params={"path": f"{tmp}/l{level}"},
+            content=gzip.compress(data, compresslevel=level),
+            headers={"content-type": "application/octet-stream", "content-encoding": "gzip"},
+        )
+        assert r.status_code == 200, r.text
+        assert open(f"{tmp}/l{level}", "rb").read() == data
+    # A corrupt stream is refused and leaves no file.
+    bad = bytearray(gzip.compress(data))
+    bad[len(bad) // 2] ^= 0xFF
+    r = httpx.post(
+        f"{url}/files",
+        params={"path": f"{tmp}/bad"},
+        content=bytes(bad),
+        headers={"content-type": "application/octet-stream", "content-encoding": "gzip"},
+    )
+    assert r.status_code == 400
+    assert not os.path.exists(f"{tmp}/bad")
+
+
 def test_file_metadata_as_extended_attributes(sbx, tmp):
     w = sbx.files.write(f"{tmp}/m.txt", "x", metadata={"owner": "me", "k2": "v2"})
     assert w.metadata == {"owner": "me", "k2": "v2"}
