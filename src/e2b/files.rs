@@ -178,6 +178,16 @@ pub async fn download(app: Arc<App>, req: Request<RequestBody>) -> Response<Body
             }
             return r;
         }
+        // The whole file, gzipped when the client takes it (not with a
+        // Range: a range is of the file's own bytes).
+        _ if range.is_none() && accepts_gzip(req.headers()) => {
+            let mut r = crate::api::files::file_response(gzip_body(file, &app.tasks), 0, modified);
+            let h = r.headers_mut();
+            h.remove(header::CONTENT_LENGTH);
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+            r
+        }
         // No range, or one this server does not understand: the whole file.
         _ => crate::api::files::file_response(
             crate::api::files::stream_bytes(file, 0, size),
@@ -380,6 +390,84 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
         return e.into_response();
     }
     super::json_ok(&serde_json::json!([written(&path, &meta)]))
+}
+
+/// Whether `Accept-Encoding` takes gzip (and does not refuse it with `q=0`).
+fn accepts_gzip(h: &http::HeaderMap) -> bool {
+    h.get_all(header::ACCEPT_ENCODING).iter().any(|v| {
+        v.to_str().unwrap_or("").split(',').any(|e| {
+            let mut parts = e.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+            });
+            (name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip")) && !refused
+        })
+    })
+}
+
+/// Input read and compressed per piece.
+const GZIP_PIECE: usize = 64 * 1024;
+
+/// A file as a gzip stream, compressed on a blocking thread piece by piece
+/// into a bounded channel (it stops when the client goes away).
+fn gzip_body(file: std::fs::File, tasks: &tokio_util::task::TaskTracker) -> Body {
+    use http_body_util::BodyExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(GUNZIP_QUEUE);
+    let work = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = file;
+        let mut g = super::gunzip::Gzip::new();
+        let mut out = super::gunzip::Gzip::header().to_vec();
+        let mut cur = vec![0u8; GZIP_PIECE];
+        let mut fill = |buf: &mut Vec<u8>| -> std::io::Result<usize> {
+            let mut n = 0;
+            while n < buf.len() {
+                match file.read(&mut buf[n..])? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            Ok(n)
+        };
+        let mut n = match fill(&mut cur) {
+            Ok(n) => n,
+            Err(e) => return drop(tx.blocking_send(Err(e))),
+        };
+        loop {
+            // Read ahead one piece to know which block is the last.
+            let mut next = vec![0u8; GZIP_PIECE];
+            let m = if n < GZIP_PIECE {
+                0
+            } else {
+                match fill(&mut next) {
+                    Ok(m) => m,
+                    Err(e) => return drop(tx.blocking_send(Err(e))),
+                }
+            };
+            g.block(&cur[..n], m == 0, &mut out);
+            if m == 0 {
+                g.finish(&mut out);
+            }
+            if tx
+                .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
+                .is_err()
+                || m == 0
+            {
+                return;
+            }
+            (cur, n) = (next, m);
+        }
+    });
+    tasks.spawn(async move {
+        let _ = work.await;
+    });
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r.map(http_body::Frame::data), rx))
+    });
+    http_body_util::StreamBody::new(frames).boxed_unsync()
 }
 
 /// Gunzipped pieces queued for the writer.

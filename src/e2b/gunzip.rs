@@ -1,5 +1,6 @@
 //! A small gzip decoder (RFC 1952 around RFC 1951 DEFLATE) for uploads
-//! sent with `Content-Encoding: gzip`. Pull-based: it reads input bytes
+//! sent with `Content-Encoding: gzip`, and a simple compressor ([`Gzip`])
+//! for downloads. Pull-based: it reads input bytes
 //! from a function and hands output to another in pieces, so it runs on a
 //! blocking thread between two bounded channels and holds only its 32 KiB
 //! window. Safe Rust: bad input is an error, never a crash.
@@ -396,5 +397,186 @@ mod tests {
     #[test]
     fn crc_vector() {
         assert_eq!(crc32(0, b"123456789"), 0xCBF4_3926);
+    }
+}
+
+/// A gzip compressor for downloads: each piece of input is one DEFLATE
+/// block with the fixed Huffman code and LZ77 matches found through a hash
+/// of 3-byte prefixes within the piece (no matches across pieces, so it
+/// needs no window between calls).
+pub struct Gzip {
+    crc: u32,
+    len: u32,
+    /// Bits not yet a whole byte.
+    bit: u64,
+    nbits: u32,
+}
+
+impl Default for Gzip {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gzip {
+    pub fn new() -> Gzip {
+        Gzip {
+            crc: 0,
+            len: 0,
+            bit: 0,
+            nbits: 0,
+        }
+    }
+
+    /// The gzip header.
+    pub fn header() -> &'static [u8] {
+        &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]
+    }
+
+    fn put(&mut self, out: &mut Vec<u8>, v: u32, n: u32) {
+        self.bit |= u64::from(v) << self.nbits;
+        self.nbits += n;
+        while self.nbits >= 8 {
+            out.push(self.bit as u8);
+            self.bit >>= 8;
+            self.nbits -= 8;
+        }
+    }
+
+    /// A Huffman code is sent most significant bit first.
+    fn put_code(&mut self, out: &mut Vec<u8>, code: u32, n: u32) {
+        let mut rev = 0;
+        for i in 0..n {
+            rev |= ((code >> i) & 1) << (n - 1 - i);
+        }
+        self.put(out, rev, n);
+    }
+
+    fn literal(&mut self, out: &mut Vec<u8>, sym: u32) {
+        match sym {
+            0..=143 => self.put_code(out, 0x30 + sym, 8),
+            144..=255 => self.put_code(out, 0x190 + sym - 144, 9),
+            256..=279 => self.put_code(out, sym - 256, 7),
+            _ => self.put_code(out, 0xC0 + sym - 280, 8),
+        }
+    }
+
+    fn matched(&mut self, out: &mut Vec<u8>, len: usize, dist: usize) {
+        let s = LEN_BASE
+            .iter()
+            .rposition(|b| usize::from(*b) <= len)
+            .unwrap_or(0);
+        self.literal(out, 257 + s as u32);
+        self.put(
+            out,
+            (len - usize::from(LEN_BASE[s])) as u32,
+            u32::from(LEN_EXTRA[s]),
+        );
+        let d = DIST_BASE
+            .iter()
+            .rposition(|b| usize::from(*b) <= dist)
+            .unwrap_or(0);
+        self.put_code(out, d as u32, 5);
+        self.put(
+            out,
+            (dist - usize::from(DIST_BASE[d])) as u32,
+            u32::from(DIST_EXTRA[d]),
+        );
+    }
+
+    /// Compresses one piece as one block (`last`: the final block).
+    pub fn block(&mut self, data: &[u8], last: bool, out: &mut Vec<u8>) {
+        self.crc = crc32(self.crc, data);
+        self.len = self.len.wrapping_add(data.len() as u32);
+        self.put(out, u32::from(last), 1);
+        self.put(out, 1, 2);
+        const HASH: usize = 1 << 14;
+        let mut head = vec![usize::MAX; HASH];
+        let hash = |i: usize| {
+            (usize::from(data[i]) << 10 ^ usize::from(data[i + 1]) << 5 ^ usize::from(data[i + 2]))
+                & (HASH - 1)
+        };
+        let mut i = 0;
+        while i < data.len() {
+            if i + 3 <= data.len() {
+                let h = hash(i);
+                let cand = head[h];
+                head[h] = i;
+                if cand != usize::MAX && i - cand <= WINDOW {
+                    let max = (data.len() - i).min(258);
+                    let n = (0..max)
+                        .take_while(|k| data[cand + k] == data[i + k])
+                        .count();
+                    if n >= 3 {
+                        self.matched(out, n, i - cand);
+                        for k in i + 1..(i + n).min(data.len().saturating_sub(2)) {
+                            head[hash(k)] = k;
+                        }
+                        i += n;
+                        continue;
+                    }
+                }
+            }
+            self.literal(out, u32::from(data[i]));
+            i += 1;
+        }
+        self.literal(out, 256);
+    }
+
+    /// The end: the last bits and the trailer.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.nbits > 0 {
+            out.push(self.bit as u8);
+            self.bit = 0;
+            self.nbits = 0;
+        }
+        out.extend_from_slice(&self.crc.to_le_bytes());
+        out.extend_from_slice(&self.len.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod gzip_tests {
+    use super::*;
+
+    fn round_trip(data: &[u8], piece: usize) {
+        let mut g = Gzip::new();
+        let mut out = Gzip::header().to_vec();
+        let pieces: Vec<&[u8]> = data.chunks(piece.max(1)).collect();
+        if pieces.is_empty() {
+            g.block(&[], true, &mut out);
+        }
+        for (n, p) in pieces.iter().enumerate() {
+            g.block(p, n + 1 == pieces.len(), &mut out);
+        }
+        g.finish(&mut out);
+        let mut it = out.iter().copied();
+        let mut back = Vec::new();
+        gunzip(
+            || it.next(),
+            |p| {
+                back.extend_from_slice(p);
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn compresses_what_the_decoder_reads_back() {
+        round_trip(b"", 10);
+        round_trip(b"a", 10);
+        round_trip(b"hello hello hello hello world\n", 7);
+        let text: Vec<u8> = (0..200_000u32)
+            .map(|i| b"abcab cabbage\n"[(i % 14) as usize])
+            .collect();
+        round_trip(&text, 64 * 1024);
+        let noise: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        round_trip(&noise, 64 * 1024);
+        let zeros = vec![0u8; 70_000];
+        round_trip(&zeros, 64 * 1024);
     }
 }

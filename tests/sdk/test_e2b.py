@@ -185,7 +185,7 @@ def test_files_write_read_list_info_rename_remove(sbx, tmp):
         sbx.files.read(f"{tmp}/nope")
 
 
-def test_gzip_uploads(sbx, e2b_daemon, tmp):
+def test_gzip_uploads_and_downloads(sbx, e2b_daemon, tmp):
     import gzip
     import random
 
@@ -207,6 +207,21 @@ def test_gzip_uploads(sbx, e2b_daemon, tmp):
         )
         assert r.status_code == 200, r.text
         assert open(f"{tmp}/l{level}", "rb").read() == data
+    # Downloads: gzip when asked (the SDK's read(gzip=True)), identity with a Range.
+    assert bytes(sbx.files.read(f"{tmp}/l9", format="bytes", gzip=True)) == data
+    with httpx.stream(
+        "GET", f"{url}/files", params={"path": f"{tmp}/l9"}, headers={"accept-encoding": "gzip"}
+    ) as r:
+        assert r.headers["content-encoding"] == "gzip"
+        raw = b"".join(r.iter_raw())
+    assert gzip.decompress(raw) == data
+    assert len(raw) < len(data)
+    r = httpx.get(
+        f"{url}/files",
+        params={"path": f"{tmp}/l9"},
+        headers={"accept-encoding": "gzip", "range": "bytes=0-9"},
+    )
+    assert (r.status_code, r.content, r.headers.get("content-encoding")) == (206, data[:10], None)
     # A corrupt stream is refused and leaves no file.
     bad = bytearray(gzip.compress(data))
     bad[len(bad) // 2] ^= 0xFF
