@@ -88,6 +88,8 @@ pub struct Config {
     pub metadata_env: Option<Vec<String>>,
     /// sandboxd gRPC on a port of its own, besides the main port.
     pub grpc_port: Option<u16>,
+    /// E2B envd's API (HTTP and Connect RPC) on a port of its own; None: off.
+    pub e2b_port: Option<u16>,
     /// WebSocket pings (PTY); a peer silent for twice this is dropped.
     pub ws_ping_interval: Duration,
     /// Live code contexts (Jupyter kernels) at most; 429 past it.
@@ -141,6 +143,7 @@ impl Default for Config {
             metadata_env_prefix: "SANDBOX_".into(),
             metadata_env: None,
             grpc_port: None,
+            e2b_port: None,
             ws_ping_interval: Duration::from_secs(30),
             max_code_contexts: 32,
             code_idle_timeout: None,
@@ -219,6 +222,8 @@ Options (environment variable in brackets; a flag wins over its variable):
                                   (NAME* for a prefix) (P + ID, NAME, NAMESPACE, ...)
                                   [EXECD_METADATA_ENV]
   --grpc-port N                   also serve sandboxd gRPC on this port (it is always on --port)
+  --e2b-port N                    serve E2B envd's API (HTTP + Connect RPC) on this port; envd's
+                                  is 49983 (off) [EXECD_E2B_PORT]
   --ws-ping-interval D            WebSocket ping; a peer silent for twice this is dropped (30s)
   --max-code-contexts N           live /code contexts (Jupyter kernels) at most (32)
                                   [EXECD_MAX_CODE_CONTEXTS]
@@ -279,6 +284,12 @@ pub fn parse(
     if let Some(v) = env("EXECD_API_GRACE_SHUTDOWN").filter(|v| !v.is_empty()) {
         c.graceful_shutdown_timeout =
             duration(&v).map_err(|e| format!("EXECD_API_GRACE_SHUTDOWN: {e}"))?;
+    }
+    if let Some(v) = nonempty("EXECD_E2B_PORT") {
+        c.e2b_port = Some(
+            v.parse()
+                .map_err(|_| format!("invalid EXECD_E2B_PORT '{v}'"))?,
+        );
     }
     if let Some(v) = env("EXECD_ENVS").filter(|v| !v.is_empty()) {
         c.env_file = Some(v.into());
@@ -419,6 +430,10 @@ pub fn parse(
                     v.parse()
                         .map_err(|_| format!("invalid --grpc-port '{v}'"))?,
                 );
+            }
+            Long("e2b-port") => {
+                let v = value(&mut p, "e2b-port")?;
+                c.e2b_port = Some(v.parse().map_err(|_| format!("invalid --e2b-port '{v}'"))?);
             }
             Long("ws-ping-interval") => {
                 c.ws_ping_interval =

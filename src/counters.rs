@@ -30,7 +30,7 @@ static DURATION_COUNT: AtomicU64 = AtomicU64::new(0);
 static STREAMED: AtomicU64 = AtomicU64::new(0);
 
 /// Route classes, the `route` label: the first path segment, grouped.
-pub const CLASSES: [&str; 16] = [
+pub const CLASSES: [&str; 17] = [
     "health",
     "init",
     "metrics",
@@ -46,6 +46,7 @@ pub const CLASSES: [&str; 16] = [
     "agent_sandbox",
     "sandboxd",
     "grpc",
+    "e2b",
     "other",
 ];
 /// Statuses counted by code; any other is counted as `other`.
@@ -104,6 +105,8 @@ pub fn class_of(path: &str) -> usize {
 }
 
 pub const GRPC: usize = 14;
+/// Every request on the `--e2b-port` listener.
+pub const E2B: usize = 15;
 
 pub fn request(class: usize, status: u16) {
     let s = STATUSES

@@ -433,6 +433,15 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
         config.grpc_port = Some(l.local_addr()?.port());
     }
     let header_timeout = config.header_timeout;
+    // E2B envd's API: a listener of its own (its /files, /health and
+    // /metrics would collide with the main port's routes).
+    let e2b_listener = match config.e2b_port {
+        Some(port) => Some(listen(SocketAddr::new(config.bind, port))?),
+        None => None,
+    };
+    if let Some(l) = &e2b_listener {
+        config.e2b_port = Some(l.local_addr()?.port());
+    }
     let app = App::new(config, engine.clone());
     let kernels = app.kernels.clone();
     let runtime = app.runtime.clone();
@@ -445,6 +454,17 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
         tokio::spawn(server::serve(
             l,
             app.clone(),
+            header_timeout,
+            stop.clone(),
+            grace,
+        ))
+    });
+
+    let e2b_local = e2b_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let e2b_server = e2b_listener.map(|l| {
+        tokio::spawn(server::serve(
+            l,
+            Arc::new(crate::e2b::Front(app.clone())),
             header_timeout,
             stop.clone(),
             grace,
@@ -468,6 +488,10 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     if let Some(a) = grpc_local {
         lines.push_str(&format!("execd gRPC listening on {a}\n"));
         tracing::info!(local = %a, "sandboxd gRPC port listening");
+    }
+    if let Some(a) = e2b_local {
+        lines.push_str(&format!("execd E2B listening on {a}\n"));
+        tracing::info!(local = %a, "E2B envd port listening");
     }
     {
         use std::io::Write;
@@ -585,7 +609,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     kernels.cleanup();
     let left = grace.saturating_sub(began.elapsed());
     let _ = tokio::time::timeout(left, server).await;
-    if let Some(g) = grpc_server {
+    for g in [grpc_server, e2b_server].into_iter().flatten() {
         let _ = tokio::time::timeout(grace.saturating_sub(began.elapsed()), g).await;
     }
     tracing::info!(

@@ -19,8 +19,10 @@
 
 pub mod api;
 pub mod config;
+pub mod connect;
 pub mod counters;
 pub mod daemon;
+pub mod e2b;
 pub mod fs;
 pub mod grpc;
 pub mod isolate;

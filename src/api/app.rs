@@ -40,6 +40,8 @@ pub struct App {
     pub operations: Arc<crate::operations::Operations>,
     /// Isolated sessions (`/v1/isolated`).
     pub isolated: Arc<crate::isolate::Isolated>,
+    /// E2B envd's state (`--e2b-port`).
+    pub e2b: Arc<crate::e2b::E2b>,
 }
 
 impl App {
@@ -53,7 +55,9 @@ impl App {
         let grpc = crate::grpc::server(engine.clone(), root, config.agent_exec_timeout);
         let listen_ports = std::iter::once(config.port)
             .chain(config.grpc_port)
+            .chain(config.e2b_port)
             .collect();
+        let e2b = crate::e2b::E2b::new(config.retention);
         let kernels = crate::kernel::Kernels::new(
             engine.clone(),
             crate::kernel::KernelConfig {
@@ -67,6 +71,7 @@ impl App {
             crate::operations::Operations::new(config.max_operations, config.operation_ttl);
         let isolated = crate::isolate::Isolated::new(engine.clone(), engine.config().max_sessions);
         Arc::new(App {
+            e2b,
             operations,
             runtime,
             isolated,

@@ -442,14 +442,15 @@ impl Engine {
             ],
         };
         let env = self.command_env_vec(spec);
+        let creds = spec.uid.map(|uid| users::credentials(uid, spec.gid));
         terminal::spawn(
             &self.reaper,
             &self.trees,
             &argv,
             spec.cwd.clone(),
             env,
-            cols,
-            rows,
+            (cols, rows),
+            creds,
         )
     }
 

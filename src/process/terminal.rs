@@ -33,8 +33,8 @@ pub(crate) fn spawn(
     argv: &[String],
     cwd: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
-    cols: u16,
-    rows: u16,
+    (cols, rows): (u16, u16),
+    creds: Option<(u32, u32, Vec<u32>)>,
 ) -> Result<(Terminal, oneshot::Receiver<ExitStatus>), SpawnError> {
     let io_err = |source: io::Error| SpawnError::Io {
         program: argv.first().cloned().unwrap_or_default(),
@@ -63,11 +63,22 @@ pub(crate) fn spawn(
         cmd.current_dir(cwd);
     }
     pending.apply(&mut cmd);
-    // SAFETY: only async-signal-safe calls between fork and exec.
+    // SAFETY: only async-signal-safe calls between fork and exec; the
+    // group list is allocated before the fork and only read in the child.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            // Another user: its groups, gid, then uid (the terminal is
+            // already the controlling one; its fds are open).
+            if let Some((uid, gid, groups)) = &creds {
+                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                    || libc::setgid(*gid) < 0
+                    || libc::setuid(*uid) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });

@@ -36,6 +36,20 @@ pub fn user_by_uid(passwd: &str, uid: u32) -> UserInfo {
     }
 }
 
+/// What a process switched to `uid` runs with: the uid, the gid (the
+/// given one, else the passwd entry's, else the uid) and the supplementary
+/// groups (the user's when the gid is its primary one, else the gid alone).
+pub fn credentials(uid: u32, gid: Option<u32>) -> (u32, u32, Vec<u32>) {
+    let user = user_by_uid(&read_db("/etc/passwd"), uid);
+    let gid = gid.unwrap_or(user.gid);
+    let groups = if gid == user.gid {
+        groups_of(&read_db("/etc/group"), user.name.as_deref(), gid)
+    } else {
+        vec![gid]
+    };
+    (uid, gid, groups)
+}
+
 /// Supplementary groups of user `name` (from a group file's text), plus `primary`.
 pub fn groups_of(group: &str, name: Option<&str>, primary: u32) -> Vec<u32> {
     let mut out = vec![primary];
