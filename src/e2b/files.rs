@@ -419,48 +419,35 @@ fn gzip_body(file: std::fs::File, tasks: &tokio_util::task::TaskTracker) -> Body
     use http_body_util::BodyExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(GUNZIP_QUEUE);
     let work = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
+        use std::io::{Read, Write};
         let mut file = file;
-        let mut g = super::gunzip::Gzip::new();
-        let mut out = super::gunzip::Gzip::header().to_vec();
-        let mut cur = vec![0u8; GZIP_PIECE];
-        let mut fill = |buf: &mut Vec<u8>| -> std::io::Result<usize> {
-            let mut n = 0;
-            while n < buf.len() {
-                match file.read(&mut buf[n..])? {
-                    0 => break,
-                    k => n += k,
-                }
-            }
-            Ok(n)
-        };
-        let mut n = match fill(&mut cur) {
-            Ok(n) => n,
-            Err(e) => return drop(tx.blocking_send(Err(e))),
-        };
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut piece = vec![0u8; GZIP_PIECE];
         loop {
-            // Read ahead one piece to know which block is the last.
-            let mut next = vec![0u8; GZIP_PIECE];
-            let m = if n < GZIP_PIECE {
-                0
-            } else {
-                match fill(&mut next) {
-                    Ok(m) => m,
+            let n = match file.read(&mut piece) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return drop(tx.blocking_send(Err(e))),
+            };
+            let out = if n == 0 {
+                match std::mem::replace(
+                    &mut gz,
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()),
+                )
+                .finish()
+                {
+                    Ok(v) => v,
                     Err(e) => return drop(tx.blocking_send(Err(e))),
                 }
+            } else {
+                if let Err(e) = gz.write_all(&piece[..n]) {
+                    return drop(tx.blocking_send(Err(e)));
+                }
+                std::mem::take(gz.get_mut())
             };
-            g.block(&cur[..n], m == 0, &mut out);
-            if m == 0 {
-                g.finish(&mut out);
-            }
-            if tx
-                .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
-                .is_err()
-                || m == 0
-            {
+            if (!out.is_empty() && tx.blocking_send(Ok(Bytes::from(out))).is_err()) || n == 0 {
                 return;
             }
-            (cur, n) = (next, m);
         }
     });
     tasks.spawn(async move {
@@ -474,6 +461,27 @@ fn gzip_body(file: std::fs::File, tasks: &tokio_util::task::TaskTracker) -> Body
 
 /// Gunzipped pieces queued for the writer.
 const GUNZIP_QUEUE: usize = 4;
+
+/// The compressed frames of a gzip upload, as a reader for the decoder
+/// (on a blocking thread).
+struct Chunks {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+}
+
+impl std::io::Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.chunk = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
 
 /// An upload's bytes: the request body, or what it gunzips to.
 enum Source {
@@ -491,7 +499,7 @@ impl Source {
             return Source::Plain(body);
         }
         use tokio::sync::mpsc;
-        let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(GUNZIP_QUEUE);
+        let (in_tx, in_rx) = mpsc::channel::<Bytes>(GUNZIP_QUEUE);
         let (out_tx, out_rx) = mpsc::channel(GUNZIP_QUEUE);
         let err_tx = out_tx.clone();
         let feed = async move {
@@ -514,22 +522,29 @@ impl Source {
             }
         };
         tokio::task::spawn_blocking(move || {
-            let (mut chunk, mut at) = (Bytes::new(), 0usize);
-            let input = || loop {
-                if let Some(b) = chunk.get(at) {
-                    at += 1;
-                    return Some(*b);
+            use std::io::Read;
+            let mut gz = flate2::read::MultiGzDecoder::new(Chunks {
+                rx: in_rx,
+                chunk: Bytes::new(),
+            });
+            let mut piece = vec![0u8; GZIP_PIECE];
+            loop {
+                match gz.read(&mut piece) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if out_tx
+                            .blocking_send(Ok(Bytes::copy_from_slice(&piece[..n])))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = out_tx.blocking_send(Err(format!("gzip: {e}")));
+                        return;
+                    }
                 }
-                chunk = in_rx.blocking_recv()?;
-                at = 0;
-            };
-            let sink = |piece: &[u8]| {
-                out_tx
-                    .blocking_send(Ok(Bytes::copy_from_slice(piece)))
-                    .is_ok()
-            };
-            if let Err(e) = super::gunzip::gunzip(input, sink) {
-                let _ = out_tx.blocking_send(Err(e.to_string()));
             }
         });
         tasks.spawn(feed);

@@ -13,7 +13,6 @@
 
 pub mod files;
 pub mod filesystem;
-pub mod gunzip;
 pub mod process;
 pub mod proto;
 pub mod xattr;
