@@ -259,7 +259,7 @@ pub async fn serve<S: Service>(
             match first {
                 Ok(Ok(Some(Protocol::Http1))) => {
                     let io = zerocopy::ZeroCopyIo::new(stream);
-                    let svc = service(Some(io.sink()));
+                    let svc = service(zerocopy::available().then(|| io.sink()));
                     let mut http = hyper::server::conn::http1::Builder::new();
                     // No hyper timer: the watch does its header timeout.
                     // `writev`: body frames reach the socket uncopied, which
