@@ -433,6 +433,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
         config.grpc_port = Some(l.local_addr()?.port());
     }
     let header_timeout = config.header_timeout;
+    let zero_copy = config.sendfile;
     let app = App::new(config, engine.clone());
     let kernels = app.kernels.clone();
     let runtime = app.runtime.clone();
@@ -446,6 +447,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
             l,
             app.clone(),
             header_timeout,
+            zero_copy,
             stop.clone(),
             grace,
         ))
@@ -457,6 +459,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
         listener,
         app,
         header_timeout,
+        zero_copy,
         stop.clone(),
         grace,
     ));

@@ -212,3 +212,19 @@ async fn a_file_cut_short_mid_download_breaks_the_connection() {
     assert!(body.len() < data.len(), "a cut file was sent whole");
     assert!(body == &data[..body.len()], "bytes that are not the file's");
 }
+
+/// `--no-sendfile`: the same bytes, copied through user space.
+#[tokio::test]
+async fn no_sendfile_copies_the_same_bytes() {
+    let t = TempDir::new("no-sendfile");
+    let data = content();
+    std::fs::write(t.join("f.bin"), &data).unwrap();
+    let d = Daemon::start_with(&["--no-sendfile"], &[]);
+    let url = format!("http://{}/files/download?path={}", d.addr, t.join("f.bin"));
+    let out = t.join("whole");
+    curl(&["-o", &out, &url]);
+    assert!(std::fs::read(&out).unwrap() == data, "whole file differs");
+    let (a, b) = (16 * 1024 * 1024 - 10, 16 * 1024 * 1024 + 9);
+    let part = curl(&["-H", &format!("Range: bytes={a}-{b}"), &url]);
+    assert!(part == data[a..=b], "single range differs");
+}
