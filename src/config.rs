@@ -100,6 +100,9 @@ pub struct Config {
     /// `/internal/init` answers 503 until a control plane binds the sandbox;
     /// an init-mode main process waits for the binding too.
     pub runtime_init: bool,
+    /// File downloads on plain HTTP/1.1 go from the file to the socket with
+    /// `sendfile` (`--no-sendfile`: copied through user space, as on HTTP/2).
+    pub sendfile: bool,
     /// Live operation ids (`X-EXECD-OPERATION-ID`) at most; 429 past it.
     pub max_operations: usize,
     /// `--log-format json`: one JSON object per log line.
@@ -148,6 +151,7 @@ impl Default for Config {
             max_code_contexts: 32,
             code_idle_timeout: None,
             runtime_init: false,
+            sendfile: true,
             max_operations: 4096,
             log_json: false,
             operation_ttl: Duration::from_secs(3600),
@@ -233,6 +237,8 @@ Options (environment variable in brackets; a flag wins over its variable):
                                   sandbox (id, token digest, envs, hooks) every route but /ping,
                                   /ready and /internal/init answers 503, and an init-mode CMD
                                   is not started [EXECD_RUNTIME_INIT=true]
+  --no-sendfile                   copy file downloads through user space instead of sending them
+                                  with sendfile on plain HTTP/1.1 [EXECD_SENDFILE=false]
   --max-operations N              live X-EXECD-OPERATION-ID ids at most; more get 429 (4096)
                                   [EXECD_MAX_OPERATIONS]
   --operation-ttl D               how long an operation id is remembered; later it is 410 (1h)
@@ -330,6 +336,9 @@ pub fn parse(
     }
     if let Some(v) = env("EXECD_OPERATION_TTL").filter(|v| !v.is_empty()) {
         c.operation_ttl = duration(&v).map_err(|e| format!("EXECD_OPERATION_TTL: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_SENDFILE").filter(|v| !v.is_empty()) {
+        c.sendfile = boolean(&v).map_err(|e| format!("EXECD_SENDFILE: {e}"))?;
     }
     if let Some(v) = env("EXECD_RUNTIME_INIT").filter(|v| !v.is_empty()) {
         c.runtime_init = boolean(&v).map_err(|e| format!("EXECD_RUNTIME_INIT: {e}"))?;
@@ -444,6 +453,7 @@ pub fn parse(
                 c.code_idle_timeout = (!d.is_zero()).then_some(d);
             }
             Long("runtime-init") => c.runtime_init = true,
+            Long("no-sendfile") => c.sendfile = false,
             Long("log-format") => c.log_json = log_format(&value(&mut p, "log-format")?)?,
             Long("max-operations") => {
                 c.max_operations = records(&value(&mut p, "max-operations")?)?

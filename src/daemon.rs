@@ -442,6 +442,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     if let Some(l) = &e2b_listener {
         config.e2b_port = Some(l.local_addr()?.port());
     }
+    let zero_copy = config.sendfile;
     let app = App::new(config, engine.clone());
     let kernels = app.kernels.clone();
     let runtime = app.runtime.clone();
@@ -455,6 +456,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
             l,
             app.clone(),
             header_timeout,
+            zero_copy,
             stop.clone(),
             grace,
         ))
@@ -466,6 +468,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
             l,
             Arc::new(crate::e2b::Front(app.clone())),
             header_timeout,
+            zero_copy,
             stop.clone(),
             grace,
         ))
@@ -477,6 +480,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
         listener,
         app,
         header_timeout,
+        zero_copy,
         stop.clone(),
         grace,
     ));

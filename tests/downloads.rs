@@ -164,3 +164,67 @@ async fn downloads_are_byte_exact_through_curl() {
         "download after a client left"
     );
 }
+
+/// A file cut short while it is sent: the connection ends before the
+/// promised length, and every byte that did arrive is the file's own (no
+/// padding, no zeros).
+#[tokio::test]
+async fn a_file_cut_short_mid_download_breaks_the_connection() {
+    let t = TempDir::new("zerocopy-short");
+    let data = content();
+    let path = t.join("f.bin");
+    std::fs::write(&path, &data).unwrap();
+    let d = Daemon::start();
+    let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    let req = format!("GET /files/download?path={path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    // The head and the first bytes, then the file is cut to 2 MiB.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") || got.len() < 512 * 1024 {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(2 * 1024 * 1024)
+        .unwrap();
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the connection neither ended nor broke");
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_string();
+    assert!(
+        head.contains(&format!("content-length: {}", data.len())),
+        "{head}"
+    );
+    let body = &got[head_end..];
+    assert!(body.len() < data.len(), "a cut file was sent whole");
+    assert!(body == &data[..body.len()], "bytes that are not the file's");
+}
+
+/// `--no-sendfile`: the same bytes, copied through user space.
+#[tokio::test]
+async fn no_sendfile_copies_the_same_bytes() {
+    let t = TempDir::new("no-sendfile");
+    let data = content();
+    std::fs::write(t.join("f.bin"), &data).unwrap();
+    let d = Daemon::start_with(&["--no-sendfile"], &[]);
+    let url = format!("http://{}/files/download?path={}", d.addr, t.join("f.bin"));
+    let out = t.join("whole");
+    curl(&["-o", &out, &url]);
+    assert!(std::fs::read(&out).unwrap() == data, "whole file differs");
+    let (a, b) = (16 * 1024 * 1024 - 10, 16 * 1024 * 1024 + 9);
+    let part = curl(&["-H", &format!("Range: bytes={a}-{b}"), &url]);
+    assert!(part == data[a..=b], "single range differs");
+}

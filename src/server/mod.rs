@@ -213,10 +213,12 @@ impl Query {
 /// Serves `app` on the connections of `listener` until `stop` is cancelled,
 /// then lets in-flight requests finish for at most `drain`. A client gets
 /// `header_timeout` for each request head (and to stall a request body).
+/// With `zero_copy`, file bodies on plain HTTP/1.1 go out with `sendfile`.
 pub async fn serve<S: Service>(
     listener: TcpListener,
     app: Arc<S>,
     header_timeout: Duration,
+    zero_copy: bool,
     stop: CancellationToken,
     drain: Duration,
 ) {
@@ -259,7 +261,7 @@ pub async fn serve<S: Service>(
             match first {
                 Ok(Ok(Some(Protocol::Http1))) => {
                     let io = zerocopy::ZeroCopyIo::new(stream);
-                    let svc = service(Some(io.sink()));
+                    let svc = service((zero_copy && zerocopy::available()).then(|| io.sink()));
                     let mut http = hyper::server::conn::http1::Builder::new();
                     // No hyper timer: the watch does its header timeout.
                     // `writev`: body frames reach the socket uncopied, which

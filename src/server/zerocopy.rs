@@ -10,7 +10,7 @@
 //!   only on a plain HTTP/1.1 connection whose socket is a [`ZeroCopyIo`];
 //! - the body then queues each piece of the file as a job (descriptor,
 //!   offset, length) and yields, in its place, a frame of the same length
-//!   that points into [`PLACEHOLDER`], a static never read or written;
+//!   that points into [`placeholder`], a read-only mapping never read;
 //! - hyper counts the frame against `Content-Length` and hands it, in order
 //!   and uncopied (the connection writes through `writev`, its queue
 //!   strategy), to [`ZeroCopyIo`], which recognises the placeholder by its
@@ -35,14 +35,50 @@ use tokio::net::TcpStream;
 /// The longest frame that stands for file bytes.
 pub const FRAME_MAX: usize = 16 * 1024 * 1024;
 
-/// What placeholder frames point into. All zero, so it lives in `.bss`:
-/// never touched, it costs no memory. Only its address is used.
-static PLACEHOLDER: [u8; FRAME_MAX] = [0; FRAME_MAX];
+/// What placeholder frames point into: [`FRAME_MAX`] bytes of anonymous,
+/// read-only, unreserved memory, mapped once and never read (only its
+/// address is used), so it costs no memory and no binary size (a static
+/// of zeros would sit in `.rodata`). Empty if it could not be mapped: then
+/// no connection offers zero-copy.
+fn placeholder() -> &'static [u8] {
+    static MAP: OnceLock<&'static [u8]> = OnceLock::new();
+    MAP.get_or_init(|| {
+        use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+        let Some(len) = std::num::NonZeroUsize::new(FRAME_MAX) else {
+            return &[];
+        };
+        // SAFETY: a fresh private anonymous mapping at an address the kernel
+        // chooses; it aliases nothing.
+        let map = unsafe {
+            mmap_anonymous(
+                None,
+                len,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )
+        };
+        match map {
+            // SAFETY: the mapping is FRAME_MAX readable bytes, never unmapped
+            // or written, so a shared 'static slice of it stays valid.
+            Ok(p) => unsafe { std::slice::from_raw_parts(p.as_ptr().cast::<u8>(), FRAME_MAX) },
+            Err(e) => {
+                tracing::warn!(error = %e, "zero-copy downloads off: no placeholder mapping");
+                &[]
+            }
+        }
+    })
+}
+
+/// Whether zero-copy bodies can be offered at all.
+pub fn available() -> bool {
+    placeholder().len() == FRAME_MAX
+}
 
 fn is_placeholder(buf: &[u8]) -> bool {
-    let start = PLACEHOLDER.as_ptr() as usize;
+    let map = placeholder();
+    let start = map.as_ptr() as usize;
     let p = buf.as_ptr() as usize;
-    !buf.is_empty() && p >= start && p + buf.len() <= start + FRAME_MAX
+    !buf.is_empty() && !map.is_empty() && p >= start && p + buf.len() <= start + map.len()
 }
 
 /// A piece of a file to send.
@@ -76,7 +112,7 @@ impl Sink {
             offset,
             left: len,
         });
-        Bytes::from_static(&PLACEHOLDER[..len])
+        Bytes::from_static(&placeholder()[..len])
     }
 }
 
@@ -218,9 +254,11 @@ mod tests {
 
     #[test]
     fn placeholders_are_known_by_address() {
-        assert!(is_placeholder(&PLACEHOLDER[..1]));
-        assert!(is_placeholder(&PLACEHOLDER[FRAME_MAX - 5..]));
-        assert!(!is_placeholder(&PLACEHOLDER[..0]));
+        assert!(available());
+        let map = placeholder();
+        assert!(is_placeholder(&map[..1]));
+        assert!(is_placeholder(&map[FRAME_MAX - 5..]));
+        assert!(!is_placeholder(&map[..0]));
         let copy = vec![0u8; 16];
         assert!(!is_placeholder(&copy));
         assert!(!is_placeholder(b"HTTP/1.1 200 OK\r\n"));
