@@ -31,7 +31,7 @@ usage: execd-bench [--smoke] [--execd PATH] [--svg PATH]
   --execd PATH   the daemon binary (default: the static release build, as shipped)
   --svg PATH     also plot the history of key ratios into an SVG file
   --only GROUPS  only these figure groups, comma-separated (for profiling):
-                 ping, command, stream, files, code, startup; not saved to history
+                 ping, command, stream, files, code, startup, size; not saved to history
                  (code needs EXECD_KERNEL_VENV, a venv made by tests/kernel-venv.sh;
                  without it its figures are n/a)
   --bare-server  (internal) run the bare hyper baseline server
@@ -123,12 +123,24 @@ fn main() -> ExitCode {
 /// Runs every figure group, prints and saves the report; `Ok(false)` when
 /// some figure could not be produced.
 async fn bench(args: &Args) -> Result<bool, String> {
+    let out = server::target_dir().join("bench");
+    // The size groups read a copy of the same build with its symbol table,
+    // built first (the shipped build then replaces it at the same path).
+    let symbols = match &args.execd {
+        Some(_) => Err("n/a (--execd given: the size groups need a build of this checkout)".into()),
+        None if args.wants("size") => figures::size::build_with_symbols().and_then(|b| {
+            std::fs::create_dir_all(&out).map_err(|e| format!("{out:?}: {e}"))?;
+            let copy = out.join("execd-with-symbols");
+            std::fs::copy(&b, &copy).map_err(|e| format!("{copy:?}: {e}"))?;
+            Ok(copy)
+        }),
+        None => Err("not asked for".into()),
+    };
     let bin = match &args.execd {
         Some(p) => p.clone(),
         None => server::build_execd()?,
     };
     let bin = std::fs::canonicalize(&bin).map_err(|e| format!("{bin:?}: {e}"))?;
-    let out = server::target_dir().join("bench");
     let scratch = out.join("tmp");
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{scratch:?}: {e}"))?;
     let plan = Plan { smoke: args.smoke };
@@ -139,9 +151,17 @@ async fn bench(args: &Args) -> Result<bool, String> {
         bin.display()
     );
 
+    // Read cold, as a container start reads it (see `idle_rss`).
+    let cold = figures::process::drop_from_page_cache(&bin);
     let execd = server::Server::execd(&bin)?;
     let mut figs = vec![figures::process::binary_size(&bin)];
-    figs.push(figures::process::idle_rss(&execd).await);
+    if args.wants("size") {
+        figs.extend(match &symbols {
+            Ok(with_symbols) => figures::size::figures(with_symbols, &bin),
+            Err(e) => figures::size::figures_unavailable(e),
+        });
+    }
+    figs.push(figures::process::idle_rss(&execd, cold).await);
     let run = Run {
         plan,
         bin: bin.clone(),

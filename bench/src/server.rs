@@ -159,6 +159,12 @@ const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static -C relocation-mode
 /// library installed), falls back to the ordinary dynamic release build and
 /// says so.
 pub fn build_execd() -> Result<PathBuf> {
+    build_execd_with(&[])
+}
+
+/// [`build_execd`] with extra environment for cargo (the size figures build
+/// the same binary with its symbol table kept).
+pub fn build_execd_with(env: &[(&str, &str)]) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     if let Some(triple) = host_triple() {
         eprintln!(
@@ -167,6 +173,7 @@ pub fn build_execd() -> Result<PathBuf> {
         let status = Command::new(&cargo)
             .args(["build", "--release", "--target", &triple, "--bin", "execd"])
             .env("RUSTFLAGS", STATIC_RUSTFLAGS)
+            .envs(env.iter().copied())
             .current_dir(workspace_root())
             .stdout(Stdio::null())
             .status()
@@ -179,6 +186,7 @@ pub fn build_execd() -> Result<PathBuf> {
     eprintln!("building execd: cargo build --release -p execd");
     let status = Command::new(cargo)
         .args(["build", "--release", "-p", "execd"])
+        .envs(env.iter().copied())
         .current_dir(workspace_root())
         .stdout(Stdio::null())
         .status()

@@ -6,6 +6,7 @@ pub mod command;
 pub mod files;
 pub mod ping;
 pub mod process;
+pub mod size;
 pub mod stream;
 
 use std::future::Future;
