@@ -33,7 +33,28 @@ pub struct ExitStatus {
 pub struct Resources {
     pub user_ms: u64,
     pub system_ms: u64,
-    pub max_rss_kib: u64,
+    /// The command's peak resident set, where it is known to be its own
+    /// (see [`own_peak`]); `None` otherwise.
+    pub max_rss_kib: Option<u64>,
+}
+
+/// The peak resident set `wait4` reported for a child, if it is the
+/// child's own.
+///
+/// A child made with `CLONE_VM` (posix_spawn, the vfork spawn) or `fork`
+/// starts in execd's memory; at `execve` the kernel records the peak of
+/// the memory it leaves (execd's) in the child's own peak. So `ru_maxrss`
+/// is `max(execd's peak at the exec, the command's own peak)`. When it
+/// exceeds execd's peak now (`getrusage(RUSAGE_SELF)`, which is at least
+/// execd's peak at any earlier exec), it is the command's own; otherwise the
+/// true figure is unknown (the command stayed below execd's peak), and
+/// `None` says so rather than a number that is execd's.
+pub fn own_peak(child_kib: i64) -> Option<u64> {
+    let child = u64::try_from(child_kib).ok()?;
+    let own = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .ok()
+        .and_then(|u| u64::try_from(u.max_rss()).ok())?;
+    (child > own).then_some(child)
 }
 
 #[derive(Default)]
@@ -164,7 +185,7 @@ impl Reaper {
                     resources: Resources {
                         user_ms: tv_ms(ru.ru_utime),
                         system_ms: tv_ms(ru.ru_stime),
-                        max_rss_kib: ru.ru_maxrss.max(0) as u64,
+                        max_rss_kib: own_peak(ru.ru_maxrss),
                     },
                 };
                 let tx = self.lock_waiters().by_pid.remove(&pid);
