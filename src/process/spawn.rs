@@ -231,8 +231,8 @@ fn spawn_vfork(reaper: &Reaper, spec: &SpawnSpec, pending: Pending) -> Result<Sp
     if let Some(cwd) = &spec.cwd {
         plan.cwd(cwd).map_err(io_err)?;
     }
-    if let Some(procs) = pending.cgroup_procs() {
-        plan.cgroup_procs(procs);
+    if let Some((dir, procs)) = pending.cgroup() {
+        plan.cgroup(dir, procs);
     }
     if let Some(creds) = creds {
         plan.creds(creds);

@@ -7,10 +7,12 @@
 //!
 //! - **cgroup v2** (`--cgroups auto` where a writable cgroup2 hierarchy with
 //!   `cgroup.kill` exists): every process tree gets its own cgroup
-//!   `<base>/cmd-<n>`. The child moves itself into it between fork and exec
-//!   (it writes `0` to the cgroup's `cgroup.procs`, through a descriptor the
-//!   parent opened), so it is inside before it runs a single instruction of
-//!   the program and nothing it forks can be outside. Ending the tree is one
+//!   `<base>/cmd-<n>`. The child is made inside it (`clone3` with
+//!   `CLONE_INTO_CGROUP`, see `vfork.rs`), or where that is refused moves
+//!   itself into it between fork and exec (it writes `0` to the cgroup's
+//!   `cgroup.procs`, through a descriptor the parent opened), so it is
+//!   inside before it runs a single instruction of the program and nothing
+//!   it forks can be outside. Ending the tree is one
 //!   write of `1` to `cgroup.kill`: the kernel kills every member, also those
 //!   forked concurrently. Once it is empty, the cgroup goes back to a small
 //!   pool of empty cgroups for the next command (a `mkdir` and `rmdir` of a
@@ -38,7 +40,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -91,12 +93,20 @@ struct Slot {
     dir: PathBuf,
     /// `dir` as `/proc/<pid>/cgroup` spells it.
     rel: String,
-    /// `cgroup.procs`, into which the child writes `0` before exec.
+    /// The directory, for `clone3(CLONE_INTO_CGROUP)`.
+    dirfd: File,
+    /// `cgroup.procs`, into which the child writes `0` before exec where
+    /// it cannot be made inside the cgroup.
     procs: File,
     /// `cgroup.kill`.
     kill: File,
     /// `cgroup.events`, read for `populated`.
     events: File,
+    /// `cgroup.kill` was written: the cgroup is removed, never pooled. (A
+    /// child cloned into a cgroup whose kill count differs from that of its
+    /// parent's cgroup is killed at birth by the kernel, as if it had raced
+    /// the kill: a killed cgroup would kill every later command.)
+    killed: AtomicBool,
     /// The generation of the tree that owns the cgroup; 0 while free. Held
     /// while acting on the cgroup, so it cannot change hands meanwhile.
     owner: Mutex<u64>,
@@ -112,20 +122,27 @@ impl Slot {
                 .write(write)
                 .open(dir.join(name))
         };
+        let dirfd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&dir);
         match (
+            dirfd,
             open("cgroup.procs", true),
             open("cgroup.kill", true),
             open("cgroup.events", false),
         ) {
-            (Ok(procs), Ok(kill), Ok(events)) => Ok(Slot {
+            (Ok(dirfd), Ok(procs), Ok(kill), Ok(events)) => Ok(Slot {
                 dir,
                 rel,
+                dirfd,
                 procs,
                 kill,
                 events,
+                killed: AtomicBool::new(false),
                 owner: Mutex::new(0),
             }),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
                 let _ = std::fs::remove_dir(&dir);
                 Err(e)
             }
@@ -210,10 +227,11 @@ impl Trees {
         self.recycle(slot);
     }
 
-    /// Pools a free, empty cgroup, or removes it when the pool is full.
+    /// Pools a free, empty cgroup, or removes it when the pool is full or
+    /// it was killed.
     fn recycle(&self, slot: Arc<Slot>) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < POOL_MAX {
+        if pool.len() < POOL_MAX && !slot.killed.load(Ordering::SeqCst) {
             pool.push(slot);
         } else {
             drop(pool);
@@ -351,11 +369,14 @@ impl Pending {
         self.cgroup.is_some()
     }
 
-    /// With a cgroup: its `cgroup.procs`, open for writing, into which the
-    /// child writes `0` before exec (the spawn without `Command`).
-    pub fn cgroup_procs(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+    /// With a cgroup: its directory (to clone the child into it) and its
+    /// `cgroup.procs`, open for writing (for the child's write where it
+    /// cannot be cloned into it), for the spawn without `Command`.
+    pub fn cgroup(&self) -> Option<(std::os::fd::BorrowedFd<'_>, std::os::fd::BorrowedFd<'_>)> {
         use std::os::fd::AsFd;
-        self.cgroup.as_ref().map(|(slot, _)| slot.procs.as_fd())
+        self.cgroup
+            .as_ref()
+            .map(|(slot, _)| (slot.dirfd.as_fd(), slot.procs.as_fd()))
     }
 
     /// Without a cgroup: the environment variable (name, value) that marks
@@ -431,6 +452,7 @@ impl Tree {
                 if *owner != *generation {
                     return;
                 }
+                slot.killed.store(true, Ordering::SeqCst);
                 if let Err(e) = slot.kill.write_at(b"1", 0) {
                     tracing::warn!(dir = %slot.dir.display(), error = %e, "cgroup.kill failed");
                 }
