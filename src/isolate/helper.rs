@@ -507,11 +507,7 @@ fn enter_main(plan: &EnterPlan) -> i32 {
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
             Mode::empty(),
         ) {
-            // SAFETY: open returned a new descriptor that nothing else owns.
-            Ok(fd) => fds.push((
-                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
-                flag,
-            )),
+            Ok(fd) => fds.push((fd, flag)),
             Err(e) => return fail(&format!("open {p}: {e}")),
         }
     }

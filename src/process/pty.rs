@@ -674,9 +674,8 @@ fn publish(session: &PtySession, source: Source, data: &[u8]) {
 async fn read_fd(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let mut guard = fd.readable().await?;
-        let r = guard.try_io(|inner| {
-            nix::unistd::read(inner.get_ref().as_raw_fd(), buf).map_err(io::Error::from)
-        });
+        let r =
+            guard.try_io(|inner| nix::unistd::read(inner.get_ref(), buf).map_err(io::Error::from));
         if let Ok(r) = r {
             return r;
         }
@@ -762,8 +761,6 @@ pub(crate) fn open_pty(size: Option<Size>) -> io::Result<(OwnedFd, OwnedFd)> {
         OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )?;
-    // SAFETY: `open` returned a new fd that nothing else owns.
-    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     // SAFETY: into_raw_fd hands over sole ownership of the master fd.
     let master = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master)) };
     if let Some(size) = size {
