@@ -143,15 +143,11 @@ impl Reaper {
     fn run(&self) {
         let mut seen_spawns = 0u64;
         loop {
-            // SAFETY: siginfo_t is plain data; waitid only writes into it.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: a plain syscall with a valid pointer to `info`.
-            let r =
-                unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
-            if r == -1 {
-                match std::io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::ECHILD) => {
+            use nix::sys::wait::{waitid, Id, WaitPidFlag};
+            if let Err(e) = waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                match e {
+                    nix::errno::Errno::EINTR => continue,
+                    nix::errno::Errno::ECHILD => {
                         // No children at all: sleep until something is spawned.
                         let mut w = self.lock_waiters();
                         while w.spawned == seen_spawns {
@@ -206,9 +202,7 @@ fn tv_ms(tv: libc::timeval) -> u64 {
 }
 
 fn set_child_subreaper() {
-    // SAFETY: prctl with integer arguments only.
-    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    if r != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot become a child subreaper; orphans re-parent to PID 1");
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphans re-parent to PID 1");
     }
 }
