@@ -159,6 +159,9 @@ fn cloexec_inherited() {
         .unwrap_or_default();
     for fd in fds {
         use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        // SAFETY: an inherited descriptor listed in /proc/self/fd at start-up,
+        // before any thread could close it; borrowed only for this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
 }

@@ -56,7 +56,32 @@ async fn every_event_has_type_timestamp_and_increasing_eid() {
         last = Some(eid);
     }
     let r = terminal(&evs);
-    assert!(r["resources"]["max_rss_kib"].as_u64().unwrap() > 0, "{r}");
+    let rss = &r["resources"]["max_rss_kib"];
+    assert!(rss.is_null() || rss.is_u64(), "{r}");
+}
+
+/// `max_rss_kib` is the command's own peak, or null where it cannot be told
+/// apart from execd's (a spawned child starts in execd's memory, and the
+/// kernel counts that toward the child's peak): never execd's figure.
+#[tokio::test]
+async fn max_rss_is_the_commands_own_or_null() {
+    let d = Daemon::start();
+    let evs = d.run(json!({"command": "true"})).await;
+    let rss = &terminal(&evs)["resources"]["max_rss_kib"];
+    assert!(
+        rss.is_null() || rss.as_u64().is_some_and(|k| k < 2048),
+        "`true` peaks far below 2 MiB: {rss}"
+    );
+    // `tail` holds the whole newline-free input: a peak of about 100 MiB.
+    let evs = d
+        .run(json!({"command": "head -c 100M /dev/zero | tail | wc -c"}))
+        .await;
+    assert_eq!(text_of(&evs, "stdout"), "104857600\n", "{evs:?}");
+    let r = terminal(&evs);
+    let kib = r["resources"]["max_rss_kib"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a 100 MiB peak is above execd's own: {r}"));
+    assert!((100 * 1024..160 * 1024).contains(&kib), "{r}");
 }
 
 #[tokio::test]

@@ -335,10 +335,11 @@ fn cgroup2_rw() -> Option<std::path::PathBuf> {
 }
 
 /// Where the machine allows it, each command runs in a cgroup of its own
-/// below execd's, which goes once the command and what it left are gone;
-/// with `--cgroups off` commands stay in execd's cgroup.
+/// below execd's, which is emptied once the command and what it left are
+/// gone (then pooled for a later command); with `--cgroups off` commands
+/// stay in execd's cgroup.
 #[tokio::test]
-async fn a_cgroup_per_command_removed_when_empty() {
+async fn a_cgroup_per_command_emptied_when_done() {
     let root = cgroup2_rw();
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     // SAFETY: geteuid has no preconditions.
@@ -369,10 +370,73 @@ async fn a_cgroup_per_command_removed_when_empty() {
     let want = format!("/execd-{}/cmd-", d.pid());
     assert!(line.contains(&want), "not in a cgroup of its own: {out:?}");
     let cg = root.unwrap().join(line.trim_start_matches('/'));
-    assert!(cg.is_dir(), "{} exists while the job runs", cg.display());
+    let populated = || {
+        std::fs::read_to_string(cg.join("cgroup.events"))
+            .is_ok_and(|s| s.lines().any(|l| l == "populated 1"))
+    };
+    assert!(populated(), "{} holds the job while it runs", cg.display());
+    // While it does, a new command gets another cgroup.
+    let evs = d.run(json!({"command": "cat /proc/self/cgroup"})).await;
+    assert!(!text_of(&evs, "stdout").contains(line), "{evs:?}");
     std::fs::write(&gate, "").unwrap();
-    eventually(LIMIT, "the command's cgroup removed", || !cg.exists()).await;
+    eventually(LIMIT, "the command's cgroup emptied", || !populated()).await;
 }
+
+/// A finished run's cgroup is handed to later commands: ending the old
+/// run's tree (here: deleting its session, which kills what its runs left)
+/// must not reach the command that uses the cgroup now.
+async fn a_reused_cgroup_is_not_killed_by_its_former_owner(mode: &str) {
+    let d = daemon(mode);
+    let t = tag();
+    let _c = Cleanup(vec![t.clone()]);
+    let cgroup_of = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("0::"))
+            .map(str::to_string)
+    };
+    for attempt in 0.. {
+        let r = d.post_json("/session", &json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let sid = r.json()["session_id"].as_str().unwrap().to_string();
+        let mut s = d
+            .stream(
+                &format!("/session/{sid}/run"),
+                &json!({"command": "cat /proc/self/cgroup"}),
+            )
+            .await;
+        let first = cgroup_of(&text_of(&s.collect().await, "stdout"));
+        let cmd = format!("cat /proc/self/cgroup; sleep 1000.{t}{attempt}");
+        let evs = d.run(json!({"command": cmd, "background": true})).await;
+        let id = evs[0]["text"].as_str().unwrap().to_string();
+        let suffix = attempt.to_string();
+        wait_started(&t, &[suffix.as_str()]).await;
+        let logs = d.get(&format!("/command/{id}/logs")).await.text();
+        let reused = first.is_some() && cgroup_of(&logs) == first;
+        let in_cgroups = first.as_deref().is_some_and(|l| l.contains("/cmd-"));
+        if in_cgroups && !reused {
+            // The old run's cgroup was not back in the pool yet: again.
+            assert!(attempt < 20, "a finished run's cgroup is never reused");
+            let _ = d.delete(&format!("/session/{sid}")).await;
+            let _ = d.delete(&format!("/command?id={id}")).await;
+            continue;
+        }
+        let r = d.delete(&format!("/session/{sid}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        // A SIGKILL, had one been sent, is already queued: the process
+        // would be gone within a few polls.
+        for _ in 0..20 {
+            assert!(
+                marked(&t).iter().any(|(_, x)| *x == suffix),
+                "the command in the reused cgroup was killed"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let st = d.get(&format!("/command/status/{id}")).await.json();
+        assert_eq!(st["running"], true, "{st}");
+        break;
+    }
+}
+both!(a_reused_cgroup_is_not_killed_by_its_former_owner);
 
 /// A hierarchy that takes no more cgroups (`cgroup.max.descendants`) does
 /// not stop commands: their trees are tracked instead, and still end whole.
@@ -400,6 +464,11 @@ async fn a_full_hierarchy_falls_back_to_tracking() {
 
     let t = tag();
     let _c = Cleanup(vec![t.clone()]);
+    // The first command's cgroup went back to the pool: a filler takes it,
+    // so the next command needs a new one.
+    d.run(json!({"command": format!("sleep 1000.{t}8"), "background": true, "timeout": 8000}))
+        .await;
+    wait_started(&t, &["8"]).await;
     let cmd = format!("cat /proc/self/cgroup; {}sleep 1000.{t}9", escapes(&t));
     let evs = d
         .run(json!({"command": cmd, "background": true, "timeout": 8000}))
@@ -492,15 +561,27 @@ async fn argv_failures(mode: &str) {
     let evs = d.run(json!({"argv": [&script]})).await;
     assert_eq!(text_of(&evs, "stdout"), "RAN-BY-SH\n", "{evs:?}");
 
-    // The cgroups of the commands that failed to start are all removed.
+    // The cgroups of the commands that failed to start are all emptied
+    // (and a few kept for reuse: far fewer than the commands run).
     if let Some(dir) = command_cgroups(&d) {
-        eventually(LIMIT, "no command cgroup left", || {
-            std::fs::read_dir(&dir).is_ok_and(|rd| {
-                !rd.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with("cmd-"))
+        let cgroups = || -> Vec<std::path::PathBuf> {
+            std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().starts_with("cmd-"))
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        eventually(LIMIT, "no command cgroup populated", || {
+            cgroups().iter().all(|c| {
+                std::fs::read_to_string(c.join("cgroup.events"))
+                    .is_ok_and(|s| s.lines().any(|l| l == "populated 0"))
             })
         })
         .await;
+        assert!(cgroups().len() <= 32, "{:?}", cgroups());
     }
 }
 

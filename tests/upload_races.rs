@@ -24,7 +24,13 @@ fn euid() -> u32 {
 
 /// Swaps `a` and `b` atomically, whatever they are.
 fn exchange(a: &Path, b: &Path) {
-    let _ = nix::fcntl::renameat2(None, a, None, b, nix::fcntl::RenameFlags::RENAME_EXCHANGE);
+    let _ = nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        a,
+        nix::fcntl::AT_FDCWD,
+        b,
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    );
 }
 
 /// Everything in `dir` with its content, sorted.

@@ -365,7 +365,10 @@ fn terminal(buf: &mut BytesMut, f: &Finished, eid: u64) {
     buf.put_slice(b",\"interrupted\":");
     put_bool(buf, f.interrupted);
     buf.put_slice(b",\"resources\":{\"max_rss_kib\":");
-    put_u64(buf, f.resources.max_rss_kib);
+    match f.resources.max_rss_kib {
+        Some(kib) => put_u64(buf, kib),
+        None => buf.put_slice(b"null"),
+    }
     buf.put_slice(b",\"system_cpu_ms\":");
     put_u64(buf, f.resources.system_ms);
     buf.put_slice(b",\"user_cpu_ms\":");
@@ -650,10 +653,23 @@ mod tests {
             resources: Resources {
                 user_ms: 5,
                 system_ms: 0,
-                max_rss_kib: 4096,
+                max_rss_kib: Some(4096),
             },
             dropped_bytes: 7,
         }
+    }
+
+    /// A peak that is not the command's own is null.
+    #[test]
+    fn an_unknown_peak_is_null() {
+        let mut f = finished(0, None, None);
+        f.resources.max_rss_kib = None;
+        let mut buf = BytesMut::new();
+        terminal(&mut buf, &f, 1);
+        let v: serde_json::Value =
+            serde_json::from_str(std::str::from_utf8(&buf).expect("utf-8").trim_end())
+                .expect("json");
+        assert!(v["resources"]["max_rss_kib"].is_null(), "{v}");
     }
 
     /// The terminal event is one JSON object with every field, whatever the outcome.

@@ -16,7 +16,12 @@
 use std::collections::VecDeque;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::UnlinkatFlags;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -172,78 +177,45 @@ fn cstr(b: &[u8]) -> io::Result<CString> {
     CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-fn openat(dir: RawFd, name: &[u8], flags: i32) -> io::Result<OwnedFd> {
+fn oflags(flags: i32) -> OFlag {
+    OFlag::from_bits_retain(flags) | OFlag::O_CLOEXEC
+}
+
+fn openat(dir: impl AsFd, name: &[u8], flags: i32) -> io::Result<OwnedFd> {
     let c = cstr(name)?;
-    // SAFETY: c is a valid NUL-terminated string; the returned fd is owned.
-    let fd = unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(nix::fcntl::openat(
+        dir,
+        c.as_c_str(),
+        oflags(flags),
+        Mode::empty(),
+    )?)
 }
 
-/// The layout of `struct open_how` (linux/openat2.h).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_BENEATH: u64 = 0x08;
-
-fn openat2_beneath(dir: RawFd, path: &[u8], flags: i32) -> io::Result<OwnedFd> {
+fn openat2_beneath(dir: impl AsFd, path: &[u8], flags: i32) -> io::Result<OwnedFd> {
     let c = cstr(path)?;
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+    let how = || {
+        OpenHow::new()
+            .flags(oflags(flags))
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS)
     };
     for _ in 0..8 {
-        // SAFETY: c and how outlive the call; size matches the struct passed.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir,
-                c.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: the kernel returned a new descriptor owned by nobody else.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
-        }
-        let e = io::Error::last_os_error();
-        // EAGAIN: a concurrent rename raced a `..`; the kernel asks to retry.
-        if e.raw_os_error() != Some(libc::EAGAIN) {
-            return Err(e);
+        match nix::fcntl::openat2(dir.as_fd(), c.as_c_str(), how()) {
+            Ok(fd) => return Ok(fd),
+            // A concurrent rename raced a `..`; the kernel asks to retry.
+            Err(Errno::EAGAIN) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Err(io::Error::from_raw_os_error(libc::EAGAIN))
 }
 
-fn fstat(fd: RawFd) -> io::Result<libc::stat> {
-    // SAFETY: zeroed is a valid bit pattern for stat; fstat fills it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: st is a valid out-pointer.
-    if unsafe { libc::fstat(fd, &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st)
+fn fstat(fd: impl AsFd) -> io::Result<libc::stat> {
+    Ok(nix::sys::stat::fstat(fd)?)
 }
 
-fn readlinkat(dir: RawFd, name: &[u8]) -> io::Result<Vec<u8>> {
+fn readlinkat(dir: impl AsFd, name: &[u8]) -> io::Result<Vec<u8>> {
     let c = cstr(name)?;
-    let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    // SAFETY: buf has buf.len() writable bytes.
-    let n = unsafe { libc::readlinkat(dir, c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
+    Ok(nix::fcntl::readlinkat(dir, c.as_c_str())?.into_vec())
 }
 
 fn is_type(st: &libc::stat, t: libc::mode_t) -> bool {
@@ -277,7 +249,7 @@ impl Root {
     /// Opens `path` (symlinks in it resolved normally: it is trusted config).
     pub fn open(path: &Path) -> io::Result<Root> {
         let fd = openat(
-            libc::AT_FDCWD,
+            nix::fcntl::AT_FDCWD,
             path.as_os_str().as_bytes(),
             libc::O_PATH | libc::O_DIRECTORY,
         )?;
@@ -295,7 +267,7 @@ impl Root {
     pub fn open_beneath(&self, rel: &RelPath, flags: i32) -> ConfineResult<OwnedFd> {
         let p = rel.to_path();
         if OPENAT2.load(Ordering::Relaxed) != OPENAT2_NO {
-            match openat2_beneath(self.dir.as_raw_fd(), p.as_os_str().as_bytes(), flags) {
+            match openat2_beneath(&self.dir, p.as_os_str().as_bytes(), flags) {
                 Ok(fd) => {
                     OPENAT2.store(OPENAT2_YES, Ordering::Relaxed);
                     return Ok(fd);
@@ -325,7 +297,7 @@ impl Root {
         let mut stack: Vec<OwnedFd> = Vec::new();
         let mut links = 0;
         while let Some(c) = queue.pop_front() {
-            let cur = stack.last().map_or(self.dir.as_raw_fd(), |f| f.as_raw_fd());
+            let cur = stack.last().unwrap_or(&self.dir).as_fd();
             match &c[..] {
                 b"" | b"." => continue,
                 b".." => {
@@ -338,7 +310,7 @@ impl Root {
             }
             let fd = openat(cur, &c, libc::O_PATH | libc::O_NOFOLLOW)
                 .map_err(|e| ConfineError::io("open", e))?;
-            let st = fstat(fd.as_raw_fd()).map_err(|e| ConfineError::io("stat", e))?;
+            let st = fstat(&fd).map_err(|e| ConfineError::io("stat", e))?;
             if is_type(&st, libc::S_IFLNK) {
                 links += 1;
                 if links > MAX_LINKS {
@@ -369,7 +341,7 @@ impl Root {
             return openat(cur, &c, flags | libc::O_NOFOLLOW)
                 .map_err(|e| ConfineError::io("open", e));
         }
-        let cur = stack.last().map_or(self.dir.as_raw_fd(), |f| f.as_raw_fd());
+        let cur = stack.last().unwrap_or(&self.dir);
         openat(cur, b".", flags).map_err(|e| ConfineError::io("open", e))
     }
 
@@ -377,17 +349,13 @@ impl Root {
     /// Returns the parent directory too.
     pub fn lstat(&self, rel: &RelPath) -> ConfineResult<(Option<OwnedFd>, libc::stat)> {
         let Some((parent, name)) = rel.split_last() else {
-            let st = fstat(self.dir.as_raw_fd()).map_err(|e| ConfineError::io("stat", e))?;
+            let st = fstat(&self.dir).map_err(|e| ConfineError::io("stat", e))?;
             return Ok((None, st));
         };
         let dir = self.open_beneath(&parent, libc::O_PATH | libc::O_DIRECTORY)?;
-        let fd = openat(
-            dir.as_raw_fd(),
-            name.as_bytes(),
-            libc::O_PATH | libc::O_NOFOLLOW,
-        )
-        .map_err(|e| ConfineError::io("open", e))?;
-        let st = fstat(fd.as_raw_fd()).map_err(|e| ConfineError::io("stat", e))?;
+        let fd = openat(&dir, name.as_bytes(), libc::O_PATH | libc::O_NOFOLLOW)
+            .map_err(|e| ConfineError::io("open", e))?;
+        let st = fstat(&fd).map_err(|e| ConfineError::io("stat", e))?;
         Ok((Some(dir), st))
     }
 
@@ -403,12 +371,9 @@ impl Root {
         };
         let dir = self.make_dirs(&parent)?;
         let c = cstr(name.as_bytes()).map_err(|e| ConfineError::io("mkdir", e))?;
-        // SAFETY: c is NUL-terminated; dir is an open directory descriptor.
-        if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) } < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(ConfineError::io("mkdir", e));
-            }
+        match nix::sys::stat::mkdirat(&dir, c.as_c_str(), Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(ConfineError::io("mkdir", e.into())),
         }
         self.open_beneath(rel, flags)
     }
@@ -429,7 +394,7 @@ impl Root {
                 let Ok(fd) = self.open_beneath(&child, libc::O_PATH) else {
                     continue;
                 };
-                let Ok(st) = fstat(fd.as_raw_fd()) else {
+                let Ok(st) = fstat(&fd) else {
                     continue;
                 };
                 out.push(entry_from(name, &st));
@@ -444,7 +409,7 @@ impl Root {
     /// Describes `rel` (symlinks followed beneath the root).
     pub fn stat(&self, rel: &RelPath) -> ConfineResult<Entry> {
         let fd = self.open_beneath(rel, libc::O_PATH)?;
-        let st = fstat(fd.as_raw_fd()).map_err(|e| ConfineError::io("stat", e))?;
+        let st = fstat(&fd).map_err(|e| ConfineError::io("stat", e))?;
         let name = rel
             .components()
             .last()
@@ -456,7 +421,7 @@ impl Root {
     /// Opens the file `rel` for reading. A directory is `EISDIR`.
     pub fn open_file(&self, rel: &RelPath) -> ConfineResult<(std::fs::File, Entry)> {
         let fd = self.open_beneath(rel, libc::O_RDONLY)?;
-        let st = fstat(fd.as_raw_fd()).map_err(|e| ConfineError::io("stat", e))?;
+        let st = fstat(&fd).map_err(|e| ConfineError::io("stat", e))?;
         let e = entry_from(OsString::new(), &st);
         if e.is_dir {
             return Err(ConfineError::io(
@@ -491,11 +456,8 @@ impl Root {
         };
         let c = cstr(name.as_bytes()).map_err(|e| ConfineError::io("remove", e))?;
         if !is_type(&st, libc::S_IFDIR) {
-            // SAFETY: c is NUL-terminated; dir is an open directory descriptor.
-            if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } < 0 {
-                return Err(ConfineError::io("remove", io::Error::last_os_error()));
-            }
-            return Ok(());
+            return nix::unistd::unlinkat(&dir, c.as_c_str(), UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| ConfineError::io("remove", e.into()));
         }
         if recursive {
             // std's remove_dir_all works with openat/unlinkat and never follows
@@ -503,11 +465,8 @@ impl Root {
             let p = fd_path(&dir, &self.path.join(parent.to_path())).join(name);
             return std::fs::remove_dir_all(&p).map_err(|e| ConfineError::io("remove", e));
         }
-        // SAFETY: as above.
-        if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) } < 0 {
-            return Err(ConfineError::io("remove", io::Error::last_os_error()));
-        }
-        Ok(())
+        nix::unistd::unlinkat(&dir, c.as_c_str(), UnlinkatFlags::RemoveDir)
+            .map_err(|e| ConfineError::io("remove", e.into()))
     }
 
     /// Prepares writing the file `rel`: its parent directories are created
@@ -536,12 +495,8 @@ impl Root {
                 self.open_beneath(&parent, libc::O_PATH | libc::O_DIRECTORY)?
             };
             first = false;
-            let st = match openat(
-                dir.as_raw_fd(),
-                name.as_bytes(),
-                libc::O_PATH | libc::O_NOFOLLOW,
-            ) {
-                Ok(fd) => fstat(fd.as_raw_fd()).map_err(|e| ConfineError::io("stat", e))?,
+            let st = match openat(&dir, name.as_bytes(), libc::O_PATH | libc::O_NOFOLLOW) {
+                Ok(fd) => fstat(&fd).map_err(|e| ConfineError::io("stat", e))?,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok((dir, name)),
                 Err(e) => return Err(ConfineError::io("open", e)),
             };
@@ -551,8 +506,8 @@ impl Root {
             if !is_type(&st, libc::S_IFLNK) {
                 return Ok((dir, name));
             }
-            let target = readlinkat(dir.as_raw_fd(), name.as_bytes())
-                .map_err(|e| ConfineError::io("readlink", e))?;
+            let target =
+                readlinkat(&dir, name.as_bytes()).map_err(|e| ConfineError::io("readlink", e))?;
             if target.starts_with(b"/") {
                 return Err(ConfineError::Escapes);
             }
@@ -594,36 +549,16 @@ pub fn fd_path(fd: &OwnedFd, fallback: &Path) -> PathBuf {
 
 /// The names in an open directory, without `.` and `..`.
 fn read_names(dir: OwnedFd) -> io::Result<Vec<OsString>> {
-    let raw = dir.as_raw_fd();
-    // SAFETY: fdopendir takes ownership of the descriptor on success.
-    let dp = unsafe { libc::fdopendir(raw) };
-    if dp.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    std::mem::forget(dir);
+    let mut dir = nix::dir::Dir::from_fd(dir)?;
     let mut names = Vec::new();
-    let result = loop {
-        // SAFETY: errno is thread-local; reset to tell end-of-directory from errors.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: dp is a valid DIR* until closedir.
-        let ent = unsafe { libc::readdir64(dp) };
-        if ent.is_null() {
-            let e = io::Error::last_os_error();
-            break if e.raw_os_error().unwrap_or(0) == 0 {
-                Ok(())
-            } else {
-                Err(e)
-            };
-        }
-        // SAFETY: d_name is a NUL-terminated array inside *ent.
-        let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
+    for ent in dir.iter() {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
         if name != b"." && name != b".." {
             names.push(OsString::from_vec(name.to_vec()));
         }
-    };
-    // SAFETY: dp came from fdopendir and is closed once.
-    unsafe { libc::closedir(dp) };
-    result.map(|()| names)
+    }
+    Ok(names)
 }
 
 #[cfg(test)]
@@ -735,7 +670,7 @@ mod tests {
         // A link beneath the root leads to its target's directory and name.
         let (dir, name) = root.prepare_write(&rel(&["ok"])).unwrap();
         assert_eq!(name, "f.txt");
-        assert_eq!(fstat(dir.as_raw_fd()).unwrap().st_ino, {
+        assert_eq!(fstat(&dir).unwrap().st_ino, {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(base.join("sub")).unwrap().ino()
         });

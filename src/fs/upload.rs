@@ -15,7 +15,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -83,12 +83,6 @@ fn cstring(name: &OsStr, shown: &Path) -> FsResult<CString> {
         .map_err(|_| FsError::InvalidFile(format!("cannot write to {}", shown.display())))
 }
 
-/// `fd` from a nix call that returned a new descriptor.
-fn owned(raw: RawFd) -> OwnedFd {
-    // SAFETY: `raw` was just returned by open/openat and is owned by nobody else.
-    unsafe { OwnedFd::from_raw_fd(raw) }
-}
-
 /// `.execd-upload-` and 16 random hex digits: not guessable, so nobody can
 /// take the name first.
 fn random_name() -> CString {
@@ -98,7 +92,7 @@ fn random_name() -> CString {
 
 /// A new file for the content in `dir`: anonymous where the file system
 /// supports it, else under a fresh random name.
-fn create_temp(dir: RawFd, shown: &Path) -> FsResult<(File, Temp)> {
+fn create_temp(dir: BorrowedFd<'_>, shown: &Path) -> FsResult<(File, Temp)> {
     let mode = Mode::from_bits_truncate(0o600);
     #[cfg(test)]
     let anonymous = !tests::NO_TMPFILE.with(|c| c.get());
@@ -108,29 +102,29 @@ fn create_temp(dir: RawFd, shown: &Path) -> FsResult<(File, Temp)> {
     // CAP_DAC_READ_SEARCH (see `link_temp`): without /proc, a named file.
     let anonymous = anonymous && proc_fd_available();
     match nix::fcntl::openat(
-        Some(dir),
+        dir,
         ".",
         OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
         mode,
     ) {
-        Ok(fd) if anonymous => return Ok((File::from(owned(fd)), Temp::Anonymous)),
+        Ok(fd) if anonymous => return Ok((File::from(fd), Temp::Anonymous)),
         // No O_TMPFILE here (file system or kernel): a named file instead.
         Err(
             nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EISDIR | nix::errno::Errno::EINVAL,
         ) => {}
-        Ok(fd) => drop(owned(fd)),
+        Ok(fd) => drop(fd),
         Err(e) => return Err(FsError::io("create a file in", shown, e.into())),
     }
     let mut last = nix::errno::Errno::EEXIST;
     for _ in 0..8 {
         let name = random_name();
         match nix::fcntl::openat(
-            Some(dir),
+            dir,
             name.as_c_str(),
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             mode,
         ) {
-            Ok(fd) => return Ok((File::from(owned(fd)), Temp::Named(name))),
+            Ok(fd) => return Ok((File::from(fd), Temp::Named(name))),
             Err(nix::errno::Errno::EEXIST) => last = nix::errno::Errno::EEXIST,
             Err(e) => return Err(FsError::io("create a file in", shown, e.into())),
         }
@@ -171,7 +165,7 @@ impl AtomicFile {
         )
         .map_err(|e| FsError::io("open", dir, e.into()))?;
         let name = name.to_os_string();
-        AtomicFile::create_in(owned(fd), &name, target)
+        AtomicFile::create_in(fd, &name, target)
     }
 
     /// Starts writing the file `name` in the directory `dir` (a descriptor
@@ -186,39 +180,36 @@ impl AtomicFile {
                 shown.display()
             )));
         }
-        let existing = match nix::sys::stat::fstatat(
-            Some(dir.as_raw_fd()),
-            cname.as_c_str(),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
-            Ok(st) => {
-                let kind = st.st_mode & libc::S_IFMT;
-                if kind == libc::S_IFDIR {
-                    return Err(FsError::InvalidFile(format!(
-                        "path is a directory, cannot write a file over it: {}",
-                        shown.display()
-                    )));
+        let existing =
+            match nix::sys::stat::fstatat(&dir, cname.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => {
+                    let kind = st.st_mode & libc::S_IFMT;
+                    if kind == libc::S_IFDIR {
+                        return Err(FsError::InvalidFile(format!(
+                            "path is a directory, cannot write a file over it: {}",
+                            shown.display()
+                        )));
+                    }
+                    if kind == libc::S_IFLNK {
+                        // Replaced by the rename, never followed.
+                        None
+                    } else if kind != libc::S_IFREG {
+                        return Err(FsError::InvalidFile(format!(
+                            "path is not a regular file: {}",
+                            shown.display()
+                        )));
+                    } else {
+                        Some(Existing {
+                            mode: st.st_mode & 0o7777,
+                            uid: st.st_uid,
+                            gid: st.st_gid,
+                        })
+                    }
                 }
-                if kind == libc::S_IFLNK {
-                    // Replaced by the rename, never followed.
-                    None
-                } else if kind != libc::S_IFREG {
-                    return Err(FsError::InvalidFile(format!(
-                        "path is not a regular file: {}",
-                        shown.display()
-                    )));
-                } else {
-                    Some(Existing {
-                        mode: st.st_mode & 0o7777,
-                        uid: st.st_uid,
-                        gid: st.st_gid,
-                    })
-                }
-            }
-            Err(nix::errno::Errno::ENOENT) => None,
-            Err(e) => return Err(FsError::io("lstat", &shown, e.into())),
-        };
-        let (file, temp) = create_temp(dir.as_raw_fd(), &shown)?;
+                Err(nix::errno::Errno::ENOENT) => None,
+                Err(e) => return Err(FsError::io("lstat", &shown, e.into())),
+            };
+        let (file, temp) = create_temp(dir.as_fd(), &shown)?;
         Ok(AtomicFile {
             file,
             temp,
@@ -329,8 +320,8 @@ impl AtomicFile {
         let Temp::Named(tmp) = &self.temp else {
             return Err(FsError::Internal("upload temporary has no name".into()));
         };
-        let dir = self.dir.as_raw_fd();
-        nix::fcntl::renameat(Some(dir), tmp.as_c_str(), Some(dir), self.name.as_c_str())
+        let dir = &self.dir;
+        nix::fcntl::renameat(dir, tmp.as_c_str(), dir, self.name.as_c_str())
             .map_err(|e| FsError::io("rename into place", &self.target, e.into()))?;
         self.done = true;
         sync_dir_fd(&self.dir, &self.target)?;
@@ -340,7 +331,7 @@ impl AtomicFile {
     /// Gives the anonymous file a random name in the directory, so that it
     /// can be renamed over the target (a link never replaces a name).
     fn link_temp(&self) -> FsResult<CString> {
-        let dir = self.dir.as_raw_fd();
+        let dir = &self.dir;
         let fd = self.file.as_raw_fd();
         let proc_path = CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default();
         let mut last = nix::errno::Errno::EEXIST;
@@ -351,17 +342,17 @@ impl AtomicFile {
             // not. Then its /proc magic link, which a process may always
             // follow for its own descriptors.
             let r = nix::unistd::linkat(
-                Some(fd),
+                &self.file,
                 c"",
-                Some(dir),
+                dir,
                 name.as_c_str(),
                 AtFlags::AT_EMPTY_PATH,
             )
             .or_else(|e| match e {
                 nix::errno::Errno::ENOENT | nix::errno::Errno::EPERM => nix::unistd::linkat(
-                    None,
+                    nix::fcntl::AT_FDCWD,
                     proc_path.as_c_str(),
-                    Some(dir),
+                    dir,
                     name.as_c_str(),
                     AtFlags::AT_SYMLINK_FOLLOW,
                 ),
@@ -381,7 +372,7 @@ impl Drop for AtomicFile {
     fn drop(&mut self) {
         if let (false, Temp::Named(tmp)) = (self.done, &self.temp) {
             let _ = nix::unistd::unlinkat(
-                Some(self.dir.as_raw_fd()),
+                &self.dir,
                 tmp.as_c_str(),
                 nix::unistd::UnlinkatFlags::NoRemoveDir,
             );
@@ -393,12 +384,12 @@ impl Drop for AtomicFile {
 /// that a rename or creation in it is durable.
 fn sync_dir_fd(dir: &OwnedFd, shown: &Path) -> FsResult<()> {
     nix::fcntl::openat(
-        Some(dir.as_raw_fd()),
+        dir,
         ".",
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map(|fd| File::from(owned(fd)))
+    .map(File::from)
     .and_then(|d| {
         d.sync_all()
             .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
@@ -585,7 +576,7 @@ mod tests {
         std::fs::write(outside.join("t"), "bait").unwrap();
         std::os::unix::fs::symlink(outside.join("t"), d.join("t")).unwrap();
         let fd = nix::fcntl::open(&d, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
-        let mut w = AtomicFile::create_in(owned(fd), &OsString::from("t"), d.join("t")).unwrap();
+        let mut w = AtomicFile::create_in(fd, &OsString::from("t"), d.join("t")).unwrap();
         w.write_all(b"new").unwrap();
         w.commit(Attrs::default()).unwrap();
         assert!(!d.join("t").is_symlink());

@@ -410,7 +410,7 @@ pub fn apply(root: &Root, upper: &Path, c: &Change) -> Result<(), String> {
     let cname = CString::new(name.as_bytes()).map_err(|e| err("name", &e))?;
     if um.is_dir() {
         let _ = nix::sys::stat::mkdirat(
-            Some(std::os::fd::AsRawFd::as_raw_fd(&dir)),
+            &dir,
             cname.as_c_str(),
             nix::sys::stat::Mode::from_bits_truncate(0o700),
         );
@@ -428,15 +428,12 @@ pub fn apply(root: &Root, upper: &Path, c: &Change) -> Result<(), String> {
     if um.file_type().is_symlink() {
         let target = std::fs::read_link(&src).map_err(|e| err("readlink", &e))?;
         let tmp = format!(".execd-commit-{}", crate::process::new_id());
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
-        nix::unistd::symlinkat(target.as_os_str(), Some(fd), tmp.as_str())
+        let fd = &dir;
+        nix::unistd::symlinkat(target.as_os_str(), fd, tmp.as_str())
             .map_err(|e| err("symlink", &e))?;
-        if let Err(e) = nix::fcntl::renameat(Some(fd), tmp.as_str(), Some(fd), cname.as_c_str()) {
-            let _ = nix::unistd::unlinkat(
-                Some(fd),
-                tmp.as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
+        if let Err(e) = nix::fcntl::renameat(fd, tmp.as_str(), fd, cname.as_c_str()) {
+            let _ =
+                nix::unistd::unlinkat(fd, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
             return Err(err("rename", &e));
         }
         return Ok(());

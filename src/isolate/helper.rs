@@ -506,8 +506,7 @@ fn enter_main(plan: &EnterPlan) -> i32 {
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         ) {
-            // SAFETY: open returned a new descriptor that nothing else owns.
-            Ok(fd) => Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+            Ok(fd) => Some(fd),
             Err(e) => return fail(&format!("open /proc: {e}")),
         }
     } else {
@@ -528,11 +527,7 @@ fn enter_main(plan: &EnterPlan) -> i32 {
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
             Mode::empty(),
         ) {
-            // SAFETY: open returned a new descriptor that nothing else owns.
-            Ok(fd) => fds.push((
-                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
-                flag,
-            )),
+            Ok(fd) => fds.push((fd, flag)),
             Err(e) => return fail(&format!("open {p}: {e}")),
         }
     }
@@ -631,14 +626,13 @@ fn map_ids(proc_fd: &OwnedFd, child: Pid, uid: u32, gid: u32) -> Result<(), Stri
     for (file, id) in [("uid_map", uid), ("gid_map", gid)] {
         let p = format!("{child}/{file}");
         let fd = nix::fcntl::openat(
-            Some(proc_fd.as_raw_fd()),
+            proc_fd,
             p.as_str(),
             OFlag::O_WRONLY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| format!("open {p}: {e}"))?;
-        // SAFETY: openat returned a new descriptor that nothing else owns.
-        let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut f = std::fs::File::from(fd);
         f.write_all(format!("{id} {id} 1\n").as_bytes())
             .map_err(|e| format!("write {p}: {e}"))?;
     }

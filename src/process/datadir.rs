@@ -15,7 +15,7 @@
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -95,14 +95,12 @@ impl DataDir {
                 (p, true)
             }
         };
-        let raw = nix::fcntl::open(
+        let fd = nix::fcntl::open(
             &path,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| err(&path, format_args!("cannot open it as a directory: {e}")))?;
-        // SAFETY: `raw` was just opened and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let file = File::from(fd);
         if created {
             // The umask may have taken bits away; never adds any.
@@ -186,21 +184,20 @@ impl DataDir {
         if append {
             flags |= libc::O_APPEND;
         }
-        let raw = nix::fcntl::openat(
-            Some(self.fd.as_raw_fd()),
+        let fd = nix::fcntl::openat(
+            &self.fd,
             c.as_c_str(),
             OFlag::from_bits_retain(flags) | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )?;
-        // SAFETY: `raw` was just opened and is owned by nothing else.
-        Ok(File::from(unsafe { OwnedFd::from_raw_fd(raw) }))
+        Ok(File::from(fd))
     }
 
     /// Removes the file `name` from the directory (a missing one is fine).
     pub fn remove(&self, name: &str) {
         if let Ok(c) = plain_name(name) {
             let _ = nix::unistd::unlinkat(
-                Some(self.fd.as_raw_fd()),
+                &self.fd,
                 c.as_c_str(),
                 nix::unistd::UnlinkatFlags::NoRemoveDir,
             );
@@ -211,7 +208,7 @@ impl DataDir {
     /// path still names the directory held open.
     pub fn remove_all(&self) {
         let (Ok(held), Ok(now)) = (
-            nix::sys::stat::fstat(self.fd.as_raw_fd()),
+            nix::sys::stat::fstat(&self.fd),
             std::fs::symlink_metadata(&self.path),
         ) else {
             return;

@@ -967,7 +967,6 @@ mod tests {
         use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
         use nix::sys::stat::Mode;
         use std::io::Read;
-        use std::os::fd::FromRawFd;
         use std::sync::mpsc;
         use std::time::Duration;
 
@@ -986,9 +985,8 @@ mod tests {
             Mode::empty(),
         )
         .unwrap();
-        fcntl(fd, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
-        // SAFETY: `fd` was just opened here and is owned by nothing else.
-        let mut drain = unsafe { File::from_raw_fd(fd) };
+        fcntl(&fd, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+        let mut drain = File::from(fd);
         // A write end of our own until the log has opened its own, so that
         // reading does not see end-of-file before the log writes.
         let early = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();

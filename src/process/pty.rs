@@ -16,7 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -369,10 +369,8 @@ impl PtySession {
         let target = run
             .master
             .as_ref()
-            .map(|m| {
-                // SAFETY: tcgetpgrp on a valid open fd.
-                unsafe { libc::tcgetpgrp(m.get_ref().as_raw_fd()) }
-            })
+            .and_then(|m| nix::unistd::tcgetpgrp(m.get_ref()).ok())
+            .map(nix::unistd::Pid::as_raw)
             .filter(|&pg| pg > 0)
             .unwrap_or(run.pid);
         spawn::signal_group(target, signal);
@@ -674,9 +672,8 @@ fn publish(session: &PtySession, source: Source, data: &[u8]) {
 async fn read_fd(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let mut guard = fd.readable().await?;
-        let r = guard.try_io(|inner| {
-            nix::unistd::read(inner.get_ref().as_raw_fd(), buf).map_err(io::Error::from)
-        });
+        let r =
+            guard.try_io(|inner| nix::unistd::read(inner.get_ref(), buf).map_err(io::Error::from));
         if let Ok(r) = r {
             return r;
         }
@@ -709,14 +706,10 @@ fn set_size(fd: RawFd, size: Size) {
     }
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a valid fd with integer arguments.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
@@ -762,8 +755,6 @@ pub(crate) fn open_pty(size: Option<Size>) -> io::Result<(OwnedFd, OwnedFd)> {
         OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )?;
-    // SAFETY: `open` returned a new fd that nothing else owns.
-    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     // SAFETY: into_raw_fd hands over sole ownership of the master fd.
     let master = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master)) };
     if let Some(size) = size {
@@ -808,7 +799,7 @@ fn start_pty(
     // The reaper owns the exit status; dropping `child` closes our slave copies.
     drop(cmd);
     drop(child);
-    let registered = set_nonblocking(master.as_raw_fd()).and_then(|()| {
+    let registered = set_nonblocking(master.as_fd()).and_then(|()| {
         // SAFETY: the OwnedFd is moved into the AsyncFd and stays open, as
         // the same fd, until the AsyncFd is dropped.
         unsafe { AsyncFd::register(master) }.map_err(|e| io::Error::other(e.to_string()))

@@ -33,7 +33,28 @@ pub struct ExitStatus {
 pub struct Resources {
     pub user_ms: u64,
     pub system_ms: u64,
-    pub max_rss_kib: u64,
+    /// The command's peak resident set, where it is known to be its own
+    /// (see [`own_peak`]); `None` otherwise.
+    pub max_rss_kib: Option<u64>,
+}
+
+/// The peak resident set `wait4` reported for a child, if it is the
+/// child's own.
+///
+/// A child made with `CLONE_VM` (posix_spawn, the vfork spawn) or `fork`
+/// starts in execd's memory; at `execve` the kernel records the peak of
+/// the memory it leaves (execd's) in the child's own peak. So `ru_maxrss`
+/// is `max(execd's peak at the exec, the command's own peak)`. When it
+/// exceeds execd's peak now (`getrusage(RUSAGE_SELF)`, which is at least
+/// execd's peak at any earlier exec), it is the command's own; otherwise the
+/// true figure is unknown (the command stayed below execd's peak), and
+/// `None` says so rather than a number that is execd's.
+pub fn own_peak(child_kib: i64) -> Option<u64> {
+    let child = u64::try_from(child_kib).ok()?;
+    let own = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .ok()
+        .and_then(|u| u64::try_from(u.max_rss()).ok())?;
+    (child > own).then_some(child)
 }
 
 #[derive(Default)]
@@ -122,15 +143,11 @@ impl Reaper {
     fn run(&self) {
         let mut seen_spawns = 0u64;
         loop {
-            // SAFETY: siginfo_t is plain data; waitid only writes into it.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: a plain syscall with a valid pointer to `info`.
-            let r =
-                unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
-            if r == -1 {
-                match std::io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::ECHILD) => {
+            use nix::sys::wait::{waitid, Id, WaitPidFlag};
+            if let Err(e) = waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                match e {
+                    nix::errno::Errno::EINTR => continue,
+                    nix::errno::Errno::ECHILD => {
                         // No children at all: sleep until something is spawned.
                         let mut w = self.lock_waiters();
                         while w.spawned == seen_spawns {
@@ -164,7 +181,7 @@ impl Reaper {
                     resources: Resources {
                         user_ms: tv_ms(ru.ru_utime),
                         system_ms: tv_ms(ru.ru_stime),
-                        max_rss_kib: ru.ru_maxrss.max(0) as u64,
+                        max_rss_kib: own_peak(ru.ru_maxrss),
                     },
                 };
                 let tx = self.lock_waiters().by_pid.remove(&pid);
@@ -185,9 +202,7 @@ fn tv_ms(tv: libc::timeval) -> u64 {
 }
 
 fn set_child_subreaper() {
-    // SAFETY: prctl with integer arguments only.
-    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    if r != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot become a child subreaper; orphans re-parent to PID 1");
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphans re-parent to PID 1");
     }
 }

@@ -231,8 +231,8 @@ fn spawn_vfork(reaper: &Reaper, spec: &SpawnSpec, pending: Pending) -> Result<Sp
     if let Some(cwd) = &spec.cwd {
         plan.cwd(cwd).map_err(io_err)?;
     }
-    if let Some(procs) = pending.cgroup_procs() {
-        plan.cgroup_procs(procs);
+    if let Some((dir, procs)) = pending.cgroup() {
+        plan.cgroup(dir, procs);
     }
     if let Some(creds) = creds {
         plan.creds(creds);
@@ -356,24 +356,27 @@ fn build(
         tree.apply(&mut cmd);
     }
     if let Some(uid) = spec.uid {
-        // SAFETY: getuid has no preconditions.
-        let current = unsafe { libc::getuid() };
+        let current = nix::unistd::getuid().as_raw();
         if uid != current && current != 0 {
             return Err(SpawnError::UidNotPermitted { uid, current });
         }
         let creds = resolve_creds(uid, spec.gid);
-        // SAFETY: the closure runs between fork and exec and only makes
-        // async-signal-safe syscalls on data prepared before the fork.
+        let groups: Vec<nix::unistd::Gid> = creds
+            .groups
+            .iter()
+            .map(|&g| nix::unistd::Gid::from_raw(g))
+            .collect();
+        // SAFETY: the closure runs between fork and exec (the forked child
+        // has this one thread) and only makes async-signal-safe syscalls on
+        // data prepared before the fork; nix's wrappers allocate nothing.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::getuid() == 0
-                    && libc::setgroups(creds.groups.len(), creds.groups.as_ptr()) != 0
-                {
-                    return Err(io::Error::last_os_error());
+                use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+                if nix::unistd::getuid().is_root() {
+                    setgroups(&groups)?;
                 }
-                if libc::setgid(creds.gid) != 0 || libc::setuid(creds.uid) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                setgid(Gid::from_raw(creds.gid))?;
+                setuid(Uid::from_raw(creds.uid))?;
                 Ok(())
             });
         }
@@ -388,8 +391,7 @@ fn classify(e: io::Error, program: &str, uid: Option<u32>) -> SpawnError {
         Some(libc::EACCES) => SpawnError::PermissionDenied { program },
         Some(libc::EPERM) if uid.is_some() => SpawnError::UidNotPermitted {
             uid: uid.unwrap_or_default(),
-            // SAFETY: getuid has no preconditions.
-            current: unsafe { libc::getuid() },
+            current: nix::unistd::getuid().as_raw(),
         },
         _ => SpawnError::Io { program, source: e },
     }
@@ -397,6 +399,6 @@ fn classify(e: io::Error, program: &str, uid: Option<u32>) -> SpawnError {
 
 /// Sends `signal` to every process in group `pgid`. Errors (the group is gone) are ignored.
 pub fn signal_group(pgid: i32, signal: i32) -> bool {
-    // SAFETY: kill(2) with a negative pid addresses the process group.
-    unsafe { libc::kill(-pgid, signal) == 0 }
+    nix::sys::signal::Signal::try_from(signal)
+        .is_ok_and(|sig| nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig).is_ok())
 }

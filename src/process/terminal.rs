@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
@@ -44,12 +44,8 @@ pub(crate) fn spawn(
     // thread must never inherit them (openpty + F_SETFD left a window).
     let size = (cols > 0 && rows > 0).then_some(Size { cols, rows });
     let (master, slave) = open_pty(size).map_err(io_err)?;
-    // SAFETY: fcntl on an owned fd with integer arguments; the master is
-    // used non-blocking through AsyncFd.
-    unsafe {
-        let fl = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(master.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
-    }
+    // The master is used non-blocking through AsyncFd.
+    super::pty::set_nonblocking(master.as_fd()).map_err(io_err)?;
     let pending = trees.prepare().map_err(io_err)?;
     let dup = |fd: &OwnedFd| fd.try_clone().map_err(io_err);
     let mut cmd = std::process::Command::new(&argv[0]);
@@ -96,15 +92,7 @@ impl Terminal {
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.master.readable().await?;
-            let r = guard.try_io(|fd| {
-                // SAFETY: buf is valid for buf.len() bytes.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
+            let r = guard.try_io(|fd| nix::unistd::read(fd, buf).map_err(io::Error::from));
             match r {
                 Ok(Ok(n)) => return Ok(n),
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
@@ -118,15 +106,7 @@ impl Terminal {
     pub async fn write(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let mut guard = self.master.writable().await?;
-            match guard.try_io(|fd| {
-                // SAFETY: data is valid for data.len() bytes.
-                let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }) {
+            match guard.try_io(|fd| nix::unistd::write(fd, data).map_err(io::Error::from)) {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,

@@ -7,12 +7,21 @@
 //!
 //! - **cgroup v2** (`--cgroups auto` where a writable cgroup2 hierarchy with
 //!   `cgroup.kill` exists): every process tree gets its own cgroup
-//!   `<base>/cmd-<id>`. The child moves itself into it between fork and exec
-//!   (it writes `0` to the cgroup's `cgroup.procs`, through a descriptor the
-//!   parent opened), so it is inside before it runs a single instruction of
-//!   the program and nothing it forks can be outside. Ending the tree is one
+//!   `<base>/cmd-<n>`. The child is made inside it (`clone3` with
+//!   `CLONE_INTO_CGROUP`, see `vfork.rs`), or where that is refused moves
+//!   itself into it between fork and exec (it writes `0` to the cgroup's
+//!   `cgroup.procs`, through a descriptor the parent opened), so it is
+//!   inside before it runs a single instruction of the program and nothing
+//!   it forks can be outside. Ending the tree is one
 //!   write of `1` to `cgroup.kill`: the kernel kills every member, also those
-//!   forked concurrently. The cgroup is removed once it is empty.
+//!   forked concurrently. Once it is empty, the cgroup goes back to a small
+//!   pool of empty cgroups for the next command (a `mkdir` and `rmdir` of a
+//!   cgroup cost more CPU than the rest of a spawn); past the pool's size it
+//!   is removed. A pooled cgroup keeps its `cgroup.procs`, `cgroup.kill` and
+//!   `cgroup.events` open, so the hot path opens no file. Each use of a
+//!   cgroup has a generation: a tree acts on its cgroup (kill, signal,
+//!   liveness) only while the cgroup is still its own, so a finished
+//!   command's late `kill` never reaches the next user of the cgroup.
 //! - **tracking** (no usable cgroup, or `--cgroups off`): execd is a child
 //!   subreaper, so every process that leaves the tree by the death of its
 //!   parent is re-parented to execd. Each tree's processes carry
@@ -28,11 +37,14 @@
 //! time, or same cgroup) after it was opened, so a reused pid is never hit.
 
 use std::collections::HashSet;
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::pidfd;
 use super::reaper::Reaper;
@@ -56,28 +68,97 @@ struct Base {
     rel: String,
 }
 
+/// Empty command cgroups kept for reuse.
+const POOL_MAX: usize = 32;
+
 /// All trees of the daemon.
 pub struct Trees {
     base: Option<Base>,
     reaper: Arc<Reaper>,
     self_pid: i32,
+    /// Empty cgroups, free for the next command.
+    pool: Mutex<Vec<Arc<Slot>>>,
     /// cgroups of trees that ended with members left (background jobs of a
-    /// command that exited normally): removed once empty.
-    lingering: Mutex<Vec<PathBuf>>,
-    warned: std::sync::atomic::AtomicBool,
+    /// command that exited normally): pooled or removed once empty.
+    lingering: Mutex<Vec<(Arc<Slot>, u64)>>,
+    /// Numbers the cgroups made (their names) and their uses (generations).
+    made: AtomicU64,
+    generation: AtomicU64,
+    warned: AtomicBool,
 }
 
-/// Makes a command cgroup and opens its `cgroup.procs` for the child's write.
-fn make_cgroup(dir: &Path) -> io::Result<OwnedFd> {
-    std::fs::create_dir(dir)?;
-    let procs = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join("cgroup.procs"));
-    match procs {
-        Ok(f) => Ok(OwnedFd::from(f)),
-        Err(e) => {
-            let _ = std::fs::remove_dir(dir);
-            Err(e)
+/// A command cgroup, with its control files open.
+#[derive(Debug)]
+struct Slot {
+    dir: PathBuf,
+    /// `dir` as `/proc/<pid>/cgroup` spells it.
+    rel: String,
+    /// The directory, for `clone3(CLONE_INTO_CGROUP)`.
+    dirfd: File,
+    /// `cgroup.procs`, into which the child writes `0` before exec where
+    /// it cannot be made inside the cgroup.
+    procs: File,
+    /// `cgroup.kill`.
+    kill: File,
+    /// `cgroup.events`, read for `populated`.
+    events: File,
+    /// `cgroup.kill` was written: the cgroup is removed, never pooled. (A
+    /// child cloned into a cgroup whose kill count differs from that of its
+    /// parent's cgroup is killed at birth by the kernel, as if it had raced
+    /// the kill: a killed cgroup would kill every later command.)
+    killed: AtomicBool,
+    /// The generation of the tree that owns the cgroup; 0 while free. Held
+    /// while acting on the cgroup, so it cannot change hands meanwhile.
+    owner: Mutex<u64>,
+}
+
+impl Slot {
+    /// Makes a command cgroup and opens its control files.
+    fn make(dir: PathBuf, rel: String) -> io::Result<Slot> {
+        std::fs::create_dir(&dir)?;
+        let open = |name: &str, write: bool| {
+            std::fs::OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .open(dir.join(name))
+        };
+        let dirfd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&dir);
+        match (
+            dirfd,
+            open("cgroup.procs", true),
+            open("cgroup.kill", true),
+            open("cgroup.events", false),
+        ) {
+            (Ok(dirfd), Ok(procs), Ok(kill), Ok(events)) => Ok(Slot {
+                dir,
+                rel,
+                dirfd,
+                procs,
+                kill,
+                events,
+                killed: AtomicBool::new(false),
+                owner: Mutex::new(0),
+            }),
+            (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn owner(&self) -> MutexGuard<'_, u64> {
+        self.owner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a process of the cgroup is alive (zombies aside).
+    fn populated(&self) -> bool {
+        let mut buf = [0u8; 128];
+        match self.events.read_at(&mut buf, 0) {
+            Ok(n) => buf[..n].split(|&b| b == b'\n').any(|l| l == b"populated 1"),
+            Err(_) => false,
         }
     }
 }
@@ -102,9 +183,60 @@ impl Trees {
             base,
             reaper,
             self_pid: std::process::id() as i32,
+            pool: Mutex::new(Vec::new()),
             lingering: Mutex::new(Vec::new()),
-            warned: std::sync::atomic::AtomicBool::new(false),
+            made: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            warned: AtomicBool::new(false),
         })
+    }
+
+    /// A free cgroup, from the pool or made, owned by a new generation.
+    fn acquire(&self, base: &Base) -> io::Result<(Arc<Slot>, u64)> {
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let slot = match pooled {
+            Some(slot) => slot,
+            None => {
+                let name = format!("cmd-{}", self.made.fetch_add(1, Ordering::Relaxed));
+                let rel = format!("{}/{name}", base.rel.trim_end_matches('/'));
+                Arc::new(Slot::make(base.dir.join(name), rel)?)
+            }
+        };
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *slot.owner() = generation;
+        Ok((slot, generation))
+    }
+
+    /// The tree of generation `generation` is done with `slot`: free and
+    /// pooled (or removed) if it is empty, else kept until it is.
+    fn put_back(&self, slot: Arc<Slot>, generation: u64) {
+        let mut owner = slot.owner();
+        if *owner != generation {
+            return;
+        }
+        if slot.populated() {
+            drop(owner);
+            self.lingering
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((slot, generation));
+            return;
+        }
+        *owner = 0;
+        drop(owner);
+        self.recycle(slot);
+    }
+
+    /// Pools a free, empty cgroup, or removes it when the pool is full or
+    /// it was killed.
+    fn recycle(&self, slot: Arc<Slot>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_MAX && !slot.killed.load(Ordering::SeqCst) {
+            pool.push(slot);
+        } else {
+            drop(pool);
+            let _ = remove_cgroup(&slot.dir);
+        }
     }
 
     /// Whether trees are cgroups.
@@ -117,21 +249,23 @@ impl Trees {
     /// to the `Command`, spawn, then call [`Pending::started`] while still
     /// holding the reaper's spawn guard.
     pub fn prepare(self: &Arc<Self>) -> io::Result<Pending> {
-        let id = super::new_id();
-        let cgroup = self.base.as_ref().and_then(|b| {
-            let dir = b.dir.join(format!("cmd-{id}"));
-            match make_cgroup(&dir) {
-                Ok(procs) => Some((dir, procs)),
-                Err(e) => {
-                    // A full hierarchy (cgroup.max.descendants) or a
-                    // vanished one: this tree is tracked instead.
-                    if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot make a command cgroup; tracking its processes instead (warned once)");
-                    }
-                    None
+        let cgroup = self.base.as_ref().and_then(|b| match self.acquire(b) {
+            Ok(slot) => Some(slot),
+            Err(e) => {
+                // A full hierarchy (cgroup.max.descendants) or a
+                // vanished one: this tree is tracked instead.
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(dir = %b.dir.display(), error = %e, "cannot make a command cgroup; tracking its processes instead (warned once)");
                 }
+                None
             }
         });
+        // The marker's id is needed only by a tracked tree.
+        let id = if cgroup.is_none() {
+            super::new_id()
+        } else {
+            String::new()
+        };
         Ok(Pending {
             trees: self.clone(),
             id,
@@ -139,10 +273,30 @@ impl Trees {
         })
     }
 
-    /// Retries removing the cgroups of ended trees; call after reaps.
+    /// Pools (or removes) the cgroups of ended trees that have emptied
+    /// since; call after reaps.
     pub fn sweep(&self) {
         let mut l = self.lingering.lock().unwrap_or_else(|p| p.into_inner());
-        l.retain(|dir| remove_cgroup(dir).is_err());
+        if l.is_empty() {
+            return;
+        }
+        let mut freed = Vec::new();
+        l.retain(|(slot, generation)| {
+            let mut owner = slot.owner();
+            if *owner != *generation {
+                return false;
+            }
+            if slot.populated() {
+                return true;
+            }
+            *owner = 0;
+            freed.push(slot.clone());
+            false
+        });
+        drop(l);
+        for slot in freed {
+            self.recycle(slot);
+        }
     }
 
     /// Number of ended trees whose cgroup still has members.
@@ -156,6 +310,18 @@ impl Trees {
     /// At exit: removes what can be removed.
     pub fn close(&self) {
         self.sweep();
+        let pooled = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|p| p.into_inner()));
+        for slot in pooled {
+            let _ = remove_cgroup(&slot.dir);
+        }
+        for (slot, _) in self
+            .lingering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = remove_cgroup(&slot.dir);
+        }
         if let Some(b) = &self.base {
             let _ = std::fs::remove_dir(&b.dir);
         }
@@ -166,8 +332,9 @@ impl Trees {
 pub struct Pending {
     trees: Arc<Trees>,
     id: String,
-    /// The cgroup and its `cgroup.procs`, opened for the child's write.
-    cgroup: Option<(PathBuf, OwnedFd)>,
+    /// The cgroup (its `cgroup.procs` open for the child's write) and the
+    /// generation that owns it.
+    cgroup: Option<(Arc<Slot>, u64)>,
 }
 
 impl Pending {
@@ -176,8 +343,8 @@ impl Pending {
     /// credential change); otherwise it carries the marker.
     pub fn apply(&self, cmd: &mut std::process::Command) {
         match &self.cgroup {
-            Some((_, procs)) => {
-                let fd = procs.as_raw_fd();
+            Some((slot, _)) => {
+                let fd = slot.procs.as_raw_fd();
                 // SAFETY: runs between fork and exec; write(2) is
                 // async-signal-safe and `fd` stays open in the parent (owned
                 // by `self`) until the spawn has returned.
@@ -202,11 +369,14 @@ impl Pending {
         self.cgroup.is_some()
     }
 
-    /// With a cgroup: its `cgroup.procs`, open for writing, into which the
-    /// child writes `0` before exec (the spawn without `Command`).
-    pub fn cgroup_procs(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+    /// With a cgroup: its directory (to clone the child into it) and its
+    /// `cgroup.procs`, open for writing (for the child's write where it
+    /// cannot be cloned into it), for the spawn without `Command`.
+    pub fn cgroup(&self) -> Option<(std::os::fd::BorrowedFd<'_>, std::os::fd::BorrowedFd<'_>)> {
         use std::os::fd::AsFd;
-        self.cgroup.as_ref().map(|(_, procs)| procs.as_fd())
+        self.cgroup
+            .as_ref()
+            .map(|(slot, _)| (slot.dirfd.as_fd(), slot.procs.as_fd()))
     }
 
     /// Without a cgroup: the environment variable (name, value) that marks
@@ -218,26 +388,24 @@ impl Pending {
     /// The tree of the spawned `leader`. Call before the reaper can collect
     /// it (under the spawn guard), so its pidfd is certainly its own.
     pub fn started(mut self, leader: i32) -> Arc<Tree> {
-        let leader_fd = pidfd::open(leader)
-            .map_err(|e| tracing::warn!(pid = leader, error = %e, "pidfd_open failed"))
-            .ok();
-        let kind = match self.cgroup.take() {
-            Some((dir, _procs)) => {
-                let rel = self.trees.base.as_ref().map_or_else(String::new, |b| {
-                    format!("{}/{}", b.rel.trim_end_matches('/'), file_name(&dir))
-                });
-                Kind::Cgroup { dir, rel }
-            }
-            None => Kind::Tracked {
-                marker: format!("{MARKER}={}", self.id),
-            },
+        let (kind, leader_fd) = match self.cgroup.take() {
+            // The cgroup knows its members: no pidfd of the leader needed.
+            Some((slot, generation)) => (Kind::Cgroup { slot, generation }, None),
+            None => (
+                Kind::Tracked {
+                    marker: format!("{MARKER}={}", self.id),
+                },
+                pidfd::open(leader)
+                    .map_err(|e| tracing::warn!(pid = leader, error = %e, "pidfd_open failed"))
+                    .ok(),
+            ),
         };
         Arc::new(Tree {
             trees: self.trees.clone(),
             leader,
             leader_fd: Mutex::new(leader_fd),
             kind,
-            released: std::sync::atomic::AtomicBool::new(false),
+            released: AtomicBool::new(false),
         })
     }
 }
@@ -245,20 +413,14 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         // Not started (the spawn failed): the cgroup is empty.
-        if let Some((dir, _)) = self.cgroup.take() {
-            let _ = std::fs::remove_dir(&dir);
+        if let Some((slot, generation)) = self.cgroup.take() {
+            self.trees.put_back(slot, generation);
         }
     }
 }
 
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 enum Kind {
-    Cgroup { dir: PathBuf, rel: String },
+    Cgroup { slot: Arc<Slot>, generation: u64 },
     Tracked { marker: String },
 }
 
@@ -269,7 +431,7 @@ pub struct Tree {
     /// Dropped on release: a finished command's record must not pin an fd.
     leader_fd: Mutex<Option<OwnedFd>>,
     kind: Kind,
-    released: std::sync::atomic::AtomicBool,
+    released: AtomicBool,
 }
 
 /// A process seen in a walk: its pid and start time (which tells a reused pid apart).
@@ -283,12 +445,18 @@ impl Tree {
     /// SIGKILL to every process of the tree, the leader's exit notwithstanding.
     pub fn kill(&self) {
         match &self.kind {
-            Kind::Cgroup { dir, .. } => {
-                if let Err(e) = write_file(&dir.join("cgroup.kill"), b"1") {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cgroup.kill failed");
-                    }
+            Kind::Cgroup { slot, generation } => {
+                // Not ours any more: the tree emptied and its cgroup was
+                // handed on; nothing of this tree is left to kill.
+                let owner = slot.owner();
+                if *owner != *generation {
+                    return;
                 }
+                slot.killed.store(true, Ordering::SeqCst);
+                if let Err(e) = slot.kill.write_at(b"1", 0) {
+                    tracing::warn!(dir = %slot.dir.display(), error = %e, "cgroup.kill failed");
+                }
+                drop(owner);
             }
             Kind::Tracked { marker } => self.kill_tracked(marker),
         }
@@ -299,16 +467,36 @@ impl Tree {
         if signal == libc::SIGKILL {
             return self.kill();
         }
-        for m in self.members() {
-            self.send(m, signal);
+        match &self.kind {
+            Kind::Cgroup { slot, generation } => {
+                // The cgroup cannot change hands while its owner is held.
+                let owner = slot.owner();
+                if *owner != *generation {
+                    return;
+                }
+                for m in cgroup_members(&slot.dir) {
+                    send(m, signal, |pid| in_cgroup(pid, &slot.rel));
+                }
+                drop(owner);
+            }
+            Kind::Tracked { marker } => {
+                for m in self.walk(marker) {
+                    send(m, signal, |pid| {
+                        stat(pid).is_some_and(|(s, _)| s == m.start)
+                    });
+                }
+            }
         }
     }
 
     /// Whether any process of the tree is still alive (zombies aside).
     pub fn alive(&self) -> bool {
         match &self.kind {
-            Kind::Cgroup { dir, .. } => populated(dir),
-            Kind::Tracked { .. } => !self.members().is_empty(),
+            Kind::Cgroup { slot, generation } => {
+                let owner = slot.owner();
+                *owner == *generation && slot.populated()
+            }
+            Kind::Tracked { marker } => !self.walk(marker).is_empty(),
         }
     }
 
@@ -324,37 +512,15 @@ impl Tree {
     /// The tree ended (its owner is done with it): its cgroup is removed now
     /// or, while background jobs are left, as soon as it is empty.
     pub fn release(&self) {
-        if self
-            .released
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.released.swap(true, Ordering::SeqCst) {
             return;
         }
         self.leader_fd
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Kind::Cgroup { dir, .. } = &self.kind {
-            if remove_cgroup(dir).is_err() {
-                self.trees
-                    .lingering
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(dir.clone());
-            }
-        }
-    }
-
-    /// The live members.
-    fn members(&self) -> Vec<Member> {
-        match &self.kind {
-            Kind::Cgroup { dir, .. } => std::fs::read_to_string(dir.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.trim().parse::<i32>().ok())
-                .filter_map(|pid| stat(pid).map(|(start, _)| Member { pid, start }))
-                .collect(),
-            Kind::Tracked { marker } => self.walk(marker),
+        if let Kind::Cgroup { slot, generation } = &self.kind {
+            self.trees.put_back(slot.clone(), *generation);
         }
     }
 
@@ -403,32 +569,44 @@ impl Tree {
                 break;
             }
             for m in fresh {
-                self.send(m, libc::SIGSTOP);
+                send(m, libc::SIGSTOP, same_start(m));
                 hit.insert(m);
             }
         }
         for m in hit {
-            self.send(m, libc::SIGKILL);
+            send(m, libc::SIGKILL, same_start(m));
         }
     }
+}
 
-    /// Sends `signal` to `m` through a pidfd, if the pidfd's process is `m`.
-    fn send(&self, m: Member, signal: i32) {
-        let Ok(fd) = pidfd::open(m.pid) else { return };
-        let same = match &self.kind {
-            Kind::Cgroup { rel, .. } => in_cgroup(m.pid, rel),
-            Kind::Tracked { .. } => stat(m.pid).is_some_and(|(start, _)| start == m.start),
-        };
-        if same {
-            let _ = pidfd::send_signal(&fd, signal);
-        }
+/// Whether `pid` is still the process `m` (same start time).
+fn same_start(m: Member) -> impl Fn(i32) -> bool {
+    move |pid| stat(pid).is_some_and(|(start, _)| start == m.start)
+}
+
+/// Sends `signal` to `m` through a pidfd, if the pidfd's process passes
+/// `same` (checked after the pidfd was opened, so a reused pid is never hit).
+fn send(m: Member, signal: i32, same: impl Fn(i32) -> bool) {
+    let Ok(fd) = pidfd::open(m.pid) else { return };
+    if same(m.pid) {
+        let _ = pidfd::send_signal(&fd, signal);
     }
+}
+
+/// The live processes listed in a cgroup's `cgroup.procs`.
+fn cgroup_members(dir: &Path) -> Vec<Member> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .filter_map(|pid| stat(pid).map(|(start, _)| Member { pid, start }))
+        .collect()
 }
 
 impl std::fmt::Debug for Tree {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.kind {
-            Kind::Cgroup { rel, .. } => format!("cgroup {rel}"),
+            Kind::Cgroup { slot, generation } => format!("cgroup {} #{generation}", slot.rel),
             Kind::Tracked { marker } => format!("tracked {marker}"),
         };
         f.debug_struct("Tree")
@@ -481,20 +659,6 @@ fn has_marker(pid: i32, marker: &str) -> bool {
 fn in_cgroup(pid: i32, rel: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .is_ok_and(|s| s.lines().any(|l| l.strip_prefix("0::") == Some(rel)))
-}
-
-fn populated(dir: &Path) -> bool {
-    match std::fs::read_to_string(dir.join("cgroup.events")) {
-        Ok(s) => s.lines().any(|l| l.trim() == "populated 1"),
-        Err(_) => false,
-    }
-}
-
-fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)?
-        .write_all(data)
 }
 
 /// Removes an empty cgroup (EBUSY while it has members). Gone already is fine.

@@ -20,8 +20,10 @@
 //! 2. the stdio descriptors are `dup2`ed onto 0, 1, 2;
 //! 3. `chdir` to the working directory;
 //! 4. its own process group (`setpgid(0, 0)`);
-//! 5. it joins its cgroup: `0` written to the `cgroup.procs` the parent
-//!    opened, still as root, before a single instruction of the program;
+//! 5. it joins its cgroup: where it was not born in it (`clone3` with
+//!    `CLONE_INTO_CGROUP`, the usual way), `0` is written to the
+//!    `cgroup.procs` the parent opened, still as root, before a single
+//!    instruction of the program;
 //! 6. credentials: `setgroups`, `setgid`, `setuid` as raw syscalls (glibc's
 //!    wrappers make every thread of the process change credentials, which
 //!    with a shared address space would reach the parent's threads);
@@ -34,6 +36,16 @@
 //! A failing step's errno is stored into the parent's memory and the child
 //! exits with 127; the parent reads it once it resumes. The failed child is
 //! still a child: the caller hands its pid to the reaper (the one wait path).
+//!
+//! With a cgroup, the child is made by `clone3(CLONE_VM | CLONE_VFORK |
+//! CLONE_INTO_CGROUP)` instead: it starts life inside its cgroup. Moving a
+//! live process between cgroups (the write to `cgroup.procs`) takes a
+//! kernel lock whose write side waits for an RCU grace period: milliseconds
+//! on an idle machine, with execd's spawning thread held meanwhile. A child
+//! born in the cgroup takes no such lock. The C library has no `clone3`
+//! wrapper that runs a function on a new stack, so [`clone3_vm`] makes the
+//! syscall itself (x86-64; elsewhere, and where a seccomp filter refuses
+//! `clone3`, the write is used).
 //!
 //! The child's stack is a mapping per thread, made once and reused (the
 //! child is done with it when the parent resumes). Raw `libc` is used
@@ -140,6 +152,8 @@ pub struct Plan<'fd> {
     stdio: [Option<BorrowedFd<'fd>>; 3],
     /// The cgroup's `cgroup.procs`, opened for writing.
     procs: Option<BorrowedFd<'fd>>,
+    /// The cgroup's directory, for `CLONE_INTO_CGROUP`.
+    cgroup: Option<BorrowedFd<'fd>>,
     creds: Option<Creds>,
 }
 
@@ -212,6 +226,7 @@ impl<'fd> Plan<'fd> {
             cwd: None,
             stdio: [None, None, None],
             procs: None,
+            cgroup: None,
             creds: None,
         })
     }
@@ -230,10 +245,12 @@ impl<'fd> Plan<'fd> {
         self
     }
 
-    /// The child writes `0` into this `cgroup.procs` before anything else
-    /// that the program could notice.
-    pub fn cgroup_procs(&mut self, fd: BorrowedFd<'fd>) -> &mut Self {
-        self.procs = Some(fd);
+    /// The child is made inside the cgroup whose directory is `dir` (or,
+    /// where `clone3` cannot do that, writes `0` into its `cgroup.procs`,
+    /// `procs`, before anything else that the program could notice).
+    pub fn cgroup(&mut self, dir: BorrowedFd<'fd>, procs: BorrowedFd<'fd>) -> &mut Self {
+        self.cgroup = Some(dir);
+        self.procs = Some(procs);
         self
     }
 
@@ -317,6 +334,13 @@ impl Stack {
         Ok(stack)
     }
 
+    /// The part above the guard page as `clone3` takes it: lowest address
+    /// and size (the kernel starts the child at their sum, [`Stack::top`]).
+    fn usable(&self) -> (u64, u64) {
+        let low = self.base.as_ptr() as usize + self.guard;
+        (low as u64, (self.top() as usize - low) as u64)
+    }
+
     /// The initial stack pointer: the top of the mapping (stacks grow down),
     /// 16-byte aligned as both x86-64 and AArch64 want.
     fn top(&self) -> *mut c_void {
@@ -352,7 +376,7 @@ pub fn spawn(plan: &Plan<'_>) -> Result<i32, Failed> {
         None => (false, false, 0, 0, std::ptr::null(), 0),
     };
     let fd = |f: &Option<BorrowedFd<'_>>| f.as_ref().map_or(-1, |f| f.as_raw_fd());
-    let args = Args {
+    let mut args = Args {
         paths: plan.paths.ptrs.as_ptr(),
         argv: plan.argv.ptrs.as_ptr(),
         envp: plan.envp.ptrs.as_ptr(),
@@ -377,11 +401,22 @@ pub fn spawn(plan: &Plan<'_>) -> Result<i32, Failed> {
             if stack.is_none() {
                 *stack = Some(Stack::new()?);
             }
-            let top = stack
+            let stack = stack
                 .as_ref()
-                .map(Stack::top)
                 .ok_or_else(|| io::Error::other("no child stack"))?;
-            clone_vfork(top, &args)
+            if let Some(dir) = plan.cgroup.as_ref().filter(|_| CLONE3.load(Ordering::Relaxed)) {
+                // Born in the cgroup: the child has nothing to write.
+                args.procs = -1;
+                match clone_vfork(stack, &args, Some(dir.as_raw_fd())) {
+                    Err(e) if clone3_refused(&e) => {
+                        CLONE3.store(false, Ordering::Relaxed);
+                        tracing::info!(error = %e, "clone3 is refused here: command children join their cgroup by a write to cgroup.procs");
+                        args.procs = fd(&plan.procs);
+                    }
+                    r => return r,
+                }
+            }
+            clone_vfork(stack, &args, None)
         })
         .map_err(|_| io::Error::other("thread is exiting"))
         .and_then(|r| r)
@@ -395,9 +430,25 @@ pub fn spawn(plan: &Plan<'_>) -> Result<i32, Failed> {
     }
 }
 
-/// Clones the child onto the stack whose top is `top`, with every signal
-/// blocked in this thread meanwhile; returns once it has exec'd or exited.
-fn clone_vfork(top: *mut c_void, args: &Args) -> io::Result<i32> {
+/// Whether `clone3` with `CLONE_INTO_CGROUP` is used (cleared for good the
+/// first time the kernel or a seccomp filter refuses it).
+static CLONE3: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(cfg!(target_arch = "x86_64"));
+
+/// A refusal of `clone3` itself (older kernel, seccomp filter as Docker's
+/// default one, no `CLONE_INTO_CGROUP`), after which the plain clone and the
+/// write to `cgroup.procs` are used.
+fn clone3_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS | libc::EPERM | libc::E2BIG | libc::EINVAL)
+    )
+}
+
+/// Clones the child onto `stack` (into the cgroup whose directory is
+/// `cgroup`, if given), with every signal blocked in this thread
+/// meanwhile; returns once it has exec'd or exited.
+fn clone_vfork(stack: &Stack, args: &Args, cgroup: Option<c_int>) -> io::Result<i32> {
     // Block every signal in this thread so none is handled on the child's
     // stack (by the parent's handlers) before the child has reset them.
     let mut old: KernelSigset = 0;
@@ -412,13 +463,20 @@ fn clone_vfork(top: *mut c_void, args: &Args) -> io::Result<i32> {
     // else uses. CLONE_VFORK suspends this thread until the child has exec'd
     // (it then runs in a new address space) or exited, so `args`, the stack
     // and the plan outlive its use of them, and the stack is free again.
-    let pid = unsafe {
-        libc::clone(
-            child,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            std::ptr::from_ref(args) as *mut c_void,
-        )
+    let arg = std::ptr::from_ref(args) as *mut c_void;
+    let pid = match cgroup {
+        // SAFETY: as below; `clone3_vm` runs `child` on the stack's usable
+        // part, and `cgroup` is an open cgroup directory.
+        Some(dir) => unsafe { clone3_vm(stack.usable(), dir, arg) },
+        // SAFETY: as below.
+        None => unsafe {
+            libc::clone(
+                child,
+                stack.top(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                arg,
+            )
+        },
     };
     // Read before anything else can touch errno (when the clone failed, no
     // child ran on this thread's TLS).
@@ -429,6 +487,96 @@ fn clone_vfork(top: *mut c_void, args: &Args) -> io::Result<i32> {
         Some(e) => Err(e),
         None => Ok(pid),
     }
+}
+
+/// `struct clone_args` of `<linux/sched.h>`, up to `cgroup` (version 2).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)`: the child starts
+/// on `stack` (lowest address, size) inside the cgroup `cgroup` and runs
+/// [`child`]`(arg)`, which never returns. Returns the pid, or -1 with errno
+/// set, once the child has exec'd or exited.
+///
+/// # Safety
+/// As for `libc::clone` with `CLONE_VM | CLONE_VFORK`: `stack` is memory
+/// nothing else uses until this returns, and `arg` is what [`child`] expects.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_vm(stack: (u64, u64), cgroup: c_int, arg: *mut c_void) -> c_int {
+    let cl = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.0,
+        stack_size: stack.1,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: cgroup as u64,
+    };
+    let entry: extern "C" fn(*mut c_void) -> c_int = child;
+    let ret: i64;
+    // SAFETY: the syscall returns twice. In this thread (rax = pid or
+    // -errno) only rax, rcx and r11 change. The child (rax = 0) starts with
+    // the same registers but rsp at the top of `stack` (16-byte aligned), so
+    // it never touches this thread's stack: it calls `child(arg)`, which
+    // ends in execve or _exit, and exits should that ever return.
+    // CLONE_VFORK keeps this thread suspended until then.
+    std::arch::asm!(
+        "syscall",
+        "test rax, rax",
+        "jnz 2f",
+        "xor ebp, ebp",
+        "mov rdi, r12",
+        "call r13",
+        "mov edi, eax",
+        "mov eax, {exit}",
+        "syscall",
+        "ud2",
+        "2:",
+        exit = const libc::SYS_exit,
+        inlateout("rax") libc::SYS_clone3 => ret,
+        in("rdi") std::ptr::from_ref(&cl),
+        in("rsi") std::mem::size_of::<CloneArgs>(),
+        in("r12") arg,
+        in("r13") entry,
+        lateout("rcx") _,
+        lateout("r11") _,
+        options(nostack),
+    );
+    if ret < 0 {
+        // SAFETY: this thread's errno.
+        *libc::__errno_location() = (-ret) as c_int;
+        return -1;
+    }
+    ret as c_int
+}
+
+/// Elsewhere: refused, so the plain clone and the write are used.
+///
+/// # Safety
+/// None needed; it makes no call.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone3_vm(_stack: (u64, u64), _cgroup: c_int, _arg: *mut c_void) -> c_int {
+    // SAFETY: this thread's errno.
+    *libc::__errno_location() = libc::ENOSYS;
+    -1
 }
 
 /// The child: runs the steps, and on failure reports the errno and exits.
@@ -723,6 +871,51 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    /// A child given a cgroup is made inside it (by `clone3` on x86-64).
+    #[test]
+    fn a_child_is_born_in_its_cgroup() {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let Some(rel) = own.lines().find_map(|l| l.strip_prefix("0::")) else {
+            return;
+        };
+        let Some(mount) = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(Path::new)
+            .find(|m| m.join("cgroup.controllers").exists())
+        else {
+            return;
+        };
+        let name = format!("execd-vfork-test-{}", crate::process::new_id());
+        let dir = mount.join(rel.trim_start_matches('/')).join(&name);
+        if std::fs::create_dir(&dir).is_err() {
+            eprintln!("skipped: no writable cgroup v2");
+            return;
+        }
+        let dirfd = std::fs::File::open(&dir).unwrap();
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))
+            .unwrap();
+        let (r, w) = pipe();
+        let mut plan = Plan::new(
+            ["/bin/cat", "/proc/self/cgroup"],
+            [("A", "b")],
+            OsStr::new(PATH),
+        )
+        .unwrap();
+        plan.stdio(1, w.as_fd())
+            .cgroup(dirfd.as_fd(), procs.as_fd());
+        let pid = spawn(&plan).unwrap();
+        drop(plan);
+        drop(w);
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(out.contains(&format!("/{name}\n")), "{out}");
+        assert_eq!(CLONE3.load(Ordering::Relaxed), cfg!(target_arch = "x86_64"));
     }
 
     fn tempdir() -> std::path::PathBuf {

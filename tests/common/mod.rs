@@ -592,19 +592,27 @@ pub fn procs_of_uid(uid: u32) -> Vec<u32> {
 
 /// Number of open file descriptors of `pid`.
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|rd| rd.count())
-        .unwrap_or(0)
+    fd_targets(pid).len()
 }
 
-/// What each open file descriptor of `pid` refers to, for failure messages.
+/// Whether `target` is a control file of one of execd's command cgroups
+/// (`.../execd-<pid>/cmd-<n>/...`): the pooled cgroups keep theirs open, a
+/// bounded set that is no leak.
+fn pooled_cgroup_file(target: &std::path::Path) -> bool {
+    let t = target.to_string_lossy();
+    t.contains("/execd-") && t.contains("/cmd-")
+}
+
+/// What each open file descriptor of `pid` refers to, for failure messages
+/// (the pooled cgroups' control files aside).
 pub fn fd_targets(pid: u32) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|rd| {
             rd.flatten()
-                .map(|e| {
+                .filter_map(|e| {
                     let t = std::fs::read_link(e.path()).unwrap_or_default();
-                    format!("{} -> {}", e.file_name().to_string_lossy(), t.display())
+                    (!pooled_cgroup_file(&t))
+                        .then(|| format!("{} -> {}", e.file_name().to_string_lossy(), t.display()))
                 })
                 .collect()
         })

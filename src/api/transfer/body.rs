@@ -2,7 +2,6 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -259,7 +258,7 @@ impl http_body::Body for SpanBody {
                             // Read-ahead for the whole span: sendfile then
                             // finds the pages cached more often.
                             let _ = nix::fcntl::posix_fadvise(
-                                file.as_raw_fd(),
+                                &file,
                                 i64::try_from(this.pos).unwrap_or(i64::MAX),
                                 i64::try_from(this.end - this.pos).unwrap_or(0),
                                 nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
