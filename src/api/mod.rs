@@ -16,4 +16,5 @@ pub mod proxy;
 pub mod pty;
 pub mod sandboxd;
 pub mod session;
+pub mod watch;
 pub mod wire;
