@@ -85,6 +85,21 @@ fn folded(evs: &[Value]) -> Vec<(String, String)> {
     out
 }
 
+/// A watch that must be refused: its error response. An accepted watch (a
+/// stream that would never end) fails the test at once.
+async fn refused(d: &Daemon, path: &str) -> common::Resp {
+    use http_body_util::BodyExt;
+    let r = d.send(Method::GET, path, &[], Bytes::new()).await;
+    assert_ne!(r.status(), 200, "{path} was accepted");
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    let body = r.into_body().collect().await.expect("body").to_bytes();
+    common::Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
 fn quick() -> Daemon {
     Daemon::start_with(&["--watch-debounce", "20ms"], &[])
 }
@@ -302,22 +317,28 @@ async fn bad_requests() {
     let d = quick();
     let t = TempDir::new("watch-bad");
     std::fs::write(t.join("file"), b"x").unwrap();
-    d.get("/files/watch")
+    refused(&d, "/files/watch")
         .await
         .assert_error(400, "MISSING_QUERY");
-    d.get(&format!("/files/watch?path={}", enc(&t.join("missing"))))
-        .await
-        .assert_error(404, "FILE_NOT_FOUND");
-    d.get(&format!("/files/watch?path={}", enc(&t.join("file"))))
+    refused(
+        &d,
+        &format!("/files/watch?path={}", enc(&t.join("missing"))),
+    )
+    .await
+    .assert_error(404, "FILE_NOT_FOUND");
+    refused(&d, &format!("/files/watch?path={}", enc(&t.join("file"))))
         .await
         .assert_error(400, "NOT_A_DIRECTORY");
-    d.get(&format!(
-        "/files/watch?path={}&recursive=perhaps",
-        enc(t.0.to_str().unwrap())
-    ))
+    refused(
+        &d,
+        &format!(
+            "/files/watch?path={}&recursive=perhaps",
+            enc(t.0.to_str().unwrap())
+        ),
+    )
     .await
     .assert_error(400, "INVALID_REQUEST_BODY");
-    d.get("/v1/filesystem/x/0/files/watch?path=/tmp")
+    refused(&d, "/v1/filesystem/x/0/files/watch?path=/tmp")
         .await
         .assert_error(400, "INVALID_REQUEST_BODY");
 }
@@ -341,15 +362,20 @@ async fn the_cap_and_leaving_clients_free_everything() {
         open.push(watch(&d, t.0.to_str().unwrap(), true).await);
     }
     assert_eq!(inotify_fds(d.pid()), 3);
-    let r = d
-        .get(&format!("/files/watch?path={}", enc(t.0.to_str().unwrap())))
-        .await;
+    let r = refused(
+        &d,
+        &format!("/files/watch?path={}", enc(t.0.to_str().unwrap())),
+    )
+    .await;
     r.assert_error(429, "TOO_MANY_WATCHES");
     // The identity route counts against the same cap.
-    d.get(&format!(
-        "/v1/filesystem/0/0/files/watch?path={}",
-        enc(t.0.to_str().unwrap())
-    ))
+    refused(
+        &d,
+        &format!(
+            "/v1/filesystem/0/0/files/watch?path={}",
+            enc(t.0.to_str().unwrap())
+        ),
+    )
     .await
     .assert_error(429, "TOO_MANY_WATCHES");
     // Clients leave: every watch, its descriptor and its place go.
@@ -409,16 +435,19 @@ async fn identity_routes_watch_with_that_identity() {
 
     // Root's private directory: refused to the user, and to another one on
     // the user's own.
-    d.get(&format!(
-        "{id}/files/watch?path={}",
-        enc(secret.to_str().unwrap())
-    ))
+    refused(
+        &d,
+        &format!("{id}/files/watch?path={}", enc(secret.to_str().unwrap())),
+    )
     .await
     .assert_error(403, "PERMISSION_DENIED");
-    d.get(&format!(
-        "/v1/filesystem/4242/4242/files/watch?path={}",
-        enc(mine.to_str().unwrap())
-    ))
+    refused(
+        &d,
+        &format!(
+            "/v1/filesystem/4242/4242/files/watch?path={}",
+            enc(mine.to_str().unwrap())
+        ),
+    )
     .await
     .assert_error(403, "PERMISSION_DENIED");
 

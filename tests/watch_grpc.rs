@@ -221,9 +221,15 @@ async fn at_most_64_watches() {
     }
     // The REST route shares the cap.
     let rest = d
-        .get(&format!("/files/watch?path={}", root.0.display()))
+        .send(
+            http::Method::GET,
+            &format!("/files/watch?path={}", root.0.display()),
+            &[],
+            bytes::Bytes::new(),
+        )
         .await;
-    rest.assert_error(429, "TOO_MANY_WATCHES");
+    assert_eq!(rest.status(), 429);
+    assert_eq!(inotify_fds(d.pid()), 64);
     // One stream closed, one place free again.
     open.pop();
     let end = std::time::Instant::now() + LIMIT;
@@ -239,6 +245,19 @@ async fn at_most_64_watches() {
     };
     std::fs::write(root.0.join("x"), b"x").unwrap();
     until(&mut s, |e| is(e, FileEventType::Create, "x")).await;
+    // Every stream closed: every inotify descriptor with it.
+    drop((s, open));
+    common::eventually(LIMIT, "inotify descriptors closed", || {
+        inotify_fds(d.pid()) == 0
+    })
+    .await;
+}
+
+fn inotify_fds(pid: u32) -> usize {
+    common::fd_targets(pid)
+        .iter()
+        .filter(|t| t.ends_with("anon_inode:inotify"))
+        .count()
 }
 
 #[tokio::test]

@@ -443,6 +443,12 @@ impl Worker {
         let mut new_dirs: Vec<PathBuf> = Vec::new();
         let mut rescan = false;
         for ev in evs {
+            // New directories are followed before the next change is looked
+            // at, so what they held is reported in order (before anything
+            // made after them).
+            if !new_dirs.is_empty() && !rescan {
+                self.follow(std::mem::take(&mut new_dirs)).await;
+            }
             if self.done {
                 break;
             }
