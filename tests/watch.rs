@@ -500,3 +500,100 @@ async fn shutdown_ends_open_watches() {
     }
     assert!(d.wait_exit(LIMIT).is_some());
 }
+
+/// The inotify watch limit (`ENOSPC` from `inotify_add_watch`), made small
+/// for execd alone: it runs in a user namespace of its own whose
+/// `max_inotify_watches` is 6.
+fn limited_daemon(data: &TempDir) -> Option<Daemon> {
+    let probe = std::process::Command::new("unshare")
+        .args([
+            "-Ur",
+            "sh",
+            "-c",
+            "echo 6 > /proc/sys/user/max_inotify_watches",
+        ])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: no user namespaces with a settable inotify limit");
+        return None;
+    }
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "-Ur",
+        "sh",
+        "-c",
+        "echo 6 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_execd"),
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--log-level",
+        "4",
+        "--watch-debounce",
+        "20ms",
+        "--data-dir",
+        data.0.join("d").to_str().unwrap(),
+    ]);
+    Some(Daemon::launch(cmd, &[], &[]))
+}
+
+#[tokio::test]
+async fn the_watch_limit_is_an_error_event() {
+    let data = TempDir::new("watch-limit-data");
+    let Some(d) = limited_daemon(&data) else {
+        return;
+    };
+    // Live: 3 watches armed, then more new directories than the limit.
+    let t = TempDir::new("watch-limit");
+    std::fs::create_dir_all(t.0.join("a/b")).unwrap();
+    let mut es = watch(&d, t.0.to_str().unwrap(), true).await;
+    for i in 0..6 {
+        std::fs::create_dir(t.0.join(format!("n{i}"))).unwrap();
+    }
+    let evs = until(&mut es, |e| e["type"] == "error").await;
+    let err = evs.last().unwrap();
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_user_watches"),
+        "{err}"
+    );
+    assert!(next(&mut es).await.is_none(), "the stream ends after error");
+
+    // At arming: the first event says so.
+    let big = TempDir::new("watch-limit-big");
+    for i in 0..10 {
+        std::fs::create_dir(big.0.join(format!("d{i}"))).unwrap();
+    }
+    let mut es = watch(&d, big.0.to_str().unwrap(), true).await;
+    let ev = next(&mut es).await.expect("an event");
+    assert_eq!(ev["type"], "error", "{ev}");
+    assert!(ev["message"].as_str().unwrap().contains("max_user_watches"));
+    assert!(next(&mut es).await.is_none());
+}
+
+#[tokio::test]
+async fn a_directory_moved_in_with_more_than_a_watch_holds_is_an_overflow() {
+    let d = quick();
+    let t = TempDir::new("watch-movein");
+    let outside = TempDir::new("watch-movein-out");
+    let full = outside.0.join("full");
+    std::fs::create_dir(&full).unwrap();
+    for i in 0..9_000 {
+        std::fs::File::create(full.join(format!("f{i}"))).unwrap();
+    }
+    let mut es = watch(&d, t.0.to_str().unwrap(), true).await;
+    std::fs::rename(&full, t.0.join("full")).unwrap();
+    let evs = until(&mut es, |e| e["type"] == "overflow").await;
+    assert!(is(&evs[0], "create", &t.join("full")), "{}", evs[0]);
+    let listed = evs.iter().filter(|e| e["type"] == "create").count();
+    assert!(
+        listed > 1 && listed <= 8_192,
+        "{listed} creates before the overflow"
+    );
+    // The watch goes on, on the moved-in directory too.
+    std::fs::write(t.0.join("full/new"), b"x").unwrap();
+    until(&mut es, |e| is(e, "create", &t.join("full/new"))).await;
+}
