@@ -200,9 +200,24 @@ fn watch_limit() -> String {
         .into()
 }
 
+/// An inotify instance and its place under the cap, given back in the same
+/// drop that closes the descriptor: the cap counts open instances.
+pub struct Instance {
+    ino: Inotify,
+    _permit: Permit,
+}
+
+impl std::ops::Deref for Instance {
+    type Target = Inotify;
+
+    fn deref(&self) -> &Inotify {
+        &self.ino
+    }
+}
+
 /// A watch armed on a blocking thread, to be run by [`run`].
 pub struct Armed {
-    ino: Arc<Inotify>,
+    ino: Arc<Instance>,
     place: Arc<Place>,
     root_wd: WatchDescriptor,
     /// Every watched directory, relative to the watched one.
@@ -219,7 +234,7 @@ impl Armed {
 
 /// Opens and watches the directory of `target` (and below, if `recursive`);
 /// runs as the caller's identity.
-pub fn arm(target: Target, recursive: bool) -> Result<Armed, WatchError> {
+pub fn arm(target: Target, recursive: bool, permit: Permit) -> Result<Armed, WatchError> {
     let ino = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(|e| {
         WatchError::Limit(format!(
             "cannot create an inotify instance (fs.inotify.max_user_instances): {e}"
@@ -281,7 +296,10 @@ pub fn arm(target: Target, recursive: bool) -> Result<Armed, WatchError> {
         failed = w.limit;
     }
     Ok(Armed {
-        ino: Arc::new(ino),
+        ino: Arc::new(Instance {
+            ino,
+            _permit: permit,
+        }),
         place: Arc::new(place),
         root_wd,
         dirs,
@@ -290,7 +308,7 @@ pub fn arm(target: Target, recursive: bool) -> Result<Armed, WatchError> {
 }
 
 /// The inotify descriptor, for the reactor.
-struct Fd(Arc<Inotify>);
+struct Fd(Arc<Instance>);
 
 impl AsRawFd for Fd {
     fn as_raw_fd(&self) -> RawFd {
@@ -313,7 +331,7 @@ struct Move {
 
 /// A running watch's state, owned by its task.
 struct Worker {
-    ino: Arc<Inotify>,
+    ino: Arc<Instance>,
     place: Arc<Place>,
     scope: Scope,
     recursive: bool,
@@ -327,9 +345,9 @@ struct Worker {
 }
 
 /// Reads and reports the watch until the consumer is gone or an `error`
-/// ends it. The permit and the inotify descriptor go with the task.
-pub async fn run(armed: Armed, opts: Options, tx: Sender<Event>, permit: Permit) {
-    let _permit = permit;
+/// ends it. The inotify instance (and its place under the cap) goes with
+/// the task, or with a walk still running for it.
+pub async fn run(armed: Armed, opts: Options, tx: Sender<Event>) {
     let mut w = Worker {
         ino: armed.ino,
         place: armed.place,

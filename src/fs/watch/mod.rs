@@ -245,8 +245,8 @@ impl Watches {
     }
 }
 
-/// One place under the cap, given back when dropped (with the inotify
-/// descriptor: both live in the watch's task).
+/// One place under the cap, given back when dropped, together with the
+/// inotify descriptor (both live in `inotify::Instance`).
 struct Permit(Arc<Watches>);
 
 impl Drop for Permit {
@@ -301,11 +301,11 @@ pub async fn start(
     let permit = watches.acquire()?;
     let recursive = opts.recursive;
     let armed = identity::scoped(opts.scope.clone(), move || {
-        Ok(inotify::arm(target, recursive))
+        Ok(inotify::arm(target, recursive, permit))
     })
     .await??;
     let dir = armed.dir();
     let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-    let task = tokio::spawn(inotify::run(armed, opts, tx, permit));
+    let task = tokio::spawn(inotify::run(armed, opts, tx));
     Ok(Watch { rx, dir, task })
 }
