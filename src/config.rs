@@ -109,6 +109,12 @@ pub struct Config {
     pub log_json: bool,
     /// How long an operation id is remembered (then 410).
     pub operation_ttl: Duration,
+    /// Directory watches open at once (REST and gRPC together); 429 /
+    /// RESOURCE_EXHAUSTED past it.
+    pub max_watches: usize,
+    /// A watch's debounce window: changes are gathered this long, merged,
+    /// then sent (0: sent as soon as read).
+    pub watch_debounce: Duration,
 }
 
 impl Default for Config {
@@ -155,6 +161,8 @@ impl Default for Config {
             max_operations: 4096,
             log_json: false,
             operation_ttl: Duration::from_secs(3600),
+            max_watches: 64,
+            watch_debounce: Duration::from_millis(250),
         }
     }
 }
@@ -243,6 +251,11 @@ Options (environment variable in brackets; a flag wins over its variable):
                                   [EXECD_MAX_OPERATIONS]
   --operation-ttl D               how long an operation id is remembered; later it is 410 (1h)
                                   [EXECD_OPERATION_TTL]
+  --max-watches N                 directory watches open at once (GET /files/watch and gRPC
+                                  WatchDir together); more get 429 / RESOURCE_EXHAUSTED (64)
+                                  [EXECD_MAX_WATCHES]
+  --watch-debounce D              a watch gathers and merges changes this long before sending
+                                  them (0: at once) (250ms) [EXECD_WATCH_DEBOUNCE]
   --jupyter-host URL, --jupyter-token T
                                   accepted and ignored: /code drives kernels itself
   -h, --help                      print this help
@@ -339,6 +352,12 @@ pub fn parse(
     }
     if let Some(v) = env("EXECD_SENDFILE").filter(|v| !v.is_empty()) {
         c.sendfile = boolean(&v).map_err(|e| format!("EXECD_SENDFILE: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_MAX_WATCHES").filter(|v| !v.is_empty()) {
+        c.max_watches = records(&v).map_err(|e| format!("EXECD_MAX_WATCHES: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_WATCH_DEBOUNCE").filter(|v| !v.is_empty()) {
+        c.watch_debounce = duration(&v).map_err(|e| format!("EXECD_WATCH_DEBOUNCE: {e}"))?;
     }
     if let Some(v) = env("EXECD_RUNTIME_INIT").filter(|v| !v.is_empty()) {
         c.runtime_init = boolean(&v).map_err(|e| format!("EXECD_RUNTIME_INIT: {e}"))?;
@@ -459,6 +478,10 @@ pub fn parse(
                 c.max_operations = records(&value(&mut p, "max-operations")?)?
             }
             Long("operation-ttl") => c.operation_ttl = duration(&value(&mut p, "operation-ttl")?)?,
+            Long("max-watches") => c.max_watches = records(&value(&mut p, "max-watches")?)?,
+            Long("watch-debounce") => {
+                c.watch_debounce = duration(&value(&mut p, "watch-debounce")?)?
+            }
             Long("max-code-contexts") => {
                 c.max_code_contexts = records(&value(&mut p, "max-code-contexts")?)?
             }
@@ -878,6 +901,23 @@ mod tests {
             matches!(parse(["install".into(), "/x".into()], |_| None), Ok(Parsed::Install(p)) if p == std::path::Path::new("/x"))
         );
         assert!(parse(["install".into()], |_| None).is_err());
+    }
+
+    #[test]
+    fn watch_flags() {
+        let c = run(&[], &[]).unwrap();
+        assert_eq!(c.max_watches, 64);
+        assert_eq!(c.watch_debounce, Duration::from_millis(250));
+        let env = [("EXECD_MAX_WATCHES", "5"), ("EXECD_WATCH_DEBOUNCE", "0")];
+        let c = run(&[], &env).unwrap();
+        assert_eq!((c.max_watches, c.watch_debounce), (5, Duration::ZERO));
+        let c = run(&["--max-watches", "7", "--watch-debounce", "1s"], &env).unwrap();
+        assert_eq!(
+            (c.max_watches, c.watch_debounce),
+            (7, Duration::from_secs(1))
+        );
+        assert!(run(&["--max-watches", "0"], &[]).is_err());
+        assert!(run(&[], &[("EXECD_WATCH_DEBOUNCE", "soon")]).is_err());
     }
 
     #[test]

@@ -31,7 +31,7 @@ usage: execd-bench [--smoke] [--execd PATH] [--svg PATH]
   --execd PATH   the daemon binary (default: the static release build, as shipped)
   --svg PATH     also plot the history of key ratios into an SVG file
   --only GROUPS  only these figure groups, comma-separated (for profiling):
-                 ping, command, stream, files, code, startup, size; not saved to history
+                 ping, command, stream, files, code, watch, startup, size; not saved to history
                  (code needs EXECD_KERNEL_VENV, a venv made by tests/kernel-venv.sh;
                  without it its figures are n/a)
   --bare-server  (internal) run the bare hyper baseline server

@@ -42,6 +42,8 @@ pub struct App {
     pub isolated: Arc<crate::isolate::Isolated>,
     /// E2B envd's state (`--e2b-port`).
     pub e2b: Arc<crate::e2b::E2b>,
+    /// The cap on directory watches, REST and gRPC together.
+    pub watches: Arc<crate::fs::watch::Watches>,
 }
 
 impl App {
@@ -52,7 +54,8 @@ impl App {
             .or_else(|| config.agent_base_dir.clone())
             .or_else(|| std::env::current_dir().ok())
             .unwrap_or_else(|| "/".into());
-        let grpc = crate::grpc::server(engine.clone(), root, config.agent_exec_timeout);
+        let watches = crate::fs::watch::Watches::new(config.max_watches);
+        let grpc = crate::grpc::server(engine.clone(), root, &config, watches.clone());
         let listen_ports = std::iter::once(config.port)
             .chain(config.grpc_port)
             .chain(config.e2b_port)
@@ -71,6 +74,7 @@ impl App {
             crate::operations::Operations::new(config.max_operations, config.operation_ttl);
         let isolated = crate::isolate::Isolated::new(engine.clone(), engine.config().max_sessions);
         Arc::new(App {
+            watches,
             e2b,
             operations,
             runtime,

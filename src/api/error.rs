@@ -42,6 +42,24 @@ impl From<crate::operations::OpError> for ApiError {
     }
 }
 
+impl From<crate::fs::watch::WatchError> for ApiError {
+    fn from(e: crate::fs::watch::WatchError) -> Self {
+        use crate::fs::watch::{ErrorKind, WatchError};
+        let (status, code) = match e.kind() {
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "FILE_NOT_FOUND"),
+            ErrorKind::Denied | ErrorKind::Escapes => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+            ErrorKind::NotADirectory => (StatusCode::BAD_REQUEST, "NOT_A_DIRECTORY"),
+            ErrorKind::TooMany => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_WATCHES"),
+            ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
+            ErrorKind::Other => match e {
+                WatchError::Fs(e) => return e.into(),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR"),
+            },
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
 impl From<IsolateError> for ApiError {
     fn from(e: IsolateError) -> Self {
         let e = match e {

@@ -21,6 +21,7 @@ pub mod routes;
 pub mod sandboxd;
 pub mod session;
 pub mod transfer;
+pub mod watch;
 pub mod wire;
 
 pub use app::App;

@@ -149,6 +149,11 @@ routes! {
     DELETE "/pty/{id}"                  => api::pty::delete,
     GET    "/pty/{id}/ws"               => api::pty::attach,
 
+    // Directory watches: execd's view, or a uid/gid's permissions (not in
+    // isolated sessions: a watch arms in execd's mount namespace).
+    GET    "/files/watch"               => api::watch::watch,
+    GET    "/v1/filesystem/{uid}/{gid}/files/watch" => api::watch::watch,
+
     ; file routes under
     // execd's own view, as execd's user.
     "",

@@ -17,6 +17,7 @@ pub mod path;
 pub mod replace;
 pub mod search;
 pub mod upload;
+pub mod watch;
 
 use std::io;
 use std::path::Path;

@@ -7,9 +7,15 @@
 //! ends the process group. `Execute` gathers at most [`OUTPUT_CAP`] bytes
 //! per stream (so the reply stays below gRPC's default 4 MiB limit) within a
 //! server-side time limit.
+//!
+//! `watcher.v1.FileWatcherService` (directory watches) is served beside it,
+//! from [`watcher`]: [`Server`] routes a request to one or the other by path.
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod process_v1;
+pub mod watcher;
+#[allow(clippy::all, clippy::pedantic)]
+pub mod watcher_v1;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +36,7 @@ use process_v1::{
     ProcessConfig, ResizeTtyRequest, ResizeTtyResponse, SendSignalRequest, SendSignalResponse,
     StartRequest, StartResponse, WriteStdinRequest, WriteStdinResponse,
 };
+use watcher_v1::file_watcher_service_server::FileWatcherServiceServer;
 
 /// Output kept per stream of one `Execute`.
 pub const OUTPUT_CAP: usize = 1 << 20;
@@ -38,18 +45,60 @@ const CHUNK: usize = 64 * 1024;
 /// Events queued for a slow `Start` reader before the log is read again.
 const QUEUE: usize = 16;
 
-/// The tower service to mount: the generated server around [`Processes`].
-pub type Server = ProcessServiceServer<Processes>;
+/// The tower service to mount: `process.v1` and `watcher.v1`, told apart by
+/// the request path.
+#[derive(Clone)]
+pub struct Server {
+    process: ProcessServiceServer<Processes>,
+    watcher: FileWatcherServiceServer<watcher::Watcher>,
+}
 
-/// Builds the service.
-pub fn server(engine: Arc<Engine>, root: PathBuf, exec_timeout: Duration) -> Server {
-    ProcessServiceServer::new(Processes {
+/// Builds the services; `watches` is the cap shared with `GET /files/watch`.
+pub fn server(
+    engine: Arc<Engine>,
+    root: PathBuf,
+    config: &crate::config::Config,
+    watches: Arc<crate::fs::watch::Watches>,
+) -> Server {
+    let watcher = FileWatcherServiceServer::new(watcher::Watcher {
+        root: root.clone(),
+        watches,
+        debounce: config.watch_debounce,
+    });
+    let process = ProcessServiceServer::new(Processes {
         engine,
         root,
-        exec_timeout,
+        exec_timeout: config.agent_exec_timeout,
         next_id: AtomicI32::new(1),
         live: Arc::new(Mutex::new(HashMap::new())),
-    })
+    });
+    Server { process, watcher }
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for Server
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req
+            .uri()
+            .path()
+            .starts_with("/watcher.v1.FileWatcherService/")
+        {
+            self.watcher.call(req)
+        } else {
+            self.process.call(req)
+        }
+    }
 }
 
 /// True for a gRPC request (by its content type).

@@ -8,6 +8,7 @@ pub mod ping;
 pub mod process;
 pub mod size;
 pub mod stream;
+pub mod watch;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -21,12 +22,13 @@ type Group = for<'a> fn(&'a Run) -> Pin<Box<dyn Future<Output = Vec<Figure>> + '
 
 /// The figure groups that load the one long-lived execd, in the order they
 /// run. Peak RSS is read after each; start-up runs its own daemons.
-pub const GROUPS: [(&str, Group); 5] = [
+pub const GROUPS: [(&str, Group); 6] = [
     ("ping", |r| Box::pin(ping::figures(r))),
     ("command", |r| Box::pin(command::figures(r))),
     ("stream", |r| Box::pin(stream::figures(r))),
     ("files", |r| Box::pin(files::figures(r))),
     ("code", |r| Box::pin(code::figures(r))),
+    ("watch", |r| Box::pin(watch::figures(r))),
 ];
 
 /// How much work each figure does: the full run, or a quick `--smoke` check.
