@@ -337,6 +337,11 @@ async fn idle_connections(run: &Run) -> Result<Measured> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (after, fds1) = (rss()?, fds(execd.pid()));
     drop(conns);
+    // The next figure starts once execd has closed them (up to 30 s).
+    let until = Instant::now() + Duration::from_secs(30);
+    while fds(execd.pid()) > fds0 + 16 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let per = after.saturating_sub(before) as f64 / n as f64;
     Ok(Measured {
         value: per,
