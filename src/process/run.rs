@@ -3,6 +3,7 @@
 //! the exit once the leader is reaped and the pipes are drained.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,6 +54,14 @@ const BUSY_GAP: Duration = Duration::from_millis(3);
 /// is held: at 1 ms per read, 1 MiB carries 1 GB/s.
 const BUSY_PIPE_SIZE: i32 = 1 << 20;
 
+/// Pipes grown to [`BUSY_PIPE_SIZE`] at once, daemon-wide: the kernel
+/// memory that commands can fill in their pipes stays within 64 MiB more
+/// than with default pipes, whatever `--max-running` allows (execd is root:
+/// the per-user pipe limits do not hold it back). Past it, busy pipes keep
+/// their size and are read as they become readable.
+const MAX_ENLARGED: usize = 64;
+static ENLARGED: AtomicUsize = AtomicUsize::new(0);
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -90,6 +99,8 @@ struct Pipe {
     pipe_size: usize,
     /// Whether reads may be held: not when the pipe could not be enlarged.
     may_hold: bool,
+    /// Counted in [`ENLARGED`].
+    enlarged: bool,
 }
 
 impl Pipe {
@@ -113,6 +124,7 @@ impl Pipe {
             hold_until: None,
             pipe_size: 64 * 1024,
             may_hold: true,
+            enlarged: false,
         }
     }
 
@@ -259,9 +271,27 @@ impl Pipe {
     /// pipe held for 1 ms would block a fast producer).
     fn enlarge(&mut self) {
         let Some(fd) = self.raw_fd() else { return };
+        if ENLARGED.fetch_add(1, Ordering::Relaxed) >= MAX_ENLARGED {
+            ENLARGED.fetch_sub(1, Ordering::Relaxed);
+            self.may_hold = false;
+            return;
+        }
         match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(BUSY_PIPE_SIZE)) {
-            Ok(size) if size >= BUSY_PIPE_SIZE => self.pipe_size = size as usize,
-            _ => self.may_hold = false,
+            Ok(size) if size >= BUSY_PIPE_SIZE => {
+                self.pipe_size = size as usize;
+                self.enlarged = true;
+            }
+            _ => {
+                ENLARGED.fetch_sub(1, Ordering::Relaxed);
+                self.may_hold = false;
+            }
+        }
+    }
+
+    /// Gives back this pipe's place among the enlarged ones.
+    fn release(&mut self) {
+        if std::mem::take(&mut self.enlarged) {
+            ENLARGED.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -278,9 +308,16 @@ impl Pipe {
 
     fn close(&mut self, cmd: &Command) {
         self.src = Source::Closed;
+        self.release();
         let batch = &mut self.batch;
         self.lines.finish(|line| batch.push(line));
         cmd.log.append(self.stream, now_ms(), self.batch.drain(..));
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
