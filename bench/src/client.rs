@@ -91,6 +91,10 @@ pub fn get(path: &str) -> Request<Full<Bytes>> {
     request(Method::GET, path, Bytes::new())
 }
 
+pub fn request_delete(path: &str) -> Request<Full<Bytes>> {
+    request(Method::DELETE, path, Bytes::new())
+}
+
 pub fn post_json(path: &str, json: &serde_json::Value) -> Request<Full<Bytes>> {
     let mut r = request(Method::POST, path, Bytes::from(json.to_string()));
     r.headers_mut().insert(
@@ -274,7 +278,7 @@ pub async fn run_code(conn: &mut Conn, context: &str, code: &str) -> Result<Comm
     run_stream(conn, "/code", &body, code, |_| {}).await
 }
 
-async fn run_stream(
+pub async fn run_stream(
     conn: &mut Conn,
     path: &str,
     body: &serde_json::Value,

@@ -5,7 +5,7 @@
 //! line is held until its end arrives, the stream ends, or it reaches the
 //! maximum line length; a forced split never cuts a UTF-8 character in two.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Longest line held back before it is emitted in pieces.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -29,9 +29,22 @@ impl LineSplitter {
     /// line (or forced piece of an over-long line) it completes.
     pub fn push(&mut self, mut chunk: BytesMut, mut emit: impl FnMut(Bytes)) {
         if !self.partial.is_empty() {
-            // Rare path: a line spans two reads. Join it with the new chunk.
-            self.partial.extend_from_slice(&chunk);
-            chunk = std::mem::take(&mut self.partial);
+            // A line spans two reads (with a busy producer, most reads end
+            // inside a line). Join only that line's rest to it: the rest of
+            // the chunk goes on without a copy.
+            match line_end(&chunk) {
+                // (The partial line holds no terminator: a `\r` at the end
+                // of a read already ended its line.)
+                Some(end) if self.partial.len() + end <= self.max_line => {
+                    self.partial.extend_from_slice(&chunk[..end]);
+                    emit(std::mem::take(&mut self.partial).freeze());
+                    chunk.advance(end);
+                }
+                _ => {
+                    self.partial.extend_from_slice(&chunk);
+                    chunk = std::mem::take(&mut self.partial);
+                }
+            }
         }
         loop {
             let cut = match line_end(&chunk) {
@@ -176,6 +189,52 @@ mod tests {
         for piece in &out {
             assert!(piece.len() <= 4, "{piece:?}");
             assert!(std::str::from_utf8(piece).is_ok(), "{piece:?}");
+        }
+    }
+
+    /// The splitter before a held line was joined with only its rest: the
+    /// whole next read was appended to it.
+    fn split_joining_whole_reads(chunks: &[&[u8]], max: usize) -> Vec<Vec<u8>> {
+        let (mut partial, mut out) = (Vec::<u8>::new(), Vec::new());
+        for c in chunks {
+            partial.extend_from_slice(c);
+            loop {
+                let cut = match line_end(&partial) {
+                    Some(end) if end <= max => end,
+                    _ if partial.len() > max => utf8_floor(&partial, max),
+                    _ => break,
+                };
+                out.push(partial.drain(..cut).collect());
+            }
+        }
+        if !partial.is_empty() {
+            out.push(partial);
+        }
+        out
+    }
+
+    #[test]
+    fn joining_only_the_held_line_splits_as_joining_whole_reads() {
+        let text: &[u8] = "ab\ncd\r\nef\rgh é\n\n\rxyzzy\r\n12345678\n\u{2028}end".as_bytes();
+        let mut x = 7u32;
+        for max in [4, 5, 8, 64] {
+            for _ in 0..200 {
+                let mut cuts = Vec::new();
+                let mut at = 0;
+                while at < text.len() {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    let step = 1 + (x as usize % 9);
+                    cuts.push(&text[at..(at + step).min(text.len())]);
+                    at += step;
+                }
+                assert_eq!(
+                    split(&cuts, max),
+                    split_joining_whole_reads(&cuts, max),
+                    "{cuts:?} max {max}"
+                );
+            }
         }
     }
 

@@ -101,7 +101,11 @@ impl MemBudget {
         self.used.fetch_sub(n, Ordering::Relaxed);
     }
     fn over(&self) -> bool {
-        self.used.load(Ordering::Relaxed) > self.total
+        self.over_by(0)
+    }
+    /// Whether the budget is over once `more` bytes not yet added are.
+    fn over_by(&self, more: usize) -> bool {
+        self.used.load(Ordering::Relaxed) + more > self.total
     }
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
@@ -231,6 +235,9 @@ impl OutputLog {
     pub fn append(&self, stream: Stream, ts_ms: u64, lines: impl IntoIterator<Item = Bytes>) {
         let mut inner = self.lock();
         let before = inner.next_eid;
+        // Counted against the daemon's budget once per batch (or before a
+        // spill), not with an atomic add per event.
+        let mut uncounted = 0;
         for data in lines {
             let len = data.len();
             let ev = OutputEvent {
@@ -245,13 +252,17 @@ impl OutputLog {
             inner.mem.push_back(ev);
             let cost = len + EVENT_OVERHEAD;
             inner.mem_bytes += cost;
-            self.budget.add(cost);
-            if inner.mem_bytes > self.limits.window || (self.budget.over() && inner.mem.len() > 1) {
+            uncounted += cost;
+            if inner.mem_bytes > self.limits.window
+                || (self.budget.over_by(uncounted) && inner.mem.len() > 1)
+            {
+                self.budget.add(std::mem::take(&mut uncounted));
                 drop(inner);
                 self.spill();
                 inner = self.lock();
             }
         }
+        self.budget.add(uncounted);
         let (next_eid, total) = (inner.next_eid, inner.total);
         drop(inner);
         if next_eid != before {

@@ -3,6 +3,7 @@
 //! the exit once the leader is reaped and the pipes are drained.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,15 +37,51 @@ const READ_CHUNK: usize = 64 * 1024;
 /// every spawn; a pipe that fills this gets [`READ_CHUNK`]s from then on.
 const FIRST_CHUNK: usize = 4 * 1024;
 
+/// A busy pipe's reads are spaced by this much: a producer writing small
+/// pieces back to back (stdio flushes 4 KiB at a time) would otherwise wake
+/// the run loop, and every reader's stream, for each piece, and each wake-up
+/// costs execd more CPU than the bytes it carries. The first read after a
+/// quiet spell is never held, so the first output and interactive output
+/// (a prompt, a progress line) leave at once; a stream that keeps the pipe
+/// busy is read about once per tick of tokio's timer (1 ms).
+const COALESCE: Duration = Duration::from_millis(1);
+
+/// Reads closer together than this mean the pipe is busy (a held read is
+/// up to two timer ticks after the one before it).
+const BUSY_GAP: Duration = Duration::from_millis(3);
+
+/// A busy pipe's buffer, so that the producer does not block while a read
+/// is held: at 1 ms per read, 1 MiB carries 1 GB/s.
+const BUSY_PIPE_SIZE: i32 = 1 << 20;
+
+/// Pipes grown to [`BUSY_PIPE_SIZE`] at once, daemon-wide: the kernel
+/// memory that commands can fill in their pipes stays within 64 MiB more
+/// than with default pipes, whatever `--max-running` allows (execd is root:
+/// the per-user pipe limits do not hold it back). Past it, busy pipes keep
+/// their size and are read as they become readable.
+const MAX_ENLARGED: usize = 64;
+static ENLARGED: AtomicUsize = AtomicUsize::new(0);
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Where a pipe's bytes come from.
+enum Source {
+    /// Registered with the reactor: a read waits for the pipe to be readable.
+    Watched(pipe::Receiver),
+    /// A busy pipe, taken out of the reactor and read once per tick (see
+    /// [`COALESCE`]): while registered, every write of the producer woke
+    /// a worker thread from `epoll_wait`, held read or not.
+    Polled(OwnedFd),
+    Closed,
+}
+
 /// One pipe and its line splitter.
 struct Pipe {
-    rx: Option<pipe::Receiver>,
+    src: Source,
     buf: BytesMut,
     /// How much to reserve when the buffer runs low.
     chunk: usize,
@@ -52,39 +89,130 @@ struct Pipe {
     /// The lines of one read, appended to the log together.
     batch: Vec<Bytes>,
     stream: Stream,
+    /// When the last read returned.
+    last_read: Option<Instant>,
+    /// The room the last read offered.
+    asked: usize,
+    /// The next read waits for this (a busy pipe, see [`COALESCE`]).
+    hold_until: Option<Instant>,
+    /// The pipe's buffer size.
+    pipe_size: usize,
+    /// Whether reads may be held: not when the pipe could not be enlarged.
+    may_hold: bool,
+    /// Counted in [`ENLARGED`].
+    enlarged: bool,
 }
 
 impl Pipe {
     fn new(fd: OwnedFd, stream: Stream, max_line: usize) -> Self {
-        let rx = match pipe::Receiver::from_owned_fd(fd) {
-            Ok(rx) => Some(rx),
+        let src = match pipe::Receiver::from_owned_fd(fd) {
+            Ok(rx) => Source::Watched(rx),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch a child pipe");
-                None
+                Source::Closed
             }
         };
         Pipe {
-            rx,
+            src,
             buf: BytesMut::new(),
             chunk: FIRST_CHUNK,
             lines: LineSplitter::new(max_line),
             batch: Vec::new(),
             stream,
+            last_read: None,
+            asked: 0,
+            hold_until: None,
+            pipe_size: 64 * 1024,
+            may_hold: true,
+            enlarged: false,
         }
     }
 
     fn open(&self) -> bool {
-        self.rx.is_some()
+        !matches!(self.src, Source::Closed)
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match &self.src {
+            Source::Watched(rx) => Some(rx.as_raw_fd()),
+            Source::Polled(fd) => Some(fd.as_raw_fd()),
+            Source::Closed => None,
+        }
     }
 
     async fn read(&mut self) -> std::io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < FIRST_CHUNK {
             self.buf.reserve(self.chunk);
         }
-        match &mut self.rx {
-            Some(rx) => rx.read_buf(&mut self.buf).await,
-            None => std::future::pending().await,
+        self.asked = self.buf.capacity() - self.buf.len();
+        loop {
+            match &mut self.src {
+                Source::Watched(rx) => return rx.read_buf(&mut self.buf).await,
+                Source::Closed => return std::future::pending().await,
+                Source::Polled(_) => {}
+            }
+            match self.hold_until {
+                Some(at) => tokio::time::sleep_until(at).await,
+                // No wait on the reactor here: without this, a producer
+                // that keeps the pipe full would keep the task from ever
+                // yielding its worker.
+                None => tokio::task::consume_budget().await,
+            }
+            match self.read_now() {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Nothing came during the hold: the pipe is quiet
+                    // again, so wait for it to be readable.
+                    self.hold_until = None;
+                    self.watch();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
         }
+    }
+
+    /// One non-blocking read into the buffer's spare room.
+    fn read_now(&mut self) -> std::io::Result<usize> {
+        let Some(fd) = self.raw_fd() else {
+            return Ok(0);
+        };
+        if let Source::Watched(rx) = &self.src {
+            return rx.try_read_buf(&mut self.buf);
+        }
+        let start = self.buf.len();
+        self.buf.resize(self.buf.capacity(), 0);
+        let r = nix::unistd::read(fd, &mut self.buf[start..]).map_err(std::io::Error::from);
+        self.buf.truncate(start + *r.as_ref().unwrap_or(&0));
+        r
+    }
+
+    /// Back into the reactor (a quiet pipe).
+    fn watch(&mut self) {
+        self.src = match std::mem::replace(&mut self.src, Source::Closed) {
+            Source::Polled(fd) => match pipe::Receiver::from_owned_fd(fd) {
+                Ok(rx) => Source::Watched(rx),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch a child pipe again");
+                    Source::Closed
+                }
+            },
+            other => other,
+        };
+    }
+
+    /// Out of the reactor (a busy pipe, read on the timer).
+    fn poll(&mut self) {
+        self.src = match std::mem::replace(&mut self.src, Source::Closed) {
+            Source::Watched(rx) => match rx.into_nonblocking_fd() {
+                Ok(fd) => Source::Polled(fd),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take a child pipe out of the reactor");
+                    Source::Closed
+                }
+            },
+            other => other,
+        };
     }
 
     /// Handles a read result: new bytes go to the log, EOF or error closes the pipe.
@@ -95,6 +223,7 @@ impl Pipe {
                     // The read filled the buffer: this pipe is busy.
                     self.chunk = READ_CHUNK;
                 }
+                self.pace(n);
                 // Lines are slices of the chunk and the log keeps them for the
                 // retention window. A small read split off the buffer would pin
                 // all READ_CHUNK bytes of it for that long (a finished `echo`
@@ -116,11 +245,61 @@ impl Pipe {
         }
     }
 
+    /// Decides whether the next read waits (see [`COALESCE`]): it does when
+    /// reads come close together and this one emptied the pipe, unless it
+    /// took half the pipe or more (the reader is behind: no waiting until
+    /// it has caught up). A held pipe leaves the reactor until it is quiet.
+    fn pace(&mut self, n: usize) {
+        let now = Instant::now();
+        let busy = self
+            .last_read
+            .is_some_and(|t| now.saturating_duration_since(t) < BUSY_GAP);
+        self.last_read = Some(now);
+        if busy && self.may_hold && self.pipe_size < BUSY_PIPE_SIZE as usize {
+            self.enlarge();
+        }
+        let drained = n < self.asked;
+        self.hold_until =
+            (busy && self.may_hold && drained && n < self.pipe_size / 2).then(|| now + COALESCE);
+        if self.hold_until.is_some() {
+            self.poll();
+        }
+    }
+
+    /// Grows a busy pipe's buffer (best effort: the system's limit on pipe
+    /// sizes may refuse it, and then reads are never held, since a 64 KiB
+    /// pipe held for 1 ms would block a fast producer).
+    fn enlarge(&mut self) {
+        let Some(fd) = self.raw_fd() else { return };
+        if ENLARGED.fetch_add(1, Ordering::Relaxed) >= MAX_ENLARGED {
+            ENLARGED.fetch_sub(1, Ordering::Relaxed);
+            self.may_hold = false;
+            return;
+        }
+        match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(BUSY_PIPE_SIZE)) {
+            Ok(size) if size >= BUSY_PIPE_SIZE => {
+                self.pipe_size = size as usize;
+                self.enlarged = true;
+            }
+            _ => {
+                ENLARGED.fetch_sub(1, Ordering::Relaxed);
+                self.may_hold = false;
+            }
+        }
+    }
+
+    /// Gives back this pipe's place among the enlarged ones.
+    fn release(&mut self) {
+        if std::mem::take(&mut self.enlarged) {
+            ENLARGED.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Reads whatever is already in the pipe without waiting.
     fn drain_ready(&mut self, cmd: &Command) {
-        while let Some(rx) = &self.rx {
+        while self.open() {
             self.buf.reserve(READ_CHUNK);
-            match rx.try_read_buf(&mut self.buf) {
+            match self.read_now() {
                 Ok(n) => self.took(Ok(n), cmd),
                 Err(_) => break,
             }
@@ -128,10 +307,17 @@ impl Pipe {
     }
 
     fn close(&mut self, cmd: &Command) {
-        self.rx = None;
+        self.src = Source::Closed;
+        self.release();
         let batch = &mut self.batch;
         self.lines.finish(|line| batch.push(line));
         cmd.log.append(self.stream, now_ms(), self.batch.drain(..));
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

@@ -65,7 +65,7 @@ pub async fn figures(run: &Run) -> Vec<Figure> {
     vec![up, down, to_disk]
 }
 
-struct Files {
+pub(super) struct Files {
     addr: SocketAddr,
     dir: PathBuf,
     size: u64,
@@ -74,7 +74,7 @@ struct Files {
 }
 
 impl Files {
-    fn new(run: &Run) -> Files {
+    pub(super) fn new(run: &Run) -> Files {
         Files {
             addr: run.execd.addr,
             dir: run.scratch.clone(),
@@ -84,7 +84,7 @@ impl Files {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(super) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
@@ -119,7 +119,7 @@ impl Files {
     }
 
     /// Uploads `chunks` copies of `chunk` to `target`, returning seconds.
-    async fn upload_to(&self, target: &Path, chunk: Bytes, chunks: u64) -> Result<f64> {
+    pub(super) async fn upload_to(&self, target: &Path, chunk: Bytes, chunks: u64) -> Result<f64> {
         let want = chunks * chunk.len() as u64;
         let body = Multipart::new(target, chunk, chunks);
         let len = body.len();
@@ -180,7 +180,7 @@ impl Files {
     }
 
     /// Downloads `path` into a null sink: (bytes, seconds).
-    async fn download_from(&self, path: &Path) -> Result<(u64, f64)> {
+    pub(super) async fn download_from(&self, path: &Path) -> Result<(u64, f64)> {
         let mut conn = client::connect(self.addr).await?;
         let q: String = path
             .to_string_lossy()
@@ -329,7 +329,7 @@ fn start_writeback(f: &std::fs::File, offset: u64, len: u64) {
 }
 
 /// Incompressible-looking bytes (xorshift), so nothing can shortcut zeros.
-fn pseudo_random(len: usize) -> Bytes {
+pub(super) fn pseudo_random(len: usize) -> Bytes {
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let mut v = Vec::with_capacity(len);
     while v.len() < len {

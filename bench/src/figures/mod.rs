@@ -6,6 +6,8 @@ pub mod command;
 pub mod files;
 pub mod ping;
 pub mod process;
+pub mod scale;
+pub mod sdk;
 pub mod size;
 pub mod stream;
 pub mod watch;
@@ -22,13 +24,17 @@ type Group = for<'a> fn(&'a Run) -> Pin<Box<dyn Future<Output = Vec<Figure>> + '
 
 /// The figure groups that load the one long-lived execd, in the order they
 /// run. Peak RSS is read after each; start-up runs its own daemons.
-pub const GROUPS: [(&str, Group); 6] = [
+pub const GROUPS: [(&str, Group); 8] = [
     ("ping", |r| Box::pin(ping::figures(r))),
     ("command", |r| Box::pin(command::figures(r))),
     ("stream", |r| Box::pin(stream::figures(r))),
     ("files", |r| Box::pin(files::figures(r))),
     ("code", |r| Box::pin(code::figures(r))),
     ("watch", |r| Box::pin(watch::figures(r))),
+    ("sdk", |r| Box::pin(sdk::figures(r))),
+    // Last: it loads execd far past the other groups, and reports its own
+    // peak RSS instead of counting in the run's.
+    ("scale", |r| Box::pin(scale::figures(r))),
 ];
 
 /// How much work each figure does: the full run, or a quick `--smoke` check.

@@ -103,7 +103,7 @@ async fn wrk_rps(addr: SocketAddr, secs: u64) -> Result<f64> {
 }
 
 /// The path of `prog` on `$PATH`, if any.
-fn which(prog: &str) -> Option<std::path::PathBuf> {
+pub fn which(prog: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(prog))
         .find(|p| p.is_file())

@@ -28,6 +28,13 @@ pub async fn figures(run: &Run) -> Vec<Figure> {
         )
         .with(streaming(run).await),
         Figure::new(
+            "stream_curl_mbps",
+            "stdout streaming, curl -N client",
+            "MB/s",
+            Budget::MinRatio(0.7),
+        )
+        .with(streaming_curl(run).await),
+        Figure::new(
             "fanout_mbps",
             "fan-out, 8 readers (sum)",
             "MB/s",
@@ -96,6 +103,7 @@ async fn streaming(run: &Run) -> Result<Measured> {
         }
     }
     notes.dedup();
+    notes.push(cpu_per_event(theirs, bytes));
     // CPU per byte does not depend on how fast the producer ran, so it is the
     // figure to compare across runs on a shared machine.
     let per_mb = |cpu: f64| cpu * 1e3 / (bytes.max(1) as f64 / 1e6);
@@ -108,6 +116,88 @@ async fn streaming(run: &Run) -> Result<Measured> {
         per_mb(ours)
     ));
     Ok(Measured::medians(&execd, &base).note(notes.join("; ")))
+}
+
+/// Output events of `bytes` of the producer (1 KiB lines).
+fn events(bytes: u64) -> f64 {
+    (bytes / 1024).max(1) as f64
+}
+
+/// The note on execd's CPU per output event (budget: 1 µs per 1 KiB line).
+fn cpu_per_event(execd_cpu: f64, bytes: u64) -> String {
+    format!(
+        "execd CPU per 1 KiB event {:.2} µs ({:.2} s over {} events)",
+        execd_cpu * 1e6 / events(bytes),
+        execd_cpu,
+        bytes / 1024
+    )
+}
+
+/// The same stream read by a plain `curl -N -o /dev/null`, the way users and
+/// scripts read it: (payload bytes the command printed, seconds to curl's
+/// exit). curl's own byte count (framing included) must cover the payload.
+fn curl_read(addr: SocketAddr, script: &str, payload: u64) -> Result<f64> {
+    let body = serde_json::json!({ "command": script }).to_string();
+    let t = Instant::now();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+        ])
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+        ])
+        .arg(&body)
+        .arg(format!("http://{addr}/command"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("curl: {e}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace();
+    let (code, size) = (it.next(), it.next().and_then(|s| s.parse::<u64>().ok()));
+    match (out.status.success(), code, size) {
+        (true, Some("200"), Some(n)) if n >= payload => Ok(secs),
+        _ => Err(format!(
+            "curl: {} {text:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// The streaming figure with `curl -N -o /dev/null` as the client, against
+/// the same pipe baseline, alternating; the note gives execd's CPU per event.
+async fn streaming_curl(run: &Run) -> Result<Measured> {
+    if super::ping::which("curl").is_none() {
+        return Err("curl not installed".into());
+    }
+    let bytes = run.plan.stream_bytes();
+    let script = producer(bytes);
+    let (mut execd, mut base, mut cpu) = (Vec::new(), Vec::new(), 0.0);
+    for _ in 0..run.plan.heavy_trials() {
+        let s = script.clone();
+        let (want, secs) = blocking(move || pipe_read(s)).await?;
+        base.push(mbps(want, secs));
+        let (addr, s) = (run.execd.addr, script.clone());
+        let execd0 = run.execd.cpu_secs()?;
+        let secs = blocking(move || curl_read(addr, &s, bytes)).await?;
+        cpu += run.execd.cpu_secs()? - execd0;
+        execd.push(mbps(bytes, secs));
+    }
+    let trials = run.plan.heavy_trials() as u64;
+    Ok(Measured::medians(&execd, &base).note(format!(
+        "curl -sN -o /dev/null, time to curl's exit; {}",
+        cpu_per_event(cpu, bytes * trials)
+    )))
 }
 
 /// One command read by its event stream and `POLLERS` `logs?cursor` pollers
