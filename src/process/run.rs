@@ -132,15 +132,6 @@ impl Pipe {
         !matches!(self.src, Source::Closed)
     }
 
-    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
-        use std::os::fd::AsRawFd;
-        match &self.src {
-            Source::Watched(rx) => Some(rx.as_raw_fd()),
-            Source::Polled(fd) => Some(fd.as_raw_fd()),
-            Source::Closed => None,
-        }
-    }
-
     async fn read(&mut self) -> std::io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < FIRST_CHUNK {
             self.buf.reserve(self.chunk);
@@ -174,12 +165,11 @@ impl Pipe {
 
     /// One non-blocking read into the buffer's spare room.
     fn read_now(&mut self) -> std::io::Result<usize> {
-        let Some(fd) = self.raw_fd() else {
-            return Ok(0);
+        let fd = match &self.src {
+            Source::Closed => return Ok(0),
+            Source::Watched(rx) => return rx.try_read_buf(&mut self.buf),
+            Source::Polled(fd) => fd,
         };
-        if let Source::Watched(rx) = &self.src {
-            return rx.try_read_buf(&mut self.buf);
-        }
         let start = self.buf.len();
         self.buf.resize(self.buf.capacity(), 0);
         let r = nix::unistd::read(fd, &mut self.buf[start..]).map_err(std::io::Error::from);
@@ -270,7 +260,12 @@ impl Pipe {
     /// sizes may refuse it, and then reads are never held, since a 64 KiB
     /// pipe held for 1 ms would block a fast producer).
     fn enlarge(&mut self) {
-        let Some(fd) = self.raw_fd() else { return };
+        use std::os::fd::AsFd;
+        let fd = match &self.src {
+            Source::Watched(rx) => rx.as_fd(),
+            Source::Polled(fd) => fd.as_fd(),
+            Source::Closed => return,
+        };
         if ENLARGED.fetch_add(1, Ordering::Relaxed) >= MAX_ENLARGED {
             ENLARGED.fetch_sub(1, Ordering::Relaxed);
             self.may_hold = false;
