@@ -40,32 +40,11 @@ pub fn json_str(out: &mut BytesMut, data: &[u8]) -> bool {
 /// Appends `data` in standard base64 (RFC 4648 §4, with padding) as a JSON
 /// string literal: the alphabet needs no escaping.
 pub fn put_base64(out: &mut BytesMut, data: &[u8]) {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    out.reserve(data.len().div_ceil(3) * 4 + 2);
+    let enc = &data_encoding::BASE64;
     out.put_u8(b'"');
-    let mut chunks = data.chunks_exact(3);
-    for c in &mut chunks {
-        let n = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
-        for shift in [18, 12, 6, 0] {
-            out.put_u8(ALPHABET[(n >> shift & 63) as usize]);
-        }
-    }
-    match *chunks.remainder() {
-        [a] => {
-            let n = u32::from(a) << 16;
-            out.put_u8(ALPHABET[(n >> 18 & 63) as usize]);
-            out.put_u8(ALPHABET[(n >> 12 & 63) as usize]);
-            out.put_slice(b"==");
-        }
-        [a, b] => {
-            let n = u32::from(a) << 16 | u32::from(b) << 8;
-            out.put_u8(ALPHABET[(n >> 18 & 63) as usize]);
-            out.put_u8(ALPHABET[(n >> 12 & 63) as usize]);
-            out.put_u8(ALPHABET[(n >> 6 & 63) as usize]);
-            out.put_u8(b'=');
-        }
-        _ => {}
-    }
+    let start = out.len();
+    out.resize(start + enc.encode_len(data.len()), 0);
+    enc.encode_mut(data, &mut out[start..]);
     out.put_u8(b'"');
 }
 
@@ -242,7 +221,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

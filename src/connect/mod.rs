@@ -329,6 +329,23 @@ pub fn unary_response<M: prost::Message + ToJson>(
     }
 }
 
+/// A unary call: reads the request message, runs `f`, answers.
+pub async fn unary<M, R, F, Fut, B>(p: Protocol, req: http::Request<B>, f: F) -> Response<Body>
+where
+    M: prost::Message + Default + FromJson,
+    R: prost::Message + ToJson,
+    F: FnOnce(M) -> Fut,
+    Fut: std::future::Future<Output = Result<R, Error>>,
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let r = match read_request::<M, _>(p, req.into_body()).await {
+        Ok(m) => f(m).await,
+        Err(e) => Err(e),
+    };
+    unary_response(p, r)
+}
+
 /// Reads the one request message of a unary or server-streaming call.
 pub async fn read_request<M, B>(p: Protocol, body: B) -> Result<M, Error>
 where

@@ -311,14 +311,9 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
         };
         // Bounded: a form whose preamble or part headers never end fails at
         // 16 KiB instead of growing multer's buffer.
+        use futures_util::StreamExt;
         let src = Source::new(req.into_body(), gzip, &app.tasks);
-        let data = Box::pin(futures_util::stream::unfold(src, |mut src| async move {
-            match src.next().await {
-                Ok(Some(b)) => Some((Ok(b), src)),
-                Ok(None) => None,
-                Err(e) => Some((Err(std::io::Error::other(e)), src)),
-            }
-        }));
+        let data = Box::pin(src.chunks().map(|r| r.map_err(std::io::Error::other)));
         let stream = crate::api::transfer::form::Bounded::new(data, &boundary);
         let mut form = multer::Multipart::new(stream, boundary);
         let mut done = Vec::new();
@@ -347,22 +342,12 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
                 (None, Some(p)) => p.clone(),
                 (None, None) => continue,
             };
-            let mut out = match open_writer(&user, path.clone()).await {
-                Ok(w) => Some(w),
-                Err(r) => return r.into_response(),
-            };
-            loop {
-                let next = field.chunk().await.map_err(|e| format!("multipart: {e}"));
-                match put(&mut out, next).await {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(r) => return r.into_response(),
-                }
+            use futures_util::StreamExt;
+            let chunks = (&mut field).map(|r| r.map_err(|e| format!("multipart: {e}")));
+            match store(&user, path, &meta, chunks).await {
+                Ok(v) => done.push(v),
+                Err(e) => return e.into_response(),
             }
-            if let Err(e) = tag(&user, &path, &meta).await {
-                return e.into_response();
-            }
-            done.push(written(&path, &meta));
         }
         if done.is_empty() {
             return http_error(StatusCode::BAD_REQUEST, "the form holds no file");
@@ -375,23 +360,27 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
             "path is required for an application/octet-stream upload",
         );
     };
-    let mut body = Source::new(req.into_body(), gzip, &app.tasks);
-    let mut out = match open_writer(&user, path.clone()).await {
-        Ok(w) => Some(w),
-        Err(r) => return r.into_response(),
-    };
-    loop {
-        let next = body.next().await;
-        match put(&mut out, next).await {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(r) => return r.into_response(),
-        }
+    let body = Source::new(req.into_body(), gzip, &app.tasks);
+    match store(&user, path, &meta, body.chunks()).await {
+        Ok(v) => super::json_ok(&serde_json::json!([v])),
+        Err(e) => e.into_response(),
     }
-    if let Err(e) = tag(&user, &path, &meta).await {
-        return e.into_response();
-    }
-    super::json_ok(&serde_json::json!([written(&path, &meta)]))
+}
+
+/// Writes one file from `next`'s pieces (atomically, as the user), tags it
+/// with the metadata, and answers envd's entry for it.
+async fn store(
+    user: &User,
+    path: PathBuf,
+    meta: &Metadata,
+    chunks: impl futures_util::Stream<Item = Result<Bytes, String>>,
+) -> Result<serde_json::Value, HttpError> {
+    use futures_util::StreamExt;
+    let mut chunks = std::pin::pin!(chunks);
+    let mut out = Some(open_writer(user, path.clone()).await?);
+    while put(&mut out, chunks.next().await.transpose()).await? {}
+    tag(user, &path, meta).await?;
+    Ok(written(&path, meta))
 }
 
 /// Whether `Accept-Encoding` takes gzip (and does not refuse it with `q=0`).
@@ -549,6 +538,18 @@ impl Source {
         });
         tasks.spawn(feed);
         Source::Gzip(out_rx)
+    }
+
+    /// The pieces as a stream (ends at the body's end or after an error).
+    fn chunks(self) -> impl futures_util::Stream<Item = Result<Bytes, String>> + Send {
+        futures_util::stream::unfold(Some(self), |src| async move {
+            let mut src = src?;
+            match src.next().await {
+                Ok(Some(b)) => Some((Ok(b), Some(src))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        })
     }
 
     async fn next(&mut self) -> Result<Option<Bytes>, String> {

@@ -35,11 +35,11 @@ pub async fn call(
         Err(m) => return connect::error_response(p, &Error::new(Code::Unauthenticated, m)),
     };
     match method {
-        "Stat" => unary(p, req, |r: PathRequest| stat(user, r)).await,
-        "MakeDir" => unary(p, req, |r: PathRequest| make_dir(user, r)).await,
-        "Move" => unary(p, req, |r: MoveRequest| mv(user, r)).await,
-        "ListDir" => unary(p, req, |r: ListDirRequest| list_dir(user, r)).await,
-        "Remove" => unary(p, req, |r: PathRequest| remove(user, r)).await,
+        "Stat" => connect::unary(p, req, |r: PathRequest| stat(user, r)).await,
+        "MakeDir" => connect::unary(p, req, |r: PathRequest| make_dir(user, r)).await,
+        "Move" => connect::unary(p, req, |r: MoveRequest| mv(user, r)).await,
+        "ListDir" => connect::unary(p, req, |r: ListDirRequest| list_dir(user, r)).await,
+        "Remove" => connect::unary(p, req, |r: PathRequest| remove(user, r)).await,
         "WatchDir" | "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => {
             connect::error_response(
                 p,
@@ -53,20 +53,6 @@ pub async fn call(
             &Error::unimplemented(format!("filesystem.Filesystem/{method} does not exist")),
         ),
     }
-}
-
-async fn unary<M, R, F, Fut>(p: Protocol, req: Request<RequestBody>, f: F) -> Response<Body>
-where
-    M: prost::Message + Default + connect::FromJson,
-    R: prost::Message + connect::ToJson,
-    F: FnOnce(M) -> Fut,
-    Fut: std::future::Future<Output = Result<R, Error>>,
-{
-    let r = match connect::read_request::<M, _>(p, req.into_body()).await {
-        Ok(m) => f(m).await,
-        Err(e) => Err(e),
-    };
-    connect::unary_response(p, r)
 }
 
 /// The Connect error of a file-system error.

@@ -247,11 +247,11 @@ pub async fn call(
     match method {
         "Start" => svc.start(p, req).await,
         "Connect" => svc.connect(p, req).await,
-        "List" => unary(p, req, |_: ListRequest| async { Ok(svc.list()) }).await,
-        "Update" => unary(p, req, |r: UpdateRequest| svc.update(r)).await,
-        "SendInput" => unary(p, req, |r: SendInputRequest| svc.send_input(r)).await,
-        "SendSignal" => unary(p, req, |r: SendSignalRequest| svc.send_signal(r)).await,
-        "CloseStdin" => unary(p, req, |r: SelectRequest| svc.close_stdin(r)).await,
+        "List" => connect::unary(p, req, |_: ListRequest| async { Ok(svc.list()) }).await,
+        "Update" => connect::unary(p, req, |r: UpdateRequest| svc.update(r)).await,
+        "SendInput" => connect::unary(p, req, |r: SendInputRequest| svc.send_input(r)).await,
+        "SendSignal" => connect::unary(p, req, |r: SendSignalRequest| svc.send_signal(r)).await,
+        "CloseStdin" => connect::unary(p, req, |r: SelectRequest| svc.close_stdin(r)).await,
         "StreamInput" => svc.stream_input(p, req).await,
         _ => connect::error_response(
             p,
@@ -261,21 +261,6 @@ pub async fn call(
             ),
         ),
     }
-}
-
-/// Reads the request, runs `f`, answers.
-async fn unary<M, R, F, Fut>(p: Protocol, req: Request<RequestBody>, f: F) -> Response<Body>
-where
-    M: prost::Message + Default + connect::FromJson,
-    R: prost::Message + connect::ToJson,
-    F: FnOnce(M) -> Fut,
-    Fut: std::future::Future<Output = Result<R, Error>>,
-{
-    let r = match connect::read_request::<M, _>(p, req.into_body()).await {
-        Ok(m) => f(m).await,
-        Err(e) => Err(e),
-    };
-    connect::unary_response(p, r)
 }
 
 struct Service {

@@ -719,7 +719,7 @@ fn confine(plan: &EnterPlan) -> Result<(), String> {
         return Ok(());
     }
     if let Some(uid) = plan.uid {
-        let gid = plan.gid.unwrap_or(uid);
+        let gid = plan.gid_or_uid();
         nix::unistd::setgroups(&[Gid::from_raw(gid)]).map_err(|e| format!("setgroups: {e}"))?;
         nix::unistd::setgid(Gid::from_raw(gid)).map_err(|e| format!("setgid: {e}"))?;
         nix::unistd::setuid(Uid::from_raw(uid)).map_err(|e| format!("setuid: {e}"))?;
