@@ -115,6 +115,9 @@ pub struct Config {
     /// A watch's debounce window: changes are gathered this long, merged,
     /// then sent (0: sent as soon as read).
     pub watch_debounce: Duration,
+    /// An E2B polling watcher (`CreateWatcher`) not polled this long is
+    /// removed, its watch closed.
+    pub e2b_watcher_idle: Duration,
 }
 
 impl Default for Config {
@@ -163,6 +166,7 @@ impl Default for Config {
             operation_ttl: Duration::from_secs(3600),
             max_watches: 64,
             watch_debounce: Duration::from_millis(250),
+            e2b_watcher_idle: Duration::from_secs(600),
         }
     }
 }
@@ -236,6 +240,8 @@ Options (environment variable in brackets; a flag wins over its variable):
   --grpc-port N                   also serve sandboxd gRPC on this port (it is always on --port)
   --e2b-port N                    serve E2B envd's API (HTTP + Connect RPC) on this port; envd's
                                   is 49983 (off) [EXECD_E2B_PORT]
+  --e2b-watcher-idle D            remove an E2B polling watcher not polled this long (10m)
+                                  [EXECD_E2B_WATCHER_IDLE]
   --ws-ping-interval D            WebSocket ping; a peer silent for twice this is dropped (30s)
   --max-code-contexts N           live /code contexts (Jupyter kernels) at most (32)
                                   [EXECD_MAX_CODE_CONTEXTS]
@@ -359,6 +365,10 @@ pub fn parse(
     if let Some(v) = env("EXECD_WATCH_DEBOUNCE").filter(|v| !v.is_empty()) {
         c.watch_debounce = duration(&v).map_err(|e| format!("EXECD_WATCH_DEBOUNCE: {e}"))?;
     }
+    if let Some(v) = env("EXECD_E2B_WATCHER_IDLE").filter(|v| !v.is_empty()) {
+        c.e2b_watcher_idle =
+            positive(duration(&v)).map_err(|e| format!("EXECD_E2B_WATCHER_IDLE: {e}"))?;
+    }
     if let Some(v) = env("EXECD_RUNTIME_INIT").filter(|v| !v.is_empty()) {
         c.runtime_init = boolean(&v).map_err(|e| format!("EXECD_RUNTIME_INIT: {e}"))?;
     }
@@ -481,6 +491,9 @@ pub fn parse(
             Long("max-watches") => c.max_watches = records(&value(&mut p, "max-watches")?)?,
             Long("watch-debounce") => {
                 c.watch_debounce = duration(&value(&mut p, "watch-debounce")?)?
+            }
+            Long("e2b-watcher-idle") => {
+                c.e2b_watcher_idle = positive(duration(&value(&mut p, "e2b-watcher-idle")?))?
             }
             Long("max-code-contexts") => {
                 c.max_code_contexts = records(&value(&mut p, "max-code-contexts")?)?
@@ -615,6 +628,17 @@ fn go_style(a: OsString) -> OsString {
 }
 
 /// Parses `500ms`, `3s`, `2m`, `1h30m`, `1.5s` or bare seconds.
+/// A duration that must not be zero.
+fn positive(d: Result<Duration, String>) -> Result<Duration, String> {
+    d.and_then(|d| {
+        if d.is_zero() {
+            Err("must be more than 0".into())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
 pub fn duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let bad = || format!("invalid duration '{s}' (try 500ms, 3s, 2m, 1h)");
@@ -918,6 +942,12 @@ mod tests {
         );
         assert!(run(&["--max-watches", "0"], &[]).is_err());
         assert!(run(&[], &[("EXECD_WATCH_DEBOUNCE", "soon")]).is_err());
+        assert_eq!(c.e2b_watcher_idle, Duration::from_secs(600));
+        let c = run(&["--e2b-watcher-idle", "2s"], &[]).unwrap();
+        assert_eq!(c.e2b_watcher_idle, Duration::from_secs(2));
+        let c = run(&[], &[("EXECD_E2B_WATCHER_IDLE", "1m")]).unwrap();
+        assert_eq!(c.e2b_watcher_idle, Duration::from_secs(60));
+        assert!(run(&["--e2b-watcher-idle", "0"], &[]).is_err());
     }
 
     #[test]

@@ -438,22 +438,23 @@ async fn unary_calls_in_both_codecs_and_connect_errors() {
     );
     let r = unary(a, "/filesystem.Filesystem/ListDir", json!({"path": 5})).await;
     assert_eq!(r.json()["code"], "invalid_argument");
-    // An unknown method: unimplemented (501); a streaming one answers in its
-    // end message.
+    // An unknown method: unimplemented (501). A streaming call's error is
+    // in its end message (WatchDir on a file).
     let r = unary(a, "/process.Process/Nope", json!({})).await;
     assert_eq!(
         (r.status, r.json()["code"].as_str()),
         (501, Some("unimplemented"))
     );
+    std::fs::write(dir.0.join("notdir"), b"x").unwrap();
     let (ev, end) = stream_json(
         a,
         "/filesystem.Filesystem/WatchDir",
-        json!({"path": dir.0}),
+        json!({"path": dir.join("notdir")}),
         false,
     )
     .await;
     assert!(ev.is_empty());
-    assert_eq!(end["error"]["code"], "unimplemented");
+    assert_eq!(end["error"]["code"], "invalid_argument", "{end}");
     // A content type Connect does not define: 415.
     let r = send(
         a,
@@ -932,4 +933,509 @@ async fn keepalive_events_while_silent() {
     );
     assert_eq!(stdout_of(&all), "end\n");
     assert_eq!(all.last().unwrap()["event"]["end"]["exitCode"], 0);
+}
+
+// ---- directory watches: WatchDir and the polling watcher trio ----
+
+/// An open server stream in either codec, read envelope by envelope.
+struct Watching {
+    body: hyper::body::Incoming,
+    buf: bytes::BytesMut,
+    /// The end-stream message, once read.
+    end: Option<Value>,
+}
+
+impl Watching {
+    /// Opens `WatchDir` (`proto`: the binary codec; `h2`: over h2c).
+    async fn open(
+        addr: SocketAddr,
+        req: Value,
+        proto: bool,
+        h2: bool,
+        headers: &[(&str, &str)],
+    ) -> Watching {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (ct, msg) = if proto {
+            let m = proto::WatchRequest {
+                path: req["path"].as_str().unwrap().to_string(),
+                recursive: req["recursive"].as_bool().unwrap_or(false),
+                include_entry: req["includeEntry"].as_bool().unwrap_or(false),
+                allow_network_mounts: false,
+            };
+            ("application/connect+proto", m.encode_to_vec())
+        } else {
+            ("application/connect+json", req.to_string().into_bytes())
+        };
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{addr}/filesystem.Filesystem/WatchDir"))
+            .header("content-type", ct);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(Bytes::from(envelope(0, &msg)))).unwrap();
+        let resp = if h2 {
+            let (mut s, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            s.send_request(req).await.unwrap()
+        } else {
+            let (mut s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            s.send_request(req).await.unwrap()
+        };
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], ct);
+        Watching {
+            body: resp.into_body(),
+            buf: bytes::BytesMut::new(),
+            end: None,
+        }
+    }
+
+    /// The next message as JSON (a binary one decoded, then written in
+    /// envd's JSON so both codecs are checked alike); None after the end.
+    async fn next(&mut self, proto: bool) -> Option<Value> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() >= 5 + len {
+                    let flags = self.buf[0];
+                    self.buf.advance(5);
+                    let m = self.buf.split_to(len);
+                    if flags & 2 != 0 {
+                        self.end = Some(serde_json::from_slice(&m).unwrap());
+                        return None;
+                    }
+                    if proto {
+                        let r = proto::WatchDirResponse::decode(&m[..]).unwrap();
+                        return Some(execd::connect::ToJson::to_json(&r));
+                    }
+                    return Some(serde_json::from_slice(&m).unwrap());
+                }
+            }
+            let f = tokio::time::timeout(Duration::from_secs(60), self.body.frame())
+                .await
+                .expect("a frame within 60 s")?
+                .unwrap();
+            if let Ok(d) = f.into_data() {
+                self.buf.extend_from_slice(&d);
+            }
+        }
+    }
+
+    /// Filesystem events until `want` (name, type) has been seen; all of
+    /// them as (name, type).
+    async fn until(&mut self, proto: bool, want: (&str, &str)) -> Vec<(String, String)> {
+        let mut seen = Vec::new();
+        while let Some(m) = self.next(proto).await {
+            let Some(f) = m.get("filesystem") else {
+                continue;
+            };
+            let ev = (
+                f["name"].as_str().unwrap().to_string(),
+                f["type"].as_str().unwrap().to_string(),
+            );
+            let done = ev.0 == want.0 && ev.1 == want.1;
+            seen.push(ev);
+            if done {
+                return seen;
+            }
+        }
+        panic!("the stream ended before {want:?}: {seen:?}, {:?}", self.end);
+    }
+}
+
+fn has(seen: &[(String, String)], name: &str, t: &str) -> Option<usize> {
+    seen.iter().position(|(n, k)| n == name && k == t)
+}
+
+#[tokio::test]
+async fn watch_dir_streams_envds_events_in_json() {
+    let (_d, a) = daemon(&["--watch-debounce", "0"]);
+    let dir = TempDir::new("watch-json");
+    let mut w = Watching::open(a, json!({"path": dir.0}), false, false, &[]).await;
+    // The start event comes once the watch is armed.
+    assert_eq!(w.next(false).await.unwrap(), json!({"start": {}}));
+    std::fs::write(dir.0.join("a"), b"1").unwrap();
+    let seen = w.until(false, ("a", "EVENT_TYPE_WRITE")).await;
+    assert!(has(&seen, "a", "EVENT_TYPE_CREATE").is_some(), "{seen:?}");
+    // A rename is envd's pair: RENAME of the old name, CREATE of the new.
+    std::fs::rename(dir.0.join("a"), dir.0.join("b")).unwrap();
+    let seen = w.until(false, ("b", "EVENT_TYPE_CREATE")).await;
+    assert!(has(&seen, "a", "EVENT_TYPE_RENAME").is_some(), "{seen:?}");
+    std::fs::set_permissions(
+        dir.0.join("b"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    w.until(false, ("b", "EVENT_TYPE_CHMOD")).await;
+    std::fs::remove_file(dir.0.join("b")).unwrap();
+    w.until(false, ("b", "EVENT_TYPE_REMOVE")).await;
+    // Not recursive: a change in a new subdirectory is not reported, the
+    // subdirectory itself is.
+    std::fs::create_dir(dir.0.join("sub")).unwrap();
+    std::fs::write(dir.0.join("sub/inner"), b"x").unwrap();
+    std::fs::write(dir.0.join("last"), b"x").unwrap();
+    let seen = w.until(false, ("last", "EVENT_TYPE_CREATE")).await;
+    assert!(has(&seen, "sub", "EVENT_TYPE_CREATE").is_some(), "{seen:?}");
+    assert!(seen.iter().all(|(n, _)| !n.starts_with("sub/")), "{seen:?}");
+    // The watched directory removed: the stream ends with an error, never
+    // silently.
+    drop(dir);
+    while w.next(false).await.is_some() {}
+    let end = w.end.unwrap();
+    assert_eq!(end["error"]["code"], "aborted", "{end}");
+}
+
+#[tokio::test]
+async fn watch_dir_recursive_in_the_binary_codec_over_h2() {
+    let (_d, a) = daemon(&[]);
+    let dir = TempDir::new("watch-proto");
+    let req = json!({"path": dir.0, "recursive": true, "includeEntry": true});
+    let mut w = Watching::open(a, req, true, true, &[]).await;
+    assert_eq!(w.next(true).await.unwrap(), json!({"start": {}}));
+    std::fs::create_dir_all(dir.0.join("x/y")).unwrap();
+    std::fs::write(dir.0.join("x/y/f"), b"hello").unwrap();
+    let mut entry = None;
+    let mut seen = Vec::new();
+    while let Some(m) = w.next(true).await {
+        let Some(f) = m.get("filesystem") else {
+            continue;
+        };
+        let ev = (f["name"].as_str().unwrap().to_string(), f["type"].clone());
+        if ev.0 == "x/y/f" && f.get("entry").is_some() {
+            entry = Some(f["entry"].clone());
+        }
+        seen.push(ev);
+        if entry.is_some() {
+            break;
+        }
+    }
+    // Entries describe what is there (include_entry).
+    let e = entry.unwrap();
+    assert_eq!(e["type"], "FILE_TYPE_FILE", "{e}");
+    assert_eq!(e["path"], dir.join("x/y/f"));
+    assert!(
+        seen.iter().any(|(n, _)| n == "x"),
+        "the new directory itself: {seen:?}"
+    );
+    // A rename within the tree, in a subdirectory.
+    std::fs::rename(dir.0.join("x/y/f"), dir.0.join("x/g")).unwrap();
+    let seen = w.until(true, ("x/g", "EVENT_TYPE_CREATE")).await;
+    assert!(
+        has(&seen, "x/y/f", "EVENT_TYPE_RENAME").is_some(),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn watch_dir_errors_and_keepalives() {
+    let (_d, a) = daemon(&["--max-watches", "1"]);
+    let dir = TempDir::new("watch-errors");
+    std::fs::write(dir.0.join("file"), b"x").unwrap();
+    let call = |path: String| async move {
+        stream_json(
+            a,
+            "/filesystem.Filesystem/WatchDir",
+            json!({ "path": path }),
+            false,
+        )
+        .await
+    };
+    let (ev, end) = call(dir.join("missing")).await;
+    assert!(ev.is_empty());
+    assert_eq!(end["error"]["code"], "not_found", "{end}");
+    let (_, end) = call(dir.join("file")).await;
+    assert_eq!(end["error"]["code"], "invalid_argument", "{end}");
+    // A directory the user may not read: refused as that user (Basic auth).
+    let locked = dir.0.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let basic = format!("Basic {}", data_encoding::BASE64.encode(b"nobody:"));
+    let r = send(
+        a,
+        Method::POST,
+        "/filesystem.Filesystem/WatchDir",
+        &[
+            ("content-type", "application/connect+json"),
+            ("authorization", &basic),
+        ],
+        envelope(0, json!({"path": locked}).to_string().as_bytes()),
+        false,
+    )
+    .await;
+    let (_, end) = envelopes(r.body).pop().unwrap();
+    let end: Value = serde_json::from_slice(&end).unwrap();
+    assert_eq!(end["error"]["code"], "permission_denied", "{end}");
+    // One watch at most (--max-watches 1, shared): the second is refused
+    // while the first is open, and the first keeps sending keepalives.
+    let mut w = Watching::open(
+        a,
+        json!({"path": dir.0}),
+        false,
+        false,
+        &[("keepalive-ping-interval", "1")],
+    )
+    .await;
+    assert_eq!(w.next(false).await.unwrap(), json!({"start": {}}));
+    let (_, end) = call(dir.0.to_string_lossy().into_owned()).await;
+    assert_eq!(end["error"]["code"], "resource_exhausted", "{end}");
+    assert_eq!(w.next(false).await.unwrap(), json!({"keepalive": {}}));
+    // The client gone, its watch goes with it: a new one is accepted.
+    drop(w);
+    let mut ok = false;
+    for _ in 0..200 {
+        let mut w2 = Watching::open(a, json!({"path": dir.0}), false, false, &[]).await;
+        if w2.next(false).await.is_some() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the watch of a client that left was not closed");
+}
+
+/// A unary JSON call as `user` (Basic auth), or the default user.
+async fn unary_as(addr: SocketAddr, method: &str, body: Value, user: Option<&str>) -> Reply {
+    let basic = user.map(|u| {
+        format!(
+            "Basic {}",
+            data_encoding::BASE64.encode(format!("{u}:").as_bytes())
+        )
+    });
+    let mut h = vec![("content-type", "application/json")];
+    if let Some(b) = &basic {
+        h.push(("authorization", b.as_str()));
+    }
+    send(
+        addr,
+        Method::POST,
+        method,
+        &h,
+        body.to_string().into_bytes(),
+        false,
+    )
+    .await
+}
+
+/// Polls `GetWatcherEvents` until `want` is among the events (bounded).
+async fn poll_until(a: SocketAddr, id: &str, want: (&str, &str)) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    for _ in 0..600 {
+        let r = unary(
+            a,
+            "/filesystem.Filesystem/GetWatcherEvents",
+            json!({"watcherId": id}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        for e in r.json()["events"].as_array().unwrap() {
+            seen.push((
+                e["name"].as_str().unwrap().to_string(),
+                e["type"].as_str().unwrap().to_string(),
+            ));
+        }
+        if has(&seen, want.0, want.1).is_some() {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {want:?} in {seen:?}");
+}
+
+#[tokio::test]
+async fn polling_watchers_create_drain_remove() {
+    let (_d, a) = daemon(&["--watch-debounce", "0"]);
+    let dir = TempDir::new("watch-poll");
+    let r = unary(
+        a,
+        "/filesystem.Filesystem/CreateWatcher",
+        json!({"path": dir.0, "recursive": true}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let id = r.json()["watcherId"].as_str().unwrap().to_string();
+    std::fs::create_dir(dir.0.join("d")).unwrap();
+    std::fs::write(dir.0.join("d/f"), b"1").unwrap();
+    let seen = poll_until(a, &id, ("d/f", "EVENT_TYPE_CREATE")).await;
+    assert!(has(&seen, "d", "EVENT_TYPE_CREATE").is_some(), "{seen:?}");
+    // Drained: what was taken is not answered again.
+    std::fs::rename(dir.0.join("d/f"), dir.0.join("g")).unwrap();
+    let seen = poll_until(a, &id, ("g", "EVENT_TYPE_CREATE")).await;
+    assert!(has(&seen, "d/f", "EVENT_TYPE_RENAME").is_some(), "{seen:?}");
+    assert!(has(&seen, "d", "EVENT_TYPE_CREATE").is_none(), "{seen:?}");
+    // Another user does not see it (as an unknown id).
+    let r = unary_as(
+        a,
+        "/filesystem.Filesystem/GetWatcherEvents",
+        json!({"watcherId": id}),
+        Some("nobody"),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let r = unary_as(
+        a,
+        "/filesystem.Filesystem/RemoveWatcher",
+        json!({"watcherId": id}),
+        Some("nobody"),
+    )
+    .await;
+    assert_eq!(r.json()["code"], "not_found");
+    // Removed: then unknown.
+    let r = unary(
+        a,
+        "/filesystem.Filesystem/RemoveWatcher",
+        json!({"watcherId": id}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for m in ["GetWatcherEvents", "RemoveWatcher"] {
+        let r = unary(
+            a,
+            &format!("/filesystem.Filesystem/{m}"),
+            json!({"watcherId": id}),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.json()["code"].as_str()),
+            (404, Some("not_found")),
+            "{m}"
+        );
+    }
+    let r = unary(
+        a,
+        "/filesystem.Filesystem/GetWatcherEvents",
+        json!({"watcherId": "wnope"}),
+    )
+    .await;
+    assert_eq!(r.json()["code"], "not_found");
+    // Not a directory, missing: envd's codes.
+    std::fs::write(dir.0.join("file"), b"x").unwrap();
+    let r = unary(
+        a,
+        "/filesystem.Filesystem/CreateWatcher",
+        json!({"path": dir.join("file")}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (400, Some("invalid_argument"))
+    );
+    let r = unary(
+        a,
+        "/filesystem.Filesystem/CreateWatcher",
+        json!({"path": dir.join("no")}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    // The binary codec.
+    let req = proto::WatchRequest {
+        path: dir.join(""),
+        ..Default::default()
+    };
+    let r = send(
+        a,
+        Method::POST,
+        "/filesystem.Filesystem/CreateWatcher",
+        &[("content-type", "application/proto")],
+        req.encode_to_vec(),
+        false,
+    )
+    .await;
+    assert_eq!((r.status, r.ct()), (200, "application/proto"));
+    let id = proto::CreateWatcherResponse::decode(&r.body[..])
+        .unwrap()
+        .watcher_id;
+    std::fs::write(dir.0.join("p"), b"1").unwrap();
+    let mut got = Vec::new();
+    for _ in 0..600 {
+        let q = proto::WatcherRequest {
+            watcher_id: id.clone(),
+        };
+        let r = send(
+            a,
+            Method::POST,
+            "/filesystem.Filesystem/GetWatcherEvents",
+            &[("content-type", "application/proto")],
+            q.encode_to_vec(),
+            false,
+        )
+        .await;
+        got.extend(
+            proto::GetWatcherEventsResponse::decode(&r.body[..])
+                .unwrap()
+                .events,
+        );
+        if got
+            .iter()
+            .any(|e| e.name == "p" && e.r#type == proto::EVENT_TYPE_CREATE)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(got.iter().any(|e| e.name == "p"), "{got:?}");
+    // The watched directory removed: the buffered events, then an error.
+    drop(dir);
+    let mut code = None;
+    for _ in 0..600 {
+        let r = unary(
+            a,
+            "/filesystem.Filesystem/GetWatcherEvents",
+            json!({"watcherId": id}),
+        )
+        .await;
+        if r.status != 200 {
+            code = r.json()["code"].as_str().map(str::to_string);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(code.as_deref(), Some("aborted"));
+}
+
+#[tokio::test]
+async fn idle_polling_watchers_are_reaped() {
+    let (_d, a) = daemon(&["--e2b-watcher-idle", "1s", "--max-watches", "1"]);
+    let dir = TempDir::new("watch-reap");
+    let create = || {
+        unary(
+            a,
+            "/filesystem.Filesystem/CreateWatcher",
+            json!({"path": dir.0}),
+        )
+    };
+    let r = create().await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let id = r.json()["watcherId"].as_str().unwrap().to_string();
+    // The only place (--max-watches 1) is given back once the watcher,
+    // never polled, is reaped.
+    let mut second = None;
+    for _ in 0..600 {
+        let r = create().await;
+        if r.status == 200 {
+            second = r.json()["watcherId"].as_str().map(str::to_string);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(second.is_some(), "the idle watcher was never reaped");
+    let r = unary(
+        a,
+        "/filesystem.Filesystem/GetWatcherEvents",
+        json!({"watcherId": id}),
+    )
+    .await;
+    assert_eq!(r.json()["code"], "not_found");
 }

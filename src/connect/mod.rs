@@ -470,13 +470,24 @@ pub type Sender<M> = tokio::sync::mpsc::Sender<Result<M, Error>>;
 /// the error after an `Err`).
 pub fn stream_response<M>(
     p: Protocol,
-    rx: tokio::sync::mpsc::Receiver<Result<M, Error>>,
+    mut rx: tokio::sync::mpsc::Receiver<Result<M, Error>>,
 ) -> Response<Body>
 where
     M: prost::Message + ToJson + Send + 'static,
 {
+    stream_from(p, futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// The response of a server stream read from `messages` as the client
+/// takes them, with no task in between: dropping the response (the client
+/// gone) drops the stream. Ends as [`stream_response`] does.
+pub fn stream_from<M, S>(p: Protocol, messages: S) -> Response<Body>
+where
+    M: prost::Message + ToJson + Send + 'static,
+    S: futures_core::Stream<Item = Result<M, Error>> + Send + 'static,
+{
     let body = StreamBody {
-        rx,
+        messages: Box::pin(messages),
         codec: p.codec,
         done: false,
     };
@@ -488,13 +499,17 @@ where
     with_type(StatusCode::OK, ct, body.boxed_unsync())
 }
 
-struct StreamBody<M> {
-    rx: tokio::sync::mpsc::Receiver<Result<M, Error>>,
+struct StreamBody<S> {
+    messages: Pin<Box<S>>,
     codec: Codec,
     done: bool,
 }
 
-impl<M: prost::Message + ToJson> HttpBody for StreamBody<M> {
+impl<M, S> HttpBody for StreamBody<S>
+where
+    M: prost::Message + ToJson,
+    S: futures_core::Stream<Item = Result<M, Error>>,
+{
     type Data = Bytes;
     type Error = std::io::Error;
 
@@ -506,7 +521,7 @@ impl<M: prost::Message + ToJson> HttpBody for StreamBody<M> {
         if this.done {
             return Poll::Ready(None);
         }
-        let out = match std::task::ready!(this.rx.poll_recv(cx)) {
+        let out = match std::task::ready!(this.messages.as_mut().poll_next(cx)) {
             Some(Ok(m)) => envelope(0, &encode(this.codec, &m)),
             Some(Err(e)) => {
                 this.done = true;

@@ -1,8 +1,7 @@
 //! envd's `filesystem.Filesystem` service: `Stat`, `MakeDir`, `Move`,
 //! `ListDir`, `Remove`, each run as the request's user on a blocking
-//! thread (the same identity switch as execd's file routes). `WatchDir`
-//! and the polling watcher trio answer `unimplemented` until execd's
-//! directory-watch engine is on main.
+//! thread (the same identity switch as execd's file routes); `WatchDir`
+//! and the polling watcher trio are in [`super::watch`].
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -40,13 +39,9 @@ pub async fn call(
         "Move" => connect::unary(p, req, |r: MoveRequest| mv(user, r)).await,
         "ListDir" => connect::unary(p, req, |r: ListDirRequest| list_dir(user, r)).await,
         "Remove" => connect::unary(p, req, |r: PathRequest| remove(user, r)).await,
-        "WatchDir" | "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => {
-            connect::error_response(
-                p,
-                &Error::unimplemented(format!(
-                    "filesystem.Filesystem/{method} is not implemented by execd yet (directory watch)"
-                )),
-            )
+        "WatchDir" => super::watch::watch_dir(app, user, p, req).await,
+        "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => {
+            super::watch::poll_call(app, user, p, method, req).await
         }
         _ => connect::error_response(
             p,

@@ -15,6 +15,7 @@ pub mod files;
 pub mod filesystem;
 pub mod process;
 pub mod proto;
+pub mod watch;
 pub mod xattr;
 
 use std::collections::HashMap;
@@ -52,6 +53,8 @@ struct Defaults {
 pub struct E2b {
     defaults: RwLock<Defaults>,
     pub(crate) procs: process::Table,
+    /// `CreateWatcher`'s polling watchers.
+    pub(crate) watchers: watch::Watchers,
 }
 
 impl E2b {
@@ -59,6 +62,7 @@ impl E2b {
         Arc::new(E2b {
             defaults: RwLock::new(Defaults::default()),
             procs: process::Table::new(retention),
+            watchers: watch::Watchers::default(),
         })
     }
 

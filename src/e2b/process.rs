@@ -227,7 +227,7 @@ fn event(e: Event) -> EventResponse {
 }
 
 /// `Keepalive-Ping-Interval` (seconds).
-fn keepalive(headers: &http::HeaderMap) -> Duration {
+pub(super) fn keepalive(headers: &http::HeaderMap) -> Duration {
     headers
         .get("keepalive-ping-interval")
         .and_then(|v| v.to_str().ok())

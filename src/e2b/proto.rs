@@ -342,6 +342,64 @@ pub struct WatcherRequest {
     pub watcher_id: String,
 }
 
+pub const EVENT_TYPE_CREATE: i32 = 1;
+pub const EVENT_TYPE_WRITE: i32 = 2;
+pub const EVENT_TYPE_REMOVE: i32 = 3;
+pub const EVENT_TYPE_RENAME: i32 = 4;
+pub const EVENT_TYPE_CHMOD: i32 = 5;
+
+fn event_type_name(t: i32) -> &'static str {
+    match t {
+        EVENT_TYPE_CREATE => "EVENT_TYPE_CREATE",
+        EVENT_TYPE_WRITE => "EVENT_TYPE_WRITE",
+        EVENT_TYPE_REMOVE => "EVENT_TYPE_REMOVE",
+        EVENT_TYPE_RENAME => "EVENT_TYPE_RENAME",
+        EVENT_TYPE_CHMOD => "EVENT_TYPE_CHMOD",
+        _ => "EVENT_TYPE_UNSPECIFIED",
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FilesystemEvent {
+    /// Relative to the watched directory.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(int32, tag = "2")]
+    pub r#type: i32,
+    #[prost(message, optional, tag = "3")]
+    pub entry: Option<EntryInfo>,
+}
+
+// One event at a time, moved straight into its envelope: not worth a box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum WatchEvent {
+    #[prost(message, tag = "1")]
+    Start(Empty),
+    #[prost(message, tag = "2")]
+    Filesystem(FilesystemEvent),
+    #[prost(message, tag = "3")]
+    Keepalive(Empty),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WatchDirResponse {
+    #[prost(oneof = "WatchEvent", tags = "1, 2, 3")]
+    pub event: Option<WatchEvent>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreateWatcherResponse {
+    #[prost(string, tag = "1")]
+    pub watcher_id: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetWatcherEventsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<FilesystemEvent>,
+}
+
 // ---- JSON: requests ----
 
 fn obj(v: &Value) -> Result<&j::Object, String> {
@@ -644,6 +702,42 @@ impl ToJson for ListDirResponse {
     }
 }
 
+impl ToJson for FilesystemEvent {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("name".into(), json!(self.name));
+        m.insert("type".into(), json!(event_type_name(self.r#type)));
+        if let Some(e) = &self.entry {
+            m.insert("entry".into(), e.to_json());
+        }
+        Value::Object(m)
+    }
+}
+
+impl ToJson for WatchDirResponse {
+    fn to_json(&self) -> Value {
+        match &self.event {
+            None => json!({}),
+            Some(WatchEvent::Start(_)) => json!({"start": {}}),
+            Some(WatchEvent::Filesystem(e)) => json!({"filesystem": e.to_json()}),
+            Some(WatchEvent::Keepalive(_)) => json!({"keepalive": {}}),
+        }
+    }
+}
+
+impl ToJson for CreateWatcherResponse {
+    fn to_json(&self) -> Value {
+        json!({"watcherId": self.watcher_id})
+    }
+}
+
+impl ToJson for GetWatcherEventsResponse {
+    fn to_json(&self) -> Value {
+        let es: Vec<Value> = self.events.iter().map(ToJson::to_json).collect();
+        json!({ "events": es })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,5 +816,31 @@ mod tests {
         assert_eq!(v["type"], "FILE_TYPE_DIRECTORY");
         assert_eq!(v["size"], "5");
         assert_eq!(v["modifiedTime"], "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn watch_events_in_json_and_proto() {
+        let r = WatchDirResponse {
+            event: Some(WatchEvent::Filesystem(FilesystemEvent {
+                name: "a/b".into(),
+                r#type: EVENT_TYPE_RENAME,
+                entry: None,
+            })),
+        };
+        assert_eq!(
+            r.to_json(),
+            json!({"filesystem": {"name": "a/b", "type": "EVENT_TYPE_RENAME"}})
+        );
+        // filesystem = 2, its name = 1 and type = 2 (as envd's descriptor).
+        assert_eq!(r.encode_to_vec(), b"\x12\x07\x0a\x03a/b\x10\x04".to_vec());
+        let s = WatchDirResponse {
+            event: Some(WatchEvent::Start(Empty {})),
+        };
+        assert_eq!(s.encode_to_vec(), b"\x0a\x00".to_vec());
+        assert_eq!(s.to_json(), json!({"start": {}}));
+        let k = WatchDirResponse {
+            event: Some(WatchEvent::Keepalive(Empty {})),
+        };
+        assert_eq!(k.encode_to_vec(), b"\x1a\x00".to_vec());
     }
 }

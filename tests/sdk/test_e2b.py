@@ -266,12 +266,83 @@ def test_a_user_other_than_root(sbx):
         assert not os.path.exists(f"{d}/root-only/x")
 
 
-@pytest.mark.xfail(strict=True, reason="WatchDir waits for execd's directory-watch engine")
+def _poll(w, want, seen):
+    """Polls the watcher until (name, type) ``want`` is among the events."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        seen += [(e.name, e.type.value) for e in w.get_new_events()]
+        if want in seen:
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"no {want} in {seen}")
+
+
 def test_watch_dir(sbx, tmp):
-    events = []
+    # The synchronous SDK: CreateWatcher, GetWatcherEvents, RemoveWatcher.
     w = sbx.files.watch_dir(tmp)
     sbx.files.write(f"{tmp}/w", "x")
-    time.sleep(0.5)
-    events = w.get_new_events()
+    seen = _poll(w, ("w", "write"), [])
+    assert ("w", "create") in seen
+    sbx.files.rename(f"{tmp}/w", f"{tmp}/v")
+    seen = _poll(w, ("v", "create"), [])
+    assert ("w", "rename") in seen
+    sbx.files.remove(f"{tmp}/v")
+    _poll(w, ("v", "remove"), [])
     w.stop()
-    assert any(e.name == "w" for e in events)
+    with pytest.raises(e2b.SandboxException):
+        w.get_new_events()
+
+
+def test_watch_dir_recursive_with_entries(sbx, tmp):
+    w = sbx.files.watch_dir(tmp, recursive=True, include_entry=True)
+    sbx.files.make_dir(f"{tmp}/a/b")
+    sbx.files.write(f"{tmp}/a/b/f", "hello")
+    deadline = time.monotonic() + 30
+    entry = None
+    while entry is None and time.monotonic() < deadline:
+        for e in w.get_new_events():
+            if e.name == "a/b/f" and e.entry is not None:
+                entry = e.entry
+        time.sleep(0.05)
+    w.stop()
+    assert entry is not None
+    assert entry.path == f"{tmp}/a/b/f"
+    assert entry.type == e2b.FileType.FILE
+
+
+def test_watch_dir_errors(sbx, tmp):
+    with pytest.raises(e2b.NotFoundException):
+        sbx.files.watch_dir(f"{tmp}/missing")
+    sbx.files.write(f"{tmp}/file", "x")
+    with pytest.raises(e2b.InvalidArgumentException):
+        sbx.files.watch_dir(f"{tmp}/file")
+
+
+def test_watch_dir_streaming_async(e2b_daemon, tmp):
+    # The asynchronous SDK streams WatchDir (start event first).
+    import asyncio
+
+    from e2b import AsyncSandbox
+
+    _, url = e2b_daemon
+
+    async def run():
+        sbx = await AsyncSandbox.create(debug=True, sandbox_url=url)
+        got = []
+        done = asyncio.Event()
+
+        def on_event(e):
+            got.append((e.name, e.type.value))
+            if ("b", "create") in got:
+                done.set()
+
+        h = await sbx.files.watch_dir(tmp, on_event, recursive=True)
+        await sbx.files.write(f"{tmp}/a", "1")
+        await sbx.files.rename(f"{tmp}/a", f"{tmp}/b")
+        await asyncio.wait_for(done.wait(), 30)
+        await h.stop()
+        return got
+
+    got = asyncio.run(run())
+    assert ("a", "create") in got
+    assert ("a", "rename") in got
