@@ -1,7 +1,9 @@
 //! Through clients: `commands.run("echo hi")` with the OpenSandbox Python
-//! SDK against the same request sent by curl (`bench/code/sdk_rtt.py`), and
-//! isolated sessions: creation time, and the first run's round trip in a
-//! fresh session against a plain `/command` `true`, alternating.
+//! SDK against the same request sent by curl, and with the `e2b` Python SDK
+//! (on `--e2b-port`) against the OpenSandbox SDK, alternating in one run on
+//! one execd (`bench/code/sdk_rtt.py`); and isolated sessions: creation
+//! time, and the first run's round trip in a fresh session against a plain
+//! `/command` `true`, alternating.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -20,11 +22,24 @@ pub async fn figures(run: &Run) -> Vec<Figure> {
         "ms",
         Budget::None,
     );
-    let sdk = match sdk_venv() {
-        Err(why) => sdk.not_applicable(why),
-        Ok(python) => sdk.with(through_sdk(run, python).await),
+    let e2b = Figure::new(
+        "sdk_e2b_echo_ms",
+        "e2b SDK `commands.run(\"echo hi\")`",
+        "ms",
+        Budget::None,
+    );
+    let figs_sdk = match sdk_venv() {
+        Err(why) => vec![sdk.not_applicable(&why), e2b.not_applicable(why)],
+        Ok(python) => match through_sdk(run, python).await {
+            Ok((a, Some(b))) => vec![sdk.with(Ok(a)), e2b.with(Ok(b))],
+            Ok((a, None)) => vec![
+                sdk.with(Ok(a)),
+                e2b.not_applicable("the e2b package is not in the SDK venv"),
+            ],
+            Err(e) => vec![sdk.error(&e), e2b.error(e)],
+        },
     };
-    let mut figs = vec![sdk];
+    let mut figs = figs_sdk;
     figs.extend(isolated(run).await);
     figs
 }
@@ -48,15 +63,32 @@ fn sdk_venv() -> std::result::Result<PathBuf, String> {
     Ok(python)
 }
 
-async fn through_sdk(run: &Run, python: PathBuf) -> Result<Measured> {
+/// A port free now (for `--e2b-port`, which prints its address on a second
+/// line the harness does not read).
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// The OpenSandbox SDK against curl; the e2b SDK against the OpenSandbox
+/// SDK (`None` without the e2b package). Both SDKs talk to one execd of
+/// their own, with `--e2b-port`.
+async fn through_sdk(run: &Run, python: PathBuf) -> Result<(Measured, Option<Measured>)> {
     let n = if run.plan.smoke { 5 } else { 100 };
+    let e2b_port = free_port()?;
+    let mut daemon = std::process::Command::new(&run.bin);
+    daemon.args(["--port", "0", "--bind", "127.0.0.1", "--e2b-port"]);
+    daemon.arg(e2b_port.to_string());
+    let execd = crate::server::Server::start(daemon)?;
     let script = crate::server::workspace_root().join("bench/code/sdk_rtt.py");
     let mut cmd = std::process::Command::new(python);
     cmd.arg(script)
-        .arg(run.execd.addr.to_string())
+        .arg(execd.addr.to_string())
         .arg(n.to_string())
+        .arg(format!("127.0.0.1:{e2b_port}"))
         .stdin(std::process::Stdio::null());
     let out = blocking(move || cmd.output().map_err(|e| format!("sdk_rtt.py: {e}"))).await?;
+    drop(execd);
     if !out.status.success() {
         return Err(format!(
             "sdk_rtt.py: {}: {}",
@@ -77,8 +109,9 @@ async fn through_sdk(run: &Run, python: PathBuf) -> Result<Measured> {
             .unwrap_or_default()
     };
     let (sdk, wall, req) = (ms("sdk"), ms("curl_wall"), ms("curl_request"));
+    let (e2b, e2b_req, login) = (ms("e2b"), ms("curl_e2b_request"), ms("login_shell"));
     let med = |x: &[f64]| stats::median(x).unwrap_or(f64::NAN);
-    Ok(Measured {
+    let opensandbox = Measured {
         value: med(&sdk),
         baseline: stats::median(&req),
         p95: stats::p95(&sdk),
@@ -90,7 +123,26 @@ async fn through_sdk(run: &Run, python: PathBuf) -> Result<Measured> {
             fmt_num(med(&wall)),
             fmt_num(med(&sdk) - med(&req))
         ),
-    })
+    };
+    let e2b = (!e2b.is_empty()).then(|| Measured {
+        value: med(&e2b),
+        baseline: stats::median(&sdk),
+        p95: stats::p95(&e2b),
+        note: format!(
+            "AsyncSandbox.commands.run on --e2b-port (debug mode), alternating with the \
+             OpenSandbox SDK (baseline) in the same {n} rounds on the same execd; the SDK \
+             runs `bash -l -c`, HOME an empty directory (a login shell spawned directly: {} ms); \
+             curl's time_total for envd's POST /process.Process/Start (one Connect JSON \
+             envelope, read to the end of the stream) {} ms (p95 {}) against {} ms for POST \
+             /command; e2b SDK overhead over its curl request {} ms",
+            fmt_num(med(&login)),
+            fmt_num(med(&e2b_req)),
+            fmt_num(stats::p95(&e2b_req).unwrap_or(f64::NAN)),
+            fmt_num(med(&req)),
+            fmt_num(med(&e2b) - med(&e2b_req))
+        ),
+    });
+    Ok((opensandbox, e2b))
 }
 
 /// Session creation time, and a fresh session's first run of `true` against
