@@ -51,6 +51,8 @@ use crate::server::{Body, RequestBody};
 pub const MAX_POLLERS: usize = 1024;
 /// Events one `GetWatcherEvents` takes at most; the rest wait for the next.
 pub const MAX_DRAIN: usize = 4096;
+/// Events a stream takes from the engine at once.
+const BATCH: usize = 256;
 
 /// The Connect error of a watch that could not start.
 fn start_error(e: WatchError) -> Error {
@@ -246,6 +248,7 @@ pub async fn watch_dir(
         ka: super::process::keepalive(&parts.headers),
         stop: app.shutdown.clone(),
         queue: std::collections::VecDeque::new(),
+        ending: None,
         started: false,
         done: false,
     };
@@ -266,6 +269,8 @@ struct Streaming {
     ka: Duration,
     stop: tokio_util::sync::CancellationToken,
     queue: std::collections::VecDeque<FilesystemEvent>,
+    /// The error to end with once `queue` is sent.
+    ending: Option<Error>,
     started: bool,
     done: bool,
 }
@@ -282,6 +287,10 @@ impl Streaming {
             if let Some(e) = self.queue.pop_front() {
                 return Some(Ok(response(WatchEvent::Filesystem(e))));
             }
+            if let Some(e) = self.ending.take() {
+                self.done = true;
+                return Some(Err(e));
+            }
             let ev = tokio::select! {
                 ev = self.w.next() => ev,
                 _ = tokio::time::sleep(self.ka) => {
@@ -296,10 +305,18 @@ impl Streaming {
                 self.done = true;
                 return Some(Err(Error::new(Code::Aborted, "the watch ended")));
             };
+            // This event and what else is ready (one debounce window comes
+            // at once), described in one trip to a blocking thread.
             let mut out = Vec::new();
-            if !translate(&self.dir, &ev, &mut out) {
-                self.done = true;
-                return Some(Err(end_error(&ev)));
+            let mut next = Some(ev);
+            while let Some(ev) = next.take() {
+                if !translate(&self.dir, &ev, &mut out) {
+                    self.ending = Some(end_error(&ev));
+                    break;
+                }
+                if out.len() < BATCH {
+                    next = self.w.next().now_or_never().flatten();
+                }
             }
             let evs = if self.include_entry {
                 describe(self.scope.clone(), self.dir.clone(), out).await
