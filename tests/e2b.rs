@@ -1439,3 +1439,84 @@ async fn idle_polling_watchers_are_reaped() {
     .await;
     assert_eq!(r.json()["code"], "not_found");
 }
+
+#[tokio::test]
+async fn lost_changes_are_never_silent() {
+    // A directory moved in with more entries than a watch holds (the
+    // engine's bound): the events it could keep, then data_loss.
+    let (_d, a) = daemon(&[]);
+    let full_dir = |name: &str| {
+        let out = TempDir::new(name);
+        let full = out.0.join("full");
+        std::fs::create_dir(&full).unwrap();
+        for i in 0..9_000 {
+            std::fs::File::create(full.join(format!("f{i}"))).unwrap();
+        }
+        out
+    };
+    // The stream.
+    let t = TempDir::new("lost-stream");
+    let out = full_dir("lost-stream-out");
+    let mut w = Watching::open(
+        a,
+        json!({"path": t.0, "recursive": true}),
+        false,
+        false,
+        &[],
+    )
+    .await;
+    assert_eq!(w.next(false).await.unwrap(), json!({"start": {}}));
+    std::fs::rename(out.0.join("full"), t.0.join("full")).unwrap();
+    let mut creates = 0;
+    while let Some(m) = w.next(false).await {
+        if m["filesystem"]["type"] == "EVENT_TYPE_CREATE" {
+            creates += 1;
+        }
+    }
+    let end = w.end.unwrap();
+    assert_eq!(end["error"]["code"], "data_loss", "{end}");
+    assert!(creates > 1, "{creates}");
+    // The polling watcher: its buffered events, then the error, for good.
+    let t = TempDir::new("lost-poll");
+    let out = full_dir("lost-poll-out");
+    let r = unary(
+        a,
+        "/filesystem.Filesystem/CreateWatcher",
+        json!({"path": t.0, "recursive": true}),
+    )
+    .await;
+    let id = r.json()["watcherId"].as_str().unwrap().to_string();
+    std::fs::rename(out.0.join("full"), t.0.join("full")).unwrap();
+    let mut events = 0;
+    let mut code = None;
+    for _ in 0..600 {
+        let r = unary(
+            a,
+            "/filesystem.Filesystem/GetWatcherEvents",
+            json!({"watcherId": id}),
+        )
+        .await;
+        if r.status != 200 {
+            code = r.json()["code"].as_str().map(str::to_string);
+            break;
+        }
+        events += r.json()["events"].as_array().unwrap().len();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(code.as_deref(), Some("data_loss"), "after {events} events");
+    assert!(events > 1, "{events}");
+    let r = unary(
+        a,
+        "/filesystem.Filesystem/GetWatcherEvents",
+        json!({"watcherId": id}),
+    )
+    .await;
+    assert_eq!(r.json()["code"], "data_loss");
+    let r = unary(
+        a,
+        "/filesystem.Filesystem/RemoveWatcher",
+        json!({"watcherId": id}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
