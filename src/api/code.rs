@@ -25,8 +25,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::command::{event_stream, validate, RunCommandRequest, StreamMode};
-use super::wire::{json_str, now_ms, put_u64};
+use super::wire::{json_str, put_u64};
 use crate::api::Ctx;
+use crate::date::now_ms;
 use crate::kernel::{CodeRun, Context, KernelError, State};
 use crate::process::Stream;
 use crate::server::{json_response, ok_empty, sse, ApiError, Body};
@@ -280,13 +281,6 @@ impl Follow {
         }
         None
     }
-}
-
-/// `GET /command/{id}/resume` for a code run (the id of its `init`'s
-/// `command_id`): its events after `after_eid`.
-pub fn resume(app: &crate::api::App, id: &str, from_eid: u64) -> Option<Body> {
-    let run = app.kernels.run(id)?;
-    Some(stream(run, app.config.ping_interval, from_eid))
 }
 
 fn describe(c: &Context) -> Value {

@@ -11,10 +11,9 @@ use http::{HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::wire::{
-    json_str, ms_since_epoch, now_ms, put_base64, put_bool, put_i64, put_u64, rfc3339,
-};
+use super::wire::{json_str, put_base64, put_bool, put_i64, put_u64};
 use crate::api::Ctx;
+use crate::date::{ms_since_epoch, now_ms, rfc3339};
 use crate::fs::path;
 use crate::operations::Kind;
 use crate::process::{Command, CommandSpec, Finished, Program, Stream};
@@ -560,51 +559,6 @@ pub async fn log_response(
         HeaderValue::from(start.min(tail)),
     );
     Ok(resp)
-}
-
-/// `GET /command/{id}/resume?after_eid=N`: every event after N (all of them,
-/// `init` included, without N), then live events until the terminal one.
-/// 410 when events after N are no longer retained.
-pub async fn resume(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let cmd = ctx.app.engine.get(ctx.param("id"))?;
-    let from_eid = match ctx.query().get("after_eid") {
-        None | Some("") => 0,
-        Some(v) => match v.parse::<i64>() {
-            Ok(n) if n < 0 => 0,
-            Ok(n) => n as u64 + 1,
-            Err(_) => {
-                return Err(ApiError::invalid_body(format!(
-                    "after_eid must be an integer, got {v:?}"
-                )))
-            }
-        },
-    };
-    let oldest = cmd.log.oldest_eid();
-    if from_eid > 0 && from_eid < oldest {
-        let mut resp = ApiError::new(
-            StatusCode::GONE,
-            "EVENTS_EXPIRED",
-            format!(
-                "events after {} are no longer retained; the oldest is {oldest}",
-                from_eid - 1
-            ),
-        )
-        .into_response();
-        resp.headers_mut()
-            .insert("execd-oldest-eid", HeaderValue::from(oldest));
-        return Ok(resp);
-    }
-    // A code run's record: its own events (results, errors) and terminal.
-    if let Some(body) = super::code::resume(&ctx.app, &cmd.id, from_eid) {
-        return Ok(sse::response(body));
-    }
-    let ping = ctx.app.config.ping_interval;
-    Ok(sse::response(event_stream(
-        cmd,
-        ping,
-        StreamMode::Follow { from_eid },
-        None,
-    )))
 }
 
 /// `POST /command/{id}/stdin[?eof=true]`: writes the raw body to the command's

@@ -16,12 +16,12 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use serde::{Deserialize, Serialize};
 
-use super::wire::rfc3339;
 use crate::api::transfer::form::Paced;
 use crate::api::transfer::{
     self, content_disposition, header_value, http_secs, parse_ranges, stream_lines, Ranges, Span,
 };
 use crate::api::Ctx;
+use crate::date::rfc3339;
 use crate::fs::attrs::AttrRequest;
 use crate::fs::identity::{scoped, Identity, Scope};
 use crate::fs::info::{self, mode_from_wire, mode_to_wire, FileInfo, Names};
