@@ -113,3 +113,88 @@ impl<C: Borrow<Command>> Follower<C> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::process::datadir::DataDir;
+    use crate::process::output::{LogLimits, MemBudget, OutputLog, Stream};
+
+    fn command(window: usize, tag: &str) -> (Command, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("execd-follow-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let log = OutputLog::new(
+            "t".into(),
+            LogLimits {
+                window,
+                spill_cap: 0,
+            },
+            MemBudget::new(usize::MAX / 2),
+            Arc::new(DataDir::open(Some(&dir)).expect("data dir")),
+        );
+        let cmd = Command::new("t".into(), String::new(), false, None, log, None, None);
+        (cmd, dir)
+    }
+
+    fn line(i: u32) -> [Bytes; 1] {
+        [Bytes::from(format!("line {i:04} {}\n", "x".repeat(40)))]
+    }
+
+    #[tokio::test]
+    async fn events_then_idle_then_end() {
+        let (cmd, dir) = command(1 << 20, "end");
+        let mut f = Follower::new(&cmd, 0);
+        assert!(matches!(f.step(1024).await, Step::Idle));
+        cmd.log.append(Stream::Stdout, 0, line(1));
+        cmd.log.append(Stream::Stderr, 0, line(2));
+        // The append woke the head's watch.
+        f.changed().await;
+        match f.step(1 << 20).await {
+            Step::Events(evs) => assert_eq!(evs.iter().map(|e| e.eid).collect::<Vec<_>>(), [1, 2]),
+            s => panic!("{s:?}"),
+        }
+        assert!(matches!(f.step(1024).await, Step::Idle));
+        cmd.log.finish();
+        assert!(matches!(f.next(1024).await, Step::End { next_eid: 3 }));
+        assert_eq!(f.next_eid(), 3);
+        drop(cmd);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_reader_behind_the_window_is_told_and_skips() {
+        let (cmd, dir) = command(1024, "gap");
+        for i in 0..200 {
+            cmd.log.append(Stream::Stdout, 0, line(i));
+        }
+        cmd.log.finish();
+        let mut f = Follower::new(&cmd, 1);
+        let oldest = match f.next(1 << 20).await {
+            Step::Gap { from_eid, gap } => {
+                assert_eq!(from_eid, 1);
+                assert!(gap.oldest_eid > 1, "{gap:?}");
+                gap.oldest_eid
+            }
+            s => panic!("{s:?}"),
+        };
+        let mut seen = Vec::new();
+        loop {
+            match f.next(1 << 20).await {
+                Step::Events(evs) => seen.extend(evs.iter().map(|e| e.eid)),
+                Step::End { next_eid } => {
+                    assert_eq!(next_eid, 201);
+                    break;
+                }
+                s => panic!("{s:?}"),
+            }
+        }
+        assert_eq!(seen, (oldest..201).collect::<Vec<_>>());
+        drop(cmd);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
