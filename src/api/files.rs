@@ -110,8 +110,8 @@ pub fn identity(ctx: &Ctx) -> Result<Scope, ApiError> {
 
 /// The root a file route acts in: the scope its path names (see
 /// [`identity`]). The agent-sandbox and sandboxd routes act in confined
-/// roots (`agent_sandbox::root`, `sandboxd::root`) through the same
-/// [`Root`] operations.
+/// roots (`agent_sandbox::base_root`, `sandboxd`'s root directory) through
+/// the same [`Root`] operations.
 pub fn root(ctx: &Ctx) -> Result<Root, ApiError> {
     Ok(Root::Scoped(identity(ctx)?))
 }

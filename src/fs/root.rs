@@ -146,17 +146,6 @@ impl Root {
         }
     }
 
-    /// The scope of a scoped root; an error for a confined one (for the
-    /// operations only scoped roots have).
-    pub fn scope(&self) -> FsResult<Scope> {
-        match self {
-            Root::Scoped(s) => Ok(s.clone()),
-            Root::Confined(_) => Err(FsError::BadRequest(
-                "this operation is not available beneath a confined root".into(),
-            )),
-        }
-    }
-
     /// Runs `scoped` (a scoped root, with the absolute path) or `confined`
     /// (a confined root, with the path below it) on a blocking thread.
     async fn run<T: Send + 'static>(
