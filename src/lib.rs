@@ -22,6 +22,7 @@ pub mod config;
 pub mod connect;
 pub mod counters;
 pub mod daemon;
+pub mod date;
 pub mod e2b;
 pub mod fs;
 pub mod grpc;

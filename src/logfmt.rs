@@ -61,7 +61,7 @@ where
         let mut line = Map::new();
         line.insert(
             "time".into(),
-            crate::api::wire::rfc3339(std::time::SystemTime::now()).into(),
+            crate::date::rfc3339(std::time::SystemTime::now()).into(),
         );
         line.insert(
             "level".into(),

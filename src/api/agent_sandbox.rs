@@ -10,17 +10,18 @@
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::{header, HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::api::files::{receive_part, PartError};
 use crate::api::transfer::{self, Span};
 use crate::api::{App, Ctx};
 use crate::fs::attrs::AttrRequest;
-use crate::fs::confined::{runtime_path, ConfineError, RelPath, Root};
-use crate::fs::upload::Writer;
+use crate::fs::confined::ConfineError;
+use crate::fs::root::{Place, Root};
+use crate::fs::FsError;
 use crate::process::capture::{capture, with_marker};
 use crate::process::{CommandSpec, Engine, Program};
 use crate::server::{json_response, ApiError, Body};
@@ -42,29 +43,9 @@ pub fn base_dir(app: &App) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
-/// Opens `dir` as a confinement root (on a blocking thread).
-pub async fn open_root(dir: PathBuf) -> Result<Arc<Root>, ConfineError> {
-    blocking(move || {
-        Root::open(&dir)
-            .map(Arc::new)
-            .map_err(|source| ConfineError::Io {
-                op: "open the base directory",
-                source,
-            })
-    })
-    .await
-}
-
-/// Runs blocking file-system work off the reactor.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ConfineError> + Send + 'static,
-) -> Result<T, ConfineError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(ConfineError::Io {
-            op: "blocking task",
-            source: std::io::Error::other(e.to_string()),
-        })
-    })
+/// The python-runtime's root: the base directory, confined.
+pub async fn base_root(app: &App) -> Result<Root, FsError> {
+    Root::confined(base_dir(app)).await
 }
 
 /// The `{*path}` tail, percent-decoded exactly once.
@@ -94,8 +75,8 @@ fn denied() -> ApiError {
 }
 
 /// A request path under the base directory; 403 for an escape.
-fn rel(path: &str) -> Result<RelPath, ApiError> {
-    runtime_path(path).map_err(|e| match e {
+fn place(path: &str) -> Result<Place, ApiError> {
+    Place::runtime(path).map_err(|e| match e {
         ConfineError::Escapes => denied(),
         other => message(StatusCode::BAD_REQUEST, "INVALID_PATH", other.to_string()),
     })
@@ -202,7 +183,7 @@ pub async fn execute(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 /// `POST /upload`: multipart part `file`, whose filename is the destination
 /// relative to the base directory; parents are created; atomic.
 pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let base = base_dir(&ctx.app);
+    let app = ctx.app.clone();
     let ct = content_type(&ctx);
     let boundary = multer::parse_boundary(&ct).map_err(|_| {
         message(
@@ -248,37 +229,28 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             continue;
         }
         let filename = field.file_name().unwrap_or("").to_string();
-        let rel = rel(&filename)?;
-        let root = open_root(base.clone()).await.map_err(|e| failed(&e))?;
-        let (dir, name) =
-            blocking(move || root.prepare_write(&rel))
-                .await
-                .map_err(|e| match e {
-                    ConfineError::Escapes => denied(),
-                    other => failed(&other),
-                })?;
-        // Written relative to the directory just checked, never by path.
-        let mut w = Writer::create_in(dir, name, filename.clone().into(), AttrRequest::default())
+        let place = place(&filename)?;
+        let root = base_root(&app).await.map_err(|e| failed(&e))?;
+        // Written relative to the directory checked there, never by path.
+        let w = root
+            .create(&place, AttrRequest::default())
             .await
-            .map_err(|e| failed(&e))?;
-        loop {
-            match field.chunk().await {
-                Ok(Some(c)) => w.write(&c).await.map_err(|e| failed(&e))?,
-                Ok(None) => break,
-                Err(e) if crate::api::transfer::form::over_limit(&e) => {
-                    return Err(message(
-                        StatusCode::BAD_REQUEST,
-                        "INVALID_REQUEST_BODY",
-                        format!(
-                            "malformed multipart body: {}",
-                            crate::api::transfer::form::describe(&e)
-                        ),
-                    ))
-                }
-                Err(e) => return Err(failed(&e)),
+            .map_err(|e| if e.escapes() { denied() } else { failed(&e) })?;
+        match receive_part(&mut field, w).await {
+            Ok(_) => {}
+            Err(PartError::Body(e)) if crate::api::transfer::form::over_limit(&e) => {
+                return Err(message(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_REQUEST_BODY",
+                    format!(
+                        "malformed multipart body: {}",
+                        crate::api::transfer::form::describe(&e)
+                    ),
+                ))
             }
+            Err(PartError::Body(e)) => return Err(failed(&e)),
+            Err(PartError::Fs(e)) => return Err(failed(&e)),
         }
-        w.commit().await.map_err(|e| failed(&e))?;
         return Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({
@@ -291,21 +263,16 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 /// `GET /download/{path}` (and `HEAD`: the headers only): the file's bytes.
 pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let path = tail(&ctx)?;
-    let rel = rel(&path)?;
+    let place = place(&path)?;
     let not_found = || message(StatusCode::NOT_FOUND, "FILE_NOT_FOUND", "File not found");
-    let root = open_root(base_dir(&ctx.app))
-        .await
-        .map_err(|_| not_found())?;
-    let (file, entry) = blocking(move || root.open_file(&rel))
-        .await
-        .map_err(|e| match e {
-            ConfineError::Escapes => denied(),
-            _ => not_found(),
-        })?;
-    let size = entry.size;
+    let root = base_root(&ctx.app).await.map_err(|_| not_found())?;
+    let (file, entry) =
+        root.open_file(&place)
+            .await
+            .map_err(|e| if e.escapes() { denied() } else { not_found() })?;
     // HEAD: GET's headers, no body (the file is not read).
     let head = ctx.req.method() == http::Method::HEAD;
-    let mut resp = transfer::download(file, size, entry.modified, Span::Whole, head);
+    let mut resp = transfer::download(file, entry.size, entry.modified, Span::Whole, head);
     if let Ok(v) = HeaderValue::from_str(&transfer::content_disposition(path.as_bytes())) {
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
@@ -324,7 +291,7 @@ struct ListEntry {
 /// `GET /list/{path}`: a bare array of the directory's entries.
 pub async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let path = tail(&ctx)?;
-    let rel = rel(&path)?;
+    let place = place(&path)?;
     let not_dir = || {
         message(
             StatusCode::NOT_FOUND,
@@ -332,18 +299,16 @@ pub async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             "Path is not a directory",
         )
     };
-    let root = open_root(base_dir(&ctx.app)).await.map_err(|_| not_dir())?;
-    let entries = blocking(move || root.list(&rel))
-        .await
-        .map_err(|e| match e {
-            ConfineError::Escapes => denied(),
-            e if e.is_not_found() => not_dir(),
-            e => message(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "LIST_FAILED",
-                format!("List files failed: {e}"),
-            ),
-        })?;
+    let root = base_root(&ctx.app).await.map_err(|_| not_dir())?;
+    let entries = root.list(&place).await.map_err(|e| match e {
+        e if e.escapes() => denied(),
+        e if matches!(e.errno(), Some(libc::ENOENT | libc::ENOTDIR)) => not_dir(),
+        e => message(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "LIST_FAILED",
+            format!("List files failed: {e}"),
+        ),
+    })?;
     let out: Vec<ListEntry> = entries
         .into_iter()
         .map(|e| ListEntry {
@@ -362,11 +327,11 @@ pub async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 /// `GET /exists/{path}`: `{path, exists}`, the path echoed as decoded.
 pub async fn exists(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let path = tail(&ctx)?;
-    let rel = rel(&path)?;
-    let exists = match open_root(base_dir(&ctx.app)).await {
-        Ok(root) => match blocking(move || root.open_beneath(&rel, libc::O_PATH)).await {
+    let place = place(&path)?;
+    let exists = match base_root(&ctx.app).await {
+        Ok(root) => match root.stat(&place).await {
             Ok(_) => true,
-            Err(ConfineError::Escapes) => return Err(denied()),
+            Err(e) if e.escapes() => return Err(denied()),
             Err(_) => false,
         },
         Err(_) => false,

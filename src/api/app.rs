@@ -125,7 +125,7 @@ fn grpc_body(resp: Response<tonic::body::Body>) -> Response<Body> {
 fn answer(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr, conn: &Conn) -> Answer {
     // gRPC needs HTTP/2; an HTTP/1.1 request is never looked at for it.
     let grpc = req.version() == http::Version::HTTP_2 && crate::grpc::is_grpc(req.headers());
-    match origin::check(&app.config, &req) {
+    match origin::check(&app.config.allowed_origins, &app.config.allowed_hosts, &req) {
         origin::Verdict::Serve => authorized_answer(app, req, peer, grpc, conn),
         origin::Verdict::Refuse(e) if grpc => Answer::ready(Ok(grpc_body(
             tonic::Status::permission_denied(e.message).into_http(),

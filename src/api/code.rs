@@ -25,10 +25,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::command::{event_stream, validate, RunCommandRequest, StreamMode};
-use super::wire::{json_str, now_ms, put_u64};
+use super::wire::{json_str, put_u64};
 use crate::api::Ctx;
+use crate::date::now_ms;
 use crate::kernel::{CodeRun, Context, KernelError, State};
-use crate::process::Stream;
+use crate::process::follow::{Follower, Step};
+use crate::process::{Command, Stream};
 use crate::server::{json_response, ok_empty, sse, ApiError, Body};
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,10 +191,9 @@ pub fn stream(run: Arc<CodeRun>, ping: Duration, from_eid: u64) -> Body {
     }
     let first = (!buf.is_empty()).then(|| buf.split().freeze());
     let follow = Follow {
-        head_rx: run.cmd.log.watch(),
+        log: Follower::new(run.cmd.clone(), from_eid),
         run,
         ping,
-        next: from_eid.max(1),
         buf,
         done: false,
     };
@@ -212,9 +213,8 @@ fn frame_open(v: &Value) -> Vec<u8> {
 
 struct Follow {
     run: Arc<CodeRun>,
-    head_rx: tokio::sync::watch::Receiver<crate::process::Head>,
+    log: Follower<Arc<Command>>,
     ping: Duration,
-    next: u64,
     buf: BytesMut,
     done: bool,
 }
@@ -222,9 +222,8 @@ struct Follow {
 impl Follow {
     async fn next(&mut self) -> Option<Bytes> {
         while !self.done {
-            let head = *self.head_rx.borrow_and_update();
-            match self.run.cmd.log.read_events(self.next, BATCH).await {
-                Ok(evs) if !evs.is_empty() => {
+            match self.log.step(BATCH).await {
+                Step::Events(evs) => {
                     for ev in &evs {
                         if ev.data.is_empty() {
                             if let Some(open) = self.run.extra(ev.eid) {
@@ -244,49 +243,40 @@ impl Follow {
                         self.buf.put_slice(b",");
                         close_event(&mut self.buf, b"", ev.eid, ev.ts_ms);
                     }
-                    self.next = evs.last().map_or(self.next, |e| e.eid + 1);
                     if !self.buf.is_empty() {
                         return Some(self.buf.split().freeze());
                     }
                     continue;
                 }
-                Ok(_) => {}
-                Err(gap) => {
-                    let v = json!({"type": "gap", "from_eid": self.next, "to_eid": gap.oldest_eid});
+                Step::Gap { from_eid, gap } => {
+                    let v = json!({"type": "gap", "from_eid": from_eid, "to_eid": gap.oldest_eid});
                     close_event(
                         &mut self.buf,
                         &frame_open(&v),
                         gap.oldest_eid.saturating_sub(1),
                         now_ms(),
                     );
-                    self.next = gap.oldest_eid;
                     return Some(self.buf.split().freeze());
                 }
-            }
-            if head.finished && self.next >= head.next_eid {
-                self.done = true;
-                let open = self.run.terminal()?;
-                close_event(&mut self.buf, &open, head.next_eid, now_ms());
-                return Some(self.buf.split().freeze());
+                Step::End { next_eid } => {
+                    self.done = true;
+                    let open = self.run.terminal()?;
+                    close_event(&mut self.buf, &open, next_eid, now_ms());
+                    return Some(self.buf.split().freeze());
+                }
+                Step::Idle => {}
             }
             tokio::select! {
-                _ = self.head_rx.changed() => {}
-                _ = tokio::time::sleep(self.ping) => {
+                () = self.log.changed() => {}
+                () = tokio::time::sleep(self.ping) => {
                     let v = json!({"type": "ping", "text": "pong"});
-                    close_event(&mut self.buf, &frame_open(&v), self.next - 1, now_ms());
+                    close_event(&mut self.buf, &frame_open(&v), self.log.next_eid() - 1, now_ms());
                     return Some(self.buf.split().freeze());
                 }
             }
         }
         None
     }
-}
-
-/// `GET /command/{id}/resume` for a code run (the id of its `init`'s
-/// `command_id`): its events after `after_eid`.
-pub fn resume(app: &crate::api::App, id: &str, from_eid: u64) -> Option<Body> {
-    let run = app.kernels.run(id)?;
-    Some(stream(run, app.config.ping_interval, from_eid))
 }
 
 fn describe(c: &Context) -> Value {

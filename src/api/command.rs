@@ -11,12 +11,12 @@ use http::{HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::wire::{
-    json_str, ms_since_epoch, now_ms, put_base64, put_bool, put_i64, put_u64, rfc3339,
-};
+use super::wire::{json_str, put_base64, put_bool, put_i64, put_u64};
 use crate::api::Ctx;
+use crate::date::{ms_since_epoch, now_ms, rfc3339};
 use crate::fs::path;
 use crate::operations::Kind;
+use crate::process::follow::{Follower, Step};
 use crate::process::{Command, CommandSpec, Finished, Program, Stream};
 use crate::server::{json_response, ok_empty, sse, ApiError, Body};
 
@@ -226,11 +226,9 @@ pub fn event_stream(
     }
     let first = (!buf.is_empty()).then(|| buf.split().freeze());
     let follow = (mode != StreamMode::Background).then(|| Follow {
-        head_rx: cmd.log.watch(),
         base64: cmd.output_base64(),
-        cmd,
+        log: Follower::new(cmd, from_eid),
         ping,
-        next: from_eid.max(1),
         // One timer for the whole stream, pushed back whenever something is
         // sent: a new timer per wait would be registered and removed again
         // for every batch of output.
@@ -248,11 +246,8 @@ pub fn event_stream(
 /// A followed stream past its first frame: events as the log grows,
 /// keep-alive pings, then the terminal event.
 struct Follow {
-    cmd: Arc<Command>,
-    head_rx: tokio::sync::watch::Receiver<crate::process::Head>,
+    log: Follower<Arc<Command>>,
     ping: Duration,
-    /// The next event to send.
-    next: u64,
     silence: std::pin::Pin<Box<tokio::time::Sleep>>,
     buf: BytesMut,
     done: bool,
@@ -265,9 +260,8 @@ impl Follow {
     async fn next(&mut self) -> Option<Bytes> {
         let buf = &mut self.buf;
         while !self.done {
-            let head = *self.head_rx.borrow_and_update();
-            match self.cmd.log.read_events(self.next, BATCH).await {
-                Ok(evs) if !evs.is_empty() => {
+            match self.log.step(BATCH).await {
+                Step::Events(evs) => {
                     for ev in &evs {
                         let kind = if ev.stream == Stream::Stdout {
                             "stdout"
@@ -285,33 +279,32 @@ impl Follow {
                         }
                         buf.put_slice(b"}\n\n");
                     }
-                    self.next = evs.last().map_or(self.next, |e| e.eid + 1);
                     self.silence.as_mut().reset(Instant::now() + self.ping);
                     return Some(buf.split().freeze());
                 }
-                Ok(_) => {}
-                Err(gap) => {
+                Step::Gap { from_eid, gap } => {
                     // This reader fell behind what is retained: say so, then go on.
                     event_head(buf, "gap", gap.oldest_eid.saturating_sub(1), now_ms());
                     buf.put_slice(b",\"from_eid\":");
-                    put_u64(buf, self.next);
+                    put_u64(buf, from_eid);
                     buf.put_slice(b",\"to_eid\":");
                     put_u64(buf, gap.oldest_eid);
                     buf.put_slice(b"}\n\n");
-                    self.next = gap.oldest_eid;
                     return Some(buf.split().freeze());
                 }
-            }
-            if head.finished && self.next >= head.next_eid {
-                self.done = true;
-                let f = self.cmd.finished().filter(|_| self.next <= head.next_eid)?;
-                terminal(buf, &f, head.next_eid);
-                return Some(buf.split().freeze());
+                Step::End { next_eid } => {
+                    self.done = true;
+                    let next = self.log.next_eid();
+                    let f = self.log.cmd().finished().filter(|_| next <= next_eid)?;
+                    terminal(buf, &f, next_eid);
+                    return Some(buf.split().freeze());
+                }
+                Step::Idle => {}
             }
             tokio::select! {
-                _ = self.head_rx.changed() => {}
-                _ = self.silence.as_mut() => {
-                    event_head(buf, "ping", self.next - 1, now_ms());
+                () = self.log.changed() => {}
+                () = self.silence.as_mut() => {
+                    event_head(buf, "ping", self.log.next_eid() - 1, now_ms());
                     buf.put_slice(b",\"text\":\"pong\"}\n\n");
                     self.silence.as_mut().reset(Instant::now() + self.ping);
                     return Some(buf.split().freeze());
@@ -560,51 +553,6 @@ pub async fn log_response(
         HeaderValue::from(start.min(tail)),
     );
     Ok(resp)
-}
-
-/// `GET /command/{id}/resume?after_eid=N`: every event after N (all of them,
-/// `init` included, without N), then live events until the terminal one.
-/// 410 when events after N are no longer retained.
-pub async fn resume(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let cmd = ctx.app.engine.get(ctx.param("id"))?;
-    let from_eid = match ctx.query().get("after_eid") {
-        None | Some("") => 0,
-        Some(v) => match v.parse::<i64>() {
-            Ok(n) if n < 0 => 0,
-            Ok(n) => n as u64 + 1,
-            Err(_) => {
-                return Err(ApiError::invalid_body(format!(
-                    "after_eid must be an integer, got {v:?}"
-                )))
-            }
-        },
-    };
-    let oldest = cmd.log.oldest_eid();
-    if from_eid > 0 && from_eid < oldest {
-        let mut resp = ApiError::new(
-            StatusCode::GONE,
-            "EVENTS_EXPIRED",
-            format!(
-                "events after {} are no longer retained; the oldest is {oldest}",
-                from_eid - 1
-            ),
-        )
-        .into_response();
-        resp.headers_mut()
-            .insert("execd-oldest-eid", HeaderValue::from(oldest));
-        return Ok(resp);
-    }
-    // A code run's record: its own events (results, errors) and terminal.
-    if let Some(body) = super::code::resume(&ctx.app, &cmd.id, from_eid) {
-        return Ok(sse::response(body));
-    }
-    let ping = ctx.app.config.ping_interval;
-    Ok(sse::response(event_stream(
-        cmd,
-        ping,
-        StreamMode::Follow { from_eid },
-        None,
-    )))
 }
 
 /// `POST /command/{id}/stdin[?eof=true]`: writes the raw body to the command's

@@ -9,23 +9,24 @@
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use serde::{Deserialize, Serialize};
 
-use super::wire::rfc3339;
 use crate::api::transfer::form::Paced;
 use crate::api::transfer::{
     self, content_disposition, header_value, http_secs, parse_ranges, stream_lines, Ranges, Span,
 };
 use crate::api::Ctx;
+use crate::date::rfc3339;
 use crate::fs::attrs::AttrRequest;
 use crate::fs::identity::{scoped, Identity, Scope};
 use crate::fs::info::{self, mode_from_wire, mode_to_wire, FileInfo, Names};
 use crate::fs::ops;
+use crate::fs::root::{Place, Root};
 use crate::fs::upload::Writer;
 use crate::fs::{self, replace, search, FsError};
 use crate::server::{json_response, ok_empty, sse, ApiError, Body};
@@ -107,6 +108,40 @@ pub fn identity(ctx: &Ctx) -> Result<Scope, ApiError> {
     .into())
 }
 
+/// The root a file route acts in: the scope its path names (see
+/// [`identity`]). The agent-sandbox and sandboxd routes act in confined
+/// roots (`agent_sandbox::base_root`, `sandboxd`'s root directory) through
+/// the same [`Root`] operations.
+pub fn root(ctx: &Ctx) -> Result<Root, ApiError> {
+    Ok(Root::Scoped(identity(ctx)?))
+}
+
+/// Why one multipart part could not be received.
+pub enum PartError {
+    /// The body: malformed, over a limit, or cut short.
+    Body(multer::Error),
+    /// Writing the file.
+    Fs(FsError),
+}
+
+/// Streams one multipart part into `w` as it arrives (memory holds a write
+/// buffer or two at most) and commits it: the file's size. On failure the
+/// temporary file is gone before this returns. Every upload route's part
+/// goes through here, whatever its root.
+pub async fn receive_part(field: &mut multer::Field<'_>, mut w: Writer) -> Result<u64, PartError> {
+    loop {
+        let step = match field.chunk().await {
+            Ok(Some(data)) => w.write(&data).await.map_err(PartError::Fs),
+            Ok(None) => return w.commit().await.map_err(PartError::Fs),
+            Err(e) => Err(PartError::Body(e)),
+        };
+        if let Err(e) = step {
+            w.discard().await;
+            return Err(e);
+        }
+    }
+}
+
 /// Every value of a required, repeatable query parameter.
 pub fn required_all(ctx: &Ctx, name: &str) -> Result<Vec<String>, ApiError> {
     let q = ctx.query();
@@ -148,9 +183,9 @@ impl Permission {
     }
 }
 
-/// One upload `metadata` part: the JSON object, its (expanded) target path,
+/// One upload `metadata` part: the JSON object, its target path in `root`,
 /// and the attributes to give the file.
-pub fn upload_metadata(raw: &[u8]) -> Result<(PathBuf, AttrRequest), ApiError> {
+pub fn upload_metadata(root: &Root, raw: &[u8]) -> Result<(Place, AttrRequest), ApiError> {
     let meta: Permission = serde_json::from_slice(raw).map_err(|e| {
         bad_form(
             "INVALID_FILE_METADATA",
@@ -159,7 +194,7 @@ pub fn upload_metadata(raw: &[u8]) -> Result<(PathBuf, AttrRequest), ApiError> {
     })?;
     let path = match meta.path.as_deref() {
         None | Some("") => return Err(bad_form("INVALID_FILE_METADATA", "metadata path is empty")),
-        Some(p) => fs::expand(p).map_err(ApiError::from)?,
+        Some(p) => root.place(p).map_err(ApiError::from)?,
     };
     Ok((path, meta.attrs()?))
 }
@@ -404,7 +439,7 @@ impl From<ApiError> for Failed {
 /// streamed into a temporary file beside its target and renamed into place
 /// once complete, fsynced and its size verified.
 pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let id = identity(&ctx)?;
+    let root = root(&ctx)?;
     let ct = ctx
         .req
         .headers()
@@ -420,7 +455,7 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let body = Paced::new(ctx.req.into_body());
     let body = crate::api::transfer::form::Bounded::new(body, &boundary);
     let mut form = multer::Multipart::new(body, boundary);
-    match receive_form(&mut form, id).await {
+    match receive_form(&mut form, &root).await {
         Ok(()) => Ok(ok_empty()),
         Err(f) => {
             if f.body_ok {
@@ -441,8 +476,8 @@ async fn drain(form: &mut multer::Multipart<'_>) {
     let _ = tokio::time::timeout(Duration::from_secs(30), all).await;
 }
 
-async fn receive_form(form: &mut multer::Multipart<'_>, id: Scope) -> Result<(), Failed> {
-    let mut pending: Option<(PathBuf, AttrRequest)> = None;
+async fn receive_form(form: &mut multer::Multipart<'_>, root: &Root) -> Result<(), Failed> {
+    let mut pending: Option<(Place, AttrRequest)> = None;
     let (mut metas, mut files) = (0usize, 0usize);
     loop {
         let mut field = match form.next_field().await {
@@ -489,7 +524,7 @@ async fn receive_form(form: &mut multer::Multipart<'_>, id: Scope) -> Result<(),
                         }
                     }
                 }
-                let (path, attrs) = upload_metadata(&raw)?;
+                let (path, attrs) = upload_metadata(root, &raw)?;
                 pending = Some((path, attrs));
             }
             Some("file") => {
@@ -501,7 +536,14 @@ async fn receive_form(form: &mut multer::Multipart<'_>, id: Scope) -> Result<(),
                     )
                     .into());
                 };
-                receive_file(&mut field, path, attrs, id.clone()).await?;
+                let w = root.create(&path, attrs).await.map_err(ApiError::from)?;
+                receive_part(&mut field, w).await.map_err(|e| match e {
+                    PartError::Body(e) => Failed {
+                        err: multipart_error(e),
+                        body_ok: false,
+                    },
+                    PartError::Fs(e) => Failed::from(ApiError::from(e)),
+                })?;
             }
             // Anything else is not ours; multer skips its data.
             _ => {}
@@ -518,37 +560,6 @@ async fn receive_form(form: &mut multer::Multipart<'_>, id: Scope) -> Result<(),
         .into());
     }
     Ok(())
-}
-
-/// Streams one `file` part into its target as it arrives; memory holds a
-/// write buffer or two at most.
-async fn receive_file(
-    field: &mut multer::Field<'_>,
-    path: PathBuf,
-    attrs: AttrRequest,
-    id: Scope,
-) -> Result<u64, Failed> {
-    let mut out = Writer::create(id, path, attrs)
-        .await
-        .map_err(ApiError::from)?;
-    loop {
-        let step = match field.chunk().await {
-            Ok(Some(data)) => out
-                .write(&data)
-                .await
-                .map_err(|e| Failed::from(ApiError::from(e))),
-            Ok(None) => return Ok(out.commit().await.map_err(ApiError::from)?),
-            Err(e) => Err(Failed {
-                err: multipart_error(e),
-                body_ok: false,
-            }),
-        };
-        if let Err(failed) = step {
-            // Cut short or failed: the temporary file is gone before we answer.
-            out.discard().await;
-            return Err(failed);
-        }
-    }
 }
 
 /// A positive integer query parameter, if present.
@@ -569,8 +580,12 @@ fn positive(ctx: &Ctx, name: &str) -> Result<Option<u64>, ApiError> {
 /// ranges, `multipart/byteranges`; `offset`/`limit` give a window of lines
 /// as text.
 pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let id = identity(&ctx)?;
-    let path = required_path(&ctx, "path")?;
+    let root = root(&ctx)?;
+    let q = ctx.query();
+    let raw = q
+        .get("path")
+        .ok_or_else(|| ApiError::missing_query("path"))?;
+    let place = root.place(raw)?;
     let offset = positive(&ctx, "offset")?;
     let limit = positive(&ctx, "limit")?;
     let hdr = |name: header::HeaderName| {
@@ -588,11 +603,12 @@ pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             "line-based reading (offset/limit) and byte range (Range header) are mutually exclusive",
         ));
     }
-    let name = path
+    let name = place
+        .shown
         .file_name()
         .map(|n| n.as_bytes().to_vec())
         .unwrap_or_default();
-    let (file, meta) = scoped(id, move || ops::open_regular(&path)).await?;
+    let (file, meta) = root.open_file(&place).await?;
 
     if line_mode {
         let mut resp = Response::new(stream_lines(file, offset.unwrap_or(1), limit));
@@ -603,8 +619,8 @@ pub async fn download(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         return Ok(resp);
     }
 
-    let size = meta.len();
-    let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+    let size = meta.size;
+    let mtime = meta.modified;
     let last_modified = httpdate::fmt_http_date(mtime);
     if let Some(since) = since.and_then(|s| httpdate::parse_http_date(&s).ok()) {
         if range.is_none() && http_secs(mtime) <= http_secs(since) {

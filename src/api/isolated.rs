@@ -7,8 +7,8 @@ use http::{Response, StatusCode};
 use serde::Deserialize;
 
 use super::command::{event_stream, log_response, StreamMode};
-use super::wire::rfc3339;
 use crate::api::Ctx;
+use crate::date::rfc3339;
 use crate::isolate::{IsolateError, RunSpec, Session, SessionRequest};
 use crate::server::{json_response, ok_empty, sse, ApiError, Body};
 

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use serde_json::Value;
 
-use super::wire::now_ms;
 use crate::api::{App, Ctx};
+use crate::date::now_ms;
 use crate::server::{json_response, sse, ApiError, Body};
 
 fn reading(app: &App) -> Value {

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod operation;
 pub mod proxy;
 pub mod pty;
+pub mod resume;
 pub mod routes;
 pub mod sandboxd;
 pub mod session;

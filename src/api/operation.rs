@@ -5,8 +5,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
-use super::wire::rfc3339;
 use crate::api::{App, Ctx};
+use crate::date::rfc3339;
 use crate::operations::{fingerprint, Begin, Kind, OpError, Pending, State};
 use crate::server::{json_response, ApiError, Body};
 

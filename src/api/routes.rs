@@ -96,7 +96,7 @@ routes! {
     DELETE "/command"                   => api::command::interrupt,
     GET    "/command/status/{id}"       => api::command::status,
     GET    "/command/{id}/logs"         => api::command::logs,
-    GET    "/command/{id}/resume"       => api::command::resume,
+    GET    "/command/{id}/resume"       => api::resume::resume,
     POST   "/command/{id}/stdin"        => api::command::stdin,
 
     POST   "/code"                      => api::code::run,

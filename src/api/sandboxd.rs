@@ -12,12 +12,14 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::Serialize;
 
-use super::agent_sandbox::{base_dir, blocking, content_type, open_root, tail};
+use super::agent_sandbox::{base_dir, content_type, tail};
+use super::files::{receive_part, PartError};
 use crate::api::transfer::{self, ByteRange, Span};
 use crate::api::{App, Ctx};
 use crate::fs::attrs::AttrRequest;
-use crate::fs::confined::{sandboxd_path, ConfineError, Entry, RelPath};
-use crate::fs::upload::Writer;
+use crate::fs::confined::{ConfineError, Entry};
+use crate::fs::root::{Place, Root};
+use crate::fs::FsError;
 use crate::server::{json_response, ApiError, Body};
 
 /// Names of variables never served by `/v1/metadata` (substrings, any case),
@@ -120,9 +122,14 @@ fn confine_error(e: ConfineError, path: &str) -> ApiError {
     }
 }
 
-/// sandboxd's codes for a failure of the atomic writer.
-fn fs_err(e: crate::fs::FsError) -> ApiError {
+/// sandboxd's codes for a failed operation in its root: a path's failure
+/// as [`confine_error`], the atomic writer's by its kind.
+fn fs_err(e: FsError, path: &str) -> ApiError {
     use crate::fs::Kind;
+    let e = match e {
+        FsError::Confined(e) => return confine_error(e, path),
+        e => e,
+    };
     let (status, code) = match e.kind() {
         Kind::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
         Kind::Denied => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
@@ -136,18 +143,24 @@ fn fs_err(e: crate::fs::FsError) -> ApiError {
 }
 
 /// The decoded path and its place under the root.
-async fn resolve(ctx: &Ctx) -> Result<(String, RelPath, PathBuf), ApiError> {
+fn resolve(ctx: &Ctx) -> Result<(String, Place), ApiError> {
     let path = tail(ctx)?;
-    let root = root_dir(&ctx.app);
-    let rel = sandboxd_path(&path, &root).map_err(|e| confine_error(e, &path))?;
-    Ok((path, rel, root))
+    let place = Place::sandboxd(&path, &root_dir(&ctx.app)).map_err(|e| confine_error(e, &path))?;
+    Ok((path, place))
+}
+
+/// sandboxd's root: the root directory, confined.
+async fn root(app: &App, path: &str) -> Result<Root, ApiError> {
+    Root::confined(root_dir(app))
+        .await
+        .map_err(|e| fs_err(e, path))
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds).
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let (y, m, d) = super::wire::civil_from_days(days);
+    let (y, m, d) = crate::date::civil_from_days(days);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
@@ -190,13 +203,9 @@ pub async fn head(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 async fn read(ctx: Ctx, head_only: bool) -> Result<Response<Body>, ApiError> {
-    let (path, rel, root) = resolve(&ctx).await?;
-    let root = open_root(root).await.map_err(|e| confine_error(e, &path))?;
-    let r2 = root.clone();
-    let rel2 = rel.clone();
-    let entry = blocking(move || r2.stat(&rel2))
-        .await
-        .map_err(|e| confine_error(e, &path))?;
+    let (path, place) = resolve(&ctx)?;
+    let root = root(&ctx.app, &path).await?;
+    let entry = root.stat(&place).await.map_err(|e| fs_err(e, &path))?;
     if entry.is_dir {
         if head_only {
             let mut resp = Response::new(crate::server::empty());
@@ -206,9 +215,7 @@ async fn read(ctx: Ctx, head_only: bool) -> Result<Response<Body>, ApiError> {
             );
             return Ok(resp);
         }
-        let entries = blocking(move || root.list(&rel))
-            .await
-            .map_err(|e| confine_error(e, &path))?;
+        let entries = root.list(&place).await.map_err(|e| fs_err(e, &path))?;
         let listing = serde_json::json!({
             "path": format!("/{}", path.trim_start_matches('/')),
             "entries": entries.into_iter().map(FileEntry::from).collect::<Vec<_>>(),
@@ -221,9 +228,7 @@ async fn read(ctx: Ctx, head_only: bool) -> Result<Response<Body>, ApiError> {
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let (file, entry) = blocking(move || root.open_file(&rel))
-        .await
-        .map_err(|e| confine_error(e, &path))?;
+    let (file, entry) = root.open_file(&place).await.map_err(|e| fs_err(e, &path))?;
     let size = entry.size;
     let span = match range.as_deref().map(|r| transfer::parse_range(r, size)) {
         None | Some(ByteRange::Invalid) => Span::Whole,
@@ -271,79 +276,81 @@ pub fn parse_bool(v: Option<&str>) -> Result<bool, ApiError> {
 /// `file`) written atomically; parents created; 204.
 pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let mode = parse_mode(ctx.query().get("mode"))?;
-    let (path, rel, root) = resolve(&ctx).await?;
-    if rel.is_root() {
+    let (path, place) = resolve(&ctx)?;
+    if place.is_root() {
         return Err(invalid("cannot write over the sandbox root directory"));
     }
-    let root = open_root(root).await.map_err(|e| confine_error(e, &path))?;
+    let root = root(&ctx.app, &path).await?;
     let ct = content_type(&ctx);
     let multipart = ct
         .split(';')
         .next()
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("multipart/form-data"));
-    let p2 = path.clone();
-    // The writer works relative to the directory checked here, never by path.
-    let (dir, name) = blocking(move || root.prepare_write(&rel))
-        .await
-        .map_err(|e| confine_error(e, &p2))?;
-    let shown = std::path::PathBuf::from(&path);
     let attrs = AttrRequest {
         mode: Some(mode),
         ..Default::default()
     };
+    // The writer works relative to the directory checked here, never by path.
+    let mut w = root
+        .create(&place, attrs)
+        .await
+        .map_err(|e| fs_err(e, &path))?;
     let body = ctx.req.into_body();
     if multipart {
-        let boundary = multer::parse_boundary(&ct)
-            .map_err(|_| invalid("multipart/form-data body without a boundary"))?;
-        let body = crate::api::transfer::form::Bounded::new(
-            http_body_util::BodyDataStream::new(body),
-            &boundary,
-        );
-        let mut form = multer::Multipart::new(body, boundary);
-        loop {
-            let mut field = match form.next_field().await {
-                Ok(Some(f)) => f,
-                Ok(None) => return Err(invalid("multipart body has no part named \"file\"")),
-                Err(e) => {
-                    return Err(invalid(format!(
-                        "malformed multipart body: {}",
-                        crate::api::transfer::form::describe(&e)
-                    )))
-                }
-            };
-            if field.name() != Some("file") {
-                continue;
-            }
-            let mut w = Writer::create_in(dir, name, shown, attrs)
-                .await
-                .map_err(fs_err)?;
+        let part = async {
+            let boundary = multer::parse_boundary(&ct)
+                .map_err(|_| invalid("multipart/form-data body without a boundary"))?;
+            let body = crate::api::transfer::form::Bounded::new(
+                http_body_util::BodyDataStream::new(body),
+                &boundary,
+            );
+            let mut form = multer::Multipart::new(body, boundary);
             loop {
-                match field.chunk().await {
-                    Ok(Some(c)) => w.write(&c).await.map_err(fs_err)?,
-                    Ok(None) => break,
+                match form.next_field().await {
+                    Ok(Some(f)) if f.name() == Some("file") => return Ok((form, f)),
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(invalid("multipart body has no part named \"file\"")),
                     Err(e) => {
                         return Err(invalid(format!(
-                            "reading the upload: {}",
+                            "malformed multipart body: {}",
                             crate::api::transfer::form::describe(&e)
                         )))
                     }
                 }
             }
-            w.commit().await.map_err(fs_err)?;
-            break;
-        }
+        };
+        let (_form, mut field) = match part.await {
+            Ok(p) => p,
+            Err(e) => {
+                w.discard().await;
+                return Err(e);
+            }
+        };
+        receive_part(&mut field, w).await.map_err(|e| match e {
+            PartError::Body(e) => invalid(format!(
+                "reading the upload: {}",
+                crate::api::transfer::form::describe(&e)
+            )),
+            PartError::Fs(e) => fs_err(e, &path),
+        })?;
     } else {
         let mut body = body;
-        let mut w = Writer::create_in(dir, name, shown, attrs)
-            .await
-            .map_err(fs_err)?;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| invalid(format!("reading the body: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                w.write(&data).await.map_err(fs_err)?;
+            let data = match frame {
+                Ok(f) => f.into_data().ok(),
+                Err(e) => {
+                    w.discard().await;
+                    return Err(invalid(format!("reading the body: {e}")));
+                }
+            };
+            if let Some(data) = data {
+                if let Err(e) = w.write(&data).await {
+                    w.discard().await;
+                    return Err(fs_err(e, &path));
+                }
             }
         }
-        w.commit().await.map_err(fs_err)?;
+        w.commit().await.map_err(|e| fs_err(e, &path))?;
     }
     let mut resp = Response::new(crate::server::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -354,11 +361,11 @@ pub async fn put(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 /// directory without `recursive`; the root is emptied, never removed.
 pub async fn delete(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let recursive = parse_bool(ctx.query().get("recursive"))?;
-    let (path, rel, root) = resolve(&ctx).await?;
-    let root = open_root(root).await.map_err(|e| confine_error(e, &path))?;
-    blocking(move || root.remove(&rel, recursive))
+    let (path, place) = resolve(&ctx)?;
+    let root = root(&ctx.app, &path).await?;
+    root.remove(&place, recursive)
         .await
-        .map_err(|e| confine_error(e, &path))?;
+        .map_err(|e| fs_err(e, &path))?;
     let mut resp = Response::new(crate::server::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     Ok(resp)

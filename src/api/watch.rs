@@ -19,8 +19,9 @@ use http::Response;
 use tokio::time::Instant;
 
 use super::files::{identity, required_path};
-use super::wire::{json_str, now_ms, put_u64};
+use super::wire::{json_str, put_u64};
 use super::Ctx;
+use crate::date::now_ms;
 use crate::fs::watch::{self, Event, Kind, Options, Target, Watch};
 use crate::server::{sse, ApiError, Body};
 

@@ -191,7 +191,7 @@ pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
 /// RFC 3339 in UTC for a Unix time.
 pub fn timestamp(secs: i64, nanos: u32) -> String {
     let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = crate::api::wire::civil_from_days(secs.div_euclid(86_400));
+    let (y, m, d) = crate::date::civil_from_days(secs.div_euclid(86_400));
     let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
     if nanos == 0 {
         format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")

@@ -294,7 +294,7 @@ impl crate::server::Service for Front {
 /// The answer to one request on the E2B port.
 pub fn answer(app: &Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Answer {
     let _ = peer;
-    match origin::check(&app.config, &req) {
+    match origin::check(&app.config.allowed_origins, &app.config.allowed_hosts, &req) {
         origin::Verdict::Serve => route(app, req),
         origin::Verdict::Refuse(e) => Answer::ready(Err(e)),
         origin::Verdict::Preflight(resp) => Answer::ready(Ok(resp)),

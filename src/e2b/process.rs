@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::proto::*;
 use crate::api::App;
 use crate::connect::{self, Code, Error, Protocol};
+use crate::process::follow::{Follower, Step};
 use crate::process::registry::Finished;
 use crate::process::{Command, CommandSpec, Program, Stream};
 use crate::server::{Body, RequestBody};
@@ -745,16 +746,15 @@ async fn follow(
 /// Follows a command's log; true when it ended, false when the client left.
 async fn follow_log(
     cmd: &Command,
-    mut next: u64,
+    next: u64,
     tx: &connect::Sender<EventResponse>,
     tick: &mut tokio::time::Interval,
     stop: &tokio_util::sync::CancellationToken,
 ) -> bool {
-    let mut head_rx = cmd.log.watch();
+    let mut log = Follower::new(cmd, next);
     loop {
-        let head = *head_rx.borrow_and_update();
-        match cmd.log.read_events(next, 256 * 1024).await {
-            Ok(evs) if !evs.is_empty() => {
+        match log.step(256 * 1024).await {
+            Step::Events(evs) => {
                 for ev in &evs {
                     for piece in ev.data.chunks(CHUNK) {
                         let out = match ev.stream {
@@ -766,28 +766,20 @@ async fn follow_log(
                             return false;
                         }
                     }
-                    next = ev.eid + 1;
-                }
-                continue;
-            }
-            Ok(_) => {}
-            Err(gap) => {
-                next = gap.oldest_eid;
-                continue;
-            }
-        }
-        if head.finished && next >= head.next_eid {
-            return true;
-        }
-        tokio::select! {
-            r = head_rx.changed() => if r.is_err() { return true },
-            _ = tx.closed() => return false,
-            _ = stop.cancelled() => return false,
-            _ = tick.tick() => {
-                if tx.send(Ok(event(Event::Keepalive(Empty {})))).await.is_err() {
-                    return false;
                 }
             }
+            Step::Gap { .. } => {}
+            Step::End { .. } => return true,
+            Step::Idle => tokio::select! {
+                () = log.changed() => {}
+                _ = tx.closed() => return false,
+                _ = stop.cancelled() => return false,
+                _ = tick.tick() => {
+                    if tx.send(Ok(event(Event::Keepalive(Empty {})))).await.is_err() {
+                        return false;
+                    }
+                }
+            },
         }
     }
 }

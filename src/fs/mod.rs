@@ -15,6 +15,7 @@ pub mod lines;
 pub mod ops;
 pub mod path;
 pub mod replace;
+pub mod root;
 pub mod search;
 pub mod upload;
 pub mod watch;
@@ -72,6 +73,9 @@ pub enum FsError {
     Denied(String),
     #[error("{0}")]
     Internal(String),
+    /// A path beneath a confined root failed, or led out of it.
+    #[error(transparent)]
+    Confined(confined::ConfineError),
 }
 
 impl FsError {
@@ -95,7 +99,23 @@ impl FsError {
             FsError::Denied(_) => Kind::Denied,
             FsError::Internal(_) => Kind::Other,
             FsError::Io { source, .. } => errno_kind(source),
+            FsError::Confined(confined::ConfineError::Escapes) => Kind::Denied,
+            FsError::Confined(confined::ConfineError::Io { source, .. }) => errno_kind(source),
         }
+    }
+
+    /// The errno of a failed system call, if that is what failed.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            FsError::Io { source, .. } => source.raw_os_error(),
+            FsError::Confined(e) => e.errno(),
+            _ => None,
+        }
+    }
+
+    /// True when a path led out of its confined root.
+    pub fn escapes(&self) -> bool {
+        matches!(self, FsError::Confined(confined::ConfineError::Escapes))
     }
 }
 

@@ -29,6 +29,7 @@ use tonic::{Request, Response, Status};
 
 use crate::fs::confined::{sandboxd_path, ConfineError, Root};
 use crate::process::capture::{capture, with_marker};
+use crate::process::follow::{Follower, Step};
 use crate::process::{Command, CommandSpec, Engine, Program, Stream};
 use process_v1::process_service_server::{ProcessService, ProcessServiceServer};
 use process_v1::{
@@ -277,12 +278,10 @@ async fn follow(
     tx: tokio::sync::mpsc::Sender<Result<StartResponse, Status>>,
 ) {
     let cmd = guard.cmd.clone();
-    let mut head_rx = cmd.log.watch();
-    let mut next = 1u64;
+    let mut log = Follower::new(&*cmd, 1);
     let ok = 'outer: loop {
-        let head = *head_rx.borrow_and_update();
-        match cmd.log.read_events(next, 256 * 1024).await {
-            Ok(evs) if !evs.is_empty() => {
+        match log.step(256 * 1024).await {
+            Step::Events(evs) => {
                 for ev in &evs {
                     for piece in ev.data.chunks(CHUNK) {
                         let e = match ev.stream {
@@ -293,22 +292,14 @@ async fn follow(
                             break 'outer false;
                         }
                     }
-                    next = ev.eid + 1;
                 }
-                continue;
             }
-            Ok(_) => {}
-            Err(gap) => {
-                next = gap.oldest_eid;
-                continue;
-            }
-        }
-        if head.finished && next >= head.next_eid {
-            break true;
-        }
-        tokio::select! {
-            r = head_rx.changed() => if r.is_err() { break true },
-            _ = tx.closed() => break false,
+            Step::Gap { .. } => {}
+            Step::End { .. } => break true,
+            Step::Idle => tokio::select! {
+                () = log.changed() => {}
+                () = tx.closed() => break false,
+            },
         }
     };
     lock(&live).remove(&id);

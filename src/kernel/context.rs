@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::msg::{Msg, Signer};
-use super::run::CodeRun;
+use super::run::{CodeRun, Event, Outcome};
 use super::spec::{InterruptMode, KernelSpec};
 use super::zmtp::{self, Kind};
 use super::KernelError;
@@ -75,45 +75,6 @@ enum FromKernel {
     Dropped(u64),
     /// The connection failed; nothing more comes.
     Failed(String),
-}
-
-/// What a run produces, in order; [`Event::Done`] is last.
-#[derive(Debug)]
-pub enum Event {
-    Stream {
-        stderr: bool,
-        text: String,
-    },
-    ExecutionCount(i64),
-    /// `execute_result`, `display_data` or `update_display_data`: the MIME bundle.
-    Result {
-        data: Map<String, Value>,
-        execution_count: Option<i64>,
-    },
-    /// The kernel's own `error` message.
-    Error {
-        ename: String,
-        evalue: String,
-        traceback: Vec<String>,
-    },
-    Done {
-        elapsed: Duration,
-        outcome: Outcome,
-    },
-}
-
-/// How a run ended.
-#[derive(Debug)]
-pub enum Outcome {
-    Ok,
-    /// The kernel reported an error (already sent as [`Event::Error`]).
-    KernelError,
-    /// Ended by execd: timeout, kernel death, deletion, abort.
-    Failed {
-        ename: String,
-        evalue: String,
-        timed_out: bool,
-    },
 }
 
 enum Request {

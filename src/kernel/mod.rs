@@ -24,8 +24,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::process::Engine;
-pub use context::{Context, Event, Outcome, State};
-pub use run::CodeRun;
+pub use context::{Context, State};
+pub use run::{CodeRun, Event, Outcome};
 
 /// Errors of code contexts.
 #[derive(Debug, thiserror::Error)]

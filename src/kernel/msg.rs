@@ -45,7 +45,7 @@ impl Signer {
             "msg_id": msg_id,
             "session": self.session,
             "username": "execd",
-            "date": crate::api::wire::rfc3339(std::time::SystemTime::now()),
+            "date": crate::date::rfc3339(std::time::SystemTime::now()),
             "msg_type": msg_type,
             "version": "5.3",
         });

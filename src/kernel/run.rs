@@ -12,8 +12,46 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::context::{Event, Outcome};
 use crate::process::{Command, Finished, Resources, Stream};
+
+/// What a run produces, in order; [`Event::Done`] is last.
+#[derive(Debug)]
+pub enum Event {
+    Stream {
+        stderr: bool,
+        text: String,
+    },
+    ExecutionCount(i64),
+    /// `execute_result`, `display_data` or `update_display_data`: the MIME bundle.
+    Result {
+        data: Map<String, Value>,
+        execution_count: Option<i64>,
+    },
+    /// The kernel's own `error` message.
+    Error {
+        ename: String,
+        evalue: String,
+        traceback: Vec<String>,
+    },
+    Done {
+        elapsed: Duration,
+        outcome: Outcome,
+    },
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Ok,
+    /// The kernel reported an error (already sent as [`Event::Error`]).
+    KernelError,
+    /// Ended by execd: timeout, kernel death, deletion, abort.
+    Failed {
+        ename: String,
+        evalue: String,
+        timed_out: bool,
+    },
+}
 
 /// Text is stored in events of at most this size (as commands' long lines).
 const PIECE: usize = 64 * 1024;

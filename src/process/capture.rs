@@ -2,6 +2,7 @@
 //! command has ended (`/execute`, gRPC `Execute`). Memory stays bounded: each
 //! stream keeps at most `cap` bytes and counts the rest.
 
+use super::follow::{Follower, Step};
 use super::output::Stream;
 use super::registry::{Command, Finished};
 
@@ -36,34 +37,22 @@ const BATCH: usize = 256 * 1024;
 /// runs (rather than after) means nothing is lost to the log's window.
 pub async fn capture(cmd: &Command, cap: usize) -> (Captured, Option<Finished>) {
     let mut out = Captured::default();
-    let mut head_rx = cmd.log.watch();
-    let mut next = 1u64;
+    let mut log = Follower::new(cmd, 1);
     let mut offset = 0u64;
     loop {
-        let head = *head_rx.borrow_and_update();
-        match cmd.log.read_events(next, BATCH).await {
-            Ok(evs) if !evs.is_empty() => {
+        match log.next(BATCH).await {
+            Step::Events(evs) => {
                 for ev in &evs {
                     out.push(ev.stream, &ev.data, cap);
                     offset = ev.offset + ev.data.len() as u64;
-                    next = ev.eid + 1;
                 }
-                continue;
             }
-            Ok(_) => {}
-            Err(gap) => {
+            Step::Gap { gap, .. } => {
                 // Not retained any more: which stream it was is unknown; count it as stdout.
                 out.stdout_omitted += gap.oldest_offset.saturating_sub(offset);
                 offset = gap.oldest_offset;
-                next = gap.oldest_eid;
-                continue;
             }
-        }
-        if head.finished && next >= head.next_eid {
-            break;
-        }
-        if head_rx.changed().await.is_err() {
-            break;
+            Step::End { .. } | Step::Idle => break,
         }
     }
     (out, cmd.finished())

@@ -13,7 +13,6 @@
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 use super::{ApiError, Body};
-use crate::config::Config;
 
 /// What to do with a request before the token check.
 pub enum Verdict {
@@ -27,9 +26,10 @@ pub enum Verdict {
     Refuse(ApiError),
 }
 
-/// Checks `Host` (when `--allowed-hosts` is set) and `Origin`.
-pub fn check<B>(cfg: &Config, req: &Request<B>) -> Verdict {
-    if !cfg.allowed_hosts.is_empty() && !host_allowed(&cfg.allowed_hosts, req) {
+/// Checks `Host` against `allowed_hosts` (when not empty: `--allowed-hosts`)
+/// and `Origin` against `allowed_origins` (`--allowed-origins`).
+pub fn check<B>(allowed_origins: &[String], allowed_hosts: &[String], req: &Request<B>) -> Verdict {
+    if !allowed_hosts.is_empty() && !host_allowed(allowed_hosts, req) {
         return Verdict::Refuse(ApiError::new(
             StatusCode::FORBIDDEN,
             "HOST_NOT_ALLOWED",
@@ -39,7 +39,7 @@ pub fn check<B>(cfg: &Config, req: &Request<B>) -> Verdict {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return Verdict::Serve;
     };
-    if !origin_allowed(&cfg.allowed_origins, origin.as_bytes()) {
+    if !origin_allowed(allowed_origins, origin.as_bytes()) {
         return Verdict::Refuse(ApiError::new(
             StatusCode::FORBIDDEN,
             "ORIGIN_NOT_ALLOWED",
