@@ -13,6 +13,7 @@ pub mod registry;
 pub mod run;
 pub mod session;
 pub mod spawn;
+pub mod sys;
 pub mod terminal;
 pub mod tree;
 pub mod users;

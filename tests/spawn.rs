@@ -1,0 +1,167 @@
+//! Black-box tests of how commands are started: with no cgroup and no
+//! credential change they go through nix's `posix_spawn`, and the command
+//! starts as from a fresh login whatever started execd: its own process
+//! group, no signal blocked or ignored, its working directory and exactly
+//! its environment, the program searched on its own `PATH`.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::json;
+
+/// execd started as a shell's `&` or `nohup` starts it: SIGINT, SIGQUIT,
+/// SIGHUP and SIGUSR1 ignored, which a child inherits unless reset.
+fn start_with_signals_ignored(extra: &[&str], data: &std::path::Path) -> Daemon {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("trap '' INT QUIT HUP USR1; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_execd"))
+        .args(["--port", "0", "--bind", "127.0.0.1", "--log-level", "4"])
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra);
+    Daemon::launch(cmd, extra, &[])
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "execd-spawn-test-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir(&d).unwrap();
+    d
+}
+
+/// `execd_spawns_total{via="..."}` from the Prometheus exposition.
+async fn spawns(d: &Daemon, via: &str) -> u64 {
+    let text = d.get("/metrics?format=prometheus").await.text();
+    let key = format!("execd_spawns_total{{via=\"{via}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn status_field(status: &str, name: &str) -> u64 {
+    let v = status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+        .trim();
+    u64::from_str_radix(v, 16).unwrap()
+}
+
+#[tokio::test]
+async fn posix_spawn_gives_a_fresh_group_signals_cwd_env_and_path() {
+    let data = tempdir("data").join("d");
+    let work = tempdir("cwd");
+    let d = start_with_signals_ignored(&["--cgroups", "off"], &data);
+    // execd itself has them ignored (the test's premise).
+    let own = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    assert_ne!(status_field(&own, "SigIgn:"), 0, "{own}");
+    let before = spawns(&d, "posix_spawn").await;
+
+    // A program found on the command's own PATH (not execd's), run by
+    // bare name, in the asked directory, with exactly the asked variables.
+    let bin = work.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let tool = bin.join("spawn-probe");
+    std::fs::write(
+        &tool,
+        "#!/bin/sh\n\
+         read -r _ _ _ _ pgrp _ < /proc/self/stat\n\
+         echo \"pid=$$ pgrp=$pgrp pwd=$PWD probe=$PROBE\"\n\
+         grep -E '^(SigIgn|SigBlk):' /proc/self/status\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let evs = d
+        .run(json!({
+            "argv": ["spawn-probe"],
+            "cwd": work.to_str().unwrap(),
+            "envs": {"PROBE": "a b", "PATH": path},
+        }))
+        .await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+    let out = text_of(&evs, "stdout");
+    let first = out.lines().next().unwrap();
+    let field = |k: &str| {
+        first
+            .split(' ')
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in {first}"))
+            .to_string()
+    };
+    // Its own process group: it leads it (the shell's pid is the program's).
+    assert_eq!(field("pid="), field("pgrp="), "{out}");
+    let daemon_pgrp = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap();
+    let daemon_pgrp = daemon_pgrp.rsplit_once(')').unwrap().1;
+    let daemon_pgrp = daemon_pgrp.split_whitespace().nth(2).unwrap();
+    assert_ne!(field("pgrp="), daemon_pgrp);
+    assert_eq!(
+        field("pwd="),
+        std::fs::canonicalize(&work).unwrap().to_str().unwrap()
+    );
+    assert!(first.ends_with("probe=a b"), "{first}");
+    // Nothing blocked, nothing ignored: what execd's launcher ignored is
+    // back at its default.
+    assert_eq!(status_field(&out, "SigBlk:"), 0, "{out}");
+    assert_eq!(status_field(&out, "SigIgn:"), 0, "{out}");
+
+    // Taken through posix_spawn: one more such spawn (and no vfork one).
+    assert_eq!(spawns(&d, "posix_spawn").await, before + 1);
+    assert_eq!(spawns(&d, "vfork").await + spawns(&d, "clone3").await, 0);
+
+    // A failure is classified as before: not found, and a bad cwd.
+    let evs = d
+        .run(json!({"argv": ["no-such-program-anywhere"], "envs": {"PATH": path}}))
+        .await;
+    assert_eq!(terminal(&evs)["error"]["evalue"], "127", "{evs:?}");
+    let r = d
+        .post_json(
+            "/command",
+            &json!({"command": "pwd", "cwd": work.join("gone").to_str().unwrap()}),
+        )
+        .await;
+    assert!(r.status >= 400 && r.status < 500, "{}", r.text());
+
+    drop(d);
+    std::fs::remove_dir_all(&work).unwrap();
+    let _ = std::fs::remove_dir_all(data.parent().unwrap());
+}
+
+/// A command run as another uid is not a posix_spawn one: it takes the
+/// vfork spawn (credentials between fork and exec), and starts the same way.
+#[tokio::test]
+async fn a_uid_switch_takes_the_vfork_spawn() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let data = tempdir("data-uid").join("d");
+    let d = start_with_signals_ignored(&["--cgroups", "off"], &data);
+    let evs = d
+        .run(json!({
+            "command": "id -u; grep -E '^SigIgn:' /proc/self/status",
+            "uid": 65534,
+            "cwd": "/",
+        }))
+        .await;
+    let out = text_of(&evs, "stdout");
+    assert!(out.starts_with("65534\n"), "{evs:?}");
+    assert_eq!(status_field(&out, "SigIgn:"), 0, "{out}");
+    assert_eq!(spawns(&d, "vfork").await, 1);
+    assert_eq!(spawns(&d, "posix_spawn").await, 0);
+    drop(d);
+    let _ = std::fs::remove_dir_all(data.parent().unwrap());
+}
