@@ -389,19 +389,21 @@ impl PtySession {
 pub fn signal_by_name(name: &str) -> Result<i32, PtyError> {
     let n = name.trim().to_ascii_uppercase();
     let n = n.strip_prefix("SIG").unwrap_or(&n);
-    Ok(match n {
-        "INT" => libc::SIGINT,
-        "TERM" => libc::SIGTERM,
-        "KILL" => libc::SIGKILL,
-        "QUIT" => libc::SIGQUIT,
-        "HUP" => libc::SIGHUP,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "TSTP" => libc::SIGTSTP,
-        "CONT" => libc::SIGCONT,
-        "WINCH" => libc::SIGWINCH,
+    use nix::sys::signal::Signal::*;
+    let sig = match n {
+        "INT" => SIGINT,
+        "TERM" => SIGTERM,
+        "KILL" => SIGKILL,
+        "QUIT" => SIGQUIT,
+        "HUP" => SIGHUP,
+        "USR1" => SIGUSR1,
+        "USR2" => SIGUSR2,
+        "TSTP" => SIGTSTP,
+        "CONT" => SIGCONT,
+        "WINCH" => SIGWINCH,
         _ => return Err(PtyError::BadSignal(name.to_string())),
-    })
+    };
+    Ok(sig as i32)
 }
 
 /// All PTY sessions of the daemon.
@@ -869,8 +871,14 @@ mod tests {
 
     #[test]
     fn signal_names() {
-        assert_eq!(signal_by_name("SIGINT").ok(), Some(libc::SIGINT));
-        assert_eq!(signal_by_name("term").ok(), Some(libc::SIGTERM));
+        assert_eq!(
+            signal_by_name("SIGINT").ok(),
+            Some(nix::sys::signal::SIGINT as i32)
+        );
+        assert_eq!(
+            signal_by_name("term").ok(),
+            Some(nix::sys::signal::SIGTERM as i32)
+        );
         assert!(signal_by_name("SIGFOO").is_err());
     }
 }

@@ -57,6 +57,43 @@ pub fn wait4_any_nohang() -> Option<Reaped> {
     })
 }
 
+// ------------------------------------------------------------ descriptors
+
+/// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)` (Linux 5.11+): marks every
+/// descriptor from `first` up close-on-exec, closing none.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: integer arguments only; with CLOSE_RANGE_CLOEXEC nothing is
+    // closed, so no descriptor owned elsewhere in the process is invalidated.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    Errno::result(r).map(drop).map_err(io::Error::from)
+}
+
+// ----------------------------------------------------------------- random
+
+/// Fills `buf` from the kernel's random source (`getrandom(2)`, blocking
+/// only until the pool is first initialised), retrying on EINTR.
+pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let rest = &mut buf[got..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match Errno::result(n) {
+            Ok(n) => got += n as usize,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- pidfd
 
 /// `pidfd_open(pid, 0)` (always close-on-exec: the kernel sets it).
@@ -171,17 +208,18 @@ const _: () = assert!(std::mem::size_of::<usize>() == 8, "64-bit Linux only");
 /// One more than the highest signal number on Linux (`_NSIG`).
 pub const NSIG: c_int = 65;
 
-/// `rt_sigprocmask` on the calling thread, as a raw syscall: glibc's
+/// `rt_sigprocmask(SIG_SETMASK)` on the calling thread, returning the old
+/// mask, as a raw syscall: glibc's
 /// wrappers (and nix's, through them) leave its internal signals (32, 33)
 /// out of a blocked set, and a vfork child must not take those on the
 /// parent's handlers either. Async-signal-safe.
-pub fn sigprocmask_all(how: c_int, set: KernelSigset) -> Result<KernelSigset, Errno> {
+pub fn sigprocmask_all(set: KernelSigset) -> Result<KernelSigset, Errno> {
     let mut old: KernelSigset = 0;
     // SAFETY: valid pointers to locals of the kernel's sigset size.
     let r = unsafe {
         libc::syscall(
             libc::SYS_rt_sigprocmask,
-            how,
+            libc::SIG_SETMASK,
             std::ptr::from_ref(&set),
             std::ptr::from_mut(&mut old),
             KERNEL_SIGSET_SIZE,
@@ -229,16 +267,22 @@ pub fn reset_signal(sig: c_int) -> Result<(), Errno> {
 /// reach execd's threads). Async-signal-safe.
 pub fn set_credentials_this_task(groups: Option<&[u32]>, gid: u32, uid: u32) -> Result<(), Errno> {
     if let Some(groups) = groups {
-        // SAFETY: a length and a pointer to that many gids, alive for the call.
-        Errno::result(unsafe {
-            libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr())
-        })?;
+        setgroups_this_task(groups)?;
     }
     // SAFETY: integer arguments only.
     Errno::result(unsafe { libc::syscall(libc::SYS_setgid, gid) })?;
     // SAFETY: integer arguments only.
     Errno::result(unsafe { libc::syscall(libc::SYS_setuid, uid) })?;
     Ok(())
+}
+
+/// `setgroups` as the raw syscall: the calling task's supplementary groups
+/// only (glibc's wrapper, and so nix's, changes every thread's).
+/// Async-signal-safe.
+pub fn setgroups_this_task(groups: &[u32]) -> Result<(), Errno> {
+    // SAFETY: a length and a pointer to that many gids, alive for the call.
+    Errno::result(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })
+        .map(drop)
 }
 
 /// `execve` without allocating (nix's builds its pointer arrays on the

@@ -66,6 +66,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::errno::Errno;
 use nix::sys::mman::{MapFlags, ProtFlags};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::sys;
@@ -343,7 +344,7 @@ impl Drop for Stack {
 /// Starts the child of `plan` and returns its pid once it has exec'd.
 pub fn spawn(plan: &Plan<'_>) -> Result<i32, Failed> {
     if plan.argv.len() == 0 {
-        return Err(Failed::before(io::Error::from_raw_os_error(libc::ENOENT)));
+        return Err(Failed::before(io::Error::from(Errno::ENOENT)));
     }
     let mut args = Args {
         paths: plan.paths.ptrs.as_ptr(),
@@ -492,7 +493,7 @@ static CLONE3: std::sync::atomic::AtomicBool =
 fn clone3_refused(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::ENOSYS | libc::EPERM | libc::E2BIG | libc::EINVAL)
+        Some(e) if [Errno::ENOSYS, Errno::EPERM, Errno::E2BIG, Errno::EINVAL].contains(&Errno::from_raw(e))
     )
 }
 
@@ -502,7 +503,7 @@ fn clone3_refused(e: &io::Error) -> bool {
 fn clone_vfork(stack: &Stack, args: &Args<'_>, cgroup: Option<BorrowedFd<'_>>) -> io::Result<i32> {
     // Block every signal in this thread so none is handled on the child's
     // stack (by the parent's handlers) before the child has reset them.
-    let old = sys::sigprocmask_all(libc::SIG_SETMASK, sys::KernelSigset::MAX)?;
+    let old = sys::sigprocmask_all(sys::KernelSigset::MAX)?;
     // `child` only reads `args` (and what it points into, all owned by the
     // caller's `Plan`, alive until we return) and stores into `args.err`;
     // it makes async-signal-safe calls only and ends in execve or _exit.
@@ -517,7 +518,7 @@ fn clone_vfork(stack: &Stack, args: &Args<'_>, cgroup: Option<BorrowedFd<'_>>) -
         // SAFETY: as above.
         None => unsafe { sys::clone_vm(child, stack.top(), arg) },
     };
-    let _ = sys::sigprocmask_all(libc::SIG_SETMASK, old);
+    let _ = sys::sigprocmask_all(old);
     pid
 }
 
@@ -527,8 +528,10 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
     // while the parent is suspended.
     let a = unsafe { &*(arg as *const Args<'_>) };
     let err = prepare_and_exec(a) as c_int;
-    a.err
-        .store(if err == 0 { libc::EIO } else { err }, Ordering::SeqCst);
+    a.err.store(
+        if err == 0 { Errno::EIO as c_int } else { err },
+        Ordering::SeqCst,
+    );
     sys::exit_now(127)
 }
 
@@ -545,7 +548,7 @@ fn prepare_and_exec(a: &Args<'_>) -> Errno {
     // (through the raw syscall, which reaches glibc's internal signals too).
     let mut sig: c_int = 1;
     while sig < sys::NSIG {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+        if sig != Signal::SIGKILL as c_int && sig != Signal::SIGSTOP as c_int {
             if let Err(e) = sys::reset_signal(sig) {
                 return e;
             }
@@ -598,7 +601,7 @@ fn prepare_and_exec(a: &Args<'_>) -> Errno {
         }
     }
     // 7. The program's signal mask, then exec, as execvp searches.
-    if let Err(e) = sys::sigprocmask_all(libc::SIG_SETMASK, 0) {
+    if let Err(e) = sys::sigprocmask_all(0) {
         return e;
     }
     let mut eacces = false;
@@ -706,13 +709,22 @@ mod tests {
             assert!(f.pid.is_none(), "the C library reaped it");
             f.error.raw_os_error().unwrap()
         };
-        assert_eq!(fails(&["/no/such/program"], None), libc::ENOENT);
-        assert_eq!(fails(&["no-such-program-on-path"], None), libc::ENOENT);
+        assert_eq!(fails(&["/no/such/program"], None), (Errno::ENOENT as i32));
+        assert_eq!(
+            fails(&["no-such-program-on-path"], None),
+            (Errno::ENOENT as i32)
+        );
         let dir = tempdir();
-        assert_eq!(fails(&["/bin/true"], Some(&dir.join("gone"))), libc::ENOENT);
+        assert_eq!(
+            fails(&["/bin/true"], Some(&dir.join("gone"))),
+            (Errno::ENOENT as i32)
+        );
         let plain = dir.join("plain");
         std::fs::write(&plain, "just text\n").unwrap();
-        assert_eq!(fails(&[plain.to_str().unwrap()], None), libc::EACCES);
+        assert_eq!(
+            fails(&[plain.to_str().unwrap()], None),
+            (Errno::EACCES as i32)
+        );
         std::fs::remove_dir_all(&dir).unwrap();
         // Credentials need the vfork spawn.
         let mut plan = Plan::new(["/bin/true"], [("A", "b")], OsStr::new(PATH)).unwrap();
@@ -781,17 +793,20 @@ mod tests {
 
     #[test]
     fn failures_report_the_errno_as_execvp_would() {
-        assert_eq!(failure(&["/no/such/program"]), libc::ENOENT);
-        assert_eq!(failure(&["no-such-program-on-path"]), libc::ENOENT);
+        assert_eq!(failure(&["/no/such/program"]), (Errno::ENOENT as i32));
+        assert_eq!(
+            failure(&["no-such-program-on-path"]),
+            (Errno::ENOENT as i32)
+        );
         let dir = tempdir();
         let plain = dir.join("plain");
         std::fs::write(&plain, "just text\n").unwrap();
         // Not executable: EACCES.
-        assert_eq!(failure(&[plain.to_str().unwrap()]), libc::EACCES);
+        assert_eq!(failure(&[plain.to_str().unwrap()]), (Errno::EACCES as i32));
         // Executable but neither ELF nor #!: ENOEXEC (no /bin/sh fallback).
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(failure(&[plain.to_str().unwrap()]), libc::ENOEXEC);
+        assert_eq!(failure(&[plain.to_str().unwrap()]), (Errno::ENOEXEC as i32));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -802,7 +817,7 @@ mod tests {
         let mut plan = Plan::new(["/bin/true"], [("A", "b")], OsStr::new(PATH)).unwrap();
         plan.cwd(&gone).unwrap();
         let f = spawn(&plan).unwrap_err();
-        assert_eq!(f.error.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(f.error.raw_os_error(), Some(Errno::ENOENT as i32));
         let pid = nix::unistd::Pid::from_raw(f.pid.unwrap());
         waitpid(pid, None).unwrap();
         std::fs::remove_dir_all(&plan_dir).unwrap();
