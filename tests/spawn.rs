@@ -11,12 +11,14 @@ use std::process::Command;
 use common::*;
 use serde_json::json;
 
-/// execd started as a shell's `&` or `nohup` starts it: SIGINT, SIGQUIT,
-/// SIGHUP and SIGUSR1 ignored, which a child inherits unless reset.
+/// execd started with signals ignored, as a shell's `&` or `nohup` or a
+/// job-control-less supervisor may start it: those execd does not handle
+/// itself (SIGTSTP, SIGTTIN, SIGTTOU, SIGALRM) stay ignored in a child
+/// unless it resets them.
 fn start_with_signals_ignored(extra: &[&str], data: &std::path::Path) -> Daemon {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg("trap '' INT QUIT HUP USR1; exec \"$0\" \"$@\"")
+        .arg("trap '' INT QUIT HUP TSTP TTIN TTOU ALRM; exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_execd"))
         .args(["--port", "0", "--bind", "127.0.0.1", "--log-level", "4"])
         .arg("--data-dir")
@@ -66,7 +68,8 @@ async fn posix_spawn_gives_a_fresh_group_signals_cwd_env_and_path() {
     let d = start_with_signals_ignored(&["--cgroups", "off"], &data);
     // execd itself has them ignored (the test's premise).
     let own = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
-    assert_ne!(status_field(&own, "SigIgn:"), 0, "{own}");
+    let alrm = 1 << (libc::SIGALRM - 1);
+    assert_eq!(status_field(&own, "SigIgn:") & alrm, alrm, "{own}");
     let before = spawns(&d, "posix_spawn").await;
 
     // A program found on the command's own PATH (not execd's), run by
@@ -118,8 +121,16 @@ async fn posix_spawn_gives_a_fresh_group_signals_cwd_env_and_path() {
     assert_eq!(status_field(&out, "SigBlk:"), 0, "{out}");
     assert_eq!(status_field(&out, "SigIgn:"), 0, "{out}");
 
-    // Taken through posix_spawn: one more such spawn (and no vfork one).
-    assert_eq!(spawns(&d, "posix_spawn").await, before + 1);
+    // The same through the shell (`<shell> -c`, an absolute program).
+    let evs = d
+        .run(json!({"command": "grep -E '^(SigIgn|SigBlk):' /proc/self/status"}))
+        .await;
+    let out = text_of(&evs, "stdout");
+    assert_eq!(status_field(&out, "SigBlk:"), 0, "{out}");
+    assert_eq!(status_field(&out, "SigIgn:"), 0, "{out}");
+
+    // Taken through posix_spawn: one such spawn each (and no vfork one).
+    assert_eq!(spawns(&d, "posix_spawn").await, before + 2);
     assert_eq!(spawns(&d, "vfork").await + spawns(&d, "clone3").await, 0);
 
     // A failure is classified as before: not found, and a bad cwd.
