@@ -1,8 +1,10 @@
-//! Black-box tests of how commands are started: with no cgroup and no
-//! credential change they go through nix's `posix_spawn`, and the command
-//! starts as from a fresh login whatever started execd: its own process
-//! group, no signal blocked or ignored, its working directory and exactly
-//! its environment, the program searched on its own `PATH`.
+//! Black-box tests of how processes are started: a command starts as from
+//! a fresh login whatever started execd (its own process group, no signal
+//! blocked or ignored, its working directory and exactly its environment,
+//! the program searched on its own `PATH`), through the vfork spawn (also
+//! without cgroups: it costs less than `posix_spawn`); init mode's main
+//! process, which has no tree and no credentials, through nix's
+//! `posix_spawn`, started the same way.
 
 mod common;
 
@@ -16,14 +18,28 @@ use serde_json::json;
 /// itself (SIGTSTP, SIGTTIN, SIGTTOU, SIGALRM) stay ignored in a child
 /// unless it resets them.
 fn start_with_signals_ignored(extra: &[&str], data: &std::path::Path) -> Daemon {
+    start_with_signals_ignored_as(&[], extra, data, &[])
+}
+
+/// As above, with `pre` before the flags (`init`) and `main` after `--`.
+fn start_with_signals_ignored_as(
+    pre: &[&str],
+    extra: &[&str],
+    data: &std::path::Path,
+    main: &[&str],
+) -> Daemon {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg("trap '' INT QUIT HUP TSTP TTIN TTOU ALRM; exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_execd"))
+        .args(pre)
         .args(["--port", "0", "--bind", "127.0.0.1", "--log-level", "4"])
         .arg("--data-dir")
         .arg(data)
         .args(extra);
+    if !main.is_empty() {
+        cmd.arg("--").args(main);
+    }
     Daemon::launch(cmd, extra, &[])
 }
 
@@ -62,7 +78,7 @@ fn status_field(status: &str, name: &str) -> u64 {
 }
 
 #[tokio::test]
-async fn posix_spawn_gives_a_fresh_group_signals_cwd_env_and_path() {
+async fn a_tracked_command_gets_a_fresh_group_signals_cwd_env_and_path() {
     let data = tempdir("data").join("d");
     let work = tempdir("cwd");
     let d = start_with_signals_ignored(&["--cgroups", "off"], &data);
@@ -70,7 +86,7 @@ async fn posix_spawn_gives_a_fresh_group_signals_cwd_env_and_path() {
     let own = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
     let alrm = 1 << (libc::SIGALRM - 1);
     assert_eq!(status_field(&own, "SigIgn:") & alrm, alrm, "{own}");
-    let before = spawns(&d, "posix_spawn").await;
+    let before = spawns(&d, "vfork").await;
 
     // A program found on the command's own PATH (not execd's), run by
     // bare name, in the asked directory, with exactly the asked variables.
@@ -129,9 +145,13 @@ async fn posix_spawn_gives_a_fresh_group_signals_cwd_env_and_path() {
     assert_eq!(status_field(&out, "SigBlk:"), 0, "{out}");
     assert_eq!(status_field(&out, "SigIgn:"), 0, "{out}");
 
-    // Taken through posix_spawn: one such spawn each (and no vfork one).
-    assert_eq!(spawns(&d, "posix_spawn").await, before + 2);
-    assert_eq!(spawns(&d, "vfork").await + spawns(&d, "clone3").await, 0);
+    // No cgroup, no uid: the vfork spawn all the same (cheaper than
+    // posix_spawn), one each.
+    assert_eq!(spawns(&d, "vfork").await, before + 2);
+    assert_eq!(
+        spawns(&d, "posix_spawn").await + spawns(&d, "clone3").await,
+        0
+    );
 
     // A failure is classified as before: not found, and a bad cwd.
     let evs = d
@@ -174,5 +194,44 @@ async fn a_uid_switch_takes_the_vfork_spawn() {
     assert_eq!(spawns(&d, "vfork").await, 1);
     assert_eq!(spawns(&d, "posix_spawn").await, 0);
     drop(d);
+    let _ = std::fs::remove_dir_all(data.parent().unwrap());
+}
+
+/// Init mode's main process has no tree and no credentials: nix's
+/// `posix_spawn` starts it, with the same fresh start (own group, nothing
+/// blocked or ignored, glibc's internal signals 32 and 33 included).
+#[tokio::test]
+async fn the_init_main_process_is_posix_spawned_fresh() {
+    let data = tempdir("data-init").join("d");
+    let dir = tempdir("init");
+    let script = format!(
+        "grep -E '^Sig(Blk|Ign):' /proc/self/status > {d}/sig; \
+         read -r _ _ _ _ g _ < /proc/self/stat; echo \"$$ $g\" > {d}/pgrp; \
+         touch {d}/ready; exec sleep 60",
+        d = dir.display()
+    );
+    let d = start_with_signals_ignored_as(&["init"], &[], &data, &["sh", "-c", &script]);
+    eventually(std::time::Duration::from_secs(10), "main ready", || {
+        dir.join("ready").exists()
+    })
+    .await;
+    let sig = std::fs::read_to_string(dir.join("sig")).unwrap();
+    assert_eq!(status_field(&sig, "SigBlk:"), 0, "{sig}");
+    assert_eq!(status_field(&sig, "SigIgn:"), 0, "{sig}");
+    let pgrp = std::fs::read_to_string(dir.join("pgrp")).unwrap();
+    let (pid, group) = pgrp.trim().split_once(' ').unwrap();
+    let counts = (
+        spawns(&d, "posix_spawn").await,
+        spawns(&d, "vfork").await + spawns(&d, "clone3").await,
+    );
+    // The main process outlives a killed execd: end its group first.
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(group.parse().unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    drop(d);
+    assert_eq!(pid, group, "its own process group");
+    assert_eq!(counts, (1, 0), "(posix_spawn, vfork + clone3)");
+    std::fs::remove_dir_all(&dir).unwrap();
     let _ = std::fs::remove_dir_all(data.parent().unwrap());
 }

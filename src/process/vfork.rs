@@ -738,6 +738,50 @@ mod tests {
         assert_eq!(f.error.kind(), io::ErrorKind::Unsupported);
     }
 
+    /// The spawning thread's CPU per spawn of `/bin/true`, vfork against
+    /// posix_spawn, alternating batches: `cargo test --release --lib
+    /// spawn_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn spawn_cost() {
+        use nix::sys::resource::{getrusage, UsageWho};
+        let cpu = || {
+            let u = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
+            let us =
+                |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
+            us(u.user_time()) + us(u.system_time())
+        };
+        let n = 2000;
+        let batch = |posix: bool| {
+            let plan = Plan::new(["/bin/true"], [("PATH", PATH)], OsStr::new(PATH)).unwrap();
+            let (c0, t0) = (cpu(), std::time::Instant::now());
+            for _ in 0..n {
+                let pid = if posix {
+                    posix_spawn(&plan)
+                } else {
+                    spawn(&plan)
+                }
+                .unwrap();
+                waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+            }
+            (
+                (cpu() - c0) as f64 / n as f64,
+                t0.elapsed().as_micros() as f64 / n as f64,
+            )
+        };
+        for round in 0..3 {
+            for posix in if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            } {
+                let (c, w) = batch(posix);
+                let way = if posix { "posix_spawn" } else { "vfork" };
+                eprintln!("round {round} {way:12} cpu {c:6.1} us/spawn, wall {w:6.1} us/spawn");
+            }
+        }
+    }
+
     fn failure(argv: &[&str]) -> i32 {
         let plan = Plan::new(argv, [("A", "b")], OsStr::new(PATH)).unwrap();
         let f = spawn(&plan).unwrap_err();
