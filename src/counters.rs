@@ -29,6 +29,14 @@ static DURATION_COUNT: AtomicU64 = AtomicU64::new(0);
 
 static STREAMED: AtomicU64 = AtomicU64::new(0);
 
+/// How processes were started, the `via` label: nix's `posix_spawn`, the
+/// vfork spawn made with `clone`, or with `clone3` into a cgroup.
+pub const SPAWN_WAYS: [&str; 3] = ["posix_spawn", "vfork", "clone3"];
+pub const SPAWN_POSIX: usize = 0;
+pub const SPAWN_VFORK: usize = 1;
+pub const SPAWN_CLONE3: usize = 2;
+static SPAWNS: [AtomicU64; SPAWN_WAYS.len()] = [const { AtomicU64::new(0) }; SPAWN_WAYS.len()];
+
 /// Route classes, the `route` label: the first path segment, grouped.
 pub const CLASSES: [&str; 17] = [
     "health",
@@ -72,6 +80,13 @@ pub fn command_finished(outcome: usize, duration: std::time::Duration) {
     }
     DURATION_SUM_US.fetch_add(duration.as_micros().min(u64::MAX as u128) as u64, Relaxed);
     DURATION_COUNT.fetch_add(1, Relaxed);
+}
+
+/// A process started (exec'd or failed in the child) the given way.
+pub fn spawned(way: usize) {
+    if let Some(c) = SPAWNS.get(way) {
+        c.fetch_add(1, Relaxed);
+    }
 }
 
 pub fn streamed(n: usize) {
@@ -173,6 +188,18 @@ pub fn render(out: &mut String) {
         "execd_command_duration_seconds_count {}",
         count.max(cumulative)
     );
+    let _ = writeln!(
+        out,
+        "# HELP execd_spawns_total Processes started, by the way they were made."
+    );
+    let _ = writeln!(out, "# TYPE execd_spawns_total counter");
+    for (i, w) in SPAWN_WAYS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "execd_spawns_total{{via=\"{w}\"}} {}",
+            SPAWNS[i].load(Relaxed)
+        );
+    }
     let _ = writeln!(out, "# HELP execd_streamed_bytes_total Bytes sent in streaming response bodies (event streams, watches).");
     let _ = writeln!(out, "# TYPE execd_streamed_bytes_total counter");
     let _ = writeln!(out, "execd_streamed_bytes_total {}", STREAMED.load(Relaxed));

@@ -1,6 +1,7 @@
 //! Wiring: build the engine and the server from a `Config`, run until
 //! SIGTERM/SIGINT, then shut down gracefully within the configured timeout.
 
+use nix::sys::signal::Signal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -353,12 +354,12 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Signals execd listens for. In init mode they are forwarded to the main
 /// process's group; otherwise SIGTERM, SIGINT and SIGQUIT shut execd down.
 const SIGNALS: &[(i32, &str)] = &[
-    (libc::SIGTERM, "SIGTERM"),
-    (libc::SIGINT, "SIGINT"),
-    (libc::SIGHUP, "SIGHUP"),
-    (libc::SIGQUIT, "SIGQUIT"),
-    (libc::SIGUSR1, "SIGUSR1"),
-    (libc::SIGUSR2, "SIGUSR2"),
+    (Signal::SIGTERM as i32, "SIGTERM"),
+    (Signal::SIGINT as i32, "SIGINT"),
+    (Signal::SIGHUP as i32, "SIGHUP"),
+    (Signal::SIGQUIT as i32, "SIGQUIT"),
+    (Signal::SIGUSR1 as i32, "SIGUSR1"),
+    (Signal::SIGUSR2 as i32, "SIGUSR2"),
 ];
 
 /// Merges the signals above into one channel, fed by a task per signal.
@@ -535,7 +536,10 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
                     tracing::info!(signal = signal_name(sig), "forwarding to the main process");
                     crate::process::spawn::signal_group(pgid, sig);
                 }
-                None if matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) => {
+                None if [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT]
+                    .iter()
+                    .any(|s| *s as i32 == sig) =>
+                {
                     tracing::info!(signal = signal_name(sig), "shutting down");
                     break 0;
                 }

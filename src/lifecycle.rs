@@ -96,9 +96,9 @@ pub fn periodic(engine: &Arc<Engine>, hooks: &[PeriodicHook], stop: Cancellation
 
 /// Stops the main process: SIGTERM to its group, SIGKILL after `grace`.
 pub async fn stop_main(pgid: i32, mut exit: oneshot::Receiver<ExitStatus>, grace: Duration) {
-    crate::process::spawn::signal_group(pgid, libc::SIGTERM);
+    crate::process::spawn::signal_group(pgid, nix::sys::signal::Signal::SIGTERM as i32);
     if tokio::time::timeout(grace, &mut exit).await.is_err() {
-        crate::process::spawn::signal_group(pgid, libc::SIGKILL);
+        crate::process::spawn::signal_group(pgid, nix::sys::signal::Signal::SIGKILL as i32);
         let _ = exit.await;
     }
 }

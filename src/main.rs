@@ -135,17 +135,7 @@ fn install(dest: &std::path::Path) -> std::io::Result<()> {
 /// close-on-exec, so that no command inherits what execd's own parent left
 /// open (execd's own descriptors are all close-on-exec from birth).
 fn cloexec_inherited() {
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes nothing; it only
-    // sets a flag on descriptors 3 and up.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    if r == 0 {
+    if execd::process::sys::cloexec_from(3).is_ok() {
         return;
     }
     // Linux < 5.11: one by one.

@@ -770,3 +770,48 @@ async fn sigterm_closes_clients_and_ends_shells() {
     assert!(status.success(), "{status:?}");
     eventually(LIMIT, "shell gone", || !alive(shell)).await;
 }
+
+/// `execd_spawns_total{via="..."}` from the Prometheus exposition.
+async fn spawns(d: &Daemon, via: &str) -> u64 {
+    let text = d.get("/metrics?format=prometheus").await.text();
+    let key = format!("execd_spawns_total{{via=\"{via}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// With cgroups, the shell is made inside its cgroup (`clone3` with
+/// `CLONE_INTO_CGROUP`, as commands are), not moved there by a write to
+/// `cgroup.procs` before exec; it still leads its own session on the PTY.
+#[tokio::test]
+async fn the_shell_is_born_in_its_cgroup() {
+    let (d, _id, mut w) = new_shell().await;
+    // Typed input is echoed: the output's brackets are not in the line.
+    w.run(
+        "printf 'X%sY\\n' \"$(cut -d: -f3 /proc/$$/cgroup)\" | tr XY '[]'",
+        "[/",
+    )
+    .await;
+    w.expect_out("]").await;
+    let out = String::from_utf8_lossy(&w.out).into_owned();
+    let cg = out.rsplit("[/").next().unwrap_or("");
+    if !cg.contains("/cmd-") {
+        eprintln!("skipped: no cgroups here ({cg:?})");
+        return;
+    }
+    // Born there: the one spawn so far was a clone3 one (or, where clone3 is
+    // refused, the vfork clone that writes cgroup.procs); never a fork.
+    let (c3, vf) = (spawns(&d, "clone3").await, spawns(&d, "vfork").await);
+    assert_eq!(c3 + vf, 1, "clone3 {c3}, vfork {vf}");
+    assert_eq!(spawns(&d, "posix_spawn").await, 0);
+    let shell = find_process(&["/bin/bash", "--norc", "--noprofile"])
+        .or_else(|| find_process(&["/usr/bin/bash", "--norc", "--noprofile"]));
+    if let Some(pid) = shell {
+        // Its own session, and the terminal's foreground group.
+        let f = stat_fields(pid);
+        assert_eq!(f[2], pid as i64, "session leader");
+    }
+}

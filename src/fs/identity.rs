@@ -117,7 +117,7 @@ fn enter_mount_ns(pidfd: &std::os::fd::OwnedFd) -> FsResult<()> {
 struct Guard {
     uid: u32,
     gid: u32,
-    groups: Option<Vec<libc::gid_t>>,
+    groups: Option<Vec<u32>>,
     /// The thread's capabilities before, when its effective set was emptied.
     caps: Option<Caps>,
 }
@@ -183,42 +183,37 @@ pub fn effective_caps() -> u64 {
     })
 }
 
+/// This thread's file-system uid (glibc's setfsuid is the plain syscall:
+/// this thread only); returns the previous one.
 fn setfsuid(uid: u32) -> u32 {
-    // SAFETY: setfsuid only changes this thread's file-system uid.
-    unsafe { libc::setfsuid(uid) as u32 }
+    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid)).as_raw()
 }
 
 fn setfsgid(gid: u32) -> u32 {
-    // SAFETY: setfsgid only changes this thread's file-system gid.
-    unsafe { libc::setfsgid(gid) as u32 }
+    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid)).as_raw()
 }
 
-/// The raw system call: this thread's supplementary groups only.
-fn setgroups_thread(groups: &[libc::gid_t]) -> std::io::Result<()> {
-    // SAFETY: the pointer and length describe a live slice of gid_t.
-    let r = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+/// This thread's supplementary groups only (the raw syscall: glibc's
+/// wrapper, and nix's, would change every thread's).
+fn setgroups_thread(groups: &[u32]) -> std::io::Result<()> {
+    crate::process::sys::setgroups_this_task(groups)?;
+    Ok(())
 }
 
-fn getgroups_thread() -> std::io::Result<Vec<libc::gid_t>> {
-    let mut buf = vec![0 as libc::gid_t; 1024];
-    // SAFETY: the buffer has room for the count passed.
-    let n = unsafe { libc::syscall(libc::SYS_getgroups, buf.len(), buf.as_mut_ptr()) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
+/// This thread's supplementary groups (getgroups(2) reads the caller's).
+fn getgroups_thread() -> std::io::Result<Vec<u32>> {
+    Ok(nix::unistd::getgroups()?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect())
 }
 
 impl Guard {
     fn enter(id: Identity) -> FsResult<Guard> {
-        // SAFETY: geteuid/getegid have no preconditions.
-        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let (euid, egid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
         if euid != 0 {
             if id.uid == euid && id.gid == egid {
                 // Already this user: nothing to switch.
@@ -316,8 +311,7 @@ mod tests {
 
     #[tokio::test]
     async fn identity_is_restored_even_on_error() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             return;
         }
         let before = current();

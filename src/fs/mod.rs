@@ -120,15 +120,14 @@ impl FsError {
 }
 
 fn errno_kind(e: &io::Error) -> Kind {
-    match e.raw_os_error() {
-        Some(libc::ENOENT) => Kind::NotFound,
-        Some(libc::EACCES | libc::EPERM | libc::EROFS) => Kind::Denied,
-        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => Kind::NoSpace,
-        Some(libc::EISDIR | libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG | libc::EXDEV) => {
-            Kind::InvalidFile
-        }
-        Some(libc::EEXIST | libc::ENOTEMPTY) => Kind::Exists,
-        Some(libc::EINVAL) => Kind::BadRequest,
+    use nix::errno::Errno::*;
+    match e.raw_os_error().map(nix::errno::Errno::from_raw) {
+        Some(ENOENT) => Kind::NotFound,
+        Some(EACCES | EPERM | EROFS) => Kind::Denied,
+        Some(ENOSPC | EDQUOT | EFBIG) => Kind::NoSpace,
+        Some(EISDIR | ENOTDIR | ELOOP | ENAMETOOLONG | EXDEV) => Kind::InvalidFile,
+        Some(EEXIST | ENOTEMPTY) => Kind::Exists,
+        Some(EINVAL) => Kind::BadRequest,
         _ => match e.kind() {
             io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData => Kind::BadRequest,
             io::ErrorKind::UnexpectedEof => Kind::BadContent,
@@ -151,15 +150,16 @@ mod tests {
 
     #[test]
     fn classification_by_errno() {
-        let k = |n| FsError::io("x", Path::new("/p"), io::Error::from_raw_os_error(n)).kind();
-        assert_eq!(k(libc::ENOENT), Kind::NotFound);
-        assert_eq!(k(libc::EACCES), Kind::Denied);
-        assert_eq!(k(libc::EPERM), Kind::Denied);
-        assert_eq!(k(libc::ENOSPC), Kind::NoSpace);
-        assert_eq!(k(libc::EISDIR), Kind::InvalidFile);
-        assert_eq!(k(libc::ENOTDIR), Kind::InvalidFile);
-        assert_eq!(k(libc::EEXIST), Kind::Exists);
-        assert_eq!(k(libc::EIO), Kind::Other);
+        use nix::errno::Errno;
+        let k = |n: Errno| FsError::io("x", Path::new("/p"), io::Error::from(n)).kind();
+        assert_eq!(k(Errno::ENOENT), Kind::NotFound);
+        assert_eq!(k(Errno::EACCES), Kind::Denied);
+        assert_eq!(k(Errno::EPERM), Kind::Denied);
+        assert_eq!(k(Errno::ENOSPC), Kind::NoSpace);
+        assert_eq!(k(Errno::EISDIR), Kind::InvalidFile);
+        assert_eq!(k(Errno::ENOTDIR), Kind::InvalidFile);
+        assert_eq!(k(Errno::EEXIST), Kind::Exists);
+        assert_eq!(k(Errno::EIO), Kind::Other);
         assert_eq!(FsError::from(PathError::Nul).kind(), Kind::BadRequest);
     }
 }

@@ -43,24 +43,9 @@ pub fn set_attrs(path: &Path, attrs: Attrs) -> FsResult<()> {
 }
 
 fn rename_noreplace(src: &Path, dest: &Path) -> io::Result<()> {
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
-    let (s, d) = (c(src)?, c(dest)?);
-    // SAFETY: both pointers are valid NUL-terminated strings for the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            s.as_ptr(),
-            libc::AT_FDCWD,
-            d.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    renameat2(AT_FDCWD, src, AT_FDCWD, dest, RenameFlags::RENAME_NOREPLACE)?;
+    Ok(())
 }
 
 /// Moves `src` to `dest`, creating `dest`'s parents; never replaces an

@@ -548,9 +548,9 @@ impl ProcessService for Processes {
     ) -> Result<Response<SendSignalResponse>, Status> {
         let req = request.into_inner();
         let sig = match req.signal {
-            2 => libc::SIGINT,
-            9 => libc::SIGKILL,
-            15 => libc::SIGTERM,
+            2 => nix::sys::signal::Signal::SIGINT as i32,
+            9 => nix::sys::signal::Signal::SIGKILL as i32,
+            15 => nix::sys::signal::Signal::SIGTERM as i32,
             other => {
                 return Err(Status::invalid_argument(format!(
                     "unsupported signal {other}: use SIGINT, SIGTERM or SIGKILL"

@@ -377,19 +377,7 @@ fn checked_dir(dir: &std::path::Path, forbidden: u32) -> std::io::Result<()> {
 /// fallback: without randomness there is no key and no kernel.
 fn random_key() -> std::io::Result<String> {
     let mut b = [0u8; 32];
-    let mut got = 0;
-    while got < b.len() {
-        // SAFETY: getrandom writes at most the remaining length into `b`.
-        let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        got += n as usize;
-    }
+    crate::process::sys::getrandom(&mut b)?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 

@@ -180,14 +180,14 @@ impl DataDir {
             }
         }
         let c = plain_name(name)?;
-        let mut flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        let mut flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
         if append {
-            flags |= libc::O_APPEND;
+            flags |= OFlag::O_APPEND;
         }
         let fd = nix::fcntl::openat(
             &self.fd,
             c.as_c_str(),
-            OFlag::from_bits_retain(flags) | OFlag::O_CLOEXEC,
+            flags | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )?;
         Ok(File::from(fd))
@@ -232,10 +232,9 @@ impl DataDir {
 /// A single path component, as a C string.
 fn plain_name(name: &str) -> io::Result<CString> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        return Err(nix::errno::Errno::EINVAL.into());
     }
-    CString::new(OsStr::new(name).as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    CString::new(OsStr::new(name).as_bytes()).map_err(|_| nix::errno::Errno::EINVAL.into())
 }
 
 #[cfg(test)]
@@ -259,7 +258,7 @@ mod tests {
         assert_eq!(f.metadata().unwrap().mode() & 0o7777, 0o600);
         assert_eq!(
             d.create("a", false).unwrap_err().raw_os_error(),
-            Some(libc::EEXIST)
+            Some(nix::errno::Errno::EEXIST as i32)
         );
         std::os::unix::fs::symlink("/nonexistent-target", p.join("l")).unwrap();
         assert!(

@@ -14,6 +14,7 @@ pub mod registry;
 pub mod run;
 pub mod session;
 pub mod spawn;
+pub mod sys;
 pub mod terminal;
 pub mod tree;
 pub mod users;
@@ -654,9 +655,7 @@ fn plain_spec() -> CommandSpec {
 /// A new 32-hex-digit id from the kernel's random source.
 pub fn new_id() -> String {
     let mut b = [0u8; 16];
-    // SAFETY: getrandom writes at most b.len() bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
+    if sys::getrandom(&mut b).is_err() {
         // Fall back to time and a counter: ids must be unique, not secret.
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let t = SystemTime::now()

@@ -1,51 +1,31 @@
 //! Process file descriptors: a handle on one process that stays valid after
 //! the process is reaped and its pid reused, so signals sent through it can
-//! never reach a stranger. nix 0.29 has no wrapper; these are the only raw
-//! pidfd syscalls in the daemon.
+//! never reach a stranger. nix 0.30 has no wrapper; the raw syscalls are in
+//! [`super::sys`].
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
+
+use super::sys;
 
 /// Opens a pidfd for `pid` (always close-on-exec: the kernel sets it).
 pub fn open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and a flags word; no pointers.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the syscall returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    sys::pidfd_open(pid)
 }
 
 /// Sends `signal` to the process behind `fd`. Fails with ESRCH once it has exited.
 pub fn send_signal(fd: &OwnedFd, signal: i32) -> io::Result<()> {
-    // SAFETY: a valid pidfd, a signal number, a null siginfo (meaning: as
-    // kill(2) would fill it) and no flags.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::pidfd_send_signal(fd.as_fd(), signal)
 }
 
 /// Whether the process behind `fd` has exited (a pidfd polls readable then).
 pub fn exited(fd: &OwnedFd) -> bool {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout (never blocks).
-    let r = unsafe { libc::poll(&mut p, 1, 0) };
-    r > 0 && p.revents & libc::POLLIN != 0
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    poll(&mut p, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+        && p[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
 }
 
 #[cfg(test)]

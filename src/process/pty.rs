@@ -16,10 +16,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -356,7 +354,7 @@ impl PtySession {
     pub fn resize(&self, size: Size) {
         *lock(&self.size) = size;
         if let Some(master) = self.current().and_then(|r| r.master.clone()) {
-            set_size(master.get_ref().as_raw_fd(), size);
+            set_size(master.get_ref().as_fd(), size);
         }
     }
 
@@ -391,19 +389,21 @@ impl PtySession {
 pub fn signal_by_name(name: &str) -> Result<i32, PtyError> {
     let n = name.trim().to_ascii_uppercase();
     let n = n.strip_prefix("SIG").unwrap_or(&n);
-    Ok(match n {
-        "INT" => libc::SIGINT,
-        "TERM" => libc::SIGTERM,
-        "KILL" => libc::SIGKILL,
-        "QUIT" => libc::SIGQUIT,
-        "HUP" => libc::SIGHUP,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "TSTP" => libc::SIGTSTP,
-        "CONT" => libc::SIGCONT,
-        "WINCH" => libc::SIGWINCH,
+    use nix::sys::signal::Signal::*;
+    let sig = match n {
+        "INT" => SIGINT,
+        "TERM" => SIGTERM,
+        "KILL" => SIGKILL,
+        "QUIT" => SIGQUIT,
+        "HUP" => SIGHUP,
+        "USR1" => SIGUSR1,
+        "USR2" => SIGUSR2,
+        "TSTP" => SIGTSTP,
+        "CONT" => SIGCONT,
+        "WINCH" => SIGWINCH,
         _ => return Err(PtyError::BadSignal(name.to_string())),
-    })
+    };
+    Ok(sig as i32)
 }
 
 /// All PTY sessions of the daemon.
@@ -692,17 +692,9 @@ async fn write_all_fd(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> 
     Ok(())
 }
 
-fn set_size(fd: RawFd, size: Size) {
-    let ws = libc::winsize {
-        ws_row: size.rows,
-        ws_col: size.cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
-    let r = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
-    if r != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "TIOCSWINSZ failed");
+fn set_size(fd: BorrowedFd<'_>, size: Size) {
+    if let Err(e) = super::sys::set_window_size(fd, size.cols, size.rows) {
+        tracing::debug!(error = %e, "TIOCSWINSZ failed");
     }
 }
 
@@ -713,32 +705,30 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// The shell and its arguments: `bash --norc --noprofile [-c command]`.
-fn shell_command(
+/// The shell and its arguments (`bash --norc --noprofile [-c command]`),
+/// environment and working directory; stdio and the session are the
+/// caller's.
+fn shell_launch<'fd>(
     shell: &Path,
     spec: &PtySpec,
     env: Vec<(OsString, OsString)>,
-) -> std::process::Command {
-    let mut cmd = std::process::Command::new(shell);
+) -> spawn::Launch<'fd> {
+    let mut argv: Vec<OsString> = vec![shell.into()];
     if shell.file_name().is_some_and(|n| n == "bash") {
-        cmd.args(["--norc", "--noprofile"]);
+        argv.extend(["--norc".into(), "--noprofile".into()]);
     }
     if let Some(line) = &spec.command {
-        cmd.args(["-c", line]);
+        argv.extend(["-c".into(), line.into()]);
     }
-    cmd.env_clear().envs(env);
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
-    }
-    cmd
-}
-
-fn spawn_error(e: io::Error, shell: &Path) -> SpawnError {
-    let program = shell.display().to_string();
-    match e.raw_os_error() {
-        Some(libc::ENOENT) => SpawnError::NotFound { program },
-        Some(libc::EACCES) => SpawnError::PermissionDenied { program },
-        _ => SpawnError::Io { program, source: e },
+    spawn::Launch {
+        argv,
+        // Later keys win, as with `Command::envs`.
+        env: env.into_iter().collect(),
+        cwd: spec.cwd.clone(),
+        stdio: [None, None, None],
+        uid: None,
+        creds: None,
+        terminal: false,
     }
 }
 
@@ -755,10 +745,9 @@ pub(crate) fn open_pty(size: Option<Size>) -> io::Result<(OwnedFd, OwnedFd)> {
         OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )?;
-    // SAFETY: into_raw_fd hands over sole ownership of the master fd.
-    let master = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master)) };
+    let master = OwnedFd::from(master);
     if let Some(size) = size {
-        set_size(master.as_raw_fd(), size);
+        set_size(master.as_fd(), size);
     }
     Ok((master, slave))
 }
@@ -775,30 +764,18 @@ fn start_pty(
     if !env.iter().any(|(k, _)| k == "TERM") {
         env.push(("TERM".into(), "xterm-256color".into()));
     }
-    let mut cmd = shell_command(shell, spec, env);
-    let dup = |fd: &OwnedFd| fd.try_clone().map_err(PtyError::Open);
-    cmd.stdin(Stdio::from(dup(&slave)?))
-        .stdout(Stdio::from(dup(&slave)?))
-        .stderr(Stdio::from(slave));
-    pending.apply(&mut cmd);
-    // SAFETY: runs between fork and exec and only makes async-signal-safe
-    // syscalls: a new session, then stdin (the terminal) as its controlling tty.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let guard = reaper.spawning();
-    let child = cmd.spawn().map_err(|e| spawn_error(e, shell))?;
-    let pid = child.id() as i32;
-    let tree = pending.started(pid);
-    let exit = guard.register(pid);
-    // The reaper owns the exit status; dropping `child` closes our slave copies.
-    drop(cmd);
-    drop(child);
+    // A new session whose controlling terminal is the PTY, born in its
+    // cgroup (see `vfork.rs`).
+    let mut launch = shell_launch(shell, spec, env);
+    launch.stdio = [
+        Some(slave.as_fd()),
+        Some(slave.as_fd()),
+        Some(slave.as_fd()),
+    ];
+    launch.terminal = true;
+    let (pid, exit, tree) = launch.start(reaper, Some(pending))?;
+    drop(slave);
+    let tree = tree.ok_or_else(|| PtyError::Open(io::Error::other("no tree")))?;
     let registered = set_nonblocking(master.as_fd()).and_then(|()| {
         // SAFETY: the OwnedFd is moved into the AsyncFd and stays open, as
         // the same fd, until the AsyncFd is dropped.
@@ -829,28 +806,25 @@ fn start_pipes(
     spec: &PtySpec,
     env: Vec<(OsString, OsString)>,
 ) -> Result<Started, PtyError> {
-    let mut cmd = shell_command(shell, spec, env);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    pending.apply(&mut cmd);
-    let guard = reaper.spawning();
-    let mut child = cmd.spawn().map_err(|e| spawn_error(e, shell))?;
-    let pid = child.id() as i32;
-    let tree = pending.started(pid);
-    let exit = guard.register(pid);
     let io_err = |e: io::Error| {
         PtyError::Start(SpawnError::Io {
             program: shell.display().to_string(),
             source: e,
         })
     };
-    let missing = || io_err(io::Error::other("child pipes missing"));
-    let stdin = child.stdin.take().map(OwnedFd::from).ok_or_else(missing)?;
-    let stdout = child.stdout.take().map(OwnedFd::from).ok_or_else(missing)?;
-    let stderr = child.stderr.take().map(OwnedFd::from).ok_or_else(missing)?;
-    drop(child);
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err(e.into()));
+    let (stdin_child, stdin) = pipe()?;
+    let (stdout, stdout_child) = pipe()?;
+    let (stderr, stderr_child) = pipe()?;
+    let mut launch = shell_launch(shell, spec, env);
+    launch.stdio = [
+        Some(stdin_child.as_fd()),
+        Some(stdout_child.as_fd()),
+        Some(stderr_child.as_fd()),
+    ];
+    let (pid, exit, tree) = launch.start(reaper, Some(pending))?;
+    drop((stdin_child, stdout_child, stderr_child));
+    let tree = tree.ok_or_else(|| io_err(io::Error::other("no tree")))?;
     let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin).map_err(io_err)?;
     let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout).map_err(io_err)?;
     let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr).map_err(io_err)?;
@@ -897,8 +871,14 @@ mod tests {
 
     #[test]
     fn signal_names() {
-        assert_eq!(signal_by_name("SIGINT").ok(), Some(libc::SIGINT));
-        assert_eq!(signal_by_name("term").ok(), Some(libc::SIGTERM));
+        assert_eq!(
+            signal_by_name("SIGINT").ok(),
+            Some(nix::sys::signal::SIGINT as i32)
+        );
+        assert_eq!(
+            signal_by_name("term").ok(),
+            Some(nix::sys::signal::SIGTERM as i32)
+        );
         assert!(signal_by_name("SIGFOO").is_err());
     }
 }

@@ -166,22 +166,15 @@ impl Reaper {
                 }
             }
             let _excl = self.reap_lock.write().unwrap_or_else(|p| p.into_inner());
-            loop {
-                let mut status = 0;
-                // SAFETY: rusage is plain data that wait4 fills in.
-                let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-                // SAFETY: valid pointers to locals; WNOHANG never blocks.
-                let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut ru) };
-                if pid <= 0 {
-                    break;
-                }
+            while let Some(r) = super::sys::wait4_any_nohang() {
+                let pid = r.pid;
                 let exit = ExitStatus {
-                    code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
-                    signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+                    code: r.code(),
+                    signal: r.signal(),
                     resources: Resources {
-                        user_ms: tv_ms(ru.ru_utime),
-                        system_ms: tv_ms(ru.ru_stime),
-                        max_rss_kib: own_peak(ru.ru_maxrss),
+                        user_ms: r.user.as_millis() as u64,
+                        system_ms: r.system.as_millis() as u64,
+                        max_rss_kib: own_peak(r.max_rss_kib),
                     },
                 };
                 let tx = self.lock_waiters().by_pid.remove(&pid);
@@ -195,10 +188,6 @@ impl Reaper {
             self.reaped.notify_waiters();
         }
     }
-}
-
-fn tv_ms(tv: libc::timeval) -> u64 {
-    (tv.tv_sec.max(0) as u64) * 1000 + (tv.tv_usec.max(0) as u64) / 1000
 }
 
 fn set_child_subreaper() {

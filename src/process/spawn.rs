@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
@@ -121,99 +120,22 @@ fn resolve_creds(uid: u32, gid: Option<u32>) -> Creds {
 
 /// Spawns the process in its own process group and registers it with the reaper.
 ///
-/// A command that joins a cgroup or changes credentials needs steps between
-/// fork and exec; it is started by [`vfork`](super::vfork) (posix_spawn's
-/// cost). Any other goes through `std::process::Command` (`posix_spawn`).
+/// Started by [`vfork`](super::vfork) (see [`Launch::way_for`]): a command
+/// that joins a cgroup or changes credentials needs steps between fork and
+/// exec that `posix_spawn` cannot make, and one that does not costs less
+/// CPU that way too.
 pub fn spawn(
     reaper: &Reaper,
     trees: &std::sync::Arc<Trees>,
     spec: SpawnSpec,
 ) -> Result<Spawned, SpawnError> {
     let pending = prepare(trees, &spec)?;
-    if pending.forks() || spec.uid.is_some() {
-        return spawn_vfork(reaper, &spec, pending);
-    }
-    let (mut cmd, program_name) = build(&spec, Some(&pending))?;
-    cmd.stdin(if spec.stdin_pipe {
-        Stdio::piped()
-    } else {
-        null_stdin().map_or_else(|_| Stdio::null(), Stdio::from)
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let (mut child, pid, exit, tree) = start(reaper, &mut cmd, &program_name, spec.uid, pending)?;
-
-    // Never `wait` on `child`: the reaper owns exit statuses. Dropping it is fine.
-    let stdin = child.stdin.take().map(OwnedFd::from);
-    let stdout = child.stdout.take().map(OwnedFd::from);
-    let stderr = child.stderr.take().map(OwnedFd::from);
-    match (stdout, stderr) {
-        (Some(stdout), Some(stderr)) => Ok(Spawned {
-            pid,
-            tree,
-            stdin,
-            stdout,
-            stderr,
-            exit,
-        }),
-        _ => Err(SpawnError::Io {
-            program: program_name,
-            source: io::Error::other("child pipes missing"),
-        }),
-    }
-}
-
-/// [`spawn`] through [`vfork`]: everything prepared here, the child only
-/// makes syscalls, and the pid is registered under the reaper's spawn lock
-/// (a child that failed before exec too: the reaper collects it).
-fn spawn_vfork(reaper: &Reaper, spec: &SpawnSpec, pending: Pending) -> Result<Spawned, SpawnError> {
-    let (program, argv): (OsString, Vec<OsString>) = match &spec.program {
-        Program::Shell(line) => (
-            spec.shell.clone().into(),
-            vec![spec.shell.clone().into(), "-c".into(), line.into()],
-        ),
-        Program::Argv(argv) => (
-            argv.first().cloned().unwrap_or_default().into(),
-            argv.iter().map(OsString::from).collect(),
-        ),
-    };
-    let program_name = program.to_string_lossy().into_owned();
+    let mut launch = Launch::new(&spec)?;
+    let program = launch.program_name();
     let io_err = |source: io::Error| SpawnError::Io {
-        program: program_name.clone(),
+        program: program.clone(),
         source,
     };
-    let creds = match spec.uid {
-        Some(uid) => {
-            let current = nix::unistd::getuid().as_raw();
-            if uid != current && current != 0 {
-                return Err(SpawnError::UidNotPermitted { uid, current });
-            }
-            let c = resolve_creds(uid, spec.gid);
-            Some(vfork::Creds {
-                uid: c.uid,
-                gid: c.gid,
-                groups: c.groups,
-                set_groups: current == 0,
-            })
-        }
-        None => None,
-    };
-    // The environment as `Command` would build it: later keys win, sorted.
-    let mut env: BTreeMap<OsString, OsString> = match &spec.env {
-        Some(env) => env.iter().cloned().collect(),
-        None => std::env::vars_os().collect(),
-    };
-    if let Some((k, v)) = pending.marker() {
-        env.insert(k.into(), v.into());
-    }
-    // execvp searches the child's PATH (the standard library hands it the
-    // child's environment), else execd's, else the C library's default.
-    let path = env
-        .get(OsStr::new("PATH"))
-        .cloned()
-        .or_else(|| std::env::var_os("PATH"))
-        .unwrap_or_else(|| "/bin:/usr/bin".into());
-
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err(e.into()));
     let (stdin_child, stdin_parent) = if spec.stdin_pipe {
         let (r, w) = pipe()?;
@@ -223,41 +145,15 @@ fn spawn_vfork(reaper: &Reaper, spec: &SpawnSpec, pending: Pending) -> Result<Sp
     };
     let (stdout, stdout_child) = pipe()?;
     let (stderr, stderr_child) = pipe()?;
-
-    let mut plan = vfork::Plan::new(&argv, &env, &path).map_err(io_err)?;
-    plan.stdio(0, stdin_child.as_fd())
-        .stdio(1, stdout_child.as_fd())
-        .stdio(2, stderr_child.as_fd());
-    if let Some(cwd) = &spec.cwd {
-        plan.cwd(cwd).map_err(io_err)?;
-    }
-    if let Some((dir, procs)) = pending.cgroup() {
-        plan.cgroup(dir, procs);
-    }
-    if let Some(creds) = creds {
-        plan.creds(creds);
-    }
-    let guard = reaper.spawning();
-    let pid = match vfork::spawn(&plan) {
-        Ok(pid) => pid,
-        Err(failed) => {
-            if let Some(pid) = failed.pid {
-                // It exited before exec, maybe inside its cgroup, which it
-                // may not have left yet: the tree's release removes the
-                // cgroup now or after the reap (which the reaper does; nobody
-                // waits for this exit).
-                pending.started(pid).release();
-                drop(guard.register(pid));
-            }
-            return Err(classify(failed.error, &program_name, spec.uid));
-        }
-    };
-    drop(plan);
-    let tree = pending.started(pid);
-    let exit = guard.register(pid);
+    launch.stdio = [
+        Some(stdin_child.as_fd()),
+        Some(stdout_child.as_fd()),
+        Some(stderr_child.as_fd()),
+    ];
+    let (pid, exit, tree) = launch.start(reaper, Some(pending))?;
     Ok(Spawned {
         pid,
-        tree,
+        tree: tree.ok_or_else(|| io_err(io::Error::other("no tree")))?,
         stdin: stdin_parent,
         stdout,
         stderr,
@@ -265,22 +161,180 @@ fn spawn_vfork(reaper: &Reaper, spec: &SpawnSpec, pending: Pending) -> Result<Sp
     })
 }
 
+/// How a [`Launch`] was started (for tests and logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Way {
+    /// nix's `posix_spawn`.
+    PosixSpawn,
+    /// [`vfork`](super::vfork): cgroup, credentials or a terminal session.
+    Vfork,
+}
+
+/// A process to start, resolved: program and arguments, its whole
+/// environment, where to search the program, working directory, stdio
+/// and what it must be between fork and exec.
+pub(crate) struct Launch<'fd> {
+    /// `argv[0]` is the program (searched on `path` unless it has a `/`).
+    pub argv: Vec<OsString>,
+    /// The complete environment (sorted, later keys won).
+    pub env: BTreeMap<OsString, OsString>,
+    pub cwd: Option<PathBuf>,
+    /// Sources of fds 0, 1, 2 (`None`: execd's own).
+    pub stdio: [Option<BorrowedFd<'fd>>; 3],
+    /// The uid asked for (errors name it).
+    pub uid: Option<u32>,
+    pub creds: Option<vfork::Creds>,
+    /// A session leader on the terminal that is its stdin, not a group leader.
+    pub terminal: bool,
+}
+
+impl<'fd> Launch<'fd> {
+    /// The launch of `spec` (credentials resolved, stdio still execd's).
+    pub fn new(spec: &SpawnSpec) -> Result<Launch<'fd>, SpawnError> {
+        let argv: Vec<OsString> = match &spec.program {
+            Program::Shell(line) => {
+                vec![spec.shell.clone().into(), "-c".into(), line.into()]
+            }
+            Program::Argv(argv) => argv.iter().map(OsString::from).collect(),
+        };
+        let creds = match spec.uid {
+            Some(uid) => {
+                let current = nix::unistd::getuid().as_raw();
+                if uid != current && current != 0 {
+                    return Err(SpawnError::UidNotPermitted { uid, current });
+                }
+                let c = resolve_creds(uid, spec.gid);
+                Some(vfork::Creds {
+                    uid: c.uid,
+                    gid: c.gid,
+                    groups: c.groups,
+                    set_groups: current == 0,
+                })
+            }
+            None => None,
+        };
+        // The environment as `Command` would build it: later keys win, sorted.
+        let env = match &spec.env {
+            Some(env) => env.iter().cloned().collect(),
+            None => std::env::vars_os().collect(),
+        };
+        Ok(Launch {
+            argv,
+            env,
+            cwd: spec.cwd.clone(),
+            stdio: [None, None, None],
+            uid: spec.uid,
+            creds,
+            terminal: false,
+        })
+    }
+
+    pub fn program_name(&self) -> String {
+        self.argv
+            .first()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The way [`Launch::start`] takes with `pending`.
+    ///
+    /// `posix_spawn` cannot join a cgroup, switch credentials or start a
+    /// terminal session: those take the vfork spawn. So does every process
+    /// with a tree (commands, PTY shells, terminals: the per-request path)
+    /// even without them, as it costs the spawning thread less CPU: glibc's
+    /// `posix_spawn` maps and unmaps a child stack per call, the vfork spawn
+    /// reuses one per thread (about 60 against 78 µs per `/bin/true`,
+    /// `vfork::tests::spawn_cost`, alternating batches of 2,000). What is
+    /// left to `posix_spawn` is a process with no tree and no credentials:
+    /// init mode's main process.
+    pub fn way_for(&self, pending: Option<&Pending>) -> Way {
+        if self.creds.is_some() || self.terminal || pending.is_some() {
+            Way::Vfork
+        } else {
+            Way::PosixSpawn
+        }
+    }
+
+    /// Starts the process under the reaper's spawn lock and registers it
+    /// (with its tree, if `pending`) before anyone can reap it.
+    pub fn start(
+        mut self,
+        reaper: &Reaper,
+        pending: Option<Pending>,
+    ) -> Result<Launched, SpawnError> {
+        let program_name = self.program_name();
+        let io_err = |source: io::Error| SpawnError::Io {
+            program: program_name.clone(),
+            source,
+        };
+        if let Some((k, v)) = pending.as_ref().and_then(|p| p.marker()) {
+            self.env.insert(k.into(), v.into());
+        }
+        // The program is searched on the child's PATH, else execd's, else
+        // the C library's default.
+        let path = self
+            .env
+            .get(OsStr::new("PATH"))
+            .cloned()
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_else(|| "/bin:/usr/bin".into());
+        let way = self.way_for(pending.as_ref());
+        let mut plan = vfork::Plan::new(&self.argv, &self.env, &path).map_err(io_err)?;
+        for (target, fd) in self.stdio.iter().enumerate() {
+            if let Some(fd) = fd {
+                plan.stdio(target, *fd);
+            }
+        }
+        if let Some(cwd) = &self.cwd {
+            plan.cwd(cwd).map_err(io_err)?;
+        }
+        if let Some((dir, procs)) = pending.as_ref().and_then(|p| p.cgroup()) {
+            plan.cgroup(dir, procs);
+        }
+        if let Some(creds) = self.creds.take() {
+            plan.creds(creds);
+        }
+        if self.terminal {
+            plan.terminal_session();
+        }
+        let guard = reaper.spawning();
+        let spawned = match way {
+            Way::Vfork => vfork::spawn(&plan),
+            Way::PosixSpawn => vfork::posix_spawn(&plan),
+        };
+        let pid = match spawned {
+            Ok(pid) => pid,
+            Err(failed) => {
+                if let Some(pid) = failed.pid {
+                    // It exited before exec, maybe inside its cgroup, which it
+                    // may not have left yet: the tree's release removes the
+                    // cgroup now or after the reap (which the reaper does; nobody
+                    // waits for this exit).
+                    if let Some(pending) = pending {
+                        pending.started(pid).release();
+                    }
+                    drop(guard.register(pid));
+                }
+                return Err(classify(failed.error, &program_name, self.uid));
+            }
+        };
+        drop(plan);
+        let tree = pending.map(|p| p.started(pid));
+        let exit = guard.register(pid);
+        Ok((pid, exit, tree))
+    }
+}
+
+/// A started process: its pid, its exit, and its tree if it was given one.
+pub(crate) type Launched = (i32, oneshot::Receiver<ExitStatus>, Option<Arc<Tree>>);
+
 /// Spawns a process that shares execd's stdin, stdout and stderr (the
 /// sandbox's main process in init mode), in its own process group.
 pub fn spawn_inherit(
     reaper: &Reaper,
     spec: SpawnSpec,
 ) -> Result<(i32, oneshot::Receiver<ExitStatus>), SpawnError> {
-    let (mut cmd, program_name) = build(&spec, None)?;
-    cmd.stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
-    let guard = reaper.spawning();
-    let child = cmd
-        .spawn()
-        .map_err(|e| classify(e, &program_name, spec.uid))?;
-    let pid = child.id() as i32;
-    let exit = guard.register(pid);
+    let (pid, exit, _) = Launch::new(&spec)?.start(reaper, None)?;
     Ok((pid, exit))
 }
 
@@ -306,90 +360,15 @@ fn prepare(trees: &std::sync::Arc<Trees>, spec: &SpawnSpec) -> Result<Pending, S
     })
 }
 
-/// A started child, its pid, its exit and its tree.
-pub(crate) type Started = (
-    std::process::Child,
-    i32,
-    oneshot::Receiver<ExitStatus>,
-    std::sync::Arc<Tree>,
-);
-
-/// Forks under the reaper's spawn lock and registers the pid (and opens the
-/// tree's pidfd of it) before anyone can reap it. `cmd` must have had
-/// `pending` applied.
-pub(crate) fn start(
-    reaper: &Reaper,
-    cmd: &mut std::process::Command,
-    program_name: &str,
-    uid: Option<u32>,
-    pending: Pending,
-) -> Result<Started, SpawnError> {
-    let guard = reaper.spawning();
-    let child = cmd.spawn().map_err(|e| classify(e, program_name, uid))?;
-    let pid = child.id() as i32;
-    let tree = pending.started(pid);
-    let exit = guard.register(pid);
-    Ok((child, pid, exit, tree))
-}
-
-/// A `Command` for `spec` with everything but stdio: program, args, env,
-/// cwd, its own process group, and credentials.
-fn build(
-    spec: &SpawnSpec,
-    tree: Option<&Pending>,
-) -> Result<(std::process::Command, String), SpawnError> {
-    let (program, args): (OsString, Vec<String>) = match &spec.program {
-        Program::Shell(line) => (spec.shell.clone().into(), vec!["-c".into(), line.clone()]),
-        Program::Argv(argv) => (argv[0].clone().into(), argv[1..].to_vec()),
-    };
-    let program_name = program.to_string_lossy().into_owned();
-    let mut cmd = std::process::Command::new(&program);
-    cmd.args(&args).process_group(0);
-    if let Some(env) = &spec.env {
-        cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
-    }
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
-    }
-    // First: the child joins its cgroup while still root.
-    if let Some(tree) = tree {
-        tree.apply(&mut cmd);
-    }
-    if let Some(uid) = spec.uid {
-        let current = nix::unistd::getuid().as_raw();
-        if uid != current && current != 0 {
-            return Err(SpawnError::UidNotPermitted { uid, current });
-        }
-        let creds = resolve_creds(uid, spec.gid);
-        let groups: Vec<nix::unistd::Gid> = creds
-            .groups
-            .iter()
-            .map(|&g| nix::unistd::Gid::from_raw(g))
-            .collect();
-        // SAFETY: the closure runs between fork and exec (the forked child
-        // has this one thread) and only makes async-signal-safe syscalls on
-        // data prepared before the fork; nix's wrappers allocate nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
-                if nix::unistd::getuid().is_root() {
-                    setgroups(&groups)?;
-                }
-                setgid(Gid::from_raw(creds.gid))?;
-                setuid(Uid::from_raw(creds.uid))?;
-                Ok(())
-            });
-        }
-    }
-    Ok((cmd, program_name))
-}
-
-fn classify(e: io::Error, program: &str, uid: Option<u32>) -> SpawnError {
+pub(crate) fn classify(e: io::Error, program: &str, uid: Option<u32>) -> SpawnError {
+    const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;
+    const EACCES: i32 = nix::errno::Errno::EACCES as i32;
+    const EPERM: i32 = nix::errno::Errno::EPERM as i32;
     let program = program.to_string();
     match e.raw_os_error() {
-        Some(libc::ENOENT) => SpawnError::NotFound { program },
-        Some(libc::EACCES) => SpawnError::PermissionDenied { program },
-        Some(libc::EPERM) if uid.is_some() => SpawnError::UidNotPermitted {
+        Some(ENOENT) => SpawnError::NotFound { program },
+        Some(EACCES) => SpawnError::PermissionDenied { program },
+        Some(EPERM) if uid.is_some() => SpawnError::UidNotPermitted {
             uid: uid.unwrap_or_default(),
             current: nix::unistd::getuid().as_raw(),
         },

@@ -4,8 +4,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use tokio::io::unix::AsyncFd;
@@ -15,8 +14,9 @@ use std::sync::Arc;
 
 use super::pty::{open_pty, Size};
 use super::reaper::{ExitStatus, Reaper};
-use super::spawn::{start, SpawnError};
+use super::spawn::{Launch, SpawnError};
 use super::tree::{Tree, Trees};
+use super::vfork::Creds;
 
 /// A process on a terminal. Dropping it closes the master side.
 pub struct Terminal {
@@ -47,43 +47,33 @@ pub(crate) fn spawn(
     // The master is used non-blocking through AsyncFd.
     super::pty::set_nonblocking(master.as_fd()).map_err(io_err)?;
     let pending = trees.prepare().map_err(io_err)?;
-    let dup = |fd: &OwnedFd| fd.try_clone().map_err(io_err);
-    let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .envs(env)
-        .stdin(dup(&slave)?)
-        .stdout(dup(&slave)?)
-        .stderr(dup(&slave)?);
-    if let Some(cwd) = cwd {
-        cmd.current_dir(cwd);
-    }
-    pending.apply(&mut cmd);
-    // SAFETY: only async-signal-safe calls between fork and exec; the
-    // group list is allocated before the fork and only read in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // Another user: its groups, gid, then uid (the terminal is
-            // already the controlling one; its fds are open).
-            if let Some((uid, gid, groups)) = &creds {
-                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                    || libc::setgid(*gid) < 0
-                    || libc::setuid(*uid) < 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    let current = nix::unistd::getuid();
+    let launch = Launch {
+        argv: argv.iter().map(OsString::from).collect(),
+        // Later keys win, as with `Command::envs`.
+        env: env.into_iter().collect(),
+        cwd,
+        stdio: [
+            Some(slave.as_fd()),
+            Some(slave.as_fd()),
+            Some(slave.as_fd()),
+        ],
+        uid: creds.as_ref().map(|c| c.0),
+        // Another user: its groups (where execd may set them), gid, then uid.
+        creds: creds.map(|(uid, gid, groups)| Creds {
+            uid,
+            gid,
+            groups,
+            set_groups: current.is_root(),
+        }),
+        terminal: true,
+    };
     // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open and
     // unchanged until it is dropped.
     let master = unsafe { AsyncFd::register(master) }.map_err(|e| io_err(e.into()))?;
-    let (_child, pid, exit, tree) = start(reaper, &mut cmd, &argv[0], None, pending)?;
+    let (pid, exit, tree) = launch.start(reaper, Some(pending))?;
     drop(slave);
+    let tree = tree.ok_or_else(|| io_err(io::Error::other("no tree")))?;
     Ok((Terminal { pid, tree, master }, exit))
 }
 
@@ -95,7 +85,9 @@ impl Terminal {
             let r = guard.try_io(|fd| nix::unistd::read(fd, buf).map_err(io::Error::from));
             match r {
                 Ok(Ok(n)) => return Ok(n),
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
+                Ok(Err(e)) if e.raw_os_error() == Some(nix::errno::Errno::EIO as i32) => {
+                    return Ok(0)
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }
@@ -117,16 +109,7 @@ impl Terminal {
 
     /// Sets the window size; the foreground job gets SIGWINCH.
     pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
-        if unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        super::sys::set_window_size(self.master.get_ref().as_fd(), cols, rows)?;
         Ok(())
     }
 }

@@ -39,9 +39,8 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -124,7 +123,7 @@ impl Slot {
         };
         let dirfd = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_DIRECTORY)
+            .custom_flags(nix::fcntl::OFlag::O_DIRECTORY.bits())
             .open(&dir);
         match (
             dirfd,
@@ -338,40 +337,9 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Makes `cmd`'s child join the tree: with cgroups, it moves itself into
-    /// the cgroup before exec (this must be the first `pre_exec`, before any
-    /// credential change); otherwise it carries the marker.
-    pub fn apply(&self, cmd: &mut std::process::Command) {
-        match &self.cgroup {
-            Some((slot, _)) => {
-                let fd = slot.procs.as_raw_fd();
-                // SAFETY: runs between fork and exec; write(2) is
-                // async-signal-safe and `fd` stays open in the parent (owned
-                // by `self`) until the spawn has returned.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                            return Err(io::Error::last_os_error());
-                        }
-                        Ok(())
-                    });
-                }
-            }
-            None => {
-                cmd.env(MARKER, &self.id);
-            }
-        }
-    }
-
-    /// Whether [`Pending::apply`] adds a `pre_exec` hook (the spawn then
-    /// forks instead of using `posix_spawn`).
-    pub fn forks(&self) -> bool {
-        self.cgroup.is_some()
-    }
-
     /// With a cgroup: its directory (to clone the child into it) and its
     /// `cgroup.procs`, open for writing (for the child's write where it
-    /// cannot be cloned into it), for the spawn without `Command`.
+    /// cannot be cloned into it).
     pub fn cgroup(&self) -> Option<(std::os::fd::BorrowedFd<'_>, std::os::fd::BorrowedFd<'_>)> {
         use std::os::fd::AsFd;
         self.cgroup
@@ -464,7 +432,7 @@ impl Tree {
 
     /// `signal` to every process of the tree (SIGKILL: see [`Tree::kill`]).
     pub fn signal(&self, signal: i32) {
-        if signal == libc::SIGKILL {
+        if signal == nix::sys::signal::Signal::SIGKILL as i32 {
             return self.kill();
         }
         match &self.kind {
@@ -569,12 +537,12 @@ impl Tree {
                 break;
             }
             for m in fresh {
-                send(m, libc::SIGSTOP, same_start(m));
+                send(m, nix::sys::signal::Signal::SIGSTOP as i32, same_start(m));
                 hit.insert(m);
             }
         }
         for m in hit {
-            send(m, libc::SIGKILL, same_start(m));
+            send(m, nix::sys::signal::Signal::SIGKILL as i32, same_start(m));
         }
     }
 }

@@ -374,18 +374,15 @@ async fn sniff(stream: &tokio::net::TcpStream) -> std::io::Result<Option<Protoco
         // Undecided counts as "would block": tokio then clears the
         // readiness, and the next `readable` waits for more bytes.
         let r = stream.try_io(tokio::io::Interest::READABLE, || {
-            // SAFETY: recv on the stream's own open socket, into a buffer of
-            // the given length; MSG_PEEK leaves the bytes for hyper.
-            let n = unsafe {
-                libc::recv(
-                    stream.as_raw_fd(),
-                    first.as_mut_ptr().cast(),
-                    first.len(),
-                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
-                )
-            };
-            match usize::try_from(n) {
-                Err(_) => Err(std::io::Error::last_os_error()),
+            // MSG_PEEK leaves the bytes for hyper.
+            use nix::sys::socket::{recv, MsgFlags};
+            let n = recv(
+                stream.as_raw_fd(),
+                &mut first,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            );
+            match n {
+                Err(e) => Err(e.into()),
                 Ok(0) => Ok(None),
                 Ok(n) => match protocol(&first[..n]) {
                     Some(p) => Ok(Some(p)),
