@@ -103,6 +103,10 @@ pub struct Config {
     /// File downloads on plain HTTP/1.1 go from the file to the socket with
     /// `sendfile` (`--no-sendfile`: copied through user space, as on HTTP/2).
     pub sendfile: bool,
+    /// Open HTTP/1 connections above which an idle keep-alive connection is
+    /// parked (its hyper buffers freed) as soon as it is idle; below, at the
+    /// header timeout's first quiet look (`server::Http1`).
+    pub park_idle_above: usize,
     /// Live operation ids (`X-EXECD-OPERATION-ID`) at most; 429 past it.
     pub max_operations: usize,
     /// `--log-format json`: one JSON object per log line.
@@ -161,6 +165,7 @@ impl Default for Config {
             code_idle_timeout: None,
             runtime_init: false,
             sendfile: true,
+            park_idle_above: 128,
             max_operations: 4096,
             log_json: false,
             operation_ttl: Duration::from_secs(3600),
@@ -253,6 +258,10 @@ Options (environment variable in brackets; a flag wins over its variable):
                                   is not started [EXECD_RUNTIME_INIT=true]
   --no-sendfile                   copy file downloads through user space instead of sending them
                                   with sendfile on plain HTTP/1.1 [EXECD_SENDFILE=false]
+  --park-idle-above N             with more than N HTTP/1 connections open, an idle keep-alive
+                                  connection leaves hyper (its buffers freed) as soon as it is
+                                  idle; below, after half the header timeout (128; 0: always)
+                                  [EXECD_PARK_IDLE_ABOVE]
   --max-operations N              live X-EXECD-OPERATION-ID ids at most; more get 429 (4096)
                                   [EXECD_MAX_OPERATIONS]
   --operation-ttl D               how long an operation id is remembered; later it is 410 (1h)
@@ -358,6 +367,9 @@ pub fn parse(
     }
     if let Some(v) = env("EXECD_SENDFILE").filter(|v| !v.is_empty()) {
         c.sendfile = boolean(&v).map_err(|e| format!("EXECD_SENDFILE: {e}"))?;
+    }
+    if let Some(v) = env("EXECD_PARK_IDLE_ABOVE").filter(|v| !v.is_empty()) {
+        c.park_idle_above = whole(&v).map_err(|e| format!("EXECD_PARK_IDLE_ABOVE: {e}"))?;
     }
     if let Some(v) = env("EXECD_MAX_WATCHES").filter(|v| !v.is_empty()) {
         c.max_watches = records(&v).map_err(|e| format!("EXECD_MAX_WATCHES: {e}"))?;
@@ -483,6 +495,9 @@ pub fn parse(
             }
             Long("runtime-init") => c.runtime_init = true,
             Long("no-sendfile") => c.sendfile = false,
+            Long("park-idle-above") => {
+                c.park_idle_above = whole(&value(&mut p, "park-idle-above")?)?
+            }
             Long("log-format") => c.log_json = log_format(&value(&mut p, "log-format")?)?,
             Long("max-operations") => {
                 c.max_operations = records(&value(&mut p, "max-operations")?)?
@@ -673,6 +688,13 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     }
     Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
+/// A whole number, 0 included.
+fn whole(v: &str) -> Result<usize, String> {
+    v.trim()
+        .parse::<usize>()
+        .map_err(|_| format!("invalid number {v:?}: a whole number is required"))
+}
+
 /// A count of finished records to keep: at least 1.
 fn records(v: &str) -> Result<usize, String> {
     v.trim()
@@ -762,6 +784,12 @@ mod tests {
         assert_eq!(c.max_sessions, 5);
         assert_eq!(c.session_idle_timeout, Duration::from_secs(120));
         assert!(run(&["--max-running", "0"], &[]).is_err());
+        assert_eq!(run(&[], &[]).unwrap().park_idle_above, 128);
+        let c = run(&["--park-idle-above", "0"], &[]).unwrap();
+        assert_eq!(c.park_idle_above, 0);
+        let c = run(&[], &[("EXECD_PARK_IDLE_ABOVE", "7")]).unwrap();
+        assert_eq!(c.park_idle_above, 7);
+        assert!(run(&["--park-idle-above", "-1"], &[]).is_err());
     }
 
     #[test]

@@ -444,6 +444,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
         config.e2b_port = Some(l.local_addr()?.port());
     }
     let zero_copy = config.sendfile;
+    server::park_idle_above(config.park_idle_above);
     let app = App::new(config, engine.clone());
     let kernels = app.kernels.clone();
     let runtime = app.runtime.clone();

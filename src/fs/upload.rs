@@ -400,20 +400,30 @@ fn sync_dir_fd(dir: &OwnedFd, shown: &Path) -> FsResult<()> {
 /// An upload driven from async code without holding a thread for its
 /// whole length: the file is created and committed on a blocking thread as
 /// the caller's identity (permissions are checked there), and the content is
-/// written through the open descriptor in pieces of about
-/// [`WRITE_CHUNK`] bytes, one write in flight while the next piece arrives.
-/// Each piece's write-back to disk starts as soon as it is written
+/// written through the open descriptor in pieces of [`WRITE_CHUNK`] bytes,
+/// one write in flight while the next piece arrives. Each piece's
+/// write-back to disk starts as soon as it is written
 /// ([`AtomicFile::start_writeback`]), so the fsync at commit is short.
 /// Dropped before [`Writer::commit`], it discards the temporary file.
+///
+/// Memory: two buffers of [`WRITE_CHUNK`] bytes at most, the one filling
+/// and the one being written, taking turns for the whole upload (no buffer
+/// grows, none is allocated per piece).
 pub struct Writer {
     id: Scope,
     attrs: Attrs,
     /// The file, when no write is in flight.
     file: Option<AtomicFile>,
-    /// The write in flight; it hands the file back.
-    pending: Option<tokio::task::JoinHandle<(AtomicFile, FsResult<()>)>>,
-    buf: bytes::BytesMut,
+    /// The write in flight; it hands the file and its buffer back.
+    pending: Option<tokio::task::JoinHandle<Written>>,
+    /// The piece being gathered.
+    buf: Vec<u8>,
+    /// The buffer of the last write, for the next piece.
+    spare: Vec<u8>,
 }
+
+/// A write's outcome, with the file and the buffer it wrote from.
+type Written = (AtomicFile, Vec<u8>, FsResult<()>);
 
 impl Drop for Writer {
     fn drop(&mut self) {
@@ -424,10 +434,23 @@ impl Drop for Writer {
     }
 }
 
-/// How much content is gathered before a write.
-pub const WRITE_CHUNK: usize = 1024 * 1024;
+/// How much content is gathered before a write: 256 KiB writes run the
+/// disk as fast as 1 MiB ones did, and 100 concurrent uploads hold 50 MiB
+/// of buffers rather than 400.
+pub const WRITE_CHUNK: usize = 256 * 1024;
 
 impl Writer {
+    fn new(id: Scope, attrs: Attrs, file: AtomicFile) -> Writer {
+        Writer {
+            id,
+            attrs,
+            file: Some(file),
+            pending: None,
+            buf: Vec::new(),
+            spare: Vec::new(),
+        }
+    }
+
     /// Starts writing `path` (parents created) as `id`, with the mode and
     /// owner of `req` applied on commit.
     pub async fn create(id: impl Into<Scope>, path: PathBuf, req: AttrRequest) -> FsResult<Writer> {
@@ -437,13 +460,7 @@ impl Writer {
             Ok((AtomicFile::create(&path, true)?, attrs))
         })
         .await?;
-        Ok(Writer {
-            id,
-            attrs,
-            file: Some(file),
-            pending: None,
-            buf: bytes::BytesMut::new(),
-        })
+        Ok(Writer::new(id, attrs, file))
     }
 
     /// Starts writing the file `name` in the directory `dir`, pinned by the
@@ -459,31 +476,35 @@ impl Writer {
             Ok((AtomicFile::create_in(dir, &name, shown)?, attrs))
         })
         .await?;
-        Ok(Writer {
-            id: Scope::default(),
-            attrs,
-            file: Some(file),
-            pending: None,
-            buf: bytes::BytesMut::new(),
-        })
+        Ok(Writer::new(Scope::default(), attrs, file))
     }
 
     /// Appends `data`.
-    pub async fn write(&mut self, data: &[u8]) -> FsResult<()> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= WRITE_CHUNK {
-            self.flush().await?;
+    pub async fn write(&mut self, mut data: &[u8]) -> FsResult<()> {
+        while !data.is_empty() {
+            if self.buf.capacity() < WRITE_CHUNK {
+                self.buf.reserve_exact(WRITE_CHUNK - self.buf.len());
+            }
+            let n = (WRITE_CHUNK - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() >= WRITE_CHUNK {
+                self.flush().await?;
+            }
         }
         Ok(())
     }
 
-    /// Waits for the write in flight and takes the file back.
+    /// Waits for the write in flight and takes the file back (its buffer
+    /// becomes the spare).
     async fn settle(&mut self) -> FsResult<AtomicFile> {
         if let Some(task) = self.pending.take() {
-            let (file, r) = task
+            let (file, mut buf, r) = task
                 .await
                 .map_err(|e| FsError::Internal(format!("write task failed: {e}")))?;
             r?;
+            buf.clear();
+            self.spare = buf;
             self.file = Some(file);
         }
         self.file
@@ -494,14 +515,14 @@ impl Writer {
     /// Starts writing what has been gathered.
     async fn flush(&mut self) -> FsResult<()> {
         let mut file = self.settle().await?;
-        let data = self.buf.split().freeze();
+        let data = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
         self.pending = Some(tokio::task::spawn_blocking(move || {
             let at = file.written();
             let r = file.write_all(&data);
             if r.is_ok() {
                 file.start_writeback(at, data.len() as u64);
             }
-            (file, r)
+            (file, data, r)
         }));
         Ok(())
     }
@@ -510,7 +531,7 @@ impl Writer {
     /// temporary file before returning, so an error answer never races it.
     pub async fn discard(mut self) {
         if let Some(task) = self.pending.take() {
-            if let Ok((file, _)) = task.await {
+            if let Ok((file, ..)) = task.await {
                 self.file = Some(file);
             }
         }

@@ -13,7 +13,7 @@ pub mod zerocopy;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -239,15 +239,7 @@ pub async fn serve<S: Service>(
         };
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(watch::Activity::default());
-        // The service of a connection: `sink` is where zero-copy bodies
-        // queue their file pieces, on a plain HTTP/1.1 connection.
-        let service = {
-            let (app, activity) = (app.clone(), activity.clone());
-            move |sink: Option<zerocopy::Sink>| {
-                let conn = Conn { activity, sink };
-                hyper::service::service_fn(move |req| handle(&app, req, peer, &conn))
-            }
-        };
+        let app = app.clone();
         let stop = stop.clone();
         let timeout = header_timeout;
         conns.spawn(async move {
@@ -260,36 +252,36 @@ pub async fn serve<S: Service>(
             };
             match first {
                 Ok(Ok(Some(Protocol::Http1))) => {
-                    let io = zerocopy::ZeroCopyIo::new(stream);
-                    let svc = service((zero_copy && zerocopy::available()).then(|| io.sink()));
-                    let mut http = hyper::server::conn::http1::Builder::new();
-                    // No hyper timer: the watch does its header timeout.
-                    // `writev`: body frames reach the socket uncopied, which
-                    // zero-copy bodies rely on (see `zerocopy.rs`).
-                    http.max_buf_size(64 * 1024).keep_alive(true).writev(true);
-                    let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
-                    let watch = Watched {
-                        watch: watch::Watch::new(activity),
+                    let zero_copy = zero_copy && zerocopy::available();
+                    let http1 = Http1 {
+                        app,
+                        activity,
+                        peer,
+                        zero_copy,
                         timeout,
-                        on_idle: OnIdle::Close,
-                        http1: true,
                     };
-                    drive(conn, &stop, |c| c.graceful_shutdown(), watch, peer).await
+                    http1.serve(stream, &stop).await
                 }
                 Ok(Ok(Some(Protocol::Http2))) => {
                     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     http.timer(TokioTimer::new());
-                    let conn = http.serve_connection(TokioIo::new(stream), service(None));
+                    let conn = Conn {
+                        activity: activity.clone(),
+                        sink: None,
+                    };
+                    let svc = hyper::service::service_fn(move |req| handle(&app, req, peer, &conn));
+                    let conn = Box::pin(http.serve_connection(TokioIo::new(stream), svc));
                     // hyper has no header timeout for HTTP/2: the same watch
                     // sees a connection with no stream served, whether the
                     // client trickles a HEADERS frame or just keeps it open.
                     let watch = Watched {
                         watch: watch::Watch::new(activity),
                         timeout,
+                        first_look: tokio::time::Instant::now() + timeout / 2,
                         on_idle: OnIdle::GoAwayThenClose,
                         http1: false,
                     };
-                    drive(conn, &stop, |c| c.graceful_shutdown(), watch, peer).await
+                    drive(conn, &stop, |c| c.graceful_shutdown(), watch, None, peer).await;
                 }
                 Ok(Ok(None)) => tracing::debug!(%peer, "connection closed before its first byte"),
                 Ok(Err(e)) => {
@@ -303,6 +295,174 @@ pub async fn serve<S: Service>(
     conns.close();
     if tokio::time::timeout(drain, conns.wait()).await.is_err() {
         tracing::debug!("connections still open at the end of shutdown");
+    }
+}
+
+/// A plain HTTP/1 connection, served by hyper while it is in use and
+/// parked while it is idle.
+///
+/// hyper keeps an 8 KiB read buffer and an 8 KiB write buffer per HTTP/1
+/// connection for as long as the connection lives, and its state with
+/// them: 12.8 KiB of RSS per idle keep-alive connection. So once hyper has
+/// answered and waits for the next request, with nothing in progress, the
+/// connection leaves it: hyper is told to end (a graceful shutdown, which
+/// an idle hyper connection obeys at once), its shutdown of the socket is
+/// skipped ([`zerocopy::IoState::park`]), and the socket, with any bytes
+/// hyper had read and not parsed, waits for the next request's first byte
+/// with no buffer of its own. A new hyper then serves it. A connection
+/// whose request or response asked hyper to close or upgrade it (a
+/// `Connection` header, HTTP/1.0) is left to hyper.
+///
+/// Re-hosting costs about 5,000 instructions per request (callgrind: 8.7k
+/// to 13.9k per keep-alive `/ping`), so it is done at once only while more
+/// than [`PARK_AT_ONCE_ABOVE`] (`--park-idle-above`, 128) HTTP/1
+/// connections are open; below that, an
+/// idle connection is parked at the watch's first quiet look (idle for half
+/// the header timeout to all of it), and the unparked idle ones hold at
+/// most that many times 16 KiB.
+struct Http1<S> {
+    app: Arc<S>,
+    activity: Arc<watch::Activity>,
+    peer: SocketAddr,
+    zero_copy: bool,
+    timeout: Duration,
+}
+
+/// Open HTTP/1 connections above which an idle one is parked at once
+/// (`--park-idle-above`).
+static PARK_AT_ONCE_ABOVE: AtomicUsize = AtomicUsize::new(128);
+
+/// Sets `--park-idle-above`: with more than `n` HTTP/1 connections open, an
+/// idle one is parked at once (see [`Http1`]).
+pub fn park_idle_above(n: usize) {
+    PARK_AT_ONCE_ABOVE.store(n, Ordering::Relaxed);
+}
+
+/// Open HTTP/1 connections.
+static OPEN_HTTP1: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts an open HTTP/1 connection in [`OPEN_HTTP1`] while it lives.
+struct OpenHttp1;
+
+impl OpenHttp1 {
+    fn new() -> OpenHttp1 {
+        OPEN_HTTP1.fetch_add(1, Ordering::Relaxed);
+        OpenHttp1
+    }
+}
+
+impl Drop for OpenHttp1 {
+    fn drop(&mut self) {
+        OPEN_HTTP1.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S: Service> Http1<S> {
+    async fn serve(self, stream: tokio::net::TcpStream, stop: &CancellationToken) {
+        let _open = OpenHttp1::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        // No hyper timer: the watch does its header timeout.
+        // `writev`: body frames reach the socket uncopied, which
+        // zero-copy bodies rely on (see `zerocopy.rs`).
+        http.max_buf_size(64 * 1024).keep_alive(true).writev(true);
+        let mut io = zerocopy::ZeroCopyIo::new(stream);
+        let half = self.timeout / 2;
+        // The watch's looks go on from where they were when the connection
+        // was parked, as if it had watched the parked connection, which
+        // showed no activity: the next look, and the quiet looks so far.
+        let (mut first_look, mut quiet) = (tokio::time::Instant::now() + half, 0u8);
+        loop {
+            let state = io.state();
+            let conn = Conn {
+                activity: self.activity.clone(),
+                sink: self.zero_copy.then(|| io.sink()),
+            };
+            let (app, peer) = (self.app.clone(), self.peer);
+            let svc = hyper::service::service_fn(move |req| handle(&app, req, peer, &conn));
+            self.activity.rehosted();
+            let park = Park {
+                io: state,
+                activity: self.activity.clone(),
+                events: self.activity.events(),
+            };
+            let conn = Box::pin(http.serve_connection(TokioIo::new(io), svc).with_upgrades());
+            let watch = Watched {
+                watch: watch::Watch::new(self.activity.clone()).after_quiet_looks(quiet),
+                timeout: self.timeout,
+                first_look,
+                on_idle: OnIdle::Close,
+                http1: true,
+            };
+            let shutdown = |c: Pin<&mut _>| {
+                hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(c)
+            };
+            let Some((conn, next, looks)) =
+                drive(conn, stop, shutdown, watch, Some(park), self.peer).await
+            else {
+                return;
+            };
+            let Some(parts) = Pin::into_inner(conn).into_parts() else {
+                return;
+            };
+            io = parts.io.into_inner().unparked(parts.read_buf);
+            (first_look, quiet) = (next, looks);
+            if io.has_unread() {
+                continue;
+            }
+            // Parked: the next request's first byte, or the watch's close
+            // (the second quiet look), or shutdown.
+            let close_at = next + half * u32::from(looks == 0);
+            tokio::select! {
+                r = tokio::time::timeout_at(close_at, io.tcp().readable()) => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, peer = %self.peer, "parked connection failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %self.peer, "connection idle past the header timeout; closed");
+                        return;
+                    }
+                },
+                _ = stop.cancelled() => return,
+            }
+            // The looks the watch took meanwhile, all quiet.
+            let now = tokio::time::Instant::now();
+            while first_look <= now {
+                first_look += half;
+                quiet += 1;
+            }
+        }
+    }
+}
+
+/// When an HTTP/1 connection's hyper may let it go (see [`Http1`]): the
+/// client's next request not begun, no exchange in progress, one ended
+/// since this hyper took the connection.
+struct Park {
+    io: zerocopy::IoState,
+    activity: Arc<watch::Activity>,
+    /// The activity's events when this hyper took the connection.
+    events: u64,
+}
+
+impl Park {
+    fn ready(&self) -> bool {
+        self.io.wants_input() && self.activity.parkable_since(self.events)
+    }
+
+    /// Many connections open: park as soon as idle.
+    fn at_once(&self) -> bool {
+        OPEN_HTTP1.load(Ordering::Relaxed) > PARK_AT_ONCE_ABOVE.load(Ordering::Relaxed)
+    }
+
+    /// Lets hyper go: an idle hyper ends the connection at once, skipping
+    /// the socket's shutdown. Not idle after all (still flushing), it ends
+    /// once its exchange is done, as keep-alive is now off; that response's
+    /// head has gone out without `Connection: close`.
+    fn begin<C>(&self, conn: Pin<&mut C>, shutdown: fn(Pin<&mut C>)) {
+        self.io.park();
+        shutdown(conn);
     }
 }
 
@@ -404,6 +564,8 @@ struct Watched {
     watch: watch::Watch,
     /// `--header-timeout`; the watch looks every half of it.
     timeout: Duration,
+    /// The first look.
+    first_look: tokio::time::Instant,
     on_idle: OnIdle,
     /// HTTP/1: a stalled request body is answered 408 by its exchange
     /// before the connection is closed.
@@ -424,28 +586,31 @@ enum OnIdle {
 /// Serves `conn` to its end; on shutdown, lets the request in flight finish
 /// (`shutdown` is the connection's graceful shutdown), then closes. Closes
 /// the connection once its watch finds it idle, looking every half timeout
-/// (see `watch.rs`).
+/// (see `watch.rs`). With `park`, ends hyper's connection once `park` finds
+/// it idle and returns it, its socket still open (see [`Http1`]), with the
+/// watch's next look and its quiet looks so far.
 ///
 /// A connection's task is polled several times per request, and polling a
 /// token's wait or a sleep each time costs mutexes and atomics. So both are
 /// polled with a waker of their own, once to register and then only when
 /// that waker fires; on every other poll they cost one atomic swap.
 async fn drive<C, E>(
-    conn: C,
+    mut conn: Pin<Box<C>>,
     stop: &CancellationToken,
     shutdown: fn(Pin<&mut C>),
     mut watch: Watched,
+    park: Option<Park>,
     peer: SocketAddr,
-) where
+) -> Option<(Pin<Box<C>>, tokio::time::Instant, u8)>
+where
     C: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
     let look = |timeout: Duration| tokio::time::Instant::now() + timeout / 2;
-    let mut conn = std::pin::pin!(conn);
     let mut wait = std::pin::pin!(stop.cancelled());
-    let mut next_look = std::pin::pin!(tokio::time::sleep_until(look(watch.timeout)));
+    let mut next_look = std::pin::pin!(tokio::time::sleep_until(watch.first_look));
     let signal = Arc::new(Signal {
         // Set, so that the first poll registers the wait and the sleep.
         woke: AtomicBool::new(true),
@@ -458,12 +623,20 @@ async fn drive<C, E>(
     // A stalled body was handed to its exchange to answer (HTTP/1).
     let mut stall_answered = false;
     let mut stalled = false;
+    let mut parking = false;
     let end = std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = conn.as_mut().poll(cx) {
             return Poll::Ready(Some(r));
         }
         if stopping {
             return Poll::Pending;
+        }
+        if let Some(p) = park.as_ref().filter(|p| !parking && p.at_once() && p.ready()) {
+            parking = true;
+            p.begin(conn.as_mut(), shutdown);
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
         }
         if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
             let w = cx.waker().clone();
@@ -482,7 +655,19 @@ async fn drive<C, E>(
         while next_look.as_mut().poll(&mut own).is_ready() {
             next_look.as_mut().reset(look(watch.timeout));
             match watch.watch.look() {
-                watch::Look::Fine => continue,
+                watch::Look::Fine => {
+                    // Quiet since the last look: parked now if it can be.
+                    if let Some(p) = park.as_ref().filter(|p| {
+                        !parking && watch.watch.quiet_looks() > 0 && p.ready()
+                    }) {
+                        parking = true;
+                        p.begin(conn.as_mut(), shutdown);
+                        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                            return Poll::Ready(Some(r));
+                        }
+                    }
+                    continue;
+                }
                 watch::Look::Idle => {}
                 watch::Look::Stalled if watch.http1 && !stall_answered => {
                     // The exchange answers 408 when hyper polls it next,
@@ -517,6 +702,9 @@ async fn drive<C, E>(
     })
     .await;
     match end {
+        Some(Ok(())) if parking && !stopping && park.as_ref().is_some_and(|p| p.io.parking()) => {
+            return Some((conn, next_look.deadline(), watch.watch.quiet_looks()))
+        }
         Some(Ok(())) => {}
         Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
         None if stalled => {
@@ -524,6 +712,7 @@ async fn drive<C, E>(
         }
         None => tracing::debug!(%peer, "connection idle past the header timeout; closed"),
     }
+    None
 }
 
 /// The waker a connection's shutdown wait and watch sleep are polled with:
@@ -557,6 +746,10 @@ fn handle<S: Service>(
     conn: &Conn,
 ) -> Served<S> {
     let class = S::class(&req);
+    // hyper decides whether such a connection lives on: it is not parked.
+    if req.version() != http::Version::HTTP_11 || req.headers().contains_key(header::CONNECTION) {
+        conn.activity.not_parkable();
+    }
     // Only a GET answer can be a zero-copy body (HEAD has none).
     let sink = conn
         .sink
@@ -580,6 +773,9 @@ fn handle<S: Service>(
     let mut answer = answer;
     let sink = match &mut answer {
         Answer::Ready(Some(resp)) => {
+            if resp.headers().contains_key(header::CONNECTION) {
+                conn.activity.not_parkable();
+            }
             accept_offer(resp, sink);
             None
         }
@@ -641,10 +837,18 @@ impl<S: Service> std::future::Future for Served<S> {
             .into_response();
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            if let Some(ex) = &this.exchange {
+                ex.not_parkable();
+            }
             S::answered(this.class, resp.status());
             return std::task::Poll::Ready(Ok(resp));
         }
         let Ok(mut resp) = std::task::ready!(Pin::new(&mut this.answer).poll(cx));
+        if resp.headers().contains_key(header::CONNECTION) {
+            if let Some(ex) = &this.exchange {
+                ex.not_parkable();
+            }
+        }
         accept_offer(&mut resp, this.sink.as_ref());
         S::answered(this.class, resp.status());
         // A body still to send ends the exchange when it is dropped; without

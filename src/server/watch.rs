@@ -48,6 +48,10 @@ pub struct Activity {
     /// Set by the watch when a body stalled; taken by the exchange that
     /// answers it (HTTP/1, one exchange at a time).
     stalled: AtomicBool,
+    /// A request or response of the connection's current hyper carried a
+    /// `Connection` header (a `close`, an upgrade) or the request was not
+    /// HTTP/1.1: hyper decides what follows, so the connection is not parked.
+    unparkable: AtomicBool,
 }
 
 impl Activity {
@@ -66,6 +70,30 @@ impl Activity {
     pub fn stall(&self) {
         self.stalled.store(true, Relaxed);
     }
+
+    /// Heads answered at once plus exchanges ended, so far.
+    pub fn events(&self) -> u64 {
+        self.events.load(Relaxed)
+    }
+
+    /// Whether the connection, idle since `events_then` was read, with at
+    /// least one exchange ended since, may be parked: nothing in progress,
+    /// and nothing asked hyper to close or upgrade the connection.
+    pub fn parkable_since(&self, events_then: u64) -> bool {
+        self.busy.load(Relaxed) == 0
+            && self.events.load(Relaxed) != events_then
+            && !self.unparkable.load(Relaxed)
+    }
+
+    /// The current hyper of the connection must end it itself.
+    pub fn not_parkable(&self) {
+        self.unparkable.store(true, Relaxed);
+    }
+
+    /// A new hyper takes the connection.
+    pub fn rehosted(&self) {
+        self.unparkable.store(false, Relaxed);
+    }
 }
 
 /// An exchange in progress: from its request head until its response has
@@ -77,6 +105,11 @@ impl Exchange {
     /// stalled.
     pub fn take_stalled(&self) -> bool {
         self.0.stalled.load(Relaxed) && self.0.stalled.swap(false, Relaxed)
+    }
+
+    /// See [`Activity::not_parkable`].
+    pub fn not_parkable(&self) {
+        self.0.not_parkable();
     }
 }
 
@@ -110,12 +143,13 @@ pub enum Look {
 }
 
 impl Watch {
+    /// A watch from now on: what the connection did before is not news.
     pub fn new(activity: Arc<Activity>) -> Watch {
         Watch {
+            last: activity.events.load(Relaxed),
+            last_frames: activity.body_frames.load(Relaxed),
             activity,
-            last: 0,
             quiet: 0,
-            last_frames: 0,
             waited: false,
             body_quiet: 0,
         }
@@ -159,6 +193,18 @@ impl Watch {
     /// Tells the connection's exchange that its request body stalled.
     pub fn stall(&self) {
         self.activity.stall();
+    }
+
+    /// Quiet looks in a row so far.
+    pub fn quiet_looks(&self) -> u8 {
+        self.quiet
+    }
+
+    /// A watch that has already seen `n` quiet looks (a connection parked
+    /// for that many half timeouts, see `server::Http1`).
+    pub fn after_quiet_looks(mut self, n: u8) -> Watch {
+        self.quiet = n;
+        self
     }
 
     /// Starts the count of quiet looks again, as if the connection had just

@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 
@@ -88,13 +89,22 @@ struct Job {
     left: usize,
 }
 
-/// A connection's queue of jobs, in the order their frames were yielded.
+/// A connection's queue of jobs, in the order their frames were yielded,
+/// and what the connection's driver knows of its socket (see
+/// [`ZeroCopyIo::wants_input`] and [`ZeroCopyIo::park`]).
 #[derive(Default)]
-struct Jobs(Mutex<VecDeque<Job>>);
+struct Jobs {
+    queue: Mutex<VecDeque<Job>>,
+    /// The last read found no bytes: hyper waits for input.
+    read_pending: AtomicBool,
+    /// hyper's shutdown of the socket is to be skipped: the connection is
+    /// being parked, not closed.
+    parking: AtomicBool,
+}
 
 impl Jobs {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -134,9 +144,15 @@ impl Offer {
 }
 
 /// A plain TCP connection that sends placeholder frames from their files.
+/// It also lets an idle connection leave hyper (see `server::serve_http1`):
+/// it tells whether hyper waits for input, can skip hyper's shutdown, and
+/// gives back first the bytes hyper had read but not parsed.
 pub struct ZeroCopyIo {
     tcp: TcpStream,
     jobs: Arc<Jobs>,
+    /// Read before anything from the socket: what a parked connection's
+    /// last hyper had read of a request head and not parsed.
+    unread: Bytes,
 }
 
 impl ZeroCopyIo {
@@ -144,7 +160,32 @@ impl ZeroCopyIo {
         ZeroCopyIo {
             tcp,
             jobs: Arc::default(),
+            unread: Bytes::new(),
         }
+    }
+
+    /// A handle on the connection's socket state for its driver.
+    pub fn state(&self) -> IoState {
+        IoState(self.jobs.clone())
+    }
+
+    /// The socket back from a parked hyper, with the bytes it had read and
+    /// not parsed, read again first.
+    pub fn unparked(mut self, unread: Bytes) -> ZeroCopyIo {
+        self.unread = unread;
+        self.jobs.parking.store(false, Relaxed);
+        self.jobs.read_pending.store(false, Relaxed);
+        self
+    }
+
+    /// Whether bytes wait to be read again (a parked request head's start).
+    pub fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
+    }
+
+    /// The socket, to wait on while parked.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
     }
 
     /// The sink bodies on this connection queue their pieces in.
@@ -197,13 +238,41 @@ impl ZeroCopyIo {
     }
 }
 
+/// What a connection's driver sees of its [`ZeroCopyIo`] while hyper owns it.
+pub struct IoState(Arc<Jobs>);
+
+impl IoState {
+    /// The last read found nothing: hyper is waiting for the client.
+    pub fn wants_input(&self) -> bool {
+        self.0.read_pending.load(Relaxed)
+    }
+
+    /// From now on hyper's shutdown of the socket is skipped: the connection
+    /// is parked when hyper lets it go.
+    pub fn park(&self) {
+        self.0.parking.store(true, Relaxed);
+    }
+
+    pub fn parking(&self) -> bool {
+        self.0.parking.load(Relaxed)
+    }
+}
+
 impl AsyncRead for ZeroCopyIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+        let this = self.get_mut();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        let r = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        this.jobs.read_pending.store(r.is_pending(), Relaxed);
+        r
     }
 }
 
@@ -244,7 +313,12 @@ impl AsyncWrite for ZeroCopyIo {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.jobs.parking.load(Relaxed) {
+            // Parked, not closed: the socket stays open for the next request.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
 

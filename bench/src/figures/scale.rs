@@ -21,6 +21,10 @@ use crate::stats::{self, fmt_num};
 
 const KIB: f64 = 1024.0;
 
+/// The budget for execd's peak RSS while 100 transfers run at once: its
+/// idle RSS plus at most 1 MiB of buffers per transfer.
+const TRANSFERS_RSS_MIB: f64 = 4.0 + 100.0;
+
 pub async fn figures(run: &Run) -> Vec<Figure> {
     // Idle connections first: after the commands, freed memory going back
     // to the system would hide what the connections take.
@@ -379,7 +383,21 @@ async fn transfers(run: &Run) -> Vec<Figure> {
     let chunk = super::files::pseudo_random(1 << 20);
     let execd = &run.execd;
 
-    let r: Result<(f64, f64)> = async {
+    let up_rss = Figure::new(
+        "scale_upload_rss_mib",
+        "100 concurrent 64 MiB uploads: execd RSS peak",
+        "MiB",
+        Budget::Max(TRANSFERS_RSS_MIB),
+    );
+    let down_rss = Figure::new(
+        "scale_download_rss_mib",
+        "100 concurrent 64 MiB downloads: execd RSS peak",
+        "MiB",
+        Budget::Max(TRANSFERS_RSS_MIB),
+    );
+
+    let r: Result<(f64, f64, f64)> = async {
+        let before = execd.status_kib("VmRSS")? as f64 / KIB;
         execd.reset_peak()?;
         let t = Instant::now();
         let mut set = tokio::task::JoinSet::new();
@@ -393,18 +411,26 @@ async fn transfers(run: &Run) -> Vec<Figure> {
         Ok((
             mbps(size * n as u64, t.elapsed().as_secs_f64()),
             peak_mib(execd)?,
+            before,
         ))
     }
     .await;
-    let up = match r {
-        Ok((v, rss)) => up.measured(v, None).note(format!(
-            "{n} at once, each its own connection, multipart with Content-Length, fsynced; execd RSS peak {} MiB",
-            fmt_num(rss)
-        )),
-        Err(e) => up.error(e),
+    let (up, up_rss) = match r {
+        Ok((v, rss, before)) => (
+            up.measured(v, None).note(format!(
+                "{n} at once, each its own connection, multipart with Content-Length, fsynced; execd RSS peak {} MiB",
+                fmt_num(rss)
+            )),
+            up_rss.measured(rss, None).note(format!(
+                "VmHWM (reset before); VmRSS before {} MiB",
+                fmt_num(before)
+            )),
+        ),
+        Err(e) => (up.error(&e), up_rss.error(e)),
     };
 
-    let r: Result<(f64, f64)> = async {
+    let r: Result<(f64, f64, f64)> = async {
+        let before = execd.status_kib("VmRSS")? as f64 / KIB;
         execd.reset_peak()?;
         let t = Instant::now();
         let mut set = tokio::task::JoinSet::new();
@@ -420,18 +446,28 @@ async fn transfers(run: &Run) -> Vec<Figure> {
             }
             total += got;
         }
-        Ok((mbps(total, t.elapsed().as_secs_f64()), peak_mib(execd)?))
+        Ok((
+            mbps(total, t.elapsed().as_secs_f64()),
+            peak_mib(execd)?,
+            before,
+        ))
     }
     .await;
-    let down = match r {
-        Ok((v, rss)) => down.measured(v, None).note(format!(
-            "{n} at once, each its own connection, into a null sink (the files uploaded just before, in the page cache); execd RSS peak {} MiB",
-            fmt_num(rss)
-        )),
-        Err(e) => down.error(e),
+    let (down, down_rss) = match r {
+        Ok((v, rss, before)) => (
+            down.measured(v, None).note(format!(
+                "{n} at once, each its own connection, into a null sink (the files uploaded just before, in the page cache); execd RSS peak {} MiB",
+                fmt_num(rss)
+            )),
+            down_rss.measured(rss, None).note(format!(
+                "VmHWM (reset before, so at least the VmRSS left by the uploads: {} MiB)",
+                fmt_num(before)
+            )),
+        ),
+        Err(e) => (down.error(&e), down_rss.error(e)),
     };
     for p in &paths {
         let _ = std::fs::remove_file(p);
     }
-    vec![up, down]
+    vec![up, down, up_rss, down_rss]
 }
