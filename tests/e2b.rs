@@ -1092,6 +1092,42 @@ async fn watch_dir_streams_envds_events_in_json() {
     assert_eq!(end["error"]["code"], "aborted", "{end}");
 }
 
+/// An upload (a temporary renamed over its target) reads as envd's plain
+/// write: `CREATE` and `WRITE` of a new file, `WRITE` of a replaced one, and
+/// never a temporary's name.
+#[tokio::test]
+async fn watch_dir_shows_an_upload_as_a_plain_write() {
+    let (d, a) = daemon(&["--watch-debounce", "0"]);
+    let dir = TempDir::new("watch-upload");
+    let mut w = Watching::open(a, json!({"path": dir.0}), false, false, &[]).await;
+    assert_eq!(w.next(false).await.unwrap(), json!({"start": {}}));
+    let up = dir.join("up");
+    for (data, marker) in [(&b"one"[..], "mid"), (&b"two"[..], "end")] {
+        let form = common::Form::new().meta(&json!({ "path": up })).file(data);
+        let r = d.upload(form).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        std::fs::create_dir(dir.0.join(marker)).unwrap();
+        let mut seen = w.until(false, (marker, "EVENT_TYPE_CREATE")).await;
+        seen.pop();
+        assert!(
+            seen.iter()
+                .all(|(n, _)| !n.starts_with(".execd-upload") && !n.starts_with('#')),
+            "{seen:?}"
+        );
+        seen.dedup();
+        let want: &[(&str, &str)] = if marker == "mid" {
+            &[("up", "EVENT_TYPE_CREATE"), ("up", "EVENT_TYPE_WRITE")]
+        } else {
+            &[("up", "EVENT_TYPE_WRITE")]
+        };
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(seen, want);
+    }
+}
+
 #[tokio::test]
 async fn watch_dir_recursive_in_the_binary_codec_over_h2() {
     let (_d, a) = daemon(&[]);

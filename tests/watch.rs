@@ -597,3 +597,66 @@ async fn a_directory_moved_in_with_more_than_a_watch_holds_is_an_overflow() {
     std::fs::write(t.0.join("full/new"), b"x").unwrap();
     until(&mut es, |e| is(e, "create", &t.join("full/new"))).await;
 }
+
+/// An upload is written to a temporary (an `O_TMPFILE`, or a
+/// `.execd-upload-…` file) renamed over the target; a watcher sees only the
+/// target's own events, as a plain write makes them: `create` then `write`
+/// for a new file, `write` for one replaced.
+#[tokio::test]
+async fn an_upload_shows_as_its_target_never_its_temporary() {
+    let d = quick();
+    let t = TempDir::new("watch-upload");
+    let mut es = watch(&d, t.0.to_str().unwrap(), false).await;
+    let up = t.join("up");
+    let end = t.join("end");
+    let r = d
+        .upload(
+            common::Form::new()
+                .meta(&serde_json::json!({"path": up}))
+                .file(b"one"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mid = t.join("mid");
+    std::fs::create_dir(&mid).unwrap();
+    let mut evs = until(&mut es, |e| is(e, "create", &mid)).await;
+    evs.pop();
+    let r = d
+        .upload(
+            common::Form::new()
+                .meta(&serde_json::json!({"path": up}))
+                .file(b"two"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::fs::create_dir(&end).unwrap();
+    let more = until(&mut es, |e| is(e, "create", &end)).await;
+    let all: Vec<Value> = evs.iter().chain(&more).cloned().collect();
+    for e in &all {
+        let p = e["path"].as_str().unwrap_or("");
+        let name = p.rsplit('/').next().unwrap_or("");
+        assert!(
+            !name.starts_with(".execd-upload") && !name.starts_with('#'),
+            "a temporary shown: {all:#?}"
+        );
+        assert!(e.get("old_path").is_none(), "{all:#?}");
+    }
+    let f = folded(&evs);
+    assert_eq!(
+        f,
+        [
+            ("create".to_string(), up.clone()),
+            ("write".to_string(), up.clone())
+        ],
+        "{all:#?}"
+    );
+    let f = folded(&more);
+    assert_eq!(
+        f,
+        [
+            ("write".to_string(), up.clone()),
+            ("create".to_string(), end.clone())
+        ],
+        "{all:#?}"
+    );
+}

@@ -274,3 +274,68 @@ async fn a_removed_directory_is_a_last_error_event() {
     assert_eq!(last.path, "dir");
     assert!(next(&mut s).await.is_none(), "the stream ends after ERROR");
 }
+
+/// An upload (a temporary renamed over the target) shows as the target's
+/// own events: `CREATE` then `WRITE` for a new file, `WRITE` for one
+/// replaced; never a temporary's name, never a rename.
+#[tokio::test]
+async fn an_upload_shows_as_its_target_never_its_temporary() {
+    let root = TempDir::new("wgrpc-upload");
+    std::fs::create_dir(root.0.join("src")).unwrap();
+    let d = daemon(&root, &[]);
+    let mut c = client(d.addr).await;
+    let mut s = watch(&mut c, "src", false).await.expect("watch");
+    let up = root.0.join("src/up");
+    let upload = |data: &'static [u8]| {
+        common::Form::new()
+            .meta(&serde_json::json!({ "path": up.to_str().unwrap() }))
+            .file(data)
+    };
+    let r = d.upload(upload(b"one")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::fs::create_dir(root.0.join("src/mid")).unwrap();
+    let mut evs = until(&mut s, |e| is(e, FileEventType::Create, "src/mid")).await;
+    evs.pop();
+    let first = evs.len();
+    let r = d.upload(upload(b"two")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::fs::create_dir(root.0.join("src/end")).unwrap();
+    evs.extend(until(&mut s, |e| is(e, FileEventType::Create, "src/end")).await);
+    for e in &evs {
+        let name = e.path.rsplit('/').next().unwrap_or("");
+        assert!(
+            !name.starts_with(".execd-upload") && !name.starts_with('#'),
+            "a temporary shown: {evs:#?}"
+        );
+        assert!(e.old_path.is_empty(), "{evs:#?}");
+    }
+    let fold = |evs: &[FileEvent]| {
+        let mut kinds: Vec<(i32, String)> = Vec::new();
+        for e in evs {
+            let k = (e.r#type, e.path.clone());
+            if kinds.last() != Some(&k) {
+                kinds.push(k);
+            }
+        }
+        kinds
+    };
+    let want = |w: &[(FileEventType, &str)]| -> Vec<(i32, String)> {
+        w.iter().map(|(t, p)| (*t as i32, p.to_string())).collect()
+    };
+    assert_eq!(
+        fold(&evs[..first]),
+        want(&[
+            (FileEventType::Create, "src/up"),
+            (FileEventType::Write, "src/up")
+        ]),
+        "{evs:#?}"
+    );
+    assert_eq!(
+        fold(&evs[first..]),
+        want(&[
+            (FileEventType::Write, "src/up"),
+            (FileEventType::Create, "src/end")
+        ]),
+        "{evs:#?}"
+    );
+}

@@ -11,9 +11,9 @@
 //!   after `Keepalive-Ping-Interval` seconds of silence. A rename is
 //!   envd's (fsnotify's) pair: `RENAME` of the old name, `CREATE` of the
 //!   new one; a name moved out is a lone `RENAME`, one moved in a `CREATE`.
-//!   execd's atomic uploads (an `O_TMPFILE`, or a `.execd-upload-…` file,
-//!   renamed over the target) read as envd's plain write does: `CREATE`
-//!   and `WRITE` of the target, without the temporary's own events.
+//!   execd's atomic uploads read as envd's plain write does (`CREATE` and
+//!   `WRITE` of a new target, `WRITE` of a replaced one): the engine reports
+//!   them so, never the temporary.
 //! - **Beyond envd**: the watch is the engine's (recursive watches follow
 //!   new directories, debounced by `--watch-debounce`, bounded, counted
 //!   under `--max-watches` with the other interfaces'). Lost changes (a
@@ -125,34 +125,10 @@ fn name(p: &std::path::Path) -> String {
     }
 }
 
-/// An upload's temporary name (`crate::fs::upload`): `.execd-upload-` and
-/// 16 hex digits.
-fn is_upload_temp(p: &std::path::Path) -> bool {
-    p.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix(".execd-upload-"))
-        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// The name inotify gives an `O_TMPFILE` (`#` and its inode number), one
-/// that no directory entry has.
-fn is_anonymous(dir: &std::path::Path, p: &std::path::Path) -> bool {
-    let named = p
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix('#'))
-        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
-    named && std::fs::symlink_metadata(dir.join(p)).is_err()
-}
-
-/// envd's events for one change (none for an upload's temporary, two for a
-/// paired rename), with the path (relative) to describe when entries are
-/// asked for. False for `overflow` and `error`.
-fn translate(
-    dir: &std::path::Path,
-    ev: &Event,
-    out: &mut Vec<(FilesystemEvent, Option<PathBuf>)>,
-) -> bool {
+/// envd's events for one change (two for a paired rename), with the path
+/// (relative) to describe when entries are asked for. False for `overflow`
+/// and `error`.
+fn translate(ev: &Event, out: &mut Vec<(FilesystemEvent, Option<PathBuf>)>) -> bool {
     let t = match ev.kind {
         Kind::Create => EVENT_TYPE_CREATE,
         Kind::Write => EVENT_TYPE_WRITE,
@@ -172,14 +148,6 @@ fn translate(
         )
     };
     match (&ev.old_path, ev.kind) {
-        // An upload committed: the target written.
-        (Some(old), Kind::Rename) if is_upload_temp(old) => {
-            out.push(one(EVENT_TYPE_CREATE, &ev.path, true));
-            out.push(one(EVENT_TYPE_WRITE, &ev.path, true));
-        }
-        // The upload's temporary itself.
-        _ if is_upload_temp(&ev.path) => {}
-        (_, Kind::Write | Kind::Chmod) if is_anonymous(dir, &ev.path) => {}
         (Some(old), Kind::Rename) => {
             out.push(one(EVENT_TYPE_RENAME, old, false));
             out.push(one(EVENT_TYPE_CREATE, &ev.path, true));
@@ -310,7 +278,7 @@ impl Streaming {
             let mut out = Vec::new();
             let mut next = Some(ev);
             while let Some(ev) = next.take() {
-                if !translate(&self.dir, &ev, &mut out) {
+                if !translate(&ev, &mut out) {
                     self.ending = Some(end_error(&ev));
                     break;
                 }
@@ -474,7 +442,7 @@ impl Watchers {
                         break;
                     }
                     Some(Some(ev)) => {
-                        if !translate(&poller.dir, &ev, &mut out) {
+                        if !translate(&ev, &mut out) {
                             end = Some(end_error(&ev));
                             break;
                         }
@@ -582,7 +550,6 @@ mod tests {
 
     #[test]
     fn renames_read_as_envds_pair() {
-        let dir = std::path::Path::new("/nonexistent-execd-test");
         let mut out = Vec::new();
         for ev in [
             change(Kind::Rename, "d/new", Some("old")),
@@ -590,7 +557,7 @@ mod tests {
             change(Kind::Write, "f", None),
             change(Kind::Remove, "", None),
         ] {
-            assert!(translate(dir, &ev, &mut out));
+            assert!(translate(&ev, &mut out));
         }
         assert_eq!(
             names(&out),
@@ -605,43 +572,11 @@ mod tests {
     }
 
     #[test]
-    fn uploads_read_as_a_plain_write() {
-        let dir = std::path::Path::new("/nonexistent-execd-test");
-        let tmp = ".execd-upload-0a6281921d0d7a52";
-        let mut out = Vec::new();
-        for ev in [
-            change(Kind::Chmod, "#10092687", None),
-            change(Kind::Write, "sub/#12", None),
-            change(Kind::Create, tmp, None),
-            change(Kind::Write, &format!("sub/{tmp}"), None),
-            change(Kind::Rename, "w", Some(tmp)),
-        ] {
-            assert!(translate(dir, &ev, &mut out));
-        }
-        assert_eq!(
-            names(&out),
-            [
-                ("w".into(), EVENT_TYPE_CREATE, true),
-                ("w".into(), EVENT_TYPE_WRITE, true),
-            ]
-        );
-        // Names that only look alike are kept.
-        let mut out = Vec::new();
-        for ev in [
-            change(Kind::Create, "#12", None),
-            change(Kind::Create, ".execd-upload-xyz", None),
-        ] {
-            assert!(translate(dir, &ev, &mut out));
-        }
-        assert_eq!(out.len(), 2);
-    }
-
-    #[test]
     fn lost_changes_and_ends_are_errors() {
         let mut out = Vec::new();
         let mut ov = change(Kind::Overflow, "", None);
         ov.message = Some("queue".into());
-        assert!(!translate(std::path::Path::new("/"), &ov, &mut out));
+        assert!(!translate(&ov, &mut out));
         assert_eq!(end_error(&ov).code, Code::DataLoss);
         let mut er = change(Kind::Error, "", None);
         er.message = Some("the watched directory was removed".into());

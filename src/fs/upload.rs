@@ -58,6 +58,8 @@ pub struct AtomicFile {
     /// The target's path, for messages (and `replace`'s reading).
     target: PathBuf,
     existing: Option<Existing>,
+    /// Something (a file or a symlink) was at the target's name.
+    replaces: bool,
     written: u64,
     done: bool,
 }
@@ -83,16 +85,36 @@ fn cstring(name: &OsStr, shown: &Path) -> FsResult<CString> {
         .map_err(|_| FsError::InvalidFile(format!("cannot write to {}", shown.display())))
 }
 
-/// `.execd-upload-` and 16 random hex digits: not guessable, so nobody can
-/// take the name first.
-fn random_name() -> CString {
+/// `.execd-upload-`, `r` (the target existed: the upload replaces it) or `n`
+/// (a new file), and 15 random hex digits: not guessable, so nobody can take
+/// the name first. The letter lets a directory watch report the upload as
+/// the target's own change ([`temp_replaces`]).
+fn random_name(replaces: bool) -> CString {
     let id = crate::process::new_id();
-    CString::new(format!(".execd-upload-{}", &id[..16])).unwrap_or_default()
+    let kind = if replaces { 'r' } else { 'n' };
+    CString::new(format!("{TEMP_PREFIX}{kind}{}", &id[..15])).unwrap_or_default()
+}
+
+const TEMP_PREFIX: &str = ".execd-upload-";
+
+/// For an upload's temporary name ([`random_name`]): whether the upload
+/// replaces an existing target. `None` for any other name.
+pub(crate) fn temp_replaces(name: &OsStr) -> Option<bool> {
+    let rest = name.as_bytes().strip_prefix(TEMP_PREFIX.as_bytes())?;
+    let (&kind, hex) = rest.split_first()?;
+    if hex.len() != 15 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    match kind {
+        b'r' => Some(true),
+        b'n' => Some(false),
+        _ => None,
+    }
 }
 
 /// A new file for the content in `dir`: anonymous where the file system
 /// supports it, else under a fresh random name.
-fn create_temp(dir: BorrowedFd<'_>, shown: &Path) -> FsResult<(File, Temp)> {
+fn create_temp(dir: BorrowedFd<'_>, shown: &Path, replaces: bool) -> FsResult<(File, Temp)> {
     let mode = Mode::from_bits_truncate(0o600);
     #[cfg(test)]
     let anonymous = !tests::NO_TMPFILE.with(|c| c.get());
@@ -117,7 +139,7 @@ fn create_temp(dir: BorrowedFd<'_>, shown: &Path) -> FsResult<(File, Temp)> {
     }
     let mut last = nix::errno::Errno::EEXIST;
     for _ in 0..8 {
-        let name = random_name();
+        let name = random_name(replaces);
         match nix::fcntl::openat(
             dir,
             name.as_c_str(),
@@ -180,9 +202,11 @@ impl AtomicFile {
                 shown.display()
             )));
         }
+        let mut replaces = false;
         let existing =
             match nix::sys::stat::fstatat(&dir, cname.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) => {
+                    replaces = true;
                     let kind = st.st_mode & libc::S_IFMT;
                     if kind == libc::S_IFDIR {
                         return Err(FsError::InvalidFile(format!(
@@ -209,7 +233,7 @@ impl AtomicFile {
                 Err(nix::errno::Errno::ENOENT) => None,
                 Err(e) => return Err(FsError::io("lstat", &shown, e.into())),
             };
-        let (file, temp) = create_temp(dir.as_fd(), &shown)?;
+        let (file, temp) = create_temp(dir.as_fd(), &shown, replaces)?;
         Ok(AtomicFile {
             file,
             temp,
@@ -217,6 +241,7 @@ impl AtomicFile {
             name: cname,
             target: shown,
             existing,
+            replaces,
             written: 0,
             done: false,
         })
@@ -336,7 +361,7 @@ impl AtomicFile {
         let proc_path = CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default();
         let mut last = nix::errno::Errno::EEXIST;
         for _ in 0..8 {
-            let name = random_name();
+            let name = random_name(self.replaces);
             // The descriptor itself; this needs CAP_DAC_READ_SEARCH, which a
             // root daemon has but an operation acting as another user has
             // not. Then its /proc magic link, which a process may always
@@ -577,6 +602,8 @@ mod tests {
             names[0].starts_with(".execd-upload-") && names[0].len() == 30,
             "{names:?}"
         );
+        // Named as the temporary of a new file.
+        assert_eq!(temp_replaces(OsStr::new(&names[0])), Some(false));
         w.write_all(b"x").unwrap();
         drop(w);
         assert!(entries(&d).is_empty());
@@ -587,6 +614,20 @@ mod tests {
         w.commit(Attrs::default()).unwrap();
         assert_eq!(entries(&d), ["f"]);
         assert_eq!(std::fs::read(&p).unwrap(), b"named");
+        // Over an existing file, named as a replacement.
+        NO_TMPFILE.with(|c| c.set(true));
+        let w = AtomicFile::create(&p, false).unwrap();
+        NO_TMPFILE.with(|c| c.set(false));
+        let Temp::Named(n) = &w.temp else {
+            panic!("named")
+        };
+        assert_eq!(temp_replaces(OsStr::from_bytes(n.as_bytes())), Some(true));
+        drop(w);
+        assert_eq!(
+            temp_replaces(OsStr::new(".execd-upload-0a6281921d0d7a52")),
+            None
+        );
+        assert_eq!(temp_replaces(OsStr::new(".execd-upload-nxyz")), None);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

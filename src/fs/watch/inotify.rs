@@ -1,9 +1,10 @@
 //! The inotify side of a watch: arming, the reading task, recursion, rename
 //! pairing and the terminal conditions (see the module doc of `super`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use super::debounce::{Pending, Slot};
 use super::{now_ms, Event, Kind, Options, Permit, Target, WatchError, MAX_DIRS, PENDING_CAP};
 use crate::fs::confined::{fd_path, ConfineError, RelPath, Root};
 use crate::fs::identity::{self, Scope};
+use crate::fs::upload::temp_replaces;
 use crate::fs::FsError;
 
 /// Reads of the inotify descriptor per turn of the loop, so that a flood
@@ -103,6 +105,16 @@ impl Place {
                 ino.add_watch(&fd_path(&fd, &self.abs(sub)), mask())
             }
         }
+    }
+
+    /// Whether `sub` names an entry (a symlink at its end not followed).
+    fn exists(&self, sub: &Path) -> bool {
+        let (Some(parent), Some(name)) = (sub.parent(), sub.file_name()) else {
+            return true;
+        };
+        self.open(parent, libc::O_PATH).is_ok_and(|fd| {
+            nix::sys::stat::fstatat(&fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+        })
     }
 
     /// Calls `f(name, is_dir)` for each entry of directory `sub` until it
@@ -327,6 +339,9 @@ struct Move {
     /// Sends since it arrived; at the second send without its pair it was
     /// a move out of the tree.
     age: u8,
+    /// An upload's temporary (not reported): whether the upload replaces
+    /// its target.
+    upload: Option<bool>,
 }
 
 /// A running watch's state, owned by its task.
@@ -455,8 +470,14 @@ impl Worker {
             .push(Event::notice(Kind::Overflow, why.to_string()), now);
     }
 
-    /// Turns raw inotify events into gathered changes.
+    /// Turns raw inotify events into gathered changes. An upload
+    /// ([`crate::fs::upload`]: a temporary renamed over its target) shows
+    /// as the target's own change, as a plain write makes it: `create` and
+    /// `write` for a new file, `write` for one replaced; its temporary (an
+    /// `O_TMPFILE`, named `#<inode>` by inotify, then a `.execd-upload-…`
+    /// link) is never reported.
     async fn handle(&mut self, evs: Vec<InotifyEvent>) {
+        let anonymous = self.anonymous(&evs).await;
         let now = Instant::now();
         let mut new_dirs: Vec<PathBuf> = Vec::new();
         let mut rescan = false;
@@ -517,13 +538,20 @@ impl Worker {
             };
             let rel = dir.join(&name);
             let is_dir = m.contains(F::IN_ISDIR);
+            let temp = (!is_dir).then(|| temp_replaces(&name)).flatten();
             if m.contains(F::IN_CREATE) {
+                if temp.is_some() {
+                    continue;
+                }
                 self.push(Kind::Create, rel.clone(), is_dir, now);
                 if self.recursive && is_dir {
                     new_dirs.push(rel);
                 }
             } else if m.contains(F::IN_MOVED_FROM) {
-                let slot = self.push(Kind::Rename, rel.clone(), is_dir, now);
+                let slot = match temp {
+                    Some(_) => None,
+                    None => self.push(Kind::Rename, rel.clone(), is_dir, now),
+                };
                 let detached = if self.recursive && is_dir {
                     self.detach(&rel)
                 } else {
@@ -540,10 +568,23 @@ impl Worker {
                         slot,
                         detached,
                         age: 0,
+                        upload: temp,
                     },
                 );
             } else if m.contains(F::IN_MOVED_TO) {
                 match self.moves.remove(&ev.cookie) {
+                    // An upload committed (unless renamed to a temporary).
+                    Some(Move {
+                        upload: Some(replaces),
+                        ..
+                    }) => {
+                        if temp.is_none() {
+                            if !replaces {
+                                self.push(Kind::Create, rel.clone(), is_dir, now);
+                            }
+                            self.push(Kind::Write, rel, is_dir, now);
+                        }
+                    }
                     Some(mv) => {
                         self.pending
                             .pair(mv.slot, &mv.from, rel.clone(), is_dir, now_ms(), now);
@@ -560,6 +601,7 @@ impl Worker {
                             }
                         }
                     }
+                    None if temp.is_some() => {}
                     None => {
                         // Moved in from outside the tree.
                         self.push(Kind::Create, rel.clone(), is_dir, now);
@@ -568,6 +610,8 @@ impl Worker {
                         }
                     }
                 }
+            } else if temp.is_some() || anonymous.contains(&rel) {
+                // A write, chmod or removal of an upload's temporary.
             } else if m.contains(F::IN_DELETE) {
                 self.push(Kind::Remove, rel, is_dir, now);
             } else if m.contains(F::IN_MODIFY) {
@@ -584,6 +628,32 @@ impl Worker {
         } else if !new_dirs.is_empty() {
             self.follow(new_dirs).await;
         }
+    }
+
+    /// The `#<inode>` names among `evs`' writes and chmods that no entry
+    /// has: an `O_TMPFILE` being written (looked up as the watch's identity,
+    /// on a blocking thread, only when such a name is there).
+    async fn anonymous(&self, evs: &[InotifyEvent]) -> HashSet<PathBuf> {
+        let names: Vec<PathBuf> = evs
+            .iter()
+            .filter(|ev| ev.mask.intersects(F::IN_MODIFY | F::IN_ATTRIB))
+            .filter(|ev| !ev.mask.contains(F::IN_ISDIR))
+            .filter_map(|ev| {
+                let name = ev.name.as_ref()?;
+                let digits = name.as_bytes().strip_prefix(b"#")?;
+                let anon = !digits.is_empty() && digits.iter().all(u8::is_ascii_digit);
+                anon.then(|| self.dirs.get(&ev.wd).map(|d| d.join(name)))?
+            })
+            .collect();
+        if names.is_empty() {
+            return HashSet::new();
+        }
+        let place = self.place.clone();
+        identity::scoped(self.scope.clone(), move || {
+            Ok(names.into_iter().filter(|p| !place.exists(p)).collect())
+        })
+        .await
+        .unwrap_or_default()
     }
 
     /// Takes the watches of `dir` and below out of the map.
@@ -634,6 +704,10 @@ impl Worker {
         let now = Instant::now();
         self.dirs.extend(w.added);
         for (p, is_dir) in w.found {
+            // An upload's temporary: its rename will be reported.
+            if !is_dir && p.file_name().and_then(temp_replaces).is_some() {
+                continue;
+            }
             self.push(Kind::Create, p, is_dir, now);
         }
         if w.truncated {

@@ -19,6 +19,11 @@
 //! - **Renames** are paired by inotify's cookie: `rename` with `old_path`.
 //!   A name moved out of the tree is a `rename` without `old_path`; one moved
 //!   in is a `create`.
+//! - **Uploads as plain writes.** An upload's temporary (an `O_TMPFILE`,
+//!   which inotify names `#<inode>`, linked as `.execd-upload-…`) renamed
+//!   over its target is reported as the target's `create` and `write` (a new
+//!   file) or `write` (one replaced; the temporary's name says which),
+//!   never as the temporary's events.
 //! - **Never silent.** The kernel's queue overflowing (`IN_Q_OVERFLOW`), or
 //!   our own bounded queue filling, is an `overflow` event (the watch goes
 //!   on; a recursive watch looks for directories it may have missed). The
