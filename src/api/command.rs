@@ -184,6 +184,15 @@ pub enum StreamMode {
 
 const BATCH: usize = 64 * 1024;
 
+/// Event bytes per frame: [`BATCH`], less when many streams are open. A
+/// frame stays in memory until the socket has taken all of it, so with
+/// 1,000 clients reading 64 KiB frames slowly the frames alone were tens of
+/// MiB; this keeps them within about 8 MiB in all (4 KiB each at least).
+fn batch() -> usize {
+    const FRAMES: usize = 8 << 20;
+    (FRAMES / sse::open_streams().max(1)).clamp(4 * 1024, BATCH)
+}
+
 /// A command's event stream as a response body, until the terminal event.
 /// When the client goes away hyper drops the body, which leaves the command
 /// running.
@@ -260,8 +269,13 @@ impl Follow {
     async fn next(&mut self) -> Option<Bytes> {
         let buf = &mut self.buf;
         while !self.done {
-            match self.log.step(BATCH).await {
+            match self.log.step(batch()).await {
                 Step::Events(evs) => {
+                    // Room for the whole frame at once (escapes grow it if
+                    // need be); the frame then takes the allocation with it
+                    // (below), so that an idle stream pins none.
+                    let per = if self.base64 { 4 } else { 3 };
+                    buf.reserve(evs.iter().map(|e| e.data.len() / 3 * per + 96).sum());
                     for ev in &evs {
                         let kind = if ev.stream == Stream::Stdout {
                             "stdout"
@@ -280,7 +294,10 @@ impl Follow {
                         buf.put_slice(b"}\n\n");
                     }
                     self.silence.as_mut().reset(Instant::now() + self.ping);
-                    return Some(buf.split().freeze());
+                    // Not `split`: the buffer's rest would keep the frame's
+                    // allocation alive while the stream waits for output
+                    // (with 1,000 streams, most of execd's memory).
+                    return Some(std::mem::take(buf).freeze());
                 }
                 Step::Gap { from_eid, gap } => {
                     // This reader fell behind what is retained: say so, then go on.

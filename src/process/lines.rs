@@ -59,7 +59,10 @@ impl LineSplitter {
             emit(chunk.split_to(cut).freeze());
         }
         if !chunk.is_empty() {
-            self.partial = chunk;
+            // A copy: the rest of the chunk would keep all of the read's
+            // allocation alive while the line waits for its end (a prompt,
+            // a progress bar), and the log counts only the line.
+            self.partial = BytesMut::from(&chunk[..]);
         }
     }
 

@@ -77,8 +77,10 @@ const EVENT_OVERHEAD: usize = 64;
 const RECORD_HEADER: usize = 29;
 /// One sparse index entry per this many spilled bytes.
 const INDEX_EVERY: u64 = 256 * 1024;
-/// Read size when scanning a spill segment.
-const SCAN_BLOCK: usize = 256 * 1024;
+/// Read size when scanning a spill segment. Scans run on blocking threads,
+/// up to one per reader behind the memory window (with 1,000 commands over
+/// the memory budget, every reader), and each holds its block meanwhile.
+const SCAN_BLOCK: usize = 64 * 1024;
 
 /// Daemon-wide accounting of output held in memory.
 #[derive(Debug)]
@@ -358,6 +360,14 @@ impl OutputLog {
             return None;
         }
         let events: Vec<OutputEvent> = inner.mem.iter().take(count).cloned().collect();
+        if target == 0 {
+            // Over the daemon's budget, the newest event is all that stays:
+            // its own copy, so that it no longer keeps the whole read it was
+            // cut from alive (up to 64 KiB for a 1 KiB line, per command).
+            if let Some(last) = inner.mem.back_mut() {
+                last.data = Bytes::copy_from_slice(&last.data);
+            }
+        }
         let seg_cap = (self.limits.spill_cap / 2).max(1);
         let tail = inner
             .segments
@@ -754,7 +764,7 @@ fn scan(
     end_pos: u64,
     mut f: impl FnMut(Record<'_>) -> bool,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; SCAN_BLOCK];
+    let mut buf = vec![0u8; (end_pos.saturating_sub(pos) as usize).min(SCAN_BLOCK)];
     while pos < end_pos {
         let want = ((end_pos - pos) as usize).min(buf.len());
         file.read_exact_at(&mut buf[..want], pos)?;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -30,12 +29,35 @@ pub struct RunLimits {
     pub max_line: usize,
 }
 
+/// A read's room: the shared scratch buffer of a quiet pipe, or what a
+/// busy pipe reserves in its own buffer when it runs low.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// A pipe's first buffer. Most commands write little or nothing, and two
-/// 64 KiB buffers per command made the heap grow and shrink (`brk`) around
-/// every spawn; a pipe that fills this gets [`READ_CHUNK`]s from then on.
-const FIRST_CHUNK: usize = 4 * 1024;
+/// A busy pipe's own buffer is replaced when less than this is left.
+const LOW_WATER: usize = 4 * 1024;
+
+thread_local! {
+    /// Where quiet pipes are read, one per worker thread: a read takes its
+    /// bytes out into an allocation of their exact size at once, so a
+    /// command that waits (a `sleep`, a prompt) pins none of it. Pinned per
+    /// pipe, 64 KiB read buffers were most of execd's memory with 1,000
+    /// commands streaming at once.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One non-blocking read of `fd` through this thread's scratch buffer:
+/// the bytes read, in an allocation of their own (empty at end of file).
+fn read_scratch(
+    read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+) -> std::io::Result<BytesMut> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        if scratch.len() < READ_CHUNK {
+            scratch.resize(READ_CHUNK, 0);
+        }
+        let n = read(&mut scratch[..READ_CHUNK])?;
+        Ok(BytesMut::from(&scratch[..n]))
+    })
+}
 
 /// A busy pipe's reads are spaced by this much: a producer writing small
 /// pieces back to back (stdio flushes 4 KiB at a time) would otherwise wake
@@ -82,9 +104,12 @@ enum Source {
 /// One pipe and its line splitter.
 struct Pipe {
     src: Source,
+    /// An enlarged pipe's own read buffer; empty and unallocated otherwise.
+    /// There are at most [`MAX_ENLARGED`] such pipes: their reads fill one
+    /// allocation after another and the lines are slices of them, with no
+    /// copy. Every other pipe is read through the thread's [`SCRATCH`]
+    /// buffer, and what it read is copied out.
     buf: BytesMut,
-    /// How much to reserve when the buffer runs low.
-    chunk: usize,
     lines: LineSplitter,
     /// The lines of one read, appended to the log together.
     batch: Vec<Bytes>,
@@ -115,7 +140,6 @@ impl Pipe {
         Pipe {
             src,
             buf: BytesMut::new(),
-            chunk: FIRST_CHUNK,
             lines: LineSplitter::new(max_line),
             batch: Vec::new(),
             stream,
@@ -132,30 +156,30 @@ impl Pipe {
         !matches!(self.src, Source::Closed)
     }
 
-    async fn read(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < FIRST_CHUNK {
-            self.buf.reserve(self.chunk);
-        }
-        self.asked = self.buf.capacity() - self.buf.len();
+    /// The next bytes from the pipe; empty at end of file.
+    async fn read(&mut self) -> std::io::Result<BytesMut> {
         loop {
-            match &mut self.src {
-                Source::Watched(rx) => return rx.read_buf(&mut self.buf).await,
+            match &self.src {
+                Source::Watched(rx) => {
+                    rx.readable().await?;
+                }
                 Source::Closed => return std::future::pending().await,
-                Source::Polled(_) => {}
-            }
-            match self.hold_until {
-                Some(at) => tokio::time::sleep_until(at).await,
-                // No wait on the reactor here: without this, a producer
-                // that keeps the pipe full would keep the task from ever
-                // yielding its worker.
-                None => tokio::task::consume_budget().await,
+                Source::Polled(_) => match self.hold_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    // No wait on the reactor here: without this, a producer
+                    // that keeps the pipe full would keep the task from ever
+                    // yielding its worker.
+                    None => tokio::task::consume_budget().await,
+                },
             }
             match self.read_now() {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Nothing came during the hold: the pipe is quiet
-                    // again, so wait for it to be readable.
-                    self.hold_until = None;
-                    self.watch();
+                    if matches!(self.src, Source::Polled(_)) {
+                        // Nothing came during the hold: the pipe is quiet
+                        // again, so wait for it to be readable.
+                        self.hold_until = None;
+                        self.watch();
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 r => return r,
@@ -163,18 +187,28 @@ impl Pipe {
         }
     }
 
-    /// One non-blocking read into the buffer's spare room.
-    fn read_now(&mut self) -> std::io::Result<usize> {
-        let fd = match &self.src {
-            Source::Closed => return Ok(0),
-            Source::Watched(rx) => return rx.try_read_buf(&mut self.buf),
-            Source::Polled(fd) => fd,
+    /// One non-blocking read: the bytes read (empty at end of file).
+    fn read_now(&mut self) -> std::io::Result<BytesMut> {
+        let src = &self.src;
+        let read = |buf: &mut [u8]| match src {
+            // Through tokio, so that a `WouldBlock` clears its readiness.
+            Source::Watched(rx) => rx.try_read(buf),
+            Source::Polled(fd) => nix::unistd::read(fd, buf).map_err(std::io::Error::from),
+            Source::Closed => Ok(0),
         };
-        let start = self.buf.len();
-        self.buf.resize(self.buf.capacity(), 0);
-        let r = nix::unistd::read(fd, &mut self.buf[start..]).map_err(std::io::Error::from);
-        self.buf.truncate(start + *r.as_ref().unwrap_or(&0));
-        r
+        if !self.enlarged {
+            self.asked = READ_CHUNK;
+            return read_scratch(read);
+        }
+        // The buffer's bytes are all initialized (zeroed once, when it is
+        // allocated) and reads fill it from the front: zeroing its free
+        // room before every read cost more than the read's own copy.
+        if self.buf.len() < LOW_WATER {
+            self.buf = BytesMut::zeroed(READ_CHUNK);
+        }
+        self.asked = self.buf.len();
+        let n = read(&mut self.buf[..])?;
+        Ok(self.buf.split_to(n))
     }
 
     /// Back into the reactor (a quiet pipe).
@@ -206,27 +240,14 @@ impl Pipe {
     }
 
     /// Handles a read result: new bytes go to the log, EOF or error closes the pipe.
-    fn took(&mut self, r: std::io::Result<usize>, cmd: &Command) {
+    fn took(&mut self, r: std::io::Result<BytesMut>, cmd: &Command) {
         match r {
-            Ok(n) if n > 0 => {
-                if self.buf.len() == self.buf.capacity() {
-                    // The read filled the buffer: this pipe is busy.
-                    self.chunk = READ_CHUNK;
-                }
-                self.pace(n);
-                // Lines are slices of the chunk and the log keeps them for the
-                // retention window. A small read split off the buffer would pin
-                // all READ_CHUNK bytes of it for that long (a finished `echo`
-                // held 64 KiB), so a quiet pipe's reads are copied out. A busy
-                // pipe's reads are split off without a copy: they fill one
-                // allocation after another, so at most one is partly used.
-                let chunk = if self.chunk == FIRST_CHUNK && n < READ_CHUNK / 4 {
-                    let small = BytesMut::from(&self.buf[..]);
-                    self.buf.clear();
-                    small
-                } else {
-                    self.buf.split()
-                };
+            Ok(chunk) if !chunk.is_empty() => {
+                self.pace(chunk.len());
+                // Lines are slices of the chunk, which the log keeps for the
+                // retention window: a chunk is either an allocation of its
+                // own (scratch reads) or one of a busy pipe's buffers, which
+                // fill one after another, so at most one is partly used.
                 let batch = &mut self.batch;
                 self.lines.push(chunk, |line| batch.push(line));
                 cmd.log.append(self.stream, now_ms(), self.batch.drain(..));
@@ -293,9 +314,8 @@ impl Pipe {
     /// Reads whatever is already in the pipe without waiting.
     fn drain_ready(&mut self, cmd: &Command) {
         while self.open() {
-            self.buf.reserve(READ_CHUNK);
             match self.read_now() {
-                Ok(n) => self.took(Ok(n), cmd),
+                Ok(chunk) => self.took(Ok(chunk), cmd),
                 Err(_) => break,
             }
         }
@@ -303,6 +323,7 @@ impl Pipe {
 
     fn close(&mut self, cmd: &Command) {
         self.src = Source::Closed;
+        self.buf = BytesMut::new();
         self.release();
         let batch = &mut self.batch;
         self.lines.finish(|line| batch.push(line));
