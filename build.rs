@@ -45,6 +45,24 @@ fn main() {
     // addresses no uniqueness, and in this binary LLD folds only `.text`
     // sections (`-Wl,--print-icf-sections` lists 285, all code).
     println!("cargo:rustc-link-arg-bin=execd=-Wl,--icf=all");
+    // No unwind tables: with `panic = "abort"` nothing in execd unwinds
+    // (no `catch_unwind` takes effect, no C++, no `pthread_exit` or
+    // `pthread_cancel`), so `.eh_frame` and its index only serve a panic's
+    // `RUST_BACKTRACE` listing, which then stops at the first frame (the
+    // panic message is printed as before). The standard library comes built
+    // with its tables, so `-C force-unwind-tables=no` cannot drop them; the
+    // linker discards them instead: about 410 KB.
+    // `EXECD_UNWIND_TABLES=1` keeps them (a build for a debugger or `perf`).
+    println!("cargo:rerun-if-env-changed=EXECD_UNWIND_TABLES");
+    if var("EXECD_UNWIND_TABLES") != "1" {
+        let script = Path::new(&var("OUT_DIR")).join("discard-unwind.ld");
+        let text =
+            "SECTIONS { /DISCARD/ : { *(.eh_frame) *(.eh_frame_hdr) } } INSERT AFTER .text;\n";
+        if std::fs::write(&script, text).is_ok() {
+            println!("cargo:rustc-link-arg-bin=execd=-Wl,-T,{}", script.display());
+            println!("cargo:rustc-link-arg-bin=execd=-Wl,--no-eh-frame-hdr");
+        }
+    }
     if var("EXECD_SYMBOL_ORDER") == "0" {
         return;
     }
