@@ -215,8 +215,11 @@ fn watch_limit() -> String {
 /// An inotify instance and its place under the cap, given back in the same
 /// drop that closes the descriptor: the cap counts open instances.
 pub struct Instance {
-    ino: Inotify,
+    // Fields drop in order: the place under the cap is given back before the
+    // descriptor closes, so whoever sees the descriptor gone (a client, a
+    // test reading /proc) finds the place free too.
     _permit: Permit,
+    ino: Inotify,
 }
 
 impl std::ops::Deref for Instance {
