@@ -1,54 +1,22 @@
 //! envd's `filesystem.Filesystem` service: `Stat`, `MakeDir`, `Move`,
 //! `ListDir`, `Remove`, each run as the request's user on a blocking
 //! thread (the same identity switch as execd's file routes); `WatchDir`
-//! and the polling watcher trio are in [`super::watch`].
+//! and the polling watcher trio are in `super::watch`; `super::fs_call`
+//! dispatches both.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use http::{Request, Response};
 
 use super::proto::*;
 use super::User;
-use crate::api::App;
-use crate::connect::{self, Code, Error, Protocol};
+use crate::connect::{Code, Error};
 use crate::fs::identity::scoped;
 use crate::fs::{FsError, Kind};
-use crate::server::{Body, RequestBody};
 
 /// Entries one `ListDir` returns at most.
 const MAX_ENTRIES: usize = 100_000;
 /// `ListDir` depth at most.
 const MAX_DEPTH: u32 = 64;
-
-/// Dispatches one call.
-pub async fn call(
-    app: Arc<App>,
-    p: Protocol,
-    method: &str,
-    req: Request<RequestBody>,
-) -> Response<Body> {
-    let user = match app.e2b.user(req.headers(), None) {
-        Ok(u) => u,
-        Err(m) => return connect::error_response(p, &Error::new(Code::Unauthenticated, m)),
-    };
-    match method {
-        "Stat" => connect::unary(p, req, |r: PathRequest| stat(user, r)).await,
-        "MakeDir" => connect::unary(p, req, |r: PathRequest| make_dir(user, r)).await,
-        "Move" => connect::unary(p, req, |r: MoveRequest| mv(user, r)).await,
-        "ListDir" => connect::unary(p, req, |r: ListDirRequest| list_dir(user, r)).await,
-        "Remove" => connect::unary(p, req, |r: PathRequest| remove(user, r)).await,
-        "WatchDir" => super::watch::watch_dir(app, user, p, req).await,
-        "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => {
-            super::watch::poll_call(app, user, p, method, req).await
-        }
-        _ => connect::error_response(
-            p,
-            &Error::unimplemented(format!("filesystem.Filesystem/{method} does not exist")),
-        ),
-    }
-}
 
 /// The Connect error of a file-system error.
 pub fn fs_error(e: FsError) -> Error {
@@ -155,13 +123,13 @@ fn names(uid: u32, gid: u32) -> (String, String) {
     (owner, group)
 }
 
-async fn stat(user: User, r: PathRequest) -> Result<EntryResponse, Error> {
+pub(super) async fn stat(user: User, r: PathRequest) -> Result<EntryResponse, Error> {
     let p = path_of(&user, &r.path)?;
     let e = as_user(&user, move || entry(&p)).await?;
     Ok(EntryResponse { entry: Some(e) })
 }
 
-async fn make_dir(user: User, r: PathRequest) -> Result<EntryResponse, Error> {
+pub(super) async fn make_dir(user: User, r: PathRequest) -> Result<EntryResponse, Error> {
     let p = path_of(&user, &r.path)?;
     let e = as_user(&user, move || {
         if std::fs::symlink_metadata(&p).is_ok() {
@@ -174,7 +142,7 @@ async fn make_dir(user: User, r: PathRequest) -> Result<EntryResponse, Error> {
     Ok(EntryResponse { entry: Some(e) })
 }
 
-async fn mv(user: User, r: MoveRequest) -> Result<EntryResponse, Error> {
+pub(super) async fn mv(user: User, r: MoveRequest) -> Result<EntryResponse, Error> {
     let src = path_of(&user, &r.source)?;
     let dst = path_of(&user, &r.destination)?;
     let e = as_user(&user, move || {
@@ -189,7 +157,7 @@ async fn mv(user: User, r: MoveRequest) -> Result<EntryResponse, Error> {
     Ok(EntryResponse { entry: Some(e) })
 }
 
-async fn remove(user: User, r: PathRequest) -> Result<Empty, Error> {
+pub(super) async fn remove(user: User, r: PathRequest) -> Result<Empty, Error> {
     let p = path_of(&user, &r.path)?;
     as_user(&user, move || {
         let m = std::fs::symlink_metadata(&p).map_err(|e| crate::fs::info::lstat_error(&p, e))?;
@@ -203,7 +171,7 @@ async fn remove(user: User, r: PathRequest) -> Result<Empty, Error> {
     Ok(Empty {})
 }
 
-async fn list_dir(user: User, r: ListDirRequest) -> Result<ListDirResponse, Error> {
+pub(super) async fn list_dir(user: User, r: ListDirRequest) -> Result<ListDirResponse, Error> {
     let root = path_of(&user, &r.path)?;
     let depth = r.depth.clamp(1, MAX_DEPTH);
     let entries = as_user(&user, move || {

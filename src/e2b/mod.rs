@@ -396,7 +396,7 @@ fn rpc_answer(app: &Arc<App>, req: Request<RequestBody>) -> Answer {
         let (service, method) = (service.to_string(), method.to_string());
         match service.as_str() {
             "process.Process" => process::call(app, p, &method, req).await,
-            _ => filesystem::call(app, p, &method, req).await,
+            _ => fs_call(app, p, &method, req).await,
         }
     })
 }
@@ -513,6 +513,45 @@ async fn init(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> {
         d.workdir = Some(w);
     }
     no_content()
+}
+
+/// Dispatches one `filesystem.Filesystem` call: the file operations to
+/// [`filesystem`], the watches to [`watch`].
+async fn fs_call(
+    app: Arc<App>,
+    p: Protocol,
+    method: &str,
+    req: Request<RequestBody>,
+) -> Response<Body> {
+    let user = match app.e2b.user(req.headers(), None) {
+        Ok(u) => u,
+        Err(m) => {
+            return connect::error_response(
+                p,
+                &connect::Error::new(connect::Code::Unauthenticated, m),
+            )
+        }
+    };
+    use proto::{ListDirRequest, MoveRequest, PathRequest};
+    match method {
+        "Stat" => connect::unary(p, req, |r: PathRequest| filesystem::stat(user, r)).await,
+        "MakeDir" => connect::unary(p, req, |r: PathRequest| filesystem::make_dir(user, r)).await,
+        "Move" => connect::unary(p, req, |r: MoveRequest| filesystem::mv(user, r)).await,
+        "ListDir" => {
+            connect::unary(p, req, |r: ListDirRequest| filesystem::list_dir(user, r)).await
+        }
+        "Remove" => connect::unary(p, req, |r: PathRequest| filesystem::remove(user, r)).await,
+        "WatchDir" => watch::watch_dir(app, user, p, req).await,
+        "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => {
+            watch::poll_call(app, user, p, method, req).await
+        }
+        _ => connect::error_response(
+            p,
+            &connect::Error::unimplemented(format!(
+                "filesystem.Filesystem/{method} does not exist"
+            )),
+        ),
+    }
 }
 
 #[cfg(test)]
