@@ -329,8 +329,7 @@ fn spawn_memory_trim(stop: &CancellationToken) {
                     _ = stop.cancelled() => return,
                 }
                 // A large heap takes a while to walk: not on a worker thread.
-                // SAFETY: malloc_trim only releases the allocator's free pages.
-                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+                let _ = tokio::task::spawn_blocking(crate::process::sys::malloc_trim).await;
             }
         });
     }

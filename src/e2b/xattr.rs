@@ -52,13 +52,7 @@ pub fn set(path: &Path, meta: &HashMap<String, String>) -> std::io::Result<()> {
     for (k, v) in meta {
         let name = CString::new(format!("{PREFIX}{k}"))
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: both names are NUL-terminated C strings; the value is read
-        // for exactly v.len() bytes.
-        let r =
-            unsafe { libc::lsetxattr(p.as_ptr(), name.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        crate::process::sys::lsetxattr(&p, &name, v.as_bytes())?;
     }
     Ok(())
 }
@@ -71,9 +65,7 @@ pub fn get(path: &Path) -> HashMap<String, String> {
         return out;
     };
     let mut names = vec![0u8; MAX_LIST];
-    // SAFETY: the path is NUL-terminated; names is writable for its length.
-    let n = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    let Ok(n) = usize::try_from(n) else {
+    let Ok(n) = crate::process::sys::llistxattr(&p, &mut names) else {
         return out;
     };
     let mut value = vec![0u8; MAX_VALUE];
@@ -84,16 +76,7 @@ pub fn get(path: &Path) -> HashMap<String, String> {
         let Ok(cname) = CString::new(name) else {
             continue;
         };
-        // SAFETY: both strings are NUL-terminated; value is writable for its length.
-        let m = unsafe {
-            libc::lgetxattr(
-                p.as_ptr(),
-                cname.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if let Ok(m) = usize::try_from(m) {
+        if let Ok(m) = crate::process::sys::lgetxattr(&p, &cname, &mut value) {
             out.insert(
                 String::from_utf8_lossy(key).into_owned(),
                 String::from_utf8_lossy(&value[..m]).into_owned(),

@@ -122,58 +122,16 @@ struct Guard {
     caps: Option<Caps>,
 }
 
-/// `struct __user_cap_header_struct` (linux/capability.h).
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
+use crate::process::sys::Caps;
 
-/// `struct __user_cap_data_struct`; version 3 takes two (64 capabilities).
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-type Caps = [CapData; 2];
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-/// This thread's capabilities (nix has no wrapper for capget).
+/// This thread's capabilities.
 fn capget_thread() -> std::io::Result<Caps> {
-    let mut hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = Caps::default();
-    // SAFETY: hdr and data are valid for the kernel to read and write; pid 0
-    // is the calling thread; version 3 takes an array of two CapData.
-    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) };
-    if r == 0 {
-        Ok(data)
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::process::sys::capget_thread().map_err(std::io::Error::from)
 }
 
-/// Sets this thread's capabilities (the raw system call acts on the calling
-/// thread only; nix has no wrapper for capset).
+/// Sets this thread's capabilities (this thread only).
 fn capset_thread(data: &Caps) -> std::io::Result<()> {
-    let mut hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    // SAFETY: hdr and data are valid for the kernel to read; pid 0 is the
-    // calling thread; version 3 takes an array of two CapData.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::process::sys::capset_thread(data).map_err(std::io::Error::from)
 }
 
 /// This thread's effective capabilities (for tests and diagnostics).

@@ -268,19 +268,11 @@ impl AtomicFile {
     pub fn start_writeback(&self, offset: u64, len: u64) {
         #[cfg(target_os = "linux")]
         {
-            use std::os::fd::AsRawFd;
+            use std::os::fd::AsFd;
             let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
                 return;
             };
-            // SAFETY: a plain syscall on an open descriptor; it reads no memory.
-            unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    offset,
-                    len,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
+            let _ = crate::process::sys::start_writeback(self.file.as_fd(), offset, len);
         }
         #[cfg(not(target_os = "linux"))]
         let _ = (offset, len);

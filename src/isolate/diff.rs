@@ -92,16 +92,8 @@ fn is_opaque(p: &Path) -> bool {
         return false;
     };
     let mut v = [0u8; 4];
-    // SAFETY: both strings are NUL-terminated; v is writable for v.len() bytes.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            c"trusted.overlay.opaque".as_ptr(),
-            v.as_mut_ptr().cast(),
-            v.len(),
-        )
-    };
-    n == 1 && v[0] == b'y'
+    let n = crate::process::sys::lgetxattr(&c, c"trusted.overlay.opaque", &mut v);
+    n == Ok(1) && v[0] == b'y'
 }
 
 /// Whether two regular files differ in content.

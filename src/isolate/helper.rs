@@ -16,7 +16,7 @@
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -480,21 +480,7 @@ fn loopback_up() -> nix::Result<()> {
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    // SAFETY: ifreq is plain data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, c) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *d = *c as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS reads and writes one ifreq, which outlives the call.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
-    Errno::result(r)?;
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    unsafe {
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-    }
-    // SAFETY: SIOCSIFFLAGS reads one ifreq, which outlives the call.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
-    Errno::result(r).map(drop)
+    crate::process::sys::interface_up(s.as_fd(), c"lo")
 }
 
 fn enter_main(plan: &EnterPlan) -> i32 {
@@ -699,10 +685,9 @@ fn confine(plan: &EnterPlan) -> Result<(), String> {
         .filter(|c| plan.strict || BALANCED_DROP.contains(c))
         .collect();
     for c in &dropped {
-        // SAFETY: PR_CAPBSET_DROP takes a capability number and no pointers.
-        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, *c as libc::c_ulong, 0, 0, 0) };
-        if r != 0 && Errno::last() != Errno::EINVAL {
-            return Err(format!("drop capability {c}: {}", Errno::last()));
+        match crate::process::sys::capbset_drop(*c) {
+            Ok(()) | Err(Errno::EINVAL) => {}
+            Err(e) => return Err(format!("drop capability {c}: {e}")),
         }
     }
     if plan.userns {
@@ -732,30 +717,9 @@ fn confine(plan: &EnterPlan) -> Result<(), String> {
     Ok(())
 }
 
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 /// Removes `caps` from this thread's effective, permitted and inheritable sets.
 fn clear_caps(caps: &[u32]) -> nix::Result<()> {
-    let mut hdr = CapHeader {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget writes two CapData (version 3) and reads the header.
-    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) };
-    Errno::result(r)?;
+    let mut data = crate::process::sys::capget_thread()?;
     for c in caps {
         let (i, bit) = ((*c / 32) as usize, 1u32 << (c % 32));
         if let Some(d) = data.get_mut(i) {
@@ -764,9 +728,7 @@ fn clear_caps(caps: &[u32]) -> nix::Result<()> {
             d.inheritable &= !bit;
         }
     }
-    // SAFETY: capset reads the header and two CapData, all live here.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) };
-    Errno::result(r).map(drop)
+    crate::process::sys::capset_thread(&data)
 }
 
 #[cfg(test)]

@@ -3,8 +3,11 @@
 //! `posix_spawn`, `TIOCSCTTY`/`TIOCSWINSZ`, and what the vfork spawn's
 //! child needs raw (`clone`/`clone3` onto a stack of its own, the kernel's
 //! signal calls that reach glibc's internal signals too, per-thread
-//! credential syscalls, an allocation-free `execve`). Every other module
-//! uses nix; every `unsafe` here says why it is sound.
+//! credential syscalls, an allocation-free `execve`), and the few calls
+//! other modules need that nix lacks too: a thread's capabilities
+//! (`capget`/`capset`), extended attributes, `sync_file_range`,
+//! `malloc_trim` and an interface's flags. Every other module uses nix;
+//! every `unsafe` here says why it is sound.
 
 use std::ffi::CStr;
 use std::io;
@@ -441,4 +444,142 @@ mod tests {
         let fd = super::pidfd_open(std::process::id() as i32).unwrap();
         super::pidfd_send_signal(fd.as_fd(), 0).unwrap();
     }
+}
+
+// ---------------------------------------------------------------- capabilities
+
+/// `struct __user_cap_header_struct` (linux/capability.h).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+/// `struct __user_cap_data_struct`; version 3 takes two (64 capabilities).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct CapData {
+    pub effective: u32,
+    pub permitted: u32,
+    pub inheritable: u32,
+}
+
+/// A thread's capability sets: capabilities 0-31, then 32-63.
+pub type Caps = [CapData; 2];
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// The calling thread's capabilities.
+pub fn capget_thread() -> Result<Caps, Errno> {
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = Caps::default();
+    // SAFETY: hdr and data are valid for the kernel to read and write; pid 0
+    // is the calling thread; version 3 takes an array of two CapData.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) };
+    Errno::result(r).map(|_| data)
+}
+
+/// Sets the calling thread's capabilities (the raw system call acts on
+/// this thread only).
+pub fn capset_thread(data: &Caps) -> Result<(), Errno> {
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: hdr and data are valid for the kernel to read; pid 0 is the
+    // calling thread; version 3 takes an array of two CapData.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) };
+    Errno::result(r).map(drop)
+}
+
+/// Drops capability `cap` from the calling thread's bounding set.
+pub fn capbset_drop(cap: u32) -> Result<(), Errno> {
+    // SAFETY: PR_CAPBSET_DROP takes a capability number and no pointers.
+    let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+    Errno::result(r).map(drop)
+}
+
+// ---------------------------------------------------------------- xattrs
+
+/// `lgetxattr`: the value's length, written into `buf`.
+pub fn lgetxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: both strings are NUL-terminated; buf is writable for its length.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    Errno::result(n).map(|n| n as usize)
+}
+
+/// `llistxattr`: the NUL-separated names' length, written into `buf`.
+pub fn llistxattr(path: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: the path is NUL-terminated; buf is writable for its length.
+    let n = unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    Errno::result(n).map(|n| n as usize)
+}
+
+/// `lsetxattr` with no flags.
+pub fn lsetxattr(path: &CStr, name: &CStr, value: &[u8]) -> Result<(), Errno> {
+    // SAFETY: both names are NUL-terminated C strings; the value is read for
+    // exactly value.len() bytes.
+    let r = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+// ---------------------------------------------------------------- memory and write-back
+
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts write-back of a range.
+pub fn start_writeback(fd: BorrowedFd<'_>, offset: i64, len: i64) -> Result<(), Errno> {
+    // SAFETY: a plain syscall on an open descriptor; it reads no memory.
+    let r =
+        unsafe { libc::sync_file_range(fd.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+    Errno::result(r).map(drop)
+}
+
+/// `malloc_trim(0)`: gives freed heap memory back to the kernel.
+pub fn malloc_trim() {
+    // SAFETY: glibc's malloc_trim takes no pointers and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+// ---------------------------------------------------------------- network interfaces
+
+/// Sets `IFF_UP` on the interface `name` through the socket `sock`.
+pub fn interface_up(sock: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.to_bytes_with_nul();
+    if bytes.len() > req.ifr_name.len() {
+        return Err(Errno::EINVAL);
+    }
+    for (d, c) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *c as c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads and writes one ifreq, which outlives the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+    Errno::result(r)?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+    }
+    // SAFETY: SIOCSIFFLAGS reads one ifreq, which outlives the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    Errno::result(r).map(drop)
 }
