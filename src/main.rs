@@ -162,10 +162,5 @@ fn cloexec_inherited() {
 /// 16 to 40 MiB in the fan-out benchmark; one arena keeps it bounded. The
 /// daemon's allocations are small and few threads contend, so one is enough.
 fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator tuning; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
+    execd::process::sys::malloc_arenas(1);
 }

@@ -551,6 +551,18 @@ pub fn start_writeback(fd: BorrowedFd<'_>, offset: i64, len: i64) -> Result<(), 
     Errno::result(r).map(drop)
 }
 
+/// `mallopt(M_ARENA_MAX, n)` (glibc): at most `n` malloc arenas. Call it
+/// before any other thread exists.
+pub fn malloc_arenas(n: c_int) {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only adjusts allocator tuning and takes no pointers.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, n);
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = n;
+}
+
 /// `malloc_trim(0)`: gives freed heap memory back to the kernel.
 pub fn malloc_trim() {
     // SAFETY: glibc's malloc_trim takes no pointers and is thread-safe.
