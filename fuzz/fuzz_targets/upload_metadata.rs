@@ -3,8 +3,10 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    match execd::api::files::upload_metadata(data) {
-        Ok((path, _attrs)) => assert!(path.is_absolute()),
+    // execd's own view (a scoped root): a target is an absolute path.
+    let root = execd::fs::root::Root::default();
+    match execd::api::files::upload_metadata(&root, data) {
+        Ok((place, _attrs)) => assert!(place.shown.is_absolute()),
         Err(e) => assert!(e.status.is_client_error(), "{} {}", e.status, e.message),
     }
 });
