@@ -124,12 +124,29 @@ fn unescape(s: &str) -> String {
     out
 }
 
+/// An expanded value is cut at this many bytes (the kernel's own limit on
+/// one environment string): `A=$A$A` repeated would otherwise double per
+/// line (the fuzz smoke found it).
+const MAX_VALUE: usize = 128 * 1024;
+
 /// Expands `$VAR` and `${VAR}`. A NUL marks an escaped `$`.
 fn expand(s: &str, look: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = expand_uncapped(s, look);
+    if out.len() > MAX_VALUE {
+        let mut end = MAX_VALUE;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out
+}
+
+fn expand_uncapped(s: &str, look: &dyn Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(s.len());
     let b = s.as_bytes();
     let mut i = 0;
-    while i < b.len() {
+    while i < b.len() && out.len() <= MAX_VALUE {
         match b[i] {
             0 => {
                 out.push('$');
@@ -170,6 +187,14 @@ fn expand(s: &str, look: &dyn Fn(&str) -> Option<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn self_doubling_values_stay_bounded() {
+        let text = "A=x\n".to_string() + &"A=$A$A\n".repeat(40);
+        let (vars, _) = parse(&text, |_| None);
+        assert!(vars[0].1.len() <= MAX_VALUE);
+        assert!(vars[0].1.len() >= MAX_VALUE / 2);
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {
