@@ -214,16 +214,7 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
                     "the multipart body has no part named 'file'",
                 ))
             }
-            Err(e) => {
-                return Err(message(
-                    StatusCode::BAD_REQUEST,
-                    "INVALID_REQUEST_BODY",
-                    format!(
-                        "malformed multipart body: {}",
-                        crate::api::transfer::form::describe(&e)
-                    ),
-                ))
-            }
+            Err(e) => return Err(malformed(&e)),
         };
         if field.name() != Some("file") {
             continue;
@@ -239,14 +230,7 @@ pub async fn upload(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         match receive_part(&mut field, w).await {
             Ok(_) => {}
             Err(PartError::Body(e)) if crate::api::transfer::form::over_limit(&e) => {
-                return Err(message(
-                    StatusCode::BAD_REQUEST,
-                    "INVALID_REQUEST_BODY",
-                    format!(
-                        "malformed multipart body: {}",
-                        crate::api::transfer::form::describe(&e)
-                    ),
-                ))
+                return Err(malformed(&e))
             }
             Err(PartError::Body(e)) => return Err(failed(&e)),
             Err(PartError::Fs(e)) => return Err(failed(&e)),
@@ -340,4 +324,16 @@ pub async fn exists(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         StatusCode::OK,
         &serde_json::json!({"path": path, "exists": exists}),
     ))
+}
+
+/// 400 for a multipart body that could not be read.
+fn malformed(e: &multer::Error) -> ApiError {
+    message(
+        StatusCode::BAD_REQUEST,
+        "INVALID_REQUEST_BODY",
+        format!(
+            "malformed multipart body: {}",
+            crate::api::transfer::form::describe(e)
+        ),
+    )
 }

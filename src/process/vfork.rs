@@ -640,15 +640,20 @@ mod tests {
 
     const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-    /// Runs `argv` with stdout captured; its exit code and output.
-    fn run(argv: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> (i32, String) {
+    /// Runs `argv` through `start` with stdout captured; its exit code and output.
+    fn run_with(
+        start: fn(&Plan<'_>) -> Result<i32, Failed>,
+        argv: &[&str],
+        env: &[(&str, &str)],
+        cwd: Option<&Path>,
+    ) -> (i32, String) {
         let (r, w) = pipe();
         let mut plan = Plan::new(argv, env.iter().copied(), OsStr::new(PATH)).unwrap();
         plan.stdio(1, w.as_fd());
         if let Some(d) = cwd {
             plan.cwd(d).unwrap();
         }
-        let pid = spawn(&plan).unwrap();
+        let pid = start(&plan).unwrap();
         drop(plan);
         drop(w);
         let mut out = String::new();
@@ -659,23 +664,14 @@ mod tests {
         }
     }
 
+    /// Runs `argv` through [`spawn`].
+    fn run(argv: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> (i32, String) {
+        run_with(spawn, argv, env, cwd)
+    }
+
     /// As [`run`], through [`posix_spawn`].
     fn run_posix(argv: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> (i32, String) {
-        let (r, w) = pipe();
-        let mut plan = Plan::new(argv, env.iter().copied(), OsStr::new(PATH)).unwrap();
-        plan.stdio(1, w.as_fd());
-        if let Some(d) = cwd {
-            plan.cwd(d).unwrap();
-        }
-        let pid = posix_spawn(&plan).unwrap();
-        drop(plan);
-        drop(w);
-        let mut out = String::new();
-        std::fs::File::from(r).read_to_string(&mut out).unwrap();
-        match waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap() {
-            WaitStatus::Exited(_, code) => (code, out),
-            s => panic!("{s:?}"),
-        }
+        run_with(posix_spawn, argv, env, cwd)
     }
 
     #[test]
