@@ -49,10 +49,6 @@ pub struct Config {
     /// Spilled output on disk, all commands together; past it spills are
     /// refused and the output they would have kept is dropped (and counted).
     pub spill_budget: u64,
-    /// Spill segments written with `O_DIRECT` in whole blocks, past the page
-    /// cache (`--no-spill-direct`: through it; also the fallback when the
-    /// data directory's file system refuses `O_DIRECT`).
-    pub spill_direct: bool,
     /// Commands running at once (background and session runs included).
     pub max_running: usize,
     /// Bash sessions kept at once.
@@ -146,7 +142,6 @@ impl Default for Config {
             output_memory: 64 << 20,
             spill_cap: 1 << 30,
             spill_budget: 4 << 30,
-            spill_direct: true,
             max_running: 4096,
             max_sessions: 1024,
             session_idle_timeout: Duration::from_secs(24 * 3600),
@@ -223,8 +218,6 @@ Options (environment variable in brackets; a flag wins over its variable):
   --spill-cap SIZE                output kept on disk per command (1GiB); 0 keeps none
   --spill-budget SIZE             output kept on disk by all commands (4GiB); past it, output
                                   beyond memory is dropped and counted [EXECD_SPILL_BUDGET]
-  --no-spill-direct               spill output through the page cache instead of with O_DIRECT
-                                  [EXECD_SPILL_DIRECT=false]
   --max-running N                 commands running at once, background and session runs
                                   included; more get 429 (4096) [EXECD_MAX_RUNNING]
   --max-sessions N                bash sessions at once; more get 429 (1024) [EXECD_MAX_SESSIONS]
@@ -346,9 +339,6 @@ pub fn parse(
     }
     if let Some(v) = env("EXECD_SPILL_BUDGET").filter(|v| !v.is_empty()) {
         c.spill_budget = size(&v).map_err(|e| format!("EXECD_SPILL_BUDGET: {e}"))?;
-    }
-    if let Some(v) = env("EXECD_SPILL_DIRECT").filter(|v| !v.is_empty()) {
-        c.spill_direct = boolean(&v).map_err(|e| format!("EXECD_SPILL_DIRECT: {e}"))?;
     }
     if let Some(v) = env("EXECD_MAX_RUNNING").filter(|v| !v.is_empty()) {
         c.max_running = records(&v).map_err(|e| format!("EXECD_MAX_RUNNING: {e}"))?;
@@ -505,7 +495,6 @@ pub fn parse(
             }
             Long("runtime-init") => c.runtime_init = true,
             Long("no-sendfile") => c.sendfile = false,
-            Long("no-spill-direct") => c.spill_direct = false,
             Long("park-idle-above") => {
                 c.park_idle_above = whole(&value(&mut p, "park-idle-above")?)?
             }

@@ -403,11 +403,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     if let Some(e) = ENV_FILE_ERROR.get() {
         tracing::warn!(error = %e, "cannot create the default env file; EXECD_ENVS is unset");
     }
-    let data_dir = Arc::new(
-        data_dir
-            .with_spill_budget(config.spill_budget)
-            .with_direct(config.spill_direct),
-    );
+    let data_dir = Arc::new(data_dir.with_spill_budget(config.spill_budget));
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = match take_pre_bound()? {
         Some(l) if config.port == 0 => l,

@@ -19,7 +19,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -33,9 +33,6 @@ pub struct DataDir {
     /// together (unlimited until set).
     pub(crate) budget: u64,
     spilled: AtomicU64,
-    /// Whether spill segments are written with `O_DIRECT` (`--spill-direct`);
-    /// cleared for good the first time the file system refuses it.
-    direct: AtomicBool,
     /// Test hook: files handed out instead of creating these names.
     #[cfg(test)]
     planted: std::sync::Mutex<Vec<(String, File)>>,
@@ -136,7 +133,6 @@ impl DataDir {
             path,
             budget: u64::MAX,
             spilled: AtomicU64::new(0),
-            direct: AtomicBool::new(true),
             #[cfg(test)]
             planted: Default::default(),
         })
@@ -146,86 +142,6 @@ impl DataDir {
     pub fn with_spill_budget(mut self, budget: u64) -> Self {
         self.budget = budget;
         self
-    }
-
-    /// Whether spill segments are written with `O_DIRECT` (`--spill-direct`).
-    pub fn with_direct(self, direct: bool) -> Self {
-        self.direct.store(direct, Ordering::Relaxed);
-        self
-    }
-
-    /// Whether new spill segments are tried with `O_DIRECT`.
-    pub(crate) fn direct(&self) -> bool {
-        self.direct.load(Ordering::Relaxed)
-    }
-
-    /// The file system refused a direct write: no more are tried.
-    pub(crate) fn refuse_direct(&self) {
-        if self.direct.swap(false, Ordering::Relaxed) {
-            tracing::info!(dir = %self.path.display(), "the data directory's file system refuses O_DIRECT; spilling through the page cache");
-        }
-    }
-
-    /// Creates a spill segment `name`: a writer and a reader for it, and
-    /// whether the writer is `O_DIRECT` (then it has no `O_APPEND`, and the
-    /// reader is a second, buffered descriptor of the same file; otherwise
-    /// both are one appending descriptor). A file system that refuses
-    /// `O_DIRECT` at open (`EINVAL`) gets a buffered segment.
-    pub(crate) fn create_spill(&self, name: &str) -> io::Result<(File, Option<File>)> {
-        #[cfg(test)]
-        {
-            let planted = self.planted.lock().unwrap_or_else(|p| p.into_inner());
-            if planted.iter().any(|(n, _)| n == name) {
-                drop(planted);
-                return Ok((self.create(name, true)?, None));
-            }
-        }
-        if !self.direct() {
-            return Ok((self.create(name, true)?, None));
-        }
-        let c = plain_name(name)?;
-        let flags = OFlag::O_RDWR
-            | OFlag::O_CREAT
-            | OFlag::O_EXCL
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_DIRECT
-            | OFlag::O_CLOEXEC;
-        let writer = match nix::fcntl::openat(
-            &self.fd,
-            c.as_c_str(),
-            flags,
-            Mode::from_bits_truncate(0o600),
-        ) {
-            Ok(fd) => File::from(fd),
-            Err(nix::errno::Errno::EINVAL) => {
-                self.refuse_direct();
-                return Ok((self.create(name, true)?, None));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        // The reader opens the name just created; it must be that file.
-        let reader = nix::fcntl::openat(
-            &self.fd,
-            c.as_c_str(),
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map(File::from)
-        .and_then(|r| {
-            let (a, b) = (nix::sys::stat::fstat(&writer)?, nix::sys::stat::fstat(&r)?);
-            if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) {
-                Ok(r)
-            } else {
-                Err(nix::errno::Errno::ESTALE)
-            }
-        });
-        match reader {
-            Ok(r) => Ok((writer, Some(r))),
-            Err(e) => {
-                self.remove(name);
-                Err(e.into())
-            }
-        }
     }
 
     /// Takes `n` bytes of the spill budget; false when they would exceed it.

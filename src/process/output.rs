@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use nix::fcntl::OFlag;
 use tokio::sync::watch;
 
 use super::datadir::DataDir;
@@ -135,17 +134,7 @@ struct IndexEntry {
 struct Segment {
     /// Its file's name in the data directory.
     name: String,
-    /// Read with buffered `pread`s.
     file: Arc<File>,
-    /// Where spills write: `file` itself (appending, through the page
-    /// cache), or an `O_DIRECT` descriptor of the same file that is written
-    /// in whole blocks (see [`Stage`]).
-    writer: Arc<File>,
-    /// Bytes in the file: `len` less `tail`.
-    flushed: u64,
-    /// The records' bytes past `flushed`, less than a block, that a direct
-    /// writer keeps in memory until the next spill fills their block.
-    tail: Bytes,
     first_eid: u64,
     first_offset: u64,
     end_eid: u64,
@@ -188,66 +177,24 @@ struct SpillJob {
     /// Their cost against the memory window and budget.
     freed: usize,
     /// The segment to append to, or `None` to start segment `new_no`.
-    tail: Option<Target>,
+    tail: Option<Arc<File>>,
     new_no: u32,
-}
-
-/// The end of the segment a spill appends to.
-struct Target {
-    writer: Arc<File>,
-    flushed: u64,
-    tail: Bytes,
 }
 
 /// Where a spill's records went.
 struct Spilled {
-    /// The segment it started (its name and reader), if it started one.
+    /// The segment it started, if it started one.
     new: Option<(String, Arc<File>)>,
-    writer: Arc<File>,
     len: u64,
-    /// The segment's bytes in its file and in memory after the spill.
-    flushed: u64,
-    tail: Bytes,
-}
-
-/// A spill segment's bytes as a reader sees them: its file up to
-/// `flushed`, then `tail` (the part of a block a direct writer holds).
-struct Source {
-    file: Arc<File>,
-    flushed: u64,
-    tail: Bytes,
-}
-
-impl Source {
-    fn of(seg: &Segment) -> Source {
-        Source {
-            file: seg.file.clone(),
-            flushed: seg.flushed,
-            tail: seg.tail.clone(),
-        }
-    }
-
-    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
-        let from_file = (self.flushed.saturating_sub(pos) as usize).min(buf.len());
-        if from_file > 0 {
-            self.file.read_exact_at(&mut buf[..from_file], pos)?;
-        }
-        let rest = &mut buf[from_file..];
-        if !rest.is_empty() {
-            let at = (pos + from_file as u64 - self.flushed) as usize;
-            let held = self
-                .tail
-                .get(at..at + rest.len())
-                .ok_or(io::ErrorKind::UnexpectedEof)?;
-            rest.copy_from_slice(held);
-        }
-        Ok(())
-    }
 }
 
 /// Where a read has to go, decided under the lock and carried out without it.
 enum Plan {
-    Scan { src: Source, pos: u64, end_pos: u64 },
+    Scan {
+        file: Arc<File>,
+        pos: u64,
+        end_pos: u64,
+    },
 }
 
 impl OutputLog {
@@ -426,11 +373,7 @@ impl OutputLog {
             .segments
             .back()
             .filter(|s| !s.sealed && (s.len == 0 || s.len + bytes <= seg_cap))
-            .map(|s| Target {
-                writer: s.writer.clone(),
-                flushed: s.flushed,
-                tail: s.tail.clone(),
-            });
+            .map(|s| s.file.clone());
         let new_no = inner.seg_no;
         if tail.is_none() {
             inner.seg_no += 1;
@@ -445,40 +388,34 @@ impl OutputLog {
 
     /// Writes the job's records, to a new segment file if it needs one.
     fn write_spill(&self, job: &SpillJob) -> io::Result<Spilled> {
-        let (writer, new, flushed, tail) = match &job.tail {
-            Some(t) => (t.writer.clone(), None, t.flushed, t.tail.clone()),
+        let (file, new) = match &job.tail {
+            Some(f) => (f.clone(), None),
             None => {
                 // A new name, created exclusively: never a file or a
                 // symlink someone put there.
                 let name = format!("{}.{}", self.name, job.new_no);
-                let (writer, reader) = self.dir.create_spill(&name)?;
-                let writer = Arc::new(writer);
-                let reader = reader.map_or_else(|| writer.clone(), Arc::new);
-                (writer, Some((name, reader)), 0, Bytes::new())
+                let file = Arc::new(self.dir.create(&name, true)?);
+                (file.clone(), Some((name, file)))
             }
         };
-        let direct = nix::fcntl::fcntl(&*writer, nix::fcntl::FcntlArg::F_GETFL)
-            .is_ok_and(|f| OFlag::from_bits_truncate(f).contains(OFlag::O_DIRECT));
-        let written = if direct {
-            self.write_direct(&writer, flushed, &tail, &job.events)
-        } else {
-            write_records(&writer, &job.events).map(|len| (flushed + len, Bytes::new()))
-        };
-        match written {
-            Ok((flushed, tail)) => {
-                let len = job
-                    .events
-                    .iter()
-                    .map(|e| (RECORD_HEADER + e.data.len()) as u64)
-                    .sum();
-                Ok(Spilled {
-                    new,
-                    writer,
-                    len,
-                    flushed,
-                    tail,
-                })
-            }
+        // Record headers in one small buffer; the records' data is written
+        // from the events themselves, not copied into a batch first.
+        let mut heads = Vec::with_capacity(job.events.len() * RECORD_HEADER);
+        for ev in &job.events {
+            heads.extend_from_slice(&ev.eid.to_le_bytes());
+            heads.extend_from_slice(&ev.offset.to_le_bytes());
+            heads.extend_from_slice(&ev.ts_ms.to_le_bytes());
+            heads.push(ev.stream as u8);
+            heads.extend_from_slice(&(ev.data.len() as u32).to_le_bytes());
+        }
+        let mut slices: Vec<IoSlice<'_>> = heads
+            .chunks(RECORD_HEADER)
+            .zip(&job.events)
+            .flat_map(|(h, ev)| [IoSlice::new(h), IoSlice::new(&ev.data)])
+            .collect();
+        let len = heads.len() as u64 + job.events.iter().map(|e| e.data.len() as u64).sum::<u64>();
+        match write_all_vectored(&file, &mut slices) {
+            Ok(()) => Ok(Spilled { new, len }),
             Err(e) => {
                 if let Some((name, _)) = new {
                     self.dir.remove(&name);
@@ -488,65 +425,6 @@ impl OutputLog {
         }
     }
 
-    /// Writes `events`' records after `tail` (the bytes held past
-    /// `flushed`) to a direct writer, in whole blocks through the thread's
-    /// stage; returns the segment's new `flushed` and `tail`. Should the file
-    /// system refuse a direct write, the descriptor goes back to appending
-    /// through the page cache and the rest is written that way.
-    fn write_direct(
-        &self,
-        writer: &File,
-        flushed: u64,
-        tail: &[u8],
-        events: &[OutputEvent],
-    ) -> io::Result<(u64, Bytes)> {
-        STAGE.with_borrow_mut(|raw| {
-            let mut st = Stage::new(raw, writer, flushed);
-            st.put(tail)?;
-            for ev in events {
-                st.put(&record_head(ev))?;
-                st.put(&ev.data)?;
-            }
-            let r = st.finish();
-            if st.refused {
-                self.dir.refuse_direct();
-            }
-            r
-        })
-    }
-}
-
-/// A spill record's header.
-fn record_head(ev: &OutputEvent) -> [u8; RECORD_HEADER] {
-    let mut h = [0u8; RECORD_HEADER];
-    h[0..8].copy_from_slice(&ev.eid.to_le_bytes());
-    h[8..16].copy_from_slice(&ev.offset.to_le_bytes());
-    h[16..24].copy_from_slice(&ev.ts_ms.to_le_bytes());
-    h[24] = ev.stream as u8;
-    h[25..29].copy_from_slice(&(ev.data.len() as u32).to_le_bytes());
-    h
-}
-
-/// Writes the records of `events` to an appending descriptor, through the
-/// page cache; returns the bytes written.
-fn write_records(file: &File, events: &[OutputEvent]) -> io::Result<u64> {
-    // Record headers in one small buffer; the records' data is written
-    // from the events themselves, not copied into a batch first.
-    let mut heads = Vec::with_capacity(events.len() * RECORD_HEADER);
-    for ev in events {
-        heads.extend_from_slice(&record_head(ev));
-    }
-    let mut slices: Vec<IoSlice<'_>> = heads
-        .chunks(RECORD_HEADER)
-        .zip(events)
-        .flat_map(|(h, ev)| [IoSlice::new(h), IoSlice::new(&ev.data)])
-        .collect();
-    let len = heads.len() as u64 + events.iter().map(|e| e.data.len() as u64).sum::<u64>();
-    write_all_vectored(file, &mut slices)?;
-    Ok(len)
-}
-
-impl OutputLog {
     /// Takes the job's events out of memory and records where they went (or
     /// that they were lost). Returns the segment files to remove, with the
     /// bytes of the spill budget each held.
@@ -586,9 +464,6 @@ impl OutputLog {
             inner.segments.push_back(Segment {
                 name,
                 file,
-                writer: spilled.writer.clone(),
-                flushed: 0,
-                tail: Bytes::new(),
                 first_eid: first.eid,
                 first_offset: first.offset,
                 end_eid: first.eid,
@@ -622,10 +497,6 @@ impl OutputLog {
             pos += (RECORD_HEADER + ev.data.len()) as u64;
         }
         seg.len += spilled.len;
-        seg.writer = spilled.writer;
-        seg.flushed = spilled.flushed;
-        seg.tail = spilled.tail;
-        debug_assert_eq!(seg.flushed + seg.tail.len() as u64, seg.len);
         seg.end_eid = end_eid;
         seg.end_offset = end_offset;
         removed
@@ -662,11 +533,11 @@ impl OutputLog {
                 Err(()) => return Err(gap_at(&inner, from_eid, true)),
             }
         };
-        let Plan::Scan { src, pos, end_pos } = plan;
+        let Plan::Scan { file, pos, end_pos } = plan;
         let scanned = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             let mut size = 0usize;
-            let r = scan(&src, pos, end_pos, |rec| {
+            let r = scan(&file, pos, end_pos, |rec| {
                 if rec.eid < from_eid {
                     return true;
                 }
@@ -726,13 +597,13 @@ impl OutputLog {
                 }
             }
         };
-        let Plan::Scan { src, pos, end_pos } = plan;
+        let Plan::Scan { file, pos, end_pos } = plan;
         let from_off = start;
         let scanned = tokio::task::spawn_blocking(move || {
             let mut chunks = Vec::new();
             let mut next = from_off;
             let mut size = 0usize;
-            let _ = scan(&src, pos, end_pos, |rec| {
+            let _ = scan(&file, pos, end_pos, |rec| {
                 let end = rec.offset + rec.data.len() as u64;
                 if end <= next {
                     return true;
@@ -791,7 +662,7 @@ fn locate(
             let at = seg.index.partition_point(|e| entry_key(e) <= key);
             let pos = if at == 0 { 0 } else { seg.index[at - 1].pos };
             return Ok(Plan::Scan {
-                src: Source::of(seg),
+                file: seg.file.clone(),
                 pos,
                 end_pos: seg.len,
             });
@@ -862,119 +733,6 @@ fn write_all_vectored(mut file: &File, bufs: &mut [IoSlice<'_>]) -> io::Result<(
     Ok(())
 }
 
-/// The block size of direct writes: their buffer's address, their length
-/// and their file offset are multiples of it (4 KiB covers 512-byte and
-/// 4 KiB logical blocks).
-const DIO_BLOCK: usize = 4096;
-/// A worker thread's stage for direct writes; a spill larger than it is
-/// written in several.
-const STAGE_SIZE: usize = 256 * 1024;
-
-thread_local! {
-    /// Where direct spill writes are staged, one per thread that spills
-    /// (tokio's workers): allocated on the first direct spill, kept since.
-    static STAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Records gathered into whole blocks for a direct writer. `at` is the
-/// file offset of the stage's first byte (always a whole number of blocks
-/// in direct mode).
-struct Stage<'a> {
-    buf: &'a mut [u8],
-    n: usize,
-    file: &'a File,
-    at: u64,
-    direct: bool,
-    /// The file system refused a direct write.
-    refused: bool,
-}
-
-impl<'a> Stage<'a> {
-    fn new(raw: &'a mut Vec<u8>, file: &'a File, at: u64) -> Self {
-        if raw.len() < STAGE_SIZE + DIO_BLOCK {
-            raw.resize(STAGE_SIZE + DIO_BLOCK, 0);
-        }
-        let skip = raw.as_ptr().align_offset(DIO_BLOCK).min(DIO_BLOCK);
-        Stage {
-            buf: &mut raw[skip..skip + STAGE_SIZE],
-            n: 0,
-            file,
-            at,
-            direct: true,
-            refused: false,
-        }
-    }
-
-    fn put(&mut self, mut b: &[u8]) -> io::Result<()> {
-        while !b.is_empty() {
-            let k = (self.buf.len() - self.n).min(b.len());
-            self.buf[self.n..self.n + k].copy_from_slice(&b[..k]);
-            self.n += k;
-            b = &b[k..];
-            if self.n == self.buf.len() {
-                self.flush()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the whole blocks staged (everything, once not direct) and
-    /// moves the rest to the stage's front.
-    fn flush(&mut self) -> io::Result<()> {
-        let mut whole = if self.direct {
-            self.n & !(DIO_BLOCK - 1)
-        } else {
-            self.n
-        };
-        let mut done = 0;
-        while done < whole {
-            let part = &self.buf[done..whole];
-            let r = if self.direct {
-                self.file.write_at(part, self.at)
-            } else {
-                // Appending: the file ends at `at`.
-                let mut f = self.file;
-                f.write(part)
-            };
-            match r {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(k) => {
-                    done += k;
-                    self.at += k as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if self.direct
-                        && e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32) =>
-                {
-                    // Refused (some file systems accept O_DIRECT at open
-                    // only, or a short write left the end unaligned): the
-                    // same descriptor appends through the page cache from
-                    // here on, as a buffered segment's does.
-                    use nix::fcntl::{fcntl, FcntlArg};
-                    let flags = OFlag::from_bits_truncate(fcntl(self.file, FcntlArg::F_GETFL)?);
-                    let buffered = (flags - OFlag::O_DIRECT) | OFlag::O_APPEND;
-                    fcntl(self.file, FcntlArg::F_SETFL(buffered))?;
-                    self.direct = false;
-                    self.refused = true;
-                    whole = self.n;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.buf.copy_within(done..self.n, 0);
-        self.n -= done;
-        Ok(())
-    }
-
-    /// Writes the whole blocks; returns the file's new end and the bytes
-    /// held past it.
-    fn finish(&mut self) -> io::Result<(u64, Bytes)> {
-        self.flush()?;
-        Ok((self.at, Bytes::copy_from_slice(&self.buf[..self.n])))
-    }
-}
-
 /// A spill record as `scan` sees it, its data still in the read buffer.
 struct Record<'a> {
     eid: u64,
@@ -1001,7 +759,7 @@ impl Record<'_> {
 /// scans start at an index entry up to `INDEX_EVERY` bytes before what they
 /// look for.
 fn scan(
-    src: &Source,
+    file: &File,
     mut pos: u64,
     end_pos: u64,
     mut f: impl FnMut(Record<'_>) -> bool,
@@ -1009,7 +767,7 @@ fn scan(
     let mut buf = vec![0u8; (end_pos.saturating_sub(pos) as usize).min(SCAN_BLOCK)];
     while pos < end_pos {
         let want = ((end_pos - pos) as usize).min(buf.len());
-        src.read_exact_at(&mut buf[..want], pos)?;
+        file.read_exact_at(&mut buf[..want], pos)?;
         let mut at = 0usize;
         let mut grew = false;
         loop {
@@ -1315,120 +1073,6 @@ mod tests {
         drop(Arc::into_inner(l).expect("the writer is done"));
         let spilled = reader.join().unwrap();
         assert_eq!(spilled, (300 - kept) * (RECORD_HEADER as u64 + 1024));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// Whether the log's segments are written with `O_DIRECT`.
-    fn direct_segments(l: &OutputLog) -> Vec<bool> {
-        l.lock()
-            .segments
-            .iter()
-            .map(|s| {
-                nix::fcntl::fcntl(&*s.writer, nix::fcntl::FcntlArg::F_GETFL)
-                    .is_ok_and(|f| OFlag::from_bits_truncate(f).contains(OFlag::O_DIRECT))
-            })
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn direct_and_buffered_spills_read_back_alike() {
-        for direct in [true, false] {
-            let dir = tmp(&format!("direct-{direct}"));
-            let l = OutputLog::new(
-                "t".into(),
-                LogLimits {
-                    window: 16 * 1024,
-                    spill_cap: 1 << 30,
-                },
-                MemBudget::new(usize::MAX / 2),
-                Arc::new(DataDir::open(Some(&dir)).unwrap().with_direct(direct)),
-            );
-            let mut expect = Vec::new();
-            // Lines of every length up to 3 KiB: records straddle blocks,
-            // and stages (a spill of more than one stage is written in parts).
-            for batch in 0..400u32 {
-                let lines: Vec<Bytes> = (0..7u32)
-                    .map(|i| {
-                        let n = (batch * 7 + i) as usize;
-                        Bytes::from(format!("{n} {}\n", "z".repeat(n * 37 % 3000)))
-                    })
-                    .collect();
-                for line in &lines {
-                    expect.extend_from_slice(line);
-                }
-                l.append(Stream::Stdout, u64::from(batch), lines);
-            }
-            assert_eq!(direct_segments(&l), vec![direct], "direct: {direct}");
-            {
-                let inner = l.lock();
-                let seg = inner.segments.front().unwrap();
-                let on_disk = std::fs::metadata(dir.join(&seg.name)).unwrap().len();
-                assert_eq!(on_disk, seg.flushed);
-                assert_eq!(seg.flushed + seg.tail.len() as u64, seg.len);
-                if direct {
-                    assert_eq!(seg.flushed % DIO_BLOCK as u64, 0);
-                    assert!(seg.tail.len() < DIO_BLOCK);
-                } else {
-                    assert!(seg.tail.is_empty());
-                }
-            }
-            let mut next = 1;
-            let mut got = Vec::new();
-            while next < l.head().next_eid {
-                let evs = l.read_events(next, 10_000).await.unwrap();
-                assert_eq!(evs[0].eid, next);
-                for e in &evs {
-                    got.extend_from_slice(&e.data);
-                }
-                next = evs.last().unwrap().eid + 1;
-            }
-            assert!(got == expect, "events differ (direct: {direct})");
-            // By bytes, from every few hundred offsets: into the file, the
-            // held tail and memory.
-            for from in (0..expect.len()).step_by(9973) {
-                let r = l.read_bytes(from as u64, u64::MAX, 5000).await;
-                assert_eq!(r.start, from as u64);
-                let got = r.chunks.concat();
-                assert!(!got.is_empty());
-                assert!(got[..] == expect[from..from + got.len()], "from {from}");
-            }
-            drop(l);
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    }
-
-    #[test]
-    fn a_refused_direct_write_appends_through_the_page_cache() {
-        use nix::fcntl::{fcntl, open, FcntlArg};
-        use nix::sys::stat::Mode;
-        let dir = tmp("refused");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("f");
-        std::fs::write(&path, [b'h'; 100]).unwrap();
-        // A direct descriptor asked to write at an unaligned offset: the
-        // kernel refuses (EINVAL), as a file system that takes O_DIRECT at
-        // open but not for I/O would.
-        let f = File::from(
-            open(
-                &path,
-                OFlag::O_RDWR | OFlag::O_DIRECT | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .unwrap(),
-        );
-        let mut raw = Vec::new();
-        let mut st = Stage::new(&mut raw, &f, 100);
-        let data: Vec<u8> = (0..STAGE_SIZE * 2 + 777).map(|i| (i % 251) as u8).collect();
-        st.put(&data).unwrap();
-        let (end, tail) = st.finish().unwrap();
-        assert!(st.refused);
-        assert_eq!(end, 100 + data.len() as u64);
-        assert!(tail.is_empty());
-        let flags = OFlag::from_bits_truncate(fcntl(&f, FcntlArg::F_GETFL).unwrap());
-        assert!(!flags.contains(OFlag::O_DIRECT) && flags.contains(OFlag::O_APPEND));
-        let back = std::fs::read(&path).unwrap();
-        assert_eq!(&back[..100], &[b'h'; 100][..]);
-        assert!(back[100..] == data[..]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
