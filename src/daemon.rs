@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::App;
+use crate::app::App;
 use crate::config::Config;
 use crate::process::datadir::DataDir;
 use crate::process::output::LogLimits;
@@ -467,7 +467,7 @@ pub async fn run(mut config: Config) -> std::io::Result<i32> {
     let e2b_server = e2b_listener.map(|l| {
         tokio::spawn(server::serve(
             l,
-            Arc::new(crate::e2b::Front(app.clone())),
+            Arc::new(crate::e2b::Front::new(app.clone())),
             header_timeout,
             zero_copy,
             stop.clone(),

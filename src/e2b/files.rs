@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use sha2::{Digest, Sha256};
 
+use super::Envd;
 use super::{http_error, HttpError, User};
-use crate::api::App;
 use crate::fs::attrs::AttrRequest;
 use crate::fs::upload::Writer;
 use crate::fs::{FsError, Kind};
@@ -54,7 +54,7 @@ pub fn signature(path: &str, op: &str, user: &str, token: &str, exp: Option<&str
 
 /// Whether the request may touch files: a token is not set, or it is
 /// given, or the URL is signed for `op` with it and not expired.
-fn allowed(app: &App, req: &Request<RequestBody>, q: &Query, op: &str) -> Result<(), HttpError> {
+fn allowed(app: &Envd, req: &Request<RequestBody>, q: &Query, op: &str) -> Result<(), HttpError> {
     let e2b = &app.e2b;
     if e2b.token_ok(app, req.headers()) {
         return Ok(());
@@ -109,7 +109,7 @@ fn fs_error(e: FsError) -> HttpError {
 
 /// The user and the target path of a request.
 fn target(
-    app: &App,
+    app: &Envd,
     req: &Request<RequestBody>,
     q: &Query,
     raw: Option<&str>,
@@ -129,7 +129,7 @@ fn target(
 }
 
 /// `GET /files?path=…`: the file, whole or one `Range`.
-pub async fn download(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> {
+pub async fn download(app: Arc<Envd>, req: Request<RequestBody>) -> Response<Body> {
     let q = query(&req);
     if let Err(r) = allowed(&app, &req, &q, "read") {
         return r.into_response();
@@ -182,8 +182,11 @@ pub async fn download(app: Arc<App>, req: Request<RequestBody>) -> Response<Body
         // The whole file, gzipped when the client takes it (not with a
         // Range: a range is of the file's own bytes).
         _ if range.is_none() && accepts_gzip(req.headers()) => {
-            let mut r =
-                crate::api::transfer::file_response(gzip_body(file, &app.tasks), 0, modified);
+            let mut r = crate::api::transfer::file_response(
+                gzip_body(file, &app.shared.tasks),
+                0,
+                modified,
+            );
             let h = r.headers_mut();
             h.remove(header::CONTENT_LENGTH);
             h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -271,7 +274,7 @@ async fn put(
 
 /// `POST /files`: `multipart/form-data` (every part with a file name is a
 /// file; its name is its path) or `application/octet-stream` (to `path`).
-pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> {
+pub async fn upload(app: Arc<Envd>, req: Request<RequestBody>) -> Response<Body> {
     let q = query(&req);
     if let Err(r) = allowed(&app, &req, &q, "write") {
         return r.into_response();
@@ -312,7 +315,7 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
         // Bounded: a form whose preamble or part headers never end fails at
         // 16 KiB instead of growing multer's buffer.
         use futures_util::StreamExt;
-        let src = Source::new(req.into_body(), gzip, &app.tasks);
+        let src = Source::new(req.into_body(), gzip, &app.shared.tasks);
         let data = Box::pin(src.chunks().map(|r| r.map_err(std::io::Error::other)));
         let stream = crate::api::transfer::form::Bounded::new(data, &boundary);
         let mut form = multer::Multipart::new(stream, boundary);
@@ -360,7 +363,7 @@ pub async fn upload(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> 
             "path is required for an application/octet-stream upload",
         );
     };
-    let body = Source::new(req.into_body(), gzip, &app.tasks);
+    let body = Source::new(req.into_body(), gzip, &app.shared.tasks);
     match store(&user, path, &meta, body.chunks()).await {
         Ok(v) => super::json_ok(&serde_json::json!([v])),
         Err(e) => e.into_response(),

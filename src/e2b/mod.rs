@@ -28,7 +28,6 @@ use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use sha2::{Digest, Sha256};
 
-use crate::api::App;
 use crate::connect::{self, Protocol};
 use crate::fs::identity::{Identity, Scope};
 use crate::process::users;
@@ -46,6 +45,13 @@ struct Defaults {
     workdir: Option<String>,
     /// The raw token (signed URLs are keyed with it).
     token: Option<String>,
+}
+
+/// What envd's handlers serve from: the daemon's state, shared with the
+/// REST/gRPC front, and envd's own.
+pub struct Envd {
+    pub shared: Arc<crate::app::App>,
+    pub e2b: Arc<E2b>,
 }
 
 /// The state of E2B's API: `/init`'s defaults and the processes started
@@ -183,12 +189,16 @@ impl E2b {
 
     /// Whether the request may pass: no token set, or `X-Access-Token`
     /// is it (digests compared in constant time).
-    fn token_ok(&self, app: &App, headers: &HeaderMap) -> bool {
+    fn token_ok(&self, app: &Envd, headers: &HeaderMap) -> bool {
         let given = headers.get(TOKEN_HEADER).map(|v| v.as_bytes());
         if let Some(t) = self.defaults().token.as_deref() {
             return given.is_some_and(|g| digest_eq(t.as_bytes(), g));
         }
-        match app.runtime.token(app.config.access_token.as_ref()) {
+        match app
+            .shared
+            .runtime
+            .token(app.shared.config.access_token.as_ref())
+        {
             None => true,
             Some(t) => t.matches(given.unwrap_or(b"")),
         }
@@ -266,7 +276,14 @@ fn later(f: impl std::future::Future<Output = Response<Body>> + Send + 'static) 
 }
 
 /// The E2B port's side of the server: the same daemon, envd's routes.
-pub struct Front(pub Arc<App>);
+pub struct Front(pub Arc<Envd>);
+
+impl Front {
+    pub fn new(shared: Arc<crate::app::App>) -> Front {
+        let e2b = E2b::new(shared.config.retention);
+        Front(Arc::new(Envd { shared, e2b }))
+    }
+}
 
 impl crate::server::Service for Front {
     fn answer(
@@ -287,14 +304,18 @@ impl crate::server::Service for Front {
     }
 
     fn max_body(&self) -> usize {
-        self.0.config.max_body
+        self.0.shared.config.max_body
     }
 }
 
 /// The answer to one request on the E2B port.
-pub fn answer(app: &Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Answer {
+pub fn answer(app: &Arc<Envd>, req: Request<RequestBody>, peer: SocketAddr) -> Answer {
     let _ = peer;
-    match origin::check(&app.config.allowed_origins, &app.config.allowed_hosts, &req) {
+    match origin::check(
+        &app.shared.config.allowed_origins,
+        &app.shared.config.allowed_hosts,
+        &req,
+    ) {
         origin::Verdict::Serve => route(app, req),
         origin::Verdict::Refuse(e) => Answer::ready(Err(e)),
         origin::Verdict::Preflight(resp) => Answer::ready(Ok(resp)),
@@ -312,7 +333,7 @@ pub fn answer(app: &Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> An
     }
 }
 
-fn route(app: &Arc<App>, req: Request<RequestBody>) -> Answer {
+fn route(app: &Arc<Envd>, req: Request<RequestBody>) -> Answer {
     let e2b = app.e2b.clone();
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -366,7 +387,7 @@ fn route(app: &Arc<App>, req: Request<RequestBody>) -> Answer {
 }
 
 /// A Connect call to one of the two services.
-fn rpc_answer(app: &Arc<App>, req: Request<RequestBody>) -> Answer {
+fn rpc_answer(app: &Arc<Envd>, req: Request<RequestBody>) -> Answer {
     if req.method() != Method::POST {
         return Answer::ready(Ok(http_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -402,8 +423,8 @@ fn rpc_answer(app: &Arc<App>, req: Request<RequestBody>) -> Answer {
 }
 
 /// `GET /metrics`: envd's JSON shape.
-fn metrics(app: &App) -> Response<Body> {
-    let s = app.metrics.snapshot();
+fn metrics(app: &Envd) -> Response<Body> {
+    let s = app.shared.metrics.snapshot();
     let mib = 1024.0 * 1024.0;
     let (disk_total, disk_used) = match nix::sys::statvfs::statvfs("/") {
         Ok(v) => {
@@ -436,7 +457,7 @@ const INIT_MAX: usize = 1 << 20;
 /// working directory. `timestamp`, `hyperloopIP`, `volumeMounts` and the
 /// rest are ignored: execd never sets the clock, rewrites `/etc/hosts` or
 /// mounts anything.
-async fn init(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> {
+async fn init(app: Arc<Envd>, req: Request<RequestBody>) -> Response<Body> {
     use http_body_util::BodyExt;
     let body = match http_body_util::Limited::new(req.into_body(), INIT_MAX)
         .collect()
@@ -518,7 +539,7 @@ async fn init(app: Arc<App>, req: Request<RequestBody>) -> Response<Body> {
 /// Dispatches one `filesystem.Filesystem` call: the file operations to
 /// [`filesystem`], the watches to [`watch`].
 async fn fs_call(
-    app: Arc<App>,
+    app: Arc<Envd>,
     p: Protocol,
     method: &str,
     req: Request<RequestBody>,

@@ -23,7 +23,7 @@ use http::{Request, Response};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::proto::*;
-use crate::api::App;
+use super::Envd;
 use crate::connect::{self, Code, Error, Protocol};
 use crate::process::follow::{Follower, Step};
 use crate::process::registry::Finished;
@@ -239,7 +239,7 @@ pub(super) fn keepalive(headers: &http::HeaderMap) -> Duration {
 
 /// Dispatches one call.
 pub async fn call(
-    app: Arc<App>,
+    app: Arc<Envd>,
     p: Protocol,
     method: &str,
     req: Request<RequestBody>,
@@ -265,7 +265,7 @@ pub async fn call(
 }
 
 struct Service {
-    app: Arc<App>,
+    app: Arc<Envd>,
 }
 
 impl Service {
@@ -287,9 +287,14 @@ impl Service {
                 let _ = tx
                     .send(Ok(event(Event::Start(StartEvent { pid: proc_.pid }))))
                     .await;
-                self.app
-                    .tasks
-                    .spawn(follow(proc_, tty_rx, 1, tx, ka, self.app.shutdown.clone()));
+                self.app.shared.tasks.spawn(follow(
+                    proc_,
+                    tty_rx,
+                    1,
+                    tx,
+                    ka,
+                    self.app.shared.shutdown.clone(),
+                ));
                 connect::stream_response(p, rx)
             }
             Err(e) => connect::error_response(p, &e),
@@ -361,7 +366,7 @@ impl Service {
             background: true,
             stdin: r.stdin.unwrap_or(false),
         };
-        let engine = &self.app.engine;
+        let engine = &self.app.shared.engine;
         if let Some(pty) = r.pty {
             let size = pty.size.unwrap_or_default();
             let clamp = |n: u32| n.min(u32::from(u16::MAX)) as u16;
@@ -448,13 +453,13 @@ impl Service {
         let _ = tx
             .send(Ok(event(Event::Start(StartEvent { pid: proc_.pid }))))
             .await;
-        self.app.tasks.spawn(follow(
+        self.app.shared.tasks.spawn(follow(
             proc_,
             tty_rx,
             from,
             tx,
             keepalive(&parts.headers),
-            self.app.shutdown.clone(),
+            self.app.shared.shutdown.clone(),
         ));
         connect::stream_response(p, rx)
     }

@@ -39,8 +39,8 @@ use tokio::time::Instant;
 
 use super::filesystem::entry;
 use super::proto::*;
+use super::Envd;
 use super::User;
-use crate::api::App;
 use crate::connect::{self, Code, Error, Protocol};
 use crate::fs::identity::{scoped, Scope};
 use crate::fs::watch::{self, ErrorKind, Event, Kind, Options, Target, Watch, WatchError};
@@ -86,7 +86,7 @@ const NETWORK_FS: [i64; 5] = [0x6969, 0xFF53_4D42, 0x517B, 0xFE53_4D42, 0x6573_5
 
 /// Arms a watch on `r.path` as `user` (the network-mount check first, as
 /// the user).
-async fn arm(app: &App, user: &User, r: &WatchRequest) -> Result<Watch, Error> {
+async fn arm(app: &Envd, user: &User, r: &WatchRequest) -> Result<Watch, Error> {
     let dir = user.path(&r.path).map_err(Error::invalid)?;
     if !r.allow_network_mounts {
         let d = dir.clone();
@@ -109,10 +109,10 @@ async fn arm(app: &App, user: &User, r: &WatchRequest) -> Result<Watch, Error> {
     }
     let opts = Options {
         recursive: r.recursive,
-        debounce: app.config.watch_debounce,
+        debounce: app.shared.config.watch_debounce,
         scope: user.scope(),
     };
-    watch::start(&app.watches, Target::Path(dir), opts)
+    watch::start(&app.shared.watches, Target::Path(dir), opts)
         .await
         .map_err(start_error)
 }
@@ -194,7 +194,7 @@ fn response(e: WatchEvent) -> WatchDirResponse {
 
 /// `WatchDir`.
 pub async fn watch_dir(
-    app: Arc<App>,
+    app: Arc<Envd>,
     user: User,
     p: Protocol,
     req: Request<RequestBody>,
@@ -214,7 +214,7 @@ pub async fn watch_dir(
         scope: user.scope(),
         include_entry: r.include_entry,
         ka: super::process::keepalive(&parts.headers),
-        stop: app.shutdown.clone(),
+        stop: app.shared.shutdown.clone(),
         queue: std::collections::VecDeque::new(),
         ending: None,
         started: false,
@@ -379,7 +379,7 @@ impl Watchers {
     }
 
     /// `CreateWatcher`.
-    async fn create(&self, app: &App, user: &User, r: WatchRequest) -> Result<String, Error> {
+    async fn create(&self, app: &Envd, user: &User, r: WatchRequest) -> Result<String, Error> {
         if self.len() >= MAX_POLLERS {
             return Err(too_many());
         }
@@ -395,7 +395,7 @@ impl Watchers {
             }),
         });
         let id = format!("w{}", crate::process::new_id());
-        let idle = app.config.e2b_watcher_idle;
+        let idle = app.shared.config.e2b_watcher_idle;
         let mut g = lock(&self.inner);
         if g.map.len() >= MAX_POLLERS {
             return Err(too_many());
@@ -494,13 +494,13 @@ fn unknown(id: &str) -> Error {
 
 /// `CreateWatcher`, `GetWatcherEvents`, `RemoveWatcher`.
 pub async fn poll_call(
-    app: Arc<App>,
+    app: Arc<Envd>,
     user: User,
     p: Protocol,
     method: &str,
     req: Request<RequestBody>,
 ) -> Response<Body> {
-    let a: &App = &app;
+    let a: &Envd = &app;
     let ws = &a.e2b.watchers;
     match method {
         "CreateWatcher" => {

@@ -196,6 +196,30 @@ mod tests {
         assert!(vars[0].1.len() >= MAX_VALUE / 2);
     }
 
+    /// The input CI's fuzz smoke crashed on (`env_file` target, out of
+    /// memory): `R=$R$R…` lines multiplying `R` up to six times per line,
+    /// reset by `R=` near the end (so only the values along the way show
+    /// the growth). Through the fuzz target's entry point and lookup, the
+    /// input cut after each of its lines parses with every value within the
+    /// cap, and the whole input returns. The fuzz smoke reruns it too: it is
+    /// a seed in `fuzz/regressions/env_file/`.
+    #[test]
+    fn fuzz_self_doubling_input_stays_bounded_line_by_line() {
+        let data = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/regressions/env_file/self-doubling-oom.bin"
+        ));
+        let text = std::str::from_utf8(data).expect("the crashing input is UTF-8");
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        for n in 1..=lines.len() {
+            let prefix = lines[..n].concat();
+            let (vars, _) = parse(&prefix, |k| (k == "HOME").then(|| "/root".to_string()));
+            for (k, v) in &vars {
+                assert!(v.len() <= MAX_VALUE, "line {n}: {k} is {} bytes", v.len());
+            }
+        }
+    }
+
     fn env(name: &str) -> Option<String> {
         match name {
             "HOME" => Some("/root".into()),
