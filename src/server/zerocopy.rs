@@ -222,6 +222,7 @@ impl ZeroCopyIo {
                     )))
                 }
                 Ok(n) => {
+                    crate::counters::sent_from_file(n);
                     job.offset += n as u64;
                     job.left -= n;
                     if job.left == 0 {
