@@ -29,6 +29,8 @@ static DURATION_COUNT: AtomicU64 = AtomicU64::new(0);
 
 static STREAMED: AtomicU64 = AtomicU64::new(0);
 
+static SENDFILE: AtomicU64 = AtomicU64::new(0);
+
 /// How processes were started, the `via` label: nix's `posix_spawn`, the
 /// vfork spawn made with `clone`, or with `clone3` into a cgroup.
 pub const SPAWN_WAYS: [&str; 3] = ["posix_spawn", "vfork", "clone3"];
@@ -91,6 +93,11 @@ pub fn spawned(way: usize) {
 
 pub fn streamed(n: usize) {
     STREAMED.fetch_add(n as u64, Relaxed);
+}
+
+/// File bytes sent with `sendfile` (zero-copy downloads).
+pub fn sent_from_file(n: usize) {
+    SENDFILE.fetch_add(n as u64, Relaxed);
 }
 
 /// The route class of a request path.
@@ -203,6 +210,12 @@ pub fn render(out: &mut String) {
     let _ = writeln!(out, "# HELP execd_streamed_bytes_total Bytes sent in streaming response bodies (event streams, watches).");
     let _ = writeln!(out, "# TYPE execd_streamed_bytes_total counter");
     let _ = writeln!(out, "execd_streamed_bytes_total {}", STREAMED.load(Relaxed));
+    let _ = writeln!(
+        out,
+        "# HELP execd_sendfile_bytes_total File bytes sent with sendfile (zero-copy downloads)."
+    );
+    let _ = writeln!(out, "# TYPE execd_sendfile_bytes_total counter");
+    let _ = writeln!(out, "execd_sendfile_bytes_total {}", SENDFILE.load(Relaxed));
     let _ = writeln!(
         out,
         "# HELP execd_http_requests_total Requests answered, by route class and status."

@@ -2,7 +2,9 @@
 //! byte-exact through curl for whole files, ranges across the 16 MiB
 //! frame boundary, `multipart/byteranges`, HEAD, several downloads on one
 //! kept-alive connection, the agent-sandbox and sandboxd routes, HTTP/2
-//! (copied, not zero-copy), and a client that leaves mid-download.
+//! (copied, not zero-copy), and a client that leaves mid-download. That
+//! each took the zero-copy path (or not) is read from the daemon's
+//! `execd_sendfile_bytes_total` counter: it grows by the file bytes sent.
 
 mod common;
 
@@ -40,6 +42,16 @@ fn curl(args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// The daemon's `execd_sendfile_bytes_total`: file bytes sent with sendfile.
+fn sendfile_bytes(base: &str) -> u64 {
+    let text = String::from_utf8(curl(&[&format!("{base}/metrics?format=prometheus")])).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("execd_sendfile_bytes_total "))
+        .expect("execd_sendfile_bytes_total in /metrics")
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn downloads_are_byte_exact_through_curl() {
     let t = TempDir::new("zerocopy");
@@ -50,18 +62,30 @@ async fn downloads_are_byte_exact_through_curl() {
     let url = format!("{base}/files/download?path={}", t.join("f.bin"));
     let size = data.len();
 
+    // Each download below must grow the sendfile counter by exactly the
+    // file bytes it sent: it took the zero-copy path, whole.
+    let mut sent = sendfile_bytes(&base);
+    let mut by_sendfile = |what: &str, n: usize| {
+        let now = sendfile_bytes(&base);
+        assert_eq!(now - sent, n as u64, "{what}: bytes sent with sendfile");
+        sent = now;
+    };
+
     // Whole, written to a file by curl as a user would.
     let out = t.join("whole");
     curl(&["-o", &out, &url]);
     assert!(std::fs::read(&out).unwrap() == data, "whole file differs");
+    by_sendfile("whole file", size);
 
     // One range across the first frame boundary.
     let (a, b) = (16 * 1024 * 1024 - 10, 16 * 1024 * 1024 + 9);
     let part = curl(&["-H", &format!("Range: bytes={a}-{b}"), &url]);
     assert!(part == data[a..=b], "single range differs");
+    by_sendfile("single range", b - a + 1);
     // The last bytes (a suffix range).
     let tail = curl(&["-H", "Range: bytes=-5", &url]);
     assert!(tail == data[size - 5..], "suffix range differs");
+    by_sendfile("suffix range", 5);
 
     // Several ranges: multipart/byteranges, each part byte-exact.
     let ranges = [
@@ -92,10 +116,15 @@ async fn downloads_are_byte_exact_through_curl() {
         at = head_end + want.len();
     }
     assert!(multi[at..].ends_with(b"--\r\n"), "closing delimiter");
+    by_sendfile(
+        "multipart/byteranges",
+        ranges.iter().map(|(a, b)| b - a + 1).sum(),
+    );
 
     // HEAD: the length, no body.
     let head = String::from_utf8(curl(&["-I", &url])).unwrap();
     assert!(head.contains(&format!("content-length: {size}")), "{head}");
+    by_sendfile("HEAD", 0);
 
     // Three downloads on one kept-alive connection (curl reuses it across
     // `--next`), a range between two whole files.
@@ -123,6 +152,7 @@ async fn downloads_are_byte_exact_through_curl() {
         "kept-alive range differs"
     );
     assert!(std::fs::read(&o3).unwrap() == data);
+    by_sendfile("kept-alive connection", 2 * size + 100);
 
     // The agent-sandbox and sandboxd routes take the same path.
     let agent = t.join("agent");
@@ -131,12 +161,21 @@ async fn downloads_are_byte_exact_through_curl() {
         std::fs::read(&agent).unwrap() == data,
         "agent-sandbox download differs"
     );
+    by_sendfile("agent-sandbox download", size);
     let sbx = curl(&[
         "-H",
         &format!("Range: bytes={a}-{b}"),
         &format!("{base}/v1/files/f.bin"),
     ]);
     assert!(sbx == data[a..=b], "sandboxd range differs");
+    by_sendfile("sandboxd range", b - a + 1);
+    let sbx = t.join("sbx");
+    curl(&["-o", &sbx, &format!("{base}/v1/files/f.bin")]);
+    assert!(
+        std::fs::read(&sbx).unwrap() == data,
+        "sandboxd download differs"
+    );
+    by_sendfile("sandboxd download", size);
 
     // HTTP/2 (h2c): copied through user space, still exact.
     let h2 = t.join("h2");
@@ -145,6 +184,7 @@ async fn downloads_are_byte_exact_through_curl() {
         std::fs::read(&h2).unwrap() == data,
         "HTTP/2 download differs"
     );
+    by_sendfile("HTTP/2 (copied)", 0);
 
     // A client that reads a little and leaves: the daemon serves on.
     let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
@@ -227,4 +267,6 @@ async fn no_sendfile_copies_the_same_bytes() {
     let (a, b) = (16 * 1024 * 1024 - 10, 16 * 1024 * 1024 + 9);
     let part = curl(&["-H", &format!("Range: bytes={a}-{b}"), &url]);
     assert!(part == data[a..=b], "single range differs");
+    let base = format!("http://{}", d.addr);
+    assert_eq!(sendfile_bytes(&base), 0, "nothing sent with sendfile");
 }

@@ -6,8 +6,8 @@
 //! credential syscalls, an allocation-free `execve`), and the few calls
 //! other modules need that nix lacks too: a thread's capabilities
 //! (`capget`/`capset`), extended attributes, `sync_file_range`,
-//! `malloc_trim` and an interface's flags. Every other module uses nix;
-//! every `unsafe` here says why it is sound.
+//! `malloc_trim`, an interface's flags and `TCP_NOTSENT_LOWAT`. Every
+//! other module uses nix; every `unsafe` here says why it is sound.
 
 use std::ffi::CStr;
 use std::io;
@@ -593,5 +593,26 @@ pub fn interface_up(sock: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
     }
     // SAFETY: SIOCSIFFLAGS reads one ifreq, which outlives the call.
     let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    Errno::result(r).map(drop)
+}
+
+// ---------------------------------------------------------------- sockets
+
+/// `TCP_NOTSENT_LOWAT`: the socket takes (and polls writable) only while
+/// fewer than `bytes` of it are queued and not yet sent; 0 puts back the
+/// system's default (`net.ipv4.tcp_notsent_lowat`).
+pub fn set_tcp_notsent_lowat(sock: BorrowedFd<'_>, bytes: u32) -> Result<(), Errno> {
+    let value = c_int::try_from(bytes).unwrap_or(c_int::MAX);
+    // SAFETY: the kernel reads size_of::<c_int>() bytes from a live local
+    // and keeps no pointer to it.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const c_int).cast::<c_void>(),
+            std::mem::size_of::<c_int>() as libc::socklen_t,
+        )
+    };
     Errno::result(r).map(drop)
 }
