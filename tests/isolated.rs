@@ -1263,3 +1263,34 @@ async fn a_killed_daemon_leaves_no_session_process_behind() {
         }
     }
 }
+
+#[tokio::test]
+async fn session_code_cannot_make_pid_1_end_the_sessions_processes() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-usr1");
+    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    // PID 1 ends every process on SIGUSR1, but only from outside the session.
+    let o = run(
+        &d,
+        &sid,
+        "nohup sleep 300 >/dev/null 2>&1 & kill -USR1 1 && echo sent; echo x > f.txt",
+    )
+    .await;
+    assert_eq!(o.stdout, "sent\n", "{}", o.stderr);
+    let o = run(
+        &d,
+        &sid,
+        "kill -USR1 1; kill -USR1 1; pgrep -x sleep | wc -l",
+    )
+    .await;
+    assert_eq!(o.stdout, "1\n", "{}", o.stderr);
+    // Nor does it confuse the daemon's own request: the commit still waits.
+    let left = left_behind(&d);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let r = d
+        .post_json(&format!("/v1/isolated/session/{sid}/commit"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!present(left[0]), "commit answered while {left:?} remained");
+    assert_eq!(std::fs::read_to_string(w.0.join("f.txt")).unwrap(), "x\n");
+}

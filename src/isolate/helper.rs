@@ -147,6 +147,9 @@ pub fn main_if_helper(args: &[String]) -> Option<i32> {
 
 /// Makes the kernel kill this helper when the daemon (`parent`, its parent
 /// process) dies, however it dies; fails when the daemon is already gone.
+/// (The kernel sends it when the parent *thread* that forked ends: execd
+/// starts helpers from its runtime's worker threads, which live as long as
+/// the daemon.)
 /// PID 1 in turn dies with the init helper, and with PID 1 every process
 /// of the session: nothing of a session outlives the daemon.
 fn die_with_parent(parent: u32) -> Result<(), String> {
