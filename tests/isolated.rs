@@ -1144,3 +1144,153 @@ async fn commit_refuses_an_overlay_with_nested_mounts_and_keeps_them() {
         "through\n"
     );
 }
+
+/// Whether `/proc/PID` exists at all (a zombie counts: `pgrep` lists it).
+fn present(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The `sleep` processes among the daemon's descendants (host pids).
+fn sleeps_of(d: &Daemon) -> Vec<u32> {
+    descendants(d.pid())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+        .collect()
+}
+
+/// Every process under the sessions' PID 1s (host pids): what runs left
+/// behind, whatever it runs by now (a background job may not have executed
+/// its program yet).
+fn left_behind(d: &Daemon) -> Vec<u32> {
+    let is_init = |p: u32| {
+        std::fs::read(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__isolate-init"))
+    };
+    let daemon = d.pid();
+    descendants(daemon)
+        .into_iter()
+        .filter(|&p| is_init(p) && common::ppid(p).is_some_and(|pp| pp != daemon && is_init(pp)))
+        .flat_map(descendants)
+        .collect()
+}
+
+#[tokio::test]
+async fn commit_and_discard_answer_only_once_the_processes_they_end_are_gone() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-ended");
+    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    // Several rounds of several processes left behind, each round with a
+    // change to apply (a commit with nothing to apply ends nothing).
+    for round in 0..12 {
+        let code = format!(
+            "for i in 1 2 3 4 5 6 7 8; do nohup sleep 300 >/dev/null 2>&1 & done; \
+             echo {round} > f{round}.txt; echo started"
+        );
+        let o = run(&d, &sid, &code).await;
+        assert_eq!(o.stdout, "started\n", "{}", o.stderr);
+        let left = left_behind(&d);
+        assert_eq!(left.len(), 8, "{left:?}");
+        let route = if round % 2 == 0 { "commit" } else { "discard" };
+        let r = d
+            .post_json(&format!("/v1/isolated/session/{sid}/{route}"), &json!({}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        // The answer means they are gone: not running, not even zombies.
+        let still: Vec<u32> = left.iter().copied().filter(|p| present(*p)).collect();
+        assert!(
+            still.is_empty(),
+            "round {round}: {route} answered while {still:?} remained"
+        );
+        let o = run(&d, &sid, "pgrep -x sleep | wc -l").await;
+        assert_eq!(o.stdout, "0\n", "round {round}");
+    }
+    assert_eq!(std::fs::read_to_string(w.0.join("f4.txt")).unwrap(), "4\n");
+    assert!(!w.0.join("f5.txt").exists());
+}
+
+/// Starts a session with a background run and a process left behind, and
+/// returns every process of it (host pids: the helpers, PID 1, the runs).
+async fn session_with_processes(d: &Daemon, w: &TempDir) -> Vec<u32> {
+    let sid = create(d, json!({"workspace": {"path": path(w)}})).await;
+    let o = run(d, &sid, "nohup sleep 300 >/dev/null 2>&1 & echo started").await;
+    assert_eq!(o.stdout, "started\n", "{}", o.stderr);
+    let r = d
+        .post_json(
+            &format!("/v1/isolated/session/{sid}/run"),
+            &json!({"code": "sleep 300", "background": true}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    eventually(Duration::from_secs(30), "two sleeps", || {
+        sleeps_of(d).len() == 2
+    })
+    .await;
+    let procs = descendants(d.pid());
+    // The init helper, PID 1, the run's enter helper and two sleeps at least.
+    assert!(procs.len() >= 5, "{procs:?}");
+    procs
+}
+
+#[tokio::test]
+async fn a_killed_daemon_leaves_no_session_process_behind() {
+    for sig in [libc::SIGKILL, libc::SIGTERM] {
+        let Some(mut d) = daemon().await else { return };
+        let w = ws("iso-daemon-dies");
+        let procs = session_with_processes(&d, &w).await;
+        d.signal(sig);
+        assert!(
+            d.wait_exit(Duration::from_secs(60)).is_some(),
+            "signal {sig}: the daemon did not exit"
+        );
+        // A hang guard, not a speed check: the kernel ends them on its own.
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left: Vec<u32> = procs
+                .iter()
+                .copied()
+                .filter(|p| common::alive(*p))
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "signal {sig}: session processes outlived the daemon: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn session_code_cannot_make_pid_1_end_the_sessions_processes() {
+    let Some(d) = daemon().await else { return };
+    let w = ws("iso-usr1");
+    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    // PID 1 ends every process on SIGUSR1, but only from outside the session.
+    let o = run(
+        &d,
+        &sid,
+        "nohup sleep 300 >/dev/null 2>&1 & kill -USR1 1 && echo sent; echo x > f.txt",
+    )
+    .await;
+    assert_eq!(o.stdout, "sent\n", "{}", o.stderr);
+    let o = run(
+        &d,
+        &sid,
+        "kill -USR1 1; kill -USR1 1; pgrep -x sleep | wc -l",
+    )
+    .await;
+    assert_eq!(o.stdout, "1\n", "{}", o.stderr);
+    // Nor does it confuse the daemon's own request: the commit still waits.
+    let left = left_behind(&d);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let r = d
+        .post_json(&format!("/v1/isolated/session/{sid}/commit"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!present(left[0]), "commit answered while {left:?} remained");
+    assert_eq!(std::fs::read_to_string(w.0.join("f.txt")).unwrap(), "x\n");
+}

@@ -78,7 +78,7 @@ impl From<IsolateError> for ApiError {
             IsolateError::Inactive(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY"),
             IsolateError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_SESSIONS"),
             IsolateError::Busy(..) => (StatusCode::CONFLICT, "SESSION_BUSY"),
-            IsolateError::Process(_) | IsolateError::Io(_) => {
+            IsolateError::Process(_) | IsolateError::Io(_) | IsolateError::NotEnded(..) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR")
             }
         };

@@ -49,6 +49,9 @@ pub struct InitPlan {
     /// CAP_DAC_READ_SEARCH passes it.
     #[serde(default)]
     pub layers: Option<PathBuf>,
+    /// The daemon's pid: the helper dies with it (see [`die_with_parent`]).
+    #[serde(default)]
+    pub parent: u32,
 }
 
 /// Where, inside a session, the layers of its `n`th overlay are.
@@ -95,6 +98,9 @@ pub struct EnterPlan {
     /// layers can be changed while nothing looks through it.
     #[serde(default)]
     pub remount: Option<Remount>,
+    /// The daemon's pid: the helper dies with it (see [`die_with_parent`]).
+    #[serde(default)]
+    pub parent: u32,
 }
 
 /// The layers of an overlay to mount again (paths inside the session).
@@ -105,6 +111,15 @@ pub struct Remount {
     pub upper: PathBuf,
     pub work: PathBuf,
 }
+
+/// The line PID 1 writes on its stdout once it has ended every other
+/// process of the session (asked by [`END_SIGNAL`] from outside).
+pub const ENDED: &str = "ENDED";
+
+/// The signal that asks PID 1 to end every other process of the session
+/// and to say so ([`ENDED`]) once they are all reaped. Honoured only when
+/// it comes from outside the session's pid namespace.
+pub const END_SIGNAL: Signal = Signal::SIGUSR1;
 
 /// The variable that carries an init plan.
 pub const PLAN_ENV: &str = "EXECD_ISOLATE_PLAN";
@@ -130,6 +145,23 @@ pub fn main_if_helper(args: &[String]) -> Option<i32> {
     }
 }
 
+/// Makes the kernel kill this helper when the daemon (`parent`, its parent
+/// process) dies, however it dies; fails when the daemon is already gone.
+/// (The kernel sends it when the parent *thread* that forked ends: execd
+/// starts helpers from its runtime's worker threads, which live as long as
+/// the daemon.)
+/// PID 1 in turn dies with the init helper, and with PID 1 every process
+/// of the session: nothing of a session outlives the daemon.
+fn die_with_parent(parent: u32) -> Result<(), String> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("pdeathsig: {e}"))?;
+    // The daemon may have died before the line above: then this process
+    // was already re-parented and no signal will come.
+    if parent != 0 && nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err("the daemon is gone".into());
+    }
+    Ok(())
+}
+
 fn fail(msg: &str) -> i32 {
     let _ = writeln!(std::io::stdout(), "ERROR {msg}");
     let _ = writeln!(std::io::stderr(), "execd isolate: {msg}");
@@ -137,6 +169,9 @@ fn fail(msg: &str) -> i32 {
 }
 
 fn init_main(plan: &InitPlan) -> i32 {
+    if let Err(e) = die_with_parent(plan.parent) {
+        return fail(&e);
+    }
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS
@@ -160,12 +195,21 @@ fn init_main(plan: &InitPlan) -> i32 {
             // for it, and is no process a session's code may inspect.
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
             let _ = nix::sys::prctl::set_dumpable(false);
+            // Blocked before the daemon learns that the session is ready,
+            // so that no request to end the session's processes is lost.
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGCHLD);
+            set.add(END_SIGNAL);
+            let _ = set.thread_block();
+            // The daemon's end of stdout may be gone: a write then fails
+            // instead of killing PID 1.
+            let _ = ignore_sigpipe();
             let mut w = std::fs::File::from(w);
             match build_root(plan) {
                 Ok(()) => {
                     let _ = w.write_all(b"K");
                     drop(w);
-                    reap_forever()
+                    reap_forever(set)
                 }
                 Err(e) => {
                     let _ = w.write_all(format!("E{e}").as_bytes());
@@ -201,11 +245,11 @@ fn relay(child: Pid) -> i32 {
     }
 }
 
-/// PID 1's only job once the root is built: reap what is orphaned to it.
-fn reap_forever() -> ! {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGCHLD);
-    let _ = set.thread_block();
+/// PID 1's only job once the root is built: reap what is orphaned to it,
+/// and on [`END_SIGNAL`] from outside the namespace, end every other
+/// process of the session and answer [`ENDED`] once all are reaped.
+/// `set` (SIGCHLD and [`END_SIGNAL`]) is blocked.
+fn reap_forever(set: SigSet) -> ! {
     loop {
         loop {
             match waitpid(
@@ -216,8 +260,41 @@ fn reap_forever() -> ! {
                 Ok(_) => continue,
             }
         }
-        let _ = set.wait();
+        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::uninit();
+        // SAFETY: `set` is a valid signal set and `info` a buffer of the
+        // size the kernel writes.
+        let n = unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) };
+        if n != END_SIGNAL as i32 {
+            continue;
+        }
+        // SAFETY: sigwaitinfo returned a signal: it filled `info`.
+        let info = unsafe { info.assume_init() };
+        // SI_USER cannot be forged with sigqueue, and a sender's pid reads 0
+        // here only when it is outside this pid namespace: the session's
+        // own processes cannot ask.
+        // SAFETY: for SI_USER the kernel filled the pid field.
+        if info.si_code != libc::SI_USER || unsafe { info.si_pid() } != 0 {
+            continue;
+        }
+        end_all();
+        let _ = writeln!(std::io::stdout(), "{ENDED}");
     }
+}
+
+/// Kills every other process of the pid namespace and reaps until none is
+/// left (orphans re-parent to PID 1 before their parent can be reaped, so
+/// no child left means no descendant left).
+fn end_all() {
+    let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+    while let Ok(_) | Err(Errno::EINTR) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {}
+}
+
+/// Ignores SIGPIPE in this process.
+fn ignore_sigpipe() -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
+    let ign = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN runs no code in this process.
+    unsafe { sigaction(Signal::SIGPIPE, &ign) }.map(|_| ())
 }
 
 fn under(root: &Path, p: &Path) -> PathBuf {
@@ -484,6 +561,9 @@ fn loopback_up() -> nix::Result<()> {
 }
 
 fn enter_main(plan: &EnterPlan) -> i32 {
+    if let Err(e) = die_with_parent(plan.parent) {
+        return fail(&e);
+    }
     // The host's /proc, kept for writing the run's id maps (by its pid in
     // this process's pid namespace) once the session's /proc is in view.
     let host_proc = if plan.userns {

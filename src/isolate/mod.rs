@@ -16,6 +16,10 @@
 //! Killing PID 1 ends every process of the pid namespace; the mount
 //! namespace, and with it every mount the session made, goes when its last
 //! process does. Nothing the session mounts ever propagates to the host.
+//! The helpers die with the daemon (`PR_SET_PDEATHSIG`) and PID 1 with its
+//! helper, so no session outlives execd, however execd ends. A commit or
+//! discard first asks PID 1 (SIGUSR1) to kill and reap every other process
+//! of the session, and waits for its `ENDED` line on PID 1's stdout.
 
 pub mod diff;
 pub mod helper;
@@ -56,6 +60,8 @@ pub enum IsolateError {
     Io(String),
     #[error("isolated session {0} is busy: {1}")]
     Busy(String, String),
+    #[error("isolated session {0}: its processes did not end within {1} s; the session was ended")]
+    NotEnded(String, u64),
 }
 
 /// `{path, mode}`: the legacy single workspace.
@@ -183,7 +189,16 @@ pub struct Session {
     state: Mutex<SessionState>,
     /// Wall clock at creation, in ns: the conflict baseline of commits.
     since_ns: i128,
+    /// PID 1's stdout, where it answers [`helper::END_SIGNAL`]; one
+    /// request at a time.
+    ctl: tokio::sync::Mutex<Option<InitOut>>,
 }
+
+/// The stdout of the session's first process and of its PID 1.
+type InitOut = tokio::io::BufReader<tokio::net::unix::pipe::Receiver>;
+
+/// How long PID 1 may take to end the session's other processes.
+const END_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct SessionState {
     destroyed: bool,
@@ -427,9 +442,10 @@ impl Isolated {
             share_net: v.share_net,
             hostname: "isolated".into(),
             layers: Some(dir.clone()),
+            parent: std::process::id(),
         };
         match self.start_init(&plan).await {
-            Ok((pid, fd, exit)) => {
+            Ok((pid, fd, exit, out)) => {
                 let now = SystemTime::now();
                 let s = Arc::new(Session {
                     id: id.clone(),
@@ -455,6 +471,7 @@ impl Isolated {
                     since_ns: now
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .map_or(0, |d| d.as_nanos() as i128),
+                    ctl: tokio::sync::Mutex::new(Some(out)),
                 });
                 self.lock().insert(id, s.clone());
                 tracing::info!(session = %s.id, pid, "isolated session created");
@@ -475,6 +492,7 @@ impl Isolated {
             i32,
             OwnedFd,
             tokio::sync::oneshot::Receiver<crate::process::reaper::ExitStatus>,
+            InitOut,
         ),
         IsolateError,
     > {
@@ -496,8 +514,12 @@ impl Isolated {
             .map_err(|e| IsolateError::Io(e.to_string()))?;
         drop(sp.stderr);
         let mut line = String::new();
-        let mut reader = tokio::io::BufReader::new(pipe.take(64 * 1024));
-        let read = tokio::time::timeout(Duration::from_secs(60), reader.read_line(&mut line)).await;
+        let mut reader = tokio::io::BufReader::new(pipe);
+        let read = tokio::time::timeout(
+            Duration::from_secs(60),
+            (&mut reader).take(64 * 1024).read_line(&mut line),
+        )
+        .await;
         let fail = |msg: String| {
             tree.kill();
             Err(IsolateError::Unavailable(msg))
@@ -515,7 +537,7 @@ impl Isolated {
             // PID 1 is alive and unreaped (its parent waits for it): the pidfd
             // names that process and no later one with the same number.
             return match crate::process::pidfd::open(pid) {
-                Ok(fd) => Ok((pid, fd, sp.exit)),
+                Ok(fd) => Ok((pid, fd, sp.exit, reader)),
                 Err(e) => fail(format!("pidfd of the session's init: {e}")),
             };
         }
@@ -554,6 +576,7 @@ impl Isolated {
             userns: s.userns,
             argv: vec![shell, "-c".into(), run.code.clone()],
             remount: None,
+            parent: std::process::id(),
         };
         let json = serde_json::to_string(&plan).map_err(|e| IsolateError::Io(e.to_string()))?;
         let env = self.run_env(&s, &run.envs);
@@ -842,12 +865,45 @@ impl Isolated {
         }))
     }
 
+    /// Ends every process of the session but PID 1 and returns once all are
+    /// reaped (PID 1 kills and reaps them, then says so). A session whose
+    /// processes do not end in [`END_TIMEOUT`] is ended whole.
+    async fn end_processes(&self, s: &Session) -> Result<(), IsolateError> {
+        let mut ctl = s.ctl.lock().await;
+        let Some(out) = ctl.as_mut() else {
+            return Err(IsolateError::Inactive(s.id.clone()));
+        };
+        crate::process::pidfd::send_signal(&s.init_fd, helper::END_SIGNAL as i32)
+            .map_err(|_| IsolateError::Inactive(s.id.clone()))?;
+        let mut line = String::new();
+        let read = tokio::time::timeout(END_TIMEOUT, out.take(256).read_line(&mut line)).await;
+        if matches!(read, Ok(Ok(n)) if n > 0) && line.trim_end() == helper::ENDED {
+            return Ok(());
+        }
+        // PID 1 did not answer (a process that cannot die, or PID 1 gone):
+        // killing it ends the whole pid namespace; the session is dead.
+        *ctl = None;
+        s.lock().dead = true;
+        let _ = crate::process::pidfd::send_signal(&s.init_fd, libc::SIGKILL);
+        tracing::warn!(session = %s.id, "the session's processes did not end; session ended");
+        Err(if read.is_err() {
+            IsolateError::NotEnded(s.id.clone(), END_TIMEOUT.as_secs())
+        } else {
+            IsolateError::Inactive(s.id.clone())
+        })
+    }
+
     /// Detaches the `i`th overlay in the session, or mounts it again.
     async fn remount(&self, s: &Session, i: usize, attach: bool) -> Result<(), IsolateError> {
         let m = &s.mounts[i];
         let Some(upper) = m.upper.clone() else {
             return Ok(());
         };
+        if !attach {
+            // Processes left behind by earlier runs must not write through
+            // the overlay while its layers change: all are gone first.
+            self.end_processes(s).await?;
+        }
         let plan = EnterPlan {
             init_pid: s.init_pid,
             cwd: m.path.clone(),
@@ -866,6 +922,7 @@ impl Isolated {
                     work,
                 }
             }),
+            parent: std::process::id(),
         };
         let json = serde_json::to_string(&plan).map_err(|e| IsolateError::Io(e.to_string()))?;
         let argv = vec![
