@@ -75,12 +75,17 @@ pub struct ByteRange {
 const EVENT_OVERHEAD: usize = 64;
 /// Spill record header: eid, offset, ts (u64 each), stream (u8), len (u32).
 const RECORD_HEADER: usize = 29;
-/// One sparse index entry per this many spilled bytes.
-const INDEX_EVERY: u64 = 256 * 1024;
+/// One sparse index entry per this many spilled bytes (24 bytes each: 384
+/// KiB for a command that spills 1 GiB). A reader behind the memory window
+/// scans from the entry before its event on every batch, up to this much:
+/// at 256 KiB, with 1,000 commands over the memory budget, the scans were
+/// most of execd's CPU.
+const INDEX_EVERY: u64 = 64 * 1024;
 /// Read size when scanning a spill segment. Scans run on blocking threads,
 /// up to one per reader behind the memory window (with 1,000 commands over
-/// the memory budget, every reader), and each holds its block meanwhile.
-const SCAN_BLOCK: usize = 64 * 1024;
+/// the memory budget, every reader), and each holds its block meanwhile
+/// (64 KiB blocks on up to 64 blocking threads were 4 MiB at that peak).
+const SCAN_BLOCK: usize = 16 * 1024;
 
 /// Daemon-wide accounting of output held in memory.
 #[derive(Debug)]
@@ -679,7 +684,7 @@ fn compact_tail(mem: &mut VecDeque<OutputEvent>, first_eid: u64, read: usize) {
 }
 
 /// Smallest event deque [`shrink_events`] leaves.
-const MIN_EVENT_SLOTS: usize = 32;
+const MIN_EVENT_SLOTS: usize = 8;
 
 /// Gives back most of an event deque's room once a spill has emptied it:
 /// a deque keeps its largest size (64 bytes an event, up to a window's
