@@ -139,7 +139,7 @@ impl Default for Config {
             retention: Duration::from_secs(24 * 3600),
             max_records: 4096,
             output_window: 1 << 20,
-            output_memory: 64 << 20,
+            output_memory: 16 << 20,
             spill_cap: 1 << 30,
             spill_budget: 4 << 30,
             max_running: 4096,
@@ -214,7 +214,7 @@ Options (environment variable in brackets; a flag wins over its variable):
   --retention D                   keep finished commands' status and output (24h) [EXECD_RETENTION]
   --max-records N                 keep at most N finished commands, oldest dropped first (4096) [EXECD_MAX_RECORDS]
   --output-window SIZE            output kept in memory per command (1MiB)
-  --output-memory SIZE            output kept in memory by all commands (64MiB)
+  --output-memory SIZE            output kept in memory by all commands (16MiB)
   --spill-cap SIZE                output kept on disk per command (1GiB); 0 keeps none
   --spill-budget SIZE             output kept on disk by all commands (4GiB); past it, output
                                   beyond memory is dropped and counted [EXECD_SPILL_BUDGET]

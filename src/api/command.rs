@@ -187,9 +187,12 @@ const BATCH: usize = 64 * 1024;
 /// Event bytes per frame: [`BATCH`], less when many streams are open. A
 /// frame stays in memory until the socket has taken all of it, so with
 /// 1,000 clients reading 64 KiB frames slowly the frames alone were tens of
-/// MiB; this keeps them within about 8 MiB in all (4 KiB each at least).
+/// MiB; this keeps them within about 4 MiB in all (4 KiB each at least). A
+/// reader behind the memory window holds its batch twice meanwhile (the
+/// events read from the spill, then the frame): 8 MiB in all with 1,000
+/// streams open, 16 before (then the frames' total was 8 MiB).
 fn batch() -> usize {
-    const FRAMES: usize = 8 << 20;
+    const FRAMES: usize = 4 << 20;
     (FRAMES / sse::open_streams().max(1)).clamp(4 * 1024, BATCH)
 }
 

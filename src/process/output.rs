@@ -22,7 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use super::datadir::DataDir;
@@ -75,12 +75,17 @@ pub struct ByteRange {
 const EVENT_OVERHEAD: usize = 64;
 /// Spill record header: eid, offset, ts (u64 each), stream (u8), len (u32).
 const RECORD_HEADER: usize = 29;
-/// One sparse index entry per this many spilled bytes.
-const INDEX_EVERY: u64 = 256 * 1024;
+/// One sparse index entry per this many spilled bytes (24 bytes each: 384
+/// KiB for a command that spills 1 GiB). A reader behind the memory window
+/// scans from the entry before its event on every batch, up to this much:
+/// at 256 KiB, with 1,000 commands over the memory budget, the scans were
+/// most of execd's CPU.
+const INDEX_EVERY: u64 = 64 * 1024;
 /// Read size when scanning a spill segment. Scans run on blocking threads,
 /// up to one per reader behind the memory window (with 1,000 commands over
-/// the memory budget, every reader), and each holds its block meanwhile.
-const SCAN_BLOCK: usize = 64 * 1024;
+/// the memory budget, every reader), and each holds its block meanwhile
+/// (64 KiB blocks on up to 64 blocking threads were 4 MiB at that peak).
+const SCAN_BLOCK: usize = 16 * 1024;
 
 /// Daemon-wide accounting of output held in memory.
 #[derive(Debug)]
@@ -240,8 +245,11 @@ impl OutputLog {
         // Counted against the daemon's budget once per batch (or before a
         // spill), not with an atomic add per event.
         let mut uncounted = 0;
+        // This read's bytes, and whether a spill took part of them.
+        let (mut read, mut spilled) = (0usize, false);
         for data in lines {
             let len = data.len();
+            read += len;
             let ev = OutputEvent {
                 eid: inner.next_eid,
                 stream,
@@ -261,8 +269,12 @@ impl OutputLog {
                 self.budget.add(std::mem::take(&mut uncounted));
                 drop(inner);
                 self.spill();
+                spilled = true;
                 inner = self.lock();
             }
+        }
+        if spilled {
+            compact_tail(&mut inner.mem, before, read);
         }
         self.budget.add(uncounted);
         let (next_eid, total) = (inner.next_eid, inner.total);
@@ -433,6 +445,7 @@ impl OutputLog {
         // Only a spill removes events from memory, and spills go one at a
         // time, so the job's events are still the oldest ones there.
         inner.mem.drain(..job.events.len());
+        shrink_events(&mut inner.mem);
         inner.mem_bytes -= job.freed;
         self.budget.sub(job.freed);
         let (Some(first), Some(last)) = (job.events.first(), job.events.last()) else {
@@ -648,6 +661,42 @@ impl Drop for OutputLog {
     }
 }
 
+/// The events a read left in memory after a spill took the rest of it, in
+/// an allocation of their own: as slices they would keep the whole read
+/// alive (up to 64 KiB for a line or two, per command), and the memory
+/// budget counts only the lines. With 1,000 commands over the budget, the
+/// pinned reads were about 40 MiB of execd's peak. A read mostly kept is
+/// left as it is (copying it would cost more than it frees).
+fn compact_tail(mem: &mut VecDeque<OutputEvent>, first_eid: u64, read: usize) {
+    let from = mem.partition_point(|e| e.eid < first_eid);
+    let kept: usize = mem.range(from..).map(|e| e.data.len()).sum();
+    if kept == 0 || kept * 2 >= read {
+        return;
+    }
+    let mut buf = BytesMut::with_capacity(kept);
+    for e in mem.range(from..) {
+        buf.extend_from_slice(&e.data);
+    }
+    let mut all = buf.freeze();
+    for e in mem.range_mut(from..) {
+        e.data = all.split_to(e.data.len());
+    }
+}
+
+/// Smallest event deque [`shrink_events`] leaves.
+const MIN_EVENT_SLOTS: usize = 8;
+
+/// Gives back most of an event deque's room once a spill has emptied it:
+/// a deque keeps its largest size (64 bytes an event, up to a window's
+/// worth: 64 KiB), and with 1,000 commands each holding a line or two
+/// over the budget the empty room was 16 MiB of execd's peak.
+fn shrink_events(mem: &mut VecDeque<OutputEvent>) {
+    let cap = mem.capacity();
+    if cap > MIN_EVENT_SLOTS && mem.len() < cap / 4 {
+        mem.shrink_to((mem.len() * 2).max(MIN_EVENT_SLOTS));
+    }
+}
+
 /// Finds the spill segment holding `key` (an eid or an offset) and the sparse
 /// index entry to start scanning from.
 fn locate(
@@ -838,6 +887,74 @@ mod tests {
             std::env::temp_dir().join(format!("execd-output-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         p
+    }
+
+    /// One read of `n` 1 KiB lines: the lines are slices of one allocation,
+    /// as the run loop makes them.
+    fn read_of(n: usize, tag: u8) -> (Bytes, Vec<Bytes>) {
+        let mut line = vec![tag; 1023];
+        line.push(b'\n');
+        let chunk = Bytes::from(line.repeat(n));
+        let lines = (0..n)
+            .map(|i| chunk.slice(i * 1024..(i + 1) * 1024))
+            .collect();
+        (chunk, lines)
+    }
+
+    fn within(b: &Bytes, chunk: &Bytes) -> bool {
+        let (lo, hi) = (
+            chunk.as_ptr() as usize,
+            chunk.as_ptr() as usize + chunk.len(),
+        );
+        (lo..hi).contains(&(b.as_ptr() as usize))
+    }
+
+    #[tokio::test]
+    async fn over_the_budget_a_read_is_not_kept_alive_by_its_last_lines() {
+        let dir = tmp("pin");
+        let l = OutputLog::new(
+            "t".into(),
+            LogLimits {
+                window: 1 << 20,
+                spill_cap: 1 << 30,
+            },
+            MemBudget::new(150 * 1024),
+            Arc::new(DataDir::open(Some(&dir)).unwrap()),
+        );
+        // Under the budget, a read stays as it is (slices, no copy).
+        let (first, lines) = read_of(100, b'a');
+        l.append(Stream::Stdout, 0, lines);
+        let evs = l.read_events(1, usize::MAX).await.unwrap();
+        assert_eq!(evs.len(), 100);
+        assert!(evs.iter().all(|e| within(&e.data, &first)));
+        let slots = l.lock().mem.capacity();
+        assert!(slots >= 100, "{slots}");
+        // The next read goes over it: most of it spills, and what stays in
+        // memory is a copy, not a slice of the read.
+        let (second, lines) = read_of(64, b'b');
+        l.append(Stream::Stdout, 0, lines);
+        let kept = {
+            let inner = l.lock();
+            assert!(inner.mem.len() < 64, "{}", inner.mem.len());
+            // The deque gave back the room the spill emptied.
+            assert!(inner.mem.capacity() < slots, "{}", inner.mem.capacity());
+            inner.mem.iter().cloned().collect::<Vec<_>>()
+        };
+        assert!(!kept.is_empty());
+        assert!(kept.iter().all(|e| !within(&e.data, &second)));
+        // Replay is exact: every byte, from the spill and from memory.
+        let mut all = Vec::new();
+        let mut at = 0;
+        while at < l.head().total_bytes {
+            let r = l.read_bytes(at, u64::MAX, usize::MAX).await;
+            assert_eq!(r.start, at);
+            all.extend(r.chunks.concat());
+            at = r.next;
+        }
+        assert_eq!(all, [first, second].concat());
+        assert_eq!(l.dropped_bytes(), 0);
+        drop(l);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
