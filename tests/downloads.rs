@@ -205,6 +205,62 @@ async fn downloads_are_byte_exact_through_curl() {
     );
 }
 
+/// E2B envd's `GET /files` takes the same sendfile path, with its own
+/// headers: whole and one range byte-exact, each growing the counter by
+/// exactly its bytes; HEAD and a gzip download send nothing with sendfile.
+#[tokio::test]
+async fn e2b_downloads_take_the_sendfile_path() {
+    let t = TempDir::new("zerocopy-e2b");
+    let data = content();
+    std::fs::write(t.join("f.bin"), &data).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let d = Daemon::start_with(&["--e2b-port", &port], &[]);
+    let base = format!("http://{}", d.addr);
+    let url = format!("http://127.0.0.1:{port}/files?path={}", t.join("f.bin"));
+    let size = data.len();
+    let mut sent = sendfile_bytes(&base);
+    let mut by_sendfile = |what: &str, n: usize| {
+        let now = sendfile_bytes(&base);
+        assert_eq!(now - sent, n as u64, "{what}: bytes sent with sendfile");
+        sent = now;
+    };
+
+    let out = t.join("whole");
+    let head = String::from_utf8(curl(&["-D", "-", "-o", &out, &url])).unwrap();
+    assert!(std::fs::read(&out).unwrap() == data, "whole file differs");
+    for h in [
+        format!("content-length: {size}"),
+        "content-type: application/octet-stream".to_string(),
+        "content-disposition: attachment; filename=\"f.bin\"".to_string(),
+    ] {
+        assert!(
+            head.to_lowercase().contains(&h.to_lowercase()),
+            "{h}: {head}"
+        );
+    }
+    by_sendfile("e2b whole file", size);
+
+    let (a, b) = (16 * 1024 * 1024 - 10, 16 * 1024 * 1024 + 9);
+    let part = curl(&["-H", &format!("Range: bytes={a}-{b}"), &url]);
+    assert!(part == data[a..=b], "e2b range differs");
+    by_sendfile("e2b range", b - a + 1);
+
+    let head = String::from_utf8(curl(&["-I", &url])).unwrap();
+    assert!(head.contains(&format!("content-length: {size}")), "{head}");
+    by_sendfile("e2b HEAD", 0);
+
+    // gzip is compressed in user space: the same bytes once inflated.
+    let gz = t.join("gz");
+    curl(&["--compressed", "-o", &gz, &url]);
+    assert!(std::fs::read(&gz).unwrap() == data, "e2b gzip differs");
+    by_sendfile("e2b gzip", 0);
+}
+
 /// A file cut short while it is sent: the connection ends before the
 /// promised length, and every byte that did arrive is the file's own (no
 /// padding, no zeros).

@@ -158,11 +158,14 @@ pub async fn download(app: Arc<Envd>, req: Request<RequestBody>) -> Response<Bod
         .file_name()
         .map(|n| n.as_encoded_bytes().to_vec())
         .unwrap_or_default();
+    // Sent with sendfile if the connection can (plain HTTP/1.1), as the
+    // other download routes are; the file was opened as the user above.
+    let offer = crate::server::zerocopy::Offer::default();
     let mut resp = match range {
         Some(crate::api::transfer::ByteRange::Part(a, b)) => {
             let len = b - a + 1;
             let mut r = crate::api::transfer::file_response(
-                crate::api::transfer::stream_bytes(file, a, len),
+                crate::api::transfer::file_bytes(file, a, len, &offer),
                 len,
                 modified,
             );
@@ -195,7 +198,7 @@ pub async fn download(app: Arc<Envd>, req: Request<RequestBody>) -> Response<Bod
         }
         // No range, or one this server does not understand: the whole file.
         _ => crate::api::transfer::file_response(
-            crate::api::transfer::stream_bytes(file, 0, size),
+            crate::api::transfer::file_bytes(file, 0, size, &offer),
             size,
             modified,
         ),
@@ -205,6 +208,8 @@ pub async fn download(app: Arc<Envd>, req: Request<RequestBody>) -> Response<Bod
     }
     if req.method() == http::Method::HEAD {
         *resp.body_mut() = crate::server::empty();
+    } else {
+        resp.extensions_mut().insert(offer);
     }
     resp
 }

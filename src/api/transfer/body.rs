@@ -2,25 +2,25 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::fs::lines::LineWindow;
 use crate::server::zerocopy::{Offer, Sink, FRAME_MAX};
 use crate::server::Body;
 
-/// Size of each read while streaming a download (copied, not zero-copy):
-/// with the chunk hyper is sending and the one read ahead, 768 KiB per
-/// download.
+/// Size of each read while streaming a download (copied, not zero-copy).
+/// Each read goes into a buffer whose bytes are sent as they are; see
+/// [`Reader::bufs`] for how many a download holds.
 const READ_CHUNK: usize = 256 * 1024;
 
 /// What a download does with each chunk it reads (`None`: the end of the
 /// range): the bytes to send, if any, and whether to stop.
-type Shape = Box<dyn FnMut(Option<&[u8]>) -> (Option<Bytes>, bool) + Send>;
+type Shape = Box<dyn FnMut(Option<Bytes>) -> (Option<Bytes>, bool) + Send>;
 
 /// The reading side of a download: a file, a position, and a shape.
 struct Reader {
@@ -28,8 +28,50 @@ struct Reader {
     pos: u64,
     end: u64,
     shape: Shape,
-    buf: Vec<u8>,
+    /// Two read buffers used in turn. The chunk read into one is sent
+    /// without a copy; by the time that buffer's turn comes again hyper has
+    /// usually written and dropped the chunk, and the buffer is reused
+    /// (else a new one is made and the old one freed when hyper drops it).
+    /// Reuse keeps the allocator from returning the memory to the kernel
+    /// and faulting it in again on every read. Held per download: these
+    /// two, and at most the chunk hyper is writing besides, so 768 KiB.
+    bufs: [BytesMut; 2],
+    turn: usize,
     done: bool,
+}
+
+/// Reads up to `want` bytes of `file` at `pos` into `buf`'s spare capacity
+/// (at least `want`), without zeroing it first: the kernel's copy from the
+/// page cache is the only one. Returns the bytes read, split off `buf`.
+fn read_chunk(file: &File, pos: u64, want: usize, buf: &mut BytesMut) -> std::io::Result<Bytes> {
+    let off = libc::off_t::try_from(pos)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    debug_assert!(buf.is_empty() && buf.capacity() >= want);
+    let want = want.min(buf.capacity() - buf.len());
+    loop {
+        // SAFETY: the pointer and length are within the buffer's spare
+        // capacity (at least `want` bytes, checked above), which `pread`
+        // only writes; no reference to uninitialised bytes is made. nix's
+        // `pread` takes an initialised slice, which would mean zeroing it.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf.spare_capacity_mut().as_mut_ptr().cast(),
+                want,
+                off,
+            )
+        };
+        if n >= 0 {
+            // SAFETY: `pread` wrote `n` (at most `want`) bytes from the
+            // start of the spare capacity.
+            unsafe { buf.set_len(n as usize) };
+            return Ok(buf.split().freeze());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 impl Reader {
@@ -42,13 +84,19 @@ impl Reader {
                 return Ok(None);
             }
             let want = READ_CHUNK.min(self.end.saturating_sub(self.pos) as usize);
-            let n = match self.file.read_at(&mut self.buf[..want], self.pos) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+            let chunk = if want == 0 {
+                Bytes::new()
+            } else {
+                let buf = &mut self.bufs[self.turn];
+                self.turn ^= 1;
+                if !buf.try_reclaim(want) {
+                    *buf = BytesMut::with_capacity(READ_CHUNK);
+                }
+                read_chunk(&self.file, self.pos, want, buf)?
             };
+            let n = chunk.len();
             self.pos += n as u64;
-            let (out, stop) = (self.shape)((n > 0).then_some(&self.buf[..n]));
+            let (out, stop) = (self.shape)((n > 0).then_some(chunk));
             self.done = n == 0 || stop;
             if let Some(b) = out.filter(|b| !b.is_empty()) {
                 return Ok(Some(b));
@@ -121,7 +169,8 @@ fn stream_file(file: File, start: u64, end: u64, shape: Shape) -> Body {
         pos: start,
         end,
         shape,
-        buf: vec![0u8; READ_CHUNK],
+        bufs: [BytesMut::new(), BytesMut::new()],
+        turn: 0,
         done: false,
     };
     Body::new(FileBody {
@@ -133,12 +182,7 @@ fn stream_file(file: File, start: u64, end: u64, shape: Shape) -> Body {
 /// ends the body short of its Content-Length, which breaks the response
 /// rather than passing off a short file as whole.
 pub fn stream_bytes(file: File, start: u64, len: u64) -> Body {
-    stream_file(
-        file,
-        start,
-        start + len,
-        Box::new(|chunk| (chunk.map(Bytes::copy_from_slice), false)),
-    )
+    stream_file(file, start, start + len, Box::new(|chunk| (chunk, false)))
 }
 
 /// Streams the line window of `file`, in pieces of about a read each.
@@ -150,7 +194,7 @@ pub fn stream_lines(file: File, offset: u64, limit: Option<u64>) -> Body {
         0,
         u64::MAX,
         Box::new(move |chunk| {
-            if let Some(c) = chunk {
+            if let Some(c) = &chunk {
                 window.feed(c, &mut out);
             }
             let flush = chunk.is_none() || window.done() || out.len() >= READ_CHUNK;
