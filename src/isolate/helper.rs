@@ -260,20 +260,13 @@ fn reap_forever(set: SigSet) -> ! {
                 Ok(_) => continue,
             }
         }
-        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::uninit();
-        // SAFETY: `set` is a valid signal set and `info` a buffer of the
-        // size the kernel writes.
-        let n = unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) };
-        if n != END_SIGNAL as i32 {
+        let Ok(w) = crate::process::sys::sigwaitinfo(&set) else {
             continue;
-        }
-        // SAFETY: sigwaitinfo returned a signal: it filled `info`.
-        let info = unsafe { info.assume_init() };
+        };
         // SI_USER cannot be forged with sigqueue, and a sender's pid reads 0
         // here only when it is outside this pid namespace: the session's
         // own processes cannot ask.
-        // SAFETY: for SI_USER the kernel filled the pid field.
-        if info.si_code != libc::SI_USER || unsafe { info.si_pid() } != 0 {
+        if w.signal != END_SIGNAL as i32 || w.sender != Some(0) {
             continue;
         }
         end_all();

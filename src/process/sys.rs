@@ -616,3 +616,63 @@ pub fn set_tcp_notsent_lowat(sock: BorrowedFd<'_>, bytes: u32) -> Result<(), Err
     };
     Errno::result(r).map(drop)
 }
+
+/// `pread(2)` into a buffer's spare capacity, without zeroing it first (nix's
+/// `pread` takes an initialised slice). Returns the bytes read, which are
+/// initialised from the start of `spare`. Retries on EINTR.
+pub fn pread_uninit(
+    fd: BorrowedFd<'_>,
+    spare: &mut [std::mem::MaybeUninit<u8>],
+    offset: i64,
+) -> io::Result<usize> {
+    loop {
+        // SAFETY: the pointer and length describe `spare`, which `pread`
+        // only writes; no reference to uninitialised bytes is made here.
+        let n = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                offset,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// A signal taken by `sigwaitinfo(2)`: its number, `si_code`, and the
+/// sender's pid for `SI_USER` (0 when the sender is outside the caller's
+/// pid namespace).
+pub struct Waited {
+    pub signal: c_int,
+    pub code: c_int,
+    pub sender: Option<i32>,
+}
+
+/// `sigwaitinfo(2)` on a set the caller has blocked (nix has `SigSet::wait`,
+/// which gives no `siginfo`).
+pub fn sigwaitinfo(set: &nix::sys::signal::SigSet) -> Result<Waited, Errno> {
+    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::uninit();
+    // SAFETY: `set` is a valid signal set and `info` a buffer of the size the
+    // kernel writes.
+    let n = unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) };
+    if n < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: sigwaitinfo returned a signal, so it filled `info`.
+    let info = unsafe { info.assume_init() };
+    let sender = (info.si_code == libc::SI_USER)
+        // SAFETY: for SI_USER the kernel filled the pid field.
+        .then(|| unsafe { info.si_pid() });
+    Ok(Waited {
+        signal: n,
+        code: info.si_code,
+        sender,
+    })
+}

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -44,34 +44,19 @@ struct Reader {
 /// (at least `want`), without zeroing it first: the kernel's copy from the
 /// page cache is the only one. Returns the bytes read, split off `buf`.
 fn read_chunk(file: &File, pos: u64, want: usize, buf: &mut BytesMut) -> std::io::Result<Bytes> {
-    let off = libc::off_t::try_from(pos)
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let off =
+        i64::try_from(pos).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     debug_assert!(buf.is_empty() && buf.capacity() >= want);
     let want = want.min(buf.capacity() - buf.len());
-    loop {
-        // SAFETY: the pointer and length are within the buffer's spare
-        // capacity (at least `want` bytes, checked above), which `pread`
-        // only writes; no reference to uninitialised bytes is made. nix's
-        // `pread` takes an initialised slice, which would mean zeroing it.
-        let n = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                buf.spare_capacity_mut().as_mut_ptr().cast(),
-                want,
-                off,
-            )
-        };
-        if n >= 0 {
-            // SAFETY: `pread` wrote `n` (at most `want`) bytes from the
-            // start of the spare capacity.
-            unsafe { buf.set_len(n as usize) };
-            return Ok(buf.split().freeze());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    let n = crate::process::sys::pread_uninit(
+        file.as_fd(),
+        &mut buf.spare_capacity_mut()[..want],
+        off,
+    )?;
+    // SAFETY: `pread` initialised the first `n` (at most `want`) bytes of the
+    // spare capacity.
+    unsafe { buf.set_len(n) };
+    Ok(buf.split().freeze())
 }
 
 impl Reader {
