@@ -7,13 +7,18 @@
 //! and, once made, the resource's id. Bounded: at most `cap` live ids, each
 //! kept for `ttl`; an id past its `ttl` is remembered as expired (up to
 //! `cap` more, oldest forgotten first) so a very late retry is told so
-//! rather than run again. No HTTP here: `api::operation` shapes answers.
+//! rather than run again. A retry that arrives while the first attempt is
+//! still creating waits for its outcome (a watch channel the attempt's guard
+//! closes when it completes or fails) and is then answered as a later retry
+//! would be: never a transient "in progress" error, which clients mistook
+//! for a conflict. No HTTP here: `api::operation` shapes answers.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 /// What an operation creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +59,9 @@ struct Entry {
     op: Operation,
     fingerprint: [u8; 32],
     born: Instant,
+    /// Closed when the first attempt completes or fails (its `Pending`
+    /// holds the sender).
+    settled: watch::Receiver<()>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,8 +70,6 @@ pub enum OpError {
     InvalidId,
     #[error("operation {0} was used with a different request")]
     Conflict(String),
-    #[error("operation {0} is still being created; retry")]
-    InProgress(String),
     #[error("operation {0} has expired; its outcome is no longer known")]
     Expired(String),
     #[error("operation {0} is not known")]
@@ -78,6 +84,20 @@ pub enum Begin {
     New(Pending),
     /// The same request before: the resource it made.
     Existing(Kind, String),
+    /// The same request is being made now: wait for `Settled::wait`, then
+    /// begin again (the resource, or the id free again if it failed).
+    InFlight(Settled),
+}
+
+/// The first attempt of an operation, still creating.
+pub struct Settled(watch::Receiver<()>);
+
+impl Settled {
+    /// Returns once the first attempt has completed or failed.
+    pub async fn wait(mut self) {
+        // The sender is never used to send: `changed` ends when it is dropped.
+        while self.0.changed().await.is_ok() {}
+    }
 }
 
 #[derive(Default)]
@@ -170,7 +190,7 @@ impl Operations {
                 return Err(OpError::Conflict(id.to_string()));
             }
             return match &e.op.state {
-                State::Pending => Err(OpError::InProgress(id.to_string())),
+                State::Pending => Ok(Begin::InFlight(Settled(e.settled.clone()))),
                 State::Created(r) => Ok(Begin::Existing(e.op.kind, r.clone())),
             };
         }
@@ -180,6 +200,7 @@ impl Operations {
         if inner.live.len() >= self.cap {
             return Err(OpError::Full(self.cap));
         }
+        let (settle, settled) = watch::channel(());
         inner.live.insert(
             id.to_string(),
             Entry {
@@ -191,12 +212,14 @@ impl Operations {
                 },
                 fingerprint,
                 born: now,
+                settled,
             },
         );
         inner.order.push_back(id.to_string());
         Ok(Begin::New(Pending {
             table: self.clone(),
             id: Some(id.to_string()),
+            _settle: settle,
         }))
     }
 
@@ -218,10 +241,13 @@ impl Operations {
 }
 
 /// A begun operation. `complete` records the resource; dropped without it
-/// (the creation failed, nothing was made), the id is free again.
+/// (the creation failed, nothing was made), the id is free again. Either
+/// way, retries waiting on it are woken once the table says so (the sender
+/// is dropped after `complete`'s or `drop`'s update).
 pub struct Pending {
     table: Arc<Operations>,
     id: Option<String>,
+    _settle: watch::Sender<()>,
 }
 
 impl Pending {
@@ -258,11 +284,15 @@ mod tests {
         let Ok(Begin::New(p)) = t.begin("a", Kind::Command, f) else {
             panic!("new")
         };
-        assert_eq!(
-            t.begin("a", Kind::Command, f).err(),
-            Some(OpError::InProgress("a".into()))
-        );
+        let Ok(Begin::InFlight(w)) = t.begin("a", Kind::Command, f) else {
+            panic!("in flight")
+        };
         p.complete("cmd1".into());
+        // Settled by the completion (returns at once now).
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(w.wait());
         assert!(
             matches!(t.begin("a", Kind::Command, f), Ok(Begin::Existing(Kind::Command, r)) if r == "cmd1")
         );
@@ -279,7 +309,14 @@ mod tests {
         let Ok(Begin::New(p)) = t.begin("b", Kind::Pty, f) else {
             panic!("new")
         };
+        let Ok(Begin::InFlight(w)) = t.begin("b", Kind::Pty, f) else {
+            panic!("in flight")
+        };
         drop(p);
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(w.wait());
         assert!(matches!(t.get("b"), Err(OpError::NotFound(_))));
         let Ok(Begin::New(_p)) = t.begin("b", Kind::Pty, f) else {
             panic!("new")

@@ -1032,6 +1032,23 @@ async fn a_kernel_without_ipc_falls_back_to_tcp() {
     assert!(conn_files(&data).is_empty(), "{:?}", conn_files(&data));
 }
 
+/// Whether `pid` is a `sleep` in its terminal's foreground process group
+/// (`/proc/<pid>/stat`: pgrp and tpgid, the 3rd and 6th fields after comm).
+fn sleep_holds_its_terminal(pid: u32) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "sleep" {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    matches!((f.get(2), f.get(5)), (Some(pgrp), Some(tpgid)) if pgrp == tpgid)
+}
+
 /// Interrupting a bash context (SIGINT to bash_kernel, which passes it to
 /// its shell): the `sleep 60` stops, the run ends with an error at once,
 /// and the shell carries on with its state.
@@ -1049,6 +1066,25 @@ async fn bash_interrupt_stops_the_command_and_keeps_the_shell() {
         json!({"code": "echo started; sleep 60; echo not-interrupted", "context": {"id": id}}),
     )
     .await;
+    // bash_kernel interrupts by typing ^C into bash's terminal, which
+    // signals the terminal's foreground process group. `started` is
+    // printed before bash forks `sleep` and hands it the terminal: a ^C in
+    // between reaches bash, or a child not yet in its own group, and the
+    // `sleep` that then gets the terminal never sees it (bash waits 60 s,
+    // bash_kernel's wait for its prompt gives up, its handler fails and the
+    // run ends unanswered with the sleep alive). So interrupt once the
+    // sleep holds the terminal, as a user at a prompt would.
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while !descendants(pid)
+        .iter()
+        .any(|&p| sleep_holds_its_terminal(p))
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "the sleep never got the terminal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let r = d.delete(&format!("/code?id={id}")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let evs = s.collect().await;
@@ -1059,12 +1095,14 @@ async fn bash_interrupt_stops_the_command_and_keeps_the_shell() {
         !text_of(&evs, "stdout").contains("not-interrupted"),
         "{evs:?}"
     );
+    // bash reaps the interrupted sleep before it prints the prompt that
+    // bash_kernel waits for before answering: none is left when the run ends.
     assert!(
         !descendants(pid)
             .iter()
             .any(|p| std::fs::read_to_string(format!("/proc/{p}/comm"))
                 .is_ok_and(|c| c.trim() == "sleep")),
-        "the sleep survived the interrupt"
+        "the sleep survived the interrupt: {evs:?}"
     );
     // The next run ends too. (bash_kernel 0.10 sometimes loses track of
     // its prompt when the interrupt lands while it is busy elsewhere, under

@@ -9,21 +9,37 @@ use http::Method;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-/// Processes whose command line holds `marker`.
+/// Processes whose command line holds `marker` and whose parent's does
+/// not: the commands started, not the shell's children that are between
+/// fork and exec (they still carry the shell's command line for a moment).
 fn count_marked(marker: &str) -> usize {
-    let mut n = 0;
+    let mut marked = std::collections::HashMap::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let name = e.file_name();
-        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+        let Ok(pid) = name.to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(c) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if !c.windows(marker.len()).any(|w| w == marker.as_bytes()) {
             continue;
         }
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            if c.windows(marker.len()).any(|w| w == marker.as_bytes()) {
-                n += 1;
-            }
+        // `pid (comm) state ppid ...`; comm may hold spaces: after the last ')'.
+        let ppid = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = &s[s.rfind(')')? + 1..];
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            });
+        if let Some(ppid) = ppid {
+            marked.insert(pid, ppid);
         }
     }
-    n
+    marked
+        .values()
+        .filter(|pp| !marked.contains_key(pp))
+        .count()
 }
 
 fn marker(name: &str) -> String {
@@ -125,6 +141,48 @@ async fn a_retry_after_a_dropped_response_starts_exactly_one_process() {
     post_op(&d, "/command", "bad id!", &body)
         .await
         .assert_error(400, "INVALID_OPERATION_ID");
+    d.delete(&format!("/command?id={}", ids[0])).await;
+}
+
+/// Retries racing the first attempt (sent together, as a client whose
+/// first response is late may do) wait for its outcome: every one gets the
+/// same command, none a transient error, and one process runs.
+#[tokio::test]
+async fn retries_while_the_first_attempt_is_creating_get_its_command() {
+    let d = std::sync::Arc::new(Daemon::start());
+    let mark = marker("racing");
+    let body =
+        json!({"command": format!("sleep 300; true {mark}"), "background": true}).to_string();
+    let op = "op-racing-1";
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (d, body) = (d.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            post_op(&d, "/command", op, &body).await
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut replayed = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        if r.header("x-execd-operation-replayed") == Some("true") {
+            replayed += 1;
+        }
+        ids.push(init_id(&r));
+    }
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    assert_eq!(replayed, 7, "one attempt created, the others replayed");
+    let end = Instant::now() + Duration::from_secs(10);
+    while count_marked(&mark) == 0 {
+        assert!(Instant::now() < end, "the command never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        count_marked(&mark),
+        1,
+        "exactly one process carries the marker"
+    );
     d.delete(&format!("/command?id={}", ids[0])).await;
 }
 

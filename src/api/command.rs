@@ -150,7 +150,7 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     } else {
         StreamMode::Follow { from_eid: 0 }
     };
-    let pending = match operation::begin(&app, op.as_deref(), Kind::Command, "", &raw)? {
+    let pending = match operation::begin(&app, op.as_deref(), Kind::Command, "", &raw).await? {
         Step::Create(p) => p,
         // A retry: the command the first attempt started, its stream from
         // the start (what is still retained), as a resume would give it.

@@ -33,7 +33,6 @@ impl From<crate::operations::OpError> for ApiError {
         let (status, code) = match e {
             OpError::InvalidId => (StatusCode::BAD_REQUEST, "INVALID_OPERATION_ID"),
             OpError::Conflict(_) => (StatusCode::CONFLICT, "OPERATION_CONFLICT"),
-            OpError::InProgress(_) => (StatusCode::CONFLICT, "OPERATION_IN_PROGRESS"),
             OpError::Expired(_) => (StatusCode::GONE, "OPERATION_EXPIRED"),
             OpError::NotFound(_) => (StatusCode::NOT_FOUND, "OPERATION_NOT_FOUND"),
             OpError::Full(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_OPERATIONS"),

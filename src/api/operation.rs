@@ -34,8 +34,10 @@ pub enum Step {
 }
 
 /// Looks the operation up (or begins it). Call after the request is known
-/// valid, so an invalid one does not take the id.
-pub fn begin(
+/// valid, so an invalid one does not take the id. A retry that arrives
+/// while the first attempt is still creating waits for it: then it replays
+/// what was made, or (the first attempt failed, the id is free) creates.
+pub async fn begin(
     app: &App,
     op: Option<&str>,
     kind: Kind,
@@ -45,12 +47,13 @@ pub fn begin(
     let Some(op) = op else {
         return Ok(Step::Create(None));
     };
-    match app
-        .operations
-        .begin(op, kind, fingerprint(kind, scope, body))?
-    {
-        Begin::New(p) => Ok(Step::Create(Some(p))),
-        Begin::Existing(_, resource) => Ok(Step::Replay(resource)),
+    let fp = fingerprint(kind, scope, body);
+    loop {
+        match app.operations.begin(op, kind, fp)? {
+            Begin::New(p) => return Ok(Step::Create(Some(p))),
+            Begin::Existing(_, resource) => return Ok(Step::Replay(resource)),
+            Begin::InFlight(settled) => settled.wait().await,
+        }
     }
 }
 

@@ -80,7 +80,7 @@ pub async fn create(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         }
     };
     let spec = PtySpec { cwd, command, size };
-    let pending = match operation::begin(&app, op.as_deref(), Kind::Pty, "", &raw)? {
+    let pending = match operation::begin(&app, op.as_deref(), Kind::Pty, "", &raw).await? {
         Step::Create(p) => p,
         Step::Replay(id) => {
             return Ok(operation::replayed(json_response(

@@ -82,7 +82,7 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     };
     use super::operation::{self, Step};
     let ping = app.config.ping_interval;
-    let pending = match operation::begin(&app, op.as_deref(), Kind::SessionRun, &id, &raw)? {
+    let pending = match operation::begin(&app, op.as_deref(), Kind::SessionRun, &id, &raw).await? {
         Step::Create(p) => p,
         Step::Replay(cmd_id) => {
             let cmd = app.engine.get(&cmd_id).map_err(|_| {
