@@ -14,7 +14,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -501,13 +501,25 @@ async fn ten_thousand_idle_keepalive_connections() {
 
     drop(conns);
     d.fds_back_to(&base, Duration::from_secs(60)).await;
-    // Freed memory is handed back to the system (every few seconds).
-    let mut after_rss = 0;
-    eventually(Duration::from_secs(30), "RSS back near idle", || {
-        after_rss = d.proc_kib("VmRSS");
-        after_rss <= idle_rss + 4 * 1024
-    })
-    .await;
+    // Freed memory is handed back to the system (every few seconds): at
+    // least 90 % of what the connections took. (A fixed 4 MiB margin over
+    // idle failed once in CI with tests running beside it; alone, 2.8 MiB of
+    // the 60 stay, the rest of the heap's pages being in use.)
+    let took = open_rss.saturating_sub(idle_rss);
+    let limit = idle_rss + took / 10;
+    let end = Instant::now() + Duration::from_secs(30);
+    let after_rss = loop {
+        let after_rss = d.proc_kib("VmRSS");
+        if after_rss <= limit {
+            break after_rss;
+        }
+        assert!(
+            Instant::now() < end,
+            "RSS not back near idle: {after_rss} KiB 30 s after the connections closed; \
+             idle {idle_rss} KiB, {open_rss} KiB with them open, limit {limit} KiB"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     eprintln!(
         "{N} idle connections: execd RSS {idle_rss} KiB idle, {open_rss} KiB with them open \
          ({per_conn} bytes each), {after_rss} KiB after they closed; fds {} -> {} -> {}",
