@@ -42,6 +42,33 @@ fn curl(args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// Follows `execd_sendfile_bytes_total`: each download must grow it by
+/// exactly the file bytes it sent with sendfile.
+struct SendfileMeter<'a> {
+    base: &'a str,
+    sent: u64,
+}
+
+impl<'a> SendfileMeter<'a> {
+    fn new(base: &'a str) -> Self {
+        SendfileMeter {
+            base,
+            sent: sendfile_bytes(base),
+        }
+    }
+
+    /// Asserts that `what` sent `n` bytes with sendfile since the last look.
+    fn took(&mut self, what: &str, n: usize) {
+        let now = sendfile_bytes(self.base);
+        assert_eq!(
+            now - self.sent,
+            n as u64,
+            "{what}: bytes sent with sendfile"
+        );
+        self.sent = now;
+    }
+}
+
 /// The daemon's `execd_sendfile_bytes_total`: file bytes sent with sendfile.
 fn sendfile_bytes(base: &str) -> u64 {
     let text = String::from_utf8(curl(&[&format!("{base}/metrics?format=prometheus")])).unwrap();
@@ -64,28 +91,23 @@ async fn downloads_are_byte_exact_through_curl() {
 
     // Each download below must grow the sendfile counter by exactly the
     // file bytes it sent: it took the zero-copy path, whole.
-    let mut sent = sendfile_bytes(&base);
-    let mut by_sendfile = |what: &str, n: usize| {
-        let now = sendfile_bytes(&base);
-        assert_eq!(now - sent, n as u64, "{what}: bytes sent with sendfile");
-        sent = now;
-    };
+    let mut meter = SendfileMeter::new(&base);
 
     // Whole, written to a file by curl as a user would.
     let out = t.join("whole");
     curl(&["-o", &out, &url]);
     assert!(std::fs::read(&out).unwrap() == data, "whole file differs");
-    by_sendfile("whole file", size);
+    meter.took("whole file", size);
 
     // One range across the first frame boundary.
     let (a, b) = (16 * 1024 * 1024 - 10, 16 * 1024 * 1024 + 9);
     let part = curl(&["-H", &format!("Range: bytes={a}-{b}"), &url]);
     assert!(part == data[a..=b], "single range differs");
-    by_sendfile("single range", b - a + 1);
+    meter.took("single range", b - a + 1);
     // The last bytes (a suffix range).
     let tail = curl(&["-H", "Range: bytes=-5", &url]);
     assert!(tail == data[size - 5..], "suffix range differs");
-    by_sendfile("suffix range", 5);
+    meter.took("suffix range", 5);
 
     // Several ranges: multipart/byteranges, each part byte-exact.
     let ranges = [
@@ -116,7 +138,7 @@ async fn downloads_are_byte_exact_through_curl() {
         at = head_end + want.len();
     }
     assert!(multi[at..].ends_with(b"--\r\n"), "closing delimiter");
-    by_sendfile(
+    meter.took(
         "multipart/byteranges",
         ranges.iter().map(|(a, b)| b - a + 1).sum(),
     );
@@ -124,7 +146,7 @@ async fn downloads_are_byte_exact_through_curl() {
     // HEAD: the length, no body.
     let head = String::from_utf8(curl(&["-I", &url])).unwrap();
     assert!(head.contains(&format!("content-length: {size}")), "{head}");
-    by_sendfile("HEAD", 0);
+    meter.took("HEAD", 0);
 
     // Three downloads on one kept-alive connection (curl reuses it across
     // `--next`), a range between two whole files.
@@ -152,7 +174,7 @@ async fn downloads_are_byte_exact_through_curl() {
         "kept-alive range differs"
     );
     assert!(std::fs::read(&o3).unwrap() == data);
-    by_sendfile("kept-alive connection", 2 * size + 100);
+    meter.took("kept-alive connection", 2 * size + 100);
 
     // The agent-sandbox and sandboxd routes take the same path.
     let agent = t.join("agent");
@@ -161,21 +183,21 @@ async fn downloads_are_byte_exact_through_curl() {
         std::fs::read(&agent).unwrap() == data,
         "agent-sandbox download differs"
     );
-    by_sendfile("agent-sandbox download", size);
+    meter.took("agent-sandbox download", size);
     let sbx = curl(&[
         "-H",
         &format!("Range: bytes={a}-{b}"),
         &format!("{base}/v1/files/f.bin"),
     ]);
     assert!(sbx == data[a..=b], "sandboxd range differs");
-    by_sendfile("sandboxd range", b - a + 1);
+    meter.took("sandboxd range", b - a + 1);
     let sbx = t.join("sbx");
     curl(&["-o", &sbx, &format!("{base}/v1/files/f.bin")]);
     assert!(
         std::fs::read(&sbx).unwrap() == data,
         "sandboxd download differs"
     );
-    by_sendfile("sandboxd download", size);
+    meter.took("sandboxd download", size);
 
     // HTTP/2 (h2c): copied through user space, still exact.
     let h2 = t.join("h2");
@@ -184,7 +206,7 @@ async fn downloads_are_byte_exact_through_curl() {
         std::fs::read(&h2).unwrap() == data,
         "HTTP/2 download differs"
     );
-    by_sendfile("HTTP/2 (copied)", 0);
+    meter.took("HTTP/2 (copied)", 0);
 
     // A client that reads a little and leaves: the daemon serves on.
     let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
@@ -213,22 +235,11 @@ async fn e2b_downloads_take_the_sendfile_path() {
     let t = TempDir::new("zerocopy-e2b");
     let data = content();
     std::fs::write(t.join("f.bin"), &data).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
-    let d = Daemon::start_with(&["--e2b-port", &port], &[]);
+    let (d, e2b) = Daemon::start_with_e2b(&[]);
     let base = format!("http://{}", d.addr);
-    let url = format!("http://127.0.0.1:{port}/files?path={}", t.join("f.bin"));
+    let url = format!("http://{e2b}/files?path={}", t.join("f.bin"));
     let size = data.len();
-    let mut sent = sendfile_bytes(&base);
-    let mut by_sendfile = |what: &str, n: usize| {
-        let now = sendfile_bytes(&base);
-        assert_eq!(now - sent, n as u64, "{what}: bytes sent with sendfile");
-        sent = now;
-    };
+    let mut meter = SendfileMeter::new(&base);
 
     let out = t.join("whole");
     let head = String::from_utf8(curl(&["-D", "-", "-o", &out, &url])).unwrap();
@@ -243,22 +254,22 @@ async fn e2b_downloads_take_the_sendfile_path() {
             "{h}: {head}"
         );
     }
-    by_sendfile("e2b whole file", size);
+    meter.took("e2b whole file", size);
 
     let (a, b) = (16 * 1024 * 1024 - 10, 16 * 1024 * 1024 + 9);
     let part = curl(&["-H", &format!("Range: bytes={a}-{b}"), &url]);
     assert!(part == data[a..=b], "e2b range differs");
-    by_sendfile("e2b range", b - a + 1);
+    meter.took("e2b range", b - a + 1);
 
     let head = String::from_utf8(curl(&["-I", &url])).unwrap();
     assert!(head.contains(&format!("content-length: {size}")), "{head}");
-    by_sendfile("e2b HEAD", 0);
+    meter.took("e2b HEAD", 0);
 
     // gzip is compressed in user space: the same bytes once inflated.
     let gz = t.join("gz");
     curl(&["--compressed", "-o", &gz, &url]);
     assert!(std::fs::read(&gz).unwrap() == data, "e2b gzip differs");
-    by_sendfile("e2b gzip", 0);
+    meter.took("e2b gzip", 0);
 }
 
 /// A file cut short while it is sent: the connection ends before the

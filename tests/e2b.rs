@@ -40,16 +40,7 @@ impl Drop for TempDir {
 
 /// A daemon with the E2B port on, and that port's address.
 fn daemon(args: &[&str]) -> (Daemon, SocketAddr) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let p = port.to_string();
-    let mut all = vec!["--e2b-port", &p];
-    all.extend_from_slice(args);
-    let d = Daemon::start_with(&all, &[]);
-    (d, SocketAddr::from(([127, 0, 0, 1], port)))
+    Daemon::start_with_e2b(args)
 }
 
 struct Reply {

@@ -345,13 +345,10 @@ impl AsyncWrite for ZeroCopyIo {
         // placeholder in front goes by itself.
         match bufs.iter().position(|b| is_placeholder(b)) {
             Some(0) => this.poll_sendfile(cx, bufs[0].len()),
-            Some(i) => {
+            plain => {
                 this.plain_write();
-                Pin::new(&mut this.tcp).poll_write_vectored(cx, &bufs[..i])
-            }
-            None => {
-                this.plain_write();
-                Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
+                let end = plain.unwrap_or(bufs.len());
+                Pin::new(&mut this.tcp).poll_write_vectored(cx, &bufs[..end])
             }
         }
     }

@@ -30,6 +30,21 @@ impl Daemon {
     }
 
     /// Starts with extra flags and environment variables.
+    /// A daemon with E2B envd's port on as well (`--e2b-port`, a free one),
+    /// and that port's address.
+    pub fn start_with_e2b(args: &[&str]) -> (Daemon, SocketAddr) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = port.to_string();
+        let mut all = vec!["--e2b-port", &p];
+        all.extend_from_slice(args);
+        let d = Daemon::start_with(&all, &[]);
+        (d, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
     pub fn start_with(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
