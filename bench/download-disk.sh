@@ -10,6 +10,10 @@
 #   curl<-execd           `curl -o FILE` of /files/download from execd (sendfile, the default)
 #   curl<-execd-copy      the same with --no-sendfile (copied through user space)
 #   curl<-old             the same from OLD_EXECD_BINARY, if given (an A/B in the same run)
+#   curl<-go              `curl -o FILE` from bench/go-download (if `go` is installed): Go's
+#                         net/http ServeContent behind a writer without ReadFrom, which is
+#                         Go execd's download path (gin 1.10): 32 KiB copies, no sendfile
+#   curl<-go+sendfile     the same server letting net/http use sendfile
 #   splice<-static        bench/splice-client.py: the body goes socket -> pipe -> file with
 #   splice<-execd         splice(2), never through user space (the cheapest client possible)
 # Each line: wall time to the client's exit, the server's CPU (utime+stime from
@@ -28,6 +32,10 @@ trap '[ -n "$PID" ] && kill $PID 2>/dev/null; rm -rf "$D"' EXIT
 head -c 1073741824 /dev/urandom >"$D/src"
 cat "$D/src" >/dev/null
 TK=$(getconf CLK_TCK)
+GO=
+if command -v go >/dev/null; then
+  (cd "$HERE/go-download" && GOFLAGS=-mod=mod GOPROXY=off go build -o "$D/go-download" .) && GO=$D/go-download
+fi
 TIMEFORMAT='%3R %3U %3S'
 
 # start CMD...: runs a server that prints its port (execd: "listening on
@@ -82,6 +90,10 @@ for r in $(seq "$R"); do
   from_execd "curl<-execd" "$B" curl_o
   from_execd "curl<-execd-copy" "$B" curl_o --no-sendfile
   [ -n "$OLD" ] && from_execd "curl<-old" "$OLD" curl_o
+  if [ -n "$GO" ]; then
+    start "$GO"; timed "curl<-go" curl_o; stop
+    start "$GO" -sendfile; timed "curl<-go+sendfile" curl_o; stop
+  fi
   from_static "splice<-static" splice_o
   from_execd "splice<-execd" "$B" splice_o
 done
@@ -94,4 +106,5 @@ done <"$D/names"
 ratio() { echo "scale=2; $(med "$1") / $(med "$2")" | bc; }
 echo "curl<-execd: $(ratio "curl<-execd" cat)x cat, $(ratio "curl<-execd" "curl<-static")x the trivial server," \
   "$(ratio "curl<-execd" "curl file://")x curl file://"
+[ -n "$GO" ] && echo "curl<-execd: $(ratio "curl<-execd" "curl<-go")x Go execd's path, $(ratio "curl<-execd" "curl<-go+sendfile")x Go with sendfile"
 echo "splice<-execd: $(ratio "splice<-execd" cat)x cat, $(ratio "splice<-execd" "splice<-static")x the trivial server"

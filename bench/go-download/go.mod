@@ -1,0 +1,3 @@
+module execd-bench/go-download
+
+go 1.19
