@@ -20,6 +20,7 @@
 # /proc/PID/stat) and the client's CPU. Then the medians, and execd's ratios
 # to cat and to the trivial server with the same client. Nothing fsyncs; the
 # source stays in the page cache; every server is started fresh per download.
+# ROWS (an extended regex, e.g. ROWS='^(cat|curl<-execd|curl<-go)$') runs only the rows it matches.
 # Usage: bench/download-disk.sh EXECD_BINARY [ROUNDS] [OLD_EXECD_BINARY]
 set -euo pipefail
 B=${1:?execd binary}
@@ -58,9 +59,11 @@ ticks() { if [ -n "$PID" ]; then awk '{print $14 + $15}' "/proc/$PID/stat"; else
 key() { echo "$1" | tr -c 'A-Za-z0-9\n' _; }
 
 # timed NAME CMD...: runs CMD, checks the copy, prints and records its figures.
+want() { [ -z "${ROWS:-}" ] || echo "$1" | grep -Eq -- "$ROWS"; }
 timed() {
   local name=$1 c0 c1 t
   shift
+  want "$name" || return 0
   rm -f "$D/copy"
   sync
   c0=$(ticks)
@@ -78,8 +81,8 @@ timed() {
 url() { echo "http://127.0.0.1:$PORT/files/download?path=$D/src"; }
 curl_o() { curl -sS --fail -o "$D/copy" "$(url)"; }
 splice_o() { python3 "$HERE/splice-client.py" "$(url)" "$D/copy"; }
-from_execd() { local name=$1 bin=$2 client=$3; shift 3; start "$bin" --port 0 --bind 127.0.0.1 "$@"; timed "$name" "$client"; stop; }
-from_static() { local name=$1 client=$2; shift 2; start python3 "$HERE/static-server.py" "$@"; timed "$name" "$client"; stop; }
+from_execd() { local name=$1 bin=$2 client=$3; shift 3; want "$name" || return 0; start "$bin" --port 0 --bind 127.0.0.1 "$@"; timed "$name" "$client"; stop; }
+from_static() { local name=$1 client=$2; shift 2; want "$name" || return 0; start python3 "$HERE/static-server.py" "$@"; timed "$name" "$client"; stop; }
 
 for r in $(seq "$R"); do
   echo "round $r"
@@ -91,8 +94,8 @@ for r in $(seq "$R"); do
   from_execd "curl<-execd-copy" "$B" curl_o --no-sendfile
   [ -n "$OLD" ] && from_execd "curl<-old" "$OLD" curl_o
   if [ -n "$GO" ]; then
-    start "$GO"; timed "curl<-go" curl_o; stop
-    start "$GO" -sendfile; timed "curl<-go+sendfile" curl_o; stop
+    if want "curl<-go"; then start "$GO"; timed "curl<-go" curl_o; stop; fi
+    if want "curl<-go+sendfile"; then start "$GO" -sendfile; timed "curl<-go+sendfile" curl_o; stop; fi
   fi
   from_static "splice<-static" splice_o
   from_execd "splice<-execd" "$B" splice_o
@@ -103,7 +106,7 @@ echo "medians over $R rounds (wall, s):"
 while read -r n; do
   printf '  %-20s %6.3f\n' "$n" "$(med "$n")"
 done <"$D/names"
-ratio() { echo "scale=2; $(med "$1") / $(med "$2")" | bc; }
+ratio() { [ -s "$D/t.$(key "$1")" ] && [ -s "$D/t.$(key "$2")" ] || { echo "n/a"; return; }; echo "scale=2; $(med "$1") / $(med "$2")" | bc; }
 echo "curl<-execd: $(ratio "curl<-execd" cat)x cat, $(ratio "curl<-execd" "curl<-static")x the trivial server," \
   "$(ratio "curl<-execd" "curl file://")x curl file://"
 [ -n "$GO" ] && echo "curl<-execd: $(ratio "curl<-execd" "curl<-go")x Go execd's path, $(ratio "curl<-execd" "curl<-go+sendfile")x Go with sendfile"
