@@ -24,7 +24,7 @@ use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::command::{event_stream, validate, RunCommandRequest, StreamMode};
+use super::command::{event_stream, invalid, timeout_ms, validate, RunCommandRequest, StreamMode};
 use super::wire::{json_str, put_u64};
 use crate::api::Ctx;
 use crate::date::now_ms;
@@ -54,10 +54,6 @@ struct RunCodeRequest {
 struct CreateContextRequest {
     language: Option<String>,
     cwd: Option<String>,
-}
-
-fn invalid(msg: impl std::fmt::Display) -> ApiError {
-    ApiError::invalid_body(format!("invalid request, validation error: {msg}"))
 }
 
 /// Languages that are not kernels.
@@ -99,15 +95,7 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let cref = req.context.unwrap_or_default();
     let id = cref.id.filter(|s| !s.is_empty());
     let language = cref.language.unwrap_or_default().to_ascii_lowercase();
-    let timeout = match req.timeout {
-        None | Some(0) => None,
-        Some(t) if t < 0 => {
-            return Err(invalid(format!(
-                "'timeout' must be >= 0 milliseconds, got {t}"
-            )))
-        }
-        Some(t) => Some(Duration::from_millis(t as u64)),
-    };
+    let timeout = timeout_ms(req.timeout)?;
 
     let context = match id {
         Some(id) => app.kernels.get(&id)?,
