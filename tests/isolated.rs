@@ -61,6 +61,15 @@ async fn run_with(d: &Daemon, sid: &str, body: Value) -> Out {
     }
 }
 
+/// A daemon and a session whose workspace is a new `ws(tag)`, or `None`
+/// when isolation is unavailable.
+async fn workspace_session(tag: &str) -> Option<(Daemon, TempDir, String)> {
+    let d = daemon().await?;
+    let w = ws(tag);
+    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    Some((d, w, sid))
+}
+
 fn ws(tag: &str) -> TempDir {
     let t = TempDir::new(tag);
     std::fs::write(t.0.join("keep.txt"), "lower\n").expect("write");
@@ -189,9 +198,9 @@ async fn binds_map_source_to_dest_and_honour_readonly() {
 
 #[tokio::test]
 async fn network_is_loopback_only_unless_shared() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-net");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, w, sid)) = workspace_session("iso-net").await else {
+        return;
+    };
     let o = run(
         &d,
         &sid,
@@ -257,9 +266,9 @@ async fn host_processes_are_invisible_and_cannot_be_signalled() {
 
 #[tokio::test]
 async fn strict_drops_every_capability_and_refuses_mount_and_unshare() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-strict");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, w, sid)) = workspace_session("iso-strict").await else {
+        return;
+    };
     let o = run(
         &d,
         &sid,
@@ -422,9 +431,9 @@ async fn userns_root_holds_nothing_over_the_host() {
 
 #[tokio::test]
 async fn stdout_and_stderr_stay_apart_and_exit_codes_come_back() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-io");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, _w, sid)) = workspace_session("iso-io").await else {
+        return;
+    };
     let o = run_with(
         &d,
         &sid,
@@ -441,9 +450,9 @@ async fn stdout_and_stderr_stay_apart_and_exit_codes_come_back() {
 
 #[tokio::test]
 async fn timeout_kills_the_whole_session_side_tree() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-timeout");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, _w, sid)) = workspace_session("iso-timeout").await else {
+        return;
+    };
     let o = run_with(
         &d,
         &sid,
@@ -463,9 +472,9 @@ async fn timeout_kills_the_whole_session_side_tree() {
 
 #[tokio::test]
 async fn background_run_status_and_logs_cursor() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-bg");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, _w, sid)) = workspace_session("iso-bg").await else {
+        return;
+    };
     let r = d
         .post_json(
             &format!("/v1/isolated/session/{sid}/run"),
@@ -1067,9 +1076,9 @@ async fn pid_1_cannot_be_killed_traced_or_read_from_inside() {
 
 #[tokio::test]
 async fn strict_user_namespaces_gain_nothing() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-userns");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, w, sid)) = workspace_session("iso-userns").await else {
+        return;
+    };
     let o = run(
         &d,
         &sid,
@@ -1178,9 +1187,9 @@ fn left_behind(d: &Daemon) -> Vec<u32> {
 
 #[tokio::test]
 async fn commit_and_discard_answer_only_once_the_processes_they_end_are_gone() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-ended");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, w, sid)) = workspace_session("iso-ended").await else {
+        return;
+    };
     // Several rounds of several processes left behind, each round with a
     // change to apply (a commit with nothing to apply ends nothing).
     for round in 0..12 {
@@ -1266,9 +1275,9 @@ async fn a_killed_daemon_leaves_no_session_process_behind() {
 
 #[tokio::test]
 async fn session_code_cannot_make_pid_1_end_the_sessions_processes() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-usr1");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, w, sid)) = workspace_session("iso-usr1").await else {
+        return;
+    };
     // PID 1 ends every process on SIGUSR1, but only from outside the session.
     let o = run(
         &d,
