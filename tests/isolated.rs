@@ -12,7 +12,11 @@ use serde_json::{json, Value};
 
 /// The daemon, or `None` (after a loud message) when isolation is unavailable.
 async fn daemon() -> Option<Daemon> {
-    let d = Daemon::start();
+    daemon_with(Daemon::start()).await
+}
+
+/// `d`, or `None` (after a loud message) when isolation is unavailable.
+async fn daemon_with(d: Daemon) -> Option<Daemon> {
     let caps = d.get("/v1/isolated/capabilities").await;
     assert_eq!(caps.status, 200);
     let c = caps.json();
@@ -1302,4 +1306,277 @@ async fn session_code_cannot_make_pid_1_end_the_sessions_processes() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!present(left[0]), "commit answered while {left:?} remained");
     assert_eq!(std::fs::read_to_string(w.0.join("f.txt")).unwrap(), "x\n");
+}
+
+/// A FUSE file system served by this test, in which looking up the name
+/// `stuck` gets no answer until [`StuckFs::release`]. Once the kernel has
+/// handed such a request to the server, the process that made it waits
+/// for the answer uninterruptibly, SIGKILL or not: a real process that
+/// neither the session's PID 1 nor the kernel can end before then.
+struct StuckFs {
+    mnt: std::path::PathBuf,
+    dev: std::sync::Arc<std::fs::File>,
+    hung: std::sync::mpsc::Receiver<u64>,
+    /// The requests held unanswered.
+    held: Vec<u64>,
+    _dir: TempDir,
+}
+
+impl StuckFs {
+    /// Mounts it in a new temp dir, or `None` (after a loud message) where
+    /// FUSE is unavailable.
+    fn mount(tag: &str) -> Option<StuckFs> {
+        use nix::mount::MsFlags;
+        use std::os::fd::AsRawFd;
+        let dir = TempDir::new(tag);
+        let mnt = dir.0.join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        let skip = |why: String| {
+            eprintln!("\n!!! SKIPPED: no FUSE here to hold a process: {why} !!!\n");
+        };
+        let dev = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+        {
+            Ok(f) => std::sync::Arc::new(f),
+            Err(e) => {
+                skip(format!("/dev/fuse: {e}"));
+                return None;
+            }
+        };
+        let opts = format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+            dev.as_raw_fd()
+        );
+        if let Err(e) = nix::mount::mount(
+            Some("execd-test"),
+            &mnt,
+            Some("fuse.execd-test"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        ) {
+            skip(format!("mount: {e}"));
+            return None;
+        }
+        let (tx, hung) = std::sync::mpsc::channel();
+        let served = dev.clone();
+        std::thread::spawn(move || fuse_serve(&served, &tx));
+        Some(StuckFs {
+            mnt,
+            dev,
+            hung,
+            held: Vec::new(),
+            _dir: dir,
+        })
+    }
+
+    /// The path whose lookup gets stuck.
+    fn stuck(&self) -> String {
+        self.mnt.join("stuck").to_string_lossy().into_owned()
+    }
+
+    /// Waits until a lookup of `stuck` has reached the server (a hang guard).
+    fn wait_stuck(&mut self) {
+        let unique = self
+            .hung
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no lookup of `stuck` reached the file system");
+        self.held.push(unique);
+    }
+
+    /// Answers every held lookup (EIO): the processes waiting for them go
+    /// on, and die of the SIGKILL they hold.
+    fn release(&mut self) {
+        use std::io::Write;
+        for unique in self.held.drain(..) {
+            let mut out = Vec::with_capacity(16);
+            out.extend_from_slice(&16u32.to_ne_bytes());
+            out.extend_from_slice(&(-libc::EIO).to_ne_bytes());
+            out.extend_from_slice(&unique.to_ne_bytes());
+            let _ = (&*self.dev).write(&out);
+        }
+    }
+}
+
+impl Drop for StuckFs {
+    fn drop(&mut self) {
+        self.release();
+        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The FUSE server: an empty root directory, whose lookups fail with
+/// ENOENT, except `stuck`'s, which are held (their ids sent on `hung`).
+/// Ends when the file system goes.
+fn fuse_serve(dev: &std::fs::File, hung: &std::sync::mpsc::Sender<u64>) {
+    use std::io::{Read, Write};
+    const LOOKUP: u32 = 1;
+    const FORGET: u32 = 2;
+    const GETATTR: u32 = 3;
+    const INIT: u32 = 26;
+    const INTERRUPT: u32 = 36;
+    const BATCH_FORGET: u32 = 42;
+    let mut buf = vec![0u8; (1 << 20) + 4096];
+    loop {
+        let n = match (&*dev).read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ENOENT)) => continue,
+            Err(_) => return,
+        };
+        if n < 40 {
+            continue;
+        }
+        let word = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
+        let opcode = word(4);
+        let unique = u64::from_ne_bytes(buf[8..16].try_into().expect("8 bytes"));
+        let reply = |error: i32, body: &[u8]| {
+            let mut out = Vec::with_capacity(16 + body.len());
+            out.extend_from_slice(&(16 + body.len() as u32).to_ne_bytes());
+            out.extend_from_slice(&error.to_ne_bytes());
+            out.extend_from_slice(&unique.to_ne_bytes());
+            out.extend_from_slice(body);
+            let _ = (&*dev).write(&out);
+        };
+        match opcode {
+            INIT => {
+                // fuse_init_out: protocol 7.31, max_write 4096, time_gran 1.
+                let mut init = [0u8; 64];
+                init[0..4].copy_from_slice(&7u32.to_ne_bytes());
+                init[4..8].copy_from_slice(&31u32.to_ne_bytes());
+                init[8..12].copy_from_slice(&buf[48..52]);
+                init[20..24].copy_from_slice(&4096u32.to_ne_bytes());
+                init[24..28].copy_from_slice(&1u32.to_ne_bytes());
+                reply(0, &init);
+            }
+            LOOKUP => {
+                let name = buf[40..n].split(|b| *b == 0).next().unwrap_or_default();
+                if name == b"stuck" {
+                    let _ = hung.send(unique);
+                } else {
+                    reply(-libc::ENOENT, &[]);
+                }
+            }
+            GETATTR => {
+                // fuse_attr_out: valid 1 s; the root, a directory 0755.
+                let mut attr = [0u8; 104];
+                attr[0..8].copy_from_slice(&1u64.to_ne_bytes());
+                attr[16..24].copy_from_slice(&1u64.to_ne_bytes());
+                attr[76..80].copy_from_slice(&0o40755u32.to_ne_bytes());
+                attr[80..84].copy_from_slice(&2u32.to_ne_bytes());
+                attr[96..100].copy_from_slice(&4096u32.to_ne_bytes());
+                reply(0, &attr);
+            }
+            FORGET | BATCH_FORGET | INTERRUPT => {}
+            _ => reply(-libc::ENOSYS, &[]),
+        }
+    }
+}
+
+/// The state letter of `/proc/PID/stat` (`D`: uninterruptible).
+fn proc_state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// The daemon's descendants running `comm`.
+fn named(d: &Daemon, comm: &str) -> Vec<u32> {
+    descendants(d.pid())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
+
+/// A daemon whose isolated sessions' processes get 1 s to end, its data
+/// directory (in `t`), and a session over a new workspace (overlay, not
+/// persisted) in which a process left behind by a finished run is stuck in
+/// `fs` and a change waits to be committed.
+async fn session_with_a_stuck_process(
+    t: &TempDir,
+    fs: &mut StuckFs,
+) -> Option<(Daemon, TempDir, String)> {
+    let d = daemon_with(Daemon::start_with_data(
+        &t.0.join("data"),
+        &["--isolated-end-timeout", "1s"],
+    ))
+    .await?;
+    let w = ws("iso-stuck");
+    let sid = create(
+        &d,
+        json!({"overlays": [{"path": path(&w), "mode": "overlay", "persist": false}]}),
+    )
+    .await;
+    let code = format!(
+        "echo x > f.txt; nohup stat {} >/dev/null 2>&1 & echo started",
+        fs.stuck()
+    );
+    let o = run(&d, &sid, &code).await;
+    assert_eq!(o.stdout, "started\n", "{}", o.stderr);
+    fs.wait_stuck();
+    Some((d, w, sid))
+}
+
+/// Answers what `fs` holds and waits until every process of the daemon's
+/// sessions is gone (not even a zombie).
+async fn release_and_wait(d: &Daemon, fs: &mut StuckFs) {
+    fs.release();
+    // A hang guard, not a speed check.
+    eventually(
+        Duration::from_secs(60),
+        "the session's processes gone",
+        || descendants(d.pid()).is_empty(),
+    )
+    .await;
+}
+
+/// Neither a mount nor a directory of session `sid` is left.
+fn no_trace_of(data: &std::path::Path, sid: &str) {
+    assert!(host_mounts(sid).is_empty(), "{:?}", host_mounts(sid));
+    let dir = data.join("isolated").join(sid);
+    assert!(!dir.exists(), "{} left", dir.display());
+}
+
+/// A commit or discard whose processes cannot end in time: 500
+/// `RUNTIME_ERROR` saying so, nothing applied, the session ended (`dead`);
+/// once the process can end, everything of the session goes.
+#[tokio::test]
+async fn commit_and_discard_whose_processes_cannot_end_end_the_session() {
+    for route in ["commit", "discard"] {
+        let Some(mut fs) = StuckFs::mount("iso-fuse") else {
+            return;
+        };
+        let t = TempDir::new("iso-end");
+        let Some((d, w, sid)) = session_with_a_stuck_process(&t, &mut fs).await else {
+            return;
+        };
+        let r = d
+            .post_json(&format!("/v1/isolated/session/{sid}/{route}"), &json!({}))
+            .await;
+        r.assert_error(500, "RUNTIME_ERROR");
+        let msg = r.json()["message"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains("did not end within 1s"), "{route}: {msg}");
+        assert!(msg.contains("the session was ended"), "{route}: {msg}");
+        // The process really is beyond SIGKILL for now.
+        let stuck = named(&d, "stat");
+        assert_eq!(stuck.len(), 1, "{route}");
+        assert_eq!(proc_state(stuck[0]), Some('D'), "{route}");
+        assert!(!w.0.join("f.txt").exists(), "{route} applied a change");
+        let st = d.get(&format!("/v1/isolated/session/{sid}")).await.json();
+        assert_eq!(st["status"], "dead", "{route}: {st}");
+        release_and_wait(&d, &mut fs).await;
+        let r = d.delete(&format!("/v1/isolated/session/{sid}")).await;
+        assert_eq!(r.status, 200, "{route}: {}", r.text());
+        no_trace_of(&t.0.join("data"), &sid);
+        assert_eq!(
+            std::fs::read_to_string(w.0.join("keep.txt")).unwrap(),
+            "lower\n"
+        );
+    }
 }
