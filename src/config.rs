@@ -55,8 +55,8 @@ pub struct Config {
     pub max_sessions: usize,
     /// A session with no run for this long is deleted.
     pub session_idle_timeout: Duration,
-    /// How long an isolated session's commit or discard waits for the
-    /// session's processes to end before it answers that they did not.
+    /// How long an isolated session's commit, discard or delete waits for
+    /// the session's processes to end before it answers that they did not.
     pub isolated_end_timeout: Duration,
     /// The private data directory; None: a new one with a random name
     /// under `$TMPDIR`, made at start-up.
@@ -227,8 +227,8 @@ Options (environment variable in brackets; a flag wins over its variable):
   --max-sessions N                bash sessions at once; more get 429 (1024) [EXECD_MAX_SESSIONS]
   --session-idle-timeout D        a session with no run for this long is deleted (24h)
                                   [EXECD_SESSION_IDLE_TIMEOUT]
-  --isolated-end-timeout D        how long an isolated session's commit or discard waits for
-                                  the session's processes to end (30s)
+  --isolated-end-timeout D        how long an isolated session's commit, discard or delete waits
+                                  for the session's processes to end (30s)
                                   [EXECD_ISOLATED_END_TIMEOUT]
   --data-dir PATH                 private directory for spilled output and session state;
                                   created 0700 if missing, refused unless owned by execd's

@@ -1580,3 +1580,35 @@ async fn commit_and_discard_whose_processes_cannot_end_end_the_session() {
         );
     }
 }
+
+/// A delete whose processes cannot end in time: 500 `RUNTIME_ERROR` saying
+/// so; the session is gone all the same (404), and once the process can
+/// end, nothing of it is left.
+#[tokio::test]
+async fn a_delete_whose_processes_cannot_end_says_so() {
+    let Some(mut fs) = StuckFs::mount("iso-fuse-del") else {
+        return;
+    };
+    let t = TempDir::new("iso-end-del");
+    let Some((d, w, sid)) = session_with_a_stuck_process(&t, &mut fs).await else {
+        return;
+    };
+    let r = d.delete(&format!("/v1/isolated/session/{sid}")).await;
+    r.assert_error(500, "RUNTIME_ERROR");
+    let msg = r.json()["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("did not end within 1s"), "{msg}");
+    assert!(msg.contains("the session was removed"), "{msg}");
+    let stuck = named(&d, "stat");
+    assert_eq!(stuck.len(), 1);
+    assert_eq!(proc_state(stuck[0]), Some('D'));
+    d.get(&format!("/v1/isolated/session/{sid}"))
+        .await
+        .assert_error(404, "SESSION_NOT_FOUND");
+    assert_eq!(
+        d.get("/v1/isolated/sessions").await.json()["sessions"],
+        json!([])
+    );
+    release_and_wait(&d, &mut fs).await;
+    no_trace_of(&t.0.join("data"), &sid);
+    assert!(!w.0.join("f.txt").exists());
+}

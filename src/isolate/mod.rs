@@ -302,8 +302,8 @@ pub struct Isolated {
     hide: Vec<PathBuf>,
     exe: PathBuf,
     max: usize,
-    /// How long the session's processes may take to end (commit, discard)
-    /// before the answer says they did not.
+    /// How long the session's processes may take to end (commit, discard,
+    /// delete) before the answer says they did not.
     end_timeout: Duration,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     probe: Probe,
@@ -959,7 +959,11 @@ impl Isolated {
 
     /// Kills every process of the session, waits until they are gone (the
     /// mount namespace goes with the last of them) and removes the session's
-    /// directory (a `persist: true` upper layer is kept).
+    /// directory (a `persist: true` upper layer is kept). The session is
+    /// gone from the table either way; if its processes are not gone within
+    /// the end timeout (one the kernel cannot end yet, such as one in an
+    /// uninterruptible wait), the answer says so: they were sent SIGKILL
+    /// and go when the kernel lets them.
     pub async fn delete(&self, id: &str) -> Result<(), IsolateError> {
         let s = self
             .lock()
@@ -972,11 +976,12 @@ impl Isolated {
         };
         // SIGKILL to PID 1 ends every process of its pid namespace.
         let _ = crate::process::pidfd::send_signal(&s.init_fd, libc::SIGKILL);
-        if let Some(exit) = exit {
-            // The waiting parent exits once PID 1 and the whole namespace are
-            // reaped; bounded in case the kernel is slow to tear it down.
-            let _ = tokio::time::timeout(Duration::from_secs(30), exit).await;
-        }
+        // The waiting parent exits once PID 1 and the whole namespace are
+        // reaped (at once when it already has).
+        let ended = match exit {
+            Some(exit) => tokio::time::timeout(self.end_timeout, exit).await.is_ok(),
+            None => true,
+        };
         let runs: Vec<Arc<Command>> = s.lock().runs.clone();
         for r in runs.iter().filter(|r| r.is_running()) {
             r.kill_tree();
@@ -986,6 +991,14 @@ impl Isolated {
         let _ = tokio::task::spawn_blocking(move || remove_session_dir(&dir, !keep)).await;
         if keep {
             tracing::info!(session = %id, dir = %s.dir.display(), "persistent upper layers kept");
+        }
+        if !ended {
+            tracing::warn!(session = %id, "isolated session removed; its processes did not end");
+            return Err(IsolateError::NotEnded(
+                s.id.clone(),
+                self.end_timeout,
+                "the session was removed and its processes go when the kernel lets them",
+            ));
         }
         tracing::info!(session = %id, "isolated session destroyed");
         Ok(())
