@@ -74,6 +74,15 @@ async fn workspace_session(tag: &str) -> Option<(Daemon, TempDir, String)> {
     Some((d, w, sid))
 }
 
+/// A session over workspace `w` with `profile`.
+async fn profile_session(d: &Daemon, w: &TempDir, profile: &str) -> String {
+    create(
+        d,
+        json!({"workspace": {"path": path(w)}, "profile": profile}),
+    )
+    .await
+}
+
 fn ws(tag: &str) -> TempDir {
     let t = TempDir::new(tag);
     std::fs::write(t.0.join("keep.txt"), "lower\n").expect("write");
@@ -239,11 +248,7 @@ async fn host_processes_are_invisible_and_cannot_be_signalled() {
     let host = d.start_sleeper().await;
     let w = ws("iso-pid");
     for profile in ["strict", "balanced"] {
-        let sid = create(
-            &d,
-            json!({"workspace": {"path": path(&w)}, "profile": profile}),
-        )
-        .await;
+        let sid = profile_session(&d, &w, profile).await;
         let o = run(
             &d,
             &sid,
@@ -302,11 +307,7 @@ async fn strict_drops_every_capability_and_refuses_mount_and_unshare() {
         assert_ne!(o.code, 0, "{attempt} succeeded: {}", o.stdout);
     }
     // balanced keeps root's file capabilities but not the mount ones.
-    let sid = create(
-        &d,
-        json!({"workspace": {"path": path(&w)}, "profile": "balanced"}),
-    )
-    .await;
+    let sid = profile_session(&d, &w, "balanced").await;
     let o = run(
         &d,
         &sid,
@@ -409,11 +410,7 @@ async fn userns_root_holds_nothing_over_the_host() {
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("chmod");
     // setpriv root under the balanced profile keeps DAC override: it reads it.
-    let plain = create(
-        &d,
-        json!({"workspace": {"path": path(&w)}, "profile": "balanced"}),
-    )
-    .await;
+    let plain = profile_session(&d, &w, "balanced").await;
     let o = run(&d, &plain, "cat secret").await;
     assert_eq!(o.stdout, "s3cret\n", "{}", o.stderr);
     // The same run in a user namespace: root there, nobody special here.
@@ -1050,11 +1047,7 @@ async fn pid_1_cannot_be_killed_traced_or_read_from_inside() {
     let Some(d) = daemon().await else { return };
     let w = ws("iso-pid1");
     for profile in ["strict", "balanced"] {
-        let sid = create(
-            &d,
-            json!({"workspace": {"path": path(&w)}, "profile": profile}),
-        )
-        .await;
+        let sid = profile_session(&d, &w, profile).await;
         let o = run(
             &d,
             &sid,
