@@ -400,18 +400,25 @@ fn terminal(buf: &mut BytesMut, f: &Finished, eid: u64) {
 
 /// `DELETE /command?id=`: SIGTERM to the group, SIGKILL after the grace period.
 pub async fn interrupt(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let q = ctx.query();
-    let id = q
+    interrupt_command(&ctx.app, &id_query(&ctx)?)?;
+    Ok(ok_empty())
+}
+
+/// The non-empty `id` query parameter.
+pub(super) fn id_query(ctx: &Ctx) -> Result<String, ApiError> {
+    ctx.query()
         .get("id")
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::missing_query("id"))?;
-    // A code run's id: its kernel is interrupted.
-    if let Some(r) = ctx.app.kernels.interrupt_run(id) {
-        r?;
-        return Ok(ok_empty());
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::missing_query("id"))
+}
+
+/// Interrupts the command `id`, or the code run of that id (its kernel).
+pub(super) fn interrupt_command(app: &crate::api::App, id: &str) -> Result<(), ApiError> {
+    match app.kernels.interrupt_run(id) {
+        Some(r) => Ok(r?),
+        None => Ok(app.engine.interrupt(id)?),
     }
-    ctx.app.engine.interrupt(id)?;
-    Ok(ok_empty())
 }
 
 /// `GET /command/status/{id}`.
