@@ -1487,6 +1487,34 @@ fn named(d: &Daemon, comm: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The stuck process is there, sent SIGKILL and waiting uninterruptibly
+/// (it gets there as soon as it is scheduled after the signal).
+async fn held_in_the_kernel(d: &Daemon) {
+    let stuck = named(d, "stat");
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    eventually(
+        Duration::from_secs(60),
+        "the stuck process in D state",
+        || proc_state(stuck[0]) == Some('D'),
+    )
+    .await;
+    // SigPnd (the thread's) or ShdPnd (the process's) holds SIGKILL.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", stuck[0])).unwrap_or_default();
+    let pending = status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .fold(0, |a, b| a | b);
+    assert_ne!(
+        pending & (1 << (libc::SIGKILL - 1)),
+        0,
+        "no SIGKILL pending: {status}"
+    );
+}
+
 /// A daemon whose isolated sessions' processes get 1 s to end, its data
 /// directory (in `t`), and a session over a new workspace (overlay, not
 /// persisted) in which a process left behind by a finished run is stuck in
@@ -1557,9 +1585,7 @@ async fn commit_and_discard_whose_processes_cannot_end_end_the_session() {
         assert!(msg.contains("did not end within 1s"), "{route}: {msg}");
         assert!(msg.contains("the session was ended"), "{route}: {msg}");
         // The process really is beyond SIGKILL for now.
-        let stuck = named(&d, "stat");
-        assert_eq!(stuck.len(), 1, "{route}");
-        assert_eq!(proc_state(stuck[0]), Some('D'), "{route}");
+        held_in_the_kernel(&d).await;
         assert!(!w.0.join("f.txt").exists(), "{route} applied a change");
         let st = d.get(&format!("/v1/isolated/session/{sid}")).await.json();
         assert_eq!(st["status"], "dead", "{route}: {st}");
@@ -1591,9 +1617,7 @@ async fn a_delete_whose_processes_cannot_end_says_so() {
     let msg = r.json()["message"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("did not end within 1s"), "{msg}");
     assert!(msg.contains("the session was removed"), "{msg}");
-    let stuck = named(&d, "stat");
-    assert_eq!(stuck.len(), 1);
-    assert_eq!(proc_state(stuck[0]), Some('D'));
+    held_in_the_kernel(&d).await;
     d.get(&format!("/v1/isolated/session/{sid}"))
         .await
         .assert_error(404, "SESSION_NOT_FOUND");
