@@ -62,7 +62,11 @@ impl App {
         let runtime = Arc::new(crate::runtime::Runtime::new(config.runtime_init));
         let operations =
             crate::operations::Operations::new(config.max_operations, config.operation_ttl);
-        let isolated = crate::isolate::Isolated::new(engine.clone(), engine.config().max_sessions);
+        let isolated = crate::isolate::Isolated::new(
+            engine.clone(),
+            engine.config().max_sessions,
+            config.isolated_end_timeout,
+        );
         Arc::new(App {
             watches,
             operations,

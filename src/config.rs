@@ -55,6 +55,9 @@ pub struct Config {
     pub max_sessions: usize,
     /// A session with no run for this long is deleted.
     pub session_idle_timeout: Duration,
+    /// How long an isolated session's commit, discard or delete waits for
+    /// the session's processes to end before it answers that they did not.
+    pub isolated_end_timeout: Duration,
     /// The private data directory; None: a new one with a random name
     /// under `$TMPDIR`, made at start-up.
     pub data_dir: Option<PathBuf>,
@@ -145,6 +148,7 @@ impl Default for Config {
             max_running: 4096,
             max_sessions: 1024,
             session_idle_timeout: Duration::from_secs(24 * 3600),
+            isolated_end_timeout: Duration::from_secs(30),
             data_dir: None,
             drain_timeout: Duration::from_millis(250),
             header_timeout: Duration::from_secs(30),
@@ -223,6 +227,9 @@ Options (environment variable in brackets; a flag wins over its variable):
   --max-sessions N                bash sessions at once; more get 429 (1024) [EXECD_MAX_SESSIONS]
   --session-idle-timeout D        a session with no run for this long is deleted (24h)
                                   [EXECD_SESSION_IDLE_TIMEOUT]
+  --isolated-end-timeout D        how long an isolated session's commit, discard or delete waits
+                                  for the session's processes to end (30s)
+                                  [EXECD_ISOLATED_END_TIMEOUT]
   --data-dir PATH                 private directory for spilled output and session state;
                                   created 0700 if missing, refused unless owned by execd's
                                   uid with mode 0700 (a new $TMPDIR/execd-XXXXXX) [EXECD_DATA_DIR]
@@ -350,6 +357,10 @@ pub fn parse(
         c.session_idle_timeout =
             duration(&v).map_err(|e| format!("EXECD_SESSION_IDLE_TIMEOUT: {e}"))?;
     }
+    if let Some(v) = env("EXECD_ISOLATED_END_TIMEOUT").filter(|v| !v.is_empty()) {
+        c.isolated_end_timeout =
+            positive(duration(&v)).map_err(|e| format!("EXECD_ISOLATED_END_TIMEOUT: {e}"))?;
+    }
     if let Some(v) = env("EXECD_DATA_DIR").filter(|v| !v.is_empty()) {
         c.data_dir = Some(v.into());
     }
@@ -449,6 +460,10 @@ pub fn parse(
             Long("session-idle-timeout") => {
                 c.session_idle_timeout = duration(&value(&mut p, "session-idle-timeout")?)?
                     .max(Duration::from_millis(10))
+            }
+            Long("isolated-end-timeout") => {
+                c.isolated_end_timeout =
+                    positive(duration(&value(&mut p, "isolated-end-timeout")?))?
             }
             Long("data-dir") => c.data_dir = Some(value(&mut p, "data-dir")?.into()),
             Long("drain-timeout") => c.drain_timeout = duration(&value(&mut p, "drain-timeout")?)?,
@@ -976,6 +991,21 @@ mod tests {
         let c = run(&[], &[("EXECD_E2B_WATCHER_IDLE", "1m")]).unwrap();
         assert_eq!(c.e2b_watcher_idle, Duration::from_secs(60));
         assert!(run(&["--e2b-watcher-idle", "0"], &[]).is_err());
+    }
+
+    #[test]
+    fn isolated_end_timeout() {
+        let c = run(&[], &[]).unwrap();
+        assert_eq!(c.isolated_end_timeout, Duration::from_secs(30));
+        let env = [("EXECD_ISOLATED_END_TIMEOUT", "2m")];
+        assert_eq!(
+            run(&[], &env).unwrap().isolated_end_timeout,
+            Duration::from_secs(120)
+        );
+        let c = run(&["--isolated-end-timeout", "500ms"], &env).unwrap();
+        assert_eq!(c.isolated_end_timeout, Duration::from_millis(500));
+        assert!(run(&["--isolated-end-timeout", "0"], &[]).is_err());
+        assert!(run(&[], &[("EXECD_ISOLATED_END_TIMEOUT", "soon")]).is_err());
     }
 
     #[test]

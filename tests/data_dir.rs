@@ -202,7 +202,7 @@ async fn a_data_dir_not_private_to_execd_is_refused_at_start_up() {
 
     // Missing: made, 0700.
     let new = t.0.join("new/data");
-    let d = Daemon::start_with(&["--data-dir", new.to_str().unwrap()], &[]);
+    let d = Daemon::start_with_data(&new, &[]);
     assert_eq!(d.get("/ping").await.status, 200);
     let m = std::fs::metadata(&new).unwrap();
     assert_eq!((m.mode() & 0o7777, m.uid()), (0o700, euid()));
@@ -220,19 +220,10 @@ async fn a_spill_never_writes_through_a_planted_name() {
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::create_dir(&data).unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let d = Daemon::start_with(
-        &[
-            "--output-window",
-            "16KiB",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let evs = d
-        .run(json!({"command": "read x; seq 1 50000", "stdin": true, "background": true}))
+    let d = Daemon::start_with_data(&data, &["--output-window", "16KiB"]);
+    let id = d
+        .start_background(json!({"command": "read x; seq 1 50000", "stdin": true}))
         .await;
-    let id = evs[0]["text"].as_str().unwrap().to_string();
     std::os::unix::fs::symlink(&victim, data.join(format!("{id}.0"))).unwrap();
     let r = d
         .request(

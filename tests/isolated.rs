@@ -12,7 +12,11 @@ use serde_json::{json, Value};
 
 /// The daemon, or `None` (after a loud message) when isolation is unavailable.
 async fn daemon() -> Option<Daemon> {
-    let d = Daemon::start();
+    daemon_with(Daemon::start()).await
+}
+
+/// `d`, or `None` (after a loud message) when isolation is unavailable.
+async fn daemon_with(d: Daemon) -> Option<Daemon> {
     let caps = d.get("/v1/isolated/capabilities").await;
     assert_eq!(caps.status, 200);
     let c = caps.json();
@@ -59,6 +63,24 @@ async fn run_with(d: &Daemon, sid: &str, body: Value) -> Out {
         code: t["exit_code"].as_i64().expect("exit_code"),
         events,
     }
+}
+
+/// A daemon and a session whose workspace is a new `ws(tag)`, or `None`
+/// when isolation is unavailable.
+async fn workspace_session(tag: &str) -> Option<(Daemon, TempDir, String)> {
+    let d = daemon().await?;
+    let w = ws(tag);
+    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    Some((d, w, sid))
+}
+
+/// A session over workspace `w` with `profile`.
+async fn profile_session(d: &Daemon, w: &TempDir, profile: &str) -> String {
+    create(
+        d,
+        json!({"workspace": {"path": path(w)}, "profile": profile}),
+    )
+    .await
 }
 
 fn ws(tag: &str) -> TempDir {
@@ -189,9 +211,9 @@ async fn binds_map_source_to_dest_and_honour_readonly() {
 
 #[tokio::test]
 async fn network_is_loopback_only_unless_shared() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-net");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, w, sid)) = workspace_session("iso-net").await else {
+        return;
+    };
     let o = run(
         &d,
         &sid,
@@ -226,11 +248,7 @@ async fn host_processes_are_invisible_and_cannot_be_signalled() {
     let host = d.start_sleeper().await;
     let w = ws("iso-pid");
     for profile in ["strict", "balanced"] {
-        let sid = create(
-            &d,
-            json!({"workspace": {"path": path(&w)}, "profile": profile}),
-        )
-        .await;
+        let sid = profile_session(&d, &w, profile).await;
         let o = run(
             &d,
             &sid,
@@ -257,9 +275,9 @@ async fn host_processes_are_invisible_and_cannot_be_signalled() {
 
 #[tokio::test]
 async fn strict_drops_every_capability_and_refuses_mount_and_unshare() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-strict");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, w, sid)) = workspace_session("iso-strict").await else {
+        return;
+    };
     let o = run(
         &d,
         &sid,
@@ -289,11 +307,7 @@ async fn strict_drops_every_capability_and_refuses_mount_and_unshare() {
         assert_ne!(o.code, 0, "{attempt} succeeded: {}", o.stdout);
     }
     // balanced keeps root's file capabilities but not the mount ones.
-    let sid = create(
-        &d,
-        json!({"workspace": {"path": path(&w)}, "profile": "balanced"}),
-    )
-    .await;
+    let sid = profile_session(&d, &w, "balanced").await;
     let o = run(
         &d,
         &sid,
@@ -396,11 +410,7 @@ async fn userns_root_holds_nothing_over_the_host() {
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("chmod");
     // setpriv root under the balanced profile keeps DAC override: it reads it.
-    let plain = create(
-        &d,
-        json!({"workspace": {"path": path(&w)}, "profile": "balanced"}),
-    )
-    .await;
+    let plain = profile_session(&d, &w, "balanced").await;
     let o = run(&d, &plain, "cat secret").await;
     assert_eq!(o.stdout, "s3cret\n", "{}", o.stderr);
     // The same run in a user namespace: root there, nobody special here.
@@ -422,9 +432,9 @@ async fn userns_root_holds_nothing_over_the_host() {
 
 #[tokio::test]
 async fn stdout_and_stderr_stay_apart_and_exit_codes_come_back() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-io");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, _w, sid)) = workspace_session("iso-io").await else {
+        return;
+    };
     let o = run_with(
         &d,
         &sid,
@@ -441,9 +451,9 @@ async fn stdout_and_stderr_stay_apart_and_exit_codes_come_back() {
 
 #[tokio::test]
 async fn timeout_kills_the_whole_session_side_tree() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-timeout");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, _w, sid)) = workspace_session("iso-timeout").await else {
+        return;
+    };
     let o = run_with(
         &d,
         &sid,
@@ -463,9 +473,9 @@ async fn timeout_kills_the_whole_session_side_tree() {
 
 #[tokio::test]
 async fn background_run_status_and_logs_cursor() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-bg");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, _w, sid)) = workspace_session("iso-bg").await else {
+        return;
+    };
     let r = d
         .post_json(
             &format!("/v1/isolated/session/{sid}/run"),
@@ -1037,11 +1047,7 @@ async fn pid_1_cannot_be_killed_traced_or_read_from_inside() {
     let Some(d) = daemon().await else { return };
     let w = ws("iso-pid1");
     for profile in ["strict", "balanced"] {
-        let sid = create(
-            &d,
-            json!({"workspace": {"path": path(&w)}, "profile": profile}),
-        )
-        .await;
+        let sid = profile_session(&d, &w, profile).await;
         let o = run(
             &d,
             &sid,
@@ -1067,9 +1073,9 @@ async fn pid_1_cannot_be_killed_traced_or_read_from_inside() {
 
 #[tokio::test]
 async fn strict_user_namespaces_gain_nothing() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-userns");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, w, sid)) = workspace_session("iso-userns").await else {
+        return;
+    };
     let o = run(
         &d,
         &sid,
@@ -1178,9 +1184,9 @@ fn left_behind(d: &Daemon) -> Vec<u32> {
 
 #[tokio::test]
 async fn commit_and_discard_answer_only_once_the_processes_they_end_are_gone() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-ended");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, w, sid)) = workspace_session("iso-ended").await else {
+        return;
+    };
     // Several rounds of several processes left behind, each round with a
     // change to apply (a commit with nothing to apply ends nothing).
     for round in 0..12 {
@@ -1266,9 +1272,9 @@ async fn a_killed_daemon_leaves_no_session_process_behind() {
 
 #[tokio::test]
 async fn session_code_cannot_make_pid_1_end_the_sessions_processes() {
-    let Some(d) = daemon().await else { return };
-    let w = ws("iso-usr1");
-    let sid = create(&d, json!({"workspace": {"path": path(&w)}})).await;
+    let Some((d, w, sid)) = workspace_session("iso-usr1").await else {
+        return;
+    };
     // PID 1 ends every process on SIGUSR1, but only from outside the session.
     let o = run(
         &d,
@@ -1293,4 +1299,333 @@ async fn session_code_cannot_make_pid_1_end_the_sessions_processes() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!present(left[0]), "commit answered while {left:?} remained");
     assert_eq!(std::fs::read_to_string(w.0.join("f.txt")).unwrap(), "x\n");
+}
+
+/// A FUSE file system served by this test, in which looking up the name
+/// `stuck` gets no answer until [`StuckFs::release`]. Once the kernel has
+/// handed such a request to the server, the process that made it waits
+/// for the answer uninterruptibly, SIGKILL or not: a real process that
+/// neither the session's PID 1 nor the kernel can end before then.
+struct StuckFs {
+    mnt: std::path::PathBuf,
+    dev: std::sync::Arc<std::fs::File>,
+    hung: std::sync::mpsc::Receiver<u64>,
+    /// The requests held unanswered.
+    held: Vec<u64>,
+    _dir: TempDir,
+}
+
+impl StuckFs {
+    /// Mounts it in a new temp dir, or `None` (after a loud message) where
+    /// FUSE is unavailable.
+    fn mount(tag: &str) -> Option<StuckFs> {
+        use nix::mount::MsFlags;
+        use std::os::fd::AsRawFd;
+        let dir = TempDir::new(tag);
+        let mnt = dir.0.join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        let skip = |why: String| {
+            eprintln!("\n!!! SKIPPED: no FUSE here to hold a process: {why} !!!\n");
+        };
+        let dev = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+        {
+            Ok(f) => std::sync::Arc::new(f),
+            Err(e) => {
+                skip(format!("/dev/fuse: {e}"));
+                return None;
+            }
+        };
+        let opts = format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+            dev.as_raw_fd()
+        );
+        if let Err(e) = nix::mount::mount(
+            Some("execd-test"),
+            &mnt,
+            Some("fuse.execd-test"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        ) {
+            skip(format!("mount: {e}"));
+            return None;
+        }
+        let (tx, hung) = std::sync::mpsc::channel();
+        let served = dev.clone();
+        std::thread::spawn(move || fuse_serve(&served, &tx));
+        Some(StuckFs {
+            mnt,
+            dev,
+            hung,
+            held: Vec::new(),
+            _dir: dir,
+        })
+    }
+
+    /// The path whose lookup gets stuck.
+    fn stuck(&self) -> String {
+        self.mnt.join("stuck").to_string_lossy().into_owned()
+    }
+
+    /// Waits until a lookup of `stuck` has reached the server (a hang guard).
+    fn wait_stuck(&mut self) {
+        let unique = self
+            .hung
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no lookup of `stuck` reached the file system");
+        self.held.push(unique);
+    }
+
+    /// Answers every held lookup (EIO): the processes waiting for them go
+    /// on, and die of the SIGKILL they hold.
+    fn release(&mut self) {
+        use std::io::Write;
+        for unique in self.held.drain(..) {
+            let mut out = Vec::with_capacity(16);
+            out.extend_from_slice(&16u32.to_ne_bytes());
+            out.extend_from_slice(&(-libc::EIO).to_ne_bytes());
+            out.extend_from_slice(&unique.to_ne_bytes());
+            let _ = (&*self.dev).write(&out);
+        }
+    }
+}
+
+impl Drop for StuckFs {
+    fn drop(&mut self) {
+        self.release();
+        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The FUSE server: an empty root directory, whose lookups fail with
+/// ENOENT, except `stuck`'s, which are held (their ids sent on `hung`).
+/// Ends when the file system goes.
+fn fuse_serve(dev: &std::fs::File, hung: &std::sync::mpsc::Sender<u64>) {
+    use std::io::{Read, Write};
+    const LOOKUP: u32 = 1;
+    const FORGET: u32 = 2;
+    const GETATTR: u32 = 3;
+    const INIT: u32 = 26;
+    const INTERRUPT: u32 = 36;
+    const BATCH_FORGET: u32 = 42;
+    let mut buf = vec![0u8; (1 << 20) + 4096];
+    loop {
+        let n = match (&*dev).read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ENOENT)) => continue,
+            Err(_) => return,
+        };
+        if n < 40 {
+            continue;
+        }
+        let word = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
+        let opcode = word(4);
+        let unique = u64::from_ne_bytes(buf[8..16].try_into().expect("8 bytes"));
+        let reply = |error: i32, body: &[u8]| {
+            let mut out = Vec::with_capacity(16 + body.len());
+            out.extend_from_slice(&(16 + body.len() as u32).to_ne_bytes());
+            out.extend_from_slice(&error.to_ne_bytes());
+            out.extend_from_slice(&unique.to_ne_bytes());
+            out.extend_from_slice(body);
+            let _ = (&*dev).write(&out);
+        };
+        match opcode {
+            INIT => {
+                // fuse_init_out: protocol 7.31, max_write 4096, time_gran 1.
+                let mut init = [0u8; 64];
+                init[0..4].copy_from_slice(&7u32.to_ne_bytes());
+                init[4..8].copy_from_slice(&31u32.to_ne_bytes());
+                init[8..12].copy_from_slice(&buf[48..52]);
+                init[20..24].copy_from_slice(&4096u32.to_ne_bytes());
+                init[24..28].copy_from_slice(&1u32.to_ne_bytes());
+                reply(0, &init);
+            }
+            LOOKUP => {
+                let name = buf[40..n].split(|b| *b == 0).next().unwrap_or_default();
+                if name == b"stuck" {
+                    let _ = hung.send(unique);
+                } else {
+                    reply(-libc::ENOENT, &[]);
+                }
+            }
+            GETATTR => {
+                // fuse_attr_out: valid 1 s; the root, a directory 0755.
+                let mut attr = [0u8; 104];
+                attr[0..8].copy_from_slice(&1u64.to_ne_bytes());
+                attr[16..24].copy_from_slice(&1u64.to_ne_bytes());
+                attr[76..80].copy_from_slice(&0o40755u32.to_ne_bytes());
+                attr[80..84].copy_from_slice(&2u32.to_ne_bytes());
+                attr[96..100].copy_from_slice(&4096u32.to_ne_bytes());
+                reply(0, &attr);
+            }
+            FORGET | BATCH_FORGET | INTERRUPT => {}
+            _ => reply(-libc::ENOSYS, &[]),
+        }
+    }
+}
+
+/// The state letter of `/proc/PID/stat` (`D`: uninterruptible).
+fn proc_state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// The daemon's descendants running `comm`.
+fn named(d: &Daemon, comm: &str) -> Vec<u32> {
+    descendants(d.pid())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
+
+/// The stuck process is there, sent SIGKILL and waiting uninterruptibly
+/// (it gets there as soon as it is scheduled after the signal).
+async fn held_in_the_kernel(d: &Daemon) {
+    let stuck = named(d, "stat");
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    eventually(
+        Duration::from_secs(60),
+        "the stuck process in D state",
+        || proc_state(stuck[0]) == Some('D'),
+    )
+    .await;
+    // SigPnd (the thread's) or ShdPnd (the process's) holds SIGKILL.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", stuck[0])).unwrap_or_default();
+    let pending = status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .fold(0, |a, b| a | b);
+    assert_ne!(
+        pending & (1 << (libc::SIGKILL - 1)),
+        0,
+        "no SIGKILL pending: {status}"
+    );
+}
+
+/// A daemon whose isolated sessions' processes get 1 s to end, its data
+/// directory (in `t`), and a session over a new workspace (overlay, not
+/// persisted) in which a process left behind by a finished run is stuck in
+/// `fs` and a change waits to be committed.
+async fn session_with_a_stuck_process(
+    t: &TempDir,
+    fs: &mut StuckFs,
+) -> Option<(Daemon, TempDir, String)> {
+    let d = daemon_with(Daemon::start_with_data(
+        &t.0.join("data"),
+        &["--isolated-end-timeout", "1s"],
+    ))
+    .await?;
+    let w = ws("iso-stuck");
+    let sid = create(
+        &d,
+        json!({"overlays": [{"path": path(&w), "mode": "overlay", "persist": false}]}),
+    )
+    .await;
+    let code = format!(
+        "echo x > f.txt; nohup stat {} >/dev/null 2>&1 & echo started",
+        fs.stuck()
+    );
+    let o = run(&d, &sid, &code).await;
+    assert_eq!(o.stdout, "started\n", "{}", o.stderr);
+    fs.wait_stuck();
+    Some((d, w, sid))
+}
+
+/// Answers what `fs` holds and waits until every process of the daemon's
+/// sessions is gone (not even a zombie).
+async fn release_and_wait(d: &Daemon, fs: &mut StuckFs) {
+    fs.release();
+    // A hang guard, not a speed check.
+    eventually(
+        Duration::from_secs(60),
+        "the session's processes gone",
+        || descendants(d.pid()).is_empty(),
+    )
+    .await;
+}
+
+/// Neither a mount nor a directory of session `sid` is left.
+fn no_trace_of(data: &std::path::Path, sid: &str) {
+    assert!(host_mounts(sid).is_empty(), "{:?}", host_mounts(sid));
+    let dir = data.join("isolated").join(sid);
+    assert!(!dir.exists(), "{} left", dir.display());
+}
+
+/// A commit or discard whose processes cannot end in time: 500
+/// `RUNTIME_ERROR` saying so, nothing applied, the session ended (`dead`);
+/// once the process can end, everything of the session goes.
+#[tokio::test]
+async fn commit_and_discard_whose_processes_cannot_end_end_the_session() {
+    for route in ["commit", "discard"] {
+        let Some(mut fs) = StuckFs::mount("iso-fuse") else {
+            return;
+        };
+        let t = TempDir::new("iso-end");
+        let Some((d, w, sid)) = session_with_a_stuck_process(&t, &mut fs).await else {
+            return;
+        };
+        let r = d
+            .post_json(&format!("/v1/isolated/session/{sid}/{route}"), &json!({}))
+            .await;
+        r.assert_error(500, "RUNTIME_ERROR");
+        let msg = r.json()["message"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains("did not end within 1s"), "{route}: {msg}");
+        assert!(msg.contains("the session was ended"), "{route}: {msg}");
+        // The process really is beyond SIGKILL for now.
+        held_in_the_kernel(&d).await;
+        assert!(!w.0.join("f.txt").exists(), "{route} applied a change");
+        let st = d.get(&format!("/v1/isolated/session/{sid}")).await.json();
+        assert_eq!(st["status"], "dead", "{route}: {st}");
+        release_and_wait(&d, &mut fs).await;
+        let r = d.delete(&format!("/v1/isolated/session/{sid}")).await;
+        assert_eq!(r.status, 200, "{route}: {}", r.text());
+        no_trace_of(&t.0.join("data"), &sid);
+        assert_eq!(
+            std::fs::read_to_string(w.0.join("keep.txt")).unwrap(),
+            "lower\n"
+        );
+    }
+}
+
+/// A delete whose processes cannot end in time: 500 `RUNTIME_ERROR` saying
+/// so; the session is gone all the same (404), and once the process can
+/// end, nothing of it is left.
+#[tokio::test]
+async fn a_delete_whose_processes_cannot_end_says_so() {
+    let Some(mut fs) = StuckFs::mount("iso-fuse-del") else {
+        return;
+    };
+    let t = TempDir::new("iso-end-del");
+    let Some((d, w, sid)) = session_with_a_stuck_process(&t, &mut fs).await else {
+        return;
+    };
+    let r = d.delete(&format!("/v1/isolated/session/{sid}")).await;
+    r.assert_error(500, "RUNTIME_ERROR");
+    let msg = r.json()["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("did not end within 1s"), "{msg}");
+    assert!(msg.contains("the session was removed"), "{msg}");
+    held_in_the_kernel(&d).await;
+    d.get(&format!("/v1/isolated/session/{sid}"))
+        .await
+        .assert_error(404, "SESSION_NOT_FOUND");
+    assert_eq!(
+        d.get("/v1/isolated/sessions").await.json()["sessions"],
+        json!([])
+    );
+    release_and_wait(&d, &mut fs).await;
+    no_trace_of(&t.0.join("data"), &sid);
+    assert!(!w.0.join("f.txt").exists());
 }

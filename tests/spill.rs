@@ -22,19 +22,10 @@ async fn a_spill_larger_than_memory_replays_exactly() {
     const N: u32 = 200_000;
     let t = TempDir::new("spill");
     let data = t.0.join("data");
-    let d = Daemon::start_with(
-        &[
-            "--output-window",
-            "16KiB",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let evs = d
-        .run(json!({"command": format!("seq 1 {N}"), "background": true}))
+    let d = Daemon::start_with_data(&data, &["--output-window", "16KiB"]);
+    let id = d
+        .start_background(json!({"command": format!("seq 1 {N}")}))
         .await;
-    let id = evs[0]["text"].as_str().unwrap().to_string();
     let st = d.wait_finished(&id, Duration::from_secs(60)).await;
     let expect = seq(N);
     assert_eq!(st["output_bytes"], expect.len(), "{st}");
@@ -90,21 +81,11 @@ async fn a_spill_larger_than_memory_replays_exactly() {
 async fn a_capped_spill_reports_its_gap() {
     let t = TempDir::new("spill-cap");
     let data = t.0.join("data");
-    let d = Daemon::start_with(
-        &[
-            "--output-window",
-            "16KiB",
-            "--spill-cap",
-            "128KiB",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
+    let d = Daemon::start_with_data(
+        &data,
+        &["--output-window", "16KiB", "--spill-cap", "128KiB"],
     );
-    let evs = d
-        .run(json!({"command": "seq 1 200000", "background": true}))
-        .await;
-    let id = evs[0]["text"].as_str().unwrap().to_string();
+    let id = d.start_background(json!({"command": "seq 1 200000"})).await;
     let st = d.wait_finished(&id, Duration::from_secs(60)).await;
     let expect = seq(200_000);
     let dropped = st["dropped_bytes"].as_u64().unwrap();

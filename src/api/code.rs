@@ -24,7 +24,10 @@ use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::command::{event_stream, validate, RunCommandRequest, StreamMode};
+use super::command::{
+    event_stream, id_query, interrupt_command, invalid, timeout_ms, validate, RunCommandRequest,
+    StreamMode,
+};
 use super::wire::{json_str, put_u64};
 use crate::api::Ctx;
 use crate::date::now_ms;
@@ -54,10 +57,6 @@ struct RunCodeRequest {
 struct CreateContextRequest {
     language: Option<String>,
     cwd: Option<String>,
-}
-
-fn invalid(msg: impl std::fmt::Display) -> ApiError {
-    ApiError::invalid_body(format!("invalid request, validation error: {msg}"))
 }
 
 /// Languages that are not kernels.
@@ -99,15 +98,7 @@ pub async fn run(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let cref = req.context.unwrap_or_default();
     let id = cref.id.filter(|s| !s.is_empty());
     let language = cref.language.unwrap_or_default().to_ascii_lowercase();
-    let timeout = match req.timeout {
-        None | Some(0) => None,
-        Some(t) if t < 0 => {
-            return Err(invalid(format!(
-                "'timeout' must be >= 0 milliseconds, got {t}"
-            )))
-        }
-        Some(t) => Some(Duration::from_millis(t as u64)),
-    };
+    let timeout = timeout_ms(req.timeout)?;
 
     let context = match id {
         Some(id) => app.kernels.get(&id)?,
@@ -375,16 +366,9 @@ pub async fn delete_context(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 /// `DELETE /code?id=`: interrupts a context's run (as its kernelspec says),
 /// or, for a command id, the command (as `DELETE /command`).
 pub async fn interrupt(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let q = ctx.query();
-    let id = q
-        .get("id")
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::missing_query("id"))?;
-    match ctx.app.kernels.interrupt(id) {
-        Err(KernelError::NotFound(_)) => match ctx.app.kernels.interrupt_run(id) {
-            Some(r) => r?,
-            None => ctx.app.engine.interrupt(id)?,
-        },
+    let id = id_query(&ctx)?;
+    match ctx.app.kernels.interrupt(&id) {
+        Err(KernelError::NotFound(_)) => interrupt_command(&ctx.app, &id)?,
         r => r?,
     }
     Ok(ok_empty())

@@ -50,8 +50,18 @@ pub fn wants_base64(encoding: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
-fn invalid(msg: impl std::fmt::Display) -> ApiError {
+pub(super) fn invalid(msg: impl std::fmt::Display) -> ApiError {
     ApiError::invalid_body(format!("invalid request, validation error: {msg}"))
+}
+
+/// A request's `timeout` in milliseconds: absent or 0 is none, negative a 400.
+pub(super) fn timeout_ms(t: Option<i64>) -> Result<Option<Duration>, ApiError> {
+    match t {
+        None | Some(0) => Ok(None),
+        Some(ms) => u64::try_from(ms)
+            .map(|ms| Some(Duration::from_millis(ms)))
+            .map_err(|_| invalid(format!("'timeout' must be >= 0 milliseconds, got {ms}"))),
+    }
 }
 
 /// Checks a request and turns it into what the engine runs.
@@ -78,15 +88,7 @@ pub fn validate(req: RunCommandRequest) -> Result<CommandSpec, ApiError> {
             Program::Argv(argv)
         }
     };
-    let timeout = match req.timeout {
-        None | Some(0) => None,
-        Some(t) if t < 0 => {
-            return Err(invalid(format!(
-                "'timeout' must be >= 0 milliseconds, got {t}"
-            )))
-        }
-        Some(t) => Some(Duration::from_millis(t as u64)),
-    };
+    let timeout = timeout_ms(req.timeout)?;
     if req.gid.is_some() && req.uid.is_none() {
         return Err(invalid("uid is required when gid is provided"));
     }
@@ -398,18 +400,25 @@ fn terminal(buf: &mut BytesMut, f: &Finished, eid: u64) {
 
 /// `DELETE /command?id=`: SIGTERM to the group, SIGKILL after the grace period.
 pub async fn interrupt(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let q = ctx.query();
-    let id = q
+    interrupt_command(&ctx.app, &id_query(&ctx)?)?;
+    Ok(ok_empty())
+}
+
+/// The non-empty `id` query parameter.
+pub(super) fn id_query(ctx: &Ctx) -> Result<String, ApiError> {
+    ctx.query()
         .get("id")
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::missing_query("id"))?;
-    // A code run's id: its kernel is interrupted.
-    if let Some(r) = ctx.app.kernels.interrupt_run(id) {
-        r?;
-        return Ok(ok_empty());
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::missing_query("id"))
+}
+
+/// Interrupts the command `id`, or the code run of that id (its kernel).
+pub(super) fn interrupt_command(app: &crate::api::App, id: &str) -> Result<(), ApiError> {
+    match app.kernels.interrupt_run(id) {
+        Some(r) => Ok(r?),
+        None => Ok(app.engine.interrupt(id)?),
     }
-    ctx.app.engine.interrupt(id)?;
-    Ok(ok_empty())
 }
 
 /// `GET /command/status/{id}`.

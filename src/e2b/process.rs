@@ -282,21 +282,7 @@ impl Service {
         let ka = keepalive(&parts.headers);
         let timeout = connect::timeout(&parts.headers);
         match self.spawn(r, &parts.headers, timeout).await {
-            Ok((proc_, tty_rx)) => {
-                let (tx, rx) = mpsc::channel(QUEUE);
-                let _ = tx
-                    .send(Ok(event(Event::Start(StartEvent { pid: proc_.pid }))))
-                    .await;
-                self.app.shared.tasks.spawn(follow(
-                    proc_,
-                    tty_rx,
-                    1,
-                    tx,
-                    ka,
-                    self.app.shared.shutdown.clone(),
-                ));
-                connect::stream_response(p, rx)
-            }
+            Ok((proc_, tty_rx)) => self.stream(p, proc_, tty_rx, 1, ka).await,
             Err(e) => connect::error_response(p, &e),
         }
     }
@@ -449,6 +435,20 @@ impl Service {
             ),
             Kind::Tty(t) => (1, Some(t.out.subscribe())),
         };
+        self.stream(p, proc_, tty_rx, from, keepalive(&parts.headers))
+            .await
+    }
+
+    /// The event stream of `proc_` from event `from`: its `start` event,
+    /// then what an owned task following it sends.
+    async fn stream(
+        &self,
+        p: Protocol,
+        proc_: Arc<Proc>,
+        tty_rx: Option<broadcast::Receiver<Bytes>>,
+        from: u64,
+        ka: Duration,
+    ) -> Response<Body> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let _ = tx
             .send(Ok(event(Event::Start(StartEvent { pid: proc_.pid }))))
@@ -458,7 +458,7 @@ impl Service {
             tty_rx,
             from,
             tx,
-            keepalive(&parts.headers),
+            ka,
             self.app.shared.shutdown.clone(),
         ));
         connect::stream_response(p, rx)

@@ -203,6 +203,22 @@ impl Processes {
         })
     }
 
+    /// Starts `spec`; the guard ends its tree if the caller goes away first.
+    /// A spawn that failed is its status (not found, permission denied).
+    fn launch(&self, spec: CommandSpec) -> Result<KillGuard, Status> {
+        let cmd = self
+            .engine
+            .start_command(spec)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        if let Some(s) = spawn_status(&cmd) {
+            return Err(s);
+        }
+        Ok(KillGuard {
+            engine: self.engine.clone(),
+            cmd,
+        })
+    }
+
     fn find(&self, id: i32) -> Result<Proc, Status> {
         lock(&self.live)
             .get(&id)
@@ -447,19 +463,9 @@ impl ProcessService for Processes {
             return self.start_tty(req.config, pty).await;
         }
         let spec = self.spec(req.config, true).await?;
-        let cmd = self
-            .engine
-            .start_command(spec)
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-        if let Some(s) = spawn_status(&cmd) {
-            return Err(s);
-        }
-        let guard = KillGuard {
-            engine: self.engine.clone(),
-            cmd: cmd.clone(),
-        };
+        let guard = self.launch(spec)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.live).insert(id, Proc::Pipes(cmd));
+        lock(&self.live).insert(id, Proc::Pipes(guard.cmd.clone()));
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         // Registered before the client learns the id, as sandboxd does.
         let _ = tx
@@ -481,17 +487,8 @@ impl ProcessService for Processes {
             .map_or(self.exec_timeout, |t| t.min(self.exec_timeout));
         let mut spec = self.spec(request.into_inner().config, false).await?;
         spec.timeout = Some(limit);
-        let cmd = self
-            .engine
-            .start_command(spec)
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-        if let Some(s) = spawn_status(&cmd) {
-            return Err(s);
-        }
-        let guard = KillGuard {
-            engine: self.engine.clone(),
-            cmd: cmd.clone(),
-        };
+        let guard = self.launch(spec)?;
+        let cmd = guard.cmd.clone();
         let (out, finished) = capture(&cmd, OUTPUT_CAP).await;
         drop(guard);
         let f = finished.ok_or_else(|| Status::internal("command record lost"))?;

@@ -60,8 +60,10 @@ pub enum IsolateError {
     Io(String),
     #[error("isolated session {0} is busy: {1}")]
     Busy(String, String),
-    #[error("isolated session {0}: its processes did not end within {1} s; the session was ended")]
-    NotEnded(String, u64),
+    /// The session's processes did not end within the end timeout; what
+    /// was done about it.
+    #[error("isolated session {0}: its processes did not end within {1:?}; {2}")]
+    NotEnded(String, Duration, &'static str),
 }
 
 /// `{path, mode}`: the legacy single workspace.
@@ -197,9 +199,6 @@ pub struct Session {
 /// The stdout of the session's first process and of its PID 1.
 type InitOut = tokio::io::BufReader<tokio::net::unix::pipe::Receiver>;
 
-/// How long PID 1 may take to end the session's other processes.
-const END_TIMEOUT: Duration = Duration::from_secs(30);
-
 struct SessionState {
     destroyed: bool,
     dead: bool,
@@ -303,6 +302,9 @@ pub struct Isolated {
     hide: Vec<PathBuf>,
     exe: PathBuf,
     max: usize,
+    /// How long the session's processes may take to end (commit, discard,
+    /// delete) before the answer says they did not.
+    end_timeout: Duration,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     probe: Probe,
 }
@@ -311,13 +313,14 @@ const MAX_MOUNTS: usize = 16;
 
 impl Isolated {
     /// The manager; its expiry and shutdown tasks belong to the engine.
-    pub fn new(engine: Arc<Engine>, max: usize) -> Arc<Isolated> {
+    pub fn new(engine: Arc<Engine>, max: usize, end_timeout: Duration) -> Arc<Isolated> {
         let data = engine.data_dir().to_path_buf();
         let me = Arc::new(Isolated {
             base: data.join("isolated"),
             hide: vec![data],
             exe: PathBuf::from("/proc/self/exe"),
             max,
+            end_timeout,
             sessions: Mutex::default(),
             probe: probe(),
             engine: engine.clone(),
@@ -867,7 +870,7 @@ impl Isolated {
 
     /// Ends every process of the session but PID 1 and returns once all are
     /// reaped (PID 1 kills and reaps them, then says so). A session whose
-    /// processes do not end in [`END_TIMEOUT`] is ended whole.
+    /// processes do not end within the end timeout is ended whole.
     async fn end_processes(&self, s: &Session) -> Result<(), IsolateError> {
         let mut ctl = s.ctl.lock().await;
         let Some(out) = ctl.as_mut() else {
@@ -876,7 +879,7 @@ impl Isolated {
         crate::process::pidfd::send_signal(&s.init_fd, helper::END_SIGNAL as i32)
             .map_err(|_| IsolateError::Inactive(s.id.clone()))?;
         let mut line = String::new();
-        let read = tokio::time::timeout(END_TIMEOUT, out.take(256).read_line(&mut line)).await;
+        let read = tokio::time::timeout(self.end_timeout, out.take(256).read_line(&mut line)).await;
         if matches!(read, Ok(Ok(n)) if n > 0) && line.trim_end() == helper::ENDED {
             return Ok(());
         }
@@ -887,7 +890,7 @@ impl Isolated {
         let _ = crate::process::pidfd::send_signal(&s.init_fd, libc::SIGKILL);
         tracing::warn!(session = %s.id, "the session's processes did not end; session ended");
         Err(if read.is_err() {
-            IsolateError::NotEnded(s.id.clone(), END_TIMEOUT.as_secs())
+            IsolateError::NotEnded(s.id.clone(), self.end_timeout, "the session was ended")
         } else {
             IsolateError::Inactive(s.id.clone())
         })
@@ -956,7 +959,11 @@ impl Isolated {
 
     /// Kills every process of the session, waits until they are gone (the
     /// mount namespace goes with the last of them) and removes the session's
-    /// directory (a `persist: true` upper layer is kept).
+    /// directory (a `persist: true` upper layer is kept). The session is
+    /// gone from the table either way; if its processes are not gone within
+    /// the end timeout (one the kernel cannot end yet, such as one in an
+    /// uninterruptible wait), the answer says so: they were sent SIGKILL
+    /// and go when the kernel lets them.
     pub async fn delete(&self, id: &str) -> Result<(), IsolateError> {
         let s = self
             .lock()
@@ -969,11 +976,12 @@ impl Isolated {
         };
         // SIGKILL to PID 1 ends every process of its pid namespace.
         let _ = crate::process::pidfd::send_signal(&s.init_fd, libc::SIGKILL);
-        if let Some(exit) = exit {
-            // The waiting parent exits once PID 1 and the whole namespace are
-            // reaped; bounded in case the kernel is slow to tear it down.
-            let _ = tokio::time::timeout(Duration::from_secs(30), exit).await;
-        }
+        // The waiting parent exits once PID 1 and the whole namespace are
+        // reaped (at once when it already has).
+        let ended = match exit {
+            Some(exit) => tokio::time::timeout(self.end_timeout, exit).await.is_ok(),
+            None => true,
+        };
         let runs: Vec<Arc<Command>> = s.lock().runs.clone();
         for r in runs.iter().filter(|r| r.is_running()) {
             r.kill_tree();
@@ -983,6 +991,14 @@ impl Isolated {
         let _ = tokio::task::spawn_blocking(move || remove_session_dir(&dir, !keep)).await;
         if keep {
             tracing::info!(session = %id, dir = %s.dir.display(), "persistent upper layers kept");
+        }
+        if !ended {
+            tracing::warn!(session = %id, "isolated session removed; its processes did not end");
+            return Err(IsolateError::NotEnded(
+                s.id.clone(),
+                self.end_timeout,
+                "the session was removed and its processes go when the kernel lets them",
+            ));
         }
         tracing::info!(session = %id, "isolated session destroyed");
         Ok(())

@@ -266,6 +266,19 @@ impl Engine {
         Ok(RunSlot(self.slots.clone()))
     }
 
+    /// A new command id and its output log, with the engine's limits,
+    /// memory budget and spill directory.
+    fn new_log(&self) -> (String, OutputLog) {
+        let id = new_id();
+        let log = OutputLog::new(
+            id.clone(),
+            self.cfg.limits.clone(),
+            self.budget.clone(),
+            self.data.clone(),
+        );
+        (id, log)
+    }
+
     /// Starts `spec` with exactly `env`, recording `content` as what was asked.
     fn launch(
         &self,
@@ -274,13 +287,7 @@ impl Engine {
         env: Option<Vec<(OsString, OsString)>>,
     ) -> Result<Arc<Command>, ProcessError> {
         let slot = self.run_slot()?;
-        let id = new_id();
-        let log = OutputLog::new(
-            id.clone(),
-            self.cfg.limits.clone(),
-            self.budget.clone(),
-            self.data.clone(),
-        );
+        let (id, log) = self.new_log();
         let spawned = spawn::spawn(
             &self.reaper,
             &self.trees,
@@ -384,13 +391,7 @@ impl Engine {
     /// that status, logs and resume find it. Its owner appends to the log
     /// and finishes the record.
     pub fn register_record(&self, content: String) -> Arc<Command> {
-        let id = new_id();
-        let log = OutputLog::new(
-            id.clone(),
-            self.cfg.limits.clone(),
-            self.budget.clone(),
-            self.data.clone(),
-        );
+        let (id, log) = self.new_log();
         let cmd = Arc::new(Command::new(id, content, false, None, log, None, None));
         self.registry.insert(cmd.clone());
         cmd

@@ -66,6 +66,15 @@ impl Daemon {
         d
     }
 
+    /// Starts with its data directory at `data` (made 0700 if missing) and
+    /// `args`.
+    pub fn start_with_data(data: &std::path::Path, args: &[&str]) -> Daemon {
+        let dir = data.to_str().expect("a UTF-8 data directory");
+        let mut all = vec!["--data-dir", dir];
+        all.extend_from_slice(args);
+        Daemon::start_with(&all, &[])
+    }
+
     /// Starts `cmd`, which must run execd (possibly through a wrapper such as
     /// `unshare`), and reads its listen line.
     pub fn launch(mut cmd: Command, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
@@ -142,15 +151,8 @@ impl Daemon {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Resp {
-        let r = self.send(method, path, headers, body).await;
-        let status = r.status().as_u16();
-        let hdrs = r.headers().clone();
-        let body = r.into_body().collect().await.expect("read body").to_bytes();
-        Resp {
-            status,
-            headers: hdrs,
-            body,
-        }
+        self.request_as(self.token.as_deref(), method, path, headers, body)
+            .await
     }
 
     /// `request` with exactly the given token (or none).
@@ -287,6 +289,13 @@ impl Daemon {
         let mut s = self.stream("/command", &v).await;
         assert_eq!(s.status, 200, "POST /command {v}");
         s.collect().await
+    }
+
+    /// Starts a background command (`POST /command`, `background` set); its id.
+    pub async fn start_background(&self, mut v: Value) -> String {
+        v["background"] = true.into();
+        let evs = self.run(v).await;
+        evs[0]["text"].as_str().expect("id").to_string()
     }
 
     /// Polls `/command/{id}/logs` until `ready` accepts the output; returns it.
