@@ -1387,6 +1387,145 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Lines of 9 bytes to 40 KiB (more than a scan block), by eid.
+    fn varied(i: u64) -> Bytes {
+        let n = (i * 7919 % 3000) as usize + if i.is_multiple_of(61) { 40_000 } else { 0 };
+        Bytes::from(format!("{i:08} {}\n", "z".repeat(n)))
+    }
+
+    #[tokio::test]
+    async fn a_cursor_reader_behind_rotating_segments_gets_each_event_once_or_a_gap() {
+        let dir = tmp("cursor");
+        // Segments of 128 KiB, two kept; the writer outruns the reader.
+        let l = log(4096, 256 * 1024, &dir);
+        let mut cur = ReadCursor::default();
+        let (mut written, mut next, mut skipped, mut from_spill) = (1u64, 1u64, 0u64, 0);
+        while written <= 6000 {
+            for _ in 0..20 {
+                l.append(Stream::Stdout, 0, [varied(written)]);
+                written += 1;
+            }
+            for _ in 0..3 {
+                let in_mem = l.lock().mem.front().is_some_and(|f| next >= f.eid);
+                match l.read_events_at(next, 8 * 1024, &mut cur).await {
+                    Ok(evs) => {
+                        for e in &evs {
+                            assert_eq!(e.eid, next);
+                            assert_eq!(e.data, varied(next));
+                            next += 1;
+                        }
+                        if !in_mem && !evs.is_empty() {
+                            from_spill += 1;
+                            let at = cur.0.as_ref().expect("a spill read leaves a cursor");
+                            assert_eq!(at.eid, next);
+                        }
+                    }
+                    Err(gap) => {
+                        assert!(gap.oldest_eid > next, "{gap:?} at {next}");
+                        skipped += gap.oldest_eid - next;
+                        next = gap.oldest_eid;
+                    }
+                }
+            }
+        }
+        // Then it catches up, from the spill into memory.
+        while next < written {
+            match l.read_events_at(next, 64 * 1024, &mut cur).await {
+                Ok(evs) => {
+                    for e in &evs {
+                        assert_eq!(e.eid, next);
+                        assert_eq!(e.data, varied(next));
+                        next += 1;
+                    }
+                }
+                Err(gap) => panic!("{gap:?} at {next} once the writer stopped"),
+            }
+        }
+        assert!(l.lock().seg_no > 4, "segments rotated");
+        assert!(
+            skipped > 0,
+            "the cap discarded what the reader had not read"
+        );
+        assert!(from_spill > 100, "{from_spill}");
+        // A cursor is used only in its own segment, while it is retained.
+        let inner = l.lock();
+        let (a, b) = (&inner.segments[0], &inner.segments[1]);
+        let at = |file: &Arc<File>, pos: u64, eid: u64| {
+            let c = ReadCursor(Some(SpillPos {
+                file: Arc::downgrade(file),
+                pos,
+                eid,
+            }));
+            c.plan(&inner, eid)
+                .map(|Plan::Scan { file, pos, end_pos }| (Arc::as_ptr(&file), pos, end_pos))
+        };
+        let b_file = Arc::as_ptr(&b.file);
+        assert_eq!(at(&b.file, 0, b.first_eid), Some((b_file, 0, b.len)));
+        assert_eq!(at(&a.file, 0, b.first_eid), None, "another segment's");
+        assert_eq!(at(&a.file, a.len, a.end_eid), None, "past its end");
+        let gone = Arc::new(File::open(&dir).unwrap());
+        assert_eq!(at(&gone, 0, a.first_eid), None, "a discarded segment's");
+        drop(inner);
+        drop(l);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_scan_from_the_page_cache_reads_what_a_blocking_one_does() {
+        let dir = tmp("scan");
+        let l = log(4096, 1 << 30, &dir);
+        for i in 1..=500 {
+            l.append(Stream::Stdout, i, [varied(i)]);
+        }
+        let (file, len) = {
+            let inner = l.lock();
+            let seg = inner.segments.front().expect("spilled");
+            (seg.file.clone(), seg.len)
+        };
+        let read = |io: ScanIo, block: usize, stop_at: u64| {
+            let mut got = Vec::new();
+            let (pos, r) = scan(&file, 0, len, block, io, |rec| {
+                if rec.eid == stop_at {
+                    return Take::Stop;
+                }
+                got.push((rec.eid, rec.share(0..rec.data().len())));
+                Take::More
+            });
+            (got, pos, r.map_err(|e| e.kind()))
+        };
+        let blocking = read(ScanIo::Blocking, SCAN_BLOCK, u64::MAX);
+        assert_eq!(blocking.1, len);
+        assert!(blocking.0.len() > 400);
+        for (eid, data) in &blocking.0 {
+            assert_eq!(data, &varied(*eid));
+        }
+        // Just written, it is in the page cache (or the kernel refuses the
+        // flag, and a blocking read follows).
+        let cached = read(ScanIo::Cached, SCAN_BLOCK, u64::MAX);
+        match cached.2 {
+            Err(io::ErrorKind::Unsupported) => {}
+            r => {
+                assert_eq!(r, Ok(()));
+                assert_eq!(cached.0, blocking.0);
+                assert_eq!(cached.1, len);
+            }
+        }
+        // Stopped before a record, the scan says where that record starts;
+        // a scan from there goes on with it.
+        let (first, pos, r) = read(ScanIo::Blocking, 4096, 300);
+        assert_eq!(r, Ok(()));
+        let mut rest = Vec::new();
+        let (end, r) = scan(&file, pos, len, SCAN_BLOCK_MAX, ScanIo::Blocking, |rec| {
+            rest.push((rec.eid, rec.to_event().data));
+            Take::More
+        });
+        assert!(r.is_ok() && end == len);
+        assert_eq!(rest[0].0, 300);
+        assert_eq!([first, rest].concat(), blocking.0);
+        drop(l);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn capped_spill_reports_gap() {
         let dir = tmp("cap");
