@@ -91,10 +91,13 @@ const INDEX_EVERY: u64 = 64 * 1024;
 /// to 64 blocking threads were 4 MiB at that peak). Such readers get 4 KiB
 /// batches, so their blocks stay at this size.
 const SCAN_BLOCK: usize = 16 * 1024;
-/// Largest read when scanning a spill segment: a reader asking for large
-/// batches (a single stream's 64 KiB, a capture's 256 KiB) reads a batch
-/// in one `pread` (see [`scan_block`]).
-const SCAN_BLOCK_MAX: usize = 256 * 1024;
+/// Largest read when scanning a spill segment: a single stream's 64 KiB
+/// batch of 1 KiB lines takes one `pread` (see [`scan_block`]); larger
+/// batches (a capture's, a `logs?cursor` piece of 256 KiB) take several.
+/// With 256 KiB blocks the bench's fan-out (7 `logs?cursor` pollers beside
+/// one stream) peaked at 23.0-23.1 MiB against 20.0-20.1 before; with
+/// these, 20.9-21.5.
+const SCAN_BLOCK_MAX: usize = 96 * 1024;
 
 /// Daemon-wide accounting of output held in memory.
 #[derive(Debug)]
