@@ -17,7 +17,7 @@ use std::borrow::Borrow;
 
 use tokio::sync::watch;
 
-use super::output::{Gap, Head, OutputEvent};
+use super::output::{Gap, Head, OutputEvent, ReadCursor};
 use super::registry::Command;
 
 /// What a step of a [`Follower`] found.
@@ -42,6 +42,8 @@ pub struct Follower<C: Borrow<Command>> {
     cmd: C,
     head_rx: watch::Receiver<Head>,
     next: u64,
+    /// Where its last read from the spill stopped: the next one starts there.
+    cursor: ReadCursor,
     /// The log's head sender is gone: nothing more will come.
     closed: bool,
 }
@@ -54,6 +56,7 @@ impl<C: Borrow<Command>> Follower<C> {
             cmd,
             head_rx,
             next: from_eid.max(1),
+            cursor: ReadCursor::default(),
             closed: false,
         }
     }
@@ -75,7 +78,7 @@ impl<C: Borrow<Command>> Follower<C> {
         // Before the read: an append after it wakes `changed`.
         let head = *self.head_rx.borrow_and_update();
         let log = &self.cmd.borrow().log;
-        match log.read_events(self.next, batch).await {
+        match log.read_events_at(self.next, batch, &mut self.cursor).await {
             Ok(evs) if !evs.is_empty() => {
                 self.next = evs.last().map_or(self.next, |e| e.eid + 1);
                 return Step::Events(evs);

@@ -18,14 +18,16 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
-use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::ops::Range;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use super::datadir::DataDir;
+use super::sys;
 
 /// Which pipe an event came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,11 +83,21 @@ const RECORD_HEADER: usize = 29;
 /// at 256 KiB, with 1,000 commands over the memory budget, the scans were
 /// most of execd's CPU.
 const INDEX_EVERY: u64 = 64 * 1024;
-/// Read size when scanning a spill segment. Scans run on blocking threads,
-/// up to one per reader behind the memory window (with 1,000 commands over
-/// the memory budget, every reader), and each holds its block meanwhile
-/// (64 KiB blocks on up to 64 blocking threads were 4 MiB at that peak).
+/// Smallest read when scanning a spill segment. A scan holds its block
+/// while it runs, and the events it returns share it until the reader has
+/// sent them; scans that the page cache cannot serve at once run on
+/// blocking threads, up to one per reader behind the memory window (with
+/// 1,000 commands over the memory budget, every reader: 64 KiB blocks on up
+/// to 64 blocking threads were 4 MiB at that peak). Such readers get 4 KiB
+/// batches, so their blocks stay at this size.
 const SCAN_BLOCK: usize = 16 * 1024;
+/// Largest read when scanning a spill segment: a single stream's 64 KiB
+/// batch of 1 KiB lines takes one `pread` (see [`scan_block`]); larger
+/// batches (a capture's, a `logs?cursor` piece of 256 KiB) take several.
+/// With 256 KiB blocks the bench's fan-out (7 `logs?cursor` pollers beside
+/// one stream) peaked at 23.0-23.1 MiB against 20.0-20.1 before; with
+/// these, 20.9-21.5.
+const SCAN_BLOCK_MAX: usize = 96 * 1024;
 
 /// Daemon-wide accounting of output held in memory.
 #[derive(Debug)]
@@ -200,6 +212,41 @@ enum Plan {
         pos: u64,
         end_pos: u64,
     },
+}
+
+/// Where a reader's last read from the spill stopped, so that its next
+/// read (from the event after it) starts at that record rather than at the
+/// sparse index entry before it: a reader behind the memory window re-read
+/// and threw away 32 KiB on average per batch without it. Only a hint, used
+/// when it names the event asked for in a segment still retained.
+#[derive(Debug, Default)]
+pub struct ReadCursor(Option<SpillPos>);
+
+#[derive(Debug)]
+struct SpillPos {
+    /// The segment's file, by identity: a `Weak`, so that a reader never
+    /// keeps a discarded segment's file open.
+    file: Weak<File>,
+    /// Where the record of `eid` starts in it.
+    pos: u64,
+    eid: u64,
+}
+
+impl ReadCursor {
+    /// A scan from the cursor when it is at `eid` in a retained segment.
+    fn plan(&self, inner: &Inner, eid: u64) -> Option<Plan> {
+        let at = self.0.as_ref().filter(|c| c.eid == eid)?;
+        let seg = inner.segments.iter().find(|s| {
+            std::ptr::eq(at.file.as_ptr(), Arc::as_ptr(&s.file))
+                && (s.first_eid..s.end_eid).contains(&eid)
+                && at.pos < s.len
+        })?;
+        Some(Plan::Scan {
+            file: seg.file.clone(),
+            pos: at.pos,
+            end_pos: seg.len,
+        })
+    }
 }
 
 impl OutputLog {
@@ -521,6 +568,20 @@ impl OutputLog {
         from_eid: u64,
         max_bytes: usize,
     ) -> Result<Vec<OutputEvent>, Gap> {
+        self.read_events_at(from_eid, max_bytes, &mut ReadCursor::default())
+            .await
+    }
+
+    /// [`read_events`](Self::read_events) for a reader that reads on from
+    /// where it stopped: a read from the spill starts at `cursor` when it
+    /// names `from_eid`, and leaves it at the record after the last event
+    /// returned. Cancel-safe: `cursor` changes only when the read returns.
+    pub async fn read_events_at(
+        &self,
+        from_eid: u64,
+        max_bytes: usize,
+        cursor: &mut ReadCursor,
+    ) -> Result<Vec<OutputEvent>, Gap> {
         let plan = {
             let inner = self.lock();
             if from_eid >= inner.next_eid {
@@ -541,33 +602,59 @@ impl OutputLog {
                     return Ok(out);
                 }
             }
-            match locate(&inner, |s| (s.first_eid, s.end_eid), from_eid, |e| e.eid) {
-                Ok(p) => p,
-                Err(()) => return Err(gap_at(&inner, from_eid, true)),
+            match cursor.plan(&inner, from_eid) {
+                Some(p) => p,
+                None => match locate(&inner, |s| (s.first_eid, s.end_eid), from_eid, |e| e.eid) {
+                    Ok(p) => p,
+                    Err(()) => return Err(gap_at(&inner, from_eid, true)),
+                },
             }
         };
         let Plan::Scan { file, pos, end_pos } = plan;
-        let scanned = tokio::task::spawn_blocking(move || {
+        let block = scan_block(max_bytes);
+        let collect = move |file: &File, io: ScanIo| {
             let mut out = Vec::new();
             let mut size = 0usize;
-            let r = scan(&file, pos, end_pos, |rec| {
+            let (next, r) = scan(file, pos, end_pos, block, io, |rec| {
                 if rec.eid < from_eid {
-                    return true;
+                    return Take::More;
                 }
-                if size >= max_bytes && !out.is_empty() {
-                    return false;
-                }
-                size += rec.data.len();
+                size += rec.data().len();
                 out.push(rec.to_event());
-                true
+                if size >= max_bytes {
+                    Take::Last
+                } else {
+                    Take::More
+                }
             });
-            r.map(|()| out)
-        })
-        .await;
-        match scanned {
-            Ok(Ok(evs)) if !evs.is_empty() => Ok(evs),
+            (out, next, r)
+        };
+        let cached = cached_reads()
+            .then(|| collect(&file, ScanIo::Cached))
+            .filter(|(evs, _, r)| settled(!evs.is_empty(), r));
+        let (evs, next, _) = match cached {
+            Some(done) => done,
+            None => {
+                let f = file.clone();
+                tokio::task::spawn_blocking(move || collect(&f, ScanIo::Blocking))
+                    .await
+                    .unwrap_or_else(|_| (Vec::new(), pos, Err(io::ErrorKind::Other.into())))
+            }
+        };
+        match evs.last() {
+            Some(last) => {
+                cursor.0 = Some(SpillPos {
+                    file: Arc::downgrade(&file),
+                    pos: next,
+                    eid: last.eid + 1,
+                });
+                Ok(evs)
+            }
             // The segment vanished or failed to read: report what is retained now.
-            _ => Err(gap_at(&self.lock(), from_eid, true)),
+            None => {
+                cursor.0 = None;
+                Err(gap_at(&self.lock(), from_eid, true))
+            }
         }
     }
 
@@ -575,7 +662,7 @@ impl OutputLog {
     /// at most `max_bytes` per call. A `from` in a gap starts at the oldest retained byte.
     pub async fn read_bytes(&self, from: u64, until: u64, max_bytes: usize) -> ByteRange {
         let mut start = from;
-        let plan = {
+        let (plan, until) = {
             let inner = self.lock();
             let until = until.min(inner.total);
             let offsets = |s: &Segment| (s.first_offset, s.end_offset);
@@ -600,7 +687,7 @@ impl OutputLog {
                 };
             }
             match locate(&inner, offsets, start, |e| e.offset) {
-                Ok(p) => p,
+                Ok(p) => (p, until),
                 Err(()) => {
                     return ByteRange {
                         chunks: Vec::new(),
@@ -612,40 +699,49 @@ impl OutputLog {
         };
         let Plan::Scan { file, pos, end_pos } = plan;
         let from_off = start;
-        let scanned = tokio::task::spawn_blocking(move || {
+        let block = scan_block(max_bytes);
+        let collect = move |file: &File, io: ScanIo| {
             let mut chunks = Vec::new();
             let mut next = from_off;
             let mut size = 0usize;
-            let _ = scan(&file, pos, end_pos, |rec| {
-                let end = rec.offset + rec.data.len() as u64;
+            let (at, r) = scan(file, pos, end_pos, block, io, |rec| {
+                let end = rec.offset + rec.data().len() as u64;
                 if end <= next {
-                    return true;
+                    return Take::More;
                 }
                 if size >= max_bytes || rec.offset >= until {
-                    return false;
+                    return Take::Stop;
                 }
                 let lo = (next - rec.offset) as usize;
                 let hi = (until.min(end) - rec.offset) as usize;
-                let piece = Bytes::copy_from_slice(&rec.data[lo..hi]);
+                let piece = rec.share(lo..hi);
                 size += piece.len();
                 next += piece.len() as u64;
                 chunks.push(piece);
-                true
+                if size >= max_bytes || end >= until {
+                    Take::Last
+                } else {
+                    Take::More
+                }
             });
-            (chunks, next)
-        })
-        .await;
-        match scanned {
-            Ok((chunks, next)) => ByteRange {
-                chunks,
-                start,
-                next,
-            },
-            Err(_) => ByteRange {
-                chunks: Vec::new(),
-                start,
-                next: start,
-            },
+            ((chunks, next), at, r)
+        };
+        let cached = cached_reads()
+            .then(|| collect(&file, ScanIo::Cached))
+            .filter(|((chunks, _), _, r)| settled(!chunks.is_empty(), r));
+        let ((chunks, next), _, _) = match cached {
+            Some(done) => done,
+            None => {
+                let f = file.clone();
+                tokio::task::spawn_blocking(move || collect(&f, ScanIo::Blocking))
+                    .await
+                    .unwrap_or_else(|_| ((Vec::new(), start), pos, Ok(())))
+            }
+        };
+        ByteRange {
+            chunks,
+            start,
+            next,
         }
     }
 }
@@ -782,56 +878,157 @@ fn write_all_vectored(mut file: &File, bufs: &mut [IoSlice<'_>]) -> io::Result<(
     Ok(())
 }
 
-/// A spill record as `scan` sees it, its data still in the read buffer.
+/// A spill record as `scan` sees it, its data still in the block read.
 struct Record<'a> {
     eid: u64,
     offset: u64,
     ts_ms: u64,
     stream: Stream,
-    data: &'a [u8],
+    block: &'a Bytes,
+    data: Range<usize>,
 }
 
 impl Record<'_> {
+    fn data(&self) -> &[u8] {
+        &self.block[self.data.clone()]
+    }
+
+    /// Part of the record's data, sharing the block read (no copy).
+    fn share(&self, part: Range<usize>) -> Bytes {
+        let at = self.data.start;
+        self.block.slice(at + part.start..at + part.end)
+    }
+
     fn to_event(&self) -> OutputEvent {
         OutputEvent {
             eid: self.eid,
             offset: self.offset,
             ts_ms: self.ts_ms,
             stream: self.stream,
-            data: Bytes::copy_from_slice(self.data),
+            data: self.block.slice(self.data.clone()),
         }
     }
 }
 
-/// Reads spill records from `pos` to `end_pos`, calling `f` until it returns
-/// false. A record's data is copied out only by a caller that keeps it:
-/// scans start at an index entry up to `INDEX_EVERY` bytes before what they
-/// look for.
+/// What `scan` does after showing a record: go on (`More`), stop after it
+/// (`Last`), or stop before it, leaving it unread (`Stop`).
+enum Take {
+    More,
+    Last,
+    Stop,
+}
+
+/// How `scan` reads: on the calling thread from the page cache alone
+/// (`preadv2` with `RWF_NOWAIT`), or blocking (on a blocking thread).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ScanIo {
+    Cached,
+    Blocking,
+}
+
+/// Most a scan on the async thread reads (whole blocks) before it returns
+/// what it has: a batch of very short lines is many records per byte of
+/// data (a 256 KiB batch of 1-byte lines, 7.5 MiB of records), and the
+/// worker's other tasks wait meanwhile. The reader reads on at its cursor.
+const CACHED_SCAN_MAX: usize = 256 * 1024;
+
+/// Off once the kernel or file system refused `RWF_NOWAIT`: every read then
+/// goes to a blocking thread.
+static CACHED_READS: AtomicBool = AtomicBool::new(true);
+
+/// Whether to try a read from the page cache on the async thread first.
+fn cached_reads() -> bool {
+    CACHED_READS.load(Ordering::Relaxed)
+}
+
+/// Whether a scan from the page cache alone settles a read: it ended, or
+/// got something before it needed the disk (the rest is read next time).
+/// Otherwise the read is done again on a blocking thread.
+fn settled(got: bool, r: &io::Result<()>) -> bool {
+    match r {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+            CACHED_READS.store(false, Ordering::Relaxed);
+            false
+        }
+        Err(_) => got,
+    }
+}
+
+/// The read size for a scan that returns about `max_bytes`: one read for a
+/// whole batch of lines of 0.5 KiB or longer, starting at the reader's
+/// cursor, within [`SCAN_BLOCK`, `SCAN_BLOCK_MAX`].
+fn scan_block(max_bytes: usize) -> usize {
+    max_bytes
+        .saturating_add(max_bytes / 16 + 2 * RECORD_HEADER)
+        .clamp(SCAN_BLOCK, SCAN_BLOCK_MAX)
+}
+
+/// Reads `want` bytes of `file` at `pos` into a new block, without zeroing
+/// it first. A `Cached` read returns fewer when the rest is not in the page
+/// cache (`WouldBlock` when none is).
+fn read_block(file: &File, pos: u64, want: usize, io: ScanIo) -> io::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(want);
+    while buf.len() < want {
+        let at = i64::try_from(pos + buf.len() as u64)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let room = want - buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..room];
+        let n = match io {
+            ScanIo::Cached => match sys::pread_cached_uninit(file.as_fd(), spare, at) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !buf.is_empty() => break,
+                r => r?,
+            },
+            ScanIo::Blocking => sys::pread_uninit(file.as_fd(), spare, at)?,
+        };
+        if n == 0 {
+            if io == ScanIo::Cached && !buf.is_empty() {
+                break;
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        // SAFETY: the read initialised the first `n` bytes of the spare
+        // capacity (at most `want - len`).
+        unsafe { buf.set_len(buf.len() + n) };
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads spill records from `pos` to `end_pos` in blocks of about `block`
+/// bytes, showing each to `f` until it says stop. A record's data is shared
+/// with (sliced from) its block, not copied, by a caller that keeps it.
+/// Returns where the first record not consumed starts, and why the scan
+/// ended early if it did (a `Cached` scan: `WouldBlock` when the rest is
+/// not in the page cache, or once it has read [`CACHED_SCAN_MAX`]).
 fn scan(
     file: &File,
     mut pos: u64,
     end_pos: u64,
-    mut f: impl FnMut(Record<'_>) -> bool,
-) -> io::Result<()> {
-    let mut buf = vec![0u8; (end_pos.saturating_sub(pos) as usize).min(SCAN_BLOCK)];
+    block: usize,
+    io: ScanIo,
+    mut f: impl FnMut(Record<'_>) -> Take,
+) -> (u64, io::Result<()>) {
+    let mut block = block.max(RECORD_HEADER);
+    let mut read = 0usize;
     while pos < end_pos {
-        let want = ((end_pos - pos) as usize).min(buf.len());
-        file.read_exact_at(&mut buf[..want], pos)?;
+        if io == ScanIo::Cached && read >= CACHED_SCAN_MAX {
+            return (pos, Err(io::ErrorKind::WouldBlock.into()));
+        }
+        let want = ((end_pos - pos) as usize).min(block);
+        let buf = match read_block(file, pos, want, io) {
+            Ok(b) => b,
+            Err(e) => return (pos, Err(e)),
+        };
+        let got = buf.len();
+        read += got;
         let mut at = 0usize;
-        let mut grew = false;
-        loop {
-            if want - at < RECORD_HEADER {
-                break;
-            }
+        let mut need = 0usize;
+        while got - at >= RECORD_HEADER {
             let h = &buf[at..at + RECORD_HEADER];
             let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or([0; 8]));
             let len = u32::from_le_bytes(h[25..29].try_into().unwrap_or([0; 4])) as usize;
-            if want - at < RECORD_HEADER + len {
-                if at == 0 && RECORD_HEADER + len > buf.len() {
-                    // A record larger than the buffer: grow and read again.
-                    buf.resize(RECORD_HEADER + len, 0);
-                    grew = true;
-                }
+            if got - at < RECORD_HEADER + len {
+                need = RECORD_HEADER + len;
                 break;
             }
             let stream = if h[24] == Stream::Stderr as u8 {
@@ -844,25 +1041,36 @@ fn scan(
                 offset: u64_at(8),
                 ts_ms: u64_at(16),
                 stream,
-                data: &buf[at + RECORD_HEADER..at + RECORD_HEADER + len],
+                block: &buf,
+                data: at + RECORD_HEADER..at + RECORD_HEADER + len,
             };
-            at += RECORD_HEADER + len;
-            if !f(rec) {
-                return Ok(());
+            match f(rec) {
+                Take::More => at += RECORD_HEADER + len,
+                Take::Last => return (pos + (at + RECORD_HEADER + len) as u64, Ok(())),
+                Take::Stop => return (pos + at as u64, Ok(())),
             }
         }
-        if grew {
-            continue;
+        pos += at as u64;
+        if got < want {
+            // Only a `Cached` read comes back short: the rest is not cached.
+            return (pos, Err(io::ErrorKind::WouldBlock.into()));
         }
         if at == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "truncated spill record",
-            ));
+            if need > block && want == block {
+                // A record larger than the block: read it whole.
+                block = need;
+                continue;
+            }
+            return (
+                pos,
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "truncated spill record",
+                )),
+            );
         }
-        pos += at as u64;
     }
-    Ok(())
+    (pos, Ok(()))
 }
 
 #[cfg(test)]
@@ -1190,6 +1398,158 @@ mod tests {
         drop(Arc::into_inner(l).expect("the writer is done"));
         let spilled = reader.join().unwrap();
         assert_eq!(spilled, (300 - kept) * (RECORD_HEADER as u64 + 1024));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Lines of 9 bytes to 40 KiB (more than a scan block), by eid.
+    fn varied(i: u64) -> Bytes {
+        let n = (i * 7919 % 3000) as usize + if i.is_multiple_of(61) { 40_000 } else { 0 };
+        Bytes::from(format!("{i:08} {}\n", "z".repeat(n)))
+    }
+
+    #[tokio::test]
+    async fn a_cursor_reader_behind_rotating_segments_gets_each_event_once_or_a_gap() {
+        let dir = tmp("cursor");
+        // Segments of 128 KiB, two kept; the writer outruns the reader.
+        let l = log(4096, 256 * 1024, &dir);
+        let mut cur = ReadCursor::default();
+        let (mut written, mut next, mut skipped, mut from_spill) = (1u64, 1u64, 0u64, 0);
+        while written <= 6000 {
+            for _ in 0..20 {
+                l.append(Stream::Stdout, 0, [varied(written)]);
+                written += 1;
+            }
+            for _ in 0..3 {
+                let in_mem = l.lock().mem.front().is_some_and(|f| next >= f.eid);
+                match l.read_events_at(next, 8 * 1024, &mut cur).await {
+                    Ok(evs) => {
+                        for e in &evs {
+                            assert_eq!(e.eid, next);
+                            assert_eq!(e.data, varied(next));
+                            next += 1;
+                        }
+                        if !in_mem && !evs.is_empty() {
+                            from_spill += 1;
+                            let at = cur.0.as_ref().expect("a spill read leaves a cursor");
+                            assert_eq!(at.eid, next);
+                        }
+                    }
+                    Err(gap) => {
+                        assert!(gap.oldest_eid > next, "{gap:?} at {next}");
+                        skipped += gap.oldest_eid - next;
+                        next = gap.oldest_eid;
+                    }
+                }
+            }
+        }
+        // Then it catches up, from the spill into memory.
+        while next < written {
+            match l.read_events_at(next, 64 * 1024, &mut cur).await {
+                Ok(evs) => {
+                    for e in &evs {
+                        assert_eq!(e.eid, next);
+                        assert_eq!(e.data, varied(next));
+                        next += 1;
+                    }
+                }
+                Err(gap) => panic!("{gap:?} at {next} once the writer stopped"),
+            }
+        }
+        assert!(l.lock().seg_no > 4, "segments rotated");
+        assert!(
+            skipped > 0,
+            "the cap discarded what the reader had not read"
+        );
+        assert!(from_spill > 100, "{from_spill}");
+        // A cursor is used only in its own segment, while it is retained.
+        let inner = l.lock();
+        let (a, b) = (&inner.segments[0], &inner.segments[1]);
+        let at = |file: &Arc<File>, pos: u64, eid: u64| {
+            let c = ReadCursor(Some(SpillPos {
+                file: Arc::downgrade(file),
+                pos,
+                eid,
+            }));
+            c.plan(&inner, eid)
+                .map(|Plan::Scan { file, pos, end_pos }| (Arc::as_ptr(&file), pos, end_pos))
+        };
+        let b_file = Arc::as_ptr(&b.file);
+        assert_eq!(at(&b.file, 0, b.first_eid), Some((b_file, 0, b.len)));
+        assert_eq!(at(&a.file, 0, b.first_eid), None, "another segment's");
+        assert_eq!(at(&a.file, a.len, a.end_eid), None, "past its end");
+        let gone = Arc::new(File::open(&dir).unwrap());
+        assert_eq!(at(&gone, 0, a.first_eid), None, "a discarded segment's");
+        drop(inner);
+        drop(l);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_scan_from_the_page_cache_reads_what_a_blocking_one_does() {
+        let dir = tmp("scan");
+        let l = log(4096, 1 << 30, &dir);
+        for i in 1..=500 {
+            l.append(Stream::Stdout, i, [varied(i)]);
+        }
+        let (file, len) = {
+            let inner = l.lock();
+            let seg = inner.segments.front().expect("spilled");
+            (seg.file.clone(), seg.len)
+        };
+        let read = |io: ScanIo, block: usize, stop_at: u64| {
+            let mut got = Vec::new();
+            let (pos, r) = scan(&file, 0, len, block, io, |rec| {
+                if rec.eid == stop_at {
+                    return Take::Stop;
+                }
+                got.push((rec.eid, rec.share(0..rec.data().len())));
+                Take::More
+            });
+            (got, pos, r.map_err(|e| e.kind()))
+        };
+        let blocking = read(ScanIo::Blocking, SCAN_BLOCK, u64::MAX);
+        assert_eq!(blocking.1, len);
+        assert!(blocking.0.len() > 400);
+        for (eid, data) in &blocking.0 {
+            assert_eq!(data, &varied(*eid));
+        }
+        // Just written, it is in the page cache (or the kernel refuses the
+        // flag, and a blocking read follows).
+        // A scan on the async thread stops after CACHED_SCAN_MAX; from
+        // where it stopped, the next one goes on.
+        let (mut cached, mut pos, mut scans) = (Vec::new(), 0, 0);
+        let unsupported = loop {
+            let (p, r) = scan(&file, pos, len, SCAN_BLOCK, ScanIo::Cached, |rec| {
+                cached.push((rec.eid, rec.share(0..rec.data().len())));
+                Take::More
+            });
+            assert!(p > pos || r.is_err());
+            (pos, scans) = (p, scans + 1);
+            match r.map_err(|e| e.kind()) {
+                Ok(()) => break false,
+                Err(io::ErrorKind::Unsupported) => break true,
+                Err(io::ErrorKind::WouldBlock) => assert!(p < len),
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        if !unsupported {
+            assert_eq!(cached, blocking.0);
+            assert_eq!(pos, len);
+            assert!(len > 2 * CACHED_SCAN_MAX as u64 && scans > 2, "{scans}");
+        }
+        // Stopped before a record, the scan says where that record starts;
+        // a scan from there goes on with it.
+        let (first, pos, r) = read(ScanIo::Blocking, 4096, 300);
+        assert_eq!(r, Ok(()));
+        let mut rest = Vec::new();
+        let (end, r) = scan(&file, pos, len, SCAN_BLOCK_MAX, ScanIo::Blocking, |rec| {
+            rest.push((rec.eid, rec.to_event().data));
+            Take::More
+        });
+        assert!(r.is_ok() && end == len);
+        assert_eq!(rest[0].0, 300);
+        assert_eq!([first, rest].concat(), blocking.0);
+        drop(l);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

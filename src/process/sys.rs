@@ -6,7 +6,8 @@
 //! credential syscalls, an allocation-free `execve`), and the few calls
 //! other modules need that nix lacks too: a thread's capabilities
 //! (`capget`/`capset`), extended attributes, `sync_file_range`,
-//! `malloc_trim`, an interface's flags and `TCP_NOTSENT_LOWAT`. Every
+//! `malloc_trim`, an interface's flags, `TCP_NOTSENT_LOWAT`, `pread` into
+//! uninitialised memory and `preadv2` with `RWF_NOWAIT`. Every
 //! other module uses nix; every `unsafe` here says why it is sound.
 
 use std::ffi::CStr;
@@ -642,6 +643,41 @@ pub fn pread_uninit(
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
+        }
+    }
+}
+
+/// `preadv2(2)` with `RWF_NOWAIT` into a buffer's spare capacity: reads
+/// only what the page cache holds, never waiting for the disk or a locked
+/// page. Returns the bytes read (initialised from the start of `spare`;
+/// fewer than asked when the rest is not cached); `WouldBlock` when none
+/// is, `Unsupported` when the kernel or file system lacks the flag.
+/// Retries on EINTR.
+pub fn pread_cached_uninit(
+    fd: BorrowedFd<'_>,
+    spare: &mut [std::mem::MaybeUninit<u8>],
+    offset: i64,
+) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    loop {
+        // SAFETY: one iovec describing `spare`, which `preadv2` only writes;
+        // the iovec outlives the call and no reference to uninitialised
+        // bytes is made here.
+        let n = unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
+            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
+                return Err(io::ErrorKind::Unsupported.into())
+            }
+            _ => return Err(e),
         }
     }
 }
