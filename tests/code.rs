@@ -1069,11 +1069,11 @@ async fn bash_interrupt_stops_the_command_and_keeps_the_shell() {
     // bash_kernel interrupts by typing ^C into bash's terminal, which
     // signals the terminal's foreground process group. `started` is
     // printed before bash forks `sleep` and hands it the terminal: a ^C in
-    // between reaches bash, or a child not yet in its own group, and the
-    // `sleep` that then gets the terminal never sees it (bash waits 60 s,
-    // bash_kernel's wait for its prompt gives up, its handler fails and the
-    // run ends unanswered with the sleep alive). So interrupt once the
-    // sleep holds the terminal, as a user at a prompt would.
+    // between reaches bash, and the `sleep` that then gets the terminal
+    // never sees it; execd then sends it one itself (see
+    // `bash_interrupt_reaches_a_command_started_after_the_ctrl_c`). This
+    // test is about the ^C itself, so it interrupts once the sleep holds
+    // the terminal, as a user at a prompt would.
     let end = std::time::Instant::now() + Duration::from_secs(60);
     while !descendants(pid)
         .iter()
@@ -1114,6 +1114,56 @@ async fn bash_interrupt_stops_the_command_and_keeps_the_shell() {
     } else {
         eprintln!("bash_kernel lost its prompt after the interrupt: {evs:?}");
     }
+}
+
+/// The ^C a bash_kernel interrupt types can be spent before the command
+/// that should get it holds the terminal, as in the window between bash
+/// forking a command and handing it the terminal. Here that is made
+/// certain: bash traps INT and waits for a background job (so between
+/// `started` and `next` only bash itself runs, on the terminal's foreground),
+/// the ^C lands on bash, whose trap ends the wait, and the `sleep 1000`
+/// that runs next never saw a ^C. A user who interrupted expects the run
+/// to stop: execd sends SIGINT to a terminal's foreground job inside the
+/// kernel that is still running, with SIGINT at its default action (so it
+/// never got one), while the interrupted run is busy. Without that,
+/// bash_kernel's wait for its prompt fails 30 s later, the run ends
+/// unanswered, and the sleep runs on.
+#[tokio::test]
+async fn bash_interrupt_reaches_a_command_started_after_the_ctrl_c() {
+    let Some(share) = venv() else { return };
+    let data = TempDir::new("code-bashlost");
+    let d = daemon(&share, &data, &[]);
+    let ctx = create(&d, "bash").await;
+    let id = ctx["id"].as_str().expect("id");
+    let pid = ctx["pid"].as_u64().expect("pid") as u32;
+    run(&d, id, "KEPT=yes").await;
+    let code = "trap 'got=1' INT; got=; sleep 1000 & bg=$!; echo started; \
+                until [ -n \"$got\" ]; do wait $bg; done; kill $bg; echo next; \
+                sleep 1000; trap - INT";
+    let (mut s, _) = started(&d, json!({"code": code, "context": {"id": id}})).await;
+    let r = d.delete(&format!("/code?id={id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let evs = s.collect().await;
+    let last = terminal(&evs);
+    assert_eq!(last["type"], "error", "{evs:?}");
+    // bash_kernel answered the interrupted request ("abort"): its prompt
+    // came back, rather than its wait for it failing (which also loses the
+    // output it had not passed on yet).
+    assert_eq!(
+        last["error"]["evalue"], "the kernel answered \"abort\"",
+        "{last}"
+    );
+    assert!(text_of(&evs, "stdout").contains("next"), "{evs:?}");
+    let sleeps: Vec<String> = descendants(pid)
+        .iter()
+        .filter_map(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("sleep"))
+        .collect();
+    assert!(sleeps.is_empty(), "left running: {sleeps:?}; {evs:?}");
+    let evs = run(&d, id, "echo $KEPT").await;
+    assert_eq!(terminal(&evs)["type"], "execution_complete", "{evs:?}");
+    assert_eq!(text_of(&evs, "stdout").trim(), "yes", "{evs:?}");
 }
 
 /// A kernel whose handler fails sends no `execute_reply` but goes idle

@@ -37,6 +37,11 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 /// still come (they travel on different sockets) before the run ends
 /// without it.
 const IDLE_WITHOUT_REPLY: Duration = Duration::from_secs(2);
+/// How often, from this long after an interrupt on, a run that is still
+/// busy has the foreground jobs of the terminals in its kernel's tree
+/// checked for a lost ^C (see [`crate::process::foreground`]), until it
+/// ends. A check reads `/proc` for the tree's processes only.
+const REDELIVER_EVERY: Duration = Duration::from_millis(500);
 /// The reply status of a run that got none.
 const NO_REPLY: &str = "(none)";
 /// Messages buffered per socket between its reader task and the driver.
@@ -211,10 +216,11 @@ impl Context {
             InterruptMode::Signal => {
                 signal_group(self.pid, libc::SIGINT);
             }
-            InterruptMode::Message => {
-                let _ = self.tx.try_send(Request::Interrupt);
-            }
+            InterruptMode::Message => {}
         }
+        // The driver sends the message (control channel) and watches for
+        // a ^C that went astray.
+        let _ = self.tx.try_send(Request::Interrupt);
         Ok(())
     }
 
@@ -875,6 +881,9 @@ struct Run {
     /// When the request's `status: idle` arrived.
     idle_at: Option<Instant>,
     timed_out: bool,
+    /// After an interrupt: when to look for a foreground job that missed
+    /// its ^C.
+    redeliver_at: Option<Instant>,
 }
 
 struct Driver {
@@ -912,7 +921,11 @@ impl Driver {
                         .idle_at
                         .filter(|_| !r.replied)
                         .map(|t| t + IDLE_WITHOUT_REPLY);
-                    r.timeout_at.into_iter().chain(unanswered).min()
+                    r.timeout_at
+                        .into_iter()
+                        .chain(unanswered)
+                        .chain(r.redeliver_at)
+                        .min()
                 })
                 .unwrap_or(far);
             tokio::select! {
@@ -923,10 +936,13 @@ impl Driver {
                         }
                     }
                     Some(Request::Interrupt) => {
-                        let (_, parts) = self.signer.encode("interrupt_request", &json!({}));
-                        if let Err(e) = Self::send(&mut self.s.control, &parts).await {
-                            break format!("cannot send to the kernel: {e}");
+                        if self.ctx.interrupt_mode == InterruptMode::Message {
+                            let (_, parts) = self.signer.encode("interrupt_request", &json!({}));
+                            if let Err(e) = Self::send(&mut self.s.control, &parts).await {
+                                break format!("cannot send to the kernel: {e}");
+                            }
                         }
+                        self.arm_redeliver();
                     }
                     None => break "context dropped".into(),
                 },
@@ -977,10 +993,21 @@ impl Driver {
                     break self.exit_reason(st.ok());
                 },
                 _ = sleep_until(timer) => {
+                    let now = Instant::now();
+                    let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+                    let (timeout_at, redeliver_at) = self
+                        .run
+                        .as_ref()
+                        .map(|r| (r.timeout_at, r.redeliver_at))
+                        .unwrap_or_default();
                     if self.unanswered() {
                         self.finish().await;
-                    } else if self.on_timeout().await {
-                        break "the kernel did not stop after a timeout's interrupt; killed".into();
+                    } else if due(timeout_at) {
+                        if self.on_timeout().await {
+                            break "the kernel did not stop after a timeout's interrupt; killed".into();
+                        }
+                    } else if due(redeliver_at) {
+                        self.redeliver();
                     }
                 },
                 _ = self.ctx.kill.cancelled() => break "the context was deleted".into(),
@@ -1016,6 +1043,7 @@ impl Driver {
             timeout_at: timeout.map(|t| now + t),
             idle_at: None,
             timed_out: false,
+            redeliver_at: None,
         });
         Self::send(&mut self.s.shell, &parts).await
     }
@@ -1047,6 +1075,7 @@ impl Driver {
         }
         run.timed_out = true;
         run.timeout_at = Some(Instant::now() + INTERRUPT_GRACE);
+        self.arm_redeliver();
         match self.ctx.interrupt_mode {
             InterruptMode::Signal => {
                 signal_group(self.ctx.pid, libc::SIGINT);
@@ -1059,6 +1088,29 @@ impl Driver {
             }
         }
         false
+    }
+
+    /// An interrupt was sent: every [`REDELIVER_EVERY`] while the run
+    /// lasts, look for a terminal's foreground job in the kernel's tree
+    /// that never got the ^C (the first interrupt of a run arms it).
+    fn arm_redeliver(&mut self) {
+        if let Some(run) = self.run.as_mut() {
+            run.redeliver_at
+                .get_or_insert(Instant::now() + REDELIVER_EVERY);
+        }
+    }
+
+    /// The run is still busy after its interrupt: SIGINT to the foreground
+    /// jobs of terminals inside the kernel that are sure not to have seen
+    /// one (a ^C bash_kernel typed may land before the job has the
+    /// terminal); then the next look.
+    fn redeliver(&mut self) {
+        let Some(run) = self.run.as_mut() else { return };
+        run.redeliver_at = Some(Instant::now() + REDELIVER_EVERY);
+        let sent = crate::process::foreground::interrupt_unreached(&self.ctx.tree);
+        if sent > 0 {
+            tracing::info!(context = %self.ctx.id, processes = sent, "the interrupted run is still busy: SIGINT to a terminal's foreground job that never got the ^C");
+        }
     }
 
     fn decode(&self, m: &[Vec<u8>]) -> Option<Msg> {

@@ -5,6 +5,7 @@ pub mod capture;
 pub mod datadir;
 pub mod envfile;
 pub mod follow;
+pub mod foreground;
 pub mod lines;
 pub mod output;
 pub mod pidfd;

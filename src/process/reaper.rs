@@ -68,6 +68,9 @@ pub struct Reaper {
     reap_lock: RwLock<()>,
     waiters: Mutex<Waiters>,
     wake: Condvar,
+    /// Notified (with `waiters`) after every batch of reaped processes, for
+    /// the synchronous [`Reaper::wait_gone`].
+    gone: Condvar,
     /// Notified after every batch of reaped processes, orphans included.
     reaped: tokio::sync::Notify,
 }
@@ -99,6 +102,7 @@ impl Reaper {
             reap_lock: RwLock::new(()),
             waiters: Mutex::new(Waiters::default()),
             wake: Condvar::new(),
+            gone: Condvar::new(),
             reaped: tokio::sync::Notify::new(),
         });
         let r = reaper.clone();
@@ -133,6 +137,28 @@ impl Reaper {
     /// Whether `pid` is a spawned process whose exit is still awaited.
     pub fn is_registered(&self, pid: i32) -> bool {
         self.lock_waiters().by_pid.contains_key(&pid)
+    }
+
+    /// Blocks the calling thread until the registered `pid` has been reaped,
+    /// for at most `limit`; whether it was. For a child known to be exiting
+    /// already (a spawn that failed before `exec`), so that the caller's
+    /// answer comes after the reap, not before; the bound keeps a child that
+    /// cannot finish its exit (closing an fd on a file system that does not
+    /// answer) from holding the thread.
+    pub fn wait_gone(&self, pid: i32, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mut w = self.lock_waiters();
+        while w.by_pid.contains_key(&pid) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            w = match self.gone.wait_timeout(w, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        true
     }
 
     /// Number of pids waiting for their exit.
@@ -186,6 +212,7 @@ impl Reaper {
                 }
             }
             self.reaped.notify_waiters();
+            self.gone.notify_all();
         }
     }
 }

@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -308,12 +309,22 @@ impl<'fd> Launch<'fd> {
                 if let Some(pid) = failed.pid {
                     // It exited before exec, maybe inside its cgroup, which it
                     // may not have left yet: the tree's release removes the
-                    // cgroup now or after the reap (which the reaper does; nobody
-                    // waits for this exit).
-                    if let Some(pending) = pending {
-                        pending.started(pid).release();
-                    }
+                    // cgroup now or after the reap.
+                    let tree = pending.map(|p| p.started(pid));
                     drop(guard.register(pid));
+                    // The reaper collects it; the caller answers only after
+                    // that, so a failed start leaves no child behind, not even
+                    // a zombie, by the time anyone hears of the failure (the
+                    // vfork parent resumes as the child exits, before it is a
+                    // zombie; on a loaded machine the reaper's turn came after
+                    // the answer). Bounded: a child stuck in its exit is left
+                    // to the reaper.
+                    if !reaper.wait_gone(pid, FAILED_CHILD_WAIT) {
+                        tracing::warn!(pid, program = %program_name, "a child that failed to exec is not reaped yet; answering anyway");
+                    }
+                    if let Some(tree) = tree {
+                        tree.release();
+                    }
                 }
                 return Err(classify(failed.error, &program_name, self.uid));
             }
@@ -324,6 +335,9 @@ impl<'fd> Launch<'fd> {
         Ok((pid, exit, tree))
     }
 }
+
+/// How long a spawn that failed in its child waits for the child's reap.
+const FAILED_CHILD_WAIT: Duration = Duration::from_secs(2);
 
 /// A started process: its pid, its exit, and its tree if it was given one.
 pub(crate) type Launched = (i32, oneshot::Receiver<ExitStatus>, Option<Arc<Tree>>);

@@ -404,9 +404,9 @@ pub struct Tree {
 
 /// A process seen in a walk: its pid and start time (which tells a reused pid apart).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Member {
-    pid: i32,
-    start: u64,
+pub struct Member {
+    pub pid: i32,
+    pub start: u64,
 }
 
 impl Tree {
@@ -455,6 +455,26 @@ impl Tree {
                 }
             }
         }
+    }
+
+    /// The tree's processes now (zombies aside in a tracked tree).
+    pub fn members(&self) -> Vec<Member> {
+        match &self.kind {
+            Kind::Cgroup { slot, generation } => {
+                let owner = slot.owner();
+                if *owner != *generation {
+                    return Vec::new();
+                }
+                cgroup_members(&slot.dir)
+            }
+            Kind::Tracked { marker } => self.walk(marker),
+        }
+    }
+
+    /// `signal` to one process [`Tree::members`] returned, if it is still
+    /// that process (same start time; through a pidfd).
+    pub fn signal_member(&self, m: Member, signal: i32) {
+        send(m, signal, same_start(m));
     }
 
     /// Whether any process of the tree is still alive (zombies aside).
