@@ -437,10 +437,10 @@ async fn spill_cap_discards_are_counted_in_dropped_bytes() {
     assert_eq!(logs.body.len() as u64, total - dropped);
 }
 
-/// A stream that arrives faster than one pipe read or one frame carries
-/// (busy pipes are read up to 256 KiB at a time, and the frames of a single
-/// stream reuse their buffers): every line arrives once, whole, in order,
-/// with contiguous eids, as text and as base64.
+/// A stream that arrives faster than one frame carries (the large frames of
+/// a stream reuse one buffer, handed back by the connection): every line
+/// arrives once, whole, in order, with contiguous eids, as text and as
+/// base64.
 #[tokio::test]
 async fn a_fast_stream_arrives_whole_in_order() {
     let d = Daemon::start();

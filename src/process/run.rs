@@ -36,12 +36,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// A busy pipe's own buffer is replaced when less than this is left.
 const LOW_WATER: usize = 4 * 1024;
 
-/// The largest buffer an enlarged pipe reads into: one it gets only after a
-/// read filled all the room it had (the producer is ahead of execd). A
-/// stream read 64 KiB at a time took three or four reads per timer tick,
-/// each one an append and a wake-up of every reader.
-const READ_MAX: usize = 256 * 1024;
-
 thread_local! {
     /// Where quiet pipes are read, one per worker thread: a read takes its
     /// bytes out into an allocation of their exact size at once, so a
@@ -124,9 +118,6 @@ struct Pipe {
     last_read: Option<Instant>,
     /// The room the last read offered.
     asked: usize,
-    /// The size of an enlarged pipe's next buffer: [`READ_CHUNK`], or
-    /// [`READ_MAX`] after a read that filled its room.
-    room: usize,
     /// The next read waits for this (a busy pipe, see [`COALESCE`]).
     hold_until: Option<Instant>,
     /// The pipe's buffer size.
@@ -154,7 +145,6 @@ impl Pipe {
             stream,
             last_read: None,
             asked: 0,
-            room: READ_CHUNK,
             hold_until: None,
             pipe_size: 64 * 1024,
             may_hold: true,
@@ -214,19 +204,10 @@ impl Pipe {
         // allocated) and reads fill it from the front: zeroing its free
         // room before every read cost more than the read's own copy.
         if self.buf.len() < LOW_WATER {
-            self.buf = BytesMut::zeroed(self.room);
+            self.buf = BytesMut::zeroed(READ_CHUNK);
         }
         self.asked = self.buf.len();
         let n = read(&mut self.buf[..])?;
-        // A quiet spell gives the small buffer back: an enlarged pipe that
-        // waits pins at most its rest.
-        self.room = if n == self.asked {
-            READ_MAX
-        } else if n < READ_CHUNK / 2 {
-            READ_CHUNK
-        } else {
-            self.room
-        };
         Ok(self.buf.split_to(n))
     }
 
