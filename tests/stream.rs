@@ -436,3 +436,33 @@ async fn spill_cap_discards_are_counted_in_dropped_bytes() {
     assert_eq!(start, dropped, "what is gone is what was counted");
     assert_eq!(logs.body.len() as u64, total - dropped);
 }
+
+/// A stream that arrives faster than one frame carries (the large frames of
+/// a stream reuse one buffer, handed back by the connection): every line
+/// arrives once, whole, in order, with contiguous eids, as text and as
+/// base64.
+#[tokio::test]
+async fn a_fast_stream_arrives_whole_in_order() {
+    let d = Daemon::start();
+    for (lines, base64) in [(100_000u32, false), (20_000, true)] {
+        let mut req = json!({"command": format!("seq -f '%0100g' 1 {lines}")});
+        if base64 {
+            req["output_encoding"] = json!("base64");
+        }
+        let evs = d.run(req).await;
+        let out: Vec<&Value> = evs.iter().filter(|e| e["type"] == "stdout").collect();
+        assert_eq!(out.len(), lines as usize, "base64 {base64}");
+        for (i, ev) in out.iter().enumerate() {
+            assert_eq!(ev["eid"].as_u64(), Some(i as u64 + 1), "base64 {base64}");
+            let text = ev["text"].as_str().unwrap();
+            let got = if base64 {
+                assert_eq!(ev["encoding"], "base64");
+                String::from_utf8(data_encoding::BASE64.decode(text.as_bytes()).unwrap()).unwrap()
+            } else {
+                text.to_string()
+            };
+            assert_eq!(got, format!("{:0100}\n", i + 1), "base64 {base64}");
+        }
+        assert_eq!(terminal(&evs)["exit_code"], 0);
+    }
+}

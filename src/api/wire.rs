@@ -14,15 +14,20 @@ use bytes::{BufMut, BytesMut};
 pub fn json_str(out: &mut BytesMut, data: &[u8]) -> bool {
     out.reserve(data.len() + 2);
     out.put_u8(b'"');
-    // Valid UTF-8 is the common case, and `from_utf8` checks it a word at a
-    // time; `utf8_chunks` is much slower per byte.
-    let valid = match std::str::from_utf8(data) {
+    // Most output is ASCII: it is escaped in the same pass that finds where
+    // it ends, so such text is read once, not checked by `from_utf8` first.
+    let ascii = escape_ascii(out, data);
+    // The rest starts at a character boundary (the byte before it, if any,
+    // is ASCII). Valid UTF-8 is the common case, and `from_utf8` checks it a
+    // word at a time; `utf8_chunks` is much slower per byte.
+    let rest = &data[ascii..];
+    let valid = match std::str::from_utf8(rest) {
         Ok(s) => {
             escape_valid(out, s);
             true
         }
         Err(_) => {
-            for chunk in data.utf8_chunks() {
+            for chunk in rest.utf8_chunks() {
                 escape_valid(out, chunk.valid());
                 if !chunk.invalid().is_empty() {
                     out.put_slice("\u{FFFD}".as_bytes());
@@ -63,6 +68,17 @@ const PLAIN: [bool; 256] = {
     t
 };
 
+/// [`PLAIN`] without the bytes above ASCII: where [`escape_ascii`] stops.
+const PLAIN_ASCII: [bool; 256] = {
+    let mut t = PLAIN;
+    let mut i = 0x80;
+    while i < 0x100 {
+        t[i] = false;
+        i += 1;
+    }
+    t
+};
+
 /// Bytes scanned together by [`plain_run`].
 const BLOCK: usize = 16;
 
@@ -82,7 +98,14 @@ fn plain_block(block: &[u8; BLOCK]) -> bool {
 /// then byte by byte through the block that stopped it (text that is not
 /// ASCII is mostly plain too, so blocks are tried again after it).
 #[inline]
-fn plain_run(b: &[u8], mut i: usize) -> usize {
+fn plain_run(b: &[u8], i: usize) -> usize {
+    run_of(&PLAIN, b, i)
+}
+
+/// [`plain_run`] with the bytes of `table` as the plain ones (a block is
+/// plain only if all its bytes are plain ASCII, whatever the table).
+#[inline(always)]
+fn run_of(table: &[bool; 256], b: &[u8], mut i: usize) -> usize {
     loop {
         while let Some(block) = b.get(i..i + BLOCK).and_then(|s| s.try_into().ok()) {
             if !plain_block(block) {
@@ -92,13 +115,49 @@ fn plain_run(b: &[u8], mut i: usize) -> usize {
         }
         let end = (i + BLOCK).min(b.len());
         while i < end {
-            if !PLAIN[b[i] as usize] {
+            if !table[b[i] as usize] {
                 return i;
             }
             i += 1;
         }
         if i == b.len() {
             return i;
+        }
+    }
+}
+
+/// Escapes the ASCII bytes that start `b`, up to the first byte above ASCII
+/// (or the end), and returns where it stopped.
+fn escape_ascii(out: &mut BytesMut, b: &[u8]) -> usize {
+    let (mut start, mut i) = (0, 0);
+    loop {
+        i = run_of(&PLAIN_ASCII, b, i);
+        out.put_slice(&b[start..i]);
+        match b.get(i) {
+            Some(&c) if c < 0x80 => {
+                put_ascii_escape(out, c);
+                i += 1;
+                start = i;
+            }
+            _ => return i,
+        }
+    }
+}
+
+/// The escape of an ASCII byte that [`PLAIN`] does not pass.
+#[inline]
+fn put_ascii_escape(out: &mut BytesMut, c: u8) {
+    match c {
+        b'"' => out.put_slice(b"\\\""),
+        b'\\' => out.put_slice(b"\\\\"),
+        b'\n' => out.put_slice(b"\\n"),
+        b'\r' => out.put_slice(b"\\r"),
+        b'\t' => out.put_slice(b"\\t"),
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.put_slice(b"\\u00");
+            out.put_u8(HEX[(c >> 4) as usize]);
+            out.put_u8(HEX[(c & 15) as usize]);
         }
     }
 }
@@ -110,22 +169,26 @@ fn escape_valid(out: &mut BytesMut, s: &str) {
     while i < b.len() {
         i = plain_run(b, i);
         let Some(&c) = b.get(i) else { break };
-        let esc: Option<&[u8]> = match c {
-            b'"' => Some(b"\\\""),
-            b'\\' => Some(b"\\\\"),
-            b'\n' => Some(b"\\n"),
-            b'\r' => Some(b"\\r"),
-            b'\t' => Some(b"\\t"),
-            0x00..=0x1f | 0x7f => None,
-            0xC2 if b.get(i + 1) == Some(&0x85) => Some(b"\\u0085"),
+        let (esc, len): (&[u8], usize) = match c {
+            0xC2 if b.get(i + 1) == Some(&0x85) => (b"\\u0085", 2),
             0xE2 if b.get(i + 1) == Some(&0x80)
                 && matches!(b.get(i + 2), Some(0xA8) | Some(0xA9)) =>
             {
-                Some(if b[i + 2] == 0xA8 {
-                    b"\\u2028"
-                } else {
-                    b"\\u2029"
-                })
+                (
+                    if b[i + 2] == 0xA8 {
+                        b"\\u2028"
+                    } else {
+                        b"\\u2029"
+                    },
+                    3,
+                )
+            }
+            c if c < 0x80 => {
+                out.put_slice(&b[start..i]);
+                put_ascii_escape(out, c);
+                i += 1;
+                start = i;
+                continue;
             }
             _ => {
                 i += 1;
@@ -133,25 +196,8 @@ fn escape_valid(out: &mut BytesMut, s: &str) {
             }
         };
         out.put_slice(&b[start..i]);
-        match esc {
-            Some(e) => {
-                out.put_slice(e);
-                i += if c == 0xC2 {
-                    2
-                } else if c == 0xE2 {
-                    3
-                } else {
-                    1
-                };
-            }
-            None => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.put_slice(b"\\u00");
-                out.put_u8(HEX[(c >> 4) as usize]);
-                out.put_u8(HEX[(c & 15) as usize]);
-                i += 1;
-            }
-        }
+        out.put_slice(esc);
+        i += len;
         start = i;
     }
     out.put_slice(&b[start..]);
@@ -227,6 +273,79 @@ mod tests {
                 .find(|&i| !PLAIN[text.as_bytes()[i] as usize])
                 .unwrap_or(text.len());
             assert_eq!(plain_run(text.as_bytes(), start), want, "from {start}");
+        }
+    }
+
+    /// `json_str` before ASCII was escaped in one pass: the whole input
+    /// checked by `from_utf8`, then escaped.
+    fn json_str_two_passes(data: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = BytesMut::new();
+        out.put_u8(b'"');
+        let valid = match std::str::from_utf8(data) {
+            Ok(s) => {
+                escape_valid(&mut out, s);
+                true
+            }
+            Err(_) => {
+                for chunk in data.utf8_chunks() {
+                    escape_valid(&mut out, chunk.valid());
+                    if !chunk.invalid().is_empty() {
+                        out.put_slice("\u{FFFD}".as_bytes());
+                    }
+                }
+                false
+            }
+        };
+        out.put_u8(b'"');
+        (out.to_vec(), valid)
+    }
+
+    #[test]
+    fn the_ascii_pass_encodes_as_the_two_passes_did() {
+        // Pieces that end the ASCII pass (or not) at every kind of byte:
+        // escapes, controls, DEL, characters that are escaped or not,
+        // invalid and truncated sequences.
+        let pieces: &[&[u8]] = &[
+            b"plain text of some length, ",
+            b"\"",
+            b"\\",
+            b"\n",
+            b"\r\n",
+            b"\t",
+            b"\x01",
+            b"\x7f",
+            "\u{85}".as_bytes(),
+            "\u{2028}".as_bytes(),
+            "\u{2029}".as_bytes(),
+            "é".as_bytes(),
+            "😀".as_bytes(),
+            b"\xff",
+            b"\xe2\x80",
+            b"\xc2",
+            b"\x80",
+            b"\xc3",
+            b"\xf0\x9f",
+            b"0123456789abcdef0123456789abcdef",
+        ];
+        let mut x = 11u32;
+        for _ in 0..3000 {
+            let mut data = Vec::new();
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            for _ in 0..(x % 12) {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                data.extend_from_slice(pieces[x as usize % pieces.len()]);
+            }
+            let mut out = BytesMut::new();
+            let valid = json_str(&mut out, &data);
+            assert_eq!(
+                (out.to_vec(), valid),
+                json_str_two_passes(&data),
+                "{data:?}"
+            );
         }
     }
 
