@@ -1301,8 +1301,8 @@ async fn session_code_cannot_make_pid_1_end_the_sessions_processes() {
     assert_eq!(std::fs::read_to_string(w.0.join("f.txt")).unwrap(), "x\n");
 }
 
-/// A FUSE file system served by this test, in which looking up the name
-/// `stuck` gets no answer until [`StuckFs::release`]. Once the kernel has
+/// A FUSE file system served by this test, in which looking up a name
+/// beginning with `stuck` gets no answer until [`StuckFs::release`]. Once the kernel has
 /// handed such a request to the server, the process that made it waits
 /// for the answer uninterruptibly, SIGKILL or not: a real process that
 /// neither the session's PID 1 nor the kernel can end before then.
@@ -1369,6 +1369,15 @@ impl StuckFs {
         self.mnt.join("stuck").to_string_lossy().into_owned()
     }
 
+    /// Another path whose lookup gets stuck, one per `n` (the kernel has a
+    /// second lookup of a name wait for the first, unsent).
+    fn stuck_n(&self, n: usize) -> String {
+        self.mnt
+            .join(format!("stuck{n}"))
+            .to_string_lossy()
+            .into_owned()
+    }
+
     /// Waits until a lookup of `stuck` has reached the server (a hang guard).
     fn wait_stuck(&mut self) {
         let unique = self
@@ -1400,7 +1409,7 @@ impl Drop for StuckFs {
 }
 
 /// The FUSE server: an empty root directory, whose lookups fail with
-/// ENOENT, except `stuck`'s, which are held (their ids sent on `hung`).
+/// ENOENT, except those of names beginning with `stuck`, which are held (their ids sent on `hung`).
 /// Ends when the file system goes.
 fn fuse_serve(dev: &std::fs::File, hung: &std::sync::mpsc::Sender<u64>) {
     use std::io::{Read, Write};
@@ -1438,13 +1447,17 @@ fn fuse_serve(dev: &std::fs::File, hung: &std::sync::mpsc::Sender<u64>) {
                 init[0..4].copy_from_slice(&7u32.to_ne_bytes());
                 init[4..8].copy_from_slice(&31u32.to_ne_bytes());
                 init[8..12].copy_from_slice(&buf[48..52]);
+                // FUSE_PARALLEL_DIROPS where offered: without it, a held
+                // lookup holds up every other lookup in the directory.
+                let flags = word(52) & (1 << 18);
+                init[12..16].copy_from_slice(&flags.to_ne_bytes());
                 init[20..24].copy_from_slice(&4096u32.to_ne_bytes());
                 init[24..28].copy_from_slice(&1u32.to_ne_bytes());
                 reply(0, &init);
             }
             LOOKUP => {
                 let name = buf[40..n].split(|b| *b == 0).next().unwrap_or_default();
-                if name == b"stuck" {
+                if name.starts_with(b"stuck") {
                     let _ = hung.send(unique);
                 } else {
                     reply(-libc::ENOENT, &[]);
@@ -1628,4 +1641,217 @@ async fn a_delete_whose_processes_cannot_end_says_so() {
     release_and_wait(&d, &mut fs).await;
     no_trace_of(&t.0.join("data"), &sid);
     assert!(!w.0.join("f.txt").exists());
+}
+
+/// Polls until session `sid` is 404 (its deletion has begun: it leaves the
+/// table first). A hang guard, not a speed check.
+async fn until_gone(d: &Daemon, sid: &str, what: &str) {
+    let end = Instant::now() + Duration::from_secs(120);
+    while d.get(&format!("/v1/isolated/session/{sid}")).await.status != 404 {
+        assert!(Instant::now() < end, "{what}: session {sid} never went");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A session over a new workspace expiring after `idle` seconds, whose
+/// background run leaves a process stuck in `fs` and ends only once that
+/// process is held (so the session goes idle only then). A FIFO in `t`
+/// is the run's go-ahead.
+async fn expiring_stuck_session(d: &Daemon, t: &TempDir, fs: &mut StuckFs, idle: u64) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let fifo = t.0.join(format!("go-{}", fs.held.len()));
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).expect("mkfifo");
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let w = ws("iso-stuck-idle");
+    let sid = create(
+        d,
+        json!({"overlays": [{"path": path(&w), "mode": "overlay", "persist": false}],
+               "idle_timeout_seconds": idle}),
+    )
+    .await;
+    let code = format!(
+        "nohup stat {} >/dev/null 2>&1 & read x < {}; echo done",
+        fs.stuck_n(fs.held.len()),
+        fifo.display()
+    );
+    let r = d
+        .post_json(
+            &format!("/v1/isolated/session/{sid}/run"),
+            &json!({"code": code, "background": true}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    fs.wait_stuck();
+    // Opening the FIFO waits for the run's end of it; closing it ends the run.
+    tokio::task::spawn_blocking(move || {
+        drop(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .expect("open fifo"),
+        )
+    })
+    .await
+    .expect("fifo");
+    sid
+}
+
+/// The host pids of the daemon's `stat` processes, each waiting
+/// uninterruptibly with SIGKILL pending: a deletion still waits for them.
+fn stuck_and_killed(d: &Daemon) -> Vec<u32> {
+    named(d, "stat")
+        .into_iter()
+        .filter(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            let pending = status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("SigPnd:")
+                        .or_else(|| l.strip_prefix("ShdPnd:"))
+                })
+                .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .fold(0, |a, b| a | b);
+            proc_state(*p) == Some('D') && pending & (1 << (libc::SIGKILL - 1)) != 0
+        })
+        .collect()
+}
+
+/// An expired session whose processes cannot end (its deletion waits out
+/// an end timeout of an hour) holds up no other session's expiry: another
+/// session expires and is gone, processes, mounts and directory, while the
+/// first one's deletion still waits.
+#[tokio::test]
+async fn a_stuck_expiry_holds_up_no_other_expiry() {
+    let Some(mut fs) = StuckFs::mount("iso-fuse-exp") else {
+        return;
+    };
+    let t = TempDir::new("iso-end-exp");
+    let data = t.0.join("data");
+    let Some(d) = daemon_with(Daemon::start_with_data(
+        &data,
+        &["--isolated-end-timeout", "3600s"],
+    ))
+    .await
+    else {
+        return;
+    };
+    let stuck = expiring_stuck_session(&d, &t, &mut fs, 3).await;
+    until_gone(&d, &stuck, "the stuck session's expiry").await;
+    held_in_the_kernel(&d).await;
+    // Only now the other session: its expiry comes after the stuck one's.
+    let w = ws("iso-exp-other");
+    let other = create(
+        &d,
+        json!({"overlays": [{"path": path(&w), "mode": "overlay", "persist": false}],
+               "idle_timeout_seconds": 3}),
+    )
+    .await;
+    let o = run(&d, &other, "nohup sleep 300 >/dev/null 2>&1 & echo started").await;
+    assert_eq!(o.stdout, "started\n", "{}", o.stderr);
+    // A hang guard: the job may not have executed `sleep` yet.
+    eventually(Duration::from_secs(60), "the other session's sleep", || {
+        sleeps_of(&d).len() == 1
+    })
+    .await;
+    until_gone(&d, &other, "the other session's expiry").await;
+    eventually(
+        Duration::from_secs(120),
+        "the other session's processes, mounts and directory gone",
+        || {
+            sleeps_of(&d).is_empty()
+                && host_mounts(&other).is_empty()
+                && !data.join("isolated").join(&other).exists()
+        },
+    )
+    .await;
+    // The stuck session's deletion still waits: its process is held, its
+    // directory is still there.
+    assert_eq!(stuck_and_killed(&d).len(), 1);
+    assert!(data.join("isolated").join(&stuck).exists());
+    release_and_wait(&d, &mut fs).await;
+    eventually(
+        Duration::from_secs(60),
+        "the stuck session's directory removed",
+        || !data.join("isolated").join(&stuck).exists(),
+    )
+    .await;
+    no_trace_of(&data, &stuck);
+}
+
+/// On SIGTERM, sessions whose processes cannot end (one in the table, one
+/// whose expiry is under way; end timeout and shutdown budget an hour)
+/// hold up no other session's end: its processes, mounts and directory go
+/// while execd still waits for the stuck ones; execd exits once they end.
+#[tokio::test]
+async fn a_stuck_session_holds_up_no_other_at_shutdown() {
+    let Some(mut fs) = StuckFs::mount("iso-fuse-shut") else {
+        return;
+    };
+    let t = TempDir::new("iso-end-shut");
+    let data = t.0.join("data");
+    let Some(mut d) = daemon_with(Daemon::start_with_data(
+        &data,
+        &[
+            "--isolated-end-timeout",
+            "3600s",
+            "--graceful-shutdown-timeout",
+            "3600s",
+        ],
+    ))
+    .await
+    else {
+        return;
+    };
+    // Stuck, in the table.
+    let w = ws("iso-shut-stuck");
+    let stuck = create(
+        &d,
+        json!({"overlays": [{"path": path(&w), "mode": "overlay", "persist": false}]}),
+    )
+    .await;
+    let code = format!("nohup stat {} >/dev/null 2>&1 & echo started", fs.stuck());
+    let o = run(&d, &stuck, &code).await;
+    assert_eq!(o.stdout, "started\n", "{}", o.stderr);
+    fs.wait_stuck();
+    // Stuck, its expiry under way.
+    let expiring = expiring_stuck_session(&d, &t, &mut fs, 3).await;
+    until_gone(&d, &expiring, "the stuck session's expiry").await;
+    // And one that can end.
+    let w2 = ws("iso-shut-other");
+    let other = create(
+        &d,
+        json!({"overlays": [{"path": path(&w2), "mode": "overlay", "persist": false}]}),
+    )
+    .await;
+    let o = run(&d, &other, "nohup sleep 300 >/dev/null 2>&1 & echo started").await;
+    assert_eq!(o.stdout, "started\n", "{}", o.stderr);
+    // A hang guard: the job may not have executed `sleep` yet.
+    eventually(Duration::from_secs(60), "the other session's sleep", || {
+        sleeps_of(&d).len() == 1
+    })
+    .await;
+    d.signal(libc::SIGTERM);
+    eventually(
+        Duration::from_secs(120),
+        "the other session's processes, mounts and directory gone",
+        || {
+            sleeps_of(&d).is_empty()
+                && host_mounts(&other).is_empty()
+                && !data.join("isolated").join(&other).exists()
+        },
+    )
+    .await;
+    // execd still waits for the stuck ones.
+    assert!(
+        common::alive(d.pid()),
+        "execd exited before its sessions ended"
+    );
+    assert_eq!(stuck_and_killed(&d).len(), 2);
+    assert!(data.join("isolated").join(&stuck).exists());
+    fs.release();
+    assert!(
+        d.wait_exit(Duration::from_secs(120)).is_some(),
+        "execd did not exit once the stuck processes could end"
+    );
+    assert!(!data.exists(), "the data directory is left");
 }

@@ -330,25 +330,32 @@ impl Isolated {
         let strong = me.clone();
         let stop = engine.shutdown_token();
         engine.tasks().spawn(async move {
+            use futures_util::StreamExt;
+            let me = &strong;
+            // The expired sessions being deleted, each a future of this
+            // task (at most `max`): one whose processes take the whole end
+            // timeout holds up neither the others nor the next expiries.
+            let mut ending = futures_util::stream::FuturesUnordered::new();
+            let end = |id: String| async move {
+                tracing::info!(session = %id, "isolated session idle; destroying");
+                let _ = me.delete(&id).await;
+            };
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tick.tick() => {}
+                    Some(()) = ending.next(), if !ending.is_empty() => continue,
                     _ = stop.cancelled() => break,
                 }
-                let me = &strong;
-                let expired: Vec<String> = me
-                    .list()
-                    .into_iter()
-                    .filter(|s| s.expired())
-                    .map(|s| s.id.clone())
-                    .collect();
-                for id in expired {
-                    tracing::info!(session = %id, "isolated session idle; destroying");
-                    let _ = me.delete(&id).await;
+                // A session being deleted is out of the table already.
+                for s in me.list().into_iter().filter(|s| s.expired()) {
+                    ending.push(end(s.id.clone()));
                 }
             }
-            // Shutdown: every session goes before the data directory does.
-            strong.delete_all().await;
+            // Shutdown: every session goes before the data directory does,
+            // the expired ones still going included.
+            tokio::join!(me.delete_all(), ending.collect::<Vec<()>>());
         });
         me
     }
@@ -1004,12 +1011,11 @@ impl Isolated {
         Ok(())
     }
 
-    /// Deletes every session (daemon shutdown).
+    /// Deletes every session (daemon shutdown), all at once: a session whose
+    /// processes take the whole end timeout holds up no other.
     pub async fn delete_all(&self) {
         let ids: Vec<String> = self.lock().keys().cloned().collect();
-        for id in ids {
-            let _ = self.delete(&id).await;
-        }
+        futures_util::future::join_all(ids.iter().map(|id| self.delete(id))).await;
     }
 }
 
