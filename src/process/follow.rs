@@ -17,7 +17,7 @@ use std::borrow::Borrow;
 
 use tokio::sync::watch;
 
-use super::output::{Gap, Head, OutputEvent, ReadCursor};
+use super::output::{Following, Gap, Head, OutputEvent, ReadCursor};
 use super::registry::Command;
 
 /// What a step of a [`Follower`] found.
@@ -46,6 +46,8 @@ pub struct Follower<C: Borrow<Command>> {
     cursor: ReadCursor,
     /// The log's head sender is gone: nothing more will come.
     closed: bool,
+    /// Counted among the daemon's followers (how spill reads are done).
+    _following: Following,
 }
 
 impl<C: Borrow<Command>> Follower<C> {
@@ -58,6 +60,7 @@ impl<C: Borrow<Command>> Follower<C> {
             next: from_eid.max(1),
             cursor: ReadCursor::default(),
             closed: false,
+            _following: Following::new(),
         }
     }
 
