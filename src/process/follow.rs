@@ -60,7 +60,7 @@ impl<C: Borrow<Command>> Follower<C> {
             next: from_eid.max(1),
             cursor: ReadCursor::default(),
             closed: false,
-            _following: Following::new(),
+            _following: Following::default(),
         }
     }
 

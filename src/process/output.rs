@@ -953,8 +953,8 @@ const INLINE_READS_FROM: usize = 16;
 #[derive(Debug)]
 pub struct Following(());
 
-impl Following {
-    pub fn new() -> Self {
+impl Default for Following {
+    fn default() -> Self {
         FOLLOWERS.fetch_add(1, Ordering::Relaxed);
         Following(())
     }
@@ -1517,7 +1517,9 @@ mod tests {
     #[test]
     fn many_followers_read_the_page_cache_inline() {
         // Other tests may hold followers too; they only add to the count.
-        let held: Vec<Following> = (0..INLINE_READS_FROM).map(|_| Following::new()).collect();
+        let held: Vec<Following> = (0..INLINE_READS_FROM)
+            .map(|_| Following::default())
+            .collect();
         assert!(cached_reads() || !CACHED_READS.load(Ordering::Relaxed));
         drop(held);
     }
