@@ -184,7 +184,7 @@ pub enum StreamMode {
     Background,
 }
 
-const BATCH: usize = 96 * 1024;
+const BATCH: usize = 64 * 1024;
 
 /// Event bytes per frame: [`BATCH`], less when many streams are open. A
 /// frame stays in memory until the socket has taken all of it, so with
@@ -248,7 +248,6 @@ pub fn event_stream(
         // for every batch of output.
         silence: Box::pin(tokio::time::sleep(ping)),
         buf,
-        spare: Spare::default(),
         done: false,
     });
     let rest = futures_util::stream::unfold(follow, |mut follow| async move {
@@ -265,8 +264,6 @@ struct Follow {
     ping: Duration,
     silence: std::pin::Pin<Box<tokio::time::Sleep>>,
     buf: BytesMut,
-    /// A large frame's buffer, back from the connection once written.
-    spare: Spare,
     done: bool,
     /// Output as base64 (`"encoding":"base64"`) instead of text.
     base64: bool,
@@ -283,13 +280,7 @@ impl Follow {
                     // need be); the frame then takes the allocation with it
                     // (below), so that an idle stream pins none.
                     let per = if self.base64 { 4 } else { 3 };
-                    let need = evs.iter().map(|e| e.data.len() / 3 * per + 96).sum();
-                    if need >= RECYCLE && buf.is_empty() {
-                        if let Some(spare) = self.spare.take() {
-                            *buf = spare;
-                        }
-                    }
-                    buf.reserve(need);
+                    buf.reserve(evs.iter().map(|e| e.data.len() / 3 * per + 96).sum());
                     for ev in &evs {
                         let kind = if ev.stream == Stream::Stdout {
                             "stdout"
@@ -311,14 +302,7 @@ impl Follow {
                     // Not `split`: the buffer's rest would keep the frame's
                     // allocation alive while the stream waits for output
                     // (with 1,000 streams, most of execd's memory).
-                    let frame = std::mem::take(buf);
-                    if frame.capacity() >= RECYCLE {
-                        return Some(Bytes::from_owner(Recycled {
-                            buf: frame,
-                            home: self.spare.clone(),
-                        }));
-                    }
-                    return Some(frame.freeze());
+                    return Some(std::mem::take(buf).freeze());
                 }
                 Step::Gap { from_eid, gap } => {
                     // This reader fell behind what is retained: say so, then go on.
@@ -337,10 +321,7 @@ impl Follow {
                     terminal(buf, &f, next_eid);
                     return Some(buf.split().freeze());
                 }
-                Step::Idle => {
-                    // A stream that waits pins no buffer.
-                    self.spare.idle();
-                }
+                Step::Idle => {}
             }
             tokio::select! {
                 () = self.log.changed() => {}
@@ -353,72 +334,6 @@ impl Follow {
             }
         }
         None
-    }
-}
-
-/// Frames this large get their buffer back once the connection has written
-/// them (see [`Recycled`]); with more than `4 MiB / RECYCLE` streams open
-/// every frame is smaller (see [`batch`]).
-const RECYCLE: usize = 64 * 1024;
-
-/// The buffer of a stream's last large frame, back from the connection.
-/// A fresh allocation per large frame costs page faults: glibc gives large
-/// blocks back to the kernel when they are freed (by `munmap`, or by
-/// trimming the heap's top), and the next one faults its pages in again
-/// (with 256 KiB frames, 14 k faults per 256 MiB stream against 0.9 k).
-#[derive(Clone, Default)]
-struct Spare(Arc<std::sync::Mutex<SpareSlot>>);
-
-#[derive(Default)]
-struct SpareSlot {
-    buf: Option<BytesMut>,
-    /// The stream waits for output: a frame written meanwhile (hyper asks
-    /// for the next frame before the last one is all written) frees its
-    /// buffer instead of handing it back, so that a waiting stream pins none.
-    idle: bool,
-}
-
-impl Spare {
-    fn slot(&self) -> std::sync::MutexGuard<'_, SpareSlot> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    /// The buffer back, if any; the stream is busy again.
-    fn take(&self) -> Option<BytesMut> {
-        let mut slot = self.slot();
-        slot.idle = false;
-        slot.buf.take()
-    }
-    /// The stream waits: the buffer back is dropped, now and until it is busy again.
-    fn idle(&self) {
-        let buf = {
-            let mut slot = self.slot();
-            slot.idle = true;
-            slot.buf.take()
-        };
-        drop(buf);
-    }
-}
-
-/// A frame that hands its buffer back to its stream when dropped.
-struct Recycled {
-    buf: BytesMut,
-    home: Spare,
-}
-
-impl AsRef<[u8]> for Recycled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Recycled {
-    fn drop(&mut self) {
-        let mut slot = self.home.slot();
-        if !slot.idle {
-            let mut buf = std::mem::take(&mut self.buf);
-            buf.clear();
-            slot.buf = Some(buf);
-        }
     }
 }
 
