@@ -212,14 +212,11 @@ impl Context {
         if let State::Dead(why) = self.state() {
             return Err(KernelError::Dead(self.id.clone(), why));
         }
-        match self.interrupt_mode {
-            InterruptMode::Signal => {
-                signal_group(self.pid, libc::SIGINT);
-            }
-            InterruptMode::Message => {}
+        if self.interrupt_mode == InterruptMode::Signal {
+            signal_group(self.pid, libc::SIGINT);
         }
-        // The driver sends the message (control channel) and watches for
-        // a ^C that went astray.
+        // The driver sends the message (control channel, in `Message`
+        // mode) and watches for a ^C that went astray.
         let _ = self.tx.try_send(Request::Interrupt);
         Ok(())
     }

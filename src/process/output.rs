@@ -627,20 +627,11 @@ impl OutputLog {
                     Take::More
                 }
             });
-            (out, next, r)
+            ((out, next), r)
         };
-        let cached = cached_reads()
-            .then(|| collect(&file, ScanIo::Cached))
-            .filter(|(evs, _, r)| settled(!evs.is_empty(), r));
-        let (evs, next, _) = match cached {
-            Some(done) => done,
-            None => {
-                let f = file.clone();
-                tokio::task::spawn_blocking(move || collect(&f, ScanIo::Blocking))
-                    .await
-                    .unwrap_or_else(|_| (Vec::new(), pos, Err(io::ErrorKind::Other.into())))
-            }
-        };
+        let (evs, next) = read_spill(&file, collect, |(evs, _)| !evs.is_empty())
+            .await
+            .unwrap_or((Vec::new(), pos));
         match evs.last() {
             Some(last) => {
                 cursor.0 = Some(SpillPos {
@@ -704,7 +695,7 @@ impl OutputLog {
             let mut chunks = Vec::new();
             let mut next = from_off;
             let mut size = 0usize;
-            let (at, r) = scan(file, pos, end_pos, block, io, |rec| {
+            let (_, r) = scan(file, pos, end_pos, block, io, |rec| {
                 let end = rec.offset + rec.data().len() as u64;
                 if end <= next {
                     return Take::More;
@@ -724,20 +715,11 @@ impl OutputLog {
                     Take::More
                 }
             });
-            ((chunks, next), at, r)
+            ((chunks, next), r)
         };
-        let cached = cached_reads()
-            .then(|| collect(&file, ScanIo::Cached))
-            .filter(|((chunks, _), _, r)| settled(!chunks.is_empty(), r));
-        let ((chunks, next), _, _) = match cached {
-            Some(done) => done,
-            None => {
-                let f = file.clone();
-                tokio::task::spawn_blocking(move || collect(&f, ScanIo::Blocking))
-                    .await
-                    .unwrap_or_else(|_| ((Vec::new(), start), pos, Ok(())))
-            }
-        };
+        let (chunks, next) = read_spill(&file, collect, |(chunks, _)| !chunks.is_empty())
+            .await
+            .unwrap_or((Vec::new(), start));
         ByteRange {
             chunks,
             start,
@@ -968,7 +950,33 @@ impl Drop for Following {
 
 /// Whether to try a read from the page cache on the async thread first.
 fn cached_reads() -> bool {
-    CACHED_READS.load(Ordering::Relaxed) && FOLLOWERS.load(Ordering::Relaxed) >= INLINE_READS_FROM
+    CACHED_READS.load(Ordering::Relaxed) && inline_with(FOLLOWERS.load(Ordering::Relaxed))
+}
+
+/// Whether spill reads go inline with `followers` live followers.
+fn inline_with(followers: usize) -> bool {
+    followers >= INLINE_READS_FROM
+}
+
+/// Runs a spill read, `collect` (what it got and how the scan ended): from
+/// the page cache on this thread when [`cached_reads`] and that settles it
+/// (`got` says whether it got anything), else on a blocking thread. `None`
+/// when the blocking thread failed.
+async fn read_spill<T, F>(file: &Arc<File>, collect: F, got: fn(&T) -> bool) -> Option<T>
+where
+    T: Send + 'static,
+    F: Fn(&File, ScanIo) -> (T, io::Result<()>) + Send + 'static,
+{
+    if cached_reads() {
+        let (t, r) = collect(file, ScanIo::Cached);
+        if settled(got(&t), &r) {
+            return Some(t);
+        }
+    }
+    let f = file.clone();
+    tokio::task::spawn_blocking(move || collect(&f, ScanIo::Blocking).0)
+        .await
+        .ok()
 }
 
 /// Whether a scan from the page cache alone settles a read: it ended, or
@@ -1516,11 +1524,15 @@ mod tests {
 
     #[test]
     fn many_followers_read_the_page_cache_inline() {
-        // Other tests may hold followers too; they only add to the count.
+        // One stream reads on a blocking thread (its throughput), many inline.
+        assert!(!inline_with(1));
+        assert!(inline_with(INLINE_READS_FROM));
+        // Followers are counted while they live (other tests may hold some
+        // too: they only add to the count).
         let held: Vec<Following> = (0..INLINE_READS_FROM)
             .map(|_| Following::default())
             .collect();
-        assert!(cached_reads() || !CACHED_READS.load(Ordering::Relaxed));
+        assert!(inline_with(FOLLOWERS.load(Ordering::Relaxed)));
         drop(held);
     }
 
