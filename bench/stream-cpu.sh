@@ -18,10 +18,11 @@ for _ in $(seq 1 100); do
 done
 tick=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' /proc/$pid/stat; }
+ut() { awk '{print $14}' /proc/$pid/stat; }
 cs() { cat /proc/$pid/task/*/status | awk '/^voluntary_ctxt_switches/{s+=$2} END{print s}'; }
-c0=$(cpu); s0=$(cs)
+c0=$(cpu); u0=$(ut); s0=$(cs)
 curl -sN -o /dev/null -X POST -H 'content-type: application/json' \
   "http://127.0.0.1:$port/command" \
   -d '{"command":"head -c 268435456 /dev/zero | tr '"'"'\\0'"'"' x | fold -w 1023"}'
-c1=$(cpu); s1=$(cs)
-echo "$(basename "$bin") $*: execd CPU $(( (c1 - c0) * 1000 / tick )) ms, voluntary context switches $((s1 - s0))"
+c1=$(cpu); u1=$(ut); s1=$(cs)
+echo "$(basename "$bin") $*: execd CPU $(( (c1 - c0) * 1000 / tick )) ms (user $(( (u1 - u0) * 1000 / tick )) ms), voluntary context switches $((s1 - s0))"
