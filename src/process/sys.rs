@@ -7,7 +7,7 @@
 //! other modules need that nix lacks too: a thread's capabilities
 //! (`capget`/`capset`), extended attributes, `sync_file_range`,
 //! `malloc_trim`, an interface's flags, `TCP_NOTSENT_LOWAT`, `pread` into
-//! uninitialised memory and `preadv2` with `RWF_NOWAIT`. Every
+//! uninitialised memory (and `read`) and `preadv2` with `RWF_NOWAIT`. Every
 //! other module uses nix; every `unsafe` here says why it is sound.
 
 use std::ffi::CStr;
@@ -616,6 +616,29 @@ pub fn set_tcp_notsent_lowat(sock: BorrowedFd<'_>, bytes: u32) -> Result<(), Err
         )
     };
     Errno::result(r).map(drop)
+}
+
+/// `read(2)` into a buffer's spare capacity, without zeroing it first (nix's
+/// `read` takes an initialised slice): the bytes read are appended to `buf`.
+/// Returns how many. Retries on EINTR.
+pub fn read_buf(fd: BorrowedFd<'_>, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    loop {
+        // SAFETY: the pointer and length describe `spare`, which `read`
+        // only writes; no reference to uninitialised bytes is made here.
+        let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: `read` initialised the first `n` bytes after the
+            // buffer's length.
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// `pread(2)` into a buffer's spare capacity, without zeroing it first (nix's
