@@ -52,4 +52,5 @@ conn.close()
 curl.wait()
 cpu = (t1.user - t0.user) + (t1.system - t0.system)
 lines = n // 1024
-print(f"relay{' + spill' if spill else ''}: {n} bytes, CPU {cpu*1000:.0f} ms, {cpu*1e6/lines:.2f} us per 1 KiB line")
+sys_ms = (t1.system - t0.system) * 1000
+print(f"relay{' + spill' if spill else ''}: {n} bytes, CPU {cpu*1000:.0f} ms (system {sys_ms:.0f} ms), {cpu*1e6/lines:.2f} us per 1 KiB line")
