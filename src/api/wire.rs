@@ -79,52 +79,158 @@ const PLAIN_ASCII: [bool; 256] = {
     t
 };
 
-/// Bytes scanned together by [`plain_run`].
-const BLOCK: usize = 16;
+/// Bytes tested together by [`lanes::look`]: one SSE2 register.
+const LANE: usize = 16;
 
-/// Whether none of the bytes of `block` needs a look: all are ASCII, none is
-/// a control, DEL, `"` or `\\`. Written as a plain loop over a fixed-size
-/// array so the compiler turns it into a few vector compares.
-#[inline]
-fn plain_block(block: &[u8; BLOCK]) -> bool {
-    let mut look = false;
-    for &c in block {
-        look |= (c < 0x20) | (c == b'"') | (c == b'\\') | (c >= 0x7f);
-    }
-    !look
-}
+/// Bytes tested together by [`lanes::plain_wide`] while a run goes on: four
+/// lanes, ANDed before their one mask is taken.
+const WIDE: usize = 4 * LANE;
 
-/// The end of the run of plain bytes that starts at `i`: a block at a time,
-/// then byte by byte through the block that stopped it (text that is not
-/// ASCII is mostly plain too, so blocks are tried again after it).
+/// The end of the run of [`PLAIN`] bytes that starts at `i`.
 #[inline]
 fn plain_run(b: &[u8], i: usize) -> usize {
     run_of(&PLAIN, b, i)
 }
 
-/// [`plain_run`] with the bytes of `table` as the plain ones (a block is
-/// plain only if all its bytes are plain ASCII, whatever the table).
+/// The end of the run of the bytes of `table` that starts at `i` (`i <=
+/// b.len()`). A [`LANE`] first, so that a short run (between escapes) costs
+/// one test; then [`WIDE`] bytes at a time while all are plain ASCII, then a
+/// lane at a time through the block that stopped it. The bytes of a lane that
+/// are not plain ASCII are looked up in `table` (text that is not ASCII is
+/// mostly plain, so wide blocks are tried again after such a block). The last
+/// lane of the input is the one that ends at its end, overlapping the lane
+/// before it, with the bytes already passed masked off: the tail is never
+/// read byte by byte, unless the whole input is shorter than a lane.
 #[inline(always)]
 fn run_of(table: &[bool; 256], b: &[u8], mut i: usize) -> usize {
+    let n = b.len();
+    let Some(last) = n.checked_sub(LANE) else {
+        return (i..n).find(|&k| !table[b[k] as usize]).unwrap_or(n);
+    };
+    let mut end = n.min(i + LANE);
     loop {
-        while let Some(block) = b.get(i..i + BLOCK).and_then(|s| s.try_into().ok()) {
-            if !plain_block(block) {
+        while i < end {
+            let at = i.min(last);
+            let Some(lane) = b.get(at..).and_then(<[u8]>::first_chunk::<LANE>) else {
+                return n;
+            };
+            // One bit per byte from `i` that is not plain ASCII.
+            let mut look = lanes::look(lane) >> (i - at);
+            while look != 0 {
+                let k = i - at + look.trailing_zeros() as usize;
+                if !table[lane[k] as usize] {
+                    return at + k;
+                }
+                look &= look - 1;
+            }
+            i = at + LANE;
+        }
+        if i >= n {
+            return n;
+        }
+        let mut rest = b.get(i..).unwrap_or_default();
+        while let Some((wide, after)) = rest.split_first_chunk::<WIDE>() {
+            if !lanes::plain_wide(wide) {
                 break;
             }
-            i += BLOCK;
+            rest = after;
         }
-        let end = (i + BLOCK).min(b.len());
-        while i < end {
-            if !table[b[i] as usize] {
-                return i;
-            }
-            i += 1;
-        }
-        if i == b.len() {
-            return i;
-        }
+        i = n - rest.len();
+        end = n.min(i + WIDE);
     }
 }
+
+/// The lane tests with SSE2, part of every x86_64 target.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+mod lanes {
+    use super::{LANE, WIDE};
+    use std::arch::x86_64::{
+        __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_loadu_si128,
+        _mm_min_epu8, _mm_movemask_epi8, _mm_set1_epi8, _mm_sub_epi8, _mm_xor_si128,
+    };
+
+    /// 0xFF in each byte of `v` that is plain ASCII, else 0: printable
+    /// ASCII, `0x20..=0x7E`, but `"` and `\`.
+    #[inline(always)]
+    fn plain(v: __m128i) -> __m128i {
+        // SAFETY: register operations of SSE2, which this build enables (the
+        // cfg of the module).
+        unsafe {
+            // Plus one, 0x20..=0x7E become 0x21..=0x7F, the signed bytes above
+            // 0x20; controls become 0x01..=0x20, and DEL and the bytes above
+            // ASCII negative (or 0, for 0xFF).
+            let range = _mm_cmpgt_epi8(_mm_sub_epi8(v, _mm_set1_epi8(-1)), _mm_set1_epi8(0x20));
+            // `"` (0x22) and `\` (0x5C) swap under XOR 0x7E, so the smaller of
+            // a byte and its swap is 0x22 for these two and for no other byte.
+            let swap = _mm_min_epu8(v, _mm_xor_si128(v, _mm_set1_epi8(0x7e)));
+            _mm_andnot_si128(_mm_cmpeq_epi8(swap, _mm_set1_epi8(0x22)), range)
+        }
+    }
+
+    #[inline(always)]
+    fn load(b: &[u8; LANE]) -> __m128i {
+        // SAFETY: SSE2 is enabled (the module's cfg); `b` is 16 readable
+        // bytes, and the unaligned load needs no alignment.
+        unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+    }
+
+    #[inline(always)]
+    fn mask(v: __m128i) -> u32 {
+        // SAFETY: a register operation of SSE2, which this build enables.
+        unsafe { _mm_movemask_epi8(v) as u32 }
+    }
+
+    /// Bit k is set when byte k of `b` is not plain ASCII.
+    #[inline(always)]
+    pub(super) fn look(b: &[u8; LANE]) -> u32 {
+        !mask(plain(load(b))) & 0xffff
+    }
+
+    /// Whether every byte of `b` is plain ASCII.
+    #[inline(always)]
+    pub(super) fn plain_wide(b: &[u8; WIDE]) -> bool {
+        let (lanes, _) = b.as_chunks::<LANE>();
+        // SAFETY: register operations of SSE2, which this build enables.
+        let all = lanes
+            .iter()
+            .fold(unsafe { _mm_set1_epi8(-1) }, |all, lane| unsafe {
+                _mm_and_si128(all, plain(load(lane)))
+            });
+        mask(all) == 0xffff
+    }
+}
+
+/// The lane tests written byte by byte, for other targets (the compiler
+/// vectorizes them where it can), and as the reference in tests.
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "sse2"))))]
+mod portable {
+    use super::{LANE, WIDE};
+
+    /// Whether `c` is copied as it is in any text: printable ASCII,
+    /// `0x20..=0x7E`, but `"` and `\`.
+    #[inline(always)]
+    pub(super) fn plain_ascii(c: u8) -> bool {
+        (c.wrapping_sub(0x20) < 0x5f) & (c != b'"') & (c != b'\\')
+    }
+
+    /// Bit k is set when byte k of `b` is not plain ASCII.
+    #[inline]
+    pub(super) fn look(b: &[u8; LANE]) -> u32 {
+        let mut look = 0;
+        for (k, &c) in b.iter().enumerate() {
+            look |= u32::from(!plain_ascii(c)) << k;
+        }
+        look
+    }
+
+    /// Whether every byte of `b` is plain ASCII.
+    #[inline]
+    pub(super) fn plain_wide(b: &[u8; WIDE]) -> bool {
+        b.iter().fold(true, |all, &c| all & plain_ascii(c))
+    }
+}
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+use portable as lanes;
 
 /// Escapes the ASCII bytes that start `b`, up to the first byte above ASCII
 /// (or the end), and returns where it stopped.
@@ -256,23 +362,134 @@ mod tests {
     }
 
     #[test]
-    fn block_scan_agrees_with_the_byte_table() {
-        // Every byte value at every position of a block of plain ones.
+    fn lane_tests_agree_with_the_byte_test() {
+        // Every byte value at every position of a lane, and of a wide block,
+        // of plain ones: the SSE2 tests and the byte-by-byte ones alike.
         for c in 0..=255u8 {
-            for pos in 0..BLOCK {
-                let mut block = [b'a'; BLOCK];
-                block[pos] = c;
-                let want = PLAIN[c as usize] && c < 0x80;
-                assert_eq!(plain_block(&block), want, "byte {c:#x} at {pos}");
+            let want = portable::plain_ascii(c);
+            assert_eq!(want, PLAIN_ASCII[c as usize], "byte {c:#x}");
+            for pos in 0..LANE {
+                let mut lane = [b'a'; LANE];
+                lane[pos] = c;
+                let bit = u32::from(!want) << pos;
+                assert_eq!(lanes::look(&lane), bit, "byte {c:#x} at {pos}");
+                assert_eq!(portable::look(&lane), bit, "byte {c:#x} at {pos}");
+            }
+            for pos in 0..WIDE {
+                let mut wide = [b'~'; WIDE];
+                wide[pos] = c;
+                assert_eq!(lanes::plain_wide(&wide), want, "byte {c:#x} at {pos}");
+                assert_eq!(portable::plain_wide(&wide), want, "byte {c:#x} at {pos}");
             }
         }
-        // Runs end at the same byte the table would stop at.
-        let text = "plain ascii text, then é, then more plain text\u{1}tail";
-        for start in 0..text.len() {
-            let want = (start..text.len())
-                .find(|&i| !PLAIN[text.as_bytes()[i] as usize])
-                .unwrap_or(text.len());
-            assert_eq!(plain_run(text.as_bytes(), start), want, "from {start}");
+    }
+
+    /// Where the run of `table`'s bytes from `i` ends, byte by byte.
+    fn run_bytewise(table: &[bool; 256], b: &[u8], i: usize) -> usize {
+        (i..b.len())
+            .find(|&k| !table[b[k] as usize])
+            .unwrap_or(b.len())
+    }
+
+    /// `json_str` written from the rules, a character at a time.
+    fn json_str_by_chars(data: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = vec![b'"'];
+        let mut valid = true;
+        for chunk in data.utf8_chunks() {
+            for ch in chunk.valid().chars() {
+                match ch {
+                    '"' => out.extend_from_slice(b"\\\""),
+                    '\\' => out.extend_from_slice(b"\\\\"),
+                    '\n' => out.extend_from_slice(b"\\n"),
+                    '\r' => out.extend_from_slice(b"\\r"),
+                    '\t' => out.extend_from_slice(b"\\t"),
+                    '\0'..='\u{1f}' | '\u{7f}' | '\u{85}' | '\u{2028}' | '\u{2029}' => {
+                        out.extend_from_slice(format!("\\u{:04x}", ch as u32).as_bytes())
+                    }
+                    _ => out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes()),
+                }
+            }
+            if !chunk.invalid().is_empty() {
+                out.extend_from_slice("\u{FFFD}".as_bytes());
+                valid = false;
+            }
+        }
+        out.push(b'"');
+        (out, valid)
+    }
+
+    /// Checks the runs from every start, and the encoding, of `data`.
+    fn check_scan(data: &[u8]) {
+        for table in [&PLAIN, &PLAIN_ASCII] {
+            for i in 0..=data.len() {
+                let want = run_bytewise(table, data, i);
+                assert_eq!(run_of(table, data, i), want, "from {i} of {data:?}");
+            }
+        }
+        let mut out = BytesMut::new();
+        let valid = json_str(&mut out, data);
+        assert_eq!((out.to_vec(), valid), json_str_by_chars(data), "{data:?}");
+    }
+
+    #[test]
+    fn the_scan_agrees_with_the_byte_table() {
+        // Every byte value at every position of plain text of each length up
+        // to a few wide blocks, where lanes overlap at the end or are short.
+        for len in (1..=40).chain([63, 64, 65, 79, 80, 127, 128, 129, 199]) {
+            for pos in 0..len {
+                for c in 0..=255u8 {
+                    let mut data = vec![b'x'; len];
+                    data[pos] = c;
+                    for table in [&PLAIN, &PLAIN_ASCII] {
+                        for i in [0, pos, pos + 1, len.saturating_sub(LANE - 1)] {
+                            let i = i.min(len);
+                            let want = run_bytewise(table, &data, i);
+                            assert_eq!(run_of(table, &data, i), want, "{c:#x} at {pos} of {len}");
+                        }
+                    }
+                }
+            }
+        }
+        // Random texts of every length up to 200: mostly plain ASCII, with
+        // bytes of any value, escapes and characters of two to four bytes
+        // (valid, cut short, or stray) where the scan changes its step.
+        let pieces: &[&[u8]] = &[
+            b"\"",
+            b"\\",
+            b"\n",
+            b"\x7f",
+            "\u{85}".as_bytes(),
+            "\u{2028}".as_bytes(),
+            "\u{2029}".as_bytes(),
+            "\u{20ac}".as_bytes(),
+            "é".as_bytes(),
+            "😀".as_bytes(),
+            b"\xe2\x80",
+            b"\xc2",
+            b"\xff",
+        ];
+        let mut x = 0x9e37_79b9_u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        check_scan(b"");
+        for len in 1..=200 {
+            for _ in 0..20 {
+                let mut data = Vec::with_capacity(len);
+                while data.len() < len {
+                    let r = next();
+                    match r % 16 {
+                        0 => data.push((r >> 8) as u8),
+                        1 => data.extend_from_slice(pieces[(r >> 8) as usize % pieces.len()]),
+                        _ => data.push(b' ' + (r >> 8) as u8 % 95),
+                    }
+                }
+                data.truncate(len);
+                check_scan(&data);
+            }
         }
     }
 
