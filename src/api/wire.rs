@@ -309,19 +309,11 @@ fn escape_valid(out: &mut BytesMut, s: &str) {
     out.put_slice(&b[start..]);
 }
 
-/// Appends an unsigned integer in decimal.
-pub fn put_u64(out: &mut BytesMut, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&buf[i..]);
+/// Appends an unsigned integer in decimal: `itoa` writes two digits at a
+/// time from a table (a timestamp's 13 digits, of each event, cost about a
+/// quarter of the instructions of a digit at a time).
+pub fn put_u64(out: &mut BytesMut, n: u64) {
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends a signed integer in decimal.
@@ -611,6 +603,15 @@ mod tests {
         put_u64(&mut out, 0);
         out.put_u8(b',');
         put_u64(&mut out, u64::MAX);
-        assert_eq!(&out[..], b"0,18446744073709551615");
+        for n in [9, 10, 99, 100, 12_345, 1_765_000_000_123] {
+            out.put_u8(b',');
+            put_u64(&mut out, n);
+        }
+        out.put_u8(b',');
+        put_i64(&mut out, i64::MIN);
+        assert_eq!(
+            &out[..],
+            b"0,18446744073709551615,9,10,99,100,12345,1765000000123,-9223372036854775808"
+        );
     }
 }
