@@ -12,23 +12,42 @@ use bytes::{BufMut, BytesMut};
 /// Appends `data` as a JSON string literal (with quotes). Returns whether
 /// `data` was valid UTF-8 (if not, each invalid sequence became U+FFFD).
 pub fn json_str(out: &mut BytesMut, data: &[u8]) -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if let Some(avx2) = simd::Avx2::detect() {
+        return avx2.json_str(out, data);
+    }
+    json_str_base(out, data)
+}
+
+/// [`json_str`] with the lane tests every CPU of the target has: a function
+/// of its own, so that `json_str` is only the choice (its registers are
+/// saved only on this path).
+#[inline(never)]
+fn json_str_base(out: &mut BytesMut, data: &[u8]) -> bool {
+    json_str_with(Base, out, data)
+}
+
+/// [`json_str`] with the lane tests of `lanes`, inlined into each caller so
+/// that the whole scan is compiled for their instructions.
+#[inline(always)]
+fn json_str_with<L: Lanes>(lanes: L, out: &mut BytesMut, data: &[u8]) -> bool {
     out.reserve(data.len() + 2);
     out.put_u8(b'"');
     // Most output is ASCII: it is escaped in the same pass that finds where
     // it ends, so such text is read once, not checked by `from_utf8` first.
-    let ascii = escape_ascii(out, data);
+    let ascii = escape_ascii(lanes, out, data);
     // The rest starts at a character boundary (the byte before it, if any,
     // is ASCII). Valid UTF-8 is the common case, and `from_utf8` checks it a
     // word at a time; `utf8_chunks` is much slower per byte.
     let rest = &data[ascii..];
     let valid = match std::str::from_utf8(rest) {
         Ok(s) => {
-            escape_valid(out, s);
+            escape_valid(lanes, out, s);
             true
         }
         Err(_) => {
             for chunk in rest.utf8_chunks() {
-                escape_valid(out, chunk.valid());
+                escape_valid(lanes, out, chunk.valid());
                 if !chunk.invalid().is_empty() {
                     out.put_slice("\u{FFFD}".as_bytes());
                 }
@@ -79,17 +98,23 @@ const PLAIN_ASCII: [bool; 256] = {
     t
 };
 
-/// Bytes tested together by [`lanes::look`]: one SSE2 register.
+/// Bytes tested together by [`Lanes::look`]: one SSE2 register.
 const LANE: usize = 16;
 
-/// Bytes tested together by [`lanes::plain_wide`] while a run goes on: four
-/// lanes, ANDed before their one mask is taken.
+/// Bytes tested together by [`Lanes::plain_wide`] while a run goes on: four
+/// SSE2 registers or two AVX2 ones, ANDed before their one mask is taken.
 const WIDE: usize = 4 * LANE;
 
-/// The end of the run of [`PLAIN`] bytes that starts at `i`.
-#[inline]
-fn plain_run(b: &[u8], i: usize) -> usize {
-    run_of(&PLAIN, b, i)
+/// The tests of a lane and of a wide block for the instructions of one kind
+/// of CPU. A value of a type that implements it is the proof that the CPU
+/// has them.
+trait Lanes: Copy {
+    /// Bit k is set when byte k of `lane` is not plain ASCII: printable
+    /// ASCII, `0x20..=0x7E`, but `"` and `\`.
+    fn look(self, lane: &[u8; LANE]) -> u32;
+
+    /// Whether every byte of `wide` is plain ASCII.
+    fn plain_wide(self, wide: &[u8; WIDE]) -> bool;
 }
 
 /// The end of the run of the bytes of `table` that starts at `i` (`i <=
@@ -102,7 +127,7 @@ fn plain_run(b: &[u8], i: usize) -> usize {
 /// before it, with the bytes already passed masked off: the tail is never
 /// read byte by byte, unless the whole input is shorter than a lane.
 #[inline(always)]
-fn run_of(table: &[bool; 256], b: &[u8], mut i: usize) -> usize {
+fn run_of<L: Lanes>(lanes: L, table: &[bool; 256], b: &[u8], mut i: usize) -> usize {
     let n = b.len();
     let Some(last) = n.checked_sub(LANE) else {
         return (i..n).find(|&k| !table[b[k] as usize]).unwrap_or(n);
@@ -115,7 +140,7 @@ fn run_of(table: &[bool; 256], b: &[u8], mut i: usize) -> usize {
                 return n;
             };
             // One bit per byte from `i` that is not plain ASCII.
-            let mut look = lanes::look(lane) >> (i - at);
+            let mut look = lanes.look(lane) >> (i - at);
             while look != 0 {
                 let k = i - at + look.trailing_zeros() as usize;
                 if !table[lane[k] as usize] {
@@ -130,7 +155,7 @@ fn run_of(table: &[bool; 256], b: &[u8], mut i: usize) -> usize {
         }
         let mut rest = b.get(i..).unwrap_or_default();
         while let Some((wide, after)) = rest.split_first_chunk::<WIDE>() {
-            if !lanes::plain_wide(wide) {
+            if !lanes.plain_wide(wide) {
                 break;
             }
             rest = after;
@@ -140,17 +165,25 @@ fn run_of(table: &[bool; 256], b: &[u8], mut i: usize) -> usize {
     }
 }
 
-/// The lane tests with SSE2, part of every x86_64 target.
+/// The lane tests with SSE2, part of every x86_64 target, and with AVX2
+/// where the CPU has it.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-mod lanes {
-    use super::{LANE, WIDE};
+mod simd {
+    use super::{Lanes, LANE, WIDE};
+    use bytes::BytesMut;
     use std::arch::x86_64::{
-        __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_loadu_si128,
-        _mm_min_epu8, _mm_movemask_epi8, _mm_set1_epi8, _mm_sub_epi8, _mm_xor_si128,
+        __m128i, __m256i, _mm256_and_si256, _mm256_andnot_si256, _mm256_cmpeq_epi8,
+        _mm256_cmpgt_epi8, _mm256_loadu_si256, _mm256_min_epu8, _mm256_movemask_epi8,
+        _mm256_set1_epi8, _mm256_sub_epi8, _mm256_xor_si256, _mm_and_si128, _mm_andnot_si128,
+        _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8,
+        _mm_set1_epi8, _mm_sub_epi8, _mm_xor_si128,
     };
 
-    /// 0xFF in each byte of `v` that is plain ASCII, else 0: printable
-    /// ASCII, `0x20..=0x7E`, but `"` and `\`.
+    /// SSE2: a wide block is four registers.
+    #[derive(Clone, Copy)]
+    pub(super) struct Sse2;
+
+    /// 0xFF in each byte of `v` that is plain ASCII, else 0.
     #[inline(always)]
     fn plain(v: __m128i) -> __m128i {
         // SAFETY: register operations of SSE2, which this build enables (the
@@ -180,31 +213,102 @@ mod lanes {
         unsafe { _mm_movemask_epi8(v) as u32 }
     }
 
-    /// Bit k is set when byte k of `b` is not plain ASCII.
-    #[inline(always)]
-    pub(super) fn look(b: &[u8; LANE]) -> u32 {
-        !mask(plain(load(b))) & 0xffff
+    impl Lanes for Sse2 {
+        #[inline(always)]
+        fn look(self, lane: &[u8; LANE]) -> u32 {
+            !mask(plain(load(lane))) & 0xffff
+        }
+
+        #[inline(always)]
+        fn plain_wide(self, wide: &[u8; WIDE]) -> bool {
+            let (lanes, _) = wide.as_chunks::<LANE>();
+            // SAFETY: register operations of SSE2, which this build enables.
+            let all = lanes
+                .iter()
+                .fold(unsafe { _mm_set1_epi8(-1) }, |all, lane| unsafe {
+                    _mm_and_si128(all, plain(load(lane)))
+                });
+            mask(all) == 0xffff
+        }
     }
 
-    /// Whether every byte of `b` is plain ASCII.
-    #[inline(always)]
-    pub(super) fn plain_wide(b: &[u8; WIDE]) -> bool {
-        let (lanes, _) = b.as_chunks::<LANE>();
-        // SAFETY: register operations of SSE2, which this build enables.
-        let all = lanes
-            .iter()
-            .fold(unsafe { _mm_set1_epi8(-1) }, |all, lane| unsafe {
-                _mm_and_si128(all, plain(load(lane)))
-            });
-        mask(all) == 0xffff
+    /// AVX2: a wide block is two registers, and the SSE2 code of the lanes
+    /// is encoded without the copies of registers that SSE2's two-operand
+    /// forms need. Only [`Avx2::detect`] makes one.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2(());
+
+    impl Avx2 {
+        /// An `Avx2` if the CPU has AVX2 (std caches the answer).
+        #[inline]
+        pub(super) fn detect() -> Option<Self> {
+            std::arch::is_x86_feature_detected!("avx2").then_some(Avx2(()))
+        }
+
+        /// [`super::json_str`] compiled for AVX2.
+        #[inline]
+        pub(super) fn json_str(self, out: &mut BytesMut, data: &[u8]) -> bool {
+            // SAFETY: the CPU has AVX2: `self` was made by `detect`.
+            unsafe { json_str_avx2(self, out, data) }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn json_str_avx2(lanes: Avx2, out: &mut BytesMut, data: &[u8]) -> bool {
+        super::json_str_with(lanes, out, data)
+    }
+
+    impl Lanes for Avx2 {
+        #[inline(always)]
+        fn look(self, lane: &[u8; LANE]) -> u32 {
+            Sse2.look(lane)
+        }
+
+        #[inline(always)]
+        fn plain_wide(self, wide: &[u8; WIDE]) -> bool {
+            // SAFETY: the CPU has AVX2: `self` was made by `detect`.
+            unsafe { plain_wide_avx2(wide) }
+        }
+    }
+
+    /// [`Lanes::plain_wide`] in two AVX2 registers.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn plain_wide_avx2(wide: &[u8; WIDE]) -> bool {
+        let (halves, _) = wide.as_chunks::<32>();
+        // Always two halves; `false` would only make the caller look closer.
+        let [a, b] = halves else { return false };
+        // SAFETY: each half is 32 readable bytes, and the unaligned loads need
+        // no alignment.
+        let (a, b) = unsafe {
+            (
+                _mm256_loadu_si256(a.as_ptr().cast()),
+                _mm256_loadu_si256(b.as_ptr().cast()),
+            )
+        };
+        _mm256_movemask_epi8(_mm256_and_si256(plain256(a), plain256(b))) == -1
+    }
+
+    /// `plain` in an AVX2 register.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn plain256(v: __m256i) -> __m256i {
+        let range = _mm256_cmpgt_epi8(
+            _mm256_sub_epi8(v, _mm256_set1_epi8(-1)),
+            _mm256_set1_epi8(0x20),
+        );
+        let swap = _mm256_min_epu8(v, _mm256_xor_si256(v, _mm256_set1_epi8(0x7e)));
+        _mm256_andnot_si256(_mm256_cmpeq_epi8(swap, _mm256_set1_epi8(0x22)), range)
     }
 }
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+use simd::Sse2 as Base;
 
 /// The lane tests written byte by byte, for other targets (the compiler
 /// vectorizes them where it can), and as the reference in tests.
 #[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "sse2"))))]
 mod portable {
-    use super::{LANE, WIDE};
+    use super::{Lanes, LANE, WIDE};
 
     /// Whether `c` is copied as it is in any text: printable ASCII,
     /// `0x20..=0x7E`, but `"` and `\`.
@@ -213,31 +317,36 @@ mod portable {
         (c.wrapping_sub(0x20) < 0x5f) & (c != b'"') & (c != b'\\')
     }
 
-    /// Bit k is set when byte k of `b` is not plain ASCII.
-    #[inline]
-    pub(super) fn look(b: &[u8; LANE]) -> u32 {
-        let mut look = 0;
-        for (k, &c) in b.iter().enumerate() {
-            look |= u32::from(!plain_ascii(c)) << k;
-        }
-        look
-    }
+    /// Any CPU: a byte at a time.
+    #[derive(Clone, Copy)]
+    pub(super) struct Bytes;
 
-    /// Whether every byte of `b` is plain ASCII.
-    #[inline]
-    pub(super) fn plain_wide(b: &[u8; WIDE]) -> bool {
-        b.iter().fold(true, |all, &c| all & plain_ascii(c))
+    impl Lanes for Bytes {
+        #[inline]
+        fn look(self, lane: &[u8; LANE]) -> u32 {
+            let mut look = 0;
+            for (k, &c) in lane.iter().enumerate() {
+                look |= u32::from(!plain_ascii(c)) << k;
+            }
+            look
+        }
+
+        #[inline]
+        fn plain_wide(self, wide: &[u8; WIDE]) -> bool {
+            wide.iter().fold(true, |all, &c| all & plain_ascii(c))
+        }
     }
 }
 #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-use portable as lanes;
+use portable::Bytes as Base;
 
 /// Escapes the ASCII bytes that start `b`, up to the first byte above ASCII
 /// (or the end), and returns where it stopped.
-fn escape_ascii(out: &mut BytesMut, b: &[u8]) -> usize {
+#[inline(always)]
+fn escape_ascii<L: Lanes>(lanes: L, out: &mut BytesMut, b: &[u8]) -> usize {
     let (mut start, mut i) = (0, 0);
     loop {
-        i = run_of(&PLAIN_ASCII, b, i);
+        i = run_of(lanes, &PLAIN_ASCII, b, i);
         out.put_slice(&b[start..i]);
         match b.get(i) {
             Some(&c) if c < 0x80 => {
@@ -268,12 +377,13 @@ fn put_ascii_escape(out: &mut BytesMut, c: u8) {
     }
 }
 
-fn escape_valid(out: &mut BytesMut, s: &str) {
+#[inline(always)]
+fn escape_valid<L: Lanes>(lanes: L, out: &mut BytesMut, s: &str) {
     let b = s.as_bytes();
     let mut start = 0;
     let mut i = 0;
     while i < b.len() {
-        i = plain_run(b, i);
+        i = run_of(lanes, &PLAIN, b, i);
         let Some(&c) = b.get(i) else { break };
         let (esc, len): (&[u8], usize) = match c {
             0xC2 if b.get(i + 1) == Some(&0x85) => (b"\\u0085", 2),
@@ -353,10 +463,63 @@ mod tests {
             .any(|c| matches!(c, '\n' | '\r' | '\u{b}' | '\u{c}' | '\u{1c}'..='\u{1e}')));
     }
 
+    /// Calls `f` with each lane implementation the CPU has (and its name).
+    fn each_lanes(
+        mut f: impl FnMut(&dyn Fn(&[u8; LANE]) -> u32, &dyn Fn(&[u8; WIDE]) -> bool, &str),
+    ) {
+        f(
+            &|l| portable::Bytes.look(l),
+            &|w| portable::Bytes.plain_wide(w),
+            "bytes",
+        );
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        {
+            f(
+                &|l| simd::Sse2.look(l),
+                &|w| simd::Sse2.plain_wide(w),
+                "sse2",
+            );
+            if let Some(avx2) = simd::Avx2::detect() {
+                f(&|l| avx2.look(l), &|w| avx2.plain_wide(w), "avx2");
+            }
+        }
+    }
+
+    /// `run_of` with each lane implementation the CPU has.
+    fn runs_of(table: &[bool; 256], b: &[u8], i: usize) -> Vec<usize> {
+        let mut runs = vec![run_of(portable::Bytes, table, b, i)];
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        {
+            runs.push(run_of(simd::Sse2, table, b, i));
+            if let Some(avx2) = simd::Avx2::detect() {
+                runs.push(run_of(avx2, table, b, i));
+            }
+        }
+        runs
+    }
+
+    /// `json_str` and `json_str_with` each lane implementation the CPU has.
+    fn encodings(data: &[u8]) -> Vec<(Vec<u8>, bool)> {
+        let encode = |f: &dyn Fn(&mut BytesMut) -> bool| {
+            let mut out = BytesMut::new();
+            let valid = f(&mut out);
+            (out.to_vec(), valid)
+        };
+        let mut all = vec![
+            encode(&|out| json_str(out, data)),
+            encode(&|out| json_str_with(portable::Bytes, out, data)),
+        ];
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        all.push(encode(&|out| json_str_with(simd::Sse2, out, data)));
+        all
+    }
+
     #[test]
     fn lane_tests_agree_with_the_byte_test() {
         // Every byte value at every position of a lane, and of a wide block,
-        // of plain ones: the SSE2 tests and the byte-by-byte ones alike.
+        // of plain ones: the SIMD tests and the byte-by-byte ones alike.
+        #[cfg(target_arch = "x86_64")]
+        println!("avx2: {}", std::arch::is_x86_feature_detected!("avx2"));
         for c in 0..=255u8 {
             let want = portable::plain_ascii(c);
             assert_eq!(want, PLAIN_ASCII[c as usize], "byte {c:#x}");
@@ -364,14 +527,16 @@ mod tests {
                 let mut lane = [b'a'; LANE];
                 lane[pos] = c;
                 let bit = u32::from(!want) << pos;
-                assert_eq!(lanes::look(&lane), bit, "byte {c:#x} at {pos}");
-                assert_eq!(portable::look(&lane), bit, "byte {c:#x} at {pos}");
+                each_lanes(|look, _, name| {
+                    assert_eq!(look(&lane), bit, "{name}: byte {c:#x} at {pos}");
+                });
             }
             for pos in 0..WIDE {
                 let mut wide = [b'~'; WIDE];
                 wide[pos] = c;
-                assert_eq!(lanes::plain_wide(&wide), want, "byte {c:#x} at {pos}");
-                assert_eq!(portable::plain_wide(&wide), want, "byte {c:#x} at {pos}");
+                each_lanes(|_, plain_wide, name| {
+                    assert_eq!(plain_wide(&wide), want, "{name}: byte {c:#x} at {pos}");
+                });
             }
         }
     }
@@ -414,29 +579,36 @@ mod tests {
     fn check_scan(data: &[u8]) {
         for table in [&PLAIN, &PLAIN_ASCII] {
             for i in 0..=data.len() {
+                let runs = runs_of(table, data, i);
                 let want = run_bytewise(table, data, i);
-                assert_eq!(run_of(table, data, i), want, "from {i} of {data:?}");
+                assert!(
+                    runs.iter().all(|&r| r == want),
+                    "{runs:?} from {i} of {data:?}"
+                );
             }
         }
-        let mut out = BytesMut::new();
-        let valid = json_str(&mut out, data);
-        assert_eq!((out.to_vec(), valid), json_str_by_chars(data), "{data:?}");
+        let want = json_str_by_chars(data);
+        for got in encodings(data) {
+            assert_eq!(got, want, "{data:?}");
+        }
     }
 
     #[test]
     fn the_scan_agrees_with_the_byte_table() {
         // Every byte value at every position of plain text of each length up
         // to a few wide blocks, where lanes overlap at the end or are short.
-        for len in (1..=40).chain([63, 64, 65, 79, 80, 127, 128, 129, 199]) {
+        for len in (1..=33).chain([63, 64, 65, 80, 129, 199]) {
             for pos in 0..len {
                 for c in 0..=255u8 {
                     let mut data = vec![b'x'; len];
                     data[pos] = c;
                     for table in [&PLAIN, &PLAIN_ASCII] {
-                        for i in [0, pos, pos + 1, len.saturating_sub(LANE - 1)] {
+                        for i in [0, pos, len.saturating_sub(LANE - 1)] {
                             let i = i.min(len);
+                            let runs = runs_of(table, &data, i);
                             let want = run_bytewise(table, &data, i);
-                            assert_eq!(run_of(table, &data, i), want, "{c:#x} at {pos} of {len}");
+                            let ok = runs.iter().all(|&r| r == want);
+                            assert!(ok, "{runs:?} {c:#x} at {pos} of {len}");
                         }
                     }
                 }
@@ -469,7 +641,7 @@ mod tests {
         };
         check_scan(b"");
         for len in 1..=200 {
-            for _ in 0..20 {
+            for _ in 0..10 {
                 let mut data = Vec::with_capacity(len);
                 while data.len() < len {
                     let r = next();
@@ -492,12 +664,12 @@ mod tests {
         out.put_u8(b'"');
         let valid = match std::str::from_utf8(data) {
             Ok(s) => {
-                escape_valid(&mut out, s);
+                escape_valid(Base, &mut out, s);
                 true
             }
             Err(_) => {
                 for chunk in data.utf8_chunks() {
-                    escape_valid(&mut out, chunk.valid());
+                    escape_valid(Base, &mut out, chunk.valid());
                     if !chunk.invalid().is_empty() {
                         out.put_slice("\u{FFFD}".as_bytes());
                     }
