@@ -40,20 +40,20 @@ fn json_str_with<L: Lanes>(lanes: L, out: &mut BytesMut, data: &[u8]) -> bool {
     // is ASCII). Valid UTF-8 is the common case, and `from_utf8` checks it a
     // word at a time; `utf8_chunks` is much slower per byte.
     let rest = &data[ascii..];
-    let valid = match std::str::from_utf8(rest) {
-        Ok(s) => {
-            escape_valid(lanes, out, s);
-            true
-        }
-        Err(_) => {
-            for chunk in rest.utf8_chunks() {
-                escape_valid(lanes, out, chunk.valid());
-                if !chunk.invalid().is_empty() {
-                    out.put_slice("\u{FFFD}".as_bytes());
-                }
+    let valid = if rest.is_empty() {
+        // All ASCII (most output): nothing left to check or escape.
+        true
+    } else if let Ok(s) = std::str::from_utf8(rest) {
+        escape_valid(lanes, out, s);
+        true
+    } else {
+        for chunk in rest.utf8_chunks() {
+            escape_valid(lanes, out, chunk.valid());
+            if !chunk.invalid().is_empty() {
+                out.put_slice("\u{FFFD}".as_bytes());
             }
-            false
         }
+        false
     };
     out.put_u8(b'"');
     valid
@@ -347,7 +347,10 @@ fn escape_ascii<L: Lanes>(lanes: L, out: &mut BytesMut, b: &[u8]) -> usize {
     let (mut start, mut i) = (0, 0);
     loop {
         i = run_of(lanes, &PLAIN_ASCII, b, i);
-        out.put_slice(&b[start..i]);
+        if i > start {
+            // (Not empty: most lines end in an escape, `\n`.)
+            out.put_slice(&b[start..i]);
+        }
         match b.get(i) {
             Some(&c) if c < 0x80 => {
                 put_ascii_escape(out, c);
