@@ -281,13 +281,14 @@ impl Follow {
                     // (below), so that an idle stream pins none.
                     let per = if self.base64 { 4 } else { 3 };
                     buf.reserve(evs.iter().map(|e| e.data.len() / 3 * per + 96).sum());
+                    let mut stamp = Stamp::default();
                     for ev in &evs {
                         let kind = if ev.stream == Stream::Stdout {
                             "stdout"
                         } else {
                             "stderr"
                         };
-                        event_head(buf, kind, ev.eid, ev.ts_ms);
+                        event_head_at(buf, kind, ev.eid, stamp.digits(ev.ts_ms));
                         buf.put_slice(b",\"text\":");
                         if self.base64 {
                             put_base64(buf, &ev.data);
@@ -339,12 +340,42 @@ impl Follow {
 
 /// `{"type":T,"eid":N,"timestamp":MS` (the caller closes the object).
 fn event_head(buf: &mut BytesMut, kind: &str, eid: u64, ts: u64) {
+    event_head_at(buf, kind, eid, itoa::Buffer::new().format(ts).as_bytes());
+}
+
+/// [`event_head`] with the timestamp's digits already written out.
+fn event_head_at(buf: &mut BytesMut, kind: &str, eid: u64, ts: &[u8]) {
     buf.put_slice(b"{\"type\":\"");
     buf.put_slice(kind.as_bytes());
     buf.put_slice(b"\",\"eid\":");
     put_u64(buf, eid);
     buf.put_slice(b",\"timestamp\":");
-    put_u64(buf, ts);
+    buf.put_slice(ts);
+}
+
+/// The decimal digits of the last timestamp asked for: most of a batch's
+/// events share their millisecond, so they are written out once for them.
+#[derive(Default)]
+struct Stamp {
+    ms: Option<u64>,
+    digits: [u8; 20],
+    len: usize,
+}
+
+impl Stamp {
+    fn digits(&mut self, ms: u64) -> &[u8] {
+        if self.ms != Some(ms) {
+            let mut text = itoa::Buffer::new();
+            let text = text.format(ms).as_bytes();
+            // A u64 has at most 20 digits.
+            if let Some(digits) = self.digits.get_mut(..text.len()) {
+                digits.copy_from_slice(text);
+                self.len = text.len();
+                self.ms = Some(ms);
+            }
+        }
+        &self.digits[..self.len]
+    }
 }
 
 /// The terminal event: `execution_complete` for exit 0, else `error` with the
@@ -633,6 +664,32 @@ mod tests {
                 max_rss_kib: Some(4096),
             },
             dropped_bytes: 7,
+        }
+    }
+
+    /// A kept timestamp is written as the number it is, when it changes and
+    /// when it does not.
+    #[test]
+    fn stamps_are_the_timestamps() {
+        let mut stamp = Stamp::default();
+        for ms in [
+            1_765_000_000_123,
+            1_765_000_000_123,
+            1_765_000_000_124,
+            0,
+            0,
+            9,
+            u64::MAX,
+        ] {
+            assert_eq!(stamp.digits(ms), ms.to_string().as_bytes());
+            let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+            event_head(&mut a, "stdout", 7, ms);
+            event_head_at(&mut b, "stdout", 7, stamp.digits(ms));
+            assert_eq!(a, b);
+            assert_eq!(
+                a,
+                format!("{{\"type\":\"stdout\",\"eid\":7,\"timestamp\":{ms}")
+            );
         }
     }
 
