@@ -42,19 +42,16 @@ thread_local! {
     /// command that waits (a `sleep`, a prompt) pins none of it. Pinned per
     /// pipe, 64 KiB read buffers were most of execd's memory with 1,000
     /// commands streaming at once.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
-/// One non-blocking read of `fd` through this thread's scratch buffer:
+/// One non-blocking read of `src` through this thread's scratch buffer:
 /// the bytes read, in an allocation of their own (empty at end of file).
-fn read_scratch(
-    read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
-) -> std::io::Result<BytesMut> {
+fn read_scratch(src: &Source) -> std::io::Result<BytesMut> {
     SCRATCH.with_borrow_mut(|scratch| {
-        if scratch.len() < READ_CHUNK {
-            scratch.resize(READ_CHUNK, 0);
-        }
-        let n = read(&mut scratch[..READ_CHUNK])?;
+        scratch.clear();
+        scratch.reserve(READ_CHUNK);
+        let n = src.read_into(scratch)?;
         Ok(BytesMut::from(&scratch[..n]))
     })
 }
@@ -99,6 +96,19 @@ enum Source {
     /// a worker thread from `epoll_wait`, held read or not.
     Polled(OwnedFd),
     Closed,
+}
+
+impl Source {
+    /// One non-blocking read into `buf`'s spare capacity, never zeroed
+    /// first: how many bytes were appended (0 at end of file).
+    fn read_into(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            // Through tokio, so that a `WouldBlock` clears its readiness.
+            Source::Watched(rx) => rx.try_read_buf(buf),
+            Source::Polled(fd) => super::sys::read_buf(fd.as_fd(), buf),
+            Source::Closed => Ok(0),
+        }
+    }
 }
 
 /// One pipe and its line splitter.
@@ -189,16 +199,9 @@ impl Pipe {
 
     /// One non-blocking read: the bytes read (empty at end of file).
     fn read_now(&mut self) -> std::io::Result<BytesMut> {
-        let src = &self.src;
-        let read = |buf: &mut [u8]| match src {
-            // Through tokio, so that a `WouldBlock` clears its readiness.
-            Source::Watched(rx) => rx.try_read(buf),
-            Source::Polled(fd) => nix::unistd::read(fd, buf).map_err(std::io::Error::from),
-            Source::Closed => Ok(0),
-        };
         if !self.enlarged {
             self.asked = READ_CHUNK;
-            return read_scratch(read);
+            return read_scratch(&self.src);
         }
         // Reads go into the buffer's spare capacity, never zeroed: zeroing
         // each new 64 KiB buffer was a quarter of execd's user-space
@@ -207,11 +210,7 @@ impl Pipe {
             self.buf = BytesMut::with_capacity(READ_CHUNK);
         }
         self.asked = self.buf.capacity();
-        match &self.src {
-            Source::Watched(rx) => rx.try_read_buf(&mut self.buf)?,
-            Source::Polled(fd) => super::sys::read_buf(fd.as_fd(), &mut self.buf)?,
-            Source::Closed => 0,
-        };
+        self.src.read_into(&mut self.buf)?;
         Ok(self.buf.split())
     }
 
